@@ -1,0 +1,1 @@
+//! dpdk-sys (work in progress skeleton; replaced by the real crate)

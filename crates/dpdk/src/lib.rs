@@ -1,0 +1,1 @@
+//! dpdk (work in progress skeleton; replaced by the real crate)

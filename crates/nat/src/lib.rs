@@ -1,0 +1,2 @@
+//! nat (work in progress skeleton; replaced by the real crate)
+#![forbid(unsafe_code)]
