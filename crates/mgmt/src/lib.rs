@@ -1,2 +1,33 @@
-//! mgmt (work in progress skeleton; replaced by the real crate)
+//! The cgnat management plane: a tonic gRPC server for the `cgnat.v1.Cgnat`
+//! API (see `proto/cgnat/v1/cgnat.proto`), plus gRPC reflection (v1 and
+//! v1alpha, so grpcurl 1.8.x works) and the standard `grpc.health.v1` service.
+//!
+//! The server never touches data-plane state. The daemon implements
+//! [`Backend`], which hands out plain snapshots (counters read with relaxed
+//! loads, port state), and this crate turns them into protobuf. Per-worker
+//! counters are summed here, so totals are only as consistent as the
+//! individual relaxed reads: close to, but not exactly, one instant.
+//!
+//! Usage from the daemon, inside a tokio runtime on the control thread:
+//!
+//! ```text
+//! let server = mgmt::bind(mgmt::ServerConfig { listen }, backend).await?; // fails fast on a taken port
+//! server.serve(async { shutdown_rx.await.ok(); }).await?;
+//! ```
+//!
+//! Limitations: read-only for now (info, stats, ports); plaintext HTTP/2 with
+//! no authentication, which is why the default listen address is loopback.
 #![forbid(unsafe_code)]
+
+mod backend;
+mod error;
+mod server;
+mod service;
+
+pub use backend::{
+    Backend, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, StatsSnapshot,
+    WorkerStatsSnapshot,
+};
+pub use error::MgmtError;
+pub use server::{BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, ServerConfig, bind, serve};
+pub use service::{DEFAULT_WATCH_INTERVAL, MIN_WATCH_INTERVAL};

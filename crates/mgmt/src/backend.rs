@@ -1,0 +1,210 @@
+//! The read interface between the management server and the daemon.
+//!
+//! The server never sees data-plane types: the daemon implements [`Backend`]
+//! by reading its per-core counters and port state into these plain structs,
+//! and the server turns them into protobuf messages. This keeps `mgmt` free of
+//! DPDK and lets it be tested with a fake backend.
+
+use std::time::SystemTime;
+
+/// Source of everything the management API reports.
+///
+/// Methods are called from async request handlers on the management runtime,
+/// so they must be quick and must not block: read counters with relaxed loads,
+/// do not wait on the workers. Each call returns a fresh snapshot.
+pub trait Backend: Send + Sync + 'static {
+    /// Facts about the running daemon.
+    fn info(&self) -> InfoSnapshot;
+    /// Current counters of every worker, ordered by worker index.
+    fn stats(&self) -> StatsSnapshot;
+    /// Every port the daemon drives, ordered by DPDK port id.
+    fn ports(&self) -> Vec<PortSnapshot>;
+}
+
+/// Daemon facts for `GetInfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoSnapshot {
+    /// cgnatd version, e.g. `env!("CARGO_PKG_VERSION")`.
+    pub version: String,
+    /// Wall-clock start time; uptime is derived from it.
+    pub started_at: SystemTime,
+    /// Number of data-plane workers.
+    pub workers: u32,
+    /// Generation of the applied configuration (1 for the start-up config).
+    pub generation: u64,
+    /// DPDK library version string, e.g. "DPDK 22.11.4".
+    pub dpdk_version: String,
+}
+
+/// Counters of all workers for `GetStats`/`WatchStats`. Totals are computed by
+/// the server, so the backend only reports per-worker values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// One entry per worker.
+    pub workers: Vec<WorkerStatsSnapshot>,
+}
+
+/// Counters of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStatsSnapshot {
+    /// Worker index, 0-based.
+    pub worker: u32,
+    /// DPDK lcore the worker runs on.
+    pub lcore: u32,
+    /// Counters and gauges by snake_case name (e.g. "rx_packets").
+    pub counters: Vec<(&'static str, u64)>,
+    /// Drops by snake_case reason (e.g. "no_session"), zeros included.
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+/// Which side of the NAT a port faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRole {
+    /// Subscriber side.
+    Inside,
+    /// Internet side.
+    Outside,
+}
+
+/// One DPDK port for `ListPorts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSnapshot {
+    /// Name from the configuration.
+    pub name: String,
+    /// Side of the NAT.
+    pub role: PortRole,
+    /// DPDK port id.
+    pub port_id: u16,
+    /// PCI address or vdev spec.
+    pub device: String,
+    /// DPDK driver name.
+    pub driver: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// Interface address with prefix, e.g. "100.64.0.1/24".
+    pub address: String,
+    /// Link state.
+    pub link_up: bool,
+    /// Link speed in Mbit/s, 0 if unknown.
+    pub speed_mbps: u32,
+    /// NIC counters.
+    pub counters: PortCountersSnapshot,
+}
+
+/// NIC-level counters of a port (rte_eth_stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortCountersSnapshot {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets transmitted.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// Packets dropped by the NIC for lack of RX descriptors.
+    pub rx_missed: u64,
+    /// Erroneous received packets.
+    pub rx_errors: u64,
+    /// Failed transmissions.
+    pub tx_errors: u64,
+    /// RX mbuf allocation failures.
+    pub rx_nombuf: u64,
+}
+
+/// A backend with fixed, known numbers for the tests of this crate.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use std::time::Duration;
+
+    pub(crate) struct FakeBackend {
+        pub(crate) started_at: SystemTime,
+    }
+
+    impl FakeBackend {
+        pub(crate) fn new() -> Self {
+            FakeBackend {
+                // An hour and a bit ago, so uptime is clearly non-zero.
+                started_at: SystemTime::now() - Duration::from_secs(3725),
+            }
+        }
+    }
+
+    impl Backend for FakeBackend {
+        fn info(&self) -> InfoSnapshot {
+            InfoSnapshot {
+                version: "9.8.7".into(),
+                started_at: self.started_at,
+                workers: 2,
+                generation: 42,
+                dpdk_version: "DPDK 22.11.4".into(),
+            }
+        }
+
+        fn stats(&self) -> StatsSnapshot {
+            StatsSnapshot {
+                workers: vec![
+                    WorkerStatsSnapshot {
+                        worker: 0,
+                        lcore: 1,
+                        counters: vec![
+                            ("rx_packets", 1000),
+                            ("tx_packets", 990),
+                            ("sessions_current", 7),
+                        ],
+                        drops: vec![("no_session", 4), ("out_of_ports", 0)],
+                    },
+                    WorkerStatsSnapshot {
+                        worker: 1,
+                        lcore: 3,
+                        counters: vec![
+                            ("rx_packets", 500),
+                            ("tx_packets", 480),
+                            ("sessions_current", 5),
+                        ],
+                        drops: vec![("no_session", 6), ("out_of_ports", 2)],
+                    },
+                ],
+            }
+        }
+
+        fn ports(&self) -> Vec<PortSnapshot> {
+            vec![
+                PortSnapshot {
+                    name: "inside".into(),
+                    role: PortRole::Inside,
+                    port_id: 0,
+                    device: "net_af_packet0,iface=cgn-in".into(),
+                    driver: "net_af_packet".into(),
+                    mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x0a],
+                    address: "100.64.0.1/24".into(),
+                    link_up: true,
+                    speed_mbps: 10_000,
+                    counters: PortCountersSnapshot {
+                        rx_packets: 11,
+                        tx_packets: 12,
+                        rx_bytes: 13,
+                        tx_bytes: 14,
+                        rx_missed: 15,
+                        rx_errors: 16,
+                        tx_errors: 17,
+                        rx_nombuf: 18,
+                    },
+                },
+                PortSnapshot {
+                    name: "outside".into(),
+                    role: PortRole::Outside,
+                    port_id: 1,
+                    device: "0000:03:00.1".into(),
+                    driver: "net_ixgbe".into(),
+                    mac: [0xde, 0xad, 0xbe, 0xef, 0x00, 0xff],
+                    address: "192.0.2.1/24".into(),
+                    link_up: false,
+                    speed_mbps: 0,
+                    counters: PortCountersSnapshot::default(),
+                },
+            ]
+        }
+    }
+}

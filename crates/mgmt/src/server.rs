@@ -1,0 +1,513 @@
+//! Binding and running the gRPC server: the Cgnat service, reflection (v1 and
+//! v1alpha) and health, with a shutdown that cannot hang on open streams.
+
+use std::fmt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cgnat::v1::cgnat_server::{self, CgnatServer};
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::backend::Backend;
+use crate::error::MgmtError;
+use crate::service::CgnatService;
+
+/// Default management listen address: loopback only, so the API is not exposed
+/// to the network unless the operator asks for it.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 50051));
+
+/// After shutdown is requested, connections get this long to finish in-flight
+/// calls. Long-lived streams (a health `Watch`, an idle reflection session)
+/// would otherwise hold the daemon's exit hostage.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where the management server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// TCP address to listen on; port 0 picks a free port (see
+    /// [`BoundServer::local_addr`]).
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN,
+        }
+    }
+}
+
+/// A server whose socket is bound and whose services are built, not yet
+/// accepting calls. Splitting bind from serve lets the daemon fail start-up
+/// on a taken port before it launches the data plane.
+pub struct BoundServer {
+    local_addr: SocketAddr,
+    incoming: TcpIncoming,
+    router: Router,
+    health: HealthReporter,
+    stopping: watch::Sender<bool>,
+}
+
+impl fmt::Debug for BoundServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds `cfg.listen` and builds all services. Bind errors name the address.
+pub async fn bind<B: Backend>(
+    cfg: ServerConfig,
+    backend: Arc<B>,
+) -> Result<BoundServer, MgmtError> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| MgmtError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| MgmtError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    // gRPC calls are small request/response pairs; Nagle would only add latency.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(cgnat_server::SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    // Both reflection versions: grpcurl before 1.9 only speaks v1alpha, newer
+    // tools prefer v1. The health descriptors are registered too so that
+    // `grpcurl describe grpc.health.v1.Health` works.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cgnat::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let (stopping, stopping_rx) = watch::channel(false);
+    let router = Server::builder()
+        .add_service(CgnatServer::new(CgnatService::new(backend, stopping_rx)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    Ok(BoundServer {
+        local_addr,
+        incoming,
+        router,
+        health,
+        stopping,
+    })
+}
+
+impl BoundServer {
+    /// The address actually bound (differs from the configured one for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, reports
+    /// NOT_SERVING, ends `WatchStats` streams and waits up to
+    /// [`DRAIN_TIMEOUT`] for open calls before returning.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MgmtError> {
+        let BoundServer {
+            local_addr,
+            incoming,
+            router,
+            health,
+            stopping,
+        } = self;
+        let mut stopped = stopping.subscribe();
+
+        let signal = async move {
+            shutdown.await;
+            info!(%local_addr, "gRPC server shutting down");
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(cgnat_server::SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            // Ignore the error: it only means no stream is listening.
+            let _ = stopping.send(true);
+        };
+        let drain_deadline = async move {
+            if stopped.wait_for(|stop| *stop).await.is_err() {
+                // The sender lives inside `signal`; it only disappears when
+                // the server future is done, so never force an early return.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+
+        info!(%local_addr, "gRPC server listening");
+        tokio::select! {
+            result = router.serve_with_incoming_shutdown(incoming, signal) => {
+                result.map_err(|source| MgmtError::Serve { addr: local_addr, source })
+            }
+            () = drain_deadline => {
+                warn!(%local_addr, timeout = ?DRAIN_TIMEOUT, "gRPC calls still open after shutdown; closing them");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Binds and serves until `shutdown` completes; see [`bind`] and
+/// [`BoundServer::serve`].
+pub async fn serve<B: Backend>(
+    cfg: ServerConfig,
+    backend: Arc<B>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MgmtError> {
+    bind(cfg, backend).await?.serve(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::FakeBackend;
+    use cgnat::v1;
+    use cgnat::v1::cgnat_client::CgnatClient;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use tokio_stream::StreamExt;
+    use tonic::transport::Channel;
+
+    struct Running {
+        addr: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<Result<(), MgmtError>>,
+    }
+
+    impl Running {
+        async fn start() -> Running {
+            let cfg = ServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+            };
+            let bound = bind(cfg, Arc::new(FakeBackend::new())).await.unwrap();
+            let addr = bound.local_addr();
+            assert_ne!(addr.port(), 0, "port 0 must resolve to the real port");
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(bound.serve(async move {
+                let _ = stopped.await;
+            }));
+            Running {
+                addr,
+                stop: Some(stop),
+                task,
+            }
+        }
+
+        async fn channel(&self) -> Channel {
+            Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        }
+
+        async fn client(&self) -> CgnatClient<Channel> {
+            CgnatClient::new(self.channel().await)
+        }
+
+        async fn stop(mut self) -> Result<(), MgmtError> {
+            if let Some(stop) = self.stop.take() {
+                stop.send(()).unwrap();
+            }
+            (&mut self.task).await.unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn get_info_reports_backend_values() {
+        let server = Running::start().await;
+        let info = server
+            .client()
+            .await
+            .get_info(v1::GetInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.version, "9.8.7");
+        assert_eq!(info.workers, 2);
+        assert_eq!(info.config_generation, 42);
+        assert_eq!(info.dpdk_version, "DPDK 22.11.4");
+        let uptime = info.uptime.unwrap().seconds;
+        assert!((3725..3725 + 60).contains(&uptime), "uptime {uptime}");
+        assert!(info.started_at.is_some());
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn get_stats_returns_per_worker_and_summed_counters() {
+        let server = Running::start().await;
+        let stats = server
+            .client()
+            .await
+            .get_stats(v1::GetStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stats.totals["rx_packets"], 1500);
+        assert_eq!(stats.totals["sessions_current"], 12);
+        assert_eq!(stats.drops["no_session"], 10);
+        assert_eq!(stats.drops["out_of_ports"], 2);
+        let workers: Vec<(u32, u32)> = stats.workers.iter().map(|w| (w.worker, w.lcore)).collect();
+        assert_eq!(workers, [(0, 1), (1, 3)]);
+        assert_eq!(stats.workers[0].counters["tx_packets"], 990);
+        assert_eq!(stats.workers[1].drops["no_session"], 6);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn list_ports_returns_every_port() {
+        let server = Running::start().await;
+        let ports = server
+            .client()
+            .await
+            .list_ports(v1::ListPortsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ports;
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[0].name, "inside");
+        assert_eq!(ports[0].role(), v1::Role::Inside);
+        assert_eq!(ports[0].mac, "02:00:00:00:00:0a");
+        assert_eq!(ports[0].address, "100.64.0.1/24");
+        assert!(ports[0].link_up);
+        assert_eq!(ports[0].speed_mbps, 10_000);
+        assert_eq!(ports[0].counters.unwrap().rx_missed, 15);
+        assert_eq!(ports[1].port_id, 1);
+        assert_eq!(ports[1].driver, "net_ixgbe");
+        assert!(!ports[1].link_up);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn watch_stats_streams_updates() {
+        let server = Running::start().await;
+        let mut stream = server
+            .client()
+            .await
+            .watch_stats(v1::WatchStatsRequest {
+                interval: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 100_000_000,
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..3 {
+            let stats = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(stats.totals["rx_packets"], 1500);
+            assert_eq!(stats.workers.len(), 2);
+        }
+        drop(stream);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn watch_stats_rejects_too_small_interval() {
+        let server = Running::start().await;
+        let status = server
+            .client()
+            .await
+            .watch_stats(v1::WatchStatsRequest {
+                interval: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 10_000_000,
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("interval"), "{status:?}");
+        server.stop().await.unwrap();
+    }
+
+    /// A client watching stats must not keep the daemon from exiting.
+    #[tokio::test]
+    async fn shutdown_ends_open_watch_streams_promptly() {
+        let server = Running::start().await;
+        let mut stream = server
+            .client()
+            .await
+            .watch_stats(v1::WatchStatsRequest { interval: None })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.next().await.unwrap().is_ok());
+
+        let started = std::time::Instant::now();
+        server.stop().await.unwrap();
+        assert!(
+            started.elapsed() < DRAIN_TIMEOUT,
+            "shutdown waited for the drain timeout: {:?}",
+            started.elapsed()
+        );
+        // The stream ends cleanly rather than with an error.
+        let rest = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut n = 0;
+            while let Some(item) = stream.next().await {
+                item.unwrap();
+                n += 1;
+            }
+            n
+        })
+        .await
+        .unwrap();
+        assert!(rest <= 1, "stream kept going after shutdown");
+    }
+
+    #[tokio::test]
+    async fn health_reports_serving_for_server_and_service() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let server = Running::start().await;
+        let mut health = HealthClient::new(server.channel().await);
+        for service in ["", "cgnat.v1.Cgnat"] {
+            let reply = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                reply.status(),
+                tonic_health::pb::health_check_response::ServingStatus::Serving,
+                "service {service:?}"
+            );
+        }
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reflection_v1_lists_cgnat_service() {
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+        let server = Running::start().await;
+        let mut client = ServerReflectionClient::new(server.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply: ServerReflectionResponse = replies.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected reflection reply {reply:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == "cgnat.v1.Cgnat"), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
+        server.stop().await.unwrap();
+    }
+
+    /// grpcurl 1.8 only speaks v1alpha; it must see the service and be able to
+    /// fetch its descriptor (that is what `grpcurl describe` and calls need).
+    #[tokio::test]
+    async fn reflection_v1alpha_lists_and_describes_cgnat_service() {
+        use prost::Message;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+        let server = Running::start().await;
+        let mut client = ServerReflectionClient::new(server.channel().await);
+        let requests = [
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            },
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "cgnat.v1.Cgnat".into(),
+                )),
+            },
+        ];
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+
+        let list = replies.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = list.message_response else {
+            panic!("unexpected reflection reply {list:?}");
+        };
+        assert!(list.service.iter().any(|s| s.name == "cgnat.v1.Cgnat"));
+
+        let file = replies.next().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+            panic!("unexpected reflection reply {file:?}");
+        };
+        let described = files
+            .file_descriptor_proto
+            .iter()
+            .map(|raw| prost_types::FileDescriptorProto::decode(raw.as_slice()).unwrap())
+            .any(|fd| fd.package() == "cgnat.v1" && fd.service.iter().any(|s| s.name() == "Cgnat"));
+        assert!(described);
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bind_error_names_the_address() {
+        let server = Running::start().await;
+        let err = bind(
+            ServerConfig {
+                listen: server.addr,
+            },
+            Arc::new(FakeBackend::new()),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, MgmtError::Bind { addr, .. } if addr == server.addr));
+        assert!(err.to_string().contains(&server.addr.to_string()), "{err}");
+        server.stop().await.unwrap();
+    }
+
+    #[test]
+    fn default_listen_is_loopback_50051() {
+        assert_eq!(
+            ServerConfig::default().listen.to_string(),
+            "127.0.0.1:50051"
+        );
+    }
+}

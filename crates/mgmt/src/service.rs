@@ -1,0 +1,316 @@
+//! The `cgnat.v1.Cgnat` service: turns [`Backend`] snapshots into protobuf.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cgnat::v1;
+use cgnat::v1::cgnat_server::Cgnat;
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::backend::{
+    Backend, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, StatsSnapshot,
+};
+
+/// Smallest accepted `WatchStats` interval. Reading all counters is cheap, but
+/// a flood of updates to many watchers would still steal the control core
+/// from command-ring work.
+pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// `WatchStats` interval when the request leaves it unset.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) struct CgnatService<B> {
+    backend: Arc<B>,
+    /// Flips to `true` when the server starts shutting down, so that endless
+    /// `WatchStats` streams finish and graceful shutdown does not wait forever.
+    stopping: watch::Receiver<bool>,
+}
+
+impl<B: Backend> CgnatService<B> {
+    pub(crate) fn new(backend: Arc<B>, stopping: watch::Receiver<bool>) -> Self {
+        CgnatService { backend, stopping }
+    }
+}
+
+type StatsStream = Pin<Box<dyn Stream<Item = Result<v1::Stats, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<B: Backend> Cgnat for CgnatService<B> {
+    async fn get_info(
+        &self,
+        request: Request<v1::GetInfoRequest>,
+    ) -> Result<Response<v1::Info>, Status> {
+        debug!(rpc = "GetInfo", peer = ?request.remote_addr(), "gRPC request");
+        Ok(Response::new(info_to_proto(
+            &self.backend.info(),
+            SystemTime::now(),
+        )))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<v1::GetStatsRequest>,
+    ) -> Result<Response<v1::Stats>, Status> {
+        debug!(rpc = "GetStats", peer = ?request.remote_addr(), "gRPC request");
+        Ok(Response::new(stats_to_proto(&self.backend.stats())))
+    }
+
+    type WatchStatsStream = StatsStream;
+
+    async fn watch_stats(
+        &self,
+        request: Request<v1::WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        let interval = watch_interval(request.get_ref().interval)?;
+        debug!(rpc = "WatchStats", peer = ?request.remote_addr(), ?interval, "gRPC request");
+
+        // Capacity 1: a client that reads slowly gets the newest numbers when
+        // it catches up instead of an ever-growing backlog of stale ones.
+        let (tx, rx) = mpsc::channel(1);
+        let backend = Arc::clone(&self.backend);
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        match tx.try_send(Ok(stats_to_proto(&backend.stats()))) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                debug!("WatchStats client is slow; skipped one update");
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => break,
+                        }
+                    }
+                    () = tx.closed() => break,
+                    // Err means the server is gone altogether; stop either way.
+                    _ = stopping.wait_for(|stop| *stop) => break,
+                }
+            }
+            debug!("WatchStats stream finished");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_ports(
+        &self,
+        request: Request<v1::ListPortsRequest>,
+    ) -> Result<Response<v1::ListPortsResponse>, Status> {
+        debug!(rpc = "ListPorts", peer = ?request.remote_addr(), "gRPC request");
+        let ports = self.backend.ports().iter().map(port_to_proto).collect();
+        Ok(Response::new(v1::ListPortsResponse { ports }))
+    }
+}
+
+/// Validates the requested `WatchStats` interval; errors name the field so a
+/// grpcurl user knows what to change.
+pub(crate) fn watch_interval(requested: Option<prost_types::Duration>) -> Result<Duration, Status> {
+    let Some(requested) = requested else {
+        return Ok(DEFAULT_WATCH_INTERVAL);
+    };
+    let interval = Duration::try_from(requested).map_err(|_| {
+        Status::invalid_argument(format!(
+            "interval must be a positive duration of at least {MIN_WATCH_INTERVAL:?}"
+        ))
+    })?;
+    if interval < MIN_WATCH_INTERVAL {
+        return Err(Status::invalid_argument(format!(
+            "interval {interval:?} is below the minimum of {MIN_WATCH_INTERVAL:?}"
+        )));
+    }
+    Ok(interval)
+}
+
+pub(crate) fn info_to_proto(info: &InfoSnapshot, now: SystemTime) -> v1::Info {
+    // A wall-clock step backwards could put `now` before the start time; an
+    // uptime of zero is more honest than an error for a status query.
+    let uptime = now.duration_since(info.started_at).unwrap_or_default();
+    v1::Info {
+        version: info.version.clone(),
+        uptime: Some(proto_duration(uptime)),
+        started_at: Some(prost_types::Timestamp::from(info.started_at)),
+        workers: info.workers,
+        config_generation: info.generation,
+        dpdk_version: info.dpdk_version.clone(),
+    }
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    // Only fails beyond i64::MAX seconds, which no uptime reaches.
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
+}
+
+pub(crate) fn stats_to_proto(stats: &StatsSnapshot) -> v1::Stats {
+    let mut totals = HashMap::new();
+    let mut drops = HashMap::new();
+    let workers = stats
+        .workers
+        .iter()
+        .map(|w| {
+            add_into(&mut totals, &w.counters);
+            add_into(&mut drops, &w.drops);
+            v1::WorkerStats {
+                worker: w.worker,
+                lcore: w.lcore,
+                counters: to_map(&w.counters),
+                drops: to_map(&w.drops),
+            }
+        })
+        .collect();
+    v1::Stats {
+        totals,
+        drops,
+        workers,
+    }
+}
+
+fn to_map(pairs: &[(&'static str, u64)]) -> HashMap<String, u64> {
+    let mut map = HashMap::with_capacity(pairs.len());
+    add_into(&mut map, pairs);
+    map
+}
+
+/// Adds counters into `sum` by name. Saturating, because a wrapped total would
+/// look like a reset to every monitoring system reading it.
+fn add_into(sum: &mut HashMap<String, u64>, pairs: &[(&'static str, u64)]) {
+    for &(name, value) in pairs {
+        let slot = sum.entry(name.to_owned()).or_insert(0);
+        *slot = slot.saturating_add(value);
+    }
+}
+
+pub(crate) fn format_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = *mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+fn role_to_proto(role: PortRole) -> v1::Role {
+    match role {
+        PortRole::Inside => v1::Role::Inside,
+        PortRole::Outside => v1::Role::Outside,
+    }
+}
+
+fn counters_to_proto(c: &PortCountersSnapshot) -> v1::PortCounters {
+    v1::PortCounters {
+        rx_packets: c.rx_packets,
+        tx_packets: c.tx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_bytes: c.tx_bytes,
+        rx_missed: c.rx_missed,
+        rx_errors: c.rx_errors,
+        tx_errors: c.tx_errors,
+        rx_nombuf: c.rx_nombuf,
+    }
+}
+
+pub(crate) fn port_to_proto(port: &PortSnapshot) -> v1::Port {
+    v1::Port {
+        name: port.name.clone(),
+        role: role_to_proto(port.role).into(),
+        port_id: u32::from(port.port_id),
+        device: port.device.clone(),
+        driver: port.driver.clone(),
+        mac: format_mac(&port.mac),
+        address: port.address.clone(),
+        link_up: port.link_up,
+        speed_mbps: port.speed_mbps,
+        counters: Some(counters_to_proto(&port.counters)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::WorkerStatsSnapshot;
+    use crate::backend::fake::FakeBackend;
+
+    #[test]
+    fn totals_are_sums_over_workers() {
+        let stats = stats_to_proto(&FakeBackend::new().stats());
+        assert_eq!(stats.totals["rx_packets"], 1500);
+        assert_eq!(stats.totals["tx_packets"], 1470);
+        assert_eq!(stats.totals["sessions_current"], 12);
+        assert_eq!(stats.drops["no_session"], 10);
+        assert_eq!(stats.drops["out_of_ports"], 2);
+        assert_eq!(stats.workers.len(), 2);
+        assert_eq!(stats.workers[1].lcore, 3);
+        assert_eq!(stats.workers[1].counters["rx_packets"], 500);
+        assert_eq!(stats.workers[0].drops["out_of_ports"], 0);
+    }
+
+    #[test]
+    fn totals_saturate_instead_of_wrapping() {
+        let worker = |n| WorkerStatsSnapshot {
+            worker: n,
+            lcore: n,
+            counters: vec![("rx_packets", u64::MAX - 1)],
+            drops: vec![],
+        };
+        let stats = stats_to_proto(&StatsSnapshot {
+            workers: vec![worker(0), worker(1)],
+        });
+        assert_eq!(stats.totals["rx_packets"], u64::MAX);
+    }
+
+    #[test]
+    fn uptime_is_measured_from_start_and_never_negative() {
+        let info = FakeBackend::new().info();
+        let now = info.started_at + Duration::from_secs(10_925);
+        let proto = info_to_proto(&info, now);
+        assert_eq!(proto.uptime.unwrap().seconds, 10_925);
+        assert_eq!(proto.config_generation, 42);
+        assert_eq!(proto.workers, 2);
+
+        let before_start = info.started_at - Duration::from_secs(5);
+        assert_eq!(
+            info_to_proto(&info, before_start).uptime.unwrap(),
+            prost_types::Duration::default()
+        );
+    }
+
+    #[test]
+    fn ports_use_text_addresses_and_named_roles() {
+        let ports = FakeBackend::new().ports();
+        let p = port_to_proto(&ports[1]);
+        assert_eq!(p.mac, "de:ad:be:ef:00:ff");
+        assert_eq!(p.role(), v1::Role::Outside);
+        assert_eq!(p.address, "192.0.2.1/24");
+        assert_eq!(port_to_proto(&ports[0]).counters.unwrap().rx_nombuf, 18);
+    }
+
+    #[test]
+    fn watch_interval_defaults_and_limits() {
+        assert_eq!(watch_interval(None).unwrap(), DEFAULT_WATCH_INTERVAL);
+        let ms = |n: i32| prost_types::Duration {
+            seconds: 0,
+            nanos: n * 1_000_000,
+        };
+        assert_eq!(
+            watch_interval(Some(ms(250))).unwrap(),
+            Duration::from_millis(250)
+        );
+
+        let too_small = watch_interval(Some(ms(99))).unwrap_err();
+        assert_eq!(too_small.code(), tonic::Code::InvalidArgument);
+        assert!(too_small.message().contains("interval"), "{too_small:?}");
+
+        let negative = watch_interval(Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        }))
+        .unwrap_err();
+        assert_eq!(negative.code(), tonic::Code::InvalidArgument);
+        assert!(negative.message().contains("interval"), "{negative:?}");
+    }
+}
