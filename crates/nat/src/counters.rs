@@ -1,0 +1,307 @@
+//! Per-core counters: one writer (the worker that owns the shard), any number of readers.
+//!
+//! Every counter is an `AtomicU64` updated with a relaxed load + store rather than a read-modify-write:
+//! there is exactly one writer per core, so no `lock`-prefixed instruction is needed on the hot path, and
+//! readers (the management plane) only need a recent value, never a consistent cut across counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a packet was dropped. Indexes the per-core drop counters; never allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Frame shorter than an Ethernet header.
+    FrameTruncated,
+    /// Neither IPv4 nor ARP (IPv6, LLDP, VLAN-tagged, ...).
+    UnsupportedEthertype,
+    /// ARP that is not Ethernet/IPv4, or truncated.
+    ArpMalformed,
+    /// Shorter than an IPv4 header, or than its IHL says.
+    Ipv4Truncated,
+    Ipv4BadVersion,
+    /// IHL below 5 words.
+    Ipv4BadIhl,
+    /// Total length below the header length or beyond the frame.
+    Ipv4BadTotalLength,
+    Ipv4BadChecksum,
+    /// UDP length field below 8 or beyond the IP payload (includes zero-length UDP).
+    UdpBadLength,
+    /// TCP header truncated or with a data offset below 5 words.
+    TcpMalformed,
+    /// ICMP header truncated.
+    IcmpMalformed,
+    /// A protocol the translator does not handle (not TCP, UDP or ICMP).
+    UnsupportedProtocol,
+    /// IPv4 fragments are not translated yet.
+    FragmentUnsupported,
+    /// ICMP message types other than echo request/reply.
+    IcmpUnsupported,
+    /// TTL would reach zero here; an ICMP time-exceeded is sent back when possible.
+    TtlExceeded,
+    /// Inbound packet that matches no session (unsolicited).
+    NoSession,
+    /// TCP segment with no session that is not a SYN, or with impossible flags.
+    TcpInvalid,
+    /// No SNAT rule matches the inside source address.
+    NoSnatRule,
+    /// The subscriber's outside address has no free port.
+    OutOfPorts,
+    /// The session table is full.
+    TableFull,
+    /// No route to the destination.
+    NoRoute,
+    /// Next hop has no ARP entry yet (a request has been sent).
+    NeighbourUnresolved,
+    /// Unicast frame for another MAC address (promiscuous ports see these).
+    NotForUs,
+    /// The TX ring was full; the mbuf was freed.
+    TxFull,
+    /// Multi-segment mbuf (jumbo frames chained) that the translator cannot rewrite in place.
+    MultiSegment,
+    /// Packet addressed to the appliance itself that it does not answer (only ICMP echo is answered).
+    LocalUnhandled,
+    /// Could not allocate an mbuf for a generated packet (ARP, ICMP).
+    NoMbuf,
+}
+
+impl DropReason {
+    pub const COUNT: usize = DropReason::NoMbuf as usize + 1;
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::FrameTruncated,
+        DropReason::UnsupportedEthertype,
+        DropReason::ArpMalformed,
+        DropReason::Ipv4Truncated,
+        DropReason::Ipv4BadVersion,
+        DropReason::Ipv4BadIhl,
+        DropReason::Ipv4BadTotalLength,
+        DropReason::Ipv4BadChecksum,
+        DropReason::UdpBadLength,
+        DropReason::TcpMalformed,
+        DropReason::IcmpMalformed,
+        DropReason::UnsupportedProtocol,
+        DropReason::FragmentUnsupported,
+        DropReason::IcmpUnsupported,
+        DropReason::TtlExceeded,
+        DropReason::NoSession,
+        DropReason::TcpInvalid,
+        DropReason::NoSnatRule,
+        DropReason::OutOfPorts,
+        DropReason::TableFull,
+        DropReason::NoRoute,
+        DropReason::NeighbourUnresolved,
+        DropReason::NotForUs,
+        DropReason::TxFull,
+        DropReason::MultiSegment,
+        DropReason::LocalUnhandled,
+        DropReason::NoMbuf,
+    ];
+
+    /// Stable snake_case name used by the management API and `cgnatctl`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::FrameTruncated => "frame_truncated",
+            DropReason::UnsupportedEthertype => "unsupported_ethertype",
+            DropReason::ArpMalformed => "arp_malformed",
+            DropReason::Ipv4Truncated => "ipv4_truncated",
+            DropReason::Ipv4BadVersion => "ipv4_bad_version",
+            DropReason::Ipv4BadIhl => "ipv4_bad_ihl",
+            DropReason::Ipv4BadTotalLength => "ipv4_bad_total_length",
+            DropReason::Ipv4BadChecksum => "ipv4_bad_checksum",
+            DropReason::UdpBadLength => "udp_bad_length",
+            DropReason::TcpMalformed => "tcp_malformed",
+            DropReason::IcmpMalformed => "icmp_malformed",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::FragmentUnsupported => "fragment_unsupported",
+            DropReason::IcmpUnsupported => "icmp_unsupported",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::NoSession => "no_session",
+            DropReason::TcpInvalid => "tcp_invalid",
+            DropReason::NoSnatRule => "no_snat_rule",
+            DropReason::OutOfPorts => "out_of_ports",
+            DropReason::TableFull => "table_full",
+            DropReason::NoRoute => "no_route",
+            DropReason::NeighbourUnresolved => "neighbour_unresolved",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::TxFull => "tx_full",
+            DropReason::MultiSegment => "multi_segment",
+            DropReason::LocalUnhandled => "local_unhandled",
+            DropReason::NoMbuf => "no_mbuf",
+        }
+    }
+}
+
+/// Named per-core event counters other than drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Counter {
+    RxPackets,
+    TxPackets,
+    In2outPackets,
+    Out2inPackets,
+    SessionsCreated,
+    SessionsDeleted,
+    SessionsCurrent,
+    TcpSessionsCreated,
+    UdpSessionsCreated,
+    IcmpSessionsCreated,
+    PortsInUse,
+    ArpRequestsSent,
+    ArpRepliesSent,
+    IcmpErrorsSent,
+    LocalEchoReplies,
+    Loops,
+    BusyLoops,
+}
+
+impl Counter {
+    pub const COUNT: usize = Counter::BusyLoops as usize + 1;
+    pub const ALL: [Counter; Counter::COUNT] = [
+        Counter::RxPackets,
+        Counter::TxPackets,
+        Counter::In2outPackets,
+        Counter::Out2inPackets,
+        Counter::SessionsCreated,
+        Counter::SessionsDeleted,
+        Counter::SessionsCurrent,
+        Counter::TcpSessionsCreated,
+        Counter::UdpSessionsCreated,
+        Counter::IcmpSessionsCreated,
+        Counter::PortsInUse,
+        Counter::ArpRequestsSent,
+        Counter::ArpRepliesSent,
+        Counter::IcmpErrorsSent,
+        Counter::LocalEchoReplies,
+        Counter::Loops,
+        Counter::BusyLoops,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::RxPackets => "rx_packets",
+            Counter::TxPackets => "tx_packets",
+            Counter::In2outPackets => "in2out_packets",
+            Counter::Out2inPackets => "out2in_packets",
+            Counter::SessionsCreated => "sessions_created",
+            Counter::SessionsDeleted => "sessions_deleted",
+            Counter::SessionsCurrent => "sessions_current",
+            Counter::TcpSessionsCreated => "tcp_sessions_created",
+            Counter::UdpSessionsCreated => "udp_sessions_created",
+            Counter::IcmpSessionsCreated => "icmp_sessions_created",
+            Counter::PortsInUse => "ports_in_use",
+            Counter::ArpRequestsSent => "arp_requests_sent",
+            Counter::ArpRepliesSent => "arp_replies_sent",
+            Counter::IcmpErrorsSent => "icmp_errors_sent",
+            Counter::LocalEchoReplies => "local_echo_replies",
+            Counter::Loops => "loops",
+            Counter::BusyLoops => "busy_loops",
+        }
+    }
+}
+
+/// One core's counters. Allocate one per worker (`Arc<Counters>`), so no two cores share a cache line.
+#[derive(Debug)]
+pub struct Counters {
+    drops: [AtomicU64; DropReason::COUNT],
+    values: [AtomicU64; Counter::COUNT],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Counters {
+    /// Single-writer increment: only the owning core may call the mutating methods.
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason) {
+        self.count_drops(reason, 1);
+    }
+
+    #[inline]
+    pub fn count_drops(&self, reason: DropReason, n: u64) {
+        let c = &self.drops[reason as usize];
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn add(&self, counter: Counter, n: u64) {
+        let c = &self.values[counter as usize];
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn sub(&self, counter: Counter, n: u64) {
+        let c = &self.values[counter as usize];
+        c.store(c.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn set(&self, counter: Counter, v: u64) {
+        self.values[counter as usize].store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// All counters by name, for export.
+    pub fn snapshot_counters(&self) -> Vec<(&'static str, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|c| (c.name(), self.get(*c)))
+            .collect()
+    }
+
+    /// All drop counters by reason name, for export.
+    pub fn snapshot_drops(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (r.name(), self.drops(*r)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_tables_are_complete_and_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{} out of order", r.name());
+        }
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{} out of order", c.name());
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            DropReason::COUNT,
+            "drop reason names must be unique"
+        );
+    }
+
+    #[test]
+    fn counters_accumulate_per_reason() {
+        let c = Counters::default();
+        c.count_drop(DropReason::NoSession);
+        c.count_drops(DropReason::NoSession, 4);
+        c.add(Counter::SessionsCurrent, 3);
+        c.sub(Counter::SessionsCurrent, 1);
+        assert_eq!(c.drops(DropReason::NoSession), 5);
+        assert_eq!(c.drops(DropReason::TableFull), 0);
+        assert_eq!(c.get(Counter::SessionsCurrent), 2);
+        let snap = c.snapshot_drops();
+        assert!(snap.contains(&("no_session", 5)));
+    }
+}

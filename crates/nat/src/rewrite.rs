@@ -1,0 +1,414 @@
+//! Parsing a packet into a flow key, and rewriting it in place with incremental checksums.
+
+use crate::{DropReason, FlowKey, shard::Dir};
+use wire::{
+    Error as WireError, Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket, checksum, icmp_type,
+    ip_proto,
+};
+
+/// What the fast path needs to know about a packet after parsing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parsed {
+    /// The packet's tuple as on the wire (see [`FlowKey`] for ICMP).
+    pub key: FlowKey,
+    /// Offset of the L4 header from the start of the IPv4 header.
+    pub l4_off: u16,
+    /// IPv4 total length: the rewrite never touches bytes past it (Ethernet padding).
+    pub total_len: u16,
+    /// TCP flags, 0 for other protocols.
+    pub tcp_flags: u8,
+}
+
+#[inline]
+fn ipv4_error(e: WireError) -> DropReason {
+    match e {
+        WireError::BadVersion => DropReason::Ipv4BadVersion,
+        WireError::BadHeaderLength => DropReason::Ipv4BadIhl,
+        WireError::BadTotalLength => DropReason::Ipv4BadTotalLength,
+        _ => DropReason::Ipv4Truncated,
+    }
+}
+
+/// Validate the headers the translator relies on and extract the flow key. Everything that could make a
+/// later stage index out of bounds is rejected here, with the reason it is counted under.
+#[inline]
+pub fn parse(pkt: &[u8], dir: Dir) -> Result<Parsed, DropReason> {
+    let ip = Ipv4Packet::new_checked(pkt).map_err(ipv4_error)?;
+    if !ip.verify_checksum() {
+        return Err(DropReason::Ipv4BadChecksum);
+    }
+    if ip.is_fragment() {
+        return Err(DropReason::FragmentUnsupported);
+    }
+    if ip.ttl() <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    let l4_off = ip.header_len() as u16;
+    let total_len = ip.total_len();
+    let (src, dst) = (ip.src_addr_u32(), ip.dst_addr_u32());
+    let proto = ip.protocol();
+    let payload = ip.payload();
+    let (sport, dport, tcp_flags) = match proto {
+        ip_proto::TCP => {
+            let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::TcpMalformed)?;
+            (t.src_port(), t.dst_port(), t.flags())
+        }
+        ip_proto::UDP => {
+            let u = UdpPacket::new_checked(payload).map_err(|_| DropReason::UdpBadLength)?;
+            if u.len() as usize != payload.len() {
+                // The UDP length must agree with the IP payload; a shorter one would let the rest of the
+                // datagram pass untranslated and unchecked.
+                return Err(DropReason::UdpBadLength);
+            }
+            (u.src_port(), u.dst_port(), 0)
+        }
+        ip_proto::ICMP => {
+            let c = Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::IcmpMalformed)?;
+            match (dir, c.msg_type()) {
+                (Dir::In2Out, icmp_type::ECHO_REQUEST) => (c.echo_ident(), 0, 0),
+                (Dir::Out2In, icmp_type::ECHO_REPLY) => (0, c.echo_ident(), 0),
+                _ => return Err(DropReason::IcmpUnsupported),
+            }
+        }
+        _ => return Err(DropReason::UnsupportedProtocol),
+    };
+    Ok(Parsed {
+        key: FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+        },
+        l4_off,
+        total_len,
+        tcp_flags,
+    })
+}
+
+/// Which end of the packet to rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// Rewrite one endpoint (address and port, or ICMP identifier) and decrement the TTL, updating the IPv4
+/// and L4 checksums incrementally (RFC 1624). `p` comes from [`parse`] on the same bytes.
+#[inline]
+pub fn rewrite(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16) {
+    let (hdr, rest) = pkt.split_at_mut(p.l4_off as usize);
+    let l4 = &mut rest[..(p.total_len - p.l4_off) as usize];
+    let mut ip = Ipv4Packet::new_unchecked(hdr);
+    let new_addr = wire::Ipv4Addr::from(addr);
+    let old_addr = match end {
+        End::Source => ip.src_addr(),
+        End::Destination => ip.dst_addr(),
+    };
+    let ttl = ip.ttl();
+    let old_word = u16::from_be_bytes([ttl, p.key.proto]);
+    let new_word = u16::from_be_bytes([ttl - 1, p.key.proto]);
+    let mut ck = checksum::adjust_addr(ip.checksum(), old_addr, new_addr);
+    ck = checksum::adjust16(ck, old_word, new_word);
+    ip.set_ttl(ttl - 1);
+    match end {
+        End::Source => ip.set_src_addr(new_addr),
+        End::Destination => ip.set_dst_addr(new_addr),
+    }
+    ip.set_checksum(ck);
+
+    match p.key.proto {
+        ip_proto::TCP => {
+            let mut t = TcpPacket::new_unchecked(l4);
+            let old_port = match end {
+                End::Source => t.src_port(),
+                End::Destination => t.dst_port(),
+            };
+            let ck = checksum::adjust16(
+                checksum::adjust_addr(t.checksum(), old_addr, new_addr),
+                old_port,
+                port,
+            );
+            match end {
+                End::Source => t.set_src_port(port),
+                End::Destination => t.set_dst_port(port),
+            }
+            t.set_checksum(ck);
+        }
+        ip_proto::UDP => {
+            let mut u = UdpPacket::new_unchecked(l4);
+            let old_port = match end {
+                End::Source => u.src_port(),
+                End::Destination => u.dst_port(),
+            };
+            match end {
+                End::Source => u.set_src_port(port),
+                End::Destination => u.set_dst_port(port),
+            }
+            // A zero UDP checksum means "none" and must stay zero; a computed zero is sent as all ones.
+            let old_ck = u.checksum();
+            if old_ck != 0 {
+                let ck = checksum::adjust16(
+                    checksum::adjust_addr(old_ck, old_addr, new_addr),
+                    old_port,
+                    port,
+                );
+                u.set_checksum(if ck == 0 { 0xffff } else { ck });
+            }
+        }
+        _ => {
+            // ICMP echo: the identifier is the "port"; ICMP has no pseudo-header, so only it moves.
+            let mut c = Icmpv4Packet::new_unchecked(l4);
+            let old_id = c.echo_ident();
+            let ck = checksum::adjust16(c.checksum(), old_id, port);
+            c.set_echo_ident(port);
+            c.set_checksum(ck);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testpkt {
+    //! Packet builders for tests: real headers with correct checksums, computed the slow way.
+    use wire::{Icmpv4Packet, Ipv4Addr, Ipv4Packet, TcpPacket, UdpPacket, ip_proto};
+
+    fn ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 20 + l4.len()];
+        b[20..].copy_from_slice(l4);
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len((20 + l4.len()) as u16);
+        ip.set_ident(0x1234);
+        ip.set_flags_and_frag(true, false, 0);
+        ip.set_ttl(64);
+        ip.set_protocol(proto);
+        ip.set_src_addr(src);
+        ip.set_dst_addr(dst);
+        ip.fill_checksum();
+        b
+    }
+
+    pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut l4 = vec![0u8; 8 + payload.len()];
+        l4[8..].copy_from_slice(payload);
+        let mut u = UdpPacket::new_unchecked(&mut l4[..]);
+        u.set_src_port(sport);
+        u.set_dst_port(dport);
+        u.set_len((8 + payload.len()) as u16);
+        u.fill_checksum(src, dst);
+        ipv4(ip_proto::UDP, src, dst, &l4)
+    }
+
+    pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+        let mut l4 = vec![0u8; 24];
+        l4[20..].copy_from_slice(b"data");
+        let mut t = TcpPacket::new_unchecked(&mut l4[..]);
+        t.set_src_port(sport);
+        t.set_dst_port(dport);
+        t.set_seq_number(1000);
+        t.set_header_len(20);
+        t.set_flags(flags);
+        t.set_window_len(65535);
+        t.fill_checksum(src, dst);
+        ipv4(ip_proto::TCP, src, dst, &l4)
+    }
+
+    pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, ident: u16) -> Vec<u8> {
+        let mut l4 = vec![0u8; 16];
+        l4[8..].copy_from_slice(b"pingpong");
+        let mut c = Icmpv4Packet::new_unchecked(&mut l4[..]);
+        c.set_msg_type(ty);
+        c.set_msg_code(0);
+        c.set_echo_ident(ident);
+        c.set_echo_seq_no(7);
+        c.fill_checksum();
+        ipv4(ip_proto::ICMP, src, dst, &l4)
+    }
+
+    /// Every checksum in the packet is what a full recomputation gives.
+    pub fn checksums_valid(b: &[u8]) -> bool {
+        let ip = Ipv4Packet::new_checked(b).unwrap();
+        let (s, d) = (ip.src_addr(), ip.dst_addr());
+        ip.verify_checksum()
+            && match ip.protocol() {
+                ip_proto::TCP => TcpPacket::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(s, d),
+                ip_proto::UDP => UdpPacket::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(s, d),
+                _ => Icmpv4Packet::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(),
+            }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testpkt::*;
+    use super::*;
+    use wire::{Ipv4Addr, tcp_flags};
+
+    const SUB: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 11);
+    const SRV: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+    const OUT: u32 = 0xcb00_7103;
+
+    #[test]
+    fn parse_extracts_the_tuple() {
+        let p = parse(&udp(SUB, 5000, SRV, 53, b"q"), Dir::In2Out).unwrap();
+        assert_eq!(
+            p.key,
+            FlowKey {
+                src: SUB.into(),
+                dst: SRV.into(),
+                sport: 5000,
+                dport: 53,
+                proto: 17
+            }
+        );
+        let p = parse(
+            &icmp_echo(SUB, SRV, icmp_type::ECHO_REQUEST, 77),
+            Dir::In2Out,
+        )
+        .unwrap();
+        assert_eq!((p.key.sport, p.key.dport), (77, 0));
+        let p = parse(&icmp_echo(SRV, SUB, icmp_type::ECHO_REPLY, 77), Dir::Out2In).unwrap();
+        assert_eq!((p.key.sport, p.key.dport), (0, 77));
+        let p = parse(&tcp(SUB, 4000, SRV, 80, tcp_flags::SYN), Dir::In2Out).unwrap();
+        assert_eq!(p.tcp_flags, tcp_flags::SYN);
+    }
+
+    #[test]
+    fn parse_rejects_with_the_right_reason() {
+        let good = udp(SUB, 5000, SRV, 53, b"hello");
+        assert_eq!(
+            parse(&good[..10], Dir::In2Out).unwrap_err(),
+            DropReason::Ipv4Truncated
+        );
+        let mut b = good.clone();
+        b[0] = 0x44;
+        assert_eq!(parse(&b, Dir::In2Out).unwrap_err(), DropReason::Ipv4BadIhl);
+        let mut b = good.clone();
+        b[0] = 0x65;
+        assert_eq!(
+            parse(&b, Dir::In2Out).unwrap_err(),
+            DropReason::Ipv4BadVersion
+        );
+        let mut b = good.clone();
+        b[3] = 200; // total length beyond the buffer
+        assert_eq!(
+            parse(&b, Dir::In2Out).unwrap_err(),
+            DropReason::Ipv4BadTotalLength
+        );
+        let mut b = good.clone();
+        b[10] ^= 0xff;
+        assert_eq!(
+            parse(&b, Dir::In2Out).unwrap_err(),
+            DropReason::Ipv4BadChecksum
+        );
+        // Zero-length UDP.
+        let mut b = good.clone();
+        b[24] = 0;
+        b[25] = 0;
+        assert_eq!(
+            parse(&b, Dir::In2Out).unwrap_err(),
+            DropReason::UdpBadLength
+        );
+        // UDP length shorter than the payload.
+        let mut b = good.clone();
+        b[25] = 9;
+        assert_eq!(
+            parse(&b, Dir::In2Out).unwrap_err(),
+            DropReason::UdpBadLength
+        );
+        // TTL 1: the router must answer, not forward.
+        let mut b = good.clone();
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_ttl(1);
+        ip.fill_checksum();
+        assert_eq!(parse(&b, Dir::In2Out).unwrap_err(), DropReason::TtlExceeded);
+        // A fragment.
+        let mut b = good.clone();
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_flags_and_frag(false, true, 0);
+        ip.fill_checksum();
+        assert_eq!(
+            parse(&b, Dir::In2Out).unwrap_err(),
+            DropReason::FragmentUnsupported
+        );
+        // Echo reply from inside, echo request from outside: not queries this direction can start.
+        assert_eq!(
+            parse(&icmp_echo(SUB, SRV, icmp_type::ECHO_REPLY, 1), Dir::In2Out).unwrap_err(),
+            DropReason::IcmpUnsupported
+        );
+        assert_eq!(
+            parse(
+                &icmp_echo(SRV, SUB, icmp_type::ECHO_REQUEST, 1),
+                Dir::Out2In
+            )
+            .unwrap_err(),
+            DropReason::IcmpUnsupported
+        );
+        // Truncated TCP header.
+        let t = tcp(SUB, 4000, SRV, 80, tcp_flags::SYN);
+        let mut b = t[..30].to_vec();
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_total_len(30);
+        ip.fill_checksum();
+        assert_eq!(
+            parse(&b, Dir::In2Out).unwrap_err(),
+            DropReason::TcpMalformed
+        );
+        // GRE.
+        let mut b = good;
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_protocol(47);
+        ip.fill_checksum();
+        assert_eq!(
+            parse(&b, Dir::In2Out).unwrap_err(),
+            DropReason::UnsupportedProtocol
+        );
+    }
+
+    #[test]
+    fn rewrite_keeps_every_checksum_valid() {
+        for mut b in [
+            udp(SUB, 5000, SRV, 53, b"odd-length!"),
+            tcp(SUB, 4000, SRV, 80, tcp_flags::SYN),
+            icmp_echo(SUB, SRV, icmp_type::ECHO_REQUEST, 0xfffe),
+        ] {
+            let p = parse(&b, Dir::In2Out).unwrap();
+            rewrite(&mut b, &p, End::Source, OUT, 61000);
+            assert!(checksums_valid(&b), "{b:02x?}");
+            let ip = Ipv4Packet::new_checked(&b[..]).unwrap();
+            assert_eq!(ip.src_addr_u32(), OUT);
+            assert_eq!(ip.ttl(), 63);
+            let q = parse(&b, Dir::In2Out).unwrap();
+            assert_eq!(q.key.sport, 61000);
+            assert_eq!(q.key.dst, u32::from(SRV));
+        }
+    }
+
+    #[test]
+    fn udp_without_checksum_stays_without() {
+        let mut b = udp(SUB, 5000, SRV, 53, b"x");
+        b[26] = 0;
+        b[27] = 0;
+        let p = parse(&b, Dir::In2Out).unwrap();
+        rewrite(&mut b, &p, End::Source, OUT, 1234);
+        assert_eq!(&b[26..28], &[0, 0]);
+    }
+
+    #[test]
+    fn ethernet_padding_is_left_alone() {
+        let mut b = udp(SUB, 5000, SRV, 53, b"x");
+        let n = b.len();
+        b.extend_from_slice(&[0xaa; 17]);
+        let p = parse(&b, Dir::In2Out).unwrap();
+        rewrite(&mut b, &p, End::Source, OUT, 1234);
+        assert!(checksums_valid(&b[..n]));
+        assert!(b[n..].iter().all(|&x| x == 0xaa));
+    }
+}

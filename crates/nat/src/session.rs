@@ -1,0 +1,380 @@
+//! The session record, its preallocated slab and the timer wheel that expires it.
+//!
+//! Sessions are 32 bytes and live in one `Vec` allocated at start: creating one pops a free slot, never
+//! allocates. Expiry uses a hashed timer wheel of one-second ticks whose lists are threaded through the
+//! sessions themselves (`next`/`prev`), so the hot path only stamps `last_seen`; when a wheel slot comes
+//! due each session in it is either expired or re-filed at its real deadline. Every session is therefore
+//! looked at about once per timeout period, and the work per call is bounded by a budget.
+
+use crate::Timeouts;
+use wire::ip_proto;
+
+/// Slab index meaning "none".
+pub const NIL: u32 = u32::MAX;
+
+/// Wheel size in one-second ticks. Deadlines further away are filed at the far edge and re-filed when
+/// that slot comes due.
+pub const WHEEL_SLOTS: u32 = 1024;
+
+/// TCP state bits kept in [`Session::state`].
+pub mod tcp_state {
+    /// An inside SYN has been seen, nothing from outside yet.
+    pub const SYN_SENT: u8 = 1;
+    /// The outside host answered: the connection is up.
+    pub const ESTABLISHED: u8 = 2;
+    pub const PHASE_MASK: u8 = 0x0f;
+    /// FIN seen from the inside host.
+    pub const FIN_IN: u8 = 0x10;
+    /// FIN seen from the outside host.
+    pub const FIN_OUT: u8 = 0x20;
+    /// RST seen in either direction.
+    pub const RST: u8 = 0x40;
+}
+
+/// One translation: inside endpoint ↔ outside endpoint, towards one remote endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Session {
+    pub in_addr: u32,
+    pub rem_addr: u32,
+    pub in_port: u16,
+    pub rem_port: u16,
+    pub out_addr: u32,
+    pub out_port: u16,
+    pub proto: u8,
+    /// Protocol state; for TCP the bits of [`tcp_state`], otherwise 0.
+    pub state: u8,
+    /// Wheel tick (seconds) of the last packet that refreshed the session.
+    pub last_seen: u32,
+    pub(crate) next: u32,
+    pub(crate) prev: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Session>() == 32);
+
+impl Session {
+    /// Idle timeout in seconds for the session's protocol and state.
+    #[inline]
+    pub fn timeout(&self, t: &Timeouts) -> u32 {
+        match self.proto {
+            ip_proto::TCP => {
+                if self.state == tcp_state::ESTABLISHED {
+                    t.tcp_established
+                } else {
+                    t.tcp_transitory
+                }
+            }
+            ip_proto::UDP => t.udp,
+            _ => t.icmp,
+        }
+    }
+
+    /// Tick at which the session expires if nothing refreshes it.
+    #[inline]
+    pub fn deadline(&self, t: &Timeouts) -> u32 {
+        self.last_seen.saturating_add(self.timeout(t))
+    }
+
+    /// Whether the slot holds a live session (used by listings; free slots have `proto == 0`).
+    pub fn is_live(&self) -> bool {
+        self.proto != 0
+    }
+}
+
+/// Slab of sessions plus wheel sentinels. Slots `0..capacity` are sessions; slots
+/// `capacity..capacity+WHEEL_SLOTS` are the list heads of the wheel, so unlinking never needs to know
+/// which list a session is on.
+pub struct Slab {
+    slots: Vec<Session>,
+    capacity: u32,
+    free_head: u32,
+    live: u32,
+    /// Next wheel tick to process.
+    cursor: u32,
+}
+
+impl Slab {
+    pub fn new(capacity: u32, now: u32) -> Slab {
+        let total = capacity as usize + WHEEL_SLOTS as usize;
+        let mut slots = vec![Session::default(); total];
+        // Free list threaded through `next`, in ascending order so early sessions are dense in memory.
+        for i in 0..capacity {
+            slots[i as usize].next = if i + 1 < capacity { i + 1 } else { NIL };
+        }
+        for w in 0..WHEEL_SLOTS {
+            let s = capacity + w;
+            slots[s as usize].next = s;
+            slots[s as usize].prev = s;
+        }
+        Slab {
+            slots,
+            capacity,
+            free_head: if capacity > 0 { 0 } else { NIL },
+            live: 0,
+            cursor: now,
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    pub fn live(&self) -> u32 {
+        self.live
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Session>()
+    }
+
+    #[inline]
+    pub fn get(&self, slot: u32) -> &Session {
+        &self.slots[slot as usize]
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, slot: u32) -> &mut Session {
+        &mut self.slots[slot as usize]
+    }
+
+    /// Store a new session and file it on the wheel. `None` when the slab is full.
+    pub fn insert(&mut self, mut s: Session, t: &Timeouts) -> Option<u32> {
+        let slot = self.free_head;
+        if slot == NIL {
+            return None;
+        }
+        self.free_head = self.slots[slot as usize].next;
+        s.next = NIL;
+        s.prev = NIL;
+        self.slots[slot as usize] = s;
+        self.live += 1;
+        self.file(slot, t);
+        Some(slot)
+    }
+
+    /// Unlink from the wheel and return the slot to the free list.
+    pub fn remove(&mut self, slot: u32) -> Session {
+        self.unlink(slot);
+        let s = self.slots[slot as usize];
+        self.slots[slot as usize] = Session {
+            next: self.free_head,
+            ..Session::default()
+        };
+        self.free_head = slot;
+        self.live -= 1;
+        s
+    }
+
+    /// Re-file a session after a change that shortened its deadline (FIN, RST), so it does not wait for a
+    /// slot filed under the longer timeout.
+    pub fn refile(&mut self, slot: u32, t: &Timeouts) {
+        self.unlink(slot);
+        self.file(slot, t);
+    }
+
+    fn file(&mut self, slot: u32, t: &Timeouts) {
+        let deadline = self.slots[slot as usize].deadline(t);
+        // Never into the slot being processed (or an earlier one), never beyond one turn of the wheel.
+        let tick = deadline.clamp(
+            self.cursor.wrapping_add(1),
+            self.cursor.wrapping_add(WHEEL_SLOTS - 1),
+        );
+        let head = self.capacity + (tick % WHEEL_SLOTS);
+        let first = self.slots[head as usize].next;
+        self.slots[slot as usize].next = first;
+        self.slots[slot as usize].prev = head;
+        self.slots[first as usize].prev = slot;
+        self.slots[head as usize].next = slot;
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let Session { next, prev, .. } = self.slots[slot as usize];
+        if next == NIL {
+            return;
+        }
+        self.slots[prev as usize].next = next;
+        self.slots[next as usize].prev = prev;
+        self.slots[slot as usize].next = NIL;
+        self.slots[slot as usize].prev = NIL;
+    }
+
+    /// Walk due wheel slots up to `now`, looking at no more than `budget` sessions. Sessions past their
+    /// deadline are handed to `expire` (which must call [`Slab::remove`]); others are re-filed.
+    /// Returns how many sessions were looked at.
+    pub fn advance(
+        &mut self,
+        now: u32,
+        budget: u32,
+        t: &Timeouts,
+        mut expire: impl FnMut(&mut Slab, u32),
+    ) -> u32 {
+        let mut seen = 0;
+        while self.cursor <= now && seen < budget {
+            let head = self.capacity + (self.cursor % WHEEL_SLOTS);
+            let first = self.slots[head as usize].next;
+            if first == head {
+                self.cursor = self.cursor.wrapping_add(1);
+                continue;
+            }
+            seen += 1;
+            if self.slots[first as usize].deadline(t) <= now {
+                expire(self, first);
+                // The callback must have removed it; make sure it is at least off this list so the loop
+                // cannot spin on it.
+                if self.slots[head as usize].next == first {
+                    self.unlink(first);
+                }
+            } else {
+                self.unlink(first);
+                self.file(first, t);
+            }
+        }
+        seen
+    }
+
+    /// Iterate over live sessions with their slot numbers (control-plane use: O(capacity)).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
+        self.slots[..self.capacity as usize]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_live())
+            .map(|(i, s)| (i as u32, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Timeouts {
+        Timeouts {
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            udp: 300,
+            icmp: 60,
+        }
+    }
+
+    fn udp(last_seen: u32, port: u16) -> Session {
+        Session {
+            in_addr: 1,
+            rem_addr: 2,
+            in_port: port,
+            rem_port: 53,
+            out_addr: 3,
+            out_port: port,
+            proto: ip_proto::UDP,
+            last_seen,
+            ..Session::default()
+        }
+    }
+
+    #[test]
+    fn session_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Session>(), 32);
+    }
+
+    #[test]
+    fn full_slab_refuses_then_reuses_freed_slot() {
+        let mut s = Slab::new(3, 0);
+        let a = s.insert(udp(0, 1), &t()).unwrap();
+        s.insert(udp(0, 2), &t()).unwrap();
+        s.insert(udp(0, 3), &t()).unwrap();
+        assert_eq!(s.insert(udp(0, 4), &t()), None);
+        s.remove(a);
+        assert_eq!(s.insert(udp(0, 5), &t()), Some(a));
+        assert_eq!(s.live(), 3);
+    }
+
+    #[test]
+    fn expires_exactly_at_deadline_not_before() {
+        let tm = t();
+        let mut s = Slab::new(16, 0);
+        s.insert(udp(0, 1), &tm).unwrap();
+        let mut expired = Vec::new();
+        s.advance(299, u32::MAX, &tm, |sl, slot| {
+            expired.push(slot);
+            sl.remove(slot);
+        });
+        assert!(expired.is_empty());
+        s.advance(300, u32::MAX, &tm, |sl, slot| {
+            expired.push(slot);
+            sl.remove(slot);
+        });
+        assert_eq!(expired.len(), 1);
+        assert_eq!(s.live(), 0);
+    }
+
+    #[test]
+    fn refreshed_session_survives_and_long_timeouts_wrap_the_wheel() {
+        let tm = t();
+        let mut s = Slab::new(16, 0);
+        let tcp = Session {
+            proto: ip_proto::TCP,
+            state: tcp_state::ESTABLISHED,
+            ..udp(0, 9)
+        };
+        let slot = s.insert(tcp, &tm).unwrap();
+        let mut expired = 0;
+        // Refresh at 5000 s: the 7440 s deadline moves to 12440.
+        for now in 0..=12_440u32 {
+            if now == 5000 {
+                s.get_mut(slot).last_seen = 5000;
+            }
+            s.advance(now, u32::MAX, &tm, |sl, x| {
+                expired += 1;
+                assert_eq!(now, 12_440, "expired early at {now}");
+                sl.remove(x);
+            });
+        }
+        assert_eq!(expired, 1);
+    }
+
+    #[test]
+    fn refile_applies_a_shorter_timeout_promptly() {
+        let tm = t();
+        let mut s = Slab::new(4, 0);
+        let slot = s
+            .insert(
+                Session {
+                    proto: ip_proto::TCP,
+                    state: tcp_state::ESTABLISHED,
+                    ..udp(0, 1)
+                },
+                &tm,
+            )
+            .unwrap();
+        s.get_mut(slot).state = tcp_state::ESTABLISHED | tcp_state::RST;
+        s.refile(slot, &tm);
+        let mut when = None;
+        for now in 0..1000 {
+            s.advance(now, u32::MAX, &tm, |sl, x| {
+                when = Some(now);
+                sl.remove(x);
+            });
+        }
+        assert_eq!(when, Some(240));
+    }
+
+    #[test]
+    fn budget_bounds_work_and_backlog_drains_later() {
+        let tm = t();
+        let mut s = Slab::new(1000, 0);
+        for i in 0..1000 {
+            s.insert(udp(0, i as u16), &tm).unwrap();
+        }
+        let mut n = 0;
+        let seen = s.advance(400, 100, &tm, |sl, x| {
+            n += 1;
+            sl.remove(x);
+        });
+        assert_eq!(seen, 100);
+        assert_eq!(n, 100);
+        while s.live() > 0 {
+            s.advance(400, 100, &tm, |sl, x| {
+                sl.remove(x);
+            });
+        }
+        assert_eq!(s.iter().count(), 0);
+    }
+}
