@@ -1,2 +1,223 @@
-//! config (work in progress skeleton; replaced by the real crate)
+//! The cgnatd configuration: the YAML schema and its validation into domain types.
+//!
+//! A config file describes one cgnatd instance: how DPDK starts (`eal`), which lcores run
+//! workers, the two ports, the public address pools, the source-NAT rules, NAT table size
+//! and timeouts, ARP behaviour, the management listener and logging. docs/CONFIG.md is the
+//! field-by-field reference.
+//!
+//! Loading is two steps. The YAML is deserialized into private "raw" structs that mirror the
+//! file and reject unknown keys; syntax, type and unknown-key errors carry the field path and
+//! line:column. The raw structs are then validated as a whole into the public types below;
+//! every rule violation is reported with the path of the field concerned
+//! (`ports[1].gateway`), all of them at once. Loading reads the file and nothing else.
+//!
+//! Limitations:
+//! - IPv4 only, and exactly one inside and one outside port.
+//! - Times are whole seconds (integers); strings such as `2h` are rejected.
+//! - Validation does not look at the host: whether the lcores, PCI devices, interfaces or
+//!   hugepages exist is found out when DPDK starts.
+//! - `logging.level` is only checked for obvious mistakes; its full grammar
+//!   (tracing-subscriber's `EnvFilter`) is checked when cgnatd installs the subscriber.
 #![forbid(unsafe_code)]
+
+pub mod defaults;
+mod eal;
+mod error;
+pub mod limits;
+mod net;
+mod raw;
+mod types;
+mod validate;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use eal::{Eal, EalLogLevel, MAX_LCORE, Memory};
+pub use error::{ConfigError, FieldError, Location};
+pub use net::{AddressRange, Ipv4Net, ParseError, PortRange};
+pub use types::{
+    Device, LogFormat, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route,
+    SnatRule, Timeouts, Workers,
+};
+
+/// A validated cgnatd configuration.
+///
+/// The fields are public for reading and for targeted overrides (tests, command-line flags),
+/// but the invariants established by validation (one inside and one outside port, pool
+/// indices in `snat` in range) are the caller's to keep when editing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub eal: Eal,
+    pub workers: Workers,
+    pub ports: Vec<PortCfg>,
+    pub pools: Vec<Pool>,
+    pub snat: Vec<SnatRule>,
+    pub nat: NatCfg,
+    pub neighbour: NeighbourCfg,
+    pub mgmt: MgmtCfg,
+    pub logging: LoggingCfg,
+    /// Period of the counter summary log line; zero disables it.
+    pub stats_interval: Duration,
+}
+
+impl Config {
+    /// Parses and validates a config held in memory.
+    pub fn from_yaml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(ConfigError::from_yaml)?;
+        validate::validate(raw)
+    }
+
+    /// Reads, parses and validates a config file; errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Config::from_yaml_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            error: Box::new(e),
+        })
+    }
+
+    /// The complete EAL argument vector, `program` first, for `rte_eal_init`.
+    ///
+    /// Order: lcores (`-l`, or `--lcores` for the `lcore@cpu` syntax that DPDK 22.11's `-l`
+    /// does not accept), `--main-lcore`, memory flags, `--file-prefix`, `--log-level`, one
+    /// `--vdev` or `-a` per port in config order, `--no-pci` when no port is a PCI device,
+    /// then `eal.extra_args` verbatim.
+    ///
+    /// `--main-lcore` is always passed: DPDK would otherwise pick the lowest lcore id, which
+    /// differs from the first listed one for lists such as "2,0,1", and `worker_lcores`
+    /// must agree with DPDK about which lcore is free for workers.
+    ///
+    /// `--no-pci` keeps DPDK from probing (and possibly grabbing) NICs nobody configured;
+    /// it is left out when `extra_args` allow-lists a PCI device (`-a`/`--allow`) itself.
+    pub fn eal_args(&self, program: &str) -> Vec<String> {
+        let eal = &self.eal;
+        let mut args = vec![program.to_owned()];
+        if let Some(lcores) = &eal.lcores {
+            let flag = if eal::is_lcore_map(lcores) {
+                "--lcores"
+            } else {
+                "-l"
+            };
+            args.push(flag.to_owned());
+            args.push(lcores.clone());
+        }
+        args.push("--main-lcore".to_owned());
+        args.push(eal.main_lcore.to_string());
+        match eal.memory {
+            Memory::NoHuge { size_mb } => {
+                args.push("--no-huge".to_owned());
+                args.push("-m".to_owned());
+                args.push(size_mb.to_string());
+            }
+            Memory::Hugepages { size_mb } => {
+                // Unlinking the hugepage files as soon as they are mapped means a crashed
+                // cgnatd leaves nothing behind in /dev/hugepages for the next start to trip on.
+                args.push("--huge-unlink".to_owned());
+                if let Some(mb) = size_mb {
+                    args.push("-m".to_owned());
+                    args.push(mb.to_string());
+                }
+            }
+        }
+        args.push("--file-prefix".to_owned());
+        args.push(eal.file_prefix.clone());
+        args.push(format!("--log-level=*:{}", eal.log_level));
+        let mut any_pci = false;
+        for port in &self.ports {
+            match &port.device {
+                Device::Vdev { spec } => {
+                    args.push("--vdev".to_owned());
+                    args.push(spec.clone());
+                }
+                Device::Pci { addr } => {
+                    any_pci = true;
+                    args.push("-a".to_owned());
+                    args.push(addr.clone());
+                }
+            }
+        }
+        let extra_allows = eal::has_option(&eal.extra_args, "-a").is_some()
+            || eal::has_option(&eal.extra_args, "--allow").is_some();
+        if !any_pci && !extra_allows && eal::has_option(&eal.extra_args, "--no-pci").is_none() {
+            args.push("--no-pci".to_owned());
+        }
+        args.extend(eal.extra_args.iter().cloned());
+        args
+    }
+
+    /// The inside (subscriber-facing) port.
+    ///
+    /// # Panics
+    /// If `ports` was edited after validation so that no inside port is left.
+    pub fn inside_port(&self) -> &PortCfg {
+        self.port_with_role(Role::Inside)
+    }
+
+    /// The outside (public) port.
+    ///
+    /// # Panics
+    /// If `ports` was edited after validation so that no outside port is left.
+    pub fn outside_port(&self) -> &PortCfg {
+        self.port_with_role(Role::Outside)
+    }
+
+    fn port_with_role(&self, role: Role) -> &PortCfg {
+        match self.ports.iter().find(|p| p.role == role) {
+            Some(p) => p,
+            None => panic!("validated Config lost its {role} port"),
+        }
+    }
+
+    /// The port with the given config name.
+    pub fn port(&self, name: &str) -> Option<&PortCfg> {
+        self.ports.iter().find(|p| p.name == name)
+    }
+
+    /// Index into `pools` of the pool with the given name.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+
+    /// The lcore ids that run workers, in worker order. For `workers: n` these are the first
+    /// n lcores of the list other than the main lcore.
+    pub fn worker_lcores(&self) -> Vec<u32> {
+        match &self.workers {
+            Workers::Count(n) => self
+                .eal
+                .lcore_ids
+                .iter()
+                .copied()
+                .filter(|&id| id != self.eal.main_lcore)
+                .take(usize::from(*n))
+                .collect(),
+            Workers::Lcores(ids) => ids.clone(),
+        }
+    }
+
+    /// Number of workers.
+    pub fn worker_count(&self) -> usize {
+        match &self.workers {
+            Workers::Count(n) => usize::from(*n),
+            Workers::Lcores(ids) => ids.len(),
+        }
+    }
+
+    /// Replaces `eal.file_prefix`, with the same validation as the file. Tests and parallel
+    /// runs use this to keep DPDK instances from sharing runtime files.
+    pub fn with_file_prefix(&mut self, prefix: &str) -> Result<&mut Self, ConfigError> {
+        validate::check_file_prefix(prefix).map_err(|message| ConfigError::Invalid {
+            errors: vec![FieldError {
+                path: "eal.file_prefix".to_owned(),
+                message,
+            }],
+        })?;
+        self.eal.file_prefix = prefix.to_owned();
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,29 @@
+//! Default values of optional fields. docs/CONFIG.md gives the reason for each.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+pub const FILE_PREFIX: &str = "cgnat";
+pub const HUGEPAGES: bool = true;
+/// Memory for `--no-huge` mode, where DPDK needs an explicit size.
+pub const NOHUGE_SIZE_MB: u32 = 512;
+pub const WORKERS: u16 = 1;
+pub const MTU: u16 = 1500;
+pub const RX_DESC: u16 = 1024;
+pub const TX_DESC: u16 = 1024;
+pub const POOL_PORT_LO: u16 = 1024;
+pub const POOL_PORT_HI: u16 = 65535;
+pub const MAX_SESSIONS: u32 = 1 << 20;
+/// RFC 5382 REQ-5: an established TCP session must not time out in under 2 h 4 min.
+pub const TCP_ESTABLISHED_SECS: u32 = 7440;
+/// RFC 5382 REQ-5 / RFC 7857 section 2.2: 4 minutes (2 MSL) for connections opening or closing.
+pub const TCP_TRANSITORY_SECS: u32 = 240;
+/// RFC 4787 REQ-5 recommends 5 minutes.
+pub const UDP_SECS: u32 = 300;
+/// RFC 5508 REQ-1: at least 60 seconds.
+pub const ICMP_SECS: u32 = 60;
+pub const REACHABLE_TIME_SECS: u32 = 300;
+pub const RETRANSMIT_MS: u32 = 1000;
+pub const MGMT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 50051));
+pub const LOG_LEVEL: &str = "info";
+pub const STATS_INTERVAL_SECS: u32 = 10;

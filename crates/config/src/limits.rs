@@ -1,0 +1,23 @@
+//! Bounds enforced by validation. docs/CONFIG.md gives the reason for each.
+
+/// RFC 791: every IPv4 host must accept 68-byte datagrams without fragmenting.
+pub const MTU_MIN: u16 = 68;
+/// Common jumbo-frame ceiling supported by the NICs DPDK drives.
+pub const MTU_MAX: u16 = 9000;
+pub const DESC_MIN: u16 = 64;
+pub const DESC_MAX: u16 = 16384;
+pub const MAX_SESSIONS_MIN: u32 = 1024;
+pub const MAX_SESSIONS_MAX: u32 = 1 << 26;
+/// RFC 4787 REQ-5: a UDP mapping must not expire in under two minutes.
+pub const UDP_TIMEOUT_MIN_SECS: u32 = 120;
+/// One week. Longer idle timeouts are almost always milliseconds typed as seconds.
+pub const TIMEOUT_MAX_SECS: u32 = 7 * 24 * 3600;
+pub const REACHABLE_TIME_MAX_SECS: u32 = 24 * 3600;
+pub const RETRANSMIT_MIN_MS: u32 = 10;
+pub const RETRANSMIT_MAX_MS: u32 = 60_000;
+pub const STATS_INTERVAL_MAX_SECS: u32 = 24 * 3600;
+/// Smallest DPDK memory size accepted: mbuf pools and two port rings do not fit in less.
+pub const MEMORY_MIN_MB: u32 = 64;
+/// DPDK `--file-prefix` ends up in socket paths under /var/run/dpdk, whose names are
+/// limited to 108 bytes; 64 leaves room for the directory and suffixes.
+pub const FILE_PREFIX_MAX_LEN: usize = 64;

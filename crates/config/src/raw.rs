@@ -1,0 +1,366 @@
+//! The YAML schema exactly as written, before validation.
+//!
+//! Every struct denies unknown fields: a misspelt optional key (`promiscous: true`) would
+//! otherwise silently fall back to its default, which on a NAT means quietly wrong behaviour.
+//! Values that have a syntax of their own (prefixes, ranges, addresses) are parsed here, so
+//! their errors carry a line and column; rules that relate fields to each other live in
+//! `validate`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+use crate::defaults as d;
+use crate::eal::EalLogLevel;
+use crate::net::{AddressRange, Ipv4Net, PortRange};
+use crate::{LogFormat, Role};
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a cgnatd config mapping (eal, ports, pools, ...)"
+)]
+pub(crate) struct RawConfig {
+    pub eal: RawEal,
+    #[serde(default)]
+    pub workers: Option<RawWorkers>,
+    pub ports: Vec<RawPort>,
+    pub pools: Vec<RawPool>,
+    #[serde(default)]
+    pub snat: Vec<RawSnat>,
+    #[serde(default)]
+    pub nat: RawNat,
+    #[serde(default)]
+    pub neighbour: RawNeighbour,
+    #[serde(default)]
+    pub mgmt: RawMgmt,
+    #[serde(default)]
+    pub logging: RawLogging,
+    #[serde(default = "stats_interval")]
+    pub stats_interval: u32,
+}
+
+fn stats_interval() -> u32 {
+    d::STATS_INTERVAL_SECS
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "the eal mapping (lcores, main_lcore, memory, file_prefix, log_level, extra_args)"
+)]
+pub(crate) struct RawEal {
+    #[serde(default, deserialize_with = "string_or_int")]
+    pub lcores: Option<String>,
+    #[serde(default)]
+    pub main_lcore: Option<u32>,
+    #[serde(default)]
+    pub memory: RawMemory,
+    #[serde(default = "file_prefix")]
+    pub file_prefix: String,
+    #[serde(default)]
+    pub log_level: EalLogLevel,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+fn file_prefix() -> String {
+    d::FILE_PREFIX.to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a memory mapping (hugepages, size_mb)"
+)]
+pub(crate) struct RawMemory {
+    pub hugepages: bool,
+    pub size_mb: Option<u32>,
+}
+
+impl Default for RawMemory {
+    fn default() -> Self {
+        RawMemory {
+            hugepages: d::HUGEPAGES,
+            size_mb: None,
+        }
+    }
+}
+
+/// `workers: 2` or `workers: [1, 2]`. Written by hand instead of `#[serde(untagged)]`
+/// because an untagged enum buffers the value and loses the YAML location and path, which
+/// would leave the operator with "data did not match any variant" and no line number.
+#[derive(Debug)]
+pub(crate) enum RawWorkers {
+    Count(u16),
+    Lcores(Vec<u32>),
+}
+
+impl<'de> Deserialize<'de> for RawWorkers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawWorkers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a worker count or a list of worker lcore ids")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawWorkers, E> {
+                u16::try_from(v)
+                    .map(RawWorkers::Count)
+                    .map_err(|_| E::custom(format!("worker count {v} is out of range")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawWorkers, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("worker count {v} is negative"))),
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawWorkers, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element::<u32>()? {
+                    ids.push(id);
+                }
+                Ok(RawWorkers::Lcores(ids))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// Accepts `lcores: "0-1"` as well as `lcores: 3`, which YAML reads as an integer.
+fn string_or_int<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an lcore list such as \"0-1\"")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+    }
+    deserializer.deserialize_any(V)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a port mapping (name, role, device, address, ...)"
+)]
+pub(crate) struct RawPort {
+    pub name: String,
+    pub role: Role,
+    pub device: RawDevice,
+    pub address: Ipv4Net,
+    #[serde(default = "mtu")]
+    pub mtu: u16,
+    #[serde(default)]
+    pub promiscuous: bool,
+    #[serde(default = "rx_desc")]
+    pub rx_desc: u16,
+    #[serde(default = "tx_desc")]
+    pub tx_desc: u16,
+    #[serde(default, deserialize_with = "opt_ipv4")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+fn mtu() -> u16 {
+    d::MTU
+}
+fn rx_desc() -> u16 {
+    d::RX_DESC
+}
+fn tx_desc() -> u16 {
+    d::TX_DESC
+}
+
+// std's address parse errors do not quote the input; these wrappers do, so the message
+// shows the bad value next to its line and column.
+fn ipv4<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Addr, D::Error> {
+    deserializer.deserialize_str(QuotingVisitor::<Ipv4Addr>::new("IPv4 address", ""))
+}
+
+fn opt_ipv4<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    ipv4(deserializer).map(Some)
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    deserializer.deserialize_str(QuotingVisitor::<SocketAddr>::new(
+        "socket address",
+        "; expected ip:port, e.g. 127.0.0.1:50051",
+    ))
+}
+
+/// Parses a string with `FromStr`, replacing the error with one that quotes the input.
+struct QuotingVisitor<T> {
+    what: &'static str,
+    hint: &'static str,
+    _t: PhantomData<T>,
+}
+
+impl<T> QuotingVisitor<T> {
+    fn new(what: &'static str, hint: &'static str) -> Self {
+        QuotingVisitor {
+            what,
+            hint,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: FromStr> Visitor<'_> for QuotingVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an {}", self.what)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        v.parse()
+            .map_err(|_| E::custom(format!("invalid {} `{v}`{}", self.what, self.hint)))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a device mapping with vdev or pci")]
+pub(crate) struct RawDevice {
+    #[serde(default)]
+    pub vdev: Option<String>,
+    #[serde(default)]
+    pub pci: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a route mapping (prefix, via)")]
+pub(crate) struct RawRoute {
+    pub prefix: Ipv4Net,
+    #[serde(deserialize_with = "ipv4")]
+    pub via: Ipv4Addr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pool mapping (name, addresses, ports)"
+)]
+pub(crate) struct RawPool {
+    pub name: String,
+    pub addresses: Vec<AddressRange>,
+    #[serde(default)]
+    pub ports: PortRange,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an snat rule mapping (match, pool)")]
+pub(crate) struct RawSnat {
+    #[serde(rename = "match")]
+    pub prefix: Ipv4Net,
+    pub pool: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "the nat mapping (max_sessions, timeouts)"
+)]
+pub(crate) struct RawNat {
+    pub max_sessions: u32,
+    pub timeouts: RawTimeouts,
+}
+
+impl Default for RawNat {
+    fn default() -> Self {
+        RawNat {
+            max_sessions: d::MAX_SESSIONS,
+            timeouts: RawTimeouts::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a timeouts mapping of integer seconds"
+)]
+pub(crate) struct RawTimeouts {
+    pub tcp_established: u32,
+    pub tcp_transitory: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            tcp_established: d::TCP_ESTABLISHED_SECS,
+            tcp_transitory: d::TCP_TRANSITORY_SECS,
+            udp: d::UDP_SECS,
+            icmp: d::ICMP_SECS,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "the neighbour mapping (reachable_time, retransmit_ms)"
+)]
+pub(crate) struct RawNeighbour {
+    pub reachable_time: u32,
+    pub retransmit_ms: u32,
+}
+
+impl Default for RawNeighbour {
+    fn default() -> Self {
+        RawNeighbour {
+            reachable_time: d::REACHABLE_TIME_SECS,
+            retransmit_ms: d::RETRANSMIT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the mgmt mapping (listen)")]
+pub(crate) struct RawMgmt {
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+}
+
+impl Default for RawMgmt {
+    fn default() -> Self {
+        RawMgmt {
+            listen: d::MGMT_LISTEN,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "the logging mapping (level, format)"
+)]
+pub(crate) struct RawLogging {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        RawLogging {
+            level: d::LOG_LEVEL.to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}

@@ -1,0 +1,883 @@
+//! Whole-config tests: the shipped example files, defaults, each validation rule, error
+//! messages and the EAL argument vector.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::*;
+
+const LAB: &str = include_str!("../../../config/lab.yaml");
+const NIC: &str = include_str!("../../../config/example-nic.yaml");
+
+/// Smallest valid config; every optional field left out.
+const MINIMAL: &str = r#"
+eal:
+  lcores: "0-1"
+ports:
+  - name: inside
+    role: inside
+    device: { vdev: "net_af_packet0,iface=cgn-in" }
+    address: 100.64.0.1/24
+  - name: outside
+    role: outside
+    device: { vdev: "net_af_packet1,iface=cgn-out" }
+    address: 192.0.2.1/24
+    gateway: 192.0.2.2
+pools:
+  - name: public
+    addresses: ["203.0.113.0/29"]
+snat:
+  - match: 100.64.0.0/10
+    pool: public
+"#;
+
+/// `MINIMAL` with one piece of text replaced (which must be present, so a test cannot pass
+/// by editing nothing).
+fn edit(from: &str, to: &str) -> String {
+    assert!(MINIMAL.contains(from), "test bug: `{from}` not in MINIMAL");
+    MINIMAL.replacen(from, to, 1)
+}
+
+/// Parses `yaml`, expects failure, and checks that the message names `field` and contains
+/// `needle`.
+fn rejects(yaml: &str, field: &str, needle: &str) -> ConfigError {
+    let err = match Config::from_yaml_str(yaml) {
+        Ok(_) => panic!("accepted, expected an error about {field}:\n{yaml}"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert!(
+        err.fields().contains(&field),
+        "error does not name `{field}`: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("{field}: ")),
+        "message does not lead with `{field}`: {msg}"
+    );
+    assert!(msg.contains(needle), "`{needle}` missing from: {msg}");
+    err
+}
+
+/// Gives both af_packet ports enough queue pairs for up to four workers.
+fn qpairs4(yaml: &str) -> String {
+    let out = yaml
+        .replace("iface=cgn-in\"", "iface=cgn-in,qpairs=4\"")
+        .replace("iface=cgn-out\"", "iface=cgn-out,qpairs=4\"");
+    assert_ne!(out, yaml, "test bug: no af_packet port to widen");
+    out
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn lab_config_describes_the_standard_lab() {
+    let c = Config::from_yaml_str(LAB).unwrap();
+    let inside = c.inside_port();
+    assert_eq!(inside.name, "inside");
+    assert_eq!(inside.device.port_name(), "net_af_packet0");
+    assert_eq!(inside.address, ip("100.64.0.1"));
+    assert_eq!(inside.prefix, "100.64.0.0/24".parse().unwrap());
+    assert!(inside.promiscuous);
+    assert_eq!(inside.gateway, None);
+    let outside = c.outside_port();
+    assert_eq!(outside.device.port_name(), "net_af_packet1");
+    assert_eq!(outside.address, ip("192.0.2.1"));
+    assert_eq!(outside.gateway, Some(ip("192.0.2.2")));
+    assert!(outside.promiscuous);
+
+    assert_eq!(c.pools.len(), 1);
+    let pool = &c.pools[0];
+    assert_eq!(pool.name, "lab");
+    assert_eq!(pool.ranges, vec![(ip("203.0.113.1"), ip("203.0.113.6"))]);
+    assert_eq!(pool.len(), 6);
+    assert_eq!((pool.port_lo, pool.port_hi), (1024, 65535));
+    // The pool must be inside what cgn-inet routes to us.
+    let routed: Ipv4Net = "203.0.113.0/24".parse().unwrap();
+    assert!(pool.addresses().all(|a| routed.contains(a)));
+
+    assert_eq!(
+        c.snat,
+        vec![SnatRule {
+            prefix: "100.64.0.0/10".parse().unwrap(),
+            pool: 0
+        }]
+    );
+    assert_eq!(c.workers, Workers::Count(1));
+    assert_eq!(c.worker_lcores(), vec![1]);
+    assert_eq!(c.eal.main_lcore, 0);
+    assert_eq!(c.eal.memory, Memory::NoHuge { size_mb: 512 });
+    assert_eq!(c.eal.file_prefix, "cgnat-lab");
+    assert_eq!(c.nat.max_sessions, 65536);
+}
+
+#[test]
+fn lab_eal_args_exact() {
+    let c = Config::from_yaml_str(LAB).unwrap();
+    assert_eq!(
+        c.eal_args("cgnatd"),
+        vec![
+            "cgnatd",
+            "-l",
+            "0-1",
+            "--main-lcore",
+            "0",
+            "--no-huge",
+            "-m",
+            "512",
+            "--file-prefix",
+            "cgnat-lab",
+            "--log-level=*:warning",
+            "--vdev",
+            "net_af_packet0,iface=cgn-in,blocksz=4096,framesz=2048,framecnt=512,qpairs=1",
+            "--vdev",
+            "net_af_packet1,iface=cgn-out,blocksz=4096,framesz=2048,framecnt=512,qpairs=1",
+            "--no-pci",
+        ]
+    );
+}
+
+#[test]
+fn nic_example_parses_with_pci_and_hugepages() {
+    let c = Config::from_yaml_str(NIC).unwrap();
+    assert_eq!(c.worker_lcores(), vec![3, 4]);
+    assert_eq!(c.eal.memory, Memory::Hugepages { size_mb: None });
+    assert_eq!(c.inside_port().device.port_name(), "0000:3b:00.0");
+    assert_eq!(c.pools[0].len(), 64);
+    assert_eq!(c.logging.format, LogFormat::Json);
+    assert_eq!(c.stats_interval, Duration::from_secs(60));
+    let args = c.eal_args("cgnatd");
+    assert_eq!(
+        args,
+        vec![
+            "cgnatd",
+            "-l",
+            "2-4",
+            "--main-lcore",
+            "2",
+            "--huge-unlink",
+            "--file-prefix",
+            "cgnat",
+            "--log-level=*:notice",
+            "-a",
+            "0000:3b:00.0",
+            "-a",
+            "0000:3b:00.1",
+            "--iova-mode=va",
+        ]
+    );
+}
+
+#[test]
+fn defaults_are_applied() {
+    let c = Config::from_yaml_str(MINIMAL).unwrap();
+    assert_eq!(c.workers, Workers::Count(1));
+    assert_eq!(c.eal.file_prefix, "cgnat");
+    assert_eq!(c.eal.log_level, EalLogLevel::Warning);
+    assert_eq!(c.eal.memory, Memory::Hugepages { size_mb: None });
+    assert!(c.eal.extra_args.is_empty());
+    let p = c.inside_port();
+    assert_eq!((p.mtu, p.rx_desc, p.tx_desc), (1500, 1024, 1024));
+    assert!(!p.promiscuous);
+    assert!(p.routes.is_empty());
+    assert_eq!((c.pools[0].port_lo, c.pools[0].port_hi), (1024, 65535));
+    assert_eq!(c.nat.max_sessions, 1 << 20);
+    let t = c.nat.timeouts;
+    assert_eq!(t.tcp_established, Duration::from_secs(7440));
+    assert_eq!(t.tcp_transitory, Duration::from_secs(240));
+    assert_eq!(t.udp, Duration::from_secs(300));
+    assert_eq!(t.icmp, Duration::from_secs(60));
+    assert_eq!(c.nat, NatCfg::default());
+    assert_eq!(c.neighbour.reachable_time, Duration::from_secs(300));
+    assert_eq!(c.neighbour.retransmit, Duration::from_millis(1000));
+    assert_eq!(c.mgmt.listen, "127.0.0.1:50051".parse().unwrap());
+    assert_eq!(c.logging.level, "info");
+    assert_eq!(c.logging.format, LogFormat::Text);
+    assert_eq!(c.stats_interval, Duration::from_secs(10));
+}
+
+#[test]
+fn nohuge_without_size_gets_512_mb() {
+    let c = Config::from_yaml_str(&edit(
+        "  lcores: \"0-1\"\n",
+        "  lcores: \"0-1\"\n  memory: { hugepages: false }\n",
+    ))
+    .unwrap();
+    assert_eq!(c.eal.memory, Memory::NoHuge { size_mb: 512 });
+}
+
+#[test]
+fn hugepages_with_size_passes_m() {
+    let c = Config::from_yaml_str(&edit(
+        "  lcores: \"0-1\"\n",
+        "  lcores: \"0-1\"\n  memory: { size_mb: 2048 }\n",
+    ))
+    .unwrap();
+    let args = c.eal_args("x");
+    let pos = args.iter().position(|a| a == "--huge-unlink").unwrap();
+    assert_eq!(args[pos + 1..pos + 3], ["-m", "2048"]);
+}
+
+#[test]
+fn lcore_map_syntax_uses_lcores_option_and_counts_lcore_ids() {
+    let c = Config::from_yaml_str(&qpairs4(&edit(
+        "lcores: \"0-1\"",
+        "lcores: \"0@0,(1-2)@(1-3)\"\nworkers: 2",
+    )))
+    .unwrap();
+    assert_eq!(c.worker_lcores(), vec![1, 2]);
+    assert_eq!(c.eal_args("x")[1..3], ["--lcores", "0@0,(1-2)@(1-3)"]);
+}
+
+#[test]
+fn main_lcore_is_first_listed_unless_given() {
+    let c = Config::from_yaml_str(&edit("\"0-1\"", "\"3,0-2\"")).unwrap();
+    assert_eq!(c.eal.main_lcore, 3);
+    assert_eq!(c.worker_lcores(), vec![0]);
+    let args = c.eal_args("x");
+    assert_eq!(args[3..5], ["--main-lcore", "3"]);
+
+    let c = Config::from_yaml_str(&qpairs4(&edit(
+        "lcores: \"0-1\"",
+        "lcores: \"0-3\"\n  main_lcore: 2\nworkers: 3",
+    )))
+    .unwrap();
+    assert_eq!(c.worker_lcores(), vec![0, 1, 3]);
+}
+
+#[test]
+fn explicit_worker_lcores() {
+    let c = Config::from_yaml_str(&qpairs4(&edit(
+        "lcores: \"0-1\"",
+        "lcores: \"0-3\"\nworkers: [3, 1]",
+    )))
+    .unwrap();
+    assert_eq!(c.workers, Workers::Lcores(vec![3, 1]));
+    assert_eq!(c.worker_lcores(), vec![3, 1]);
+    assert_eq!(c.worker_count(), 2);
+    rejects(
+        &edit("lcores: \"0-1\"", "lcores: \"0-3\"\nworkers: [0]"),
+        "workers[0]",
+        "main lcore",
+    );
+    rejects(
+        &edit("lcores: \"0-1\"", "lcores: \"0-3\"\nworkers: [1, 7]"),
+        "workers[1]",
+        "not in the lcore list",
+    );
+}
+
+#[test]
+fn lcores_may_come_from_extra_args() {
+    let c = Config::from_yaml_str(&edit(
+        "lcores: \"0-1\"",
+        "extra_args: [\"-l\", \"4-5\", \"--iova-mode=va\"]",
+    ))
+    .unwrap();
+    assert_eq!(c.eal.lcores, None);
+    assert_eq!(c.worker_lcores(), vec![5]);
+    let args = c.eal_args("x");
+    // Passed once, via extra_args, at the end.
+    assert_eq!(args.iter().filter(|a| *a == "-l").count(), 1);
+    assert_eq!(args[args.len() - 3..], ["-l", "4-5", "--iova-mode=va"]);
+    assert_eq!(args[1..3], ["--main-lcore", "4"]);
+}
+
+#[test]
+fn bad_lcore_list_in_extra_args_names_the_value() {
+    rejects(
+        &edit(
+            "lcores: \"0-1\"",
+            "extra_args: [\"--iova-mode=va\", \"-l\", \"0-x\"]",
+        ),
+        "eal.extra_args[2]",
+        "not a number",
+    );
+    rejects(
+        &edit("lcores: \"0-1\"", "extra_args: [\"--lcores=(0-1\"]"),
+        "eal.extra_args[0]",
+        "unbalanced",
+    );
+}
+
+#[test]
+fn lcores_required() {
+    rejects(
+        &edit("  lcores: \"0-1\"\n", "  log_level: info\n"),
+        "eal.lcores",
+        "required",
+    );
+}
+
+#[test]
+fn lcores_given_twice() {
+    rejects(
+        &edit(
+            "lcores: \"0-1\"",
+            "lcores: \"0-1\"\n  extra_args: [\"--lcores=0-1\"]",
+        ),
+        "eal.extra_args[0]",
+        "already",
+    );
+}
+
+#[test]
+fn bad_lcore_list() {
+    rejects(&edit("\"0-1\"", "\"1-0\""), "eal.lcores", "backwards");
+    rejects(&edit("\"0-1\"", "\"0-200\""), "eal.lcores", "RTE_MAX_LCORE");
+}
+
+#[test]
+fn workers_more_than_available_lcores() {
+    rejects(
+        &edit("lcores: \"0-1\"", "lcores: \"0-1\"\nworkers: 2"),
+        "workers",
+        "2 workers need 3 lcores",
+    );
+    rejects(
+        &edit("lcores: \"0-1\"", "lcores: \"0-1\"\nworkers: 0"),
+        "workers",
+        "at least 1",
+    );
+}
+
+#[test]
+fn af_packet_needs_a_queue_pair_per_worker() {
+    let yaml = edit("lcores: \"0-1\"", "lcores: \"0-2\"\nworkers: 2");
+    let err = rejects(&yaml, "ports[0].device.vdev", "qpairs=2");
+    assert!(err.fields().contains(&"ports[1].device.vdev"));
+    let yaml = yaml
+        .replace("iface=cgn-in\"", "iface=cgn-in,qpairs=2\"")
+        .replace("iface=cgn-out\"", "iface=cgn-out,qpairs=2\"");
+    assert_eq!(Config::from_yaml_str(&yaml).unwrap().worker_count(), 2);
+}
+
+#[test]
+fn main_lcore_must_be_listed() {
+    rejects(
+        &edit("lcores: \"0-1\"", "lcores: \"0-1\"\n  main_lcore: 5"),
+        "eal.main_lcore",
+        "not in the lcore list",
+    );
+}
+
+#[test]
+fn file_prefix_charset_and_override() {
+    rejects(
+        &edit("lcores: \"0-1\"", "lcores: \"0-1\"\n  file_prefix: \"a/b\""),
+        "eal.file_prefix",
+        "may contain only",
+    );
+    let mut c = Config::from_yaml_str(MINIMAL).unwrap();
+    c.with_file_prefix("cgnat-test-42").unwrap();
+    assert!(
+        c.eal_args("x")
+            .windows(2)
+            .any(|w| w == ["--file-prefix", "cgnat-test-42"])
+    );
+    let err = c.with_file_prefix("bad prefix").unwrap_err();
+    assert!(err.to_string().starts_with("eal.file_prefix: "), "{err}");
+    assert_eq!(
+        c.eal.file_prefix, "cgnat-test-42",
+        "a rejected prefix must not be applied"
+    );
+}
+
+#[test]
+fn extra_args_may_not_repeat_derived_options() {
+    rejects(
+        &edit(
+            "lcores: \"0-1\"",
+            "lcores: \"0-1\"\n  extra_args: [\"--file-prefix=x\"]",
+        ),
+        "eal.extra_args[0]",
+        "eal.file_prefix",
+    );
+    rejects(
+        &edit(
+            "lcores: \"0-1\"",
+            "lcores: \"0-1\"\n  memory: { hugepages: false }\n  extra_args: [\"--iova-mode=va\", \"-m\", \"64\"]",
+        ),
+        "eal.extra_args[1]",
+        "size_mb",
+    );
+}
+
+#[test]
+fn duplicate_port_names() {
+    rejects(
+        &edit("name: outside", "name: inside"),
+        "ports[1].name",
+        "already used by ports[0]",
+    );
+}
+
+#[test]
+fn two_inside_ports() {
+    let err = rejects(
+        &edit("role: outside", "role: inside"),
+        "ports[1].role",
+        "exactly one inside and one outside port",
+    );
+    // ...which also leaves no outside port.
+    assert!(err.fields().contains(&"ports"), "{err}");
+}
+
+#[test]
+fn bad_prefix() {
+    let err = rejects(
+        &edit("100.64.0.1/24", "100.64.0.1/33"),
+        "ports[0].address",
+        "prefix length",
+    );
+    assert!(matches!(
+        err,
+        ConfigError::Yaml {
+            location: Some(_),
+            ..
+        }
+    ));
+    rejects(
+        &edit("100.64.0.1/24", "100.64.0.1"),
+        "ports[0].address",
+        "a.b.c.d/len",
+    );
+    rejects(
+        &edit("100.64.0.1/24", "100.64.0.0/24"),
+        "ports[0].address",
+        "all zeros",
+    );
+    rejects(
+        &edit("100.64.0.1/24", "100.64.0.255/24"),
+        "ports[0].address",
+        "all ones",
+    );
+    rejects(
+        &edit("100.64.0.1/24", "127.0.0.1/8"),
+        "ports[0].address",
+        "loopback",
+    );
+    rejects(
+        &edit("match: 100.64.0.0/10", "match: 100.64.0.1/10"),
+        "snat[0].match",
+        "did you mean 100.64.0.0/10",
+    );
+}
+
+#[test]
+fn point_to_point_subnets_allow_every_address() {
+    // RFC 3021: both addresses of a /31 are hosts.
+    let c = Config::from_yaml_str(
+        &edit("192.0.2.1/24", "192.0.2.0/31").replace("gateway: 192.0.2.2", "gateway: 192.0.2.1"),
+    )
+    .unwrap();
+    assert_eq!(c.outside_port().address, ip("192.0.2.0"));
+}
+
+#[test]
+fn gateway_outside_subnet() {
+    rejects(
+        &edit("gateway: 192.0.2.2", "gateway: 192.0.3.2"),
+        "ports[1].gateway",
+        "not inside the port's subnet 192.0.2.0/24",
+    );
+    rejects(
+        &edit("gateway: 192.0.2.2", "gateway: 192.0.2.1"),
+        "ports[1].gateway",
+        "own address",
+    );
+}
+
+#[test]
+fn routes_need_an_on_link_next_hop() {
+    let ok = edit(
+        "    address: 100.64.0.1/24\n",
+        "    address: 100.64.0.1/24\n    routes:\n      - { prefix: 10.0.0.0/8, via: 100.64.0.254 }\n",
+    );
+    let c = Config::from_yaml_str(&ok).unwrap();
+    assert_eq!(
+        c.inside_port().routes,
+        vec![Route {
+            prefix: "10.0.0.0/8".parse().unwrap(),
+            via: ip("100.64.0.254")
+        }]
+    );
+    rejects(
+        &ok.replace("via: 100.64.0.254", "via: 10.1.1.1"),
+        "ports[0].routes[0].via",
+        "not inside",
+    );
+    rejects(
+        &ok.replace("prefix: 10.0.0.0/8", "prefix: 0.0.0.0/0"),
+        "ports[0].routes[0].prefix",
+        "conflicts with ports[1].gateway",
+    );
+}
+
+#[test]
+fn two_gateways() {
+    rejects(
+        &edit(
+            "    address: 100.64.0.1/24\n",
+            "    address: 100.64.0.1/24\n    gateway: 100.64.0.2\n",
+        ),
+        "ports[1].gateway",
+        "already has a gateway",
+    );
+}
+
+#[test]
+fn overlapping_port_subnets() {
+    rejects(
+        &edit("192.0.2.1/24", "100.64.0.200/16").replace("192.0.2.2", "100.64.1.1"),
+        "ports[1].address",
+        "overlaps 100.64.0.0/24",
+    );
+}
+
+#[test]
+fn mtu_and_descriptor_bounds() {
+    rejects(
+        &edit(
+            "    address: 192.0.2.1/24\n",
+            "    address: 192.0.2.1/24\n    mtu: 9001\n",
+        ),
+        "ports[1].mtu",
+        "68..=9000",
+    );
+    rejects(
+        &edit(
+            "    address: 192.0.2.1/24\n",
+            "    address: 192.0.2.1/24\n    rx_desc: 1000\n",
+        ),
+        "ports[1].rx_desc",
+        "power of two",
+    );
+}
+
+#[test]
+fn device_must_be_exactly_one_kind() {
+    rejects(
+        &edit(
+            "{ vdev: \"net_af_packet0,iface=cgn-in\" }",
+            "{ vdev: \"net_tap0\", pci: \"0000:03:00.0\" }",
+        ),
+        "ports[0].device",
+        "exactly one",
+    );
+    rejects(
+        &edit(
+            "{ vdev: \"net_af_packet1,iface=cgn-out\" }",
+            "{ vdev: \"net_af_packet0\" }",
+        ),
+        "ports[1].device",
+        "already used by ports[0]",
+    );
+}
+
+#[test]
+fn bad_pci_address() {
+    for bad in [
+        "03:00.0",
+        "0000:03:00",
+        "0000:03:00.8",
+        "0000:03:20.0",
+        "000g:03:00.0",
+    ] {
+        rejects(
+            &edit(
+                "{ vdev: \"net_af_packet0,iface=cgn-in\" }",
+                &format!("{{ pci: \"{bad}\" }}"),
+            ),
+            "ports[0].device.pci",
+            bad,
+        );
+    }
+    let c = Config::from_yaml_str(&edit(
+        "{ vdev: \"net_af_packet0,iface=cgn-in\" }",
+        "{ pci: \"0000:3B:00.0\" }",
+    ))
+    .unwrap();
+    assert_eq!(c.inside_port().device.port_name(), "0000:3b:00.0");
+    let args = c.eal_args("x");
+    assert!(args.windows(2).any(|w| w == ["-a", "0000:3b:00.0"]));
+    assert!(!args.contains(&"--no-pci".to_owned()), "{args:?}");
+}
+
+#[test]
+fn pool_overlap_across_pools() {
+    let yaml = edit(
+        "    addresses: [\"203.0.113.0/29\"]\n",
+        "    addresses: [\"203.0.113.0/29\"]\n  - name: second\n    addresses: [\"203.0.113.4-203.0.113.9\"]\n",
+    );
+    rejects(
+        &yaml,
+        "pools[1].addresses[0]",
+        "overlaps pools[0].addresses[0] (203.0.113.0/29) of pool `public`",
+    );
+}
+
+#[test]
+fn pool_overlap_within_a_pool() {
+    rejects(
+        &edit(
+            "[\"203.0.113.0/29\"]",
+            "[\"203.0.113.0/29\", \"198.18.0.1\", \"203.0.113.7\"]",
+        ),
+        "pools[0].addresses[2]",
+        "in the same pool",
+    );
+}
+
+#[test]
+fn pool_ranges_are_sorted_and_merged() {
+    let c = Config::from_yaml_str(&edit(
+        "[\"203.0.113.0/29\"]",
+        "[\"203.0.113.8-203.0.113.9\", \"198.18.0.10-198.18.0.20\", \"203.0.113.0/29\"]\n    ports: \"2000-2999\"",
+    ))
+    .unwrap();
+    let p = &c.pools[0];
+    assert_eq!(
+        p.ranges,
+        vec![
+            (ip("198.18.0.10"), ip("198.18.0.20")),
+            (ip("203.0.113.0"), ip("203.0.113.9")),
+        ]
+    );
+    assert_eq!(p.len(), 21);
+    assert_eq!((p.port_lo, p.port_hi), (2000, 2999));
+}
+
+#[test]
+fn pool_containing_an_interface_address() {
+    rejects(
+        &edit("[\"203.0.113.0/29\"]", "[\"192.0.2.1-192.0.2.1\"]"),
+        "pools[0].addresses[0]",
+        "the address of ports[1] (`outside`)",
+    );
+    rejects(
+        &edit("[\"203.0.113.0/29\"]", "[\"192.0.2.2\"]"),
+        "pools[0].addresses[0]",
+        "the gateway of ports[1]",
+    );
+    rejects(
+        &edit("[\"203.0.113.0/29\"]", "[\"100.64.0.128/25\"]"),
+        "pools[0].addresses[0]",
+        "inside port",
+    );
+    // Elsewhere in the outside subnet is fine.
+    let c = Config::from_yaml_str(&edit("[\"203.0.113.0/29\"]", "[\"192.0.2.10-192.0.2.20\"]"))
+        .unwrap();
+    assert_eq!(c.pools[0].len(), 11);
+}
+
+#[test]
+fn pool_must_be_unicast() {
+    rejects(
+        &edit("[\"203.0.113.0/29\"]", "[\"224.0.0.1\"]"),
+        "pools[0].addresses[0]",
+        "unicast",
+    );
+}
+
+#[test]
+fn pool_port_range() {
+    rejects(
+        &edit(
+            "[\"203.0.113.0/29\"]",
+            "[\"203.0.113.0/29\"]\n    ports: \"0-100\"",
+        ),
+        "pools[0].ports",
+        "1 <= low",
+    );
+}
+
+#[test]
+fn unknown_pool_in_snat() {
+    rejects(
+        &edit("pool: public", "pool: publc"),
+        "snat[0].pool",
+        "no pool named `publc` (pools: public)",
+    );
+}
+
+#[test]
+fn shadowed_snat_rule() {
+    rejects(
+        &edit(
+            "    pool: public\n",
+            "    pool: public\n  - match: 100.64.1.0/24\n    pool: public\n",
+        ),
+        "snat[1].match",
+        "never matches",
+    );
+}
+
+#[test]
+fn udp_timeout_below_rfc_4787_minimum() {
+    rejects(
+        &format!("{MINIMAL}nat:\n  timeouts:\n    udp: 119\n"),
+        "nat.timeouts.udp",
+        "RFC 4787",
+    );
+    let c = Config::from_yaml_str(&format!("{MINIMAL}nat:\n  timeouts:\n    udp: 120\n")).unwrap();
+    assert_eq!(c.nat.timeouts.udp, Duration::from_secs(120));
+    assert_eq!(
+        c.nat.timeouts.icmp,
+        Duration::from_secs(60),
+        "siblings keep defaults"
+    );
+}
+
+#[test]
+fn timeouts_are_integer_seconds() {
+    rejects(
+        &format!("{MINIMAL}nat:\n  timeouts:\n    udp: 5m\n"),
+        "nat.timeouts.udp",
+        "(line 22, column 10)",
+    );
+    rejects(
+        &format!("{MINIMAL}nat:\n  max_sessions: 100\n"),
+        "nat.max_sessions",
+        "1024..=67108864",
+    );
+}
+
+#[test]
+fn unknown_field_names_field_and_position() {
+    let err = rejects(
+        &edit(
+            "    gateway: 192.0.2.2\n",
+            "    gateway: 192.0.2.2\n    promiscous: true\n",
+        ),
+        "ports[1].promiscous",
+        "unknown field `promiscous`",
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("(line 14, column 5)"), "{msg}");
+    assert!(
+        matches!(
+            err,
+            ConfigError::Yaml {
+                location: Some(Location {
+                    line: 14,
+                    column: 5
+                }),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let err = rejects(
+        &format!("{MINIMAL}bogus: 1\n"),
+        "bogus",
+        "unknown field `bogus`",
+    );
+    assert!(err.to_string().contains("(line 20, column 1)"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_field_and_position() {
+    let err = rejects(
+        &edit(
+            "    address: 192.0.2.1/24\n",
+            "    address: 192.0.2.1/24\n    mtu: big\n",
+        ),
+        "ports[1].mtu",
+        "invalid type: string \"big\", expected u16",
+    );
+    assert!(err.to_string().ends_with("(line 13, column 10)"), "{err}");
+    rejects(
+        &edit("role: outside", "role: sideways"),
+        "ports[1].role",
+        "unknown variant `sideways`",
+    );
+    rejects(
+        &format!("{MINIMAL}workers: \"two\"\n"),
+        "workers",
+        "worker count",
+    );
+    rejects(
+        &edit("lcores: \"0-1\"", "lcores: \"0-1\"\nworkers: -1"),
+        "workers",
+        "negative",
+    );
+}
+
+#[test]
+fn missing_field_is_named() {
+    rejects(
+        &edit("    role: inside\n", ""),
+        "ports[0].role",
+        "missing field `role`",
+    );
+}
+
+#[test]
+fn yaml_syntax_error_has_position() {
+    let err = Config::from_yaml_str("eal:\n  lcores: \"0-1\n").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("(yaml syntax): "), "{msg}");
+    assert!(msg.ends_with("(line 3, column 1)"), "{msg}");
+    let err = Config::from_yaml_str("- 1\n").unwrap_err();
+    assert!(
+        err.to_string().starts_with("(top level): invalid type"),
+        "{err}"
+    );
+    // A type error at the top names the section.
+    let err = Config::from_yaml_str("eal: [1]\n").unwrap_err();
+    assert!(
+        err.to_string().starts_with("eal: invalid type: sequence"),
+        "{err}"
+    );
+}
+
+#[test]
+fn several_errors_are_reported_together() {
+    let yaml = edit("gateway: 192.0.2.2", "gateway: 10.0.0.1").replace("pool: public", "pool: x");
+    let err = Config::from_yaml_str(&yaml).unwrap_err();
+    assert_eq!(err.fields(), vec!["ports[1].gateway", "snat[0].pool"]);
+    assert!(
+        err.to_string().starts_with("2 configuration errors: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("cgnat-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.yaml");
+    std::fs::write(&path, edit("pool: public", "pool: nope")).unwrap();
+    let err = Config::load(&path).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("{}: snat[0].pool: ", path.display())),
+        "{msg}"
+    );
+
+    let good = dir.join("lab.yaml");
+    std::fs::write(&good, LAB).unwrap();
+    assert_eq!(
+        Config::load(&good).unwrap(),
+        Config::from_yaml_str(LAB).unwrap()
+    );
+
+    let missing = dir.join("missing.yaml");
+    let msg = Config::load(&missing).unwrap_err().to_string();
+    assert!(
+        msg.contains("cannot read config file") && msg.contains("missing.yaml"),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pool_lookup_and_ports_by_name() {
+    let c = Config::from_yaml_str(LAB).unwrap();
+    assert_eq!(c.pool_index("lab"), Some(0));
+    assert_eq!(c.pool_index("nope"), None);
+    assert_eq!(c.port("outside").map(|p| p.role), Some(Role::Outside));
+}

@@ -1,0 +1,279 @@
+//! Validated domain types. Everything here has passed `validate`: prefixes are networks,
+//! references between sections are indices, times are `Duration`s.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::defaults as d;
+use crate::net::Ipv4Net;
+
+/// Which side of the NAT a port faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Subscribers: sources here are translated.
+    Inside,
+    /// The public side: pool addresses are used here.
+    Outside,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Inside => "inside",
+            Role::Outside => "outside",
+        })
+    }
+}
+
+/// How DPDK finds the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// A virtual device, passed as `--vdev <spec>`.
+    Vdev { spec: String },
+    /// A PCI function, passed as `-a <addr>`; `addr` is normalised to lower case, the form
+    /// DPDK uses for the ethdev name.
+    Pci { addr: String },
+}
+
+impl Device {
+    /// The ethdev name DPDK gives this device, for `rte_eth_dev_get_port_by_name`. Port ids
+    /// depend on probe order (PCI ports are probed in bus order, not `-a` order), so the
+    /// dataplane must look ports up by this name rather than assume an id.
+    pub fn port_name(&self) -> &str {
+        match self {
+            Device::Vdev { spec } => spec.split(',').next().unwrap_or(spec),
+            Device::Pci { addr } => addr,
+        }
+    }
+}
+
+/// One network port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortCfg {
+    pub name: String,
+    pub role: Role,
+    pub device: Device,
+    /// Our address on this port (answered in ARP, used as ICMP error source).
+    pub address: Ipv4Addr,
+    /// The connected subnet, host bits cleared.
+    pub prefix: Ipv4Net,
+    pub mtu: u16,
+    pub promiscuous: bool,
+    pub rx_desc: u16,
+    pub tx_desc: u16,
+    /// Default next hop out of this port (at most one port has one).
+    pub gateway: Option<Ipv4Addr>,
+    pub routes: Vec<Route>,
+}
+
+/// A static route: `prefix` is reached through the neighbour `via` on the owning port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: Ipv4Net,
+    pub via: Ipv4Addr,
+}
+
+/// A public address pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    /// Inclusive address ranges, sorted, non-overlapping, with adjacent ranges merged.
+    pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// Inclusive range of outside ports (and ICMP identifiers) handed out from each address.
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+
+impl Pool {
+    /// Every address in the pool, ascending.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|&(lo, hi)| (u32::from(lo)..=u32::from(hi)).map(Ipv4Addr::from))
+    }
+
+    /// Number of addresses.
+    pub fn len(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|&(lo, hi)| u64::from(u32::from(hi)) - u64::from(u32::from(lo)) + 1)
+            .sum()
+    }
+
+    /// True only for a pool built by hand without ranges; validation never produces one.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.ranges.iter().any(|&(lo, hi)| lo <= ip && ip <= hi)
+    }
+
+    /// Number of ports per address.
+    pub fn ports_per_address(&self) -> u32 {
+        u32::from(self.port_hi).saturating_sub(u32::from(self.port_lo)) + 1
+    }
+}
+
+/// Source NAT rule: inside sources in `prefix` are translated to addresses of
+/// `pools[pool]`. Rules are tried in order, first match wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatRule {
+    pub prefix: Ipv4Net,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatCfg {
+    /// Session table capacity per worker.
+    pub max_sessions: u32,
+    pub timeouts: Timeouts,
+}
+
+impl Default for NatCfg {
+    fn default() -> Self {
+        NatCfg {
+            max_sessions: d::MAX_SESSIONS,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Idle timeouts per protocol state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_established: Duration,
+    /// TCP sessions that are opening (SYN seen) or closing (FIN/RST seen).
+    pub tcp_transitory: Duration,
+    pub udp: Duration,
+    /// ICMP query (echo) sessions.
+    pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_established: secs(d::TCP_ESTABLISHED_SECS),
+            tcp_transitory: secs(d::TCP_TRANSITORY_SECS),
+            udp: secs(d::UDP_SECS),
+            icmp: secs(d::ICMP_SECS),
+        }
+    }
+}
+
+/// ARP cache behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighbourCfg {
+    /// How long a resolved entry is trusted before it is re-resolved.
+    pub reachable_time: Duration,
+    /// Interval between ARP requests while an entry is unresolved.
+    pub retransmit: Duration,
+}
+
+impl Default for NeighbourCfg {
+    fn default() -> Self {
+        NeighbourCfg {
+            reachable_time: secs(d::REACHABLE_TIME_SECS),
+            retransmit: Duration::from_millis(u64::from(d::RETRANSMIT_MS)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MgmtCfg {
+    /// Address of the gRPC server.
+    pub listen: SocketAddr,
+}
+
+impl Default for MgmtCfg {
+    fn default() -> Self {
+        MgmtCfg {
+            listen: d::MGMT_LISTEN,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingCfg {
+    /// A `tracing_subscriber::EnvFilter` directive, e.g. `info,dataplane=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingCfg {
+    fn default() -> Self {
+        LoggingCfg {
+            level: d::LOG_LEVEL.to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Which lcores run workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workers {
+    /// The first n lcores of the list, skipping the main lcore.
+    Count(u16),
+    /// Exactly these lcore ids.
+    Lcores(Vec<u32>),
+}
+
+pub(crate) fn secs(s: u32) -> Duration {
+    Duration::from_secs(u64::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_names_follow_dpdk_naming() {
+        let v = Device::Vdev {
+            spec: "net_af_packet0,iface=cgn-in,qpairs=1".into(),
+        };
+        assert_eq!(v.port_name(), "net_af_packet0");
+        let bare = Device::Vdev {
+            spec: "net_tap0".into(),
+        };
+        assert_eq!(bare.port_name(), "net_tap0");
+        let p = Device::Pci {
+            addr: "0000:3b:00.1".into(),
+        };
+        assert_eq!(p.port_name(), "0000:3b:00.1");
+    }
+
+    #[test]
+    fn pool_enumerates_every_address_once() {
+        let pool = Pool {
+            name: "p".into(),
+            ranges: vec![
+                (Ipv4Addr::new(10, 0, 0, 254), Ipv4Addr::new(10, 0, 1, 1)),
+                (Ipv4Addr::new(10, 0, 2, 0), Ipv4Addr::new(10, 0, 2, 0)),
+            ],
+            port_lo: 1024,
+            port_hi: 65535,
+        };
+        let all: Vec<Ipv4Addr> = pool.addresses().collect();
+        assert_eq!(all.len() as u64, pool.len());
+        assert_eq!(pool.len(), 5);
+        assert_eq!(all[2], Ipv4Addr::new(10, 0, 1, 0));
+        assert!(pool.contains(Ipv4Addr::new(10, 0, 2, 0)));
+        assert!(!pool.contains(Ipv4Addr::new(10, 0, 1, 2)));
+        assert_eq!(pool.ports_per_address(), 64512);
+    }
+}

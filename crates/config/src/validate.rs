@@ -1,0 +1,988 @@
+//! From the raw YAML structs to the domain types. Every rule that relates fields to each
+//! other lives here. Problems are collected rather than returned one at a time, so an
+//! operator fixing a config sees all of them in one run; a section that fails its own checks
+//! is left out of the cross-section checks that would only repeat the same mistake.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::eal::{self, Eal, Memory};
+use crate::error::{ConfigError, FieldError};
+use crate::limits as lim;
+use crate::net::{AddressRange, Ipv4Net};
+use crate::raw::{RawConfig, RawEal, RawPool, RawPort, RawSnat, RawWorkers};
+use crate::types::{
+    Device, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule,
+    Timeouts, Workers, secs,
+};
+use crate::{Config, defaults as d};
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut errs = Errors::default();
+
+    let eal = check_eal(&mut errs, raw.eal);
+    let workers = check_workers(&mut errs, raw.workers, eal.as_ref());
+    let ports = check_ports(&mut errs, &raw.ports);
+    if let (Some(eal), Some(ports)) = (&eal, &ports) {
+        check_eal_against_ports(&mut errs, eal, ports);
+    }
+    if let (Some(workers), Some(ports)) = (&workers, &ports) {
+        check_queues(&mut errs, workers, ports);
+    }
+    let pools = check_pools(&mut errs, &raw.pools, ports.as_deref());
+    let snat = check_snat(&mut errs, &raw.snat, &raw.pools);
+    let nat = check_nat(&mut errs, &raw.nat);
+    let neighbour = check_neighbour(&mut errs, &raw.neighbour);
+    let logging = check_logging(&mut errs, raw.logging);
+    if raw.stats_interval > lim::STATS_INTERVAL_MAX_SECS {
+        errs.push(
+            "stats_interval",
+            format!(
+                "{} s is more than a day ({} s); use 0 to disable periodic counter logs",
+                raw.stats_interval,
+                lim::STATS_INTERVAL_MAX_SECS
+            ),
+        );
+    }
+
+    match (eal, workers, ports, pools, snat) {
+        (Some(eal), Some(workers), Some(ports), Some(pools), Some(snat)) if errs.0.is_empty() => {
+            Ok(Config {
+                eal,
+                workers,
+                ports,
+                pools,
+                snat,
+                nat,
+                neighbour,
+                mgmt: MgmtCfg {
+                    listen: raw.mgmt.listen,
+                },
+                logging,
+                stats_interval: secs(raw.stats_interval),
+            })
+        }
+        _ => {
+            // A section can only come back empty-handed after pushing an error, but keep the
+            // invariant explicit instead of trusting it.
+            if errs.0.is_empty() {
+                errs.push("(top level)", "configuration is incomplete");
+            }
+            Err(ConfigError::Invalid { errors: errs.0 })
+        }
+    }
+}
+
+pub(crate) fn check_file_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if prefix.len() > lim::FILE_PREFIX_MAX_LEN {
+        return Err(format!(
+            "is {} characters long; at most {} fit in DPDK's runtime socket paths",
+            prefix.len(),
+            lim::FILE_PREFIX_MAX_LEN
+        ));
+    }
+    if !prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "`{prefix}` may contain only A-Z, a-z, 0-9, `_` and `-` (it becomes part of file names under /var/run/dpdk and /dev/hugepages)"
+        ));
+    }
+    Ok(())
+}
+
+/// Options cgnatd itself derives from the config; giving them again in `extra_args` would
+/// either be rejected by DPDK or silently override the structured field.
+const OWNED_OPTIONS: &[(&str, &str)] = &[
+    ("--file-prefix", "eal.file_prefix"),
+    ("--main-lcore", "eal.main_lcore"),
+    ("--master-lcore", "eal.main_lcore"),
+    ("--no-huge", "eal.memory.hugepages"),
+    ("--huge-unlink", "eal.memory.hugepages"),
+    ("-c", "eal.lcores"),
+    ("--coremask", "eal.lcores"),
+];
+
+fn check_eal(errs: &mut Errors, raw: RawEal) -> Option<Eal> {
+    let before = errs.0.len();
+    if let Err(e) = check_file_prefix(&raw.file_prefix) {
+        errs.push("eal.file_prefix", e);
+    }
+
+    for (i, arg) in raw.extra_args.iter().enumerate() {
+        let path = format!("eal.extra_args[{i}]");
+        if arg.is_empty() {
+            errs.push(path, "empty argument");
+        } else if arg == "--" {
+            errs.push(
+                path,
+                "`--` would end the EAL options and turn the rest into application arguments",
+            );
+        }
+    }
+    for (opt, field) in OWNED_OPTIONS {
+        if let Some(i) = eal::has_option(&raw.extra_args, opt) {
+            errs.push(
+                format!("eal.extra_args[{i}]"),
+                format!("`{opt}` is derived from {field}; set it there instead"),
+            );
+        }
+    }
+
+    // The lcore list comes from exactly one place.
+    let in_args = eal::lcores_in_args(&raw.extra_args);
+    let (lcore_str, lcore_path) = match (&raw.lcores, in_args) {
+        (Some(s), None) => (Some(s.as_str()), "eal.lcores".to_owned()),
+        (Some(_), Some((i, _))) => {
+            errs.push(
+                format!("eal.extra_args[{i}]"),
+                "sets the lcore list, which eal.lcores already does; keep only one",
+            );
+            (None, String::new())
+        }
+        (None, Some((_, Some((vi, v))))) => (Some(v), format!("eal.extra_args[{vi}]")),
+        (None, Some((i, None))) => {
+            errs.push(
+                format!("eal.extra_args[{i}]"),
+                "lcore option without a value",
+            );
+            (None, String::new())
+        }
+        (None, None) => {
+            errs.push(
+                "eal.lcores",
+                "required: the lcores DPDK may use, e.g. \"0-1\" (or pass -l/--lcores in eal.extra_args)",
+            );
+            (None, String::new())
+        }
+    };
+    let lcore_ids = match lcore_str.map(eal::parse_lcores) {
+        Some(Ok(ids)) => Some(ids),
+        Some(Err(e)) => {
+            errs.push(lcore_path.as_str(), format!("invalid lcore list: {e}"));
+            None
+        }
+        None => None,
+    };
+
+    let main_lcore = match (&lcore_ids, raw.main_lcore) {
+        (Some(ids), Some(m)) if !ids.contains(&m) => {
+            errs.push(
+                "eal.main_lcore",
+                format!("lcore {m} is not in the lcore list {ids:?}"),
+            );
+            None
+        }
+        (Some(_), Some(m)) => Some(m),
+        (Some(ids), None) => ids.first().copied(),
+        (None, _) => None,
+    };
+
+    let memory = match (raw.memory.hugepages, raw.memory.size_mb) {
+        (_, Some(mb)) if mb < lim::MEMORY_MIN_MB => {
+            errs.push(
+                "eal.memory.size_mb",
+                format!(
+                    "{mb} MB is too small; at least {} MB are needed for mbuf pools and port rings",
+                    lim::MEMORY_MIN_MB
+                ),
+            );
+            None
+        }
+        (true, size_mb) => Some(Memory::Hugepages { size_mb }),
+        (false, size_mb) => Some(Memory::NoHuge {
+            size_mb: size_mb.unwrap_or(d::NOHUGE_SIZE_MB),
+        }),
+    };
+    if memory.is_some_and(|m| matches!(m, Memory::NoHuge { .. })) {
+        if let Some(i) = eal::has_option(&raw.extra_args, "-m") {
+            errs.push(
+                format!("eal.extra_args[{i}]"),
+                "`-m` is derived from eal.memory.size_mb when hugepages are off; set it there",
+            );
+        }
+    } else if let (Some(Memory::Hugepages { size_mb: Some(_) }), Some(i)) =
+        (memory, eal::has_option(&raw.extra_args, "-m"))
+    {
+        errs.push(
+            format!("eal.extra_args[{i}]"),
+            "`-m` is derived from eal.memory.size_mb; set it there",
+        );
+    }
+
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(Eal {
+        // DPDK's list parser is not consistent about blanks; pass the list without them.
+        lcores: raw
+            .lcores
+            .map(|s| s.chars().filter(|c| !c.is_whitespace()).collect()),
+        lcore_ids: lcore_ids?,
+        main_lcore: main_lcore?,
+        memory: memory?,
+        file_prefix: raw.file_prefix,
+        log_level: raw.log_level,
+        extra_args: raw.extra_args,
+    })
+}
+
+fn check_workers(errs: &mut Errors, raw: Option<RawWorkers>, eal: Option<&Eal>) -> Option<Workers> {
+    let raw = raw.unwrap_or(RawWorkers::Count(d::WORKERS));
+    let before = errs.0.len();
+    match &raw {
+        RawWorkers::Count(0) => errs.push("workers", "must be at least 1"),
+        RawWorkers::Lcores(ids) if ids.is_empty() => {
+            errs.push("workers", "the list of worker lcores is empty")
+        }
+        _ => {}
+    }
+    let eal = eal?;
+    match &raw {
+        RawWorkers::Count(n) => {
+            let available = eal.lcore_ids.len().saturating_sub(1);
+            if usize::from(*n) > available {
+                errs.push(
+                    "workers",
+                    format!(
+                        "{n} workers need {} lcores (one per worker plus main lcore {} for the control plane) but the lcore list has {}",
+                        usize::from(*n) + 1,
+                        eal.main_lcore,
+                        eal.lcore_ids.len()
+                    ),
+                );
+            }
+        }
+        RawWorkers::Lcores(ids) => {
+            for (i, id) in ids.iter().enumerate() {
+                let path = format!("workers[{i}]");
+                if *id == eal.main_lcore {
+                    errs.push(
+                        path,
+                        format!("lcore {id} is the main lcore, which runs the control plane"),
+                    );
+                } else if !eal.lcore_ids.contains(id) {
+                    errs.push(
+                        path,
+                        format!("lcore {id} is not in the lcore list {:?}", eal.lcore_ids),
+                    );
+                } else if ids[..i].contains(id) {
+                    errs.push(path, format!("lcore {id} is listed twice"));
+                }
+            }
+        }
+    }
+    (errs.0.len() == before).then_some(match raw {
+        RawWorkers::Count(n) => Workers::Count(n),
+        RawWorkers::Lcores(ids) => Workers::Lcores(ids),
+    })
+}
+
+fn check_name(errs: &mut Errors, path: String, name: &str) {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        errs.push(
+            path,
+            format!("`{name}` must be non-empty and use only a-z, 0-9, `_` and `-`"),
+        );
+    }
+}
+
+/// Addresses that can never be a host: RFC 1122 section 3.2.1.3 ("this network" 0/8,
+/// loopback 127/8, class D multicast and class E reserved including limited broadcast).
+fn non_unicast_block(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets()[0];
+    match o {
+        0 => Some("\"this network\" (0.0.0.0/8)"),
+        127 => Some("loopback (127.0.0.0/8)"),
+        224..=239 => Some("multicast (224.0.0.0/4)"),
+        240..=255 => Some("reserved (240.0.0.0/4)"),
+        _ => None,
+    }
+}
+
+fn check_device(errs: &mut Errors, path: &str, raw: &crate::raw::RawDevice) -> Option<Device> {
+    match (&raw.vdev, &raw.pci) {
+        (Some(_), Some(_)) | (None, None) => {
+            errs.push(
+                path,
+                "give exactly one of `vdev` (a DPDK virtual device) or `pci` (a PCI address)",
+            );
+            None
+        }
+        (Some(spec), None) => {
+            let name = spec.split(',').next().unwrap_or_default();
+            if spec.chars().any(char::is_whitespace) {
+                errs.push(format!("{path}.vdev"), "must not contain whitespace");
+                None
+            } else if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+            {
+                errs.push(
+                    format!("{path}.vdev"),
+                    format!(
+                        "`{spec}` must start with a device name such as net_af_packet0, followed by ,key=value options"
+                    ),
+                );
+                None
+            } else {
+                Some(Device::Vdev { spec: spec.clone() })
+            }
+        }
+        (None, Some(addr)) => match parse_pci(addr) {
+            Ok(addr) => Some(Device::Pci { addr }),
+            Err(e) => {
+                errs.push(format!("{path}.pci"), e);
+                None
+            }
+        },
+    }
+}
+
+/// Checks `DDDD:BB:DD.F` (domain, bus, device, function in hex) and returns it in lower
+/// case, the form DPDK prints and names the ethdev after.
+fn parse_pci(s: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "`{s}` is not a PCI address of the form DDDD:BB:DD.F (hex domain, bus, device, function), e.g. 0000:03:00.0"
+        )
+    };
+    let (head, func) = s.split_once('.').ok_or_else(bad)?;
+    let parts: Vec<&str> = head.split(':').collect();
+    let [domain, bus, dev] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let hex = |t: &str, width: usize| -> Result<u32, String> {
+        if t.len() != width || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u32::from_str_radix(t, 16).map_err(|_| bad())
+    };
+    hex(domain, 4)?;
+    hex(bus, 2)?;
+    let dev = hex(dev, 2)?;
+    let func = hex(func, 1)?;
+    if dev > 0x1f {
+        return Err(format!("`{s}`: PCI device number {dev:#x} is above 0x1f"));
+    }
+    if func > 7 {
+        return Err(format!("`{s}`: PCI function {func} is above 7"));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+fn check_port(errs: &mut Errors, i: usize, raw: &RawPort) -> Option<PortCfg> {
+    let before = errs.0.len();
+    let p = |f: &str| format!("ports[{i}].{f}");
+    check_name(errs, p("name"), &raw.name);
+    let device = check_device(errs, &p("device"), &raw.device);
+
+    let net = raw.address;
+    let addr = net.addr;
+    let subnet = net.trunc();
+    if net.len == 0 {
+        errs.push(p("address"), "a /0 subnet would make every address on-link");
+    } else if let Some(block) = non_unicast_block(addr) {
+        errs.push(
+            p("address"),
+            format!("{addr} is {block}, not a unicast host address"),
+        );
+    } else if net.len <= 30 && (addr == net.network() || addr == net.broadcast()) {
+        errs.push(
+            p("address"),
+            format!(
+                "{net}: host part must not be all zeros or all ones (that is the network or broadcast address of {subnet})"
+            ),
+        );
+    }
+
+    if !(lim::MTU_MIN..=lim::MTU_MAX).contains(&raw.mtu) {
+        errs.push(
+            p("mtu"),
+            format!("{} is outside {}..={}", raw.mtu, lim::MTU_MIN, lim::MTU_MAX),
+        );
+    }
+    for (f, v) in [("rx_desc", raw.rx_desc), ("tx_desc", raw.tx_desc)] {
+        if !v.is_power_of_two() || !(lim::DESC_MIN..=lim::DESC_MAX).contains(&v) {
+            errs.push(
+                p(f),
+                format!(
+                    "{v} must be a power of two in {}..={}",
+                    lim::DESC_MIN,
+                    lim::DESC_MAX
+                ),
+            );
+        }
+    }
+
+    // A next hop must be a neighbour on the link: another host in the connected subnet.
+    let next_hop_problem = |hop: Ipv4Addr| -> Option<String> {
+        if !subnet.contains(hop) {
+            Some(format!("{hop} is not inside the port's subnet {subnet}"))
+        } else if hop == addr {
+            Some(format!("{hop} is this port's own address"))
+        } else if subnet.len <= 30 && (hop == subnet.network() || hop == subnet.broadcast()) {
+            Some(format!(
+                "{hop} is the network or broadcast address of {subnet}"
+            ))
+        } else {
+            None
+        }
+    };
+    if let Some(gw) = raw.gateway
+        && let Some(e) = next_hop_problem(gw)
+    {
+        errs.push(p("gateway"), e);
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (j, r) in raw.routes.iter().enumerate() {
+        let rp = format!("ports[{i}].routes[{j}]");
+        if !r.prefix.is_network() {
+            errs.push(
+                format!("{rp}.prefix"),
+                format!(
+                    "{} has host bits set; did you mean {}?",
+                    r.prefix,
+                    r.prefix.trunc()
+                ),
+            );
+        } else if r.prefix == subnet {
+            errs.push(
+                format!("{rp}.prefix"),
+                format!("{subnet} is the port's connected subnet and needs no route"),
+            );
+        } else if raw.routes[..j].iter().any(|o| o.prefix == r.prefix) {
+            errs.push(
+                format!("{rp}.prefix"),
+                format!("{} is listed twice", r.prefix),
+            );
+        }
+        if let Some(e) = next_hop_problem(r.via) {
+            errs.push(format!("{rp}.via"), e);
+        }
+        routes.push(Route {
+            prefix: r.prefix,
+            via: r.via,
+        });
+    }
+
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(PortCfg {
+        name: raw.name.clone(),
+        role: raw.role,
+        device: device?,
+        address: addr,
+        prefix: subnet,
+        mtu: raw.mtu,
+        promiscuous: raw.promiscuous,
+        rx_desc: raw.rx_desc,
+        tx_desc: raw.tx_desc,
+        gateway: raw.gateway,
+        routes,
+    })
+}
+
+fn check_ports(errs: &mut Errors, raw: &[RawPort]) -> Option<Vec<PortCfg>> {
+    let before = errs.0.len();
+    let ports: Vec<Option<PortCfg>> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, p)| check_port(errs, i, p))
+        .collect();
+
+    // Cross-port rules use the raw values, so they are reported even when a port has an
+    // unrelated problem of its own.
+    const ONE_EACH: &str = "this release supports exactly one inside and one outside port";
+    for role in [Role::Inside, Role::Outside] {
+        let with_role: Vec<usize> = (0..raw.len()).filter(|&i| raw[i].role == role).collect();
+        match with_role.as_slice() {
+            [] => errs.push("ports", format!("no {role} port; {ONE_EACH}")),
+            [_] => {}
+            [first, rest @ ..] => {
+                for &i in rest {
+                    errs.push(
+                        format!("ports[{i}].role"),
+                        format!("a second {role} port (ports[{first}] is {role}); {ONE_EACH}"),
+                    );
+                }
+            }
+        }
+    }
+    for j in 0..raw.len() {
+        let a = &raw[j];
+        for (i, b) in raw[..j].iter().enumerate() {
+            if a.name == b.name {
+                errs.push(
+                    format!("ports[{j}].name"),
+                    format!("`{}` is already used by ports[{i}]", a.name),
+                );
+            }
+            let (an, bn) = (a.address.trunc(), b.address.trunc());
+            if an.overlaps(&bn) {
+                errs.push(
+                    format!("ports[{j}].address"),
+                    format!(
+                        "subnet {an} overlaps {bn} of ports[{i}] (`{}`); the NAT could not tell which port a neighbour is on",
+                        b.name
+                    ),
+                );
+            }
+            if a.gateway.is_some() && b.gateway.is_some() {
+                errs.push(
+                    format!("ports[{j}].gateway"),
+                    format!(
+                        "ports[{i}] (`{}`) already has a gateway; two default routes would be ambiguous",
+                        b.name
+                    ),
+                );
+            }
+        }
+    }
+    // Routes are one table across ports; the same prefix twice, or a 0.0.0.0/0 route next to
+    // a gateway, would leave the choice of port to chance.
+    let mut seen: HashMap<Ipv4Net, usize> = HashMap::new();
+    for (i, p) in raw.iter().enumerate() {
+        for (j, r) in p.routes.iter().enumerate() {
+            if let Some(&k) = seen.get(&r.prefix).filter(|&&k| k != i) {
+                errs.push(
+                    format!("ports[{i}].routes[{j}].prefix"),
+                    format!("{} is also routed out of ports[{k}]", r.prefix),
+                );
+            }
+            seen.entry(r.prefix).or_insert(i);
+            if r.prefix.len == 0
+                && let Some(k) = raw.iter().position(|q| q.gateway.is_some())
+            {
+                errs.push(
+                    format!("ports[{i}].routes[{j}].prefix"),
+                    format!("a default route conflicts with ports[{k}].gateway, which is one too"),
+                );
+            }
+        }
+    }
+
+    if errs.0.len() != before {
+        return None;
+    }
+    ports.into_iter().collect()
+}
+
+fn check_eal_against_ports(errs: &mut Errors, eal: &Eal, ports: &[PortCfg]) {
+    let pci = ports
+        .iter()
+        .position(|p| matches!(p.device, Device::Pci { .. }));
+    if let (Some(k), Some(i)) = (pci, eal::has_option(&eal.extra_args, "--no-pci")) {
+        errs.push(
+            format!("eal.extra_args[{i}]"),
+            format!("`--no-pci` would hide the PCI device of ports[{k}]"),
+        );
+    }
+    for j in 0..ports.len() {
+        for i in 0..j {
+            if ports[i].device.port_name() == ports[j].device.port_name() {
+                errs.push(
+                    format!("ports[{j}].device"),
+                    format!(
+                        "DPDK device `{}` is already used by ports[{i}]",
+                        ports[j].device.port_name()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Every worker polls its own RX queue and owns a TX queue on every port (queues are not
+/// thread-safe), so a vdev that opens fewer queue pairs than there are workers cannot work.
+/// Only net_af_packet is checked: it is the one vdev whose queue option we know (`qpairs`,
+/// default 1).
+fn check_queues(errs: &mut Errors, workers: &Workers, ports: &[PortCfg]) {
+    let n_workers = match workers {
+        Workers::Count(n) => usize::from(*n),
+        Workers::Lcores(ids) => ids.len(),
+    };
+    for (i, p) in ports.iter().enumerate() {
+        let Device::Vdev { spec } = &p.device else {
+            continue;
+        };
+        if !spec.starts_with("net_af_packet") {
+            continue;
+        }
+        let qpairs = spec
+            .split(',')
+            .skip(1)
+            .find_map(|kv| kv.strip_prefix("qpairs="));
+        let n = match qpairs.map(str::parse::<usize>) {
+            None => 1,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                errs.push(
+                    format!("ports[{i}].device.vdev"),
+                    "qpairs= must be a number",
+                );
+                continue;
+            }
+        };
+        if n < n_workers {
+            errs.push(
+                format!("ports[{i}].device.vdev"),
+                format!(
+                    "net_af_packet opens {n} queue pair(s) but {n_workers} workers each need their own; set qpairs={n_workers}"
+                ),
+            );
+        }
+    }
+}
+
+fn check_pools(errs: &mut Errors, raw: &[RawPool], ports: Option<&[PortCfg]>) -> Option<Vec<Pool>> {
+    let before = errs.0.len();
+    if raw.is_empty() {
+        errs.push("pools", "at least one pool is required");
+    }
+    for (i, pool) in raw.iter().enumerate() {
+        check_name(errs, format!("pools[{i}].name"), &pool.name);
+        if let Some(k) = raw[..i].iter().position(|o| o.name == pool.name) {
+            errs.push(
+                format!("pools[{i}].name"),
+                format!("`{}` is already used by pools[{k}]", pool.name),
+            );
+        }
+        if pool.addresses.is_empty() {
+            errs.push(
+                format!("pools[{i}].addresses"),
+                "must list at least one address",
+            );
+        }
+        for (j, r) in pool.addresses.iter().enumerate() {
+            let path = format!("pools[{i}].addresses[{j}]");
+            if let Some(p) = r.prefix.filter(|p| !p.is_network()) {
+                errs.push(
+                    path.as_str(),
+                    format!("{p} has host bits set; did you mean {}?", p.trunc()),
+                );
+            }
+            for (lo, hi, what) in [
+                (0, 0x00ff_ffff, "\"this network\" (0.0.0.0/8)"),
+                (0x7f00_0000, 0x7fff_ffff, "loopback (127.0.0.0/8)"),
+                (
+                    0xe000_0000,
+                    u32::MAX,
+                    "multicast and reserved space (224.0.0.0/3)",
+                ),
+            ] {
+                let block = AddressRange {
+                    first: Ipv4Addr::from(lo),
+                    last: Ipv4Addr::from(hi),
+                    prefix: None,
+                };
+                if r.overlaps(&block) {
+                    errs.push(
+                        path.as_str(),
+                        format!("{r} reaches into {what}; pool addresses must be unicast"),
+                    );
+                }
+            }
+            if let Some(ports) = ports {
+                check_pool_range_against_ports(errs, &path, r, ports);
+            }
+        }
+    }
+    check_pool_overlaps(errs, raw);
+
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(
+        raw.iter()
+            .map(|p| Pool {
+                name: p.name.clone(),
+                ranges: merge(&p.addresses),
+                port_lo: p.ports.lo,
+                port_hi: p.ports.hi,
+            })
+            .collect(),
+    )
+}
+
+fn check_pool_range_against_ports(
+    errs: &mut Errors,
+    path: &str,
+    r: &AddressRange,
+    ports: &[PortCfg],
+) {
+    for (k, port) in ports.iter().enumerate() {
+        let subnet = port.prefix;
+        if port.role == Role::Inside && r.overlaps_net(&subnet) {
+            errs.push(
+                path,
+                format!(
+                    "{r} overlaps {subnet}, the subnet of inside port ports[{k}] (`{}`)",
+                    port.name
+                ),
+            );
+            continue;
+        }
+        // Pool addresses may sit in the outside subnet (we then answer ARP for them), but
+        // none may be an address some neighbour or we ourselves already use.
+        let mut used = vec![(port.address, "address".to_owned())];
+        used.extend(port.gateway.map(|g| (g, "gateway".to_owned())));
+        used.extend(
+            port.routes
+                .iter()
+                .enumerate()
+                .map(|(j, rt)| (rt.via, format!("routes[{j}].via"))),
+        );
+        if subnet.len <= 30 && r.overlaps_net(&subnet) {
+            used.push((subnet.network(), "network address".to_owned()));
+            used.push((subnet.broadcast(), "broadcast address".to_owned()));
+        }
+        for (ip, what) in used {
+            if r.contains(ip) {
+                errs.push(
+                    path,
+                    format!(
+                        "{r} contains {ip}, the {what} of ports[{k}] (`{}`)",
+                        port.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_pool_overlaps(errs: &mut Errors, raw: &[RawPool]) {
+    // Sort every entry by its first address; an entry overlaps an earlier one exactly when it
+    // starts at or before the furthest end seen so far.
+    let mut all: Vec<(AddressRange, usize, usize)> = raw
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.addresses.iter().enumerate().map(move |(j, r)| (*r, i, j)))
+        .collect();
+    all.sort_by_key(|(r, i, j)| (r.first, *i, *j));
+    let mut reach: Option<(AddressRange, usize, usize)> = None;
+    for &(r, i, j) in &all {
+        if let Some((m, mi, mj)) = reach {
+            if r.first <= m.last {
+                // Report at whichever entry comes later in the file.
+                let ((ri, rj), (oi, oj), other) = if (i, j) > (mi, mj) {
+                    ((i, j), (mi, mj), m)
+                } else {
+                    ((mi, mj), (i, j), r)
+                };
+                let whose = if ri == oi {
+                    "in the same pool".to_owned()
+                } else {
+                    format!("of pool `{}`", raw[oi].name)
+                };
+                let this = raw[ri].addresses[rj];
+                errs.push(
+                    format!("pools[{ri}].addresses[{rj}]"),
+                    format!("{this} overlaps pools[{oi}].addresses[{oj}] ({other}) {whose}"),
+                );
+            }
+            if r.last > m.last {
+                reach = Some((r, i, j));
+            }
+        } else {
+            reach = Some((r, i, j));
+        }
+    }
+}
+
+/// Sorted, merged inclusive ranges. Overlaps were rejected before this runs, so merging only
+/// joins ranges that touch.
+fn merge(entries: &[AddressRange]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    let mut v: Vec<(u32, u32)> = entries
+        .iter()
+        .map(|r| (u32::from(r.first), u32::from(r.last)))
+        .collect();
+    v.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(v.len());
+    for (lo, hi) in v {
+        match out.last_mut() {
+            Some(last) if u64::from(lo) <= u64::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out.into_iter()
+        .map(|(lo, hi)| (Ipv4Addr::from(lo), Ipv4Addr::from(hi)))
+        .collect()
+}
+
+fn check_snat(errs: &mut Errors, raw: &[RawSnat], pools: &[RawPool]) -> Option<Vec<SnatRule>> {
+    let before = errs.0.len();
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        if !r.prefix.is_network() {
+            errs.push(
+                format!("snat[{i}].match"),
+                format!(
+                    "{} has host bits set; did you mean {}?",
+                    r.prefix,
+                    r.prefix.trunc()
+                ),
+            );
+        } else if let Some(k) = raw[..i].iter().position(|o| o.prefix.covers(&r.prefix)) {
+            errs.push(
+                format!("snat[{i}].match"),
+                format!(
+                    "never matches: snat[{k}] ({}) comes first and covers {}",
+                    raw[k].prefix, r.prefix
+                ),
+            );
+        }
+        match pools.iter().position(|p| p.name == r.pool) {
+            Some(pool) => rules.push(SnatRule {
+                prefix: r.prefix,
+                pool,
+            }),
+            None => {
+                let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                errs.push(
+                    format!("snat[{i}].pool"),
+                    format!(
+                        "no pool named `{}` (pools: {})",
+                        r.pool,
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    (errs.0.len() == before).then_some(rules)
+}
+
+fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
+    if !(lim::MAX_SESSIONS_MIN..=lim::MAX_SESSIONS_MAX).contains(&raw.max_sessions) {
+        errs.push(
+            "nat.max_sessions",
+            format!(
+                "{} is outside {}..={}",
+                raw.max_sessions,
+                lim::MAX_SESSIONS_MIN,
+                lim::MAX_SESSIONS_MAX
+            ),
+        );
+    }
+    let t = &raw.timeouts;
+    for (name, v) in [
+        ("tcp_established", t.tcp_established),
+        ("tcp_transitory", t.tcp_transitory),
+        ("udp", t.udp),
+        ("icmp", t.icmp),
+    ] {
+        if v == 0 || v > lim::TIMEOUT_MAX_SECS {
+            errs.push(
+                format!("nat.timeouts.{name}"),
+                format!(
+                    "{v} s is outside 1..={} seconds (timeouts are whole seconds)",
+                    lim::TIMEOUT_MAX_SECS
+                ),
+            );
+        }
+    }
+    if t.udp > 0 && t.udp < lim::UDP_TIMEOUT_MIN_SECS {
+        errs.push(
+            "nat.timeouts.udp",
+            format!(
+                "{} s is below {} s; RFC 4787 REQ-5 forbids UDP mappings expiring in under two minutes",
+                t.udp,
+                lim::UDP_TIMEOUT_MIN_SECS
+            ),
+        );
+    }
+    if t.tcp_established < t.tcp_transitory {
+        errs.push(
+            "nat.timeouts.tcp_established",
+            format!(
+                "{} s is shorter than tcp_transitory ({} s); an established connection would be dropped sooner than a closing one",
+                t.tcp_established, t.tcp_transitory
+            ),
+        );
+    }
+    NatCfg {
+        max_sessions: raw.max_sessions,
+        timeouts: Timeouts {
+            tcp_established: secs(t.tcp_established),
+            tcp_transitory: secs(t.tcp_transitory),
+            udp: secs(t.udp),
+            icmp: secs(t.icmp),
+        },
+    }
+}
+
+fn check_neighbour(errs: &mut Errors, raw: &crate::raw::RawNeighbour) -> NeighbourCfg {
+    if raw.reachable_time == 0 || raw.reachable_time > lim::REACHABLE_TIME_MAX_SECS {
+        errs.push(
+            "neighbour.reachable_time",
+            format!(
+                "{} s is outside 1..={} seconds",
+                raw.reachable_time,
+                lim::REACHABLE_TIME_MAX_SECS
+            ),
+        );
+    }
+    if !(lim::RETRANSMIT_MIN_MS..=lim::RETRANSMIT_MAX_MS).contains(&raw.retransmit_ms) {
+        errs.push(
+            "neighbour.retransmit_ms",
+            format!(
+                "{} ms is outside {}..={} ms",
+                raw.retransmit_ms,
+                lim::RETRANSMIT_MIN_MS,
+                lim::RETRANSMIT_MAX_MS
+            ),
+        );
+    }
+    NeighbourCfg {
+        reachable_time: secs(raw.reachable_time),
+        retransmit: Duration::from_millis(u64::from(raw.retransmit_ms)),
+    }
+}
+
+fn check_logging(errs: &mut Errors, raw: crate::raw::RawLogging) -> LoggingCfg {
+    // The full filter grammar belongs to tracing-subscriber, which cgnatd applies at start-up;
+    // here only what can never be a filter is caught, so a typo fails at load time.
+    if raw.level.trim().is_empty() {
+        errs.push("logging.level", "must not be empty (e.g. `info`)");
+    } else if raw.level.chars().any(char::is_whitespace) {
+        errs.push(
+            "logging.level",
+            format!(
+                "`{}` contains whitespace; directives are comma-separated, e.g. `info,dataplane=debug`",
+                raw.level
+            ),
+        );
+    }
+    LoggingCfg {
+        level: raw.level,
+        format: raw.format,
+    }
+}
