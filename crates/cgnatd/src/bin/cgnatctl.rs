@@ -1,1 +1,379 @@
-fn main() {}
+//! cgnatctl: command-line client for a running cgnatd's gRPC management API.
+//!
+//! `cgnatctl info | stats [--watch] | ports | health`, printed as aligned
+//! tables for people or as JSON/YAML (`-o json`) for scripts. Errors are one
+//! line on stderr, `cgnatctl: <GRPC_CODE>: <message>`, with a non-zero exit.
+//! Limitations: plaintext HTTP/2 only (no TLS), read-only commands for now.
+#![forbid(unsafe_code)]
+
+#[path = "../ctl/mod.rs"]
+mod ctl;
+
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use cgnat::v1;
+use cgnat::v1::cgnat_client::CgnatClient;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use ctl::format::{human_duration, parse_duration, status_line};
+use ctl::view::{
+    HealthView, InfoView, PortsView, Rates, StatsTableOptions, StatsView, health_line, info_table,
+    ports_table, stats_table,
+};
+
+/// Query a running cgnatd over its gRPC management API.
+#[derive(Debug, Parser)]
+#[command(name = "cgnatctl", version)]
+struct Cli {
+    /// Management API address of cgnatd (http://host:port; the scheme may be omitted).
+    #[arg(
+        long,
+        global = true,
+        env = "CGNAT_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+
+    /// Give up connecting, or waiting for a reply, after this long (e.g. 500ms, 5s).
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "5s")]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON; with --watch, one object per line.
+    Json,
+    /// YAML; with --watch, one document per update.
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Daemon version, uptime, workers, config generation, DPDK version.
+    Info,
+    /// Data-plane counters and drops, summed over workers.
+    Stats(StatsArgs),
+    /// DPDK ports: role, driver, MAC, address, link and NIC counters.
+    Ports,
+    /// gRPC health of the server (exit status 1 unless SERVING).
+    Health {
+        /// Service to check; empty checks the server as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    /// Keep printing updates until interrupted; tables show per-second rates.
+    #[arg(short, long)]
+    watch: bool,
+    /// Time between updates with --watch (minimum 100ms) [default: 1s].
+    #[arg(long, value_parser = parse_duration, requires = "watch")]
+    interval: Option<Duration>,
+    /// Add a column per worker to the table.
+    #[arg(long)]
+    per_worker: bool,
+    /// Show drop reasons with a zero count too.
+    #[arg(long)]
+    all: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            // `cgnatctl ... | head` closing the pipe is not a failure.
+            if let Some(io) = err.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
+            }
+            match err.downcast_ref::<Status>() {
+                Some(status) => eprintln!("cgnatctl: {}", status_line(status)),
+                None => eprintln!("cgnatctl: {err:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let server = server_uri(&cli.server);
+    let channel = connect(&server, cli.timeout).await?;
+    let ctx = Ctx {
+        server,
+        timeout: cli.timeout,
+        output: cli.output,
+    };
+    match cli.command {
+        Command::Info => {
+            let mut client = CgnatClient::new(channel);
+            let info = ctx.call(client.get_info(v1::GetInfoRequest {})).await?;
+            emit(&ctx.render(&InfoView::from(&info), info_table, false)?)?;
+        }
+        Command::Stats(args) => stats(&ctx, CgnatClient::new(channel), &args).await?,
+        Command::Ports => {
+            let mut client = CgnatClient::new(channel);
+            let ports = ctx.call(client.list_ports(v1::ListPortsRequest {})).await?;
+            emit(&ctx.render(&PortsView::from(&ports), ports_table, false)?)?;
+        }
+        Command::Health { service } => {
+            let mut client = HealthClient::new(channel);
+            let reply = ctx
+                .call(client.check(HealthCheckRequest {
+                    service: service.clone(),
+                }))
+                .await?;
+            let status = reply.status();
+            let view = HealthView {
+                service,
+                status: status.as_str_name().to_owned(),
+            };
+            emit(&ctx.render(&view, health_line, false)?)?;
+            if status != ServingStatus::Serving {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Accepts `host:port` as well as a full URI, since operators type the former.
+fn server_uri(server: &str) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+/// Connects eagerly so that an unreachable daemon is reported as such, naming
+/// the server, instead of as an obscure error from the first call.
+async fn connect(server: &str, timeout: Duration) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(|e| anyhow!("invalid --server {server:?}: {e}"))?
+        .connect_timeout(timeout);
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(err)) => Err(anyhow!("cannot connect to {server}: {}", root_cause(&err))),
+        Err(_) => Err(anyhow!(
+            "cannot connect to {server}: no answer within {}",
+            human_timeout(timeout)
+        )),
+    }
+}
+
+/// The innermost error, e.g. "Connection refused (os error 111)"; tonic's own
+/// top-level text is just "transport error".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn human_timeout(timeout: Duration) -> String {
+    if timeout < Duration::from_secs(1) {
+        format!("{}ms", timeout.as_millis())
+    } else {
+        human_duration(timeout)
+    }
+}
+
+struct Ctx {
+    server: String,
+    timeout: Duration,
+    output: Output,
+}
+
+impl Ctx {
+    /// Awaits one call under `--timeout`, turning expiry into the gRPC code
+    /// a deadline would have produced.
+    async fn call<T>(&self, call: impl Future<Output = Result<Response<T>, Status>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(status.into()),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no reply from {} within {}",
+                self.server,
+                human_timeout(self.timeout)
+            ))
+            .into()),
+        }
+    }
+
+    /// Renders a view in the chosen format. `stream` selects the streaming
+    /// forms: compact one-line JSON and `---`-separated YAML documents.
+    fn render<T: Serialize>(
+        &self,
+        view: &T,
+        table: impl FnOnce(&T) -> String,
+        stream: bool,
+    ) -> Result<String> {
+        Ok(match self.output {
+            Output::Table => table(view),
+            Output::Json if stream => serde_json::to_string(view)? + "\n",
+            Output::Json => serde_json::to_string_pretty(view)? + "\n",
+            Output::Yaml if stream => format!("---\n{}", serde_yaml::to_string(view)?),
+            Output::Yaml => serde_yaml::to_string(view)?,
+        })
+    }
+}
+
+async fn stats(ctx: &Ctx, mut client: CgnatClient<Channel>, args: &StatsArgs) -> Result<()> {
+    let opts = StatsTableOptions {
+        per_worker: args.per_worker,
+        all_drops: args.all,
+    };
+    if !args.watch {
+        let stats = ctx.call(client.get_stats(v1::GetStatsRequest {})).await?;
+        let view = StatsView::from(&stats);
+        return emit(&ctx.render(&view, |v| stats_table(v, opts, None), false)?);
+    }
+
+    let interval = args
+        .interval
+        .map(prost_types::Duration::try_from)
+        .transpose()?;
+    // Only opening the stream is bounded by --timeout; updates then arrive
+    // for as long as the user watches.
+    let mut updates = ctx
+        .call(client.watch_stats(v1::WatchStatsRequest { interval }))
+        .await?;
+    // Redraw in place like watch(1) on a terminal; append when piped so the
+    // output stays a log.
+    let redraw = ctx.output == Output::Table && std::io::stdout().is_terminal();
+    let mut previous: Option<(StatsView, Instant)> = None;
+    while let Some(stats) = updates.message().await? {
+        let now = Instant::now();
+        let view = StatsView::from(&stats);
+        let rates = previous
+            .as_ref()
+            .map(|(prev, at)| Rates::between(prev, &view, now.duration_since(*at)));
+        let mut text = ctx.render(&view, |v| stats_table(v, opts, rates.as_ref()), true)?;
+        if ctx.output == Output::Table {
+            text = if redraw {
+                format!("\x1b[H\x1b[2J{text}")
+            } else if previous.is_some() {
+                format!("\n{text}")
+            } else {
+                text
+            };
+        }
+        emit(&text)?;
+        previous = Some((view, now));
+    }
+    Err(Status::unavailable(format!(
+        "{} ended the stats stream (daemon shutting down?)",
+        ctx.server
+    ))
+    .into())
+}
+
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_daemon() {
+        let cli = Cli::try_parse_from(["cgnatctl", "stats"]).unwrap();
+        // The env var could be set in the test environment; only check the
+        // default when it is not.
+        if std::env::var_os("CGNAT_SERVER").is_none() {
+            assert_eq!(cli.server, "http://127.0.0.1:50051");
+        }
+        assert_eq!(cli.output, Output::Table);
+        assert_eq!(cli.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "cgnatctl",
+            "stats",
+            "--watch",
+            "--interval",
+            "250ms",
+            "--per-worker",
+            "-o",
+            "json",
+            "--server",
+            "10.0.0.1:9",
+            "--timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        assert_eq!(cli.server, "10.0.0.1:9");
+        assert_eq!(cli.timeout, Duration::from_secs(2));
+        let Command::Stats(args) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert!(args.watch && args.per_worker && !args.all);
+        assert_eq!(args.interval, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn interval_needs_watch() {
+        assert!(Cli::try_parse_from(["cgnatctl", "stats", "--interval", "2s"]).is_err());
+    }
+
+    #[test]
+    fn server_may_omit_the_scheme() {
+        assert_eq!(server_uri("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(server_uri("https://nat1:443"), "https://nat1:443");
+    }
+
+    /// Nothing listens on a port we just released, so this exercises the
+    /// real connection-refused path and its message.
+    #[tokio::test]
+    async fn unreachable_server_is_named_in_the_error() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let server = format!("http://{addr}");
+        let err = connect(&server, Duration::from_secs(2)).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!("cannot connect to {server}: ")),
+            "{text}"
+        );
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
+}

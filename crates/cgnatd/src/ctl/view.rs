@@ -1,0 +1,658 @@
+//! What cgnatctl prints: serde views of the API replies (the stable JSON/YAML
+//! shapes scripts and tests parse) and their table renderings.
+//!
+//! Maps are `BTreeMap` so JSON keys and table rows come out sorted and the
+//! output is the same on every run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cgnat::v1;
+use serde::Serialize;
+
+use super::format::{Align, Table, group_thousands, human_duration, link_speed, rate};
+
+/// `cgnatctl info` output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InfoView {
+    /// cgnatd version.
+    pub version: String,
+    /// DPDK version string.
+    pub dpdk_version: String,
+    /// Whole seconds since the daemon started.
+    pub uptime_seconds: u64,
+    /// Start time as RFC 3339 UTC, whole seconds; empty if the server sent none.
+    pub started_at: String,
+    /// Number of data-plane workers.
+    pub workers: u32,
+    /// Generation of the applied configuration.
+    pub config_generation: u64,
+}
+
+impl From<&v1::Info> for InfoView {
+    fn from(info: &v1::Info) -> Self {
+        InfoView {
+            version: info.version.clone(),
+            dpdk_version: info.dpdk_version.clone(),
+            uptime_seconds: info
+                .uptime
+                .map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0)),
+            started_at: info.started_at.map_or_else(String::new, |t| {
+                // Sub-second digits only add noise for a start time.
+                prost_types::Timestamp {
+                    seconds: t.seconds,
+                    nanos: 0,
+                }
+                .to_string()
+            }),
+            workers: info.workers,
+            config_generation: info.config_generation,
+        }
+    }
+}
+
+/// Renders `info` as aligned `Key: value` lines.
+pub fn info_table(info: &InfoView) -> String {
+    let uptime = human_duration(Duration::from_secs(info.uptime_seconds));
+    let rows = [
+        ("Version", info.version.clone()),
+        ("DPDK", info.dpdk_version.clone()),
+        ("Uptime", uptime),
+        ("Started", info.started_at.clone()),
+        ("Workers", info.workers.to_string()),
+        ("Config generation", info.config_generation.to_string()),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    rows.iter()
+        .map(|(k, v)| format!("{:<width$} {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// `cgnatctl stats` output; JSON shape
+/// `{"totals":{..},"drops":{..},"workers":[{"worker","lcore","counters","drops"}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct StatsView {
+    /// Counters summed over workers.
+    pub totals: BTreeMap<String, u64>,
+    /// Drops by reason summed over workers, zeros included.
+    pub drops: BTreeMap<String, u64>,
+    /// Per-worker detail, ordered by worker index.
+    pub workers: Vec<WorkerView>,
+}
+
+/// One worker in [`StatsView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerView {
+    /// Worker index.
+    pub worker: u32,
+    /// lcore the worker runs on.
+    pub lcore: u32,
+    /// Counters by name.
+    pub counters: BTreeMap<String, u64>,
+    /// Drops by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl From<&v1::Stats> for StatsView {
+    fn from(stats: &v1::Stats) -> Self {
+        let sorted = |m: &std::collections::HashMap<String, u64>| {
+            m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        let mut workers: Vec<WorkerView> = stats
+            .workers
+            .iter()
+            .map(|w| WorkerView {
+                worker: w.worker,
+                lcore: w.lcore,
+                counters: sorted(&w.counters),
+                drops: sorted(&w.drops),
+            })
+            .collect();
+        workers.sort_by_key(|w| w.worker);
+        StatsView {
+            totals: sorted(&stats.totals),
+            drops: sorted(&stats.drops),
+            workers,
+        }
+    }
+}
+
+/// How `stats` is laid out as a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsTableOptions {
+    /// Add one column per worker.
+    pub per_worker: bool,
+    /// Show drop reasons whose count is zero.
+    pub all_drops: bool,
+}
+
+/// Per-second change of each total between two samples, for `--watch`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rates {
+    /// Rate of each counter total.
+    pub totals: BTreeMap<String, f64>,
+    /// Rate of each drop total.
+    pub drops: BTreeMap<String, f64>,
+}
+
+impl Rates {
+    /// Rates from `prev` to `cur` taken `elapsed` apart. Names missing from
+    /// `prev` count from zero; gauges (e.g. `sessions_current`) get signed rates.
+    pub fn between(prev: &StatsView, cur: &StatsView, elapsed: Duration) -> Rates {
+        let secs = elapsed.as_secs_f64();
+        let diff = |old: &BTreeMap<String, u64>, new: &BTreeMap<String, u64>| {
+            new.iter()
+                .map(|(name, &n)| {
+                    let o = old.get(name).copied().unwrap_or(0);
+                    // i128 holds any difference of two u64 exactly.
+                    let delta = (i128::from(n) - i128::from(o)) as f64;
+                    let per_sec = if secs > 0.0 { delta / secs } else { 0.0 };
+                    (name.clone(), per_sec)
+                })
+                .collect()
+        };
+        Rates {
+            totals: diff(&prev.totals, &cur.totals),
+            drops: diff(&prev.drops, &cur.drops),
+        }
+    }
+}
+
+/// Renders `stats` as two tables, counters then drops (non-zero only unless
+/// `all_drops`), optionally with a column per worker and a rate column.
+pub fn stats_table(stats: &StatsView, opts: StatsTableOptions, rates: Option<&Rates>) -> String {
+    let mut out = section(
+        "COUNTER",
+        &stats.totals,
+        |w| &w.counters,
+        stats,
+        opts,
+        rates.map(|r| &r.totals),
+        |_| true,
+    );
+    out.push('\n');
+    let drops = section(
+        "DROP REASON",
+        &stats.drops,
+        |w| &w.drops,
+        stats,
+        opts,
+        rates.map(|r| &r.drops),
+        |n| opts.all_drops || n > 0,
+    );
+    if drops.is_empty() {
+        out.push_str("No drops.\n");
+    } else {
+        out.push_str(&drops);
+    }
+    out
+}
+
+/// One table of `stats_table`; empty string if no row passes `keep`.
+fn section(
+    title: &str,
+    totals: &BTreeMap<String, u64>,
+    of_worker: impl Fn(&WorkerView) -> &BTreeMap<String, u64>,
+    stats: &StatsView,
+    opts: StatsTableOptions,
+    rates: Option<&BTreeMap<String, f64>>,
+    keep: impl Fn(u64) -> bool,
+) -> String {
+    let mut columns = vec![
+        (title.to_owned(), Align::Left),
+        ("TOTAL".to_owned(), Align::Right),
+    ];
+    if rates.is_some() {
+        columns.push(("RATE".to_owned(), Align::Right));
+    }
+    if opts.per_worker {
+        columns.extend(
+            stats
+                .workers
+                .iter()
+                .map(|w| (format!("w{}/lc{}", w.worker, w.lcore), Align::Right)),
+        );
+    }
+    let mut table = Table::new(columns);
+    for (name, &total) in totals.iter().filter(|&(_, &n)| keep(n)) {
+        let mut row = vec![name.clone(), group_thousands(total)];
+        if let Some(rates) = rates {
+            row.push(rate(rates.get(name).copied().unwrap_or(0.0)));
+        }
+        if opts.per_worker {
+            // A worker that does not report a name has not counted it: 0.
+            row.extend(
+                stats
+                    .workers
+                    .iter()
+                    .map(|w| group_thousands(of_worker(w).get(name).copied().unwrap_or(0))),
+            );
+        }
+        table.row(row);
+    }
+    if table.is_empty() {
+        String::new()
+    } else {
+        table.render()
+    }
+}
+
+/// `cgnatctl ports` output; JSON shape `{"ports":[PortView,..]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortsView {
+    /// Ports ordered by port id.
+    pub ports: Vec<PortView>,
+}
+
+/// One port in [`PortsView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortView {
+    /// Configured name.
+    pub name: String,
+    /// "inside", "outside" or "unspecified".
+    pub role: String,
+    /// DPDK port id.
+    pub port_id: u32,
+    /// PCI address or vdev spec.
+    pub device: String,
+    /// DPDK driver.
+    pub driver: String,
+    /// MAC address.
+    pub mac: String,
+    /// Address with prefix length.
+    pub address: String,
+    /// Link state.
+    pub link_up: bool,
+    /// Link speed in Mbit/s, 0 if unknown.
+    pub speed_mbps: u32,
+    /// NIC counters.
+    pub counters: PortCountersView,
+}
+
+/// NIC counters of a [`PortView`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct PortCountersView {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Dropped by the NIC, RX ring full.
+    pub rx_missed: u64,
+    /// Erroneous received packets.
+    pub rx_errors: u64,
+    /// Failed transmissions.
+    pub tx_errors: u64,
+    /// RX mbuf allocation failures.
+    pub rx_nombuf: u64,
+}
+
+fn role_name(role: v1::Role) -> &'static str {
+    match role {
+        v1::Role::Unspecified => "unspecified",
+        v1::Role::Inside => "inside",
+        v1::Role::Outside => "outside",
+    }
+}
+
+impl From<&v1::ListPortsResponse> for PortsView {
+    fn from(resp: &v1::ListPortsResponse) -> Self {
+        let mut ports: Vec<PortView> = resp
+            .ports
+            .iter()
+            .map(|p| {
+                let c = p.counters.unwrap_or_default();
+                PortView {
+                    name: p.name.clone(),
+                    // An unknown enum value from a newer server reads as
+                    // unspecified rather than failing the whole listing.
+                    role: role_name(p.role()).to_owned(),
+                    port_id: p.port_id,
+                    device: p.device.clone(),
+                    driver: p.driver.clone(),
+                    mac: p.mac.clone(),
+                    address: p.address.clone(),
+                    link_up: p.link_up,
+                    speed_mbps: p.speed_mbps,
+                    counters: PortCountersView {
+                        rx_packets: c.rx_packets,
+                        tx_packets: c.tx_packets,
+                        rx_bytes: c.rx_bytes,
+                        tx_bytes: c.tx_bytes,
+                        rx_missed: c.rx_missed,
+                        rx_errors: c.rx_errors,
+                        tx_errors: c.tx_errors,
+                        rx_nombuf: c.rx_nombuf,
+                    },
+                }
+            })
+            .collect();
+        ports.sort_by_key(|p| p.port_id);
+        PortsView { ports }
+    }
+}
+
+/// Renders ports as two tables: identity and link, then NIC counters.
+pub fn ports_table(ports: &PortsView) -> String {
+    if ports.ports.is_empty() {
+        return "No ports.\n".to_owned();
+    }
+    let mut identity = Table::new([
+        ("NAME", Align::Left),
+        ("ROLE", Align::Left),
+        ("PORT", Align::Right),
+        ("DRIVER", Align::Left),
+        ("DEVICE", Align::Left),
+        ("MAC", Align::Left),
+        ("ADDRESS", Align::Left),
+        ("LINK", Align::Left),
+        ("SPEED", Align::Right),
+    ]);
+    let mut counters = Table::new([
+        ("NAME", Align::Left),
+        ("RX_PKTS", Align::Right),
+        ("RX_BYTES", Align::Right),
+        ("TX_PKTS", Align::Right),
+        ("TX_BYTES", Align::Right),
+        ("RX_MISSED", Align::Right),
+        ("RX_ERRORS", Align::Right),
+        ("TX_ERRORS", Align::Right),
+        ("RX_NOMBUF", Align::Right),
+    ]);
+    for p in &ports.ports {
+        identity.row(vec![
+            p.name.clone(),
+            p.role.clone(),
+            p.port_id.to_string(),
+            p.driver.clone(),
+            p.device.clone(),
+            p.mac.clone(),
+            p.address.clone(),
+            if p.link_up { "up" } else { "down" }.to_owned(),
+            link_speed(p.speed_mbps),
+        ]);
+        let c = &p.counters;
+        counters.row(
+            std::iter::once(p.name.clone())
+                .chain(
+                    [
+                        c.rx_packets,
+                        c.rx_bytes,
+                        c.tx_packets,
+                        c.tx_bytes,
+                        c.rx_missed,
+                        c.rx_errors,
+                        c.tx_errors,
+                        c.rx_nombuf,
+                    ]
+                    .map(group_thousands),
+                )
+                .collect(),
+        );
+    }
+    format!("{}\n{}", identity.render(), counters.render())
+}
+
+/// `cgnatctl health` output; JSON shape `{"service":"","status":"SERVING"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthView {
+    /// Service checked; empty means the server as a whole.
+    pub service: String,
+    /// grpc.health.v1 status name: SERVING, NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN.
+    pub status: String,
+}
+
+/// Renders health as one line, e.g. `SERVING` or `cgnat.v1.Cgnat: SERVING`.
+pub fn health_line(health: &HealthView) -> String {
+    if health.service.is_empty() {
+        format!("{}\n", health.status)
+    } else {
+        format!("{}: {}\n", health.service, health.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn map(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
+        pairs.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    fn sample_stats() -> v1::Stats {
+        v1::Stats {
+            totals: map(&[("rx_packets", 1_234_567), ("tx_packets", 1_500)]),
+            drops: map(&[("no_session", 10), ("out_of_ports", 0)]),
+            // Deliberately out of order: output is sorted by worker index.
+            workers: vec![
+                v1::WorkerStats {
+                    worker: 1,
+                    lcore: 3,
+                    counters: map(&[("rx_packets", 234_567), ("tx_packets", 500)]),
+                    drops: map(&[("no_session", 4), ("out_of_ports", 0)]),
+                },
+                v1::WorkerStats {
+                    worker: 0,
+                    lcore: 1,
+                    counters: map(&[("rx_packets", 1_000_000), ("tx_packets", 1_000)]),
+                    drops: map(&[("no_session", 6), ("out_of_ports", 0)]),
+                },
+            ],
+        }
+    }
+
+    /// The JSON shape is a contract with scripts and the end-to-end tests.
+    #[test]
+    fn stats_json_shape() {
+        let json = serde_json::to_value(StatsView::from(&sample_stats())).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "totals": {"rx_packets": 1_234_567, "tx_packets": 1_500},
+                "drops": {"no_session": 10, "out_of_ports": 0},
+                "workers": [
+                    {"worker": 0, "lcore": 1,
+                     "counters": {"rx_packets": 1_000_000, "tx_packets": 1_000},
+                     "drops": {"no_session": 6, "out_of_ports": 0}},
+                    {"worker": 1, "lcore": 3,
+                     "counters": {"rx_packets": 234_567, "tx_packets": 500},
+                     "drops": {"no_session": 4, "out_of_ports": 0}},
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn stats_table_hides_zero_drops_unless_asked() {
+        let stats = StatsView::from(&sample_stats());
+        let text = stats_table(&stats, StatsTableOptions::default(), None);
+        assert_eq!(
+            text,
+            "COUNTER         TOTAL\n\
+             rx_packets  1,234,567\n\
+             tx_packets      1,500\n\
+             \n\
+             DROP REASON  TOTAL\n\
+             no_session      10\n"
+        );
+        let all = stats_table(
+            &stats,
+            StatsTableOptions {
+                all_drops: true,
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(all.contains("out_of_ports      0\n"), "{all}");
+    }
+
+    #[test]
+    fn stats_table_without_drops_says_so() {
+        let mut stats = StatsView::from(&sample_stats());
+        stats.drops.values_mut().for_each(|n| *n = 0);
+        let text = stats_table(&stats, StatsTableOptions::default(), None);
+        assert!(text.ends_with("\nNo drops.\n"), "{text}");
+    }
+
+    #[test]
+    fn per_worker_table_has_a_column_per_worker() {
+        let stats = StatsView::from(&sample_stats());
+        let opts = StatsTableOptions {
+            per_worker: true,
+            all_drops: false,
+        };
+        let text = stats_table(&stats, opts, None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "COUNTER         TOTAL     w0/lc1   w1/lc3");
+        assert_eq!(lines[1], "rx_packets  1,234,567  1,000,000  234,567");
+        assert_eq!(lines[5], "no_session      10       6       4");
+    }
+
+    #[test]
+    fn watch_rates_are_per_second() {
+        let prev = StatsView::from(&sample_stats());
+        let mut cur = prev.clone();
+        *cur.totals.get_mut("tx_packets").unwrap() += 1_000;
+        *cur.drops.get_mut("no_session").unwrap() += 4;
+        let rates = Rates::between(&prev, &cur, Duration::from_millis(500));
+        assert_eq!(rates.totals["tx_packets"], 2_000.0);
+        assert_eq!(rates.totals["rx_packets"], 0.0);
+        assert_eq!(rates.drops["no_session"], 8.0);
+
+        let text = stats_table(&cur, StatsTableOptions::default(), Some(&rates));
+        assert!(text.contains("tx_packets      2,500  +2,000/s\n"), "{text}");
+    }
+
+    #[test]
+    fn info_view_and_table() {
+        let info = v1::Info {
+            version: "0.1.0".into(),
+            uptime: Some(prost_types::Duration {
+                seconds: 10_925,
+                nanos: 5,
+            }),
+            started_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 123_456_789,
+            }),
+            workers: 2,
+            config_generation: 7,
+            dpdk_version: "DPDK 22.11.4".into(),
+        };
+        let view = InfoView::from(&info);
+        assert_eq!(
+            serde_json::to_value(&view).unwrap(),
+            serde_json::json!({
+                "version": "0.1.0",
+                "dpdk_version": "DPDK 22.11.4",
+                "uptime_seconds": 10_925,
+                "started_at": "2023-11-14T22:13:20Z",
+                "workers": 2,
+                "config_generation": 7,
+            })
+        );
+        assert_eq!(
+            info_table(&view),
+            "Version:           0.1.0\n\
+             DPDK:              DPDK 22.11.4\n\
+             Uptime:            3h 2m 5s\n\
+             Started:           2023-11-14T22:13:20Z\n\
+             Workers:           2\n\
+             Config generation: 7\n"
+        );
+    }
+
+    fn sample_ports() -> v1::ListPortsResponse {
+        v1::ListPortsResponse {
+            ports: vec![
+                v1::Port {
+                    name: "outside".into(),
+                    role: v1::Role::Outside.into(),
+                    port_id: 1,
+                    device: "net_af_packet1,iface=cgn-out".into(),
+                    driver: "net_af_packet".into(),
+                    mac: "02:00:00:00:00:02".into(),
+                    address: "192.0.2.1/24".into(),
+                    link_up: false,
+                    speed_mbps: 0,
+                    counters: None,
+                },
+                v1::Port {
+                    name: "inside".into(),
+                    role: v1::Role::Inside.into(),
+                    port_id: 0,
+                    device: "net_af_packet0,iface=cgn-in".into(),
+                    driver: "net_af_packet".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    address: "100.64.0.1/24".into(),
+                    link_up: true,
+                    speed_mbps: 10_000,
+                    counters: Some(v1::PortCounters {
+                        rx_packets: 1_500,
+                        tx_packets: 2,
+                        rx_bytes: 3,
+                        tx_bytes: 4,
+                        rx_missed: 5,
+                        rx_errors: 6,
+                        tx_errors: 7,
+                        rx_nombuf: 8,
+                    }),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn ports_json_shape() {
+        let json = serde_json::to_value(PortsView::from(&sample_ports())).unwrap();
+        assert_eq!(
+            json["ports"][0],
+            serde_json::json!({
+                "name": "inside", "role": "inside", "port_id": 0,
+                "device": "net_af_packet0,iface=cgn-in", "driver": "net_af_packet",
+                "mac": "02:00:00:00:00:01", "address": "100.64.0.1/24",
+                "link_up": true, "speed_mbps": 10_000,
+                "counters": {"rx_packets": 1_500, "tx_packets": 2, "rx_bytes": 3,
+                             "tx_bytes": 4, "rx_missed": 5, "rx_errors": 6,
+                             "tx_errors": 7, "rx_nombuf": 8}
+            })
+        );
+        assert_eq!(json["ports"][1]["role"], "outside");
+        assert_eq!(json["ports"][1]["counters"]["rx_packets"], 0);
+    }
+
+    #[test]
+    fn ports_table_layout() {
+        let text = ports_table(&PortsView::from(&sample_ports()));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME     ROLE     PORT  DRIVER         DEVICE                        MAC                ADDRESS        LINK  SPEED"
+        );
+        assert_eq!(
+            lines[1],
+            "inside   inside      0  net_af_packet  net_af_packet0,iface=cgn-in   02:00:00:00:00:01  100.64.0.1/24  up      10G"
+        );
+        assert!(lines[2].ends_with("down      -"), "{text}");
+        assert_eq!(lines[3], "");
+        assert_eq!(
+            lines[5],
+            "inside     1,500         3        2         4          5          6          7          8"
+        );
+    }
+
+    #[test]
+    fn health_line_names_the_service() {
+        let mut h = HealthView {
+            service: String::new(),
+            status: "SERVING".into(),
+        };
+        assert_eq!(health_line(&h), "SERVING\n");
+        h.service = "cgnat.v1.Cgnat".into();
+        assert_eq!(health_line(&h), "cgnat.v1.Cgnat: SERVING\n");
+    }
+}
