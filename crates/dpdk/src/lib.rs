@@ -1,1 +1,195 @@
-//! dpdk (work in progress skeleton; replaced by the real crate)
+//! Safe layer over DPDK (`dpdk-sys`): EAL, mempools, mbufs, ports and
+//! queues, lcores, rings. cgnat's data plane is written against this crate;
+//! it and `dpdk-sys` are the only crates with `unsafe` code.
+//!
+//! # Threading and safety model
+//!
+//! - **EAL**: [`Eal::init`] once per process; the calling thread becomes the
+//!   main lcore. Every handle below holds a token that keeps
+//!   `rte_eal_cleanup` from running while it exists, and no handle can be
+//!   created before init or after cleanup (those calls return
+//!   [`Error::Eal`]). Cleanup therefore never frees memory still in use.
+//! - **Ownership**: an [`Mbuf`] is owned (freed on drop) and `Send`; an
+//!   [`MbufBurst`] is a fixed array of them. Receiving moves mbufs from the
+//!   PMD into a burst; transmitting or enqueueing moves them out, so an mbuf
+//!   is never referenced twice.
+//! - **Queues**: a port's queues are handed out one handle each
+//!   ([`RxQueue`], [`TxQueue`]): `Send`, not `Sync`, so exactly one thread
+//!   polls a queue, as DPDK requires. Control calls on [`Port`] (stats,
+//!   link, start) are thread-safe; stop/close wait for all queue handles to
+//!   be dropped.
+//! - **Mempools** are `Send + Sync`. A pool is only freed once all its mbufs
+//!   are back; otherwise it is leaked so outstanding mbufs stay valid.
+//! - **Rings**: [`MbufRing`] moves mbufs between cores; its single-producer
+//!   and single-consumer modes are enforced, not just documented.
+//! - **Lcores**: [`lcore::launch`] runs a `'static` closure on an EAL worker.
+//!
+//! # Limitations
+//!
+//! - Data accessors see the first segment only; multi-segment (scattered)
+//!   packets are carried and freed correctly but not parsed across segments.
+//! - No mbuf cloning or external buffers: every mbuf owns its data buffer,
+//!   which is what makes [`Mbuf::data_mut`] sound.
+//! - DPDK's fast-path functions are `static inline` in C and reached through
+//!   one non-inlined wrapper call each (see `dpdk-sys`), so per-packet calls
+//!   such as [`Mempool::alloc`] cost a function call more than in C; burst
+//!   calls amortise it.
+//! - Dropping a [`Mempool`] concurrently with another core still returning
+//!   mbufs to it through its lcore cache is a race DPDK itself cannot
+//!   detect; keep pools alive until workers have stopped.
+//! - Only primary processes are supported (no DPDK multi-process).
+
+// Every unsafe block states why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
+mod burst;
+mod eal;
+mod error;
+pub mod lcore;
+mod mbuf;
+mod mempool;
+mod port;
+mod ring;
+
+pub use burst::{BURST, Drain, MbufBurst};
+pub use eal::{Eal, is_running, live_handles};
+pub use error::{Error, Result, rte_errno, strerror};
+pub use mbuf::Mbuf;
+pub use mempool::{DEFAULT_DATA_ROOM, HEADROOM, Mempool, SOCKET_ID_ANY};
+pub use port::{LinkStatus, Port, PortConfig, PortId, PortStats, RxQueue, TxQueue};
+pub use ring::MbufRing;
+
+/// Raw bindings, for what this crate does not wrap.
+pub use dpdk_sys as sys;
+
+use std::ffi::CStr;
+
+/// DPDK's version string, e.g. `DPDK 22.11.11`.
+pub fn version() -> String {
+    // SAFETY: rte_version returns a pointer to a static NUL-terminated
+    // string; it works before EAL init.
+    let p = unsafe { sys::rte_version() };
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: non-null static C string.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// NUMA socket of the calling lcore (`SOCKET_ID_ANY`, -1, on non-EAL threads).
+pub fn socket_id() -> i32 {
+    // SAFETY: reads a thread-local variable.
+    let s = unsafe { sys::rte_socket_id() };
+    // Non-EAL threads report SOCKET_ID_ANY, which round-trips through u32.
+    s as i32
+}
+
+/// Start loading the cache line holding `*r` into all cache levels.
+#[inline(always)]
+pub fn prefetch0<T>(r: &T) {
+    prefetch0_ptr((r as *const T).cast::<u8>());
+}
+
+/// Start loading the cache line at `p` into all cache levels
+/// (`rte_prefetch0`). Safe for any address: a prefetch never faults.
+#[inline(always)]
+pub fn prefetch0_ptr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: PREFETCHT0 is a hint: it never faults and has no
+        // architectural effect, whatever the address. SSE is baseline on
+        // x86_64. Inlined here rather than calling the C wrapper, which
+        // would cost a call per packet.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: rte_prefetch0 is a hint and never faults.
+        unsafe { sys::rte_prefetch0(p.cast()) }
+    }
+}
+
+/// Time-stamp counter access for cheap timing in the data path.
+pub mod time {
+    use dpdk_sys as sys;
+
+    /// Current TSC value (cycles).
+    #[inline(always)]
+    pub fn tsc() -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: RDTSC has no preconditions and is baseline on x86_64;
+            // this is what rte_rdtsc does, without the wrapper call.
+            unsafe { std::arch::x86_64::_rdtsc() }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            // SAFETY: reads the cycle counter; no preconditions.
+            unsafe { sys::rte_get_tsc_cycles() }
+        }
+    }
+
+    /// TSC ticks per second, as calibrated by EAL init (0 before init).
+    pub fn tsc_hz() -> u64 {
+        // SAFETY: reads a value EAL stored at init.
+        unsafe { sys::rte_get_tsc_hz() }
+    }
+
+    /// Cycles elapsed over `ms` milliseconds (for timer deadlines).
+    pub fn ms_to_tsc(ms: u64) -> u64 {
+        tsc_hz().saturating_mul(ms) / 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_reports_installed_dpdk() {
+        let v = version();
+        assert!(v.starts_with("DPDK 22.") || v.starts_with("DPDK 2"), "{v}");
+    }
+
+    #[test]
+    fn handles_are_refused_without_eal() {
+        // No EAL in the unit-test binary: creating handles must fail cleanly
+        // rather than touch uninitialised DPDK state.
+        assert!(!is_running());
+        match Mempool::new_pktmbuf("nope", 63, 0, DEFAULT_DATA_ROOM, SOCKET_ID_ANY) {
+            Err(Error::Eal { msg, .. }) => assert!(msg.contains("not initialised"), "{msg}"),
+            other => panic!("expected Error::Eal, got {other:?}"),
+        }
+        assert!(matches!(
+            MbufRing::new("nope", 16, true, true),
+            Err(Error::Eal { .. })
+        ));
+        assert!(matches!(
+            PortId::by_name("net_null0"),
+            Err(Error::Eal { .. })
+        ));
+        assert_eq!(PortId::count_avail(), 0);
+        assert!(PortId::all().is_empty());
+        assert!(matches!(
+            lcore::launch(lcore::LcoreId(1), || 0),
+            Err(Error::Eal { .. })
+        ));
+        assert_eq!(live_handles(), 0);
+    }
+
+    #[test]
+    fn prefetch_accepts_any_address() {
+        let x = 5u64;
+        prefetch0(&x);
+        prefetch0_ptr(std::ptr::null());
+        prefetch0_ptr(usize::MAX as *const u8);
+        assert_eq!(x, 5);
+    }
+
+    #[test]
+    fn non_eal_thread_has_no_lcore() {
+        assert_eq!(lcore::current(), None);
+        assert_eq!(socket_id(), SOCKET_ID_ANY);
+    }
+}
