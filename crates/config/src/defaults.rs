@@ -15,7 +15,7 @@ pub const POOL_PORT_HI: u16 = 65535;
 pub const MAX_SESSIONS: u32 = 1 << 20;
 /// RFC 5382 REQ-5: an established TCP session must not time out in under 2 h 4 min.
 pub const TCP_ESTABLISHED_SECS: u32 = 7440;
-/// RFC 5382 REQ-5 / RFC 7857 section 2.2: 4 minutes (2 MSL) for connections opening or closing.
+/// RFC 5382 REQ-5 / RFC 7857 section 2: 4 minutes (2 MSL) for connections opening or closing.
 pub const TCP_TRANSITORY_SECS: u32 = 240;
 /// RFC 4787 REQ-5 recommends 5 minutes.
 pub const UDP_SECS: u32 = 300;

@@ -308,8 +308,9 @@ fn check_name(errs: &mut Errors, path: String, name: &str) {
     }
 }
 
-/// Addresses that can never be a host: RFC 1122 section 3.2.1.3 ("this network" 0/8,
-/// loopback 127/8, class D multicast and class E reserved including limited broadcast).
+/// Addresses that can never be a host: "this network" 0/8 and loopback 127/8 (RFC 1122
+/// section 3.2.1.3), multicast 224/4 (RFC 5771) and reserved 240/4 including the limited
+/// broadcast address (RFC 6890).
 fn non_unicast_block(ip: Ipv4Addr) -> Option<&'static str> {
     let o = ip.octets()[0];
     match o {
