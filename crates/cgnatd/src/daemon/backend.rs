@@ -1,0 +1,146 @@
+//! The management API's view of the running daemon.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use config::{Config, Device, Role};
+use mgmt::{
+    Backend, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, StatsSnapshot,
+    WorkerStatsSnapshot,
+};
+use nat::{Counter, Counters, DropReason};
+
+use super::setup::DataPlane;
+
+struct PortInfo {
+    name: String,
+    role: PortRole,
+    device: String,
+    address: String,
+    port: dpdk::PortId,
+    driver: String,
+    mac: [u8; 6],
+}
+
+pub struct DaemonBackend {
+    started_at: SystemTime,
+    dpdk_version: String,
+    workers: Vec<(u32, Arc<Counters>)>,
+    ports: Vec<PortInfo>,
+    /// Port handles for link state and NIC counters (read-only DPDK calls, safe from any thread).
+    handles: Vec<Arc<dpdk::Port>>,
+}
+
+impl DaemonBackend {
+    pub fn new(cfg: &Config, dp: &DataPlane, started_at: SystemTime) -> DaemonBackend {
+        let ports = dp
+            .ports
+            .iter()
+            .map(|p| PortInfo {
+                name: p.cfg.name.clone(),
+                role: match p.cfg.role {
+                    Role::Inside => PortRole::Inside,
+                    Role::Outside => PortRole::Outside,
+                },
+                device: match &p.cfg.device {
+                    Device::Vdev { spec } => spec.clone(),
+                    Device::Pci { addr } => addr.clone(),
+                },
+                address: format!("{}/{}", p.cfg.address, p.cfg.prefix.len),
+                port: p.port.id(),
+                driver: p.port.driver_name(),
+                mac: p.port.mac_addr(),
+            })
+            .collect();
+        let _ = cfg;
+        DaemonBackend {
+            started_at,
+            dpdk_version: dpdk::version(),
+            workers: dp.workers.iter().map(|(l, c)| (l.0, c.clone())).collect(),
+            ports,
+            handles: dp.ports.iter().map(|p| p.port.clone()).collect(),
+        }
+    }
+}
+
+impl Backend for DaemonBackend {
+    fn info(&self) -> InfoSnapshot {
+        InfoSnapshot {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: self.started_at,
+            workers: self.workers.len() as u32,
+            generation: 1,
+            dpdk_version: self.dpdk_version.clone(),
+        }
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            workers: self
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, (lcore, c))| WorkerStatsSnapshot {
+                    worker: i as u32,
+                    lcore: *lcore,
+                    counters: c.snapshot_counters(),
+                    drops: c.snapshot_drops(),
+                })
+                .collect(),
+        }
+    }
+
+    fn ports(&self) -> Vec<PortSnapshot> {
+        self.ports
+            .iter()
+            .zip(&self.handles)
+            .map(|(p, h)| {
+                let link = h.link();
+                let s = h.stats();
+                PortSnapshot {
+                    name: p.name.clone(),
+                    role: p.role,
+                    port_id: p.port.0,
+                    device: p.device.clone(),
+                    driver: p.driver.clone(),
+                    mac: p.mac,
+                    address: p.address.clone(),
+                    link_up: link.up,
+                    speed_mbps: link.speed_mbps,
+                    counters: PortCountersSnapshot {
+                        rx_packets: s.ipackets,
+                        tx_packets: s.opackets,
+                        rx_bytes: s.ibytes,
+                        tx_bytes: s.obytes,
+                        rx_missed: s.imissed,
+                        rx_errors: s.ierrors,
+                        tx_errors: s.oerrors,
+                        rx_nombuf: s.rx_nombuf,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// One log line with the headline counters summed over workers, and the non-zero drops.
+pub fn summary_line(workers: &[Arc<Counters>]) -> String {
+    let sum = |c: Counter| workers.iter().map(|w| w.get(c)).sum::<u64>();
+    let mut line = format!(
+        "rx={} tx={} in2out={} out2in={} sessions={} created={} ports_in_use={}",
+        sum(Counter::RxPackets),
+        sum(Counter::TxPackets),
+        sum(Counter::In2outPackets),
+        sum(Counter::Out2inPackets),
+        sum(Counter::SessionsCurrent),
+        sum(Counter::SessionsCreated),
+        sum(Counter::PortsInUse),
+    );
+    for r in DropReason::ALL {
+        let n: u64 = workers.iter().map(|w| w.drops(r)).sum();
+        if n > 0 {
+            line.push_str(&format!(" drop.{}={n}", r.name()));
+        }
+    }
+    line
+}

@@ -1,0 +1,156 @@
+//! Start-up, run and shutdown of the daemon.
+
+mod backend;
+mod setup;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use config::{Config, LogFormat};
+use tracing::{info, warn};
+
+use backend::DaemonBackend;
+
+/// Command-line overrides of config values.
+pub struct Overrides {
+    pub log_json: Option<bool>,
+    pub log_level: Option<String>,
+    pub file_prefix: Option<String>,
+}
+
+/// `cgnatd --check-config FILE`.
+pub fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let addrs: u64 = cfg.pools.iter().map(|p| p.len()).sum();
+            println!(
+                "config OK: {} ({} ports, {} pools with {} addresses, {} snat rules, {} workers on lcores {:?})",
+                path.display(),
+                cfg.ports.len(),
+                cfg.pools.len(),
+                addrs,
+                cfg.snat.len(),
+                cfg.worker_count(),
+                cfg.worker_lcores()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cgnatd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(cfg: &Config, o: &Overrides) -> Result<()> {
+    let level = o
+        .log_level
+        .clone()
+        .unwrap_or_else(|| cfg.logging.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .map_err(|e| anyhow!("bad log level {level:?}: {e}"))?;
+    let json = o.log_json.unwrap_or(cfg.logging.format == LogFormat::Json);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    res.map_err(|e| anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// Run until SIGINT/SIGTERM.
+pub fn run(path: &Path, o: Overrides) -> Result<()> {
+    let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+    if let Some(p) = &o.file_prefix {
+        cfg.with_file_prefix(p)
+            .map_err(|e| anyhow!("--file-prefix: {e}"))?;
+    }
+    init_logging(&cfg, &o)?;
+    info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "cgnatd starting");
+
+    let started_at = SystemTime::now();
+    let eal_args = cfg.eal_args("cgnatd");
+    info!(args = ?eal_args, "initialising DPDK EAL");
+    let eal = dpdk::Eal::init(&eal_args).context("DPDK EAL initialisation failed")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = setup::start(&cfg, stop.clone()).and_then(|dp| {
+        let backend = Arc::new(DaemonBackend::new(&cfg, &dp, started_at));
+        let served = serve(&cfg, backend, &dp);
+        // Whatever happened to the control plane, the workers stop and the ports go down cleanly.
+        stop.store(true, Ordering::Relaxed);
+        let summary = dp.shutdown();
+        info!(%summary, "data plane stopped");
+        served
+    });
+    if let Err(e) = eal.try_cleanup() {
+        warn!(error = %e, "EAL cleanup failed");
+    }
+    if outcome.is_ok() {
+        info!("cgnatd stopped");
+    }
+    outcome
+}
+
+/// Serve the management API and log periodic stats until a termination signal arrives.
+fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Result<()> {
+    // The control plane gets a small runtime; the main thread is already pinned by EAL to the main
+    // lcore, and the runtime's threads inherit that affinity, so they never compete with workers.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("cgnat-ctl")
+        .enable_all()
+        .build()
+        .context("cannot start the control-plane runtime")?;
+    let listen = cfg.mgmt.listen;
+    let interval = cfg.stats_interval;
+    let counters = dp.counters();
+    rt.block_on(async move {
+        let bound = mgmt::bind(mgmt::ServerConfig { listen }, backend)
+            .await
+            .with_context(|| format!("management API cannot listen on {listen}"))?;
+        info!(listen = %bound.local_addr(), "management API listening");
+        info!("cgnatd forwarding");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(bound.serve(async move {
+            let _ = rx.await;
+        }));
+        let stats = tokio::spawn(async move {
+            if interval.is_zero() {
+                return;
+            }
+            let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                info!(target: "cgnatd::stats", "{}", backend::summary_line(&counters));
+            }
+        });
+        wait_for_signal().await?;
+        info!("termination signal received, shutting down");
+        stats.abort();
+        let _ = tx.send(());
+        match server.await {
+            Ok(r) => r.context("management API failed"),
+            Err(e) => Err(anyhow!("management API task failed: {e}")),
+        }
+    })
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

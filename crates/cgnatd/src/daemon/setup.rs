@@ -1,0 +1,269 @@
+//! Bringing the data plane up from a validated config, and down again.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use config::{Config, PortCfg, Role};
+use dataplane::route::{Prefix, RouteTable};
+use dataplane::{PortSetup, Worker, WorkerConfig};
+use dpdk::lcore::{self, LcoreId};
+use dpdk::{Mempool, Port, PortConfig, PortId};
+use nat::{Counters, Pool, Rules, Shard, ShardConfig, SnatRule, Timeouts};
+use tracing::{error, info, warn};
+use wire::EthernetAddress;
+
+/// ICMP errors (time exceeded) each worker may originate per second.
+const ICMP_ERRORS_PER_S: u64 = 1000;
+
+/// A configured port with the config it came from.
+pub struct RunningPort {
+    pub cfg: PortCfg,
+    /// Shared with the management backend, which reads link state and NIC counters.
+    pub port: Arc<Port>,
+}
+
+/// A running data plane.
+pub struct DataPlane {
+    pub ports: Vec<RunningPort>,
+    pub workers: Vec<(LcoreId, Arc<Counters>)>,
+    pool: Option<Arc<Mempool>>,
+}
+
+impl DataPlane {
+    pub fn counters(&self) -> Vec<Arc<Counters>> {
+        self.workers.iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Wait for the workers (the caller has raised the stop flag), stop and close the ports, free the
+    /// mbuf pool. Returns a one-line summary of the final counters.
+    pub fn shutdown(mut self) -> String {
+        for (lcore, _) in &self.workers {
+            let rc = lcore::wait(*lcore);
+            if rc != 0 {
+                error!(%lcore, rc, "worker ended abnormally");
+            }
+        }
+        let summary = super::backend::summary_line(&self.counters());
+        for p in self.ports.drain(..) {
+            if let Err(e) = p.port.stop() {
+                warn!(port = %p.cfg.name, error = %e, "port stop failed");
+            }
+            match Arc::try_unwrap(p.port) {
+                Ok(port) => {
+                    if let Err(e) = port.close() {
+                        warn!(port = %p.cfg.name, error = %e, "port close failed");
+                    }
+                }
+                Err(_) => warn!(port = %p.cfg.name, "port still referenced; left stopped but open"),
+            }
+        }
+        // Dropped last: the workers have returned (dropping their handles) and the closed ports have
+        // released their descriptors, so this is the last reference and every mbuf is home.
+        drop(self.pool.take());
+        summary
+    }
+}
+
+/// Translation rules in the NAT core's terms.
+pub fn nat_rules(cfg: &Config) -> Result<Rules> {
+    let pools = cfg
+        .pools
+        .iter()
+        .map(|p| Pool {
+            name: p.name.clone(),
+            addrs: p.addresses().map(u32::from).collect(),
+            port_lo: p.port_lo,
+            port_hi: p.port_hi,
+        })
+        .collect();
+    let snat = cfg
+        .snat
+        .iter()
+        .map(|r| SnatRule {
+            prefix: u32::from(r.prefix.network()),
+            len: r.prefix.len,
+            pool: r.pool,
+        })
+        .collect();
+    Rules::new(pools, snat).context("invalid translation rules")
+}
+
+fn route_table(p: &PortCfg) -> RouteTable {
+    let statics: Vec<(Prefix, std::net::Ipv4Addr)> = p
+        .routes
+        .iter()
+        .map(|r| (Prefix::new(r.prefix.network(), r.prefix.len), r.via))
+        .collect();
+    RouteTable::new(Prefix::new(p.address, p.prefix.len), p.gateway, &statics)
+}
+
+/// Enough mbufs for every RX and TX ring, the per-lcore caches and what workers hold in flight.
+fn pool_size(cfg: &Config, workers: u32) -> u32 {
+    let rings: u32 = cfg
+        .ports
+        .iter()
+        .map(|p| u32::from(p.rx_desc) + u32::from(p.tx_desc))
+        .sum::<u32>()
+        * workers;
+    let in_flight = workers * (4 * dpdk::BURST as u32 + 2 * 64);
+    let caches = (workers + 1) * 256;
+    (rings + in_flight + caches + 1024).next_power_of_two() - 1
+}
+
+pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
+    let lcores: Vec<LcoreId> = cfg.worker_lcores().into_iter().map(LcoreId).collect();
+    let n_workers = lcores.len() as u16;
+    if n_workers == 0 {
+        bail!("no worker lcore: eal.lcores must list at least one lcore besides the main lcore");
+    }
+    for l in &lcores {
+        if !l.is_enabled() || *l == lcore::main() {
+            bail!(
+                "workers: lcore {} is not an enabled worker lcore (enabled workers: {:?})",
+                l.0,
+                lcore::workers()
+            );
+        }
+    }
+
+    let max_mtu = cfg.ports.iter().map(|p| p.mtu).max().unwrap_or(1500);
+    let data_room = (u32::from(max_mtu) + 14 + 4 + u32::from(dpdk::HEADROOM))
+        .max(u32::from(dpdk::DEFAULT_DATA_ROOM));
+    let data_room = u16::try_from(data_room).context("MTU too large for a single-segment mbuf")?;
+    let n = pool_size(cfg, u32::from(n_workers));
+    let pool = Mempool::new_pktmbuf("cgnat_mbufs", n, 256, data_room, dpdk::SOCKET_ID_ANY)
+        .context("cannot create the mbuf pool")?;
+    info!(mbufs = n, data_room, "mbuf pool created");
+
+    let mut ports = Vec::new();
+    for pc in &cfg.ports {
+        let name = pc.device.port_name();
+        let id = PortId::by_name(name).with_context(|| format!("port {:?}: DPDK has no device {name:?} (check the PCI address is bound to vfio-pci, or the vdev spec)", pc.name))?;
+        let conf = PortConfig {
+            rx_queues: n_workers,
+            tx_queues: n_workers,
+            rx_desc: pc.rx_desc,
+            tx_desc: pc.tx_desc,
+            mtu: Some(pc.mtu),
+            promiscuous: pc.promiscuous,
+            rss: n_workers > 1,
+        };
+        let port = Port::configure(id, &conf, &pool)
+            .with_context(|| format!("port {:?} ({name}): configuration failed", pc.name))?;
+        port.start()
+            .with_context(|| format!("port {:?} ({name}): start failed", pc.name))?;
+        let mac = EthernetAddress(port.mac_addr());
+        let link = port.link();
+        info!(port = %pc.name, role = %pc.role, id = id.0, driver = %port.driver_name(), %mac, address = %pc.address, link_up = link.up, speed_mbps = link.speed_mbps, "port started");
+        ports.push(RunningPort {
+            cfg: pc.clone(),
+            port: Arc::new(port),
+        });
+    }
+    let (Some(inside), Some(outside)) = (
+        ports.iter().position(|p| p.cfg.role == Role::Inside),
+        ports.iter().position(|p| p.cfg.role == Role::Outside),
+    ) else {
+        bail!("the config needs one inside and one outside port");
+    };
+
+    let rules = Arc::new(nat_rules(cfg)?);
+    let t = cfg.nat.timeouts;
+    let timeouts = Timeouts {
+        tcp_established: t.tcp_established.as_secs() as u32,
+        tcp_transitory: t.tcp_transitory.as_secs() as u32,
+        udp: t.udp.as_secs() as u32,
+        icmp: t.icmp.as_secs() as u32,
+    };
+    // Pool addresses inside the outside subnet must be answered for in ARP (proxy ARP); routed pools
+    // need nothing.
+    let outside_net = ports[outside].cfg.prefix;
+    let proxy_arp: Vec<u32> = rules
+        .pools
+        .iter()
+        .flat_map(|p| p.addrs.iter().copied())
+        .filter(|a| outside_net.contains((*a).into()))
+        .collect();
+
+    let seeds = RandomState::new();
+    let mut workers = Vec::new();
+    let mut dp = DataPlane {
+        ports: Vec::new(),
+        workers: Vec::new(),
+        pool: None,
+    };
+    for (i, lc) in lcores.iter().enumerate() {
+        let q = i as u16;
+        let setup = |idx: usize, proxy: Vec<u32>| -> Result<PortSetup> {
+            let rp = &ports[idx];
+            Ok(PortSetup {
+                rx: rp
+                    .port
+                    .rx_queue(q)
+                    .with_context(|| format!("port {:?}: rx queue {q}", rp.cfg.name))?,
+                tx: rp
+                    .port
+                    .tx_queue(q)
+                    .with_context(|| format!("port {:?}: tx queue {q}", rp.cfg.name))?,
+                mac: EthernetAddress(rp.port.mac_addr()),
+                addr: rp.cfg.address,
+                routes: route_table(&rp.cfg),
+                proxy_arp: proxy,
+            })
+        };
+        let wcfg = WorkerConfig {
+            inside: setup(inside, Vec::new())?,
+            outside: setup(outside, proxy_arp.clone())?,
+            neighbour_reachable_s: cfg.neighbour.reachable_time.as_secs(),
+            neighbour_retransmit_ms: cfg.neighbour.retransmit.as_millis() as u64,
+            icmp_errors_per_s: ICMP_ERRORS_PER_S,
+        };
+        let counters = Arc::new(Counters::default());
+        let shard_cfg = ShardConfig {
+            max_sessions: cfg.nat.max_sessions,
+            timeouts,
+            worker: q,
+            workers: n_workers,
+            seed: seeds.hash_one(i),
+        };
+        let shard = Shard::new(shard_cfg, rules.clone(), counters.clone(), 0)
+            .context("cannot build the session table")?;
+        let (slab, index, portmaps) = shard.memory_bytes();
+        info!(
+            worker = i,
+            lcore = lc.0,
+            max_sessions = cfg.nat.max_sessions,
+            slab_mib = slab >> 20,
+            index_mib = index >> 20,
+            portmaps_kib = portmaps >> 10,
+            "session table allocated"
+        );
+        workers.push((*lc, counters, wcfg, shard));
+    }
+    let pool = Arc::new(pool);
+    dp.ports = ports;
+    dp.pool = Some(pool.clone());
+    for (lc, counters, wcfg, shard) in workers {
+        let worker = Worker::new(wcfg, shard, pool.clone(), stop.clone());
+        let launched = lcore::launch(lc, move || {
+            let shard = worker.run();
+            tracing::info!(
+                lcore = lc.0,
+                sessions = shard.session_count(),
+                "worker stopped"
+            );
+            0
+        });
+        if let Err(e) = launched {
+            // Stop the workers already running before reporting, so shutdown is clean.
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            dp.shutdown();
+            return Err(e).with_context(|| format!("cannot launch the worker on lcore {}", lc.0));
+        }
+        info!(lcore = lc.0, "worker launched");
+        dp.workers.push((lc, counters));
+    }
+    Ok(dp)
+}
