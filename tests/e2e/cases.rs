@@ -1,0 +1,720 @@
+//! The end-to-end test cases. Each one drives real traffic through cgnatd in the lab and
+//! checks what the far side saw (addresses, ports, bytes, counters), not just exit codes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::Env;
+use crate::env::*;
+use crate::proc::{self, Background};
+
+type R = Result<(), String>;
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> R {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+/// tcpdump in a namespace, started and confirmed listening before traffic is sent.
+struct Capture(Background);
+
+impl Capture {
+    fn start(ns: &str, iface: &str, filter: &str) -> Result<Capture, String> {
+        let mut bg = Background::spawn(
+            &format!("tcpdump {ns}/{iface}"),
+            proc::netns(
+                ns,
+                &[
+                    "tcpdump", "-n", "-l", "-v", "-c", "2000", "-i", iface, filter,
+                ],
+            ),
+        )?;
+        bg.wait_line(true, Duration::from_secs(10), |l| {
+            l.contains("listening on")
+        })?;
+        Ok(Capture(bg))
+    }
+
+    /// Stops the capture (SIGINT flushes tcpdump) and returns its lines.
+    fn finish(mut self) -> Vec<String> {
+        thread::sleep(Duration::from_millis(300));
+        self.0.stop_with("INT", Duration::from_secs(3));
+        self.0.stdout_lines()
+    }
+}
+
+fn ping(ns: &str, dst: &str, count: u32) -> Result<proc::Output, String> {
+    proc::run(
+        &mut proc::netns(
+            ns,
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-t",
+                "64",
+                dst,
+            ],
+        ),
+        Duration::from_secs(u64::from(count) + 10),
+    )
+}
+
+fn ping_all_received(ns: &str, dst: &str, count: u32) -> R {
+    let out = ping(ns, dst, count)?;
+    let want = format!("{count} packets transmitted, {count} received");
+    ensure(out.success() && out.stdout.contains(&want), || {
+        format!(
+            "ping {ns} -> {dst}: expected `{want}` (0% loss)\n{}",
+            out.describe()
+        )
+    })
+}
+
+fn stats(env: &Env) -> Result<Stats, String> {
+    Stats::read(&env.paths)
+}
+
+fn udp_client(
+    env: &Env,
+    ns: &str,
+    server: &str,
+    bind_port: u16,
+    count: u32,
+) -> Result<Value, String> {
+    let out = proc::run(
+        &mut proc::netns(
+            ns,
+            &[
+                &env.paths.python,
+                &env.paths.tool("udp_echo.py"),
+                "client",
+                "--server",
+                server,
+                "--port",
+                &UDP_PORT.to_string(),
+                "--bind-port",
+                &bind_port.to_string(),
+                "--count",
+                &count.to_string(),
+                "--timeout",
+                "2",
+                "--message",
+                ns,
+            ],
+        ),
+        Duration::from_secs(u64::from(count) * 2 + 10),
+    )?;
+    serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("udp client output ({e}):\n{}", out.describe()))
+}
+
+/// The one (address, port) the server saw for a UDP flow, checked to be a pool address and
+/// stable over every reply of the flow.
+fn udp_mapping(
+    env: &Env,
+    ns: &str,
+    server: &str,
+    bind_port: u16,
+    count: u32,
+) -> Result<(Ipv4Addr, u16), String> {
+    let v = udp_client(env, ns, server, bind_port, count)?;
+    let inside = if ns == SUB1 { SUB1_IP } else { SUB2_IP };
+    ensure(
+        v["local"].as_str() == Some(&format!("{inside}:{bind_port}")),
+        || {
+            format!(
+                "{ns}: UDP client bound to {}, expected {inside}:{bind_port}",
+                v["local"]
+            )
+        },
+    )?;
+    let replies = v["replies"].as_array().cloned().unwrap_or_default();
+    ensure(replies.len() == count as usize, || {
+        format!(
+            "{ns} -> {server}:{UDP_PORT}: {} of {count} UDP replies arrived: {v}",
+            replies.len()
+        )
+    })?;
+    let seen: BTreeSet<(Ipv4Addr, u16)> = replies
+        .iter()
+        .map(|r| parse_sockaddr(r["seen"].as_str().unwrap_or("")))
+        .collect::<Result<_, _>>()?;
+    ensure(seen.len() == 1, || {
+        format!("{ns}: one UDP flow was seen from several sources: {seen:?}")
+    })?;
+    let (ip, port) = *seen.iter().next().ok_or("no mapping")?;
+    ensure(in_pool(ip), || {
+        format!("{ns}: server saw {ip}:{port}, not a pool address (203.0.113.1-6)")
+    })?;
+    Ok((ip, port))
+}
+
+pub fn mgmt_health(env: &Env) -> R {
+    let out = proc::run(
+        Command::new(env.paths.cgnatctl()).args(["--server", &env.paths.mgmt, "health"]),
+        Duration::from_secs(10),
+    )?;
+    ensure(out.success(), || {
+        format!("cgnatctl health failed\n{}", out.describe())
+    })?;
+    let s = stats(env)?;
+    ensure(
+        s.0["workers"].as_array().is_some_and(|w| !w.is_empty()),
+        || format!("stats report no workers: {}", s.0),
+    )
+}
+
+pub fn check_config_accepts_lab(env: &Env) -> R {
+    let out = proc::run(
+        Command::new(env.paths.cgnatd())
+            .arg("--check-config")
+            .arg(env.paths.config()),
+        Duration::from_secs(10),
+    )?;
+    ensure(out.success() && out.stdout.contains("config OK"), || {
+        format!(
+            "--check-config config/lab.yaml should print `config OK` and exit 0\n{}",
+            out.describe()
+        )
+    })
+}
+
+pub fn check_config_rejects_unknown_field(env: &Env) -> R {
+    let lab =
+        fs::read_to_string(env.paths.config()).map_err(|e| format!("read config/lab.yaml: {e}"))?;
+    let broken = env.paths.work.join("broken.yaml");
+    fs::write(&broken, format!("{lab}\nbogus_e2e_field: 1\n")).map_err(|e| e.to_string())?;
+    let out = proc::run(
+        Command::new(env.paths.cgnatd())
+            .arg("--check-config")
+            .arg(&broken),
+        Duration::from_secs(10),
+    )?;
+    ensure(!out.timed_out && out.code().is_some_and(|c| c != 0), || {
+        format!(
+            "--check-config must reject an unknown field with a non-zero exit\n{}",
+            out.describe()
+        )
+    })?;
+    ensure(
+        format!("{}{}", out.stdout, out.stderr).contains("bogus_e2e_field"),
+        || {
+            format!(
+                "the error must name the unknown field `bogus_e2e_field`\n{}",
+                out.describe()
+            )
+        },
+    )
+}
+
+pub fn ping_nat_inside_address(_env: &Env) -> R {
+    ping_all_received(SUB1, NAT_INSIDE_IP, 5)?;
+    ping_all_received(SUB2, NAT_INSIDE_IP, 5)
+}
+
+/// Echo requests as the server side saw them: (source, destination, ttl).
+fn parse_echo_requests(lines: &[String]) -> Vec<(String, String, u8)> {
+    // tcpdump -v prints "IP (tos 0x0, ttl 63, id ..." then "    SRC > DST: ICMP echo request, ...".
+    let mut out = Vec::new();
+    let mut ttl: Option<u8> = None;
+    for l in lines {
+        if let Some(i) = l.find("ttl ") {
+            ttl = l[i + 4..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|t| t.parse().ok());
+        } else if l.contains("ICMP echo request") {
+            let mut parts = l.split_whitespace();
+            let src = parts.next().unwrap_or("").to_string();
+            let _gt = parts.next();
+            let dst = parts.next().unwrap_or("").trim_end_matches(':').to_string();
+            out.push((src, dst, ttl.take().unwrap_or(0)));
+        }
+    }
+    out
+}
+
+pub fn ping_servers_through_nat(_env: &Env) -> R {
+    let pairs = [
+        (SUB1, SERVER_A),
+        (SUB1, SERVER_B),
+        (SUB2, SERVER_A),
+        (SUB2, SERVER_B),
+    ];
+    // Warm-up: ARP on both sides and session creation may cost the first echo.
+    for (ns, dst) in pairs {
+        let _ = ping(ns, dst, 2)?;
+    }
+    let cap = Capture::start(INET, "eth0", "icmp[icmptype] == icmp-echo")?;
+    let mut failures = Vec::new();
+    for (ns, dst) in pairs {
+        if let Err(e) = ping_all_received(ns, dst, 5) {
+            failures.push(e);
+        }
+    }
+    let lines = cap.finish();
+    ensure(failures.is_empty(), || failures.join("\n"))?;
+    let seen = parse_echo_requests(&lines);
+    ensure(seen.len() >= 20, || {
+        format!(
+            "cgn-inet saw {} echo requests, expected 20:\n{}",
+            seen.len(),
+            lines.join("\n")
+        )
+    })?;
+    for (src, dst, ttl) in &seen {
+        let ip: Ipv4Addr = src
+            .parse()
+            .map_err(|e| format!("capture source {src:?}: {e}"))?;
+        ensure(in_pool(ip), || {
+            format!("echo request to {dst} arrived from {src}, not from the pool")
+        })?;
+        ensure(*ttl == 63, || {
+            format!(
+                "echo request {src} > {dst} arrived with TTL {ttl}; sent with 64, a NAT hop must decrement it"
+            )
+        })?;
+    }
+    let dsts: BTreeSet<&str> = seen.iter().map(|(_, d, _)| d.as_str()).collect();
+    ensure(dsts.contains(SERVER_A) && dsts.contains(SERVER_B), || {
+        format!("echo requests reached only {dsts:?}")
+    })
+}
+
+pub fn udp_request_response(env: &Env) -> R {
+    let before = stats(env)?;
+    // The same inside source port on both subscribers: the NAT must still keep them apart.
+    let a1 = udp_mapping(env, SUB1, SERVER_A, 40000, 3)?;
+    let a2 = udp_mapping(env, SUB2, SERVER_A, 40000, 3)?;
+    let b1 = udp_mapping(env, SUB1, SERVER_B, 40001, 3)?;
+    let b2 = udp_mapping(env, SUB2, SERVER_B, 40001, 3)?;
+    ensure(a1 != a2, || {
+        format!("sub1 and sub2 flows to {SERVER_A} collide on {a1:?}")
+    })?;
+    ensure(b1 != b2, || {
+        format!("sub1 and sub2 flows to {SERVER_B} collide on {b1:?}")
+    })?;
+    // The server's own log must show the same translated sources.
+    let logged: BTreeSet<String> = env
+        .servers
+        .lock()
+        .map_err(|_| "servers lock")?
+        .udp_a
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["seen"].as_str().map(str::to_string))
+        .collect();
+    for (ip, port) in [a1, a2] {
+        ensure(logged.contains(&format!("{ip}:{port}")), || {
+            format!("UDP server log lacks {ip}:{port}: {logged:?}")
+        })?;
+    }
+    let after = stats(env)?;
+    let grew = |k: &str| after.total(k).saturating_sub(before.total(k));
+    ensure(
+        grew("in2out_packets") >= 12 && grew("out2in_packets") >= 12,
+        || {
+            format!(
+                "12 datagrams each way crossed the NAT, counters grew in2out {} out2in {}",
+                grew("in2out_packets"),
+                grew("out2in_packets")
+            )
+        },
+    )?;
+    ensure(grew("sessions_created") >= 4, || {
+        format!(
+            "4 new UDP flows, sessions_created grew by {}",
+            grew("sessions_created")
+        )
+    })
+}
+
+fn sha256_file(path: &std::path::Path) -> Result<String, String> {
+    let out = proc::run(Command::new("sha256sum").arg(path), Duration::from_secs(30))?.check()?;
+    out.stdout
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| "sha256sum printed nothing".into())
+}
+
+pub fn tcp_download_sha256(env: &Env) -> R {
+    let (served, want, log_before) = {
+        let s = env.servers.lock().map_err(|_| "servers lock")?;
+        (
+            s.file.clone(),
+            s.file_sha256.clone(),
+            s.http_requests().len(),
+        )
+    };
+    ensure(sha256_file(&served)? == want, || {
+        "served file changed on disk".into()
+    })?;
+    for (ns, server) in [(SUB1, SERVER_A), (SUB2, SERVER_B)] {
+        let dest = env.paths.work.join(format!("download-{ns}.bin"));
+        let _ = fs::remove_file(&dest);
+        let url = format!("http://{server}:{HTTP_PORT}/file");
+        let out = proc::run(
+            &mut proc::netns(
+                ns,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "90",
+                    "-o",
+                    &dest.to_string_lossy(),
+                    "-w",
+                    "%{http_code} %{size_download}",
+                    &url,
+                ],
+            ),
+            Duration::from_secs(100),
+        )?
+        .check()?;
+        ensure(out.stdout.trim() == format!("200 {FILE_SIZE}"), || {
+            format!(
+                "{ns}: curl {url} reported `{}`, expected `200 {FILE_SIZE}`",
+                out.stdout.trim()
+            )
+        })?;
+        let got = sha256_file(&dest)?;
+        ensure(got == want, || {
+            format!("{ns}: downloaded sha256 {got} differs from the server's {want}")
+        })?;
+        let _ = fs::remove_file(&dest);
+    }
+    let reqs = env
+        .servers
+        .lock()
+        .map_err(|_| "servers lock")?
+        .http_requests();
+    let downloads: Vec<_> = reqs[log_before.min(reqs.len())..]
+        .iter()
+        .filter(|(_, p, _)| p == "/file")
+        .collect();
+    ensure(downloads.len() == 2, || {
+        format!(
+            "HTTP log shows {} downloads, expected 2: {downloads:?}",
+            downloads.len()
+        )
+    })?;
+    for (client, _, bytes) in downloads {
+        let (ip, _) = parse_sockaddr(client)?;
+        ensure(in_pool(ip), || {
+            format!("HTTP server saw the download from {client}, not a pool address")
+        })?;
+        ensure(*bytes == FILE_SIZE as u64, || {
+            format!("HTTP server sent {bytes} bytes")
+        })?;
+    }
+    Ok(())
+}
+
+pub fn concurrent_tcp_connections(env: &Env) -> R {
+    const PER_SUB: usize = 30;
+    let spawn = |ns: &str, server: &str| {
+        Background::spawn(
+            &format!("tcp_clients {ns}"),
+            proc::netns(
+                ns,
+                &[
+                    &env.paths.python,
+                    &env.paths.tool("tcp_clients.py"),
+                    "--server",
+                    server,
+                    "--port",
+                    &HTTP_PORT.to_string(),
+                    "--count",
+                    &PER_SUB.to_string(),
+                    "--timeout",
+                    "30",
+                ],
+            ),
+        )
+    };
+    // Both subscribers at once, so all 60 sessions exist together.
+    let mut c1 = spawn(SUB1, SERVER_A)?;
+    let mut c2 = spawn(SUB2, SERVER_A)?;
+    let r1 = c1.wait_line(false, Duration::from_secs(40), |l| l.starts_with('{'))?;
+    let r2 = c2.wait_line(false, Duration::from_secs(40), |l| l.starts_with('{'))?;
+    let mut all: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
+    for (ns, line) in [(SUB1, r1), (SUB2, r2)] {
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("{ns} tcp_clients output ({e}): {line}"))?;
+        let ok = v["ok"].as_u64().unwrap_or(0) as usize;
+        ensure(ok == PER_SUB, || {
+            format!(
+                "{ns}: {ok} of {PER_SUB} concurrent connections completed; errors: {}",
+                v["errors"]
+            )
+        })?;
+        for r in v["results"].as_array().cloned().unwrap_or_default() {
+            let seen = parse_sockaddr(r["seen"].as_str().unwrap_or(""))?;
+            let local = r["local"].as_str().unwrap_or("").to_string();
+            ensure(in_pool(seen.0), || {
+                format!("{ns} connection {local} was seen as {seen:?}, not from the pool")
+            })?;
+            if let Some(prev) = all.insert(seen, local.clone()) {
+                return Err(format!(
+                    "two concurrent connections ({prev} and {local}) were both seen as {}:{}",
+                    seen.0, seen.1
+                ));
+            }
+        }
+    }
+    ensure(all.len() == 2 * PER_SUB, || {
+        format!(
+            "{} distinct translated (address, port) pairs, expected {}",
+            all.len(),
+            2 * PER_SUB
+        )
+    })?;
+    // Cross-check with the server's own log of whom it served.
+    let logged: BTreeSet<String> = env
+        .servers
+        .lock()
+        .map_err(|_| "servers lock")?
+        .http_requests()
+        .into_iter()
+        .filter(|(_, p, _)| p == "/whoami")
+        .map(|(c, _, _)| c)
+        .collect();
+    for (ip, port) in all.keys() {
+        ensure(logged.contains(&format!("{ip}:{port}")), || {
+            format!("HTTP server log lacks {ip}:{port}")
+        })?;
+    }
+    Ok(())
+}
+
+fn nat_inside_mac(ns: &str) -> Result<String, String> {
+    ping_all_received(ns, NAT_INSIDE_IP, 1)?;
+    let out = proc::run(
+        &mut proc::netns(ns, &["ip", "neigh", "show", NAT_INSIDE_IP]),
+        Duration::from_secs(5),
+    )?
+    .check()?;
+    let mut words = out.stdout.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "lladdr" {
+            return words
+                .next()
+                .map(str::to_string)
+                .ok_or_else(|| format!("no MAC after lladdr: {}", out.stdout));
+        }
+    }
+    Err(format!(
+        "{ns} has no neighbour entry for {NAT_INSIDE_IP}: {}",
+        out.stdout
+    ))
+}
+
+pub fn malformed_frames_are_dropped_and_counted(env: &Env) -> R {
+    const N: u64 = 5;
+    let mac = nat_inside_mac(SUB1)?;
+    let before = stats(env)?;
+    let kinds = [
+        "short",
+        "ipv4_truncated",
+        "ipv4_bad_version",
+        "ipv4_bad_ihl",
+        "ipv4_bad_total_length",
+        "ipv4_bad_checksum",
+        "udp_zero_length",
+        "ipv6",
+        "lldp",
+    ];
+    let mut args = vec![
+        env.paths.python.clone(),
+        env.paths.tool("inject.py"),
+        "--iface".into(),
+        "eth0".into(),
+        "--dst-mac".into(),
+        mac.clone(),
+        "--src-ip".into(),
+        SUB1_IP.into(),
+        "--dst-ip".into(),
+        SERVER_A.into(),
+        "--count".into(),
+        N.to_string(),
+    ];
+    args.extend(kinds.iter().map(|k| k.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = proc::run(&mut proc::netns(SUB1, &argv), Duration::from_secs(60))?.check()?;
+    let sent: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("inject.py output ({e}): {}", out.stdout))?;
+    for k in kinds {
+        ensure(sent["sent"][k].as_u64() == Some(N), || {
+            format!("inject.py did not send {N} {k} frames: {sent}")
+        })?;
+    }
+
+    // (reason, at least this much growth). A frame under 14 bytes cannot leave a Linux
+    // packet socket: the kernel pads it to a 60-byte 802.3 runt (type/length 0), which a
+    // NAT may count as truncated or as an unsupported ethertype; both are checked together.
+    let expect: &[(&[&str], u64)] = &[
+        (&["ipv4_truncated"], N),
+        (&["ipv4_bad_version"], N),
+        (&["ipv4_bad_ihl"], N),
+        (&["ipv4_bad_total_length"], N),
+        (&["ipv4_bad_checksum"], N),
+        (&["udp_bad_length"], N),
+        (&["unsupported_ethertype"], 2 * N),
+        (&["unsupported_ethertype", "frame_truncated"], 3 * N),
+    ];
+    let shortfalls = |after: &Stats| -> Vec<String> {
+        expect
+            .iter()
+            .filter_map(|(reasons, want)| {
+                let got: u64 = reasons
+                    .iter()
+                    .map(|r| after.drop_count(r).saturating_sub(before.drop_count(r)))
+                    .sum();
+                (got < *want)
+                    .then(|| format!("{} grew by {got}, expected >= {want}", reasons.join("+")))
+            })
+            .collect()
+    };
+    let mut last = Vec::new();
+    let settled = proc::poll(Duration::from_secs(5), Duration::from_millis(250), || {
+        let after = stats(env).ok()?;
+        last = shortfalls(&after);
+        last.is_empty().then_some(after)
+    });
+    if settled.is_none() {
+        let after = stats(env)?;
+        return Err(format!(
+            "drop counters did not account for the injected frames:\n  {}\nbefore: {}\nafter:  {}",
+            last.join("\n  "),
+            before.drops_json(),
+            after.drops_json()
+        ));
+    }
+    env.daemon.ensure_alive()?;
+    // The data path must be unharmed: ping, UDP and TCP right after.
+    ping_all_received(SUB1, SERVER_A, 3)?;
+    udp_mapping(env, SUB1, SERVER_A, 40100, 2)?;
+    let out = proc::run(
+        &mut proc::netns(
+            SUB1,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://{SERVER_A}:{HTTP_PORT}/whoami"),
+            ],
+        ),
+        Duration::from_secs(15),
+    )?
+    .check()?;
+    let (ip, _) = parse_sockaddr(&out.stdout)?;
+    ensure(in_pool(ip), || {
+        format!(
+            "/whoami after the malformed frames saw {}",
+            out.stdout.trim()
+        )
+    })
+}
+
+pub fn unsolicited_inbound_is_dropped(env: &Env) -> R {
+    let targets: Vec<String> = (1..=6)
+        .flat_map(|h| (100..105).map(move |p| format!("203.0.113.{h}:{p}")))
+        .collect();
+    let before = stats(env)?;
+    let cap1 = Capture::start(SUB1, "eth0", "udp port 6666")?;
+    let cap2 = Capture::start(SUB2, "eth0", "udp port 6666")?;
+    let mut args = vec![
+        env.paths.python.clone(),
+        env.paths.tool("udp_echo.py"),
+        "send".into(),
+        "--bind".into(),
+        SERVER_A.into(),
+        "--bind-port".into(),
+        "6666".into(),
+        "--to".into(),
+    ];
+    args.extend(targets.iter().cloned());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = proc::run(&mut proc::netns(INET, &argv), Duration::from_secs(30))?.check()?;
+    ensure(
+        out.stdout.contains(&format!("\"sent\": {}", targets.len())),
+        || format!("sender: {}", out.stdout),
+    )?;
+    let want = targets.len() as u64;
+    let grew = proc::poll(Duration::from_secs(5), Duration::from_millis(250), || {
+        let after = stats(env).ok()?;
+        let g = after
+            .drop_count("no_session")
+            .saturating_sub(before.drop_count("no_session"));
+        (g >= want).then_some(g)
+    });
+    thread::sleep(Duration::from_millis(500));
+    let seen1 = cap1.finish();
+    let seen2 = cap2.finish();
+    let leaked: Vec<&String> = seen1
+        .iter()
+        .chain(seen2.iter())
+        .filter(|l| l.contains(".6666 >"))
+        .collect();
+    ensure(leaked.is_empty(), || {
+        format!(
+            "unsolicited datagrams reached a subscriber:\n{}",
+            proc::tail(
+                &leaked
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                10
+            )
+        )
+    })?;
+    if grew.is_none() {
+        let after = stats(env)?;
+        return Err(format!(
+            "no_session grew by {} after {want} unsolicited datagrams\nbefore: {}\nafter:  {}",
+            after
+                .drop_count("no_session")
+                .saturating_sub(before.drop_count("no_session")),
+            before.drops_json(),
+            after.drops_json()
+        ));
+    }
+    Ok(())
+}
+
+pub fn daemon_survives_and_stops_cleanly(env: &Env) -> R {
+    env.daemon.ensure_alive()?;
+    let (status, killed) = env.daemon.stop(Duration::from_secs(15));
+    let log = env.daemon.log_text();
+    ensure(!killed, || {
+        format!(
+            "cgnatd ignored SIGTERM for 15 s and was killed\n{}",
+            proc::tail(&log, 40)
+        )
+    })?;
+    ensure(status.is_some_and(|s| s.success()), || {
+        format!(
+            "cgnatd exited with {status:?} on SIGTERM, expected 0\n{}",
+            proc::tail(&log, 40)
+        )
+    })?;
+    ensure(!log.contains("panicked"), || {
+        format!("cgnatd log shows a panic:\n{}", proc::tail(&log, 40))
+    })
+}

@@ -1,0 +1,400 @@
+//! The shared test environment: the namespace lab (scripts/lab.sh), the cgnatd under
+//! test, the servers in cgn-inet, and typed access to `cgnatctl stats -o json`.
+
+use std::fs::{self, File};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::proc::{self, Background};
+
+pub const SUB1: &str = "cgn-sub1";
+pub const SUB2: &str = "cgn-sub2";
+pub const INET: &str = "cgn-inet";
+pub const SUB1_IP: &str = "100.64.0.11";
+pub const SUB2_IP: &str = "100.64.0.12";
+pub const NAT_INSIDE_IP: &str = "100.64.0.1";
+pub const SERVER_A: &str = "198.51.100.10";
+pub const SERVER_B: &str = "198.51.100.11";
+pub const UDP_PORT: u16 = 7000;
+pub const HTTP_PORT: u16 = 8080;
+pub const FILE_SIZE: usize = 8 * 1024 * 1024;
+
+/// The lab's pool, 203.0.113.1-203.0.113.6 (config/lab.yaml).
+pub fn in_pool(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    o[0] == 203 && o[1] == 0 && o[2] == 113 && (1..=6).contains(&o[3])
+}
+
+/// Parses "a.b.c.d:port".
+pub fn parse_sockaddr(s: &str) -> Result<(Ipv4Addr, u16), String> {
+    let (ip, port) = s
+        .trim()
+        .rsplit_once(':')
+        .ok_or_else(|| format!("not ip:port: {s:?}"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|e| format!("bad address in {s:?}: {e}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|e| format!("bad port in {s:?}: {e}"))?;
+    Ok((ip, port))
+}
+
+pub struct Paths {
+    pub root: PathBuf,
+    pub bin_dir: PathBuf,
+    pub work: PathBuf,
+    pub python: String,
+    pub mgmt: String,
+}
+
+impl Paths {
+    pub fn discover() -> Paths {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let bin_dir = match std::env::var_os("CGNAT_BIN_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => match std::env::var_os("CARGO_TARGET_DIR") {
+                Some(t) => PathBuf::from(t).join("release"),
+                None => root.join("target/release"),
+            },
+        };
+        Paths {
+            work: root.join(".lab/e2e"),
+            bin_dir,
+            // Debian's python carries scapy; a python3 earlier in PATH (pyenv) may not.
+            python: std::env::var("CGNAT_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into()),
+            mgmt: std::env::var("CGNAT_MGMT").unwrap_or_else(|_| "http://127.0.0.1:50051".into()),
+            root,
+        }
+    }
+
+    pub fn cgnatd(&self) -> PathBuf {
+        self.bin_dir.join("cgnatd")
+    }
+
+    pub fn cgnatctl(&self) -> PathBuf {
+        self.bin_dir.join("cgnatctl")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config/lab.yaml")
+    }
+
+    pub fn tool(&self, name: &str) -> String {
+        self.root
+            .join("tests/tools")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    pub fn lab_sh(&self, verb: &str, timeout: Duration) -> Result<(), String> {
+        let script = self.root.join("scripts/lab.sh");
+        proc::run(Command::new("bash").arg(script).arg(verb), timeout)?
+            .check()
+            .map(|_| ())
+    }
+}
+
+/// The cgnatd under test. Its output goes to a log file so a crash leaves evidence.
+pub struct Daemon {
+    child: Mutex<Option<Child>>,
+    pid: u32,
+    pub log: PathBuf,
+    pub prefix: String,
+    exit: Mutex<Option<ExitStatus>>,
+}
+
+impl Daemon {
+    pub fn start(paths: &Paths, prefix: &str) -> Result<Daemon, String> {
+        let log = paths.work.join("cgnatd.log");
+        let out = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(paths.cgnatd())
+            .arg("--config")
+            .arg(paths.config())
+            .args([
+                "--file-prefix",
+                prefix,
+                "--log-format",
+                "text",
+                "--log-level",
+                "info",
+            ])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", paths.cgnatd().display()))?;
+        let pid = child.id();
+        proc::register(pid);
+        Ok(Daemon {
+            child: Mutex::new(Some(child)),
+            pid,
+            log,
+            prefix: prefix.to_string(),
+            exit: Mutex::new(None),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        proc::tail(&self.log_text(), 40)
+    }
+
+    /// None while running; the exit status once it has exited (reaped once, then cached).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        if let Some(s) = *self.exit.lock().ok()? {
+            return Some(s);
+        }
+        let mut guard = self.child.lock().ok()?;
+        let child = guard.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                proc::unregister(self.pid);
+                if let Ok(mut e) = self.exit.lock() {
+                    *e = Some(s);
+                }
+                Some(s)
+            }
+            _ => None,
+        }
+    }
+
+    /// Ok while the daemon runs; otherwise how it died and its log.
+    pub fn ensure_alive(&self) -> Result<(), String> {
+        match self.exit_status() {
+            None => Ok(()),
+            Some(s) => Err(format!(
+                "cgnatd (pid {}) is not running: {s}\n--- cgnatd log tail ---\n{}",
+                self.pid,
+                self.log_tail()
+            )),
+        }
+    }
+
+    pub fn wait_forwarding(&self, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        proc::poll(timeout, Duration::from_millis(100), || {
+            if self.exit_status().is_some() || self.log_text().contains("cgnatd forwarding") {
+                Some(())
+            } else {
+                None
+            }
+        })
+        .ok_or_else(|| {
+            format!(
+                "cgnatd did not log `cgnatd forwarding` within {timeout:?}\n--- log ---\n{}",
+                self.log_tail()
+            )
+        })?;
+        self.ensure_alive()?;
+        Ok(start.elapsed())
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit status and whether it
+    /// needed the SIGKILL. Idempotent: a daemon already gone reports its recorded status.
+    pub fn stop(&self, grace: Duration) -> (Option<ExitStatus>, bool) {
+        if let Some(s) = self.exit_status() {
+            return (Some(s), false);
+        }
+        proc::send_signal(self.pid, "TERM");
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(s) = self.exit_status() {
+                return (Some(s), false);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(mut guard) = self.child.lock()
+            && let Some(child) = guard.as_mut()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        proc::unregister(self.pid);
+        (self.exit_status(), true)
+    }
+
+    pub fn remove_runtime_files(&self) {
+        let _ = fs::remove_dir_all(Path::new("/var/run/dpdk").join(&self.prefix));
+        if let Ok(dir) = fs::read_dir("/dev/hugepages") {
+            for e in dir.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}map_", self.prefix))
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    /// A setup that fails halfway, or a panic, must not leave the daemon behind.
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+        self.remove_runtime_files();
+    }
+}
+
+/// A snapshot of `cgnatctl stats -o json`.
+pub struct Stats(pub Value);
+
+impl Stats {
+    pub fn read(paths: &Paths) -> Result<Stats, String> {
+        let out = proc::run(
+            Command::new(paths.cgnatctl()).args(["--server", &paths.mgmt, "stats", "-o", "json"]),
+            Duration::from_secs(10),
+        )?
+        .check()?;
+        let v: Value = serde_json::from_str(&out.stdout)
+            .map_err(|e| format!("cgnatctl stats -o json is not JSON ({e}):\n{}", out.stdout))?;
+        if !v.get("totals").is_some_and(Value::is_object) {
+            return Err(format!(
+                "stats JSON has no \"totals\" object:\n{}",
+                out.stdout
+            ));
+        }
+        Ok(Stats(v))
+    }
+
+    pub fn total(&self, name: &str) -> u64 {
+        self.0["totals"][name].as_u64().unwrap_or(0)
+    }
+
+    /// A drop reason's counter; an absent reason means 0.
+    pub fn drop_count(&self, reason: &str) -> u64 {
+        self.0["drops"][reason].as_u64().unwrap_or(0)
+    }
+
+    pub fn drops_json(&self) -> String {
+        self.0
+            .get("drops")
+            .map(Value::to_string)
+            .unwrap_or_else(|| "{}".into())
+    }
+}
+
+/// Servers in cgn-inet shared by all tests: UDP echo on both server addresses, and one
+/// HTTP server (/file, /whoami) on both.
+pub struct Servers {
+    pub udp_a: Background,
+    pub udp_b: Background,
+    pub http: Background,
+    pub http_log: PathBuf,
+    pub file: PathBuf,
+    pub file_sha256: String,
+}
+
+impl Servers {
+    pub fn start(paths: &Paths) -> Result<Servers, String> {
+        let udp = |ip: &str| -> Result<Background, String> {
+            let mut bg = Background::spawn(
+                &format!("udp echo {ip}"),
+                proc::netns(
+                    INET,
+                    &[
+                        &paths.python,
+                        &paths.tool("udp_echo.py"),
+                        "server",
+                        "--bind",
+                        ip,
+                        "--port",
+                        &UDP_PORT.to_string(),
+                        "--lifetime",
+                        "1200",
+                    ],
+                ),
+            )?;
+            bg.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+            Ok(bg)
+        };
+        let udp_a = udp(SERVER_A)?;
+        let udp_b = udp(SERVER_B)?;
+        let file = paths.work.join("served.bin");
+        let http_log = paths.work.join("http.log");
+        let mut http = Background::spawn(
+            "http server",
+            proc::netns(
+                INET,
+                &[
+                    &paths.python,
+                    &paths.tool("http_server.py"),
+                    "--bind",
+                    "0.0.0.0",
+                    "--port",
+                    &HTTP_PORT.to_string(),
+                    "--file",
+                    &file.to_string_lossy(),
+                    "--size",
+                    &FILE_SIZE.to_string(),
+                    "--log",
+                    &http_log.to_string_lossy(),
+                    "--lifetime",
+                    "1200",
+                ],
+            ),
+        )?;
+        let ready = http.wait_line(false, Duration::from_secs(20), |l| l.contains("\"ready\""))?;
+        let v: Value =
+            serde_json::from_str(&ready).map_err(|e| format!("http ready line {ready:?}: {e}"))?;
+        let file_sha256 = v["sha256"]
+            .as_str()
+            .ok_or("http ready line has no sha256")?
+            .to_string();
+        Ok(Servers {
+            udp_a,
+            udp_b,
+            http,
+            http_log,
+            file,
+            file_sha256,
+        })
+    }
+
+    /// Requests the HTTP server has logged: (client ip:port, path, bytes).
+    pub fn http_requests(&self) -> Vec<(String, String, u64)> {
+        let text = fs::read_to_string(&self.http_log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| {
+                (
+                    v["client"].as_str().unwrap_or_default().to_string(),
+                    v["path"].as_str().unwrap_or_default().to_string(),
+                    v["bytes"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    pub fn ensure_alive(&mut self) -> Result<(), String> {
+        for (name, bg) in [
+            ("udp echo A", &mut self.udp_a),
+            ("udp echo B", &mut self.udp_b),
+            ("http", &mut self.http),
+        ] {
+            if !bg.is_running() {
+                return Err(format!(
+                    "lab server {name} is no longer running\n{}",
+                    bg.dump()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
