@@ -62,10 +62,12 @@ pub enum DropReason {
     LocalUnhandled,
     /// Could not allocate an mbuf for a generated packet (ARP, ICMP).
     NoMbuf,
+    /// The handoff ring to the worker owning the flow was full.
+    HandoffFull,
 }
 
 impl DropReason {
-    pub const COUNT: usize = DropReason::NoMbuf as usize + 1;
+    pub const COUNT: usize = DropReason::HandoffFull as usize + 1;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::FrameTruncated,
         DropReason::UnsupportedEthertype,
@@ -94,6 +96,7 @@ impl DropReason {
         DropReason::MultiSegment,
         DropReason::LocalUnhandled,
         DropReason::NoMbuf,
+        DropReason::HandoffFull,
     ];
 
     /// Stable snake_case name used by the management API and `cgnatctl`.
@@ -126,6 +129,7 @@ impl DropReason {
             DropReason::MultiSegment => "multi_segment",
             DropReason::LocalUnhandled => "local_unhandled",
             DropReason::NoMbuf => "no_mbuf",
+            DropReason::HandoffFull => "handoff_full",
         }
     }
 }
@@ -151,10 +155,16 @@ pub enum Counter {
     LocalEchoReplies,
     Loops,
     BusyLoops,
+    /// Packets passed to the worker that owns their flow.
+    HandoffOut,
+    /// Packets received from other workers.
+    HandoffIn,
+    /// Sleeps taken by an idle worker (`dataplane.idle_sleep_us`).
+    IdleSleeps,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::BusyLoops as usize + 1;
+    pub const COUNT: usize = Counter::IdleSleeps as usize + 1;
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::RxPackets,
         Counter::TxPackets,
@@ -173,6 +183,9 @@ impl Counter {
         Counter::LocalEchoReplies,
         Counter::Loops,
         Counter::BusyLoops,
+        Counter::HandoffOut,
+        Counter::HandoffIn,
+        Counter::IdleSleeps,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -194,6 +207,9 @@ impl Counter {
             Counter::LocalEchoReplies => "local_echo_replies",
             Counter::Loops => "loops",
             Counter::BusyLoops => "busy_loops",
+            Counter::HandoffOut => "handoff_out",
+            Counter::HandoffIn => "handoff_in",
+            Counter::IdleSleeps => "idle_sleeps",
         }
     }
 }
