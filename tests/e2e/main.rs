@@ -221,6 +221,7 @@ fn install_signal_cleanup() {
             proc::signal_all("TERM");
             std::thread::sleep(Duration::from_secs(2));
             proc::signal_all("KILL");
+            let _ = fs::remove_dir_all(format!("/var/run/dpdk/cgnat-e2e-{}", std::process::id()));
             let _ = Paths::discover().lab_sh("down", Duration::from_secs(60));
             std::process::exit(130);
         }
