@@ -27,3 +27,8 @@ pub const MGMT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 50051));
 pub const LOG_LEVEL: &str = "info";
 pub const STATS_INTERVAL_SECS: u32 = 10;
+/// Pure busy polling: the lowest latency, and what a dedicated core is for.
+pub const IDLE_SLEEP_US: u32 = 0;
+pub const IDLE_POLLS: u32 = 1024;
+/// Per ordered pair of workers: a few bursts of headroom at line rate between two polls.
+pub const HANDOFF_RING: u32 = 1024;

@@ -34,10 +34,10 @@ use std::time::Duration;
 
 pub use eal::{Eal, EalLogLevel, MAX_LCORE, Memory};
 pub use error::{ConfigError, FieldError, Location};
-pub use net::{AddressRange, Ipv4Net, ParseError, PortRange};
+pub use net::{AddressRange, Ipv4Net, MacAddr, ParseError, PortRange};
 pub use types::{
-    Device, LogFormat, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route,
-    SnatRule, Timeouts, Workers,
+    DataplaneCfg, Device, LogFormat, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg,
+    Role, Route, SnatRule, StaticNeighbour, Timeouts, Workers,
 };
 
 /// A validated cgnatd configuration.
@@ -58,6 +58,7 @@ pub struct Config {
     pub logging: LoggingCfg,
     /// Period of the counter summary log line; zero disables it.
     pub stats_interval: Duration,
+    pub dataplane: DataplaneCfg,
 }
 
 impl Config {

@@ -21,3 +21,7 @@ pub const MEMORY_MIN_MB: u32 = 64;
 /// DPDK `--file-prefix` ends up in socket paths under /var/run/dpdk, whose names are
 /// limited to 108 bytes; 64 leaves room for the directory and suffixes.
 pub const FILE_PREFIX_MAX_LEN: usize = 64;
+pub const IDLE_SLEEP_US_MAX: u32 = 10_000;
+pub const IDLE_POLLS_MAX: u32 = 1_000_000;
+pub const HANDOFF_RING_MIN: u32 = 64;
+pub const HANDOFF_RING_MAX: u32 = 65536;

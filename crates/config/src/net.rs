@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize, Serializer};
 /// Why a prefix, address range or port range string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    #[error("invalid MAC address `{0}`: expected six hex octets such as 02:00:00:00:00:01")]
+    Mac(String),
     #[error("invalid IPv4 prefix `{0}`: expected a.b.c.d/len")]
     PrefixSyntax(String),
     #[error("invalid IPv4 address `{0}`")]
@@ -460,5 +462,41 @@ mod tests {
         let n: Ipv4Net = serde_yaml::from_str("\"10.1.0.0/16\"").unwrap();
         assert_eq!(n, net("10.1.0.0/16"));
         assert_eq!(serde_yaml::to_string(&n).unwrap().trim(), "10.1.0.0/16");
+    }
+}
+
+/// An Ethernet MAC address as written in the config: six hex octets separated by `:` or `-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<MacAddr, ParseError> {
+        let sep = if s.contains('-') { '-' } else { ':' };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(sep);
+        for o in out.iter_mut() {
+            let part = parts
+                .next()
+                .filter(|p| p.len() == 2)
+                .ok_or_else(|| ParseError::Mac(s.to_owned()))?;
+            *o = u8::from_str_radix(part, 16).map_err(|_| ParseError::Mac(s.to_owned()))?;
+        }
+        if parts.next().is_some() {
+            return Err(ParseError::Mac(s.to_owned()));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }

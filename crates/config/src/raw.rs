@@ -42,6 +42,8 @@ pub(crate) struct RawConfig {
     pub logging: RawLogging,
     #[serde(default = "stats_interval")]
     pub stats_interval: u32,
+    #[serde(default)]
+    pub dataplane: RawDataplane,
 }
 
 fn stats_interval() -> u32 {
@@ -172,6 +174,48 @@ pub(crate) struct RawPort {
     pub gateway: Option<Ipv4Addr>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub neighbours: Vec<RawStaticNeighbour>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a neighbour mapping (ip, mac)")]
+pub(crate) struct RawStaticNeighbour {
+    #[serde(deserialize_with = "ipv4")]
+    pub ip: Ipv4Addr,
+    #[serde(deserialize_with = "mac")]
+    pub mac: [u8; 6],
+}
+
+fn mac<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 6], D::Error> {
+    deserializer
+        .deserialize_str(QuotingVisitor::<crate::net::MacAddr>::new(
+            "MAC address",
+            "; expected six hex octets such as 02:00:00:00:00:01",
+        ))
+        .map(|m| m.0)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "the dataplane mapping (idle_sleep_us, idle_polls, handoff_ring)"
+)]
+pub(crate) struct RawDataplane {
+    pub idle_sleep_us: u32,
+    pub idle_polls: u32,
+    pub handoff_ring: u32,
+}
+
+impl Default for RawDataplane {
+    fn default() -> Self {
+        RawDataplane {
+            idle_sleep_us: d::IDLE_SLEEP_US,
+            idle_polls: d::IDLE_POLLS,
+            handoff_ring: d::HANDOFF_RING,
+        }
+    }
 }
 
 fn mtu() -> u16 {

@@ -881,3 +881,92 @@ fn pool_lookup_and_ports_by_name() {
     assert_eq!(c.pool_index("nope"), None);
     assert_eq!(c.port("outside").map(|p| p.role), Some(Role::Outside));
 }
+
+const LAB2: &str = include_str!("../../../config/lab-2workers.yaml");
+
+#[test]
+fn two_worker_lab_maps_lcores_to_two_cpus() {
+    let cfg = Config::from_yaml_str(LAB2).unwrap();
+    assert_eq!(cfg.worker_lcores(), vec![1, 2]);
+    let args = cfg.eal_args("cgnatd");
+    let pos = args.iter().position(|a| a == "--lcores").expect("--lcores");
+    assert_eq!(args[pos + 1], "0@0,1@1,2@0");
+    assert!(
+        args.iter()
+            .any(|a| a.contains("iface=cgn-in") && a.contains("qpairs=2"))
+    );
+    assert_eq!(cfg.dataplane.idle_sleep, Duration::from_micros(50));
+    assert_eq!(cfg.eal.file_prefix, "cgnat-lab2");
+}
+
+#[test]
+fn dataplane_defaults_and_limits() {
+    let cfg = Config::from_yaml_str(MINIMAL).unwrap();
+    assert_eq!(cfg.dataplane, DataplaneCfg::default());
+    assert_eq!(cfg.dataplane.idle_sleep, Duration::ZERO);
+    assert_eq!(cfg.dataplane.handoff_ring, 1024);
+    let y = format!("{MINIMAL}dataplane: {{ handoff_ring: 1000 }}\n");
+    rejects(&y, "dataplane.handoff_ring", "power of two");
+    let y = format!("{MINIMAL}dataplane: {{ idle_sleep_us: 20000 }}\n");
+    rejects(&y, "dataplane.idle_sleep_us", "more than");
+    let y = format!("{MINIMAL}dataplane: {{ idle_polls: 0 }}\n");
+    rejects(&y, "dataplane.idle_polls", "outside");
+}
+
+#[test]
+fn static_neighbours_parse_and_validate() {
+    let y = edit(
+        "    gateway: 192.0.2.2\n",
+        "    gateway: 192.0.2.2\n    neighbours:\n      - { ip: 192.0.2.2, mac: \"02:AA:bb:cc:dd:01\" }\n      - { ip: 192.0.2.3, mac: \"02-00-00-00-00-02\" }\n",
+    );
+    let cfg = Config::from_yaml_str(&y).unwrap();
+    let n = &cfg.outside_port().neighbours;
+    assert_eq!(n.len(), 2);
+    assert_eq!(
+        n[0],
+        StaticNeighbour {
+            ip: ip("192.0.2.2"),
+            mac: [2, 0xaa, 0xbb, 0xcc, 0xdd, 1]
+        }
+    );
+    assert_eq!(n[1].mac, [2, 0, 0, 0, 0, 2]);
+
+    let bad = |entry: &str| {
+        edit(
+            "    gateway: 192.0.2.2\n",
+            &format!("    gateway: 192.0.2.2\n    neighbours:\n{entry}"),
+        )
+    };
+    rejects(
+        &bad("      - { ip: 10.0.0.1, mac: \"02:00:00:00:00:01\" }\n"),
+        "ports[1].neighbours[0].ip",
+        "not inside",
+    );
+    rejects(
+        &bad("      - { ip: 192.0.2.1, mac: \"02:00:00:00:00:01\" }\n"),
+        "ports[1].neighbours[0].ip",
+        "own address",
+    );
+    rejects(
+        &bad(
+            "      - { ip: 192.0.2.9, mac: \"02:00:00:00:00:01\" }\n      - { ip: 192.0.2.9, mac: \"02:00:00:00:00:02\" }\n",
+        ),
+        "ports[1].neighbours[1].ip",
+        "listed twice",
+    );
+    rejects(
+        &bad("      - { ip: 192.0.2.9, mac: \"01:00:5e:00:00:01\" }\n"),
+        "ports[1].neighbours[0].mac",
+        "unicast",
+    );
+    rejects(
+        &bad("      - { ip: 192.0.2.9, mac: \"00:00:00:00:00:00\" }\n"),
+        "ports[1].neighbours[0].mac",
+        "all-zero",
+    );
+    rejects(
+        &bad("      - { ip: 192.0.2.9, mac: \"02:00:00:00:01\" }\n"),
+        "ports[1].neighbours[0].mac",
+        "invalid MAC",
+    );
+}

@@ -68,6 +68,36 @@ pub struct PortCfg {
     /// Default next hop out of this port (at most one port has one).
     pub gateway: Option<Ipv4Addr>,
     pub routes: Vec<Route>,
+    /// Neighbours with a fixed MAC: never expire, never replaced by ARP.
+    pub neighbours: Vec<StaticNeighbour>,
+}
+
+/// A neighbour configured by hand, for next hops that do not answer ARP (traffic generators) or to
+/// pin a router's MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticNeighbour {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+/// Worker loop tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataplaneCfg {
+    /// Sleep taken by a worker after `idle_polls` consecutive empty polls; zero never sleeps.
+    pub idle_sleep: Duration,
+    pub idle_polls: u32,
+    /// Capacity of each inter-worker handoff ring (packets).
+    pub handoff_ring: u32,
+}
+
+impl Default for DataplaneCfg {
+    fn default() -> Self {
+        DataplaneCfg {
+            idle_sleep: Duration::from_micros(u64::from(d::IDLE_SLEEP_US)),
+            idle_polls: d::IDLE_POLLS,
+            handoff_ring: d::HANDOFF_RING,
+        }
+    }
 }
 
 /// A static route: `prefix` is reached through the neighbour `via` on the owning port.

@@ -13,8 +13,8 @@ use crate::limits as lim;
 use crate::net::{AddressRange, Ipv4Net};
 use crate::raw::{RawConfig, RawEal, RawPool, RawPort, RawSnat, RawWorkers};
 use crate::types::{
-    Device, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule,
-    Timeouts, Workers, secs,
+    DataplaneCfg, Device, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route,
+    SnatRule, StaticNeighbour, Timeouts, Workers, secs,
 };
 use crate::{Config, defaults as d};
 
@@ -47,6 +47,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let nat = check_nat(&mut errs, &raw.nat);
     let neighbour = check_neighbour(&mut errs, &raw.neighbour);
     let logging = check_logging(&mut errs, raw.logging);
+    let dataplane = check_dataplane(&mut errs, &raw.dataplane);
     if raw.stats_interval > lim::STATS_INTERVAL_MAX_SECS {
         errs.push(
             "stats_interval",
@@ -73,6 +74,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 },
                 logging,
                 stats_interval: secs(raw.stats_interval),
+                dataplane,
             })
         }
         _ => {
@@ -489,6 +491,31 @@ fn check_port(errs: &mut Errors, i: usize, raw: &RawPort) -> Option<PortCfg> {
         });
     }
 
+    let mut neighbours = Vec::with_capacity(raw.neighbours.len());
+    for (j, n) in raw.neighbours.iter().enumerate() {
+        let np = format!("ports[{i}].neighbours[{j}]");
+        if let Some(e) = next_hop_problem(n.ip) {
+            errs.push(format!("{np}.ip"), e);
+        } else if raw.neighbours[..j].iter().any(|o| o.ip == n.ip) {
+            errs.push(format!("{np}.ip"), format!("{} is listed twice", n.ip));
+        }
+        if n.mac[0] & 1 != 0 {
+            errs.push(
+                format!("{np}.mac"),
+                "a neighbour MAC must be unicast (low bit of the first octet clear)",
+            );
+        } else if n.mac == [0; 6] {
+            errs.push(
+                format!("{np}.mac"),
+                "the all-zero MAC is not a station address",
+            );
+        }
+        neighbours.push(StaticNeighbour {
+            ip: n.ip,
+            mac: n.mac,
+        });
+    }
+
     if errs.0.len() != before {
         return None;
     }
@@ -504,7 +531,45 @@ fn check_port(errs: &mut Errors, i: usize, raw: &RawPort) -> Option<PortCfg> {
         tx_desc: raw.tx_desc,
         gateway: raw.gateway,
         routes,
+        neighbours,
     })
+}
+
+fn check_dataplane(errs: &mut Errors, raw: &crate::raw::RawDataplane) -> DataplaneCfg {
+    if raw.idle_sleep_us > lim::IDLE_SLEEP_US_MAX {
+        errs.push(
+            "dataplane.idle_sleep_us",
+            format!(
+                "{} us is more than {} us; a worker would sit out whole bursts",
+                raw.idle_sleep_us,
+                lim::IDLE_SLEEP_US_MAX
+            ),
+        );
+    }
+    if !(1..=lim::IDLE_POLLS_MAX).contains(&raw.idle_polls) {
+        errs.push(
+            "dataplane.idle_polls",
+            format!("{} is outside 1..={}", raw.idle_polls, lim::IDLE_POLLS_MAX),
+        );
+    }
+    if !raw.handoff_ring.is_power_of_two()
+        || !(lim::HANDOFF_RING_MIN..=lim::HANDOFF_RING_MAX).contains(&raw.handoff_ring)
+    {
+        errs.push(
+            "dataplane.handoff_ring",
+            format!(
+                "{} must be a power of two in {}..={}",
+                raw.handoff_ring,
+                lim::HANDOFF_RING_MIN,
+                lim::HANDOFF_RING_MAX
+            ),
+        );
+    }
+    DataplaneCfg {
+        idle_sleep: std::time::Duration::from_micros(u64::from(raw.idle_sleep_us)),
+        idle_polls: raw.idle_polls,
+        handoff_ring: raw.handoff_ring,
+    }
 }
 
 fn check_ports(errs: &mut Errors, raw: &[RawPort]) -> Option<Vec<PortCfg>> {
