@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod handoff;
 pub mod local;
 pub mod neighbour;
 pub mod route;

@@ -32,6 +32,8 @@ impl Hasher for AddrHasher {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     mac: Option<EthernetAddress>,
+    /// Configured by hand: never expires, never replaced, never evicted.
+    fixed: bool,
     /// When the MAC was last confirmed by ARP.
     confirmed: u64,
     /// When we last sent a request for it.
@@ -81,6 +83,7 @@ impl NeighbourTable {
     pub fn resolve(&mut self, ip: u32, now: u64) -> Resolution {
         match self.entries.get_mut(&ip) {
             Some(e) => match e.mac {
+                Some(mac) if e.fixed => Resolution::Known(mac),
                 Some(mac) => {
                     if now.saturating_sub(e.confirmed) > self.reachable
                         && now.saturating_sub(e.requested) > self.retransmit
@@ -112,6 +115,7 @@ impl NeighbourTable {
                     ip,
                     Entry {
                         mac: None,
+                        fixed: false,
                         confirmed: 0,
                         requested: now,
                     },
@@ -131,11 +135,28 @@ impl NeighbourTable {
         }
         let e = self.entries.entry(ip).or_insert(Entry {
             mac: None,
+            fixed: false,
             confirmed: 0,
             requested: 0,
         });
+        if e.fixed {
+            return;
+        }
         e.mac = Some(mac);
         e.confirmed = now;
+    }
+
+    /// A neighbour configured by hand (one that does not answer ARP, or a pinned router).
+    pub fn add_static(&mut self, ip: u32, mac: EthernetAddress) {
+        self.entries.insert(
+            ip,
+            Entry {
+                mac: Some(mac),
+                fixed: true,
+                confirmed: 0,
+                requested: 0,
+            },
+        );
     }
 
     pub fn lookup(&self, ip: u32) -> Option<EthernetAddress> {
@@ -146,10 +167,10 @@ impl NeighbourTable {
     pub fn evict(&mut self, now: u64) {
         let horizon = self.reachable.saturating_mul(4);
         self.entries
-            .retain(|_, e| now.saturating_sub(e.confirmed.max(e.requested)) <= horizon);
+            .retain(|_, e| e.fixed || now.saturating_sub(e.confirmed.max(e.requested)) <= horizon);
         if self.entries.len() >= self.max_entries {
             // Still full of fresh entries: forget unresolved ones first; they cost nothing to re-request.
-            self.entries.retain(|_, e| e.mac.is_some());
+            self.entries.retain(|_, e| e.fixed || e.mac.is_some());
         }
     }
 }
@@ -182,6 +203,18 @@ mod tests {
             t.resolve(7, 1104),
             Resolution::Known(EthernetAddress([2, 0, 0, 0, 0, 2]))
         );
+    }
+
+    #[test]
+    fn static_entries_never_expire_or_change() {
+        let mut t = NeighbourTable::new(10, 10, 4);
+        t.add_static(7, MAC);
+        t.learn(7, EthernetAddress([2, 0, 0, 0, 0, 9]), 5);
+        assert_eq!(t.resolve(7, 1_000_000), Resolution::Known(MAC));
+        for ip in 100..200 {
+            t.learn(ip, MAC, 1_000_000);
+        }
+        assert_eq!(t.lookup(7), Some(MAC));
     }
 
     #[test]

@@ -10,11 +10,13 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use dpdk::{BURST, Mbuf, MbufBurst, Mempool, RxQueue, TxQueue};
+use dpdk::{BURST, Mbuf, MbufBurst, MbufRing, Mempool, RxQueue, TxQueue};
 use nat::{Counter, Counters, Dir, DropReason, PacketBatch, Prefetch, Shard, Verdict};
 use wire::{ArpPacket, EthernetAddress, EthernetFrame, Ipv4Packet, arp_op, ethertype, icmp_type};
 
+use crate::handoff::{Links, outside_port_of, subscriber_owner};
 use crate::local::{self, L3, RateLimit};
 use crate::neighbour::{NeighbourTable, Resolution};
 use crate::route::RouteTable;
@@ -50,6 +52,8 @@ pub struct PortSetup {
     pub routes: RouteTable,
     /// Extra addresses this port answers ARP for (pool addresses inside the outside subnet).
     pub proxy_arp: Vec<u32>,
+    /// Neighbours configured by hand: never expire, never overwritten by ARP.
+    pub static_neighbours: Vec<(Ipv4Addr, EthernetAddress)>,
 }
 
 /// Worker parameters.
@@ -61,6 +65,14 @@ pub struct WorkerConfig {
     pub neighbour_retransmit_ms: u64,
     /// ICMP errors per second this worker may send.
     pub icmp_errors_per_s: u64,
+    /// This worker's index and the number of workers.
+    pub worker: usize,
+    pub workers: usize,
+    /// Handoff rings to and from the other workers.
+    pub links: Links,
+    /// Sleep this long after `idle_polls` empty polls (zero: never sleep).
+    pub idle_sleep: Duration,
+    pub idle_polls: u32,
 }
 
 struct PortCtx {
@@ -116,6 +128,17 @@ pub struct Worker {
     rx: MbufBurst<BURST>,
     ipv4: MbufBurst<BURST>,
     local_addrs: [u32; 2],
+    /// DPDK port ids of the inside and outside ports (handed-off frames carry theirs in `mbuf.port`).
+    port_ids: [u16; 2],
+    me: usize,
+    workers: usize,
+    to_peer: Vec<Option<Arc<MbufRing>>>,
+    from_peer: Vec<Arc<MbufRing>>,
+    /// Frames waiting to be enqueued to each peer, flushed once per iteration.
+    handoff_out: Vec<MbufBurst<BURST>>,
+    idle_sleep: Duration,
+    idle_polls: u32,
+    idle: u32,
 }
 
 /// A frame's fate after the Ethernet-level look.
@@ -138,6 +161,14 @@ impl Worker {
         let mk = |p: PortSetup| {
             let mut proxy_arp = p.proxy_arp;
             proxy_arp.sort_unstable();
+            let mut neigh = NeighbourTable::new(
+                cfg.neighbour_reachable_s.saturating_mul(tsc_hz),
+                cfg.neighbour_retransmit_ms.saturating_mul(tsc_hz) / 1000,
+                65536,
+            );
+            for (ip, mac) in &p.static_neighbours {
+                neigh.add_static(u32::from(*ip), *mac);
+            }
             PortCtx {
                 rx: p.rx,
                 tx: p.tx,
@@ -145,11 +176,7 @@ impl Worker {
                 addr: p.addr.into(),
                 routes: p.routes,
                 proxy_arp,
-                neigh: NeighbourTable::new(
-                    cfg.neighbour_reachable_s.saturating_mul(tsc_hz),
-                    cfg.neighbour_retransmit_ms.saturating_mul(tsc_hz) / 1000,
-                    65536,
-                ),
+                neigh,
                 out: MbufBurst::new(),
                 held: Vec::with_capacity(HOLD_MAX),
             }
@@ -157,6 +184,8 @@ impl Worker {
         let inside = mk(cfg.inside);
         let outside = mk(cfg.outside);
         let local_addrs = [inside.addr, outside.addr];
+        let port_ids = [inside.rx.port().0, outside.rx.port().0];
+        let workers = cfg.workers.max(1);
         Worker {
             shard,
             ports: [inside, outside],
@@ -169,6 +198,15 @@ impl Worker {
             rx: MbufBurst::new(),
             ipv4: MbufBurst::new(),
             local_addrs,
+            port_ids,
+            me: cfg.worker,
+            workers,
+            to_peer: cfg.links.to,
+            from_peer: cfg.links.from,
+            handoff_out: (0..workers).map(|_| MbufBurst::new()).collect(),
+            idle_sleep: cfg.idle_sleep,
+            idle_polls: cfg.idle_polls.max(1),
+            idle: 0,
         }
     }
 
@@ -179,6 +217,10 @@ impl Worker {
             let now_s = ((now - self.start_tsc) / self.tsc_hz) as u32;
             let mut busy = self.poll(Side::Inside, now, now_s);
             busy += self.poll(Side::Outside, now, now_s);
+            if !self.from_peer.is_empty() {
+                busy += self.poll_peers(now, now_s);
+                self.flush_handoff();
+            }
             self.flush(Side::Inside);
             self.flush(Side::Outside);
             self.shard.expire(now_s, EXPIRY_BUDGET);
@@ -186,8 +228,17 @@ impl Worker {
             self.counters.add(Counter::Loops, 1);
             if busy > 0 {
                 self.counters.add(Counter::BusyLoops, 1);
+                self.idle = 0;
+            } else if !self.idle_sleep.is_zero() {
+                // Idle: after enough empty polls, give the core back briefly. Never on a busy path.
+                self.idle += 1;
+                if self.idle >= self.idle_polls {
+                    self.counters.add(Counter::IdleSleeps, 1);
+                    std::thread::sleep(self.idle_sleep);
+                }
             }
         }
+        self.flush_handoff();
         for side in [Side::Inside, Side::Outside] {
             self.flush(side);
         }
@@ -196,8 +247,7 @@ impl Worker {
 
     #[inline]
     fn poll(&mut self, side: Side, now: u64, now_s: u32) -> usize {
-        let s = side as usize;
-        let n = self.ports[s].rx.rx_burst(&mut self.rx);
+        let n = self.ports[side as usize].rx.rx_burst(&mut self.rx);
         if n == 0 {
             return 0;
         }
@@ -206,22 +256,82 @@ impl Worker {
             m.prefetch_data();
         }
         let mut rx = std::mem::take(&mut self.rx);
+        self.dispatch(side, &mut rx, false, now, now_s);
+        self.rx = rx;
+        n
+    }
+
+    /// Frames other workers received for flows this worker owns.
+    fn poll_peers(&mut self, now: u64, now_s: u32) -> usize {
+        let mut total = 0;
+        for r in 0..self.from_peer.len() {
+            let n = self.from_peer[r].dequeue_burst(&mut self.rx);
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            self.counters.add(Counter::HandoffIn, n as u64);
+            // Split by the port the frame arrived on; each side is one translation direction.
+            let mut inside = std::mem::take(&mut self.rx);
+            let mut outside: MbufBurst<BURST> = MbufBurst::new();
+            let mut i = 0;
+            while i < inside.len() {
+                if inside[i].port() == self.port_ids[Side::Outside as usize] {
+                    // Order within a side is kept; swap_remove would reorder a flow's packets.
+                    let m = inside.drain(i..=i).next();
+                    if let Some(m) = m {
+                        let _ = outside.push(m);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            self.dispatch(Side::Inside, &mut inside, true, now, now_s);
+            self.dispatch(Side::Outside, &mut outside, true, now, now_s);
+            self.rx = inside;
+        }
+        total
+    }
+
+    /// Classify a burst received on `side` (from the wire, or from a peer when `from_peer`), hand
+    /// frames of flows owned by other workers to them, and translate the rest.
+    #[inline]
+    fn dispatch(
+        &mut self,
+        side: Side,
+        rx: &mut MbufBurst<BURST>,
+        from_peer: bool,
+        now: u64,
+        now_s: u32,
+    ) {
         for m in rx.drain(..) {
             match self.classify(side, &m) {
                 Class::Ipv4 => {
-                    // Cannot fail: the burst has the same capacity as rx.
-                    let _ = self.ipv4.push(m);
+                    let owner = if from_peer || self.workers == 1 {
+                        self.me
+                    } else {
+                        self.owner(side, &m)
+                    };
+                    if owner == self.me {
+                        // Cannot fail: the burst has the same capacity as rx.
+                        let _ = self.ipv4.push(m);
+                    } else {
+                        self.handoff(owner, side, m);
+                    }
                 }
-                Class::Arp => self.arp(side, m, now),
+                Class::Arp => {
+                    if !from_peer && self.workers > 1 {
+                        self.share_arp(side, &m);
+                    }
+                    self.arp(side, m, now, from_peer);
+                }
                 Class::Local => self.local(side, m),
                 Class::Drop(r) => self.counters.count_drop(r),
             }
         }
-        self.rx = rx;
         if self.ipv4.is_empty() {
-            return n;
+            return;
         }
-
         let dir = match side {
             Side::Inside => Dir::In2Out,
             Side::Outside => Dir::Out2In,
@@ -238,7 +348,81 @@ impl Worker {
             }
         }
         self.ipv4 = ipv4;
-        n
+    }
+
+    /// The worker owning the flow of an IPv4 frame: inside by subscriber, outside by outside port.
+    #[inline]
+    fn owner(&self, side: Side, m: &Mbuf) -> usize {
+        let ip = &m.data()[L3..];
+        match side {
+            Side::Inside => match ip.get(12..16) {
+                Some(b) => {
+                    subscriber_owner(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), self.workers)
+                }
+                None => self.me,
+            },
+            Side::Outside => match outside_port_of(ip) {
+                Some(p) => nat::port_owner(p, self.workers as u16) as usize,
+                None => self.me,
+            },
+        }
+    }
+
+    #[inline]
+    fn handoff(&mut self, owner: usize, side: Side, mut m: Mbuf) {
+        m.set_port(self.port_ids[side as usize]);
+        if self.handoff_out[owner].is_full() {
+            self.flush_handoff_to(owner);
+        }
+        if self.handoff_out[owner].push(m).is_err() {
+            self.counters.count_drop(DropReason::HandoffFull);
+        }
+    }
+
+    fn flush_handoff(&mut self) {
+        for j in 0..self.handoff_out.len() {
+            if !self.handoff_out[j].is_empty() {
+                self.flush_handoff_to(j);
+            }
+        }
+    }
+
+    fn flush_handoff_to(&mut self, j: usize) {
+        let Some(ring) = self.to_peer.get(j).and_then(|r| r.as_ref()) else {
+            let n = self.handoff_out[j].len();
+            self.handoff_out[j].clear();
+            self.counters.count_drops(DropReason::HandoffFull, n as u64);
+            return;
+        };
+        let sent = ring.enqueue_burst(&mut self.handoff_out[j]);
+        self.counters.add(Counter::HandoffOut, sent as u64);
+        let left = self.handoff_out[j].len();
+        if left > 0 {
+            self.handoff_out[j].clear();
+            self.counters
+                .count_drops(DropReason::HandoffFull, left as u64);
+        }
+    }
+
+    /// Every worker keeps its own neighbour table, so an ARP frame one worker receives is copied to
+    /// the others (rare, control traffic: the copy's allocation is fine here).
+    fn share_arp(&mut self, side: Side, m: &Mbuf) {
+        for j in 0..self.workers {
+            if j == self.me {
+                continue;
+            }
+            let Some(mut c) = self.pool.alloc() else {
+                self.counters.count_drop(DropReason::NoMbuf);
+                return;
+            };
+            let src = m.data();
+            let Some(dst) = c.append(src.len()) else {
+                self.counters.count_drop(DropReason::NoMbuf);
+                return;
+            };
+            dst.copy_from_slice(src);
+            self.handoff(j, side, c);
+        }
     }
 
     #[inline]
@@ -279,8 +463,9 @@ impl Worker {
         }
     }
 
-    /// Answer requests for our addresses and learn neighbours (RFC 826), then release the frame.
-    fn arp(&mut self, side: Side, mut m: Mbuf, now: u64) {
+    /// Answer requests for our addresses and learn neighbours (RFC 826), then release the frame. A copy
+    /// from a peer worker (`learn_only`) is never answered: the worker that received it did that.
+    fn arp(&mut self, side: Side, mut m: Mbuf, now: u64, learn_only: bool) {
         let p = &mut self.ports[side as usize];
         let Ok(arp) = ArpPacket::new_checked(&m.data()[L3..]) else {
             self.counters.count_drop(DropReason::ArpMalformed);
@@ -304,7 +489,7 @@ impl Worker {
             self.release_held(side, sip);
         }
         let p = &mut self.ports[side as usize];
-        if op == arp_op::REQUEST && for_us {
+        if op == arp_op::REQUEST && for_us && !learn_only {
             local::arp_reply_in_place(m.data_mut(), p.mac, Ipv4Addr::from(tip));
             self.counters.add(Counter::ArpRepliesSent, 1);
             self.enqueue(side, m);

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use config::{Config, PortCfg, Role};
+use dataplane::handoff::{self, Links};
 use dataplane::route::{Prefix, RouteTable};
 use dataplane::{PortSetup, Worker, WorkerConfig};
 use dpdk::lcore::{self, LcoreId};
@@ -187,6 +188,13 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         .filter(|a| outside_net.contains((*a).into()))
         .collect();
 
+    // Flows are owned by one worker each; frames that arrive elsewhere travel over these rings.
+    let mut links: Vec<Links> = if n_workers > 1 {
+        handoff::mesh(usize::from(n_workers), cfg.dataplane.handoff_ring)
+            .context("cannot create the handoff rings")?
+    } else {
+        vec![Links::none()]
+    };
     let seeds = RandomState::new();
     let mut workers = Vec::new();
     let mut dp = DataPlane {
@@ -211,6 +219,12 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
                 addr: rp.cfg.address,
                 routes: route_table(&rp.cfg),
                 proxy_arp: proxy,
+                static_neighbours: rp
+                    .cfg
+                    .neighbours
+                    .iter()
+                    .map(|n| (n.ip, EthernetAddress(n.mac)))
+                    .collect(),
             })
         };
         let wcfg = WorkerConfig {
@@ -219,6 +233,11 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             neighbour_reachable_s: cfg.neighbour.reachable_time.as_secs(),
             neighbour_retransmit_ms: cfg.neighbour.retransmit.as_millis() as u64,
             icmp_errors_per_s: ICMP_ERRORS_PER_S,
+            worker: i,
+            workers: usize::from(n_workers),
+            links: std::mem::replace(&mut links[i], Links::none()),
+            idle_sleep: cfg.dataplane.idle_sleep,
+            idle_polls: cfg.dataplane.idle_polls,
         };
         let counters = Arc::new(Counters::default());
         let shard_cfg = ShardConfig {
