@@ -43,8 +43,14 @@ unit: ## Unit and integration tests of every crate (no lab needed)
 	$(CARGO) test --workspace --release --exclude cgnat
 	$(CARGO) test --release -p cgnat --lib
 
-e2e: ## End-to-end tests through the namespace lab (root; needs `make build`)
-	$(CARGO) test --release -p cgnat --test e2e -- --test-threads=1
+# The same suite runs on one worker and on two (handoff rings between workers).
+E2E_CONFIGS ?= config/lab.yaml config/lab-2workers.yaml
+
+e2e: ## End-to-end tests through the namespace lab, 1 and 2 workers (root; needs `make build`)
+	for c in $(E2E_CONFIGS); do \
+	  echo "== e2e with $$c"; \
+	  CGNAT_CONFIG=$$c $(CARGO) test --release -p cgnat --test e2e -- --test-threads=1; \
+	done
 
 lint-scripts: ## Syntax-check the shell scripts and python helpers
 	for f in scripts/*.sh .ci/run; do bash -n "$$f"; done

@@ -698,6 +698,45 @@ pub fn unsolicited_inbound_is_dropped(env: &Env) -> R {
     Ok(())
 }
 
+/// After the traffic cases: with several workers, each subscriber's flows are owned by one worker,
+/// frames that arrived on another worker's queue were handed over (and none were lost to a full
+/// ring); with one worker nothing is handed off.
+pub fn workers_share_the_load(env: &Env) -> R {
+    let s = stats(env)?;
+    let workers = s.0["workers"]
+        .as_array()
+        .ok_or_else(|| format!("no workers in stats: {}", s.0))?;
+    let per = |w: &Value, k: &str| w["counters"][k].as_u64().unwrap_or(0);
+    let handoff_in: u64 = workers.iter().map(|w| per(w, "handoff_in")).sum();
+    let handoff_out: u64 = workers.iter().map(|w| per(w, "handoff_out")).sum();
+    ensure(s.drop_count("handoff_full") == 0, || {
+        format!("frames lost on full handoff rings: {}", s.drops_json())
+    })?;
+    if workers.len() == 1 {
+        return ensure(handoff_in == 0 && handoff_out == 0, || {
+            format!("one worker handed off {handoff_out} frames")
+        });
+    }
+    for w in workers {
+        ensure(per(w, "sessions_created") > 0, || {
+            format!(
+                "worker {} owns no session: subscribers are not spread over workers: {}",
+                w["worker"], s.0
+            )
+        })?;
+    }
+    ensure(handoff_out > 0 && handoff_in > 0, || {
+        format!(
+            "{} workers on single-hash af_packet queues, yet no frame was handed off (out {handoff_out}, in {handoff_in})",
+            workers.len()
+        )
+    })?;
+    // Rings are drained every iteration; at rest everything sent has been received.
+    ensure(handoff_in == handoff_out, || {
+        format!("handoff out {handoff_out} != in {handoff_in}")
+    })
+}
+
 pub fn daemon_survives_and_stops_cleanly(env: &Env) -> R {
     env.daemon.ensure_alive()?;
     let (status, killed) = env.daemon.stop(Duration::from_secs(15));

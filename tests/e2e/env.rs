@@ -82,8 +82,11 @@ impl Paths {
         self.bin_dir.join("cgnatctl")
     }
 
+    /// The daemon config: `CGNAT_CONFIG` (relative to the repository root), default
+    /// config/lab.yaml. `make e2e` runs the suite once per lab config (one and two workers).
     pub fn config(&self) -> PathBuf {
-        self.root.join("config/lab.yaml")
+        let rel = std::env::var("CGNAT_CONFIG").unwrap_or_else(|_| "config/lab.yaml".into());
+        self.root.join(rel)
     }
 
     pub fn tool(&self, name: &str) -> String {

@@ -10,7 +10,8 @@
 //!
 //! Environment: CGNAT_BIN_DIR (default target/release), CGNAT_PYTHON (default
 //! /usr/bin/python3, which has scapy), CGNAT_MGMT (default http://127.0.0.1:50051, as in
-//! config/lab.yaml).
+//! config/lab.yaml), CGNAT_CONFIG (default config/lab.yaml; config/lab-2workers.yaml runs the
+//! same suite on two workers).
 
 mod cases;
 mod env;
@@ -61,6 +62,7 @@ const CASES: &[(&str, Case)] = &[
         "unsolicited_inbound_is_dropped",
         cases::unsolicited_inbound_is_dropped,
     ),
+    ("workers_share_the_load", cases::workers_share_the_load),
     (
         "daemon_survives_and_stops_cleanly",
         cases::daemon_survives_and_stops_cleanly,
