@@ -347,6 +347,56 @@ where
     }
 }
 
+/// An Ethernet MAC address as written in the config: six two-digit hex octets separated by
+/// `:` or `-` (one separator throughout), in either case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Group bit (I/G, the low bit of the first octet): set for multicast and broadcast.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<MacAddr, ParseError> {
+        let bad = || ParseError::Mac(s.to_owned());
+        let sep = if s.contains('-') { '-' } else { ':' };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(sep);
+        for o in out.iter_mut() {
+            // Checked digit by digit: from_str_radix alone would accept a sign (`+f`).
+            let part = parts
+                .next()
+                .filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(bad)?;
+            *o = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,40 +513,34 @@ mod tests {
         assert_eq!(n, net("10.1.0.0/16"));
         assert_eq!(serde_yaml::to_string(&n).unwrap().trim(), "10.1.0.0/16");
     }
-}
 
-/// An Ethernet MAC address as written in the config: six hex octets separated by `:` or `-`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl FromStr for MacAddr {
-    type Err = ParseError;
-
-    fn from_str(s: &str) -> Result<MacAddr, ParseError> {
-        let sep = if s.contains('-') { '-' } else { ':' };
-        let mut out = [0u8; 6];
-        let mut parts = s.split(sep);
-        for o in out.iter_mut() {
-            let part = parts
-                .next()
-                .filter(|p| p.len() == 2)
-                .ok_or_else(|| ParseError::Mac(s.to_owned()))?;
-            *o = u8::from_str_radix(part, 16).map_err(|_| ParseError::Mac(s.to_owned()))?;
+    #[test]
+    fn mac_addresses() {
+        let m: MacAddr = "02:AA:bb:0c:dd:01".parse().unwrap();
+        assert_eq!(m.0, [0x02, 0xaa, 0xbb, 0x0c, 0xdd, 0x01]);
+        assert_eq!(m.to_string(), "02:aa:bb:0c:dd:01");
+        assert_eq!("02-AA-BB-0C-DD-01".parse::<MacAddr>(), Ok(m));
+        assert!(m.is_unicast() && !m.is_zero());
+        assert!(!"01:00:5e:00:00:01".parse::<MacAddr>().unwrap().is_unicast());
+        assert!(!"ff:ff:ff:ff:ff:ff".parse::<MacAddr>().unwrap().is_unicast());
+        assert!("00:00:00:00:00:00".parse::<MacAddr>().unwrap().is_zero());
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "02:00:00:00:00:0",
+            "02:00:00:00:00:001",
+            "02:00-00:00:00:00",
+            "02:00:00:00:00:0g",
+            "+2:00:00:00:00:01",
+            "02:00:00:00:00:01:",
+            "0200.0000.0001",
+        ] {
+            assert_eq!(
+                bad.parse::<MacAddr>(),
+                Err(ParseError::Mac(bad.to_owned())),
+                "`{bad}` accepted"
+            );
         }
-        if parts.next().is_some() {
-            return Err(ParseError::Mac(s.to_owned()));
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
     }
 }

@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use crate::defaults as d;
 use crate::eal::EalLogLevel;
-use crate::net::{AddressRange, Ipv4Net, PortRange};
+use crate::net::{AddressRange, Ipv4Net, MacAddr, PortRange};
 use crate::{LogFormat, Role};
 
 #[derive(Debug, Deserialize)]
@@ -184,16 +184,14 @@ pub(crate) struct RawStaticNeighbour {
     #[serde(deserialize_with = "ipv4")]
     pub ip: Ipv4Addr,
     #[serde(deserialize_with = "mac")]
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
 }
 
-fn mac<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 6], D::Error> {
-    deserializer
-        .deserialize_str(QuotingVisitor::<crate::net::MacAddr>::new(
-            "MAC address",
-            "; expected six hex octets such as 02:00:00:00:00:01",
-        ))
-        .map(|m| m.0)
+fn mac<'de, D: Deserializer<'de>>(deserializer: D) -> Result<MacAddr, D::Error> {
+    deserializer.deserialize_str(QuotingVisitor::<MacAddr>::new(
+        "MAC address",
+        "; expected six hex octets such as 02:00:00:00:00:01",
+    ))
 }
 
 #[derive(Debug, Deserialize)]

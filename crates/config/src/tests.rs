@@ -8,6 +8,8 @@ use super::*;
 
 const LAB: &str = include_str!("../../../config/lab.yaml");
 const NIC: &str = include_str!("../../../config/example-nic.yaml");
+const LAB2: &str = include_str!("../../../config/lab-2workers.yaml");
+const CONFIG_MD: &str = include_str!("../../../docs/CONFIG.md");
 
 /// Smallest valid config; every optional field left out.
 const MINIMAL: &str = r#"
@@ -110,6 +112,16 @@ fn lab_config_describes_the_standard_lab() {
     assert_eq!(c.eal.memory, Memory::NoHuge { size_mb: 512 });
     assert_eq!(c.eal.file_prefix, "cgnat-lab");
     assert_eq!(c.nat.max_sessions, 65536);
+    // The lab shares its two CPUs with the test traffic: workers nap when idle.
+    assert_eq!(
+        c.dataplane,
+        DataplaneCfg {
+            idle_sleep: Duration::from_micros(50),
+            idle_polls: 1024,
+            handoff_ring: 1024,
+        }
+    );
+    assert!(inside.neighbours.is_empty() && outside.neighbours.is_empty());
 }
 
 #[test]
@@ -195,6 +207,17 @@ fn defaults_are_applied() {
     assert_eq!(c.logging.level, "info");
     assert_eq!(c.logging.format, LogFormat::Text);
     assert_eq!(c.stats_interval, Duration::from_secs(10));
+    assert!(c.ports.iter().all(|p| p.neighbours.is_empty()));
+    assert_eq!(c.dataplane, DataplaneCfg::default());
+    assert_eq!(
+        c.dataplane,
+        DataplaneCfg {
+            idle_sleep: Duration::ZERO,
+            idle_polls: 1024,
+            handoff_ring: 1024,
+        },
+        "default: pure busy polling"
+    );
 }
 
 #[test]
@@ -756,6 +779,11 @@ fn unknown_field_names_field_and_position() {
     );
     let msg = err.to_string();
     assert!(msg.contains("(line 14, column 5)"), "{msg}");
+    // The valid keys are listed, so the operator sees the intended spelling.
+    assert!(
+        msg.contains("`gateway`, `routes`, `neighbours` (line 14"),
+        "{msg}"
+    );
     assert!(
         matches!(
             err,
@@ -882,91 +910,297 @@ fn pool_lookup_and_ports_by_name() {
     assert_eq!(c.port("outside").map(|p| p.role), Some(Role::Outside));
 }
 
-const LAB2: &str = include_str!("../../../config/lab-2workers.yaml");
-
 #[test]
-fn two_worker_lab_maps_lcores_to_two_cpus() {
-    let cfg = Config::from_yaml_str(LAB2).unwrap();
-    assert_eq!(cfg.worker_lcores(), vec![1, 2]);
-    let args = cfg.eal_args("cgnatd");
-    let pos = args.iter().position(|a| a == "--lcores").expect("--lcores");
-    assert_eq!(args[pos + 1], "0@0,1@1,2@0");
-    assert!(
-        args.iter()
-            .any(|a| a.contains("iface=cgn-in") && a.contains("qpairs=2"))
-    );
-    assert_eq!(cfg.dataplane.idle_sleep, Duration::from_micros(50));
-    assert_eq!(cfg.eal.file_prefix, "cgnat-lab2");
-}
-
-#[test]
-fn dataplane_defaults_and_limits() {
-    let cfg = Config::from_yaml_str(MINIMAL).unwrap();
-    assert_eq!(cfg.dataplane, DataplaneCfg::default());
-    assert_eq!(cfg.dataplane.idle_sleep, Duration::ZERO);
-    assert_eq!(cfg.dataplane.handoff_ring, 1024);
-    let y = format!("{MINIMAL}dataplane: {{ handoff_ring: 1000 }}\n");
-    rejects(&y, "dataplane.handoff_ring", "power of two");
-    let y = format!("{MINIMAL}dataplane: {{ idle_sleep_us: 20000 }}\n");
-    rejects(&y, "dataplane.idle_sleep_us", "more than");
-    let y = format!("{MINIMAL}dataplane: {{ idle_polls: 0 }}\n");
-    rejects(&y, "dataplane.idle_polls", "outside");
-}
-
-#[test]
-fn static_neighbours_parse_and_validate() {
-    let y = edit(
-        "    gateway: 192.0.2.2\n",
-        "    gateway: 192.0.2.2\n    neighbours:\n      - { ip: 192.0.2.2, mac: \"02:AA:bb:cc:dd:01\" }\n      - { ip: 192.0.2.3, mac: \"02-00-00-00-00-02\" }\n",
-    );
-    let cfg = Config::from_yaml_str(&y).unwrap();
-    let n = &cfg.outside_port().neighbours;
-    assert_eq!(n.len(), 2);
+fn two_worker_lab_eal_args_exact() {
+    let c = Config::from_yaml_str(LAB2).unwrap();
+    assert_eq!(c.workers, Workers::Count(2));
+    assert_eq!(c.worker_lcores(), vec![1, 2]);
+    assert_eq!(c.worker_count(), 2);
+    assert_eq!(c.eal.lcore_ids, vec![0, 1, 2]);
+    assert_eq!(c.eal.main_lcore, 0);
     assert_eq!(
-        n[0],
-        StaticNeighbour {
-            ip: ip("192.0.2.2"),
-            mac: [2, 0xaa, 0xbb, 0xcc, 0xdd, 1]
+        c.eal_args("cgnatd"),
+        vec![
+            "cgnatd",
+            "--lcores",
+            "0@0,1@1,2@0",
+            "--main-lcore",
+            "0",
+            "--no-huge",
+            "-m",
+            "512",
+            "--file-prefix",
+            "cgnat-lab2",
+            "--log-level=*:warning",
+            "--vdev",
+            "net_af_packet0,iface=cgn-in,blocksz=4096,framesz=2048,framecnt=512,qpairs=2",
+            "--vdev",
+            "net_af_packet1,iface=cgn-out,blocksz=4096,framesz=2048,framecnt=512,qpairs=2",
+            "--no-pci",
+        ]
+    );
+}
+
+#[test]
+fn two_worker_lab_differs_from_lab_only_in_cores_queues_and_prefix() {
+    let one = Config::from_yaml_str(LAB).unwrap();
+    let mut two = Config::from_yaml_str(LAB2).unwrap();
+    // Undo the documented differences; everything else must then be equal, so the two labs
+    // cannot drift apart (addresses, pools, timeouts, idle settings).
+    two.eal.lcores = one.eal.lcores.clone();
+    two.eal.lcore_ids = one.eal.lcore_ids.clone();
+    two.eal.file_prefix = one.eal.file_prefix.clone();
+    two.workers = one.workers.clone();
+    for p in &mut two.ports {
+        let Device::Vdev { spec } = &mut p.device else {
+            panic!("lab ports are vdevs");
+        };
+        assert!(spec.ends_with(",qpairs=2"), "{spec}");
+        *spec = spec.replace(",qpairs=2", ",qpairs=1");
+    }
+    assert_eq!(one, two);
+}
+
+#[test]
+fn dataplane_values_and_limits() {
+    let dp = |body: &str| format!("{MINIMAL}dataplane: {{ {body} }}\n");
+    let c = Config::from_yaml_str(&dp(
+        "idle_sleep_us: 10000, idle_polls: 1000000, handoff_ring: 65536",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.dataplane,
+        DataplaneCfg {
+            idle_sleep: Duration::from_millis(10),
+            idle_polls: 1_000_000,
+            handoff_ring: 65536,
         }
     );
-    assert_eq!(n[1].mac, [2, 0, 0, 0, 0, 2]);
+    let c = Config::from_yaml_str(&dp("idle_polls: 1, handoff_ring: 64")).unwrap();
+    assert_eq!((c.dataplane.idle_polls, c.dataplane.handoff_ring), (1, 64));
+    assert_eq!(
+        c.dataplane.idle_sleep,
+        Duration::ZERO,
+        "sibling keeps its default"
+    );
 
-    let bad = |entry: &str| {
-        edit(
-            "    gateway: 192.0.2.2\n",
-            &format!("    gateway: 192.0.2.2\n    neighbours:\n{entry}"),
-        )
-    };
     rejects(
-        &bad("      - { ip: 10.0.0.1, mac: \"02:00:00:00:00:01\" }\n"),
-        "ports[1].neighbours[0].ip",
-        "not inside",
+        &dp("idle_sleep_us: 10001"),
+        "dataplane.idle_sleep_us",
+        "10001 us is more than 10000 us",
     );
     rejects(
-        &bad("      - { ip: 192.0.2.1, mac: \"02:00:00:00:00:01\" }\n"),
+        &dp("idle_polls: 0"),
+        "dataplane.idle_polls",
+        "0 is outside 1..=1000000",
+    );
+    rejects(
+        &dp("idle_polls: 1000001"),
+        "dataplane.idle_polls",
+        "outside 1..=1000000",
+    );
+    for bad in ["0", "32", "1000", "131072"] {
+        rejects(
+            &dp(&format!("handoff_ring: {bad}")),
+            "dataplane.handoff_ring",
+            &format!("{bad} must be a power of two in 64..=65536"),
+        );
+    }
+    rejects(
+        &dp("idle_sleep_us: -1"),
+        "dataplane.idle_sleep_us",
+        "invalid type: integer `-1`, expected u32",
+    );
+    rejects(
+        &dp("idle_sleep: 50"),
+        "dataplane.idle_sleep",
+        "unknown field `idle_sleep`",
+    );
+}
+
+/// `MINIMAL` with `entries` as the outside port's `neighbours` list.
+fn with_neighbours(entries: &str) -> String {
+    edit(
+        "    gateway: 192.0.2.2\n",
+        &format!("    gateway: 192.0.2.2\n    neighbours:\n{entries}"),
+    )
+}
+
+#[test]
+fn static_neighbours_parse() {
+    let cfg = Config::from_yaml_str(&with_neighbours(
+        "      - { ip: 192.0.2.2, mac: \"02:AA:bb:cc:dd:01\" }\n      - { ip: 192.0.2.3, mac: \"02-00-00-00-00-02\" }\n",
+    ))
+    .unwrap();
+    let n = &cfg.outside_port().neighbours;
+    assert_eq!(
+        *n,
+        vec![
+            // The gateway itself may be pinned: that is the upstream-router use.
+            StaticNeighbour {
+                ip: ip("192.0.2.2"),
+                mac: [2, 0xaa, 0xbb, 0xcc, 0xdd, 1]
+            },
+            StaticNeighbour {
+                ip: ip("192.0.2.3"),
+                mac: [2, 0, 0, 0, 0, 2]
+            },
+        ]
+    );
+    assert!(cfg.inside_port().neighbours.is_empty());
+    // Universally administered unicast MACs (first octet even) are fine too.
+    let c = Config::from_yaml_str(&with_neighbours(
+        "      - { ip: 192.0.2.9, mac: \"00:1b:21:3a:4f:60\" }\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.outside_port().neighbours[0].mac,
+        [0, 0x1b, 0x21, 0x3a, 0x4f, 0x60]
+    );
+}
+
+#[test]
+fn static_neighbour_ip_must_be_a_host_on_the_link() {
+    let one = |ip: &str| {
+        with_neighbours(&format!(
+            "      - {{ ip: {ip}, mac: \"02:00:00:00:00:01\" }}\n"
+        ))
+    };
+    rejects(
+        &one("10.0.0.1"),
+        "ports[1].neighbours[0].ip",
+        "10.0.0.1 is not inside the port's subnet 192.0.2.0/24",
+    );
+    rejects(
+        &one("192.0.2.1"),
         "ports[1].neighbours[0].ip",
         "own address",
     );
     rejects(
-        &bad(
+        &one("192.0.2.0"),
+        "ports[1].neighbours[0].ip",
+        "network or broadcast address of 192.0.2.0/24",
+    );
+    rejects(
+        &one("192.0.2.255"),
+        "ports[1].neighbours[0].ip",
+        "network or broadcast address",
+    );
+    rejects(
+        &one("192.0.2.300"),
+        "ports[1].neighbours[0].ip",
+        "invalid IPv4 address `192.0.2.300`",
+    );
+    rejects(
+        &with_neighbours(
             "      - { ip: 192.0.2.9, mac: \"02:00:00:00:00:01\" }\n      - { ip: 192.0.2.9, mac: \"02:00:00:00:00:02\" }\n",
         ),
         "ports[1].neighbours[1].ip",
-        "listed twice",
+        "192.0.2.9 is listed twice",
+    );
+    // The same neighbour on both ports is impossible anyway (subnets do not overlap), and the
+    // inside port is checked the same way.
+    rejects(
+        &edit(
+            "    address: 100.64.0.1/24\n",
+            "    address: 100.64.0.1/24\n    neighbours: [{ ip: 192.0.2.9, mac: \"02:00:00:00:00:01\" }]\n",
+        ),
+        "ports[0].neighbours[0].ip",
+        "not inside the port's subnet 100.64.0.0/24",
+    );
+}
+
+#[test]
+fn static_neighbours_on_point_to_point_links() {
+    // RFC 3021: on a /31 the peer is the other address, including the "network" one.
+    let yaml = edit("192.0.2.1/24", "192.0.2.1/31")
+        .replace("gateway: 192.0.2.2", "gateway: 192.0.2.0")
+        .replace(
+            "    gateway: 192.0.2.0\n",
+            "    gateway: 192.0.2.0\n    neighbours: [{ ip: 192.0.2.0, mac: \"02:00:00:00:00:01\" }]\n",
+        );
+    let c = Config::from_yaml_str(&yaml).unwrap();
+    assert_eq!(c.outside_port().neighbours[0].ip, ip("192.0.2.0"));
+}
+
+#[test]
+fn static_neighbour_mac_rules() {
+    let one =
+        |mac: &str| with_neighbours(&format!("      - {{ ip: 192.0.2.9, mac: \"{mac}\" }}\n"));
+    rejects(
+        &one("01:00:5e:00:00:01"),
+        "ports[1].neighbours[0].mac",
+        "01:00:5e:00:00:01 is a group (multicast or broadcast) address",
     );
     rejects(
-        &bad("      - { ip: 192.0.2.9, mac: \"01:00:5e:00:00:01\" }\n"),
+        &one("FF-FF-FF-FF-FF-FF"),
         "ports[1].neighbours[0].mac",
         "unicast",
     );
     rejects(
-        &bad("      - { ip: 192.0.2.9, mac: \"00:00:00:00:00:00\" }\n"),
+        &one("00:00:00:00:00:00"),
         "ports[1].neighbours[0].mac",
         "all-zero",
     );
+    for bad in [
+        "02:00:00:00:01",
+        "02:00:00:00:00:01:02",
+        "02:00-00:00:00:01",
+        "02:00:00:00:00:0x",
+        "+2:00:00:00:00:01",
+    ] {
+        let err = rejects(
+            &one(bad),
+            "ports[1].neighbours[0].mac",
+            &format!("invalid MAC address `{bad}`; expected six hex octets"),
+        );
+        assert!(
+            matches!(
+                err,
+                ConfigError::Yaml {
+                    location: Some(_),
+                    ..
+                }
+            ),
+            "a malformed MAC is a parse error with a position: {err:?}"
+        );
+    }
     rejects(
-        &bad("      - { ip: 192.0.2.9, mac: \"02:00:00:00:01\" }\n"),
+        &with_neighbours("      - { ip: 192.0.2.9 }\n"),
         "ports[1].neighbours[0].mac",
-        "invalid MAC",
+        "missing field `mac`",
     );
+    rejects(
+        &with_neighbours("      - { ip: 192.0.2.9, mac: \"02:00:00:00:00:01\", static: true }\n"),
+        "ports[1].neighbours[0].static",
+        "unknown field `static`",
+    );
+}
+
+#[test]
+fn pool_may_not_contain_a_static_neighbour() {
+    let yaml = with_neighbours("      - { ip: 192.0.2.15, mac: \"02:00:00:00:00:01\" }\n")
+        .replace("[\"203.0.113.0/29\"]", "[\"192.0.2.10-192.0.2.20\"]");
+    rejects(
+        &yaml,
+        "pools[0].addresses[0]",
+        "contains 192.0.2.15, the neighbours[0].ip of ports[1]",
+    );
+}
+
+#[test]
+fn config_md_example_is_valid() {
+    // The example in the reference must keep up with the schema.
+    let section = CONFIG_MD
+        .split("\n## Complete example\n")
+        .nth(1)
+        .expect("docs/CONFIG.md has a `## Complete example` section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the section holds a ```yaml block");
+    let c = Config::from_yaml_str(yaml).unwrap();
+    assert!(!c.outside_port().neighbours.is_empty());
+    assert_ne!(c.dataplane, DataplaneCfg::default());
 }

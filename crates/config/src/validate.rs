@@ -499,12 +499,17 @@ fn check_port(errs: &mut Errors, i: usize, raw: &RawPort) -> Option<PortCfg> {
         } else if raw.neighbours[..j].iter().any(|o| o.ip == n.ip) {
             errs.push(format!("{np}.ip"), format!("{} is listed twice", n.ip));
         }
-        if n.mac[0] & 1 != 0 {
+        // Frames to the next hop are unicast; a group address would flood the segment (or be
+        // dropped by every station), and no NIC owns the all-zero address.
+        if !n.mac.is_unicast() {
             errs.push(
                 format!("{np}.mac"),
-                "a neighbour MAC must be unicast (low bit of the first octet clear)",
+                format!(
+                    "{} is a group (multicast or broadcast) address; a neighbour MAC must be unicast (low bit of the first octet clear)",
+                    n.mac
+                ),
             );
-        } else if n.mac == [0; 6] {
+        } else if n.mac.is_zero() {
             errs.push(
                 format!("{np}.mac"),
                 "the all-zero MAC is not a station address",
@@ -512,7 +517,7 @@ fn check_port(errs: &mut Errors, i: usize, raw: &RawPort) -> Option<PortCfg> {
         }
         neighbours.push(StaticNeighbour {
             ip: n.ip,
-            mac: n.mac,
+            mac: n.mac.0,
         });
     }
 
@@ -821,6 +826,12 @@ fn check_pool_range_against_ports(
                 .iter()
                 .enumerate()
                 .map(|(j, rt)| (rt.via, format!("routes[{j}].via"))),
+        );
+        used.extend(
+            port.neighbours
+                .iter()
+                .enumerate()
+                .map(|(j, n)| (n.ip, format!("neighbours[{j}].ip"))),
         );
         if subnet.len <= 30 && r.overlaps_net(&subnet) {
             used.push((subnet.network(), "network address".to_owned()));
