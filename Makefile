@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PYTHON ?= /usr/bin/python3
 KEEP ?= 0
 
-.PHONY: help deps build demo test unit e2e lint-scripts lab-up lab-down fmt fmt-check clippy clean
+.PHONY: help deps build demo test unit e2e lint-scripts lab-up lab-down fmt fmt-check clippy clean bench
 
 help: ## Show this help
 	@echo "Targets:"
@@ -55,6 +55,9 @@ e2e: ## End-to-end tests through the namespace lab, 1 and 2 workers (root; needs
 lint-scripts: ## Syntax-check the shell scripts and python helpers
 	for f in scripts/*.sh .ci/run; do bash -n "$$f"; done
 	$(PYTHON) -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' tests/tools/*.py
+
+bench: deps ## Local benchmarks (pipeline, testpmd references, system over memif) -> perf/RESULTS.md
+	perf/run.sh
 
 lab-up: deps build ## Create the lab and leave cgnatd running in the background
 	scripts/lab.sh up
