@@ -14,8 +14,8 @@
 //! subtracted, and both figures are reported.
 //!
 //! Limitations: one core, no NIC, no DPDK mbuf headers (the buffers are plain memory, which is what
-//! the NAT core touches); the table and slab are ordinary heap memory (transparent huge pages when
-//! the kernel grants them).
+//! the NAT core touches); the table and slab are heap memory advised for transparent huge pages, as
+//! in cgnatd (`--no-thp` shows the difference).
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
@@ -56,6 +56,9 @@ struct Cli {
     /// Also measure without prefetching, to show what the pipeline's prefetch buys.
     #[arg(long)]
     no_prefetch_too: bool,
+    /// Do not ask for transparent huge pages for the slab and index (cgnatd always asks).
+    #[arg(long)]
+    no_thp: bool,
 }
 
 fn parse_size(s: &str) -> Result<u32> {
@@ -159,7 +162,7 @@ impl Bench {
     /// A shard sized for exactly `n` sessions, with enough pool addresses that no address
     /// runs out of ports, filled with `n` established UDP flows. Returns it and the new-session rate
     /// over the last 10 % of the fill.
-    fn build(n: u32) -> Result<(Bench, f64)> {
+    fn build(n: u32, thp: bool) -> Result<(Bench, f64)> {
         let addrs = (n / 30_000 + 1).max(4);
         let pool = Pool {
             name: "bench".into(),
@@ -182,7 +185,18 @@ impl Bench {
             workers: 1,
             seed: 0x5eed_1234_abcd_ef01,
         };
-        let mut shard = Shard::new(cfg, Arc::new(rules), Arc::new(Counters::default()), 0)?;
+        let advise: Option<nat::MemAdvice> = if thp {
+            Some(dpdk::advise_hugepages)
+        } else {
+            None
+        };
+        let mut shard = Shard::with_memory_advice(
+            cfg,
+            Arc::new(rules),
+            Arc::new(Counters::default()),
+            0,
+            advise,
+        )?;
         let mut bufs = Bufs((0..BURST).map(|_| vec![0u8; 2048]).collect());
         let mut verdicts = [Verdict::Forward; BURST];
         let tail_start = n - n / 10;
@@ -300,7 +314,7 @@ fn main() -> Result<()> {
         // Small tables fill in microseconds: rebuild a few times for a stable new-session figure.
         let builds = if n <= 1 << 20 { cli.repeat.max(1) } else { 1 };
         for _ in 0..builds {
-            let (b, rate) = Bench::build(n)?;
+            let (b, rate) = Bench::build(n, !cli.no_thp)?;
             fills.push(rate);
             bench = Some(b);
         }

@@ -110,6 +110,26 @@ pub fn prefetch0_ptr(p: *const u8) {
     }
 }
 
+/// Ask the kernel to back `[addr, addr + len)` with transparent huge pages (`madvise`
+/// `MADV_HUGEPAGE`), for large tables that are read at random (session slab, flow index): 2 MiB
+/// pages cut TLB misses by orders of magnitude. Only the 2 MiB-aligned interior is advised. Call it
+/// before the memory is first written, so the first touch faults in huge pages directly.
+///
+/// Returns whether the kernel accepted the advice (it refuses when THP is disabled,
+/// `/sys/kernel/mm/transparent_hugepage/enabled` = `never`). The advice never changes the
+/// contents or the validity of the memory, so any address range is acceptable.
+pub fn advise_hugepages(addr: usize, len: usize) -> bool {
+    const HUGE: usize = 2 << 20;
+    let start = addr.div_ceil(HUGE) * HUGE;
+    let end = (addr.saturating_add(len) / HUGE) * HUGE;
+    if end <= start {
+        return false;
+    }
+    // SAFETY: MADV_HUGEPAGE only changes how the kernel backs the range; it cannot unmap, move or
+    // alter memory. An address that is not mapped makes madvise fail with ENOMEM, nothing else.
+    unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) == 0 }
+}
+
 /// Time-stamp counter access for cheap timing in the data path.
 pub mod time {
     use dpdk_sys as sys;

@@ -32,9 +32,23 @@ pub struct Index {
 impl Index {
     /// An index that can hold `max_keys` keys at a load factor of at most 1/2.
     pub fn with_capacity(max_keys: usize) -> Index {
+        Index::with_capacity_advised(max_keys, None)
+    }
+
+    /// As [`Index::with_capacity`], passing the table's memory to `advise` before it is first
+    /// written.
+    pub fn with_capacity_advised(max_keys: usize, advise: Option<crate::MemAdvice>) -> Index {
         let size = (max_keys.max(8) * 2).next_power_of_two();
+        let mut entries: Vec<Entry> = Vec::with_capacity(size);
+        if let Some(advise) = advise {
+            advise(
+                entries.as_ptr() as usize,
+                size * std::mem::size_of::<Entry>(),
+            );
+        }
+        entries.resize(size, EMPTY_ENTRY);
         Index {
-            entries: vec![EMPTY_ENTRY; size],
+            entries,
             mask: size - 1,
             len: 0,
         }

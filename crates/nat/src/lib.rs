@@ -32,6 +32,11 @@ pub use rules::{Pool, Rules, SnatRule};
 pub use session::{Session, tcp_state};
 pub use shard::{Dir, MAX_BURST, Shard, ShardConfig, Verdict};
 
+/// A hint about a large allocation, called with its address and length before the memory is first
+/// written: the data plane passes `dpdk::advise_hugepages` so the session slab and the index are
+/// backed by transparent huge pages. This crate stays free of `unsafe` and of DPDK.
+pub type MemAdvice = fn(addr: usize, len: usize) -> bool;
+
 /// Idle timeouts in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {

@@ -6,7 +6,7 @@
 //! due each session in it is either expired or re-filed at its real deadline. Every session is therefore
 //! looked at about once per timeout period, and the work per call is bounded by a budget.
 
-use crate::Timeouts;
+use crate::{MemAdvice, Timeouts};
 use wire::ip_proto;
 
 /// Slab index meaning "none".
@@ -95,8 +95,21 @@ pub struct Slab {
 
 impl Slab {
     pub fn new(capacity: u32, now: u32) -> Slab {
+        Slab::new_advised(capacity, now, None)
+    }
+
+    /// As [`Slab::new`], passing the slab's memory to `advise` before it is first written (the
+    /// data plane uses it to ask for transparent huge pages).
+    pub fn new_advised(capacity: u32, now: u32, advise: Option<MemAdvice>) -> Slab {
         let total = capacity as usize + WHEEL_SLOTS as usize;
-        let mut slots = vec![Session::default(); total];
+        let mut slots: Vec<Session> = Vec::with_capacity(total);
+        if let Some(advise) = advise {
+            advise(
+                slots.as_ptr() as usize,
+                total * std::mem::size_of::<Session>(),
+            );
+        }
+        slots.resize(total, Session::default());
         // Free list threaded through `next`, in ascending order so early sessions are dense in memory.
         for i in 0..capacity {
             slots[i as usize].next = if i + 1 < capacity { i + 1 } else { NIL };

@@ -9,7 +9,7 @@ use crate::ports::PortAllocator;
 use crate::rewrite::{End, Parsed, parse, rewrite};
 use crate::rules::{Rules, paired_address};
 use crate::session::{NIL, Session, Slab, tcp_state};
-use crate::{NatError, PacketBatch, Prefetch, Timeouts};
+use crate::{MemAdvice, NatError, PacketBatch, Prefetch, Timeouts};
 use wire::{ip_proto, tcp_flags};
 
 /// Largest burst [`Shard::process`] handles in one call (DPDK's usual burst of 32).
@@ -72,6 +72,19 @@ impl Shard {
         counters: Arc<Counters>,
         now: u32,
     ) -> Result<Shard, NatError> {
+        Shard::with_memory_advice(cfg, rules, counters, now, None)
+    }
+
+    /// As [`Shard::new`], handing the session slab and the index to `advise` before they are first
+    /// written (for transparent huge pages: random lookups over hundreds of MiB are dominated by TLB
+    /// misses on 4 KiB pages).
+    pub fn with_memory_advice(
+        cfg: ShardConfig,
+        rules: Arc<Rules>,
+        counters: Arc<Counters>,
+        now: u32,
+        advise: Option<MemAdvice>,
+    ) -> Result<Shard, NatError> {
         if cfg.max_sessions == 0 || cfg.max_sessions >= OUT_BIT {
             return Err(NatError::BadCapacity(cfg.max_sessions as u64));
         }
@@ -88,8 +101,8 @@ impl Shard {
             cfg.seed.rotate_left(17),
         );
         Ok(Shard {
-            slab: Slab::new(cfg.max_sessions, now),
-            index: Index::with_capacity(cfg.max_sessions as usize * 2),
+            slab: Slab::new_advised(cfg.max_sessions, now, advise),
+            index: Index::with_capacity_advised(cfg.max_sessions as usize * 2, advise),
             ports,
             rules,
             counters,
@@ -167,6 +180,7 @@ impl Shard {
             }
         }
         // Stage 3: confirm the key against the session and rewrite; misses take the slow path.
+        let mut forwarded = 0u64;
         for i in 0..n {
             let m = meta[i];
             if !m.ok {
@@ -186,10 +200,19 @@ impl Shard {
                 },
                 (None, Dir::Out2In) => Verdict::Drop(DropReason::NoSession),
             };
-            if let Verdict::Drop(r) = verdicts[i] {
-                self.counters.count_drop(r);
+            match verdicts[i] {
+                Verdict::Drop(r) => self.counters.count_drop(r),
+                Verdict::Forward => forwarded += 1,
             }
         }
+        // One counter update per burst, not per packet.
+        self.counters.add(
+            match dir {
+                Dir::In2Out => Counter::In2outPackets,
+                Dir::Out2In => Counter::Out2inPackets,
+            },
+            forwarded,
+        );
     }
 
     #[inline]
@@ -240,13 +263,6 @@ impl Shard {
             self.slab.refile(slot, &self.cfg.timeouts);
         }
         rewrite(pkt, p, end, addr, port);
-        self.counters.add(
-            match dir {
-                Dir::In2Out => Counter::In2outPackets,
-                Dir::Out2In => Counter::Out2inPackets,
-            },
-            1,
-        );
         Verdict::Forward
     }
 

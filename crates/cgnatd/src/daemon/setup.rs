@@ -247,8 +247,16 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             workers: n_workers,
             seed: seeds.hash_one(i),
         };
-        let shard = Shard::new(shard_cfg, rules.clone(), counters.clone(), 0)
-            .context("cannot build the session table")?;
+        // Transparent huge pages for the slab and index when the kernel grants them (THP 'madvise'
+        // or 'always'); with hugetlbfs-only setups they stay on 4 KiB pages.
+        let shard = Shard::with_memory_advice(
+            shard_cfg,
+            rules.clone(),
+            counters.clone(),
+            0,
+            Some(dpdk::advise_hugepages),
+        )
+        .context("cannot build the session table")?;
         let (slab, index, portmaps) = shard.memory_bytes();
         info!(
             worker = i,
