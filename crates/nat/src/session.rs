@@ -94,6 +94,7 @@ pub struct Slab {
 }
 
 impl Slab {
+    #[cfg(test)]
     pub fn new(capacity: u32, now: u32) -> Slab {
         Slab::new_advised(capacity, now, None)
     }
