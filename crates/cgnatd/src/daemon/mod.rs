@@ -101,11 +101,20 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
 
 /// Serve the management API and log periodic stats until a termination signal arrives.
 fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Result<()> {
-    // The control plane gets a small runtime; the main thread is already pinned by EAL to the main
-    // lcore, and the runtime's threads inherit that affinity, so they never compete with workers.
+    // The control plane gets a small runtime on the main lcore's CPU.
+    // EAL has pinned this (main lcore) thread; pin the runtime's threads to the same CPUs
+    // explicitly, so no control-plane work ever lands on a worker core whatever the scheduler does.
+    let control_cpus = core_affinity::get_core_ids().unwrap_or_default();
+    info!(cpus = ?control_cpus.iter().map(|c| c.id).collect::<Vec<_>>(), "control plane CPUs");
+    let pin_to = control_cpus.first().copied();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("cgnat-ctl")
+        .on_thread_start(move || {
+            if let Some(core) = pin_to {
+                core_affinity::set_for_current(core);
+            }
+        })
         .enable_all()
         .build()
         .context("cannot start the control-plane runtime")?;
