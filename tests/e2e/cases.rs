@@ -224,6 +224,47 @@ pub fn ping_nat_inside_address(_env: &Env) -> R {
     ping_all_received(SUB2, NAT_INSIDE_IP, 5)
 }
 
+/// A router must not forward a packet whose TTL runs out on it: it answers ICMP time exceeded
+/// from its own address on the arrival side (what traceroute shows as the hop), and counts it.
+pub fn ttl_expiry_answered_with_time_exceeded(env: &Env) -> R {
+    let before = stats(env)?;
+    let mut replies = 0;
+    for (ns, dst) in [(SUB1, SERVER_A), (SUB2, SERVER_B)] {
+        let out = proc::run(
+            &mut proc::netns(
+                ns,
+                &[
+                    "ping", "-n", "-c", "2", "-i", "0.3", "-W", "2", "-t", "1", dst,
+                ],
+            ),
+            Duration::from_secs(15),
+        )?;
+        let text = format!("{}{}", out.stdout, out.stderr);
+        let hits = text
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("From {NAT_INSIDE_IP}")) && l.contains("Time to live exceeded")
+            })
+            .count();
+        ensure(hits >= 1, || {
+            format!("ping -t 1 from {ns} to {dst}: no time-exceeded from {NAT_INSIDE_IP}:\n{text}")
+        })?;
+        replies += hits as u64;
+    }
+    let after = stats(env)?;
+    let grew = |k: &str| after.total(k).saturating_sub(before.total(k));
+    ensure(grew("icmp_errors_sent") >= replies, || {
+        format!(
+            "{replies} time-exceeded seen, icmp_errors_sent grew by {}",
+            grew("icmp_errors_sent")
+        )
+    })?;
+    ensure(
+        after.drop_count("ttl_exceeded") > before.drop_count("ttl_exceeded"),
+        || "ttl_exceeded drops did not grow".to_string(),
+    )
+}
+
 /// Echo requests as the server side saw them: (source, destination, ttl).
 fn parse_echo_requests(lines: &[String]) -> Vec<(String, String, u8)> {
     // tcpdump -v prints "IP (tos 0x0, ttl 63, id ..." then "    SRC > DST: ICMP echo request, ...".

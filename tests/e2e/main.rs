@@ -48,6 +48,10 @@ const CASES: &[(&str, Case)] = &[
     ("mgmt_health_and_stats", cases::mgmt_health),
     ("ping_nat_inside_address", cases::ping_nat_inside_address),
     ("ping_servers_through_nat", cases::ping_servers_through_nat),
+    (
+        "ttl_expiry_answered_with_time_exceeded",
+        cases::ttl_expiry_answered_with_time_exceeded,
+    ),
     ("udp_request_response", cases::udp_request_response),
     ("tcp_download_8mib_sha256", cases::tcp_download_sha256),
     (
