@@ -29,6 +29,14 @@ pub enum Error {
     /// `rte_eal_remote_launch` refused the job.
     #[error("launch on lcore {lcore} failed: {} ({code})", strerror(*code))]
     Launch { lcore: u32, code: i32 },
+    /// An rte_flow rule was refused (commonly: the device has no rte_flow support).
+    #[error("port {port}: {op} failed: {msg} ({code})")]
+    Flow {
+        port: u16,
+        op: &'static str,
+        code: i32,
+        msg: String,
+    },
     /// The caller passed something DPDK (or this layer) cannot accept.
     #[error("invalid argument: {0}")]
     InvalidArg(String),

@@ -45,6 +45,7 @@
 mod burst;
 mod eal;
 mod error;
+pub mod flow;
 pub mod lcore;
 mod mbuf;
 mod mempool;

@@ -376,6 +376,32 @@ fn ring_port_loopback(pool: &Mempool) {
     assert!(link.up, "{link:?}");
     assert!(link.speed_mbps > 0, "{link:?}");
 
+    // net_ring has no rte_flow: steering is refused with a flow error (the data plane then falls
+    // back to software handoff), and a rule for a queue the port lacks is refused up front.
+    use dpdk::flow::{L4, Match, Steering};
+    match Steering::inside(&port, 2) {
+        Err(Error::Flow { op, .. }) => assert_eq!(op, "rte_flow_validate"),
+        other => panic!(
+            "expected a flow error, got {:?}",
+            other.map(|s| s.rules.len())
+        ),
+    }
+    assert!(matches!(
+        Steering::outside(&port, 3, 6),
+        Err(Error::InvalidArg(_))
+    ));
+    assert!(matches!(
+        port.steer(
+            Match::L4DstPort {
+                proto: L4::Udp,
+                value: 0,
+                mask: 0x40
+            },
+            7
+        ),
+        Err(Error::InvalidArg(_))
+    ));
+
     let mut rx = port.rx_queue(0).expect("rx queue 0");
     let mut tx = port.tx_queue(0).expect("tx queue 0");
     assert!(port.rx_queue(0).is_err(), "a queue is handed out once");
