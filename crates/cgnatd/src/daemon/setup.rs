@@ -28,6 +28,8 @@ pub struct RunningPort {
 /// A running data plane.
 pub struct DataPlane {
     pub ports: Vec<RunningPort>,
+    /// rte_flow rules steering flows to their owner's queue, where the NIC supports them.
+    steering: Vec<dpdk::flow::Steering>,
     pub workers: Vec<(LcoreId, Arc<Counters>)>,
     pool: Option<Arc<Mempool>>,
 }
@@ -47,6 +49,8 @@ impl DataPlane {
             }
         }
         let summary = super::backend::summary_line(&self.counters());
+        // Rules go before their ports.
+        self.steering.clear();
         for p in self.ports.drain(..) {
             if let Err(e) = p.port.stop() {
                 warn!(port = %p.cfg.name, error = %e, "port stop failed");
@@ -65,6 +69,40 @@ impl DataPlane {
         drop(self.pool.take());
         summary
     }
+}
+
+/// Ask the NICs to deliver each flow to the queue of the worker that owns it: inside by the
+/// subscriber address bits, outside by the outside port-block bits. Where a device cannot (no
+/// rte_flow, or a worker count that is not a power of two), the software handoff does the job.
+fn steer(
+    ports: &[RunningPort],
+    inside: usize,
+    outside: usize,
+    workers: u16,
+) -> Vec<dpdk::flow::Steering> {
+    use dpdk::flow::Steering;
+    let shift = nat::BLOCK_PORTS.trailing_zeros();
+    let attempts = [
+        (inside, Steering::inside(&ports[inside].port, workers)),
+        (
+            outside,
+            Steering::outside(&ports[outside].port, workers, shift),
+        ),
+    ];
+    let mut installed = Vec::new();
+    for (idx, res) in attempts {
+        let name = &ports[idx].cfg.name;
+        match res {
+            Ok(s) => {
+                info!(port = %name, rules = s.rules.len(), "rte_flow steering installed: flows reach their owner directly");
+                installed.push(s);
+            }
+            Err(e) => {
+                info!(port = %name, reason = %e, "rte_flow steering unavailable; flows reach their owner by software handoff")
+            }
+        }
+    }
+    installed
 }
 
 /// Translation rules in the NAT core's terms.
@@ -199,9 +237,13 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
     let mut workers = Vec::new();
     let mut dp = DataPlane {
         ports: Vec::new(),
+        steering: Vec::new(),
         workers: Vec::new(),
         pool: None,
     };
+    if n_workers > 1 {
+        dp.steering = steer(&ports, inside, outside, n_workers);
+    }
     for (i, lc) in lcores.iter().enumerate() {
         let q = i as u16;
         let setup = |idx: usize, proxy: Vec<u32>| -> Result<PortSetup> {
