@@ -64,10 +64,16 @@ pub enum DropReason {
     NoMbuf,
     /// The handoff ring to the worker owning the flow was full.
     HandoffFull,
+    /// A per-subscriber limit (sessions, ports, port blocks or the deterministic port range) is reached
+    /// (RFC 6888 REQ-4/5). Existing mappings are never evicted to make room.
+    QuotaExceeded,
+    /// Inbound packet to a live mapping that its pool's filtering (address-dependent or
+    /// address-and-port-dependent) rejects.
+    Filtered,
 }
 
 impl DropReason {
-    pub const COUNT: usize = DropReason::HandoffFull as usize + 1;
+    pub const COUNT: usize = DropReason::Filtered as usize + 1;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::FrameTruncated,
         DropReason::UnsupportedEthertype,
@@ -97,6 +103,8 @@ impl DropReason {
         DropReason::LocalUnhandled,
         DropReason::NoMbuf,
         DropReason::HandoffFull,
+        DropReason::QuotaExceeded,
+        DropReason::Filtered,
     ];
 
     /// Stable snake_case name used by the management API and `cgnatctl`.
@@ -130,6 +138,8 @@ impl DropReason {
             DropReason::LocalUnhandled => "local_unhandled",
             DropReason::NoMbuf => "no_mbuf",
             DropReason::HandoffFull => "handoff_full",
+            DropReason::QuotaExceeded => "quota_exceeded",
+            DropReason::Filtered => "filtered",
         }
     }
 }
@@ -161,10 +171,35 @@ pub enum Counter {
     HandoffIn,
     /// Sleeps taken by an idle worker (`dataplane.idle_sleep_us`).
     IdleSleeps,
+    TcpSessionsDeleted,
+    UdpSessionsDeleted,
+    IcmpSessionsDeleted,
+    /// Sessions opened by an inbound packet to an existing mapping (endpoint-independent or
+    /// address-dependent filtering), hairpinned ones included.
+    InboundSessionsCreated,
+    /// Endpoint-independent mappings (inside address:port ↔ outside address:port per protocol).
+    MappingsCreated,
+    MappingsDeleted,
+    /// Mappings alive or in hold-down.
+    MappingsCurrent,
+    /// Subscribers (inside address per pool) with at least one mapping alive or held.
+    SubscribersCurrent,
+    /// Port blocks (port block allocation) currently owned by subscribers.
+    BlocksInUse,
+    BlocksAllocated,
+    BlocksReleased,
+    /// Outside ports kept out of use by the hold-down after their mapping ended (RFC 6888 REQ-8).
+    PortsHeld,
+    /// Packets translated on both ends and sent back inside (hairpinning).
+    HairpinPackets,
+    /// Packets forwarded untranslated by a no-NAT exclusion.
+    UntranslatedPackets,
+    /// Events lost because the event ring was full.
+    EventsDropped,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::IdleSleeps as usize + 1;
+    pub const COUNT: usize = Counter::EventsDropped as usize + 1;
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::RxPackets,
         Counter::TxPackets,
@@ -186,6 +221,21 @@ impl Counter {
         Counter::HandoffOut,
         Counter::HandoffIn,
         Counter::IdleSleeps,
+        Counter::TcpSessionsDeleted,
+        Counter::UdpSessionsDeleted,
+        Counter::IcmpSessionsDeleted,
+        Counter::InboundSessionsCreated,
+        Counter::MappingsCreated,
+        Counter::MappingsDeleted,
+        Counter::MappingsCurrent,
+        Counter::SubscribersCurrent,
+        Counter::BlocksInUse,
+        Counter::BlocksAllocated,
+        Counter::BlocksReleased,
+        Counter::PortsHeld,
+        Counter::HairpinPackets,
+        Counter::UntranslatedPackets,
+        Counter::EventsDropped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -210,6 +260,21 @@ impl Counter {
             Counter::HandoffOut => "handoff_out",
             Counter::HandoffIn => "handoff_in",
             Counter::IdleSleeps => "idle_sleeps",
+            Counter::TcpSessionsDeleted => "tcp_sessions_deleted",
+            Counter::UdpSessionsDeleted => "udp_sessions_deleted",
+            Counter::IcmpSessionsDeleted => "icmp_sessions_deleted",
+            Counter::InboundSessionsCreated => "inbound_sessions_created",
+            Counter::MappingsCreated => "mappings_created",
+            Counter::MappingsDeleted => "mappings_deleted",
+            Counter::MappingsCurrent => "mappings_current",
+            Counter::SubscribersCurrent => "subscribers_current",
+            Counter::BlocksInUse => "blocks_in_use",
+            Counter::BlocksAllocated => "blocks_allocated",
+            Counter::BlocksReleased => "blocks_released",
+            Counter::PortsHeld => "ports_held",
+            Counter::HairpinPackets => "hairpin_packets",
+            Counter::UntranslatedPackets => "untranslated_packets",
+            Counter::EventsDropped => "events_dropped",
         }
     }
 }
@@ -305,6 +370,21 @@ mod tests {
             DropReason::COUNT,
             "drop reason names must be unique"
         );
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Counter::COUNT, "counter names must be unique");
+        for name in DropReason::ALL
+            .iter()
+            .map(|r| r.name())
+            .chain(Counter::ALL.iter().map(|c| c.name()))
+        {
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name} is not snake_case"
+            );
+        }
     }
 
     #[test]

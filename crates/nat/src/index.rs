@@ -1,15 +1,22 @@
 //! Open-addressing index from a flow-key hash to a session slot.
 //!
-//! Each session has two entries (its inside and its outside key), both in this one table. An entry is
-//! 8 bytes: the full 32-bit hash and the slot number with the direction in the top bit. Eight entries
+//! Each session has two entries (its inside and its outside key), both in this one table, and a third
+//! (its remote address with its outside endpoint) when its pool filters by address. An entry is 8 bytes:
+//! the full 32-bit hash and the slot number with the key kind in the top two bits. Mappings and
+//! subscribers use their own instances. Eight entries
 //! share a cache line, so a lookup is one bucket fetch plus one session fetch, and the burst API can
 //! prefetch both. Linear probing with backward-shift deletion keeps the table free of tombstones however
 //! much churn there is; the table is sized so the load factor stays at or below one half.
 
 /// Marks an unused entry.
 const EMPTY: u32 = u32::MAX;
-/// Top bit of `slot`: set for the outside (out2in) key of a session.
+/// Top bit of `slot`: set for the outside (out2in) key of a session or mapping.
 pub const OUT_BIT: u32 = 1 << 31;
+/// Second bit of `slot`: set for the address-dependent-filtering key of a session (remote address and
+/// outside endpoint, no remote port).
+pub const ADF_BIT: u32 = 1 << 30;
+/// Both kind bits; slot numbers stay below `ADF_BIT`.
+pub const KIND_BITS: u32 = OUT_BIT | ADF_BIT;
 
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]

@@ -1,41 +1,107 @@
-//! The NAT core: a per-core connection-tracking shard and NAPT translation for TCP, UDP and ICMP echo.
+//! The NAT core: a per-core connection-tracking shard and carrier-grade NAPT (RFC 4787, 5382, 5508, 6888,
+//! 7422, 7857) for TCP, UDP and ICMP echo.
 //!
 //! Written against the [`PacketBatch`] trait rather than DPDK mbufs, so everything here is tested with
 //! plain `cargo test` over `Vec<u8>` packets; the data plane implements the trait for mbufs.
 //!
 //! One [`Shard`] belongs to one worker core and is never shared: no locks, no atomics beyond the
-//! single-writer [`Counters`]. A burst is processed in stages (parse and hash every packet, prefetch the
-//! index buckets, probe and prefetch the sessions, then verify and rewrite), so the cache misses of up to
-//! 32 packets overlap instead of being paid one after another.
+//! single-writer [`Counters`], no allocation after construction (every table is sized from
+//! [`ShardConfig`] up front). A burst is processed in stages (parse and hash every packet, prefetch the
+//! index buckets, probe and prefetch the sessions — or, for a likely new flow, the mapping bucket — then
+//! verify and rewrite), so the cache misses of up to 32 packets overlap instead of being paid one after
+//! another.
 //!
-//! Limitations of this release (tracked as later work): endpoint-dependent mapping (a new outside port per
-//! 5-tuple; EIM/EIF, hairpinning and port blocks per subscriber come with the RFC 4787/6888 work), no
-//! fragment translation (fragments are dropped and counted), ICMP errors are not translated (dropped and
-//! counted), no destination NAT. Rules are fixed for the life of a shard.
+//! # Behaviour
+//!
+//! * **Mapping** is endpoint-independent for every protocol: an inside address:port (ICMP: identifier)
+//!   keeps one outside address:port per pool for every destination while it has sessions
+//!   ([`Mapping`]). **Filtering** is per pool ([`Filtering`]): endpoint-independent by default, or
+//!   address-dependent, or address-and-port-dependent; an inbound packet the filter admits opens a
+//!   session on the mapping. An inbound TCP SYN is admitted by the same filter (RFC 5382: simultaneous
+//!   open); other segments without a session are `tcp_invalid`.
+//! * **Paired pooling**: all mappings of a subscriber (inside address, per pool) use one outside address
+//!   while it has any. The choice is a hash of the subscriber address, or the next address of the pool
+//!   with room when that one is full.
+//! * **Hairpinning**: a packet from inside to one of our outside endpoints is translated on both ends,
+//!   filtered like any inbound packet, and comes back as [`Verdict::Hairpin`] (or
+//!   [`Verdict::Handoff`] when another worker owns the target port). The receiver sees the sender's
+//!   outside address and port.
+//! * **Port allocation** per pool ([`PortAllocation`]): random (default), preservation, parity, port
+//!   blocks per subscriber, or deterministic ranges ([`deterministic_forward`] /
+//!   [`deterministic_reverse`]). Every mode hands out only ports in blocks this worker owns
+//!   ([`port_owner`]).
+//! * **Limits** per subscriber ([`Limits`]) and table capacities refuse new flows (`quota_exceeded`,
+//!   `out_of_ports`, `table_full`, with an event); existing mappings are never evicted.
+//! * **Hold-down**: a freed port stays unused for `hold_down_s` (120 s) unless its TCP connection closed
+//!   with FIN both ways, the pool is deterministic, or the same inside endpoint comes back for it.
+//! * **Exclusions** ([`Exclusion`]): listed destinations, and their return traffic, are forwarded
+//!   untranslated ([`Verdict::ForwardUntranslated`]).
+//! * **Events** ([`Event`]) go to a bounded per-shard ring the control plane drains
+//!   ([`Shard::drain_events`]); when it is full new events are dropped and counted.
+//!
+//! # Memory
+//!
+//! Per session: a 32-byte record plus two 8-byte index entries at a load of at most ½ (three with
+//! address-dependent filtering) = **64 B** (96 B). Per mapping: a 24-byte record, two index entries
+//! (32 B) and an 8-byte hold-down FIFO slot = **64 B**. Per subscriber: 28 B plus one index entry
+//! (16 B) = **44 B**, plus 2 B per allowed port block. Tables are sized for `max_sessions`,
+//! `max_mappings` and `max_subscribers` (both default to `max_sessions`), so the default worst case is
+//! 172 B per session of capacity; set the other two lower when subscribers or mappings per session are
+//! known. Port maps: 24 KiB per pool address.
+//!
+//! # Limitations
+//!
+//! No fragment translation (fragments are dropped and counted), ICMP errors are not translated
+//! (dropped and counted), no destination NAT. Rules are fixed for the life of a shard. An ICMP echo is
+//! hairpinned to the mapping whose outside identifier equals the sender's translated identifier (the
+//! same rule as for an echo arriving from outside), so ICMP hairpinning reaches a target only when the
+//! identifiers line up (port preservation makes that predictable); TCP and UDP have no such limit.
+//! Unsolicited inbound SYNs are dropped silently (RFC 5382 REQ-4 allows it; no ICMP is sent), and so are
+//! flows refused at a limit (no ICMP type 3 code 13).
 
 #![forbid(unsafe_code)]
 
 mod counters;
+mod deterministic;
+mod events;
 mod index;
 mod key;
+mod mapping;
 mod ports;
 mod rewrite;
 mod rules;
 mod session;
 mod shard;
+mod subscriber;
 
 pub use counters::{Counter, Counters, DropReason};
+pub use deterministic::{deterministic_forward, deterministic_reverse};
+pub use events::{Event, EventKind, Limit, MappingInfo, SessionInfo};
 pub use index::Index;
 pub use key::FlowKey;
-pub use ports::{BLOCK_PORTS, PortAllocator, port_owner};
-pub use rules::{Pool, Rules, SnatRule};
-pub use session::{Session, tcp_state};
-pub use shard::{Dir, MAX_BURST, Shard, ShardConfig, Verdict};
+pub use mapping::Mapping;
+pub use ports::{BLOCK_PORTS, PortAllocator, PortSet, port_owner};
+pub use rules::{
+    Exclusion, Filtering, MAX_POOLS, Pool, PortAllocation, Prefix, Rules, SnatRule, paired_address,
+};
+pub use session::{HAIRPIN, INBOUND, Session, tcp_state};
+pub use shard::{Dir, Limits, MAX_BURST, Memory, Shard, ShardConfig, Verdict};
+pub use subscriber::Subscriber;
 
 /// A hint about a large allocation, called with its address and length before the memory is first
-/// written: the data plane passes `dpdk::advise_hugepages` so the session slab and the index are
-/// backed by transparent huge pages. This crate stays free of `unsafe` and of DPDK.
+/// written: the data plane passes `dpdk::advise_hugepages` so the session slab, the indexes and the
+/// mapping table are backed by transparent huge pages. This crate stays free of `unsafe` and of DPDK.
 pub type MemAdvice = fn(addr: usize, len: usize) -> bool;
+
+/// A vector of `n` copies of `fill`, its memory handed to `advise` before it is first written.
+pub(crate) fn advised_vec<T: Clone>(n: usize, fill: T, advise: Option<MemAdvice>) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    if let Some(advise) = advise {
+        advise(v.as_ptr() as usize, n * std::mem::size_of::<T>());
+    }
+    v.resize(n, fill);
+    v
+}
 
 /// Idle timeouts in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,10 +165,12 @@ impl Prefetch for NoPrefetch {
     fn prefetch<T>(_: &T) {}
 }
 
-/// Errors building a shard.
+/// Errors building rules or a shard. Each names the pool or rule at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NatError {
-    #[error("max_sessions must be between 1 and 2^31-1, got {0}")]
+    #[error(
+        "table capacities (sessions, mappings, subscribers) must be between 1 and 2^30-1, got {0}"
+    )]
     BadCapacity(u64),
     #[error("snat rule {rule} names pool index {pool}, but only {pools} pools exist")]
     UnknownPool {
@@ -116,4 +184,32 @@ pub enum NatError {
     BadPortRange { pool: String, lo: u16, hi: u16 },
     #[error("worker {worker} is out of range for {workers} workers")]
     BadWorker { worker: u16, workers: u16 },
+    #[error("{0} pools configured, at most 255 are supported")]
+    TooManyPools(usize),
+    #[error("outside address {} is in more than one pool (again in pool {pool:?})", std::net::Ipv4Addr::from(*.addr))]
+    DuplicateAddress { addr: u32, pool: String },
+    #[error(
+        "pool {pool:?}: port block size {size} must be a positive multiple of 64 that fits the port \
+         range with at least one block per worker"
+    )]
+    BadBlockSize { pool: String, size: u16 },
+    #[error("pool {0:?}: max_blocks must be at least 1")]
+    BadMaxBlocks(String),
+    #[error("{what}: prefix length {len} is above 32")]
+    BadPrefix { what: String, len: u8 },
+    #[error(
+        "pool {pool:?}: deterministic NAT needs a port range for each of {subscribers} inside addresses, \
+         but its addresses and ports hold at most {capacity}"
+    )]
+    DeterministicTooSmall {
+        pool: String,
+        subscribers: u64,
+        capacity: u64,
+    },
+    #[error(
+        "snat rule {rule}: its source prefix is not inside the deterministic prefix of pool {pool:?}"
+    )]
+    DeterministicRuleOutsidePrefix { rule: usize, pool: String },
+    #[error("pool {0:?} does not use deterministic allocation")]
+    NotDeterministic(String),
 }

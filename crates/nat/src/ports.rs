@@ -5,9 +5,11 @@
 //! [`BLOCK_PORTS`] consecutive ports, block `b` belonging to worker `b % workers`: the owner of an inbound
 //! packet is then a pure function of its destination port, with no shared table to consult.
 //!
-//! Allocation is random (RFC 6056 style, RFC 6888 REQ-15: hard to guess): pick a random word of the
-//! map, then the first free bit after a random rotation. TCP, UDP and ICMP identifiers are separate
-//! spaces, as RFC 4787 allows.
+//! Allocation is random by default (RFC 6056 style, RFC 6888 REQ-15: hard to guess): pick a random word
+//! of the map, then the first free bit after a random rotation. The other modes (port preservation,
+//! parity preservation, allocation inside a subscriber's port blocks or deterministic range) are the
+//! same bit search over a narrower set of words or bits. TCP, UDP and ICMP identifiers are separate
+//! spaces, as RFC 4787 allows; a port block reserves its ports in all three.
 
 use wire::ip_proto;
 
@@ -32,45 +34,170 @@ pub fn proto_index(proto: u8) -> Option<usize> {
     }
 }
 
+/// A set of outside ports on one address: `runs` runs of [`BLOCK_PORTS`] ports, the first starting at
+/// `first_port`, each next one `stride` blocks further (stride 1: one contiguous range). Port blocks of
+/// port block allocation and deterministic NAT ranges both take this shape, so that every port of a set
+/// is owned by one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortSet {
+    pub addr: u32,
+    pub first_port: u16,
+    pub runs: u16,
+    pub stride: u16,
+}
+
+impl PortSet {
+    /// Number of ports.
+    pub fn len(&self) -> u32 {
+        u32::from(self.runs) * u32::from(BLOCK_PORTS)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs == 0
+    }
+
+    /// Bitmap word (block number) of run `i`.
+    #[inline]
+    fn word(&self, i: u32) -> usize {
+        (u32::from(self.first_port / BLOCK_PORTS) + i * u32::from(self.stride.max(1))) as usize
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        let (b, f) = (port / BLOCK_PORTS, self.first_port / BLOCK_PORTS);
+        let stride = self.stride.max(1);
+        b >= f && (b - f) % stride == 0 && (b - f) / stride < self.runs
+    }
+
+    /// Every port of the set, in increasing order.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..u32::from(self.runs)).flat_map(move |i| {
+            let base = self.word(i) as u32 * u32::from(BLOCK_PORTS);
+            (base..base + u32::from(BLOCK_PORTS)).map(|p| p as u16)
+        })
+    }
+}
+
+/// Port block allocation on one address, for this worker: block `j` is `runs` of this worker's
+/// 64-port blocks (its lane), `workers` blocks apart.
+struct Pba {
+    runs: u16,
+    lane_first: u16,
+    count: u16,
+    /// Free block numbers (a stack; taking picks a random element).
+    free: Vec<u16>,
+    /// Ports allocated (mapped or held) per block.
+    used: Vec<u16>,
+}
+
+/// One outside address as the allocator is built from: its pool's range, pool index and block size
+/// (port block allocation), if any.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AddrSpec {
+    pub addr: u32,
+    pub lo: u16,
+    pub hi: u16,
+    pub pool: u8,
+    pub block_size: Option<u16>,
+}
+
 pub struct PortAllocator {
     /// Sorted outside addresses this shard allocates from.
     addrs: Vec<u32>,
+    /// Pool index of each address.
+    pool_of: Vec<u8>,
     /// `maps[addr_idx * 3 + proto_idx]`.
     maps: Vec<Box<[u64; WORDS]>>,
     /// Allocated ports per address, all protocols.
     in_use: Vec<u32>,
+    /// Allocated ports per address and protocol.
+    in_use_p: Vec<u32>,
+    /// Ports of the address's range this worker owns (the capacity of each protocol).
+    owned: Vec<u32>,
     /// Per address: first and last bitmap word of its pool's port range.
     spans: Vec<(usize, usize)>,
+    pba: Vec<Option<Pba>>,
+    /// Running totals, so the gauges cost nothing however many addresses there are.
+    total: u64,
+    blocks_used: u64,
+    workers: u16,
     rng: u64,
 }
 
 impl PortAllocator {
-    /// `addrs` lists every outside address of every pool with its pool's usable range `lo..=hi`.
-    /// An address listed twice keeps its first range (pools never overlap after config validation).
+    /// `addrs` lists every outside address of every pool with its pool's usable range `lo..=hi`; all
+    /// allocate at random. An address listed twice keeps its first range.
     pub fn new(addrs: &[(u32, u16, u16)], worker: u16, workers: u16, seed: u64) -> PortAllocator {
-        let mut sorted = addrs.to_vec();
-        sorted.sort_by_key(|a| a.0);
-        sorted.dedup_by_key(|a| a.0);
+        let specs: Vec<AddrSpec> = addrs
+            .iter()
+            .map(|&(addr, lo, hi)| AddrSpec {
+                addr,
+                lo,
+                hi,
+                pool: 0,
+                block_size: None,
+            })
+            .collect();
+        PortAllocator::build(&specs, worker, workers, seed)
+    }
+
+    pub(crate) fn build(specs: &[AddrSpec], worker: u16, workers: u16, seed: u64) -> PortAllocator {
+        let workers = workers.max(1);
+        let mut sorted = specs.to_vec();
+        sorted.sort_by_key(|a| a.addr);
+        sorted.dedup_by_key(|a| a.addr);
         let mut maps = Vec::with_capacity(sorted.len() * 3);
         let mut spans = Vec::with_capacity(sorted.len());
-        for &(_, lo, hi) in &sorted {
-            let (lo, hi) = (lo.min(hi), hi.max(lo));
+        let mut owned = Vec::with_capacity(sorted.len());
+        let mut pba = Vec::with_capacity(sorted.len());
+        for spec in &sorted {
+            let (lo, hi) = (spec.lo.min(spec.hi), spec.hi.max(spec.lo));
             let mut template = Box::new([u64::MAX; WORDS]);
+            let mut n = 0;
             for port in lo..=hi {
                 if port_owner(port, workers) == worker {
                     template[port as usize / 64] &= !(1u64 << (port % 64));
+                    n += 1;
                 }
             }
             maps.push(template.clone());
             maps.push(template.clone());
             maps.push(template);
             spans.push((lo as usize / 64, hi as usize / 64));
+            owned.push(n);
+            pba.push(spec.block_size.map(|size| {
+                let w = u32::from(workers);
+                // Whole blocks only, so every port block has the same number of ports.
+                let first = u32::from(lo).div_ceil(64);
+                let end = (u32::from(hi) + 1) / 64;
+                let lane_first = first + (u32::from(worker) + w - first % w) % w;
+                let lane_blocks = if lane_first >= end {
+                    0
+                } else {
+                    (end - 1 - lane_first) / w + 1
+                };
+                let runs = u32::from(size / BLOCK_PORTS).max(1);
+                let count = (lane_blocks / runs) as u16;
+                Pba {
+                    runs: runs as u16,
+                    lane_first: lane_first as u16,
+                    count,
+                    free: (0..count).rev().collect(),
+                    used: vec![0; count as usize],
+                }
+            }));
         }
         PortAllocator {
             in_use: vec![0; sorted.len()],
-            addrs: sorted.iter().map(|a| a.0).collect(),
+            in_use_p: vec![0; sorted.len() * 3],
+            pool_of: sorted.iter().map(|a| a.pool).collect(),
+            addrs: sorted.iter().map(|a| a.addr).collect(),
             maps,
+            owned,
             spans,
+            pba,
+            total: 0,
+            blocks_used: 0,
+            workers,
             rng: seed | 1,
         }
     }
@@ -81,17 +208,47 @@ impl PortAllocator {
         self.addrs.binary_search(&addr).ok()
     }
 
+    #[inline]
+    pub(crate) fn pool_of(&self, a: usize) -> usize {
+        self.pool_of[a] as usize
+    }
+
     pub fn ports_in_use(&self, addr: u32) -> u32 {
         self.addr_index(addr).map_or(0, |i| self.in_use[i])
     }
 
     pub fn total_in_use(&self) -> u64 {
-        self.in_use.iter().map(|&n| n as u64).sum()
+        self.total
     }
 
-    /// Bytes used by the maps.
+    /// (address, ports in use on it over all protocols) for every address.
+    pub fn in_use_by_address(&self) -> Vec<(u32, u64)> {
+        self.addrs
+            .iter()
+            .zip(&self.in_use)
+            .map(|(&a, &n)| (a, u64::from(n)))
+            .collect()
+    }
+
+    /// Port blocks currently owned by subscribers.
+    pub fn blocks_in_use(&self) -> u64 {
+        self.blocks_used
+    }
+
+    /// Port blocks address `a` has for this worker (0 without port block allocation).
+    pub(crate) fn block_count(&self, a: usize) -> u16 {
+        self.pba[a].as_ref().map_or(0, |b| b.count)
+    }
+
+    /// Bytes used by the maps and block tables.
     pub fn memory_bytes(&self) -> usize {
         self.maps.len() * WORDS * 8
+            + self
+                .pba
+                .iter()
+                .flatten()
+                .map(|b| b.count as usize * 4)
+                .sum::<usize>()
     }
 
     fn next_rand(&mut self) -> u64 {
@@ -103,45 +260,181 @@ impl PortAllocator {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// Whether a new subscriber could get a port of `proto` on address `a` (a free block for port block
+    /// allocation).
+    pub(crate) fn has_room(&self, a: usize, proto: u8) -> bool {
+        match (&self.pba[a], proto_index(proto)) {
+            (Some(b), _) => !b.free.is_empty(),
+            (None, Some(p)) => self.in_use_p[a * 3 + p] < self.owned[a],
+            (None, None) => false,
+        }
+    }
+
+    #[inline]
+    fn take(&mut self, a: usize, p: usize, w: usize, bit: u32) -> u16 {
+        self.maps[a * 3 + p][w] |= 1u64 << bit;
+        self.in_use[a] += 1;
+        self.in_use_p[a * 3 + p] += 1;
+        self.total += 1;
+        let port = (w * 64) as u16 + bit as u16;
+        if let Some(j) = self.block_of(a, port)
+            && let Some(b) = &mut self.pba[a]
+        {
+            b.used[j] += 1;
+        }
+        port
+    }
+
     /// Allocate a random free port on `addr` for `proto`.
     pub fn alloc(&mut self, addr: u32, proto: u8) -> Option<u16> {
         let a = self.addr_index(addr)?;
+        self.alloc_random(a, proto, None)
+    }
+
+    /// A random free port of address `a`, of the given parity if `parity` is set.
+    pub(crate) fn alloc_random(&mut self, a: usize, proto: u8, parity: Option<u16>) -> Option<u16> {
         let p = proto_index(proto)?;
         let (first_word, last_word) = self.spans[a];
         let span = last_word - first_word + 1;
         let r = self.next_rand();
         let start = (r % span as u64) as usize;
         let rot = ((r >> 32) % 64) as u32;
-        let map = &mut self.maps[a * 3 + p];
+        let mask = parity_mask(parity);
         for i in 0..span {
             let w = first_word + (start + i) % span;
-            let word = map[w];
-            if word == u64::MAX {
+            let free = !self.maps[a * 3 + p][w] & mask;
+            if free == 0 {
                 continue;
             }
             // Rotate so the search inside the word starts at a random bit.
+            let bit = (free.rotate_right(rot).trailing_zeros() + rot) % 64;
+            return Some(self.take(a, p, w, bit));
+        }
+        None
+    }
+
+    /// `want` if it is free (and this worker's), else a random port.
+    pub(crate) fn alloc_preserve(&mut self, a: usize, proto: u8, want: u16) -> Option<u16> {
+        let p = proto_index(proto)?;
+        let w = want as usize / 64;
+        let bit = u32::from(want % 64);
+        if self.maps[a * 3 + p][w] & (1u64 << bit) == 0 {
+            return Some(self.take(a, p, w, bit));
+        }
+        self.alloc_random(a, proto, None)
+    }
+
+    /// A random free port of `set` (which must be on address `a`).
+    pub(crate) fn alloc_in(&mut self, a: usize, proto: u8, set: &PortSet) -> Option<u16> {
+        let p = proto_index(proto)?;
+        let runs = u32::from(set.runs);
+        if runs == 0 {
+            return None;
+        }
+        let r = self.next_rand();
+        let start = (r % u64::from(runs)) as u32;
+        let rot = ((r >> 32) % 64) as u32;
+        for i in 0..runs {
+            let w = set.word((start + i) % runs);
+            let Some(&word) = self.maps[a * 3 + p].get(w) else {
+                continue;
+            };
+            if word == u64::MAX {
+                continue;
+            }
             let bit = ((!word).rotate_right(rot).trailing_zeros() + rot) % 64;
-            map[w] |= 1u64 << bit;
-            self.in_use[a] += 1;
-            return Some((w * 64) as u16 + bit as u16);
+            return Some(self.take(a, p, w, bit));
         }
         None
     }
 
     /// Return a port. Freeing a port that is not allocated is ignored (and reported as false).
     pub fn free(&mut self, addr: u32, proto: u8, port: u16) -> bool {
-        let (Some(a), Some(p)) = (self.addr_index(addr), proto_index(proto)) else {
-            return false;
-        };
+        self.addr_index(addr)
+            .and_then(|a| self.release(a, proto, port))
+            .is_some()
+    }
+
+    /// Return a port of address `a`. `None` if it was not allocated; otherwise `Some(block)` where
+    /// `block` is the port block that this emptied, if any.
+    pub(crate) fn release(&mut self, a: usize, proto: u8, port: u16) -> Option<Option<u16>> {
+        let p = proto_index(proto)?;
         let w = port as usize / 64;
         let m = 1u64 << (port % 64);
         let map = &mut self.maps[a * 3 + p];
         if map[w] & m == 0 {
-            return false;
+            return None;
         }
         map[w] &= !m;
         self.in_use[a] -= 1;
-        true
+        self.in_use_p[a * 3 + p] -= 1;
+        self.total -= 1;
+        let emptied = match (self.block_of(a, port), &mut self.pba[a]) {
+            (Some(j), Some(b)) => {
+                b.used[j] = b.used[j].saturating_sub(1);
+                (b.used[j] == 0).then_some(j as u16)
+            }
+            _ => None,
+        };
+        Some(emptied)
+    }
+
+    /// The port block of address `a` that `port` belongs to (port block allocation only).
+    #[inline]
+    fn block_of(&self, a: usize, port: u16) -> Option<usize> {
+        let b = self.pba[a].as_ref()?;
+        let blk = port / BLOCK_PORTS;
+        let d = blk.checked_sub(b.lane_first)?;
+        if d % self.workers != 0 {
+            return None;
+        }
+        let j = (d / self.workers / b.runs) as usize;
+        (j < b.count as usize).then_some(j)
+    }
+
+    /// Take a free port block of address `a`, chosen at random.
+    pub(crate) fn take_block(&mut self, a: usize) -> Option<u16> {
+        let r = self.next_rand();
+        let b = self.pba[a].as_mut()?;
+        if b.free.is_empty() {
+            return None;
+        }
+        let i = (r % b.free.len() as u64) as usize;
+        self.blocks_used += 1;
+        Some(b.free.swap_remove(i))
+    }
+
+    /// Give an empty block back.
+    pub(crate) fn put_block(&mut self, a: usize, j: u16) {
+        if let Some(b) = &mut self.pba[a] {
+            debug_assert!(b.used[j as usize] == 0 && !b.free.contains(&j));
+            // Capacity is `count`, and a block is only ever free once, so this never reallocates.
+            b.free.push(j);
+            self.blocks_used -= 1;
+        }
+    }
+
+    /// The ports of block `j` of address `a`.
+    pub(crate) fn block_set(&self, a: usize, j: u16) -> PortSet {
+        let b = self.pba[a].as_ref();
+        let (lane_first, runs) = b.map_or((0, 0), |b| (b.lane_first, b.runs));
+        PortSet {
+            addr: self.addrs[a],
+            first_port: (lane_first + j * runs * self.workers) * BLOCK_PORTS,
+            runs,
+            stride: self.workers,
+        }
+    }
+}
+
+/// Bits of a bitmap word whose ports have the given parity (word bases are multiples of 64, so bit
+/// parity is port parity).
+#[inline]
+fn parity_mask(parity: Option<u16>) -> u64 {
+    match parity {
+        None => u64::MAX,
+        Some(p) if p & 1 == 0 => 0x5555_5555_5555_5555,
+        Some(_) => 0xAAAA_AAAA_AAAA_AAAA,
     }
 }
 
@@ -201,5 +494,95 @@ mod tests {
         let mut pa = PortAllocator::new(&[(1, 1024, 65535)], 0, 1, 7);
         assert_eq!(pa.alloc(2, ip_proto::TCP), None);
         assert_eq!(pa.alloc(1, 47), None);
+    }
+
+    fn spec(addr: u32, lo: u16, hi: u16, block_size: Option<u16>) -> AddrSpec {
+        AddrSpec {
+            addr,
+            lo,
+            hi,
+            pool: 0,
+            block_size,
+        }
+    }
+
+    #[test]
+    fn preserve_keeps_a_free_port_and_parity_keeps_parity() {
+        let mut pa = PortAllocator::new(&[(1, 1024, 65535)], 0, 1, 9);
+        assert_eq!(pa.alloc_preserve(0, ip_proto::UDP, 5060), Some(5060));
+        let other = pa.alloc_preserve(0, ip_proto::UDP, 5060).unwrap();
+        assert_ne!(other, 5060, "a taken port is not handed out twice");
+        // Out of range: a random port instead.
+        let low = pa.alloc_preserve(0, ip_proto::UDP, 80).unwrap();
+        assert!(low >= 1024);
+        for i in 0..2000u16 {
+            let want = i % 2;
+            let p = pa.alloc_random(0, ip_proto::TCP, Some(want)).unwrap();
+            assert_eq!(p % 2, want);
+        }
+    }
+
+    #[test]
+    fn port_sets_allocate_only_inside() {
+        let mut pa = PortAllocator::new(&[(1, 1024, 65535)], 0, 1, 3);
+        let set = PortSet {
+            addr: 1,
+            first_port: 4096,
+            runs: 2,
+            stride: 3,
+        };
+        let mut got = std::collections::HashSet::new();
+        while let Some(p) = pa.alloc_in(0, ip_proto::UDP, &set) {
+            assert!(set.contains(p), "{p} outside the set");
+            assert!(got.insert(p));
+        }
+        assert_eq!(got.len(), 128);
+        assert_eq!(got, set.ports().collect());
+        assert!(!set.contains(4096 + 64) && set.contains(4096 + 3 * 64));
+    }
+
+    #[test]
+    fn blocks_are_counted_handed_out_once_and_come_back_empty() {
+        // 1024-2047: 16 whole 64-port blocks; blocks of 256 ports: 4 of them per worker with 1 worker.
+        let mut pa = PortAllocator::build(&[spec(1, 1024, 2047, Some(256))], 0, 1, 5);
+        let mut blocks: Vec<u16> = (0..4).map(|_| pa.take_block(0).unwrap()).collect();
+        assert_eq!(pa.take_block(0), None);
+        assert_eq!(pa.blocks_in_use(), 4);
+        blocks.sort();
+        assert_eq!(blocks, vec![0, 1, 2, 3]);
+        let set = pa.block_set(0, 2);
+        assert_eq!((set.first_port, set.len()), (1024 + 512, 256));
+        let p = pa.alloc_in(0, ip_proto::TCP, &set).unwrap();
+        let q = pa.alloc_in(0, ip_proto::UDP, &set).unwrap();
+        assert_eq!(
+            pa.release(0, ip_proto::TCP, p),
+            Some(None),
+            "still one port in it"
+        );
+        assert_eq!(pa.release(0, ip_proto::UDP, q), Some(Some(2)), "now empty");
+        assert_eq!(pa.release(0, ip_proto::UDP, q), None);
+        pa.put_block(0, 2);
+        assert_eq!(pa.blocks_in_use(), 3);
+        assert_eq!(pa.take_block(0), Some(2));
+    }
+
+    #[test]
+    fn blocks_of_two_workers_never_overlap_and_stay_owned() {
+        let specs = [spec(1, 1024, 65535, Some(512))];
+        let mut w0 = PortAllocator::build(&specs, 0, 2, 1);
+        let mut w1 = PortAllocator::build(&specs, 1, 2, 2);
+        let mut seen = std::collections::HashSet::new();
+        for (w, pa) in [(0u16, &mut w0), (1, &mut w1)] {
+            while let Some(j) = pa.take_block(0) {
+                let set = pa.block_set(0, j);
+                assert_eq!(set.len(), 512);
+                for port in set.ports() {
+                    assert!(port >= 1024);
+                    assert_eq!(port_owner(port, 2), w);
+                    assert!(seen.insert(port), "port {port} in two blocks");
+                }
+            }
+        }
+        assert!(seen.len() > 60_000);
     }
 }

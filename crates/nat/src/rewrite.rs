@@ -17,6 +17,8 @@ pub struct Parsed {
     pub total_len: u16,
     /// TCP flags, 0 for other protocols.
     pub tcp_flags: u8,
+    /// ICMP message type (echo request or reply), 0 for other protocols.
+    pub icmp_type: u8,
 }
 
 #[inline]
@@ -48,6 +50,7 @@ pub fn parse(pkt: &[u8], dir: Dir) -> Result<Parsed, DropReason> {
     let (src, dst) = (ip.src_addr_u32(), ip.dst_addr_u32());
     let proto = ip.protocol();
     let payload = ip.payload();
+    let mut icmp = 0;
     let (sport, dport, tcp_flags) = match proto {
         ip_proto::TCP => {
             let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::TcpMalformed)?;
@@ -64,10 +67,17 @@ pub fn parse(pkt: &[u8], dir: Dir) -> Result<Parsed, DropReason> {
         }
         ip_proto::ICMP => {
             let c = Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::IcmpMalformed)?;
-            match (dir, c.msg_type()) {
-                (Dir::In2Out, icmp_type::ECHO_REQUEST) => (c.echo_ident(), 0, 0),
-                (Dir::Out2In, icmp_type::ECHO_REPLY) => (0, c.echo_ident(), 0),
-                _ => return Err(DropReason::IcmpUnsupported),
+            // Both echo types travel both ways: a reply from inside answers a request that reached the
+            // subscriber through a mapping (endpoint-independent filtering, hairpinning). Which of them
+            // may open a session is the shard's decision. The identifier is the inside side's "port"
+            // in2out and the outside side's out2in, the same key shape as TCP and UDP.
+            icmp = c.msg_type();
+            if icmp != icmp_type::ECHO_REQUEST && icmp != icmp_type::ECHO_REPLY {
+                return Err(DropReason::IcmpUnsupported);
+            }
+            match dir {
+                Dir::In2Out => (c.echo_ident(), 0, 0),
+                Dir::Out2In => (0, c.echo_ident(), 0),
             }
         }
         _ => return Err(DropReason::UnsupportedProtocol),
@@ -83,7 +93,32 @@ pub fn parse(pkt: &[u8], dir: Dir) -> Result<Parsed, DropReason> {
         l4_off,
         total_len,
         tcp_flags,
+        icmp_type: icmp,
     })
+}
+
+/// Source, destination and TTL of a packet whose IPv4 header is valid (checked again here, so any
+/// bytes are safe to pass).
+#[inline]
+pub fn ip_header(pkt: &[u8]) -> Option<(u32, u32, u8)> {
+    let ip = Ipv4Packet::new_checked(pkt).ok()?;
+    Some((ip.src_addr_u32(), ip.dst_addr_u32(), ip.ttl()))
+}
+
+/// Forward without translation: decrement the TTL and fix the header checksum, nothing else. The caller
+/// has checked the header and that the TTL is above 1.
+#[inline]
+pub fn decrement_ttl(pkt: &mut [u8]) {
+    let mut ip = Ipv4Packet::new_unchecked(pkt);
+    let ttl = ip.ttl();
+    let proto = ip.protocol();
+    let ck = checksum::adjust16(
+        ip.checksum(),
+        u16::from_be_bytes([ttl, proto]),
+        u16::from_be_bytes([ttl.wrapping_sub(1), proto]),
+    );
+    ip.set_ttl(ttl.wrapping_sub(1));
+    ip.set_checksum(ck);
 }
 
 /// Which end of the packet to rewrite.
@@ -93,10 +128,13 @@ pub enum End {
     Destination,
 }
 
-/// Rewrite one endpoint (address and port, or ICMP identifier) and decrement the TTL, updating the IPv4
-/// and L4 checksums incrementally (RFC 1624). `p` comes from [`parse`] on the same bytes.
+/// Rewrite one endpoint (address and port, or ICMP identifier) and, if `dec_ttl`, decrement the TTL,
+/// updating the IPv4 and L4 checksums incrementally (RFC 1624). `p` comes from [`parse`] on the same
+/// bytes (its key may describe them as seen after an earlier rewrite, as for the second half of a
+/// hairpin: only the offsets and protocol are used). A hairpinned packet is rewritten twice but crosses
+/// the NAT once, so only one of the two rewrites decrements the TTL.
 #[inline]
-pub fn rewrite(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16) {
+pub fn rewrite(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16, dec_ttl: bool) {
     let (hdr, rest) = pkt.split_at_mut(p.l4_off as usize);
     let l4 = &mut rest[..(p.total_len - p.l4_off) as usize];
     let mut ip = Ipv4Packet::new_unchecked(hdr);
@@ -106,11 +144,12 @@ pub fn rewrite(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16) {
         End::Destination => ip.dst_addr(),
     };
     let ttl = ip.ttl();
+    let new_ttl = if dec_ttl { ttl.wrapping_sub(1) } else { ttl };
     let old_word = u16::from_be_bytes([ttl, p.key.proto]);
-    let new_word = u16::from_be_bytes([ttl - 1, p.key.proto]);
+    let new_word = u16::from_be_bytes([new_ttl, p.key.proto]);
     let mut ck = checksum::adjust_addr(ip.checksum(), old_addr, new_addr);
     ck = checksum::adjust16(ck, old_word, new_word);
-    ip.set_ttl(ttl - 1);
+    ip.set_ttl(new_ttl);
     match end {
         End::Source => ip.set_src_addr(new_addr),
         End::Destination => ip.set_dst_addr(new_addr),
@@ -338,19 +377,26 @@ mod tests {
             parse(&b, Dir::In2Out).unwrap_err(),
             DropReason::FragmentUnsupported
         );
-        // Echo reply from inside, echo request from outside: not queries this direction can start.
+        // ICMP other than echo (timestamp here; errors are not translated yet).
         assert_eq!(
-            parse(&icmp_echo(SUB, SRV, icmp_type::ECHO_REPLY, 1), Dir::In2Out).unwrap_err(),
+            parse(&icmp_echo(SUB, SRV, icmp_type::TIMESTAMP, 1), Dir::In2Out).unwrap_err(),
             DropReason::IcmpUnsupported
         );
         assert_eq!(
-            parse(
-                &icmp_echo(SRV, SUB, icmp_type::ECHO_REQUEST, 1),
-                Dir::Out2In
-            )
-            .unwrap_err(),
+            parse(&icmp_echo(SRV, SUB, icmp_type::TIMESTAMP, 1), Dir::Out2In).unwrap_err(),
             DropReason::IcmpUnsupported
         );
+        // Echo replies from inside and requests from outside parse (the key shape follows the
+        // direction); the shard refuses them when no mapping or session explains them, see
+        // `shard::tests::icmp_echo_that_cannot_open_a_session_is_refused`.
+        let p = parse(&icmp_echo(SUB, SRV, icmp_type::ECHO_REPLY, 9), Dir::In2Out).unwrap();
+        assert_eq!((p.key.sport, p.key.dport, p.icmp_type), (9, 0, 0));
+        let p = parse(
+            &icmp_echo(SRV, SUB, icmp_type::ECHO_REQUEST, 9),
+            Dir::Out2In,
+        )
+        .unwrap();
+        assert_eq!((p.key.sport, p.key.dport, p.icmp_type), (0, 9, 8));
         // Truncated TCP header.
         let t = tcp(SUB, 4000, SRV, 80, tcp_flags::SYN);
         let mut b = t[..30].to_vec();
@@ -380,7 +426,7 @@ mod tests {
             icmp_echo(SUB, SRV, icmp_type::ECHO_REQUEST, 0xfffe),
         ] {
             let p = parse(&b, Dir::In2Out).unwrap();
-            rewrite(&mut b, &p, End::Source, OUT, 61000);
+            rewrite(&mut b, &p, End::Source, OUT, 61000, true);
             assert!(checksums_valid(&b), "{b:02x?}");
             let ip = Ipv4Packet::new_checked(&b[..]).unwrap();
             assert_eq!(ip.src_addr_u32(), OUT);
@@ -392,12 +438,45 @@ mod tests {
     }
 
     #[test]
+    fn both_ends_rewritten_with_one_ttl_decrement_keep_checksums_valid() {
+        for mut b in [
+            udp(SUB, 5000, SRV, 53, b"odd-length!"),
+            tcp(SUB, 4000, SRV, 80, tcp_flags::SYN | tcp_flags::ACK),
+            icmp_echo(SUB, SRV, icmp_type::ECHO_REQUEST, 0x1234),
+        ] {
+            let p = parse(&b, Dir::In2Out).unwrap();
+            rewrite(&mut b, &p, End::Source, OUT, 61000, false);
+            rewrite(&mut b, &p, End::Destination, 0x6440_000c, 7000, true);
+            assert!(checksums_valid(&b), "{b:02x?}");
+            let ip = Ipv4Packet::new_checked(&b[..]).unwrap();
+            assert_eq!((ip.src_addr_u32(), ip.dst_addr_u32()), (OUT, 0x6440_000c));
+            assert_eq!(ip.ttl(), 63, "one hop, one decrement");
+        }
+    }
+
+    #[test]
+    fn untranslated_forwarding_only_touches_ttl_and_header_checksum() {
+        let orig = udp(SUB, 5000, SRV, 53, b"abc");
+        let mut b = orig.clone();
+        decrement_ttl(&mut b);
+        assert!(checksums_valid(&b));
+        assert_eq!(b[8], 63);
+        let differing: Vec<usize> = (0..b.len()).filter(|&i| b[i] != orig[i]).collect();
+        assert!(
+            differing.iter().all(|&i| i == 8 || i == 10 || i == 11),
+            "{differing:?}"
+        );
+        assert_eq!(ip_header(&b), Some((u32::from(SUB), u32::from(SRV), 63)));
+        assert_eq!(ip_header(&b[..5]), None);
+    }
+
+    #[test]
     fn udp_without_checksum_stays_without() {
         let mut b = udp(SUB, 5000, SRV, 53, b"x");
         b[26] = 0;
         b[27] = 0;
         let p = parse(&b, Dir::In2Out).unwrap();
-        rewrite(&mut b, &p, End::Source, OUT, 1234);
+        rewrite(&mut b, &p, End::Source, OUT, 1234, true);
         assert_eq!(&b[26..28], &[0, 0]);
     }
 
@@ -407,7 +486,7 @@ mod tests {
         let n = b.len();
         b.extend_from_slice(&[0xaa; 17]);
         let p = parse(&b, Dir::In2Out).unwrap();
-        rewrite(&mut b, &p, End::Source, OUT, 1234);
+        rewrite(&mut b, &p, End::Source, OUT, 1234, true);
         assert!(checksums_valid(&b[..n]));
         assert!(b[n..].iter().all(|&x| x == 0xaa));
     }

@@ -22,7 +22,10 @@ pub mod tcp_state {
     pub const SYN_SENT: u8 = 1;
     /// The outside host answered: the connection is up.
     pub const ESTABLISHED: u8 = 2;
-    pub const PHASE_MASK: u8 = 0x0f;
+    /// An outside SYN opened the session (endpoint-independent filtering, hairpin), the inside host has
+    /// not answered yet.
+    pub const SYN_RCVD: u8 = 3;
+    pub const PHASE_MASK: u8 = 0x07;
     /// FIN seen from the inside host.
     pub const FIN_IN: u8 = 0x10;
     /// FIN seen from the outside host.
@@ -30,6 +33,14 @@ pub mod tcp_state {
     /// RST seen in either direction.
     pub const RST: u8 = 0x40;
 }
+
+/// Set in [`Session::state`] (any protocol) when the remote endpoint is one of our own pool addresses:
+/// packets of the session are hairpinned back inside.
+pub const HAIRPIN: u8 = 0x80;
+/// Set in [`Session::state`] (any protocol) when an inbound packet opened the session.
+pub const INBOUND: u8 = 0x08;
+/// The flag bits of [`Session::state`] that are not protocol state.
+pub(crate) const FLAGS: u8 = HAIRPIN | INBOUND;
 
 /// One translation: inside endpoint ↔ outside endpoint, towards one remote endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,7 +53,8 @@ pub struct Session {
     pub out_addr: u32,
     pub out_port: u16,
     pub proto: u8,
-    /// Protocol state; for TCP the bits of [`tcp_state`], otherwise 0.
+    /// Protocol state: for TCP the bits of [`tcp_state`], otherwise 0; plus the [`HAIRPIN`] and
+    /// [`INBOUND`] flags.
     pub state: u8,
     /// Wheel tick (seconds) of the last packet that refreshed the session.
     pub last_seen: u32,
@@ -58,7 +70,7 @@ impl Session {
     pub fn timeout(&self, t: &Timeouts) -> u32 {
         match self.proto {
             ip_proto::TCP => {
-                if self.state == tcp_state::ESTABLISHED {
+                if self.state & !FLAGS == tcp_state::ESTABLISHED {
                     t.tcp_established
                 } else {
                     t.tcp_transitory
@@ -78,6 +90,24 @@ impl Session {
     /// Whether the slot holds a live session (used by listings; free slots have `proto == 0`).
     pub fn is_live(&self) -> bool {
         self.proto != 0
+    }
+
+    /// Whether the session's packets are hairpinned (its remote endpoint is one of our pool addresses).
+    pub fn is_hairpin(&self) -> bool {
+        self.state & HAIRPIN != 0
+    }
+
+    /// Whether an inbound packet opened the session.
+    pub fn is_inbound(&self) -> bool {
+        self.state & INBOUND != 0
+    }
+
+    /// A TCP connection that ended with a FIN from each side and no RST: its port may skip the
+    /// hold-down (RFC 6888 REQ-8 a; the session already waited out the 4-minute transitory timeout,
+    /// which covers TIME_WAIT, RFC 7857 section 2.2).
+    pub fn closed_cleanly(&self) -> bool {
+        let both = tcp_state::FIN_IN | tcp_state::FIN_OUT;
+        self.proto == ip_proto::TCP && self.state & both == both && self.state & tcp_state::RST == 0
     }
 }
 
@@ -286,6 +316,26 @@ mod tests {
     #[test]
     fn session_is_32_bytes() {
         assert_eq!(std::mem::size_of::<Session>(), 32);
+    }
+
+    #[test]
+    fn hairpin_flag_does_not_change_the_timeout_and_clean_close_needs_both_fins() {
+        let tm = t();
+        let mut s = Session {
+            proto: ip_proto::TCP,
+            state: tcp_state::ESTABLISHED | HAIRPIN | INBOUND,
+            ..udp(0, 1)
+        };
+        assert_eq!(s.timeout(&tm), tm.tcp_established);
+        assert!(s.is_inbound());
+        assert!(s.is_hairpin());
+        s.state |= tcp_state::FIN_IN;
+        assert!(!s.closed_cleanly());
+        s.state |= tcp_state::FIN_OUT;
+        assert!(s.closed_cleanly());
+        s.state |= tcp_state::RST;
+        assert!(!s.closed_cleanly());
+        assert!(!udp(0, 1).closed_cleanly());
     }
 
     #[test]

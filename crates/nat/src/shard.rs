@@ -1,19 +1,38 @@
 //! One worker's connection-tracking shard and the burst pipeline over it.
+//!
+//! Three tables, each a preallocated slab with an open-addressing index: sessions (5-tuples, the fast
+//! path), endpoint-independent mappings (inside endpoint ↔ outside endpoint, the slow path's first
+//! lookup) and subscribers (paired address, limits, port blocks). A packet that hits a session never
+//! touches the other two; the slow paths (new outbound flow, inbound packet to a mapping, hairpin) do
+//! a bounded number of lookups in them and never allocate.
 
 use std::sync::Arc;
 
 use crate::counters::{Counter, Counters, DropReason};
-use crate::index::{Index, OUT_BIT};
+use crate::deterministic::DetPlan;
+use crate::events::{Event, EventKind, EventRing, Limit, MappingInfo, SessionInfo};
+use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT};
 use crate::key::FlowKey;
-use crate::ports::PortAllocator;
-use crate::rewrite::{End, Parsed, parse, rewrite};
-use crate::rules::{Rules, paired_address};
-use crate::session::{NIL, Session, Slab, tcp_state};
+use crate::mapping::{self, HoldStep, MapTable, Mapping};
+use crate::ports::{AddrSpec, PortAllocator, port_owner};
+use crate::rewrite::{End, Parsed, decrement_ttl, ip_header, parse, rewrite};
+use crate::rules::{Filtering, PortAllocation, Rules, paired_index};
+use crate::session::{FLAGS, HAIRPIN, INBOUND, NIL, Session, Slab, tcp_state};
+use crate::subscriber::{SubTable, Subscriber, sub_hash};
 use crate::{MemAdvice, NatError, PacketBatch, Prefetch, Timeouts};
-use wire::{ip_proto, tcp_flags};
+use wire::{icmp_type, ip_proto, tcp_flags};
 
 /// Largest burst [`Shard::process`] handles in one call (DPDK's usual burst of 32).
 pub const MAX_BURST: usize = 32;
+
+/// Slot numbers of every table stay below this (the index keeps key kinds in the top two bits).
+const MAX_SLOTS: u32 = ADF_BIT;
+
+/// How many pool addresses a new subscriber tries, starting at its paired choice, before giving up.
+const PAIRING_TRIES: usize = 8;
+
+/// Hash tweak for the address-dependent-filtering key of a session.
+const ADF_TWEAK: u64 = 0x6164_6600_0000_0004;
 
 /// Direction of a packet relative to the NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +46,45 @@ pub enum Dir {
 /// What to do with a packet after translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Translated in place; route it by its (new) destination.
+    /// Translated in place; route it by its (new) destination out of the other side.
     Forward,
     /// Drop, counted under the reason. For [`DropReason::TtlExceeded`] the packet is untouched, so the
     /// caller can quote it in an ICMP time-exceeded.
     Drop(DropReason),
+    /// A subscriber reached another mapping of ours (hairpinning, RFC 4787 REQ-9, RFC 5382 REQ-8, RFC
+    /// 5508 section 6): both ends are translated and the TTL decremented once; send it back out of the
+    /// **inside** port, routed by its new destination.
+    Hairpin,
+    /// This worker cannot finish the packet: hand it, as it now is, to worker `worker`, which must run it
+    /// through [`Shard::process`] in direction `dir` (as if received on that side's port).
+    /// `dir: Out2In` is the second half of a hairpin whose target port another worker owns (the source
+    /// is already translated and the TTL not yet decremented); `dir: In2Out` is a deterministic-NAT
+    /// subscriber whose port range another worker owns (see [`Rules::subscriber_worker`]).
+    Handoff { worker: u16, dir: Dir },
+    /// A no-NAT exclusion (RFC 6888 REQ-6) or its return traffic: TTL decremented and the header checksum
+    /// fixed, nothing else; route it by its destination out of the other side.
+    ForwardUntranslated,
+}
+
+/// Per-subscriber limits (RFC 6888 REQ-4/5); 0 means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_sessions_per_subscriber: u32,
+    /// Live mappings (outside ports and ICMP identifiers, all protocols together) per subscriber.
+    pub max_ports_per_subscriber: u32,
+}
+
+impl Default for Limits {
+    /// 4096 ports leave room for 15 busy subscribers on one outside address and are far above what a
+    /// household uses (a browser opens tens to a few hundred connections); 16384 sessions let one
+    /// endpoint-independent mapping talk to many peers (P2P, games) while still stopping a single
+    /// infected host from filling the table.
+    fn default() -> Self {
+        Limits {
+            max_sessions_per_subscriber: 16384,
+            max_ports_per_subscriber: 4096,
+        }
+    }
 }
 
 /// Shard parameters.
@@ -43,26 +96,191 @@ pub struct ShardConfig {
     /// This worker's index and the number of workers, for outside port-block ownership.
     pub worker: u16,
     pub workers: u16,
-    /// Random seed (from the OS) for the flow hash and port selection.
+    /// Random seed (from the OS) for the flow hash and port selection. The default (0) is for tests;
+    /// always set it.
     pub seed: u64,
+    /// Mapping capacity; 0 = `max_sessions` (a mapping has at least one session, so it is never the
+    /// binding limit then).
+    pub max_mappings: u32,
+    /// Subscriber capacity; 0 = `max_sessions`.
+    pub max_subscribers: u32,
+    pub limits: Limits,
+    /// Seconds a freed outside port stays unused (RFC 6888 REQ-8: 120). 0 disables the hold-down.
+    pub hold_down_s: u32,
+    /// Whether inbound UDP packets refresh their session's timer. RFC 4787 REQ-6 requires outbound
+    /// refresh and makes inbound refresh optional; off by default, so that under endpoint-independent
+    /// filtering an outside host cannot keep a subscriber's mapping (and port) alive by spraying it.
+    /// Turn it on for receive-only UDP applications without keepalives.
+    pub udp_inbound_refresh: bool,
+    /// Capacity of the event ring; 0 records no events.
+    pub event_ring: u32,
+    /// Record session create/delete events too (one per flow: heavy). Mapping and port block events,
+    /// which already tell who used an outside address and port when, are always recorded.
+    pub log_sessions: bool,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            max_sessions: 1 << 16,
+            timeouts: Timeouts::default(),
+            worker: 0,
+            workers: 1,
+            seed: 0,
+            max_mappings: 0,
+            max_subscribers: 0,
+            limits: Limits::default(),
+            hold_down_s: 120,
+            udp_inbound_refresh: false,
+            event_ring: 4096,
+            log_sessions: false,
+        }
+    }
+}
+
+/// Memory held by a shard's tables, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub sessions: usize,
+    pub session_index: usize,
+    pub mappings: usize,
+    pub subscribers: usize,
+    pub ports: usize,
+    pub events: usize,
 }
 
 #[derive(Clone, Copy, Default)]
 struct Meta {
     p: Parsed,
     hash: u32,
-    /// Candidate slot (with direction bit) from the probe stage, or NIL.
+    /// Candidate slot (with kind bits) from the probe stage, or NIL.
     cand: u32,
     ok: bool,
 }
 
 pub struct Shard {
+    slab: Slab,
+    core: Core,
+}
+
+/// Everything but the session slab, so that expiry can walk the slab while updating the rest.
+struct Core {
     cfg: ShardConfig,
     rules: Arc<Rules>,
-    slab: Slab,
-    index: Index,
-    ports: PortAllocator,
     counters: Arc<Counters>,
+    index: Index,
+    maps: MapTable,
+    subs: SubTable,
+    ports: PortAllocator,
+    events: EventRing,
+    /// Per pool: its deterministic layout.
+    det: Vec<Option<DetPlan>>,
+    /// Per pool: address-dependent filtering (its sessions carry a third index key).
+    adf: Vec<bool>,
+    last_exhausted: u32,
+    /// Latest time seen, for events from the control plane's calls.
+    now: u32,
+}
+
+#[inline]
+fn in_key(s: &Session) -> FlowKey {
+    FlowKey {
+        src: s.in_addr,
+        dst: s.rem_addr,
+        sport: s.in_port,
+        dport: s.rem_port,
+        proto: s.proto,
+    }
+}
+
+#[inline]
+fn out_key(s: &Session) -> FlowKey {
+    FlowKey {
+        src: s.rem_addr,
+        dst: s.out_addr,
+        sport: s.rem_port,
+        dport: s.out_port,
+        proto: s.proto,
+    }
+}
+
+#[inline]
+fn adf_hash(seed: u64, rem: u32, out_addr: u32, out_port: u16, proto: u8) -> u32 {
+    FlowKey {
+        src: rem,
+        dst: out_addr,
+        sport: 0,
+        dport: out_port,
+        proto,
+    }
+    .hash(seed ^ ADF_TWEAK)
+}
+
+#[inline]
+fn is_bare_syn(flags: u8) -> bool {
+    flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN) == tcp_flags::SYN
+}
+
+fn mapping_info(m: &Mapping) -> MappingInfo {
+    MappingInfo {
+        proto: m.proto,
+        in_addr: m.in_addr,
+        in_port: m.in_port,
+        out_addr: m.out_addr,
+        out_port: m.out_port,
+    }
+}
+
+fn session_info(s: &Session) -> SessionInfo {
+    SessionInfo {
+        mapping: MappingInfo {
+            proto: s.proto,
+            in_addr: s.in_addr,
+            in_port: s.in_port,
+            out_addr: s.out_addr,
+            out_port: s.out_port,
+        },
+        rem_addr: s.rem_addr,
+        rem_port: s.rem_port,
+        inbound: s.is_inbound(),
+    }
+}
+
+/// Advance the TCP state; returns true when the idle timeout got shorter (the session must be re-filed
+/// on the timer wheel so the shorter deadline is honoured).
+#[inline]
+fn track_tcp(s: &mut Session, dir: Dir, flags: u8) -> bool {
+    let keep = s.state & FLAGS;
+    let before = s.state & !FLAGS;
+    let mut state = before;
+    if flags & tcp_flags::RST != 0 {
+        state |= tcp_state::RST;
+    } else if flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0 {
+        // A fresh SYN on a closed or closing tuple starts a new connection on the same mapping.
+        if before & (tcp_state::RST | tcp_state::FIN_IN | tcp_state::FIN_OUT) != 0 {
+            state = match dir {
+                Dir::In2Out => tcp_state::SYN_SENT,
+                Dir::Out2In => tcp_state::SYN_RCVD,
+            };
+        }
+    } else {
+        let phase = state & tcp_state::PHASE_MASK;
+        // The side that did not send the first SYN answers: the connection is up.
+        if flags & tcp_flags::ACK != 0
+            && ((dir == Dir::Out2In && phase == tcp_state::SYN_SENT)
+                || (dir == Dir::In2Out && phase == tcp_state::SYN_RCVD))
+        {
+            state = (state & !tcp_state::PHASE_MASK) | tcp_state::ESTABLISHED;
+        }
+        if flags & tcp_flags::FIN != 0 {
+            state |= match dir {
+                Dir::In2Out => tcp_state::FIN_IN,
+                Dir::Out2In => tcp_state::FIN_OUT,
+            };
+        }
+    }
+    s.state = state | keep;
+    before == tcp_state::ESTABLISHED && state != tcp_state::ESTABLISHED
 }
 
 impl Shard {
@@ -75,9 +293,9 @@ impl Shard {
         Shard::with_memory_advice(cfg, rules, counters, now, None)
     }
 
-    /// As [`Shard::new`], handing the session slab and the index to `advise` before they are first
-    /// written (for transparent huge pages: random lookups over hundreds of MiB are dominated by TLB
-    /// misses on 4 KiB pages).
+    /// As [`Shard::new`], handing the session slab, the session index and the mapping table to
+    /// `advise` before they are first written (for transparent huge pages: random lookups over hundreds
+    /// of MiB are dominated by TLB misses on 4 KiB pages).
     pub fn with_memory_advice(
         cfg: ShardConfig,
         rules: Arc<Rules>,
@@ -85,8 +303,23 @@ impl Shard {
         now: u32,
         advise: Option<MemAdvice>,
     ) -> Result<Shard, NatError> {
-        if cfg.max_sessions == 0 || cfg.max_sessions >= OUT_BIT {
+        if cfg.max_sessions == 0 || cfg.max_sessions >= MAX_SLOTS {
             return Err(NatError::BadCapacity(cfg.max_sessions as u64));
+        }
+        let max_mappings = if cfg.max_mappings == 0 {
+            cfg.max_sessions
+        } else {
+            cfg.max_mappings
+        };
+        let max_subscribers = if cfg.max_subscribers == 0 {
+            cfg.max_sessions
+        } else {
+            cfg.max_subscribers
+        };
+        for n in [max_mappings, max_subscribers] {
+            if n >= MAX_SLOTS {
+                return Err(NatError::BadCapacity(n as u64));
+            }
         }
         if cfg.workers == 0 || cfg.worker >= cfg.workers {
             return Err(NatError::BadWorker {
@@ -94,50 +327,209 @@ impl Shard {
                 workers: cfg.workers,
             });
         }
-        let ports = PortAllocator::new(
-            &rules.outside_addresses(),
-            cfg.worker,
-            cfg.workers,
-            cfg.seed.rotate_left(17),
-        );
-        Ok(Shard {
+        let mut det = Vec::with_capacity(rules.pools.len());
+        let mut specs = Vec::new();
+        let mut max_blocks = 0;
+        for (pi, pool) in rules.pools.iter().enumerate() {
+            det.push(DetPlan::for_pool(pool, cfg.workers)?);
+            let block_size = match pool.allocation {
+                PortAllocation::Blocks {
+                    size,
+                    max_blocks: mb,
+                } => {
+                    max_blocks = max_blocks.max(mb);
+                    Some(size)
+                }
+                _ => None,
+            };
+            specs.extend(pool.addrs.iter().map(|&addr| AddrSpec {
+                addr,
+                lo: pool.port_lo,
+                hi: pool.port_hi,
+                pool: pi as u8,
+                block_size,
+            }));
+        }
+        let ports = PortAllocator::build(&specs, cfg.worker, cfg.workers, cfg.seed.rotate_left(17));
+        for pool in &rules.pools {
+            if let PortAllocation::Blocks { size, .. } = pool.allocation
+                && pool.addrs.iter().any(|&a| {
+                    ports
+                        .addr_index(a)
+                        .is_none_or(|i| ports.block_count(i) == 0)
+                })
+            {
+                // Every worker needs at least one block on every address of the pool.
+                return Err(NatError::BadBlockSize {
+                    pool: pool.name.clone(),
+                    size,
+                });
+            }
+        }
+        let adf: Vec<bool> = rules
+            .pools
+            .iter()
+            .map(|p| p.filtering == Filtering::AddressDependent)
+            .collect();
+        let keys_per_session = if adf.iter().any(|&a| a) { 3 } else { 2 };
+        let shard = Shard {
             slab: Slab::new_advised(cfg.max_sessions, now, advise),
-            index: Index::with_capacity_advised(cfg.max_sessions as usize * 2, advise),
-            ports,
-            rules,
-            counters,
-            cfg,
-        })
+            core: Core {
+                index: Index::with_capacity_advised(
+                    cfg.max_sessions as usize * keys_per_session,
+                    advise,
+                ),
+                maps: MapTable::new_advised(max_mappings, advise),
+                subs: SubTable::new(max_subscribers, max_blocks),
+                ports,
+                events: EventRing::new(cfg.event_ring),
+                det,
+                adf,
+                last_exhausted: u32::MAX,
+                now,
+                rules,
+                counters,
+                cfg,
+            },
+        };
+        shard.core.gauges(&shard.slab);
+        Ok(shard)
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
+        &self.core.counters
     }
 
     pub fn rules(&self) -> &Arc<Rules> {
-        &self.rules
+        &self.core.rules
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.core.cfg
     }
 
     pub fn session_count(&self) -> u32 {
         self.slab.live()
     }
 
-    pub fn ports_in_use(&self) -> u64 {
-        self.ports.total_in_use()
+    /// Mappings alive or in hold-down.
+    pub fn mapping_count(&self) -> u32 {
+        self.core.maps.len()
     }
 
-    /// Memory held by the session slab, the index and the port maps.
+    /// Mappings in hold-down (their ports are in use but not reusable yet).
+    pub fn held_count(&self) -> u32 {
+        self.core.maps.held()
+    }
+
+    pub fn subscriber_count(&self) -> u32 {
+        self.core.subs.len()
+    }
+
+    /// Outside ports allocated (mapped or held), all addresses and protocols.
+    pub fn ports_in_use(&self) -> u64 {
+        self.core.ports.total_in_use()
+    }
+
+    /// (pool address, ports in use on it) for every pool address (control plane).
+    pub fn ports_in_use_by_address(&self) -> Vec<(u32, u64)> {
+        self.core.ports.in_use_by_address()
+    }
+
+    /// Port blocks owned by subscribers.
+    pub fn blocks_in_use(&self) -> u64 {
+        self.core.ports.blocks_in_use()
+    }
+
+    /// Memory held by the session slab, the indexes with the mapping and subscriber tables and the
+    /// event ring, and the port maps.
     pub fn memory_bytes(&self) -> (usize, usize, usize) {
+        let m = self.memory();
         (
-            self.slab.memory_bytes(),
-            self.index.memory_bytes(),
-            self.ports.memory_bytes(),
+            m.sessions,
+            m.session_index + m.mappings + m.subscribers + m.events,
+            m.ports,
         )
+    }
+
+    pub fn memory(&self) -> Memory {
+        let c = &self.core;
+        Memory {
+            sessions: self.slab.memory_bytes(),
+            session_index: c.index.memory_bytes(),
+            mappings: c.maps.memory_bytes(),
+            subscribers: c.subs.memory_bytes(),
+            ports: c.ports.memory_bytes(),
+            events: c.events.memory_bytes(),
+        }
     }
 
     /// Live sessions (control plane: O(capacity)).
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.slab.iter().map(|(_, s)| s)
+    }
+
+    /// Live and held mappings (control plane: O(capacity)).
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.core.maps.iter().map(|(_, m)| m)
+    }
+
+    /// Subscriber records (control plane: O(capacity)).
+    pub fn subscribers(&self) -> impl Iterator<Item = &Subscriber> {
+        self.core.subs.iter().map(|(_, s)| s)
+    }
+
+    /// The port blocks a subscriber (inside address, pool index) owns.
+    pub fn subscriber_blocks(&self, addr: u32, pool: usize) -> Vec<crate::PortSet> {
+        let c = &self.core;
+        let Some(slot) = c
+            .subs
+            .find(sub_hash(c.cfg.seed, addr, pool as u8), addr, pool as u8)
+        else {
+            return Vec::new();
+        };
+        let Some(a) = c.ports.addr_index(c.subs.get(slot).out_addr) else {
+            return Vec::new();
+        };
+        c.subs
+            .blocks_of(slot)
+            .iter()
+            .map(|&j| c.ports.block_set(a, j))
+            .collect()
+    }
+
+    /// The mapping (live or held) of an outside endpoint.
+    pub fn find_mapping(&self, out_addr: u32, out_port: u16, proto: u8) -> Option<&Mapping> {
+        let c = &self.core;
+        c.maps
+            .find_out(
+                mapping::out_hash(c.cfg.seed, out_addr, out_port, proto),
+                out_addr,
+                out_port,
+                proto,
+            )
+            .map(|s| c.maps.get(s))
+    }
+
+    /// Events waiting to be drained.
+    pub fn pending_events(&self) -> usize {
+        self.core.events.len()
+    }
+
+    /// Move up to `max` of the oldest events into `out` (control plane). Returns how many were moved.
+    pub fn drain_events(&mut self, out: &mut Vec<Event>, max: usize) -> usize {
+        self.core.events.drain(out, max)
+    }
+
+    /// Full lookup of one key (slow path and control plane).
+    pub fn lookup(&self, dir: Dir, k: &FlowKey, hash: u32) -> Option<u32> {
+        self.core.lookup(&self.slab, dir, k, hash)
+    }
+
+    /// Look a session up by the tuple of a packet travelling in `dir`.
+    pub fn find(&self, dir: Dir, k: &FlowKey) -> Option<&Session> {
+        self.lookup(dir, k, k.hash(self.core.cfg.seed))
+            .map(|s| self.slab.get(s))
     }
 
     /// Translate a burst in place. `verdicts[i]` receives the fate of packet `i`; at most [`MAX_BURST`]
@@ -151,14 +543,19 @@ impl Shard {
     ) {
         let n = batch.len().min(verdicts.len()).min(MAX_BURST);
         let mut meta = [Meta::default(); MAX_BURST];
-        let seed = self.cfg.seed;
+        let core = &mut self.core;
+        let slab = &mut self.slab;
+        let seed = core.cfg.seed;
+        core.now = now;
+        // Packet counters are updated once per burst, not per packet.
+        let (mut forwarded, mut hairpinned, mut untranslated) = (0u64, 0u64, 0u64);
 
         // Stage 1: parse and hash everything; prefetch the home bucket of each key.
         for i in 0..n {
             match parse(batch.packet(i), dir) {
                 Ok(p) => {
                     let hash = p.key.hash(seed);
-                    P::prefetch(self.index.home_ref(hash));
+                    P::prefetch(core.index.home_ref(hash));
                     meta[i] = Meta {
                         p,
                         hash,
@@ -167,60 +564,140 @@ impl Shard {
                     };
                 }
                 Err(r) => {
-                    verdicts[i] = Verdict::Drop(r);
-                    self.counters.count_drop(r);
+                    // Protocols and packets the translator cannot handle may still be exempt from it.
+                    let v = match r {
+                        DropReason::UnsupportedProtocol
+                        | DropReason::FragmentUnsupported
+                        | DropReason::IcmpUnsupported
+                            if !core.rules.exclusions.is_empty() =>
+                        {
+                            core.untranslated_raw(dir, batch.packet_mut(i))
+                        }
+                        _ => None,
+                    };
+                    verdicts[i] = v.unwrap_or(Verdict::Drop(r));
+                    match verdicts[i] {
+                        Verdict::Drop(r) => core.counters.count_drop(r),
+                        _ => untranslated += 1,
+                    }
                 }
             }
         }
-        // Stage 2: probe the (now cached) buckets for a hash match and prefetch the session it names.
+        // Stage 2: probe the (now cached) buckets for a hash match and prefetch the session it names. A
+        // miss is most likely a new flow, whose slow path starts with a mapping lookup: prefetch that.
         for m in meta[..n].iter_mut().filter(|m| m.ok) {
-            if let Some((_, slot)) = self.index.find_first(m.hash) {
-                m.cand = slot;
-                P::prefetch(self.slab.get(slot & !OUT_BIT));
+            match core.index.find_first(m.hash) {
+                Some((_, slot)) => {
+                    m.cand = slot;
+                    P::prefetch(slab.get(slot & !KIND_BITS));
+                }
+                None => {
+                    let k = &m.p.key;
+                    let mh = match dir {
+                        Dir::In2Out => mapping::in_hash(seed, k.src, k.sport, k.proto),
+                        Dir::Out2In => mapping::out_hash(seed, k.dst, k.dport, k.proto),
+                    };
+                    P::prefetch(core.maps.home_ref(mh));
+                }
             }
         }
         // Stage 3: confirm the key against the session and rewrite; misses take the slow path.
-        let mut forwarded = 0u64;
         for i in 0..n {
             let m = meta[i];
             if !m.ok {
                 continue;
             }
-            let slot = if m.cand != NIL && self.key_matches(m.cand, dir, &m.p.key) {
-                Some(m.cand & !OUT_BIT)
+            let slot = if m.cand != NIL && Core::key_matches(slab, m.cand, dir, &m.p.key) {
+                Some(m.cand & !KIND_BITS)
             } else {
                 // A false hash match, or a key created earlier in this same burst.
-                self.lookup(dir, &m.p.key, m.hash)
+                core.lookup(slab, dir, &m.p.key, m.hash)
             };
+            let pkt = batch.packet_mut(i);
             verdicts[i] = match (slot, dir) {
-                (Some(s), _) => self.forward(s, dir, &m.p, batch.packet_mut(i), now),
-                (None, Dir::In2Out) => match self.create(&m.p, now) {
-                    Ok(s) => self.forward(s, dir, &m.p, batch.packet_mut(i), now),
-                    Err(r) => Verdict::Drop(r),
-                },
-                (None, Dir::Out2In) => Verdict::Drop(DropReason::NoSession),
+                (Some(s), _) => core.forward(slab, s, dir, &m.p, pkt, now),
+                (None, Dir::In2Out) => core.in2out_miss(slab, &m.p, pkt, now),
+                (None, Dir::Out2In) => core.out2in_miss(slab, &m.p, pkt, now),
             };
             match verdicts[i] {
-                Verdict::Drop(r) => self.counters.count_drop(r),
+                Verdict::Drop(r) => core.counters.count_drop(r),
                 Verdict::Forward => forwarded += 1,
+                Verdict::Hairpin => hairpinned += 1,
+                Verdict::ForwardUntranslated => untranslated += 1,
+                Verdict::Handoff { .. } => {}
             }
         }
-        // One counter update per burst, not per packet.
-        self.counters.add(
+        let c = &core.counters;
+        c.add(
             match dir {
                 Dir::In2Out => Counter::In2outPackets,
                 Dir::Out2In => Counter::Out2inPackets,
             },
             forwarded,
         );
+        if hairpinned > 0 {
+            c.add(Counter::HairpinPackets, hairpinned);
+        }
+        if untranslated > 0 {
+            c.add(Counter::UntranslatedPackets, untranslated);
+        }
     }
 
+    /// Expire idle sessions and end hold-downs, looking at no more than `budget` sessions and `budget`
+    /// hold-down entries. Returns how many sessions were deleted.
+    pub fn expire(&mut self, now: u32, budget: u32) -> u32 {
+        let Shard { slab, core } = self;
+        core.now = now;
+        let timeouts = core.cfg.timeouts;
+        let mut deleted = 0;
+        slab.advance(now, budget, &timeouts, |slab, slot| {
+            core.delete_session(slab, slot, now, false);
+            deleted += 1;
+        });
+        let mut work = 0;
+        let mut released = 0;
+        while work < budget {
+            match core.maps.hold_step(now) {
+                HoldStep::Release(ms) => {
+                    core.release_mapping(ms, now);
+                    released += 1;
+                }
+                HoldStep::Skipped => {}
+                HoldStep::Idle => break,
+            }
+            work += 1;
+        }
+        if deleted > 0 || released > 0 {
+            core.gauges(slab);
+        }
+        deleted
+    }
+
+    /// Delete every session, mapping (hold-down included: an operator's flush starts over), subscriber
+    /// record and port block (control plane). Returns how many sessions were deleted.
+    pub fn flush(&mut self) -> u32 {
+        let Shard { slab, core } = self;
+        let now = core.now;
+        let slots: Vec<u32> = slab.iter().map(|(i, _)| i).collect();
+        for &slot in &slots {
+            core.delete_session(slab, slot, now, true);
+        }
+        for ms in core.maps.held_slots() {
+            core.release_mapping(ms, now);
+        }
+        core.maps.clear_fifo();
+        core.gauges(slab);
+        slots.len() as u32
+    }
+}
+
+impl Core {
     #[inline]
-    fn key_matches(&self, slot: u32, dir: Dir, k: &FlowKey) -> bool {
-        let s = self.slab.get(slot & !OUT_BIT);
+    fn key_matches(slab: &Slab, slot: u32, dir: Dir, k: &FlowKey) -> bool {
+        let s = slab.get(slot & !KIND_BITS);
         match dir {
             Dir::In2Out => {
-                slot & OUT_BIT == 0
+                slot & KIND_BITS == 0
                     && s.in_addr == k.src
                     && s.rem_addr == k.dst
                     && s.in_port == k.sport
@@ -228,7 +705,7 @@ impl Shard {
                     && s.proto == k.proto
             }
             Dir::Out2In => {
-                slot & OUT_BIT != 0
+                slot & KIND_BITS == OUT_BIT
                     && s.rem_addr == k.src
                     && s.out_addr == k.dst
                     && s.rem_port == k.sport
@@ -238,256 +715,783 @@ impl Shard {
         }
     }
 
-    /// Full lookup of one key (slow path and control plane).
-    pub fn lookup(&self, dir: Dir, k: &FlowKey, hash: u32) -> Option<u32> {
+    fn lookup(&self, slab: &Slab, dir: Dir, k: &FlowKey, hash: u32) -> Option<u32> {
         self.index
-            .find(hash, |slot| self.key_matches(slot, dir, k))
-            .map(|(_, slot)| slot & !OUT_BIT)
+            .find(hash, |slot| Core::key_matches(slab, slot, dir, k))
+            .map(|(_, slot)| slot & !KIND_BITS)
     }
 
-    /// Look a session up by the tuple of a packet travelling in `dir`.
-    pub fn find(&self, dir: Dir, k: &FlowKey) -> Option<&Session> {
-        self.lookup(dir, k, k.hash(self.cfg.seed))
-            .map(|s| self.slab.get(s))
+    /// Publish the table gauges (relaxed stores; called when they change, never per packet).
+    fn gauges(&self, slab: &Slab) {
+        let c = &self.counters;
+        c.set(Counter::SessionsCurrent, u64::from(slab.live()));
+        c.set(Counter::PortsInUse, self.ports.total_in_use());
+        c.set(Counter::MappingsCurrent, u64::from(self.maps.len()));
+        c.set(Counter::PortsHeld, u64::from(self.maps.held()));
+        c.set(Counter::SubscribersCurrent, u64::from(self.subs.len()));
+        c.set(Counter::BlocksInUse, self.ports.blocks_in_use());
+    }
+
+    fn event(&mut self, now: u32, kind: EventKind) {
+        if self.cfg.event_ring == 0 {
+            return;
+        }
+        if !self.events.push(Event { time: now, kind }) {
+            self.counters.add(Counter::EventsDropped, 1);
+        }
+    }
+
+    /// A quota event, at most one per subscriber per second (a refused flow retries many times).
+    fn quota_event(&mut self, sub: u32, limit: Limit, now: u32) {
+        let r = self.subs.get_mut(sub);
+        if r.last_event == now {
+            return;
+        }
+        r.last_event = now;
+        let subscriber = r.addr;
+        self.event(now, EventKind::QuotaExceeded { subscriber, limit });
+    }
+
+    /// A port exhaustion event, at most one per shard per second.
+    fn exhausted_event(&mut self, subscriber: u32, out_addr: u32, proto: u8, now: u32) {
+        if self.last_exhausted == now {
+            return;
+        }
+        self.last_exhausted = now;
+        self.event(
+            now,
+            EventKind::PortsExhausted {
+                subscriber,
+                out_addr,
+                proto,
+            },
+        );
+    }
+
+    fn untranslated(&mut self, pkt: &mut [u8]) -> Verdict {
+        decrement_ttl(pkt);
+        Verdict::ForwardUntranslated
+    }
+
+    /// Exclusion check for a packet the parser refused (other protocols, fragments, ICMP errors): only
+    /// its IPv4 header is looked at.
+    fn untranslated_raw(&mut self, dir: Dir, pkt: &mut [u8]) -> Option<Verdict> {
+        let (src, dst, ttl) = ip_header(pkt)?;
+        let excluded = match dir {
+            Dir::In2Out => self.rules.excluded_outbound(src, dst),
+            Dir::Out2In => {
+                self.ports.addr_index(dst).is_none() && self.rules.excluded_inbound(src, dst)
+            }
+        };
+        if !excluded {
+            return None;
+        }
+        if ttl <= 1 {
+            return Some(Verdict::Drop(DropReason::TtlExceeded));
+        }
+        Some(self.untranslated(pkt))
     }
 
     #[inline]
-    fn forward(&mut self, slot: u32, dir: Dir, p: &Parsed, pkt: &mut [u8], now: u32) -> Verdict {
-        let s = self.slab.get_mut(slot);
-        s.last_seen = now;
+    fn forward(
+        &mut self,
+        slab: &mut Slab,
+        slot: u32,
+        dir: Dir,
+        p: &Parsed,
+        pkt: &mut [u8],
+        now: u32,
+    ) -> Verdict {
+        let s = slab.get_mut(slot);
+        if dir == Dir::In2Out && s.state & HAIRPIN != 0 {
+            return self.hairpin(slab, slot, p, pkt, now);
+        }
+        if dir == Dir::In2Out || s.proto != ip_proto::UDP || self.cfg.udp_inbound_refresh {
+            s.last_seen = now;
+        }
         let (end, addr, port) = match dir {
             Dir::In2Out => (End::Source, s.out_addr, s.out_port),
             Dir::Out2In => (End::Destination, s.in_addr, s.in_port),
         };
-        if s.proto == ip_proto::TCP && self.track_tcp(slot, dir, p.tcp_flags) {
-            self.slab.refile(slot, &self.cfg.timeouts);
+        if s.proto == ip_proto::TCP && track_tcp(s, dir, p.tcp_flags) {
+            slab.refile(slot, &self.cfg.timeouts);
         }
-        rewrite(pkt, p, end, addr, port);
+        rewrite(pkt, p, end, addr, port, true);
         Verdict::Forward
     }
 
-    /// Advance the TCP state; returns true when the idle timeout got shorter (the session must be
-    /// re-filed on the timer wheel so the shorter deadline is honoured).
-    #[inline]
-    fn track_tcp(&mut self, slot: u32, dir: Dir, flags: u8) -> bool {
-        let s = self.slab.get_mut(slot);
-        let before = s.state;
-        let mut state = before;
-        if flags & tcp_flags::RST != 0 {
-            state |= tcp_state::RST;
-        } else if flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0 && dir == Dir::In2Out {
-            // A fresh SYN on a closed or closing tuple starts a new connection on the same mapping.
-            if before & (tcp_state::RST | tcp_state::FIN_IN | tcp_state::FIN_OUT) != 0 {
-                state = tcp_state::SYN_SENT;
-            }
-        } else {
-            if dir == Dir::Out2In
-                && state & tcp_state::PHASE_MASK == tcp_state::SYN_SENT
-                && flags & tcp_flags::ACK != 0
-            {
-                state = (state & !tcp_state::PHASE_MASK) | tcp_state::ESTABLISHED;
-            }
-            if flags & tcp_flags::FIN != 0 {
-                state |= match dir {
-                    Dir::In2Out => tcp_state::FIN_IN,
-                    Dir::Out2In => tcp_state::FIN_OUT,
-                };
-            }
+    /// An outbound packet of a session whose remote end is one of our outside endpoints: translate the
+    /// source as usual, then treat the packet as if it arrived from outside (filtering included).
+    fn hairpin(
+        &mut self,
+        slab: &mut Slab,
+        slot: u32,
+        p: &Parsed,
+        pkt: &mut [u8],
+        now: u32,
+    ) -> Verdict {
+        let s = slab.get_mut(slot);
+        s.last_seen = now;
+        if s.proto == ip_proto::TCP && track_tcp(s, Dir::In2Out, p.tcp_flags) {
+            slab.refile(slot, &self.cfg.timeouts);
         }
-        s.state = state;
-        before == tcp_state::ESTABLISHED && state != tcp_state::ESTABLISHED
+        let s = *slab.get(slot);
+        // The TTL is decremented once, by the destination half (here or on the worker it is handed to).
+        rewrite(pkt, p, End::Source, s.out_addr, s.out_port, false);
+        let icmp = s.proto == ip_proto::ICMP;
+        // ICMP echo has one identifier: after the source half it is the sender's outside identifier, and
+        // that is what names the target mapping, exactly as for an echo arriving from outside.
+        let target_port = if icmp { s.out_port } else { p.key.dport };
+        let owner = port_owner(target_port, self.cfg.workers);
+        if owner != self.cfg.worker {
+            return Verdict::Handoff {
+                worker: owner,
+                dir: Dir::Out2In,
+            };
+        }
+        let p2 = Parsed {
+            key: FlowKey {
+                src: s.out_addr,
+                dst: p.key.dst,
+                sport: if icmp { 0 } else { s.out_port },
+                dport: target_port,
+                proto: s.proto,
+            },
+            ..*p
+        };
+        let h = p2.key.hash(self.cfg.seed);
+        let v = match self.lookup(slab, Dir::Out2In, &p2.key, h) {
+            Some(s2) => self.forward(slab, s2, Dir::Out2In, &p2, pkt, now),
+            None => self.out2in_miss(slab, &p2, pkt, now),
+        };
+        match v {
+            Verdict::Forward => Verdict::Hairpin,
+            other => other,
+        }
     }
 
-    /// Slow path: a new outbound flow.
-    fn create(&mut self, p: &Parsed, now: u32) -> Result<u32, DropReason> {
+    /// Slow path: an outbound packet with no session.
+    fn in2out_miss(&mut self, slab: &mut Slab, p: &Parsed, pkt: &mut [u8], now: u32) -> Verdict {
         let k = p.key;
-        let state = if k.proto == ip_proto::TCP {
+        if !self.rules.exclusions.is_empty() && self.rules.excluded_outbound(k.src, k.dst) {
+            return self.untranslated(pkt);
+        }
+        match k.proto {
             // Only a SYN opens a session (RFC 5382); anything else without a session is invalid here.
-            if p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN)
-                != tcp_flags::SYN
-            {
-                return Err(DropReason::TcpInvalid);
+            ip_proto::TCP if !is_bare_syn(p.tcp_flags) => {
+                return Verdict::Drop(DropReason::TcpInvalid);
             }
+            // Only a request starts an ICMP query.
+            ip_proto::ICMP if p.icmp_type != icmp_type::ECHO_REQUEST => {
+                return Verdict::Drop(DropReason::IcmpUnsupported);
+            }
+            _ => {}
+        }
+        let Some(pi) = self.rules.pool_index_for(k.src, k.dst) else {
+            return Verdict::Drop(DropReason::NoSnatRule);
+        };
+        match self.open_outbound(slab, pi, p, now) {
+            Ok(slot) => self.forward(slab, slot, Dir::In2Out, p, pkt, now),
+            Err(v) => v,
+        }
+    }
+
+    fn open_outbound(
+        &mut self,
+        slab: &mut Slab,
+        pi: usize,
+        p: &Parsed,
+        now: u32,
+    ) -> Result<u32, Verdict> {
+        let k = p.key;
+        if let Some(plan) = &self.det[pi] {
+            match plan.forward(k.src) {
+                Some(d) if d.lane != self.cfg.worker => {
+                    return Err(Verdict::Handoff {
+                        worker: d.lane,
+                        dir: Dir::In2Out,
+                    });
+                }
+                Some(_) => {}
+                None => return Err(Verdict::Drop(DropReason::NoSnatRule)),
+            }
+        }
+        if slab.live() >= slab.capacity() {
+            return Err(Verdict::Drop(DropReason::TableFull));
+        }
+        let sub = self.subscriber(pi, k.src, k.proto, now)?;
+        let lim = self.cfg.limits.max_sessions_per_subscriber;
+        if lim != 0 && self.subs.get(sub).sessions >= lim {
+            self.quota_event(sub, Limit::Sessions, now);
+            self.release_subscriber_if_idle(sub);
+            return Err(Verdict::Drop(DropReason::QuotaExceeded));
+        }
+        let ms = match self.mapping_for(pi, sub, k.src, k.sport, k.proto, now) {
+            Ok(ms) => ms,
+            Err(r) => {
+                self.release_subscriber_if_idle(sub);
+                self.gauges(slab);
+                return Err(Verdict::Drop(r));
+            }
+        };
+        let m = *self.maps.get(ms);
+        let mut state = if k.proto == ip_proto::TCP {
             tcp_state::SYN_SENT
         } else {
             0
         };
-        let pool = self.rules.pool_for(k.src).ok_or(DropReason::NoSnatRule)?;
-        let out_addr = paired_address(pool, k.src);
-        if self.slab.live() >= self.slab.capacity() {
-            return Err(DropReason::TableFull);
+        if self.ports.addr_index(k.dst).is_some() {
+            state |= HAIRPIN;
         }
-        let out_port = self
-            .ports
-            .alloc(out_addr, k.proto)
-            .ok_or(DropReason::OutOfPorts)?;
         let s = Session {
             in_addr: k.src,
             rem_addr: k.dst,
             in_port: k.sport,
             rem_port: k.dport,
-            out_addr,
-            out_port,
+            out_addr: m.out_addr,
+            out_port: m.out_port,
             proto: k.proto,
             state,
             last_seen: now,
             ..Session::default()
         };
-        let Some(slot) = self.slab.insert(s, &self.cfg.timeouts) else {
-            self.ports.free(out_addr, k.proto, out_port);
+        self.insert_session(slab, s, ms, pi, now)
+            .map_err(Verdict::Drop)
+    }
+
+    /// The subscriber record for (`src`, pool), created with its paired address if new.
+    fn subscriber(&mut self, pi: usize, src: u32, proto: u8, now: u32) -> Result<u32, Verdict> {
+        let h = sub_hash(self.cfg.seed, src, pi as u8);
+        if let Some(s) = self.subs.find(h, src, pi as u8) {
+            return Ok(s);
+        }
+        let out_addr = match &self.det[pi] {
+            Some(plan) => match plan.forward(src) {
+                Some(d) => self.rules.pools[pi].addrs[d.addr_pos],
+                None => return Err(Verdict::Drop(DropReason::NoSnatRule)),
+            },
+            None => {
+                // Paired pooling: the hashed choice, unless that address is full, then the next ones.
+                // Fixed from here on while the subscriber has any mapping.
+                let n = self.rules.pools[pi].addrs.len();
+                let start = paired_index(n, src);
+                let mut chosen = None;
+                for i in 0..n.min(PAIRING_TRIES) {
+                    let a = self.rules.pools[pi].addrs[(start + i) % n];
+                    if self
+                        .ports
+                        .addr_index(a)
+                        .is_some_and(|ai| self.ports.has_room(ai, proto))
+                    {
+                        chosen = Some(a);
+                        break;
+                    }
+                }
+                match chosen {
+                    Some(a) => a,
+                    None => {
+                        let a = self.rules.pools[pi].addrs[start];
+                        self.exhausted_event(src, a, proto, now);
+                        return Err(Verdict::Drop(DropReason::OutOfPorts));
+                    }
+                }
+            }
+        };
+        let slot = self
+            .subs
+            .insert(h, src, pi as u8, out_addr)
+            .ok_or(Verdict::Drop(DropReason::TableFull))?;
+        Ok(slot)
+    }
+
+    /// The subscriber's mapping for an inside endpoint: the live one, the held one revived (the same
+    /// endpoint gets its port back, exempt from the hold-down), or a new one.
+    fn mapping_for(
+        &mut self,
+        pi: usize,
+        sub: u32,
+        in_addr: u32,
+        in_port: u16,
+        proto: u8,
+        now: u32,
+    ) -> Result<u32, DropReason> {
+        let seed = self.cfg.seed;
+        let h_in = mapping::in_hash(seed, in_addr, in_port, proto);
+        let lim = self.cfg.limits.max_ports_per_subscriber;
+        if let Some(ms) = self.maps.find_in(h_in, in_addr, in_port, proto, pi as u8) {
+            if self.maps.get(ms).is_held() {
+                if lim != 0 && self.subs.get(sub).mappings >= lim {
+                    self.quota_event(sub, Limit::Ports, now);
+                    return Err(DropReason::QuotaExceeded);
+                }
+                self.maps.revive(ms);
+                let r = self.subs.get_mut(sub);
+                r.held -= 1;
+                r.mappings += 1;
+            }
+            return Ok(ms);
+        }
+        if lim != 0 && self.subs.get(sub).mappings >= lim {
+            self.quota_event(sub, Limit::Ports, now);
+            return Err(DropReason::QuotaExceeded);
+        }
+        if self.maps.is_full() {
+            return Err(DropReason::TableFull);
+        }
+        let port = self.alloc_port(pi, sub, in_port, proto, now)?;
+        let out_addr = self.subs.get(sub).out_addr;
+        let m = Mapping::new(in_addr, in_port, out_addr, port, proto, pi as u8, sub);
+        let Some(ms) = self
+            .maps
+            .insert(m, h_in, mapping::out_hash(seed, out_addr, port, proto))
+        else {
+            self.free_port(sub, out_addr, proto, port, now);
             return Err(DropReason::TableFull);
         };
-        let out_key = FlowKey {
-            src: k.dst,
-            dst: out_addr,
-            sport: k.dport,
-            dport: out_port,
-            proto: k.proto,
+        self.subs.get_mut(sub).mappings += 1;
+        self.counters.add(Counter::MappingsCreated, 1);
+        self.event(now, EventKind::MappingCreated(mapping_info(&m)));
+        Ok(ms)
+    }
+
+    /// Choose an outside port for a new mapping of `sub` by its pool's allocation mode.
+    fn alloc_port(
+        &mut self,
+        pi: usize,
+        sub: u32,
+        in_port: u16,
+        proto: u8,
+        now: u32,
+    ) -> Result<u16, DropReason> {
+        let r = *self.subs.get(sub);
+        let Some(a) = self.ports.addr_index(r.out_addr) else {
+            return Err(DropReason::OutOfPorts);
         };
-        // The index is sized for two keys per slab slot, so these cannot fail while the slab has room.
-        let inserted = self.index.insert(k.hash(self.cfg.seed), slot)
-            && self
-                .index
-                .insert(out_key.hash(self.cfg.seed), slot | OUT_BIT);
-        debug_assert!(inserted);
+        let got = match self.rules.pools[pi].allocation {
+            PortAllocation::Random => self.ports.alloc_random(a, proto, None),
+            PortAllocation::Preserve => self.ports.alloc_preserve(a, proto, in_port),
+            PortAllocation::Parity => self.ports.alloc_random(a, proto, Some(in_port)),
+            PortAllocation::Blocks { max_blocks, .. } => {
+                return self.alloc_in_blocks(a, sub, proto, max_blocks, now);
+            }
+            PortAllocation::Deterministic { .. } => {
+                let set = self.det[pi]
+                    .and_then(|plan| plan.forward(r.addr).map(|d| plan.set(&d, r.out_addr)));
+                let got = set.and_then(|set| self.ports.alloc_in(a, proto, &set));
+                if got.is_none() {
+                    self.quota_event(sub, Limit::DeterministicRange, now);
+                    return Err(DropReason::QuotaExceeded);
+                }
+                got
+            }
+        };
+        got.ok_or_else(|| {
+            self.exhausted_event(r.addr, r.out_addr, proto, now);
+            DropReason::OutOfPorts
+        })
+    }
+
+    /// Port block allocation: a port in one of the subscriber's blocks, or in a new block.
+    fn alloc_in_blocks(
+        &mut self,
+        a: usize,
+        sub: u32,
+        proto: u8,
+        max_blocks: u16,
+        now: u32,
+    ) -> Result<u16, DropReason> {
+        let owned = self.subs.get(sub).blocks as usize;
+        for i in 0..owned {
+            let set = self.ports.block_set(a, self.subs.blocks_of(sub)[i]);
+            if let Some(port) = self.ports.alloc_in(a, proto, &set) {
+                return Ok(port);
+            }
+        }
+        if owned >= max_blocks as usize {
+            self.quota_event(sub, Limit::Blocks, now);
+            return Err(DropReason::QuotaExceeded);
+        }
+        let r = *self.subs.get(sub);
+        let Some(j) = self.ports.take_block(a) else {
+            self.exhausted_event(r.addr, r.out_addr, proto, now);
+            return Err(DropReason::OutOfPorts);
+        };
+        let set = self.ports.block_set(a, j);
+        if !self.subs.add_block(sub, j) {
+            self.ports.put_block(a, j);
+            return Err(DropReason::QuotaExceeded);
+        }
+        self.counters.add(Counter::BlocksAllocated, 1);
+        self.event(
+            now,
+            EventKind::BlockAllocated {
+                subscriber: r.addr,
+                block: set,
+            },
+        );
+        match self.ports.alloc_in(a, proto, &set) {
+            Some(port) => Ok(port),
+            None => {
+                // A block is handed out only when none of its ports is mapped or held.
+                debug_assert!(false, "fresh block {j} has no free port");
+                self.subs.remove_block(sub, j);
+                self.ports.put_block(a, j);
+                Err(DropReason::OutOfPorts)
+            }
+        }
+    }
+
+    /// Store a session on mapping `ms` and index it.
+    fn insert_session(
+        &mut self,
+        slab: &mut Slab,
+        s: Session,
+        ms: u32,
+        pi: usize,
+        now: u32,
+    ) -> Result<u32, DropReason> {
+        let Some(slot) = slab.insert(s, &self.cfg.timeouts) else {
+            if self.maps.get(ms).sessions() == 0 {
+                self.end_mapping(ms, true, now);
+            }
+            return Err(DropReason::TableFull);
+        };
+        let seed = self.cfg.seed;
+        // The index is sized for every key of every slab slot, so these cannot fail while the slab has
+        // room.
+        let mut ok = self.index.insert(in_key(&s).hash(seed), slot)
+            && self.index.insert(out_key(&s).hash(seed), slot | OUT_BIT);
+        if self.adf[pi] {
+            ok &= self.index.insert(
+                adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
+                slot | ADF_BIT,
+            );
+        }
+        debug_assert!(ok);
+        self.maps.add_session(ms);
+        let sub = self.maps.get(ms).subscriber;
+        self.subs.get_mut(sub).sessions += 1;
         let c = &self.counters;
         c.add(Counter::SessionsCreated, 1);
         c.add(
-            match k.proto {
+            match s.proto {
                 ip_proto::TCP => Counter::TcpSessionsCreated,
                 ip_proto::UDP => Counter::UdpSessionsCreated,
                 _ => Counter::IcmpSessionsCreated,
             },
             1,
         );
-        c.set(Counter::SessionsCurrent, self.slab.live() as u64);
-        c.set(Counter::PortsInUse, self.ports.total_in_use());
+        if s.is_inbound() {
+            c.add(Counter::InboundSessionsCreated, 1);
+        }
+        if self.cfg.log_sessions {
+            self.event(now, EventKind::SessionCreated(session_info(&s)));
+        }
+        self.gauges(slab);
         Ok(slot)
     }
 
-    /// Remove a session, its index entries and its port.
-    fn delete(slab: &mut Slab, index: &mut Index, ports: &mut PortAllocator, seed: u64, slot: u32) {
-        let s = slab.remove(slot);
-        let in_key = FlowKey {
-            src: s.in_addr,
-            dst: s.rem_addr,
-            sport: s.in_port,
-            dport: s.rem_port,
-            proto: s.proto,
-        };
-        let out_key = FlowKey {
-            src: s.rem_addr,
-            dst: s.out_addr,
-            sport: s.rem_port,
-            dport: s.out_port,
-            proto: s.proto,
-        };
-        index.remove(in_key.hash(seed), slot);
-        index.remove(out_key.hash(seed), slot | OUT_BIT);
-        ports.free(s.out_addr, s.proto, s.out_port);
-    }
-
-    /// Expire idle sessions, looking at no more than `budget` of them. Returns how many were deleted.
-    pub fn expire(&mut self, now: u32, budget: u32) -> u32 {
+    /// Slow path: an inbound packet with no session. It may open one on a live mapping if the pool's
+    /// filtering lets it through (RFC 4787 section 5), or be the return traffic of an exclusion.
+    fn out2in_miss(&mut self, slab: &mut Slab, p: &Parsed, pkt: &mut [u8], now: u32) -> Verdict {
+        let k = p.key;
         let seed = self.cfg.seed;
-        let timeouts = self.cfg.timeouts;
-        let (index, ports) = (&mut self.index, &mut self.ports);
-        let mut deleted = 0;
-        self.slab.advance(now, budget, &timeouts, |slab, slot| {
-            Self::delete(slab, index, ports, seed, slot);
-            deleted += 1;
-        });
-        if deleted > 0 {
-            let c = &self.counters;
-            c.add(Counter::SessionsDeleted, deleted as u64);
-            c.set(Counter::SessionsCurrent, self.slab.live() as u64);
-            c.set(Counter::PortsInUse, self.ports.total_in_use());
+        let mh = mapping::out_hash(seed, k.dst, k.dport, k.proto);
+        let Some(ms) = self.maps.find_out(mh, k.dst, k.dport, k.proto) else {
+            if !self.rules.exclusions.is_empty()
+                && self.ports.addr_index(k.dst).is_none()
+                && self.rules.excluded_inbound(k.src, k.dst)
+            {
+                return self.untranslated(pkt);
+            }
+            return Verdict::Drop(DropReason::NoSession);
+        };
+        let m = *self.maps.get(ms);
+        if m.is_held() {
+            // Nobody uses the port during the hold-down.
+            return Verdict::Drop(DropReason::NoSession);
         }
-        deleted
+        let pi = m.pool as usize;
+        let allowed = match self.rules.pools[pi].filtering {
+            Filtering::EndpointIndependent => true,
+            Filtering::AddressDependent => {
+                self.adf_match(slab, k.src, m.out_addr, m.out_port, m.proto)
+            }
+            Filtering::AddressAndPortDependent => false,
+        };
+        if !allowed {
+            return Verdict::Drop(DropReason::Filtered);
+        }
+        // RFC 5382: an inbound SYN the filter lets through opens a connection (simultaneous open, P2P);
+        // any other segment without a session is invalid.
+        if k.proto == ip_proto::TCP && !is_bare_syn(p.tcp_flags) {
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
+        let mut s = Session {
+            in_addr: m.in_addr,
+            rem_addr: k.src,
+            in_port: m.in_port,
+            rem_port: k.sport,
+            out_addr: m.out_addr,
+            out_port: m.out_port,
+            proto: k.proto,
+            state: INBOUND,
+            last_seen: now,
+            ..Session::default()
+        };
+        if k.proto == ip_proto::TCP {
+            s.state |= tcp_state::SYN_RCVD;
+        }
+        if self.ports.addr_index(k.src).is_some() {
+            s.state |= HAIRPIN;
+        }
+        // The inside endpoint may already talk to this remote through a mapping of another pool (SNAT
+        // rules by destination); one inside tuple must name one session.
+        let ik = in_key(&s);
+        if self.lookup(slab, Dir::In2Out, &ik, ik.hash(seed)).is_some() {
+            return Verdict::Drop(DropReason::Filtered);
+        }
+        if slab.live() >= slab.capacity() {
+            return Verdict::Drop(DropReason::TableFull);
+        }
+        let lim = self.cfg.limits.max_sessions_per_subscriber;
+        if lim != 0 && self.subs.get(m.subscriber).sessions >= lim {
+            self.quota_event(m.subscriber, Limit::Sessions, now);
+            return Verdict::Drop(DropReason::QuotaExceeded);
+        }
+        match self.insert_session(slab, s, ms, pi, now) {
+            Ok(slot) => self.forward(slab, slot, Dir::Out2In, p, pkt, now),
+            Err(r) => Verdict::Drop(r),
+        }
     }
 
-    /// Delete every session (control plane).
-    pub fn flush(&mut self) -> u32 {
-        let slots: Vec<u32> = self.slab.iter().map(|(i, _)| i).collect();
-        for &slot in &slots {
-            Self::delete(
-                &mut self.slab,
-                &mut self.index,
-                &mut self.ports,
-                self.cfg.seed,
-                slot,
+    /// Whether the mapping (`out_addr`, `out_port`) has a session with remote address `rem`.
+    fn adf_match(&self, slab: &Slab, rem: u32, out_addr: u32, out_port: u16, proto: u8) -> bool {
+        let h = adf_hash(self.cfg.seed, rem, out_addr, out_port, proto);
+        self.index
+            .find(h, |slot| {
+                let s = slab.get(slot & !KIND_BITS);
+                slot & KIND_BITS == ADF_BIT
+                    && s.rem_addr == rem
+                    && s.out_addr == out_addr
+                    && s.out_port == out_port
+                    && s.proto == proto
+            })
+            .is_some()
+    }
+
+    /// Remove a session and its index entries; end its mapping if it was the last session. `force`
+    /// skips the hold-down (flush).
+    fn delete_session(&mut self, slab: &mut Slab, slot: u32, now: u32, force: bool) {
+        let s = slab.remove(slot);
+        let seed = self.cfg.seed;
+        self.index.remove(in_key(&s).hash(seed), slot);
+        self.index.remove(out_key(&s).hash(seed), slot | OUT_BIT);
+        let pi = self
+            .ports
+            .addr_index(s.out_addr)
+            .map_or(0, |a| self.ports.pool_of(a));
+        if self.adf.get(pi).copied().unwrap_or(false) {
+            self.index.remove(
+                adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
+                slot | ADF_BIT,
             );
         }
         let c = &self.counters;
-        c.add(Counter::SessionsDeleted, slots.len() as u64);
-        c.set(Counter::SessionsCurrent, 0);
-        c.set(Counter::PortsInUse, self.ports.total_in_use());
-        slots.len() as u32
+        c.add(Counter::SessionsDeleted, 1);
+        c.add(
+            match s.proto {
+                ip_proto::TCP => Counter::TcpSessionsDeleted,
+                ip_proto::UDP => Counter::UdpSessionsDeleted,
+                _ => Counter::IcmpSessionsDeleted,
+            },
+            1,
+        );
+        if self.cfg.log_sessions {
+            self.event(now, EventKind::SessionDeleted(session_info(&s)));
+        }
+        let h = mapping::in_hash(seed, s.in_addr, s.in_port, s.proto);
+        let Some(ms) = self
+            .maps
+            .find_in(h, s.in_addr, s.in_port, s.proto, pi as u8)
+        else {
+            debug_assert!(false, "session without a mapping");
+            return;
+        };
+        let sub = self.maps.get(ms).subscriber;
+        let r = self.subs.get_mut(sub);
+        r.sessions = r.sessions.saturating_sub(1);
+        if self.maps.remove_session(ms) == 0 {
+            self.end_mapping(ms, force || s.closed_cleanly(), now);
+        }
+    }
+
+    /// A mapping lost its last session: free its port now, or hold it (RFC 6888 REQ-8).
+    fn end_mapping(&mut self, ms: u32, bypass: bool, now: u32) {
+        let m = *self.maps.get(ms);
+        let r = self.subs.get_mut(m.subscriber);
+        r.mappings = r.mappings.saturating_sub(1);
+        // Deterministic ports belong to one subscriber for good (REQ-8 b): nobody else can get them.
+        let skip = bypass || self.cfg.hold_down_s == 0 || self.det[m.pool as usize].is_some();
+        if skip {
+            self.release_mapping(ms, now);
+        } else {
+            self.maps.hold(ms, now.saturating_add(self.cfg.hold_down_s));
+            self.subs.get_mut(m.subscriber).held += 1;
+        }
+    }
+
+    /// Remove a mapping with no sessions and free its port (and its port block, if now empty).
+    fn release_mapping(&mut self, ms: u32, now: u32) {
+        let m = *self.maps.get(ms);
+        let seed = self.cfg.seed;
+        self.maps.remove(
+            ms,
+            mapping::in_hash(seed, m.in_addr, m.in_port, m.proto),
+            mapping::out_hash(seed, m.out_addr, m.out_port, m.proto),
+        );
+        if m.is_held() {
+            let r = self.subs.get_mut(m.subscriber);
+            r.held = r.held.saturating_sub(1);
+        }
+        self.counters.add(Counter::MappingsDeleted, 1);
+        self.event(now, EventKind::MappingDeleted(mapping_info(&m)));
+        self.free_port(m.subscriber, m.out_addr, m.proto, m.out_port, now);
+        self.release_subscriber_if_idle(m.subscriber);
+    }
+
+    fn free_port(&mut self, sub: u32, out_addr: u32, proto: u8, port: u16, now: u32) {
+        let Some(a) = self.ports.addr_index(out_addr) else {
+            return;
+        };
+        if let Some(Some(j)) = self.ports.release(a, proto, port) {
+            // The block is empty (nothing mapped or held in it): give it back.
+            let set = self.ports.block_set(a, j);
+            let owned = self.subs.remove_block(sub, j);
+            debug_assert!(owned, "emptied block {j} not owned by its subscriber");
+            self.ports.put_block(a, j);
+            self.counters.add(Counter::BlocksReleased, 1);
+            let subscriber = self.subs.get(sub).addr;
+            self.event(
+                now,
+                EventKind::BlockReleased {
+                    subscriber,
+                    block: set,
+                },
+            );
+        }
+    }
+
+    fn release_subscriber_if_idle(&mut self, sub: u32) {
+        let r = *self.subs.get(sub);
+        if r.is_live() && r.is_idle() {
+            self.subs
+                .remove(sub, sub_hash(self.cfg.seed, r.addr, r.pool));
+        }
     }
 }
 
+/// Helpers shared by the shard tests and the behaviour tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testkit {
     use super::*;
     use crate::NoPrefetch;
-    use crate::rewrite::testpkt::*;
     use crate::rules::{Pool, SnatRule};
-    use wire::{Ipv4Addr, Ipv4Packet, UdpPacket, icmp_type, tcp_flags as F};
+    use wire::{Icmpv4Packet, Ipv4Addr, Ipv4Packet, TcpPacket, UdpPacket};
 
-    const SUB1: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 11);
-    const SUB2: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 12);
-    const SRV: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-    const SRV2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
-    const POOL: [u32; 2] = [0xcb00_7101, 0xcb00_7102];
+    pub const SUB1: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 11);
+    pub const SUB2: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 12);
+    pub const SRV: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+    pub const SRV2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+    pub const POOL: [u32; 2] = [0xcb00_7101, 0xcb00_7102];
 
-    fn shard_with(max: u32, lo: u16, hi: u16) -> Shard {
-        let rules = Rules::new(
-            vec![Pool {
-                name: "p".into(),
-                addrs: POOL.to_vec(),
-                port_lo: lo,
-                port_hi: hi,
-            }],
-            vec![SnatRule {
-                prefix: 0x6440_0000,
-                len: 10,
-                pool: 0,
-            }],
+    pub fn subscribers_rule(pool: usize) -> SnatRule {
+        SnatRule {
+            prefix: 0x6440_0000,
+            len: 10,
+            pool,
+            dst: None,
+        }
+    }
+
+    /// A shard over `pools`, every subscriber of 100.64.0.0/10 on the first, with `cfg` (seed fixed).
+    pub fn shard_of(pools: Vec<Pool>, cfg: ShardConfig) -> Shard {
+        let rules = Rules::new(pools, vec![subscribers_rule(0)]).unwrap();
+        Shard::new(
+            ShardConfig {
+                seed: 0xdead_beef_cafe,
+                ..cfg
+            },
+            Arc::new(rules),
+            Arc::new(Counters::default()),
+            0,
         )
-        .unwrap();
-        let cfg = ShardConfig {
-            max_sessions: max,
-            timeouts: Timeouts::default(),
-            worker: 0,
-            workers: 1,
-            seed: 0xdead_beef_cafe,
-        };
-        Shard::new(cfg, Arc::new(rules), Arc::new(Counters::default()), 0).unwrap()
+        .unwrap()
     }
 
-    fn shard() -> Shard {
-        shard_with(1024, 1024, 65535)
+    pub fn pool_with(lo: u16, hi: u16) -> Pool {
+        Pool::new("p", POOL.to_vec(), lo, hi)
     }
 
-    fn run(sh: &mut Shard, dir: Dir, pkts: &mut [Vec<u8>], now: u32) -> Vec<Verdict> {
+    pub fn run(sh: &mut Shard, dir: Dir, pkts: &mut [Vec<u8>], now: u32) -> Vec<Verdict> {
         let mut v = vec![Verdict::Drop(DropReason::NoMbuf); pkts.len()];
         sh.process::<_, NoPrefetch>(dir, pkts, &mut v, now);
         v
     }
 
-    fn one(sh: &mut Shard, dir: Dir, pkt: Vec<u8>, now: u32) -> (Verdict, Vec<u8>) {
+    pub fn one(sh: &mut Shard, dir: Dir, pkt: Vec<u8>, now: u32) -> (Verdict, Vec<u8>) {
         let mut b = [pkt];
         let v = run(sh, dir, &mut b, now);
         let [p] = b;
         (v[0], p)
     }
 
-    fn src_of(b: &[u8]) -> (u32, u16) {
+    /// (address, port or echo identifier) of the source.
+    pub fn src_of(b: &[u8]) -> (u32, u16) {
         let ip = Ipv4Packet::new_checked(b).unwrap();
-        (
-            ip.src_addr_u32(),
-            UdpPacket::new_unchecked(ip.payload()).src_port(),
+        (ip.src_addr_u32(), l4_ports(&ip).0)
+    }
+
+    fn l4_ports(ip: &Ipv4Packet<&[u8]>) -> (u16, u16) {
+        match ip.protocol() {
+            ip_proto::TCP => {
+                let t = TcpPacket::new_checked(ip.payload()).unwrap();
+                (t.src_port(), t.dst_port())
+            }
+            ip_proto::UDP => {
+                let u = UdpPacket::new_checked(ip.payload()).unwrap();
+                (u.src_port(), u.dst_port())
+            }
+            _ => {
+                let id = Icmpv4Packet::new_checked(ip.payload())
+                    .unwrap()
+                    .echo_ident();
+                (id, id)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use crate::rewrite::testpkt::*;
+    use crate::rules::{Filtering, Pool};
+    use wire::{Ipv4Addr, Ipv4Packet, UdpPacket, icmp_type, tcp_flags as F};
+
+    fn shard_with(max: u32, lo: u16, hi: u16) -> Shard {
+        shard_of(
+            vec![pool_with(lo, hi)],
+            ShardConfig {
+                max_sessions: max,
+                ..ShardConfig::default()
+            },
         )
+    }
+
+    fn shard() -> Shard {
+        shard_with(1024, 1024, 65535)
     }
 
     #[test]
@@ -512,6 +1516,7 @@ mod tests {
         assert_eq!(ip.dst_addr(), SUB1);
         assert_eq!(UdpPacket::new_unchecked(ip.payload()).dst_port(), 5000);
         assert_eq!(sh.counters().get(Counter::SessionsCreated), 1);
+        assert_eq!(sh.counters().get(Counter::MappingsCreated), 1);
         assert_eq!(sh.counters().get(Counter::In2outPackets), 1);
         assert_eq!(sh.counters().get(Counter::Out2inPackets), 1);
     }
@@ -578,7 +1583,16 @@ mod tests {
 
     #[test]
     fn unsolicited_inbound_is_dropped_and_counted() {
-        let mut sh = shard();
+        // Address-and-port-dependent filtering: only the exact remote endpoint of a session gets in.
+        // (Under the default endpoint-independent filtering a second remote port is admitted; see
+        // behaviour_tests::filtering_*.)
+        let mut sh = shard_of(
+            vec![Pool {
+                filtering: Filtering::AddressAndPortDependent,
+                ..pool_with(1024, 65535)
+            }],
+            ShardConfig::default(),
+        );
         let (v, _) = one(
             &mut sh,
             Dir::Out2In,
@@ -586,12 +1600,13 @@ mod tests {
             0,
         );
         assert_eq!(v, Verdict::Drop(DropReason::NoSession));
-        // A reply from another remote port to an existing session is not the session's tuple either.
         let (_, out) = one(&mut sh, Dir::In2Out, udp(SUB1, 5000, SRV, 53, b"q"), 0);
         let (oa, op) = src_of(&out);
         let (v, _) = one(&mut sh, Dir::Out2In, udp(SRV, 54, oa.into(), op, b"x"), 0);
-        assert_eq!(v, Verdict::Drop(DropReason::NoSession));
-        assert_eq!(sh.counters().drops(DropReason::NoSession), 2);
+        assert_eq!(v, Verdict::Drop(DropReason::Filtered));
+        assert_eq!(sh.counters().drops(DropReason::NoSession), 1);
+        assert_eq!(sh.counters().drops(DropReason::Filtered), 1);
+        assert_eq!(sh.session_count(), 1, "no session was created for it");
     }
 
     #[test]
@@ -644,7 +1659,9 @@ mod tests {
         assert_eq!(sh.expire(3600 + 239, u32::MAX), 0);
         assert_eq!(sh.expire(3600 + 240, u32::MAX), 1);
         assert_eq!(sh.session_count(), 0);
+        // Closed by FIN both ways: the port skips the hold-down.
         assert_eq!(sh.ports_in_use(), 0);
+        assert_eq!(sh.mapping_count(), 0);
     }
 
     #[test]
@@ -666,6 +1683,9 @@ mod tests {
         );
         assert_eq!(sh.expire(249, u32::MAX), 0);
         assert_eq!(sh.expire(250, u32::MAX), 1);
+        // An RST is not a proper close: the port is held.
+        assert_eq!(sh.ports_in_use(), 1);
+        assert_eq!(sh.held_count(), 1);
     }
 
     #[test]
@@ -705,6 +1725,29 @@ mod tests {
     }
 
     #[test]
+    fn icmp_echo_that_cannot_open_a_session_is_refused() {
+        let mut sh = shard();
+        // An echo reply from inside answers nothing we forwarded.
+        let (v, _) = one(
+            &mut sh,
+            Dir::In2Out,
+            icmp_echo(SUB1, SRV, icmp_type::ECHO_REPLY, 7),
+            0,
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::IcmpUnsupported));
+        // An echo request from outside to an identifier nobody uses.
+        let (v, _) = one(
+            &mut sh,
+            Dir::Out2In,
+            icmp_echo(SRV, Ipv4Addr::from(POOL[0]), icmp_type::ECHO_REQUEST, 7),
+            0,
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::NoSession));
+        assert_eq!(sh.session_count(), 0);
+        assert_eq!(sh.mapping_count(), 0);
+    }
+
+    #[test]
     fn idle_sessions_expire_and_return_every_port() {
         let mut sh = shard();
         for p in 0..300u16 {
@@ -724,10 +1767,22 @@ mod tests {
             assert!(now < 700, "sessions never drained");
         }
         assert!(now >= 300 + 299, "expired before the UDP timeout: {now}");
-        assert_eq!(sh.ports_in_use(), 0);
         assert_eq!(sh.counters().get(Counter::SessionsCurrent), 0);
-        assert_eq!(sh.counters().get(Counter::PortsInUse), 0);
         assert_eq!(sh.counters().get(Counter::SessionsDeleted), 300);
+        assert_eq!(sh.counters().get(Counter::UdpSessionsDeleted), 300);
+        // The ports are held for the hold-down (120 s after each mapping ended), then all come back.
+        assert!(sh.ports_in_use() > 0, "ports reused before the hold-down");
+        while sh.ports_in_use() > 0 {
+            now += 1;
+            sh.expire(now, 64);
+            assert!(now < 300 + 299 + 130, "ports never came back");
+        }
+        assert!(now >= 300 + 299 + 120, "hold-down cut short: {now}");
+        assert_eq!(sh.counters().get(Counter::PortsInUse), 0);
+        assert_eq!(sh.counters().get(Counter::MappingsCurrent), 0);
+        assert_eq!(sh.counters().get(Counter::SubscribersCurrent), 0);
+        assert_eq!(sh.mapping_count(), 0);
+        assert_eq!(sh.subscriber_count(), 0);
     }
 
     #[test]
@@ -758,6 +1813,11 @@ mod tests {
             assert_eq!(v, Verdict::Forward);
         }
         assert_eq!(sh.counters().drops(DropReason::TableFull), 1);
+        assert_eq!(
+            sh.subscriber_count(),
+            1,
+            "the refused subscriber left no record"
+        );
     }
 
     #[test]
@@ -808,30 +1868,71 @@ mod tests {
     }
 
     #[test]
-    fn garbage_never_panics() {
-        let mut sh = shard();
-        let mut rng = 0x1234_5678_9abc_def1u64;
-        let seeds = [
-            udp(SUB1, 1, SRV, 53, b"hello"),
-            tcp(SUB1, 2, SRV, 80, F::SYN),
-            icmp_echo(SUB1, SRV, 8, 3),
-        ];
-        for round in 0..20_000 {
-            let mut p = seeds[round % 3].clone();
-            for _ in 0..3 {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let i = (rng % p.len() as u64) as usize;
-                p[i] = (rng >> 32) as u8;
-            }
-            p.truncate((rng >> 40) as usize % (p.len() + 1));
-            let dir = if round % 2 == 0 {
-                Dir::In2Out
-            } else {
-                Dir::Out2In
-            };
-            one(&mut sh, dir, p, 0);
+    fn bad_configurations_are_refused() {
+        let rules = Arc::new(Rules::new(vec![pool_with(1024, 65535)], vec![]).unwrap());
+        let c = Arc::new(Counters::default());
+        for cfg in [
+            ShardConfig {
+                max_sessions: 0,
+                ..ShardConfig::default()
+            },
+            ShardConfig {
+                max_sessions: 1 << 30,
+                ..ShardConfig::default()
+            },
+            ShardConfig {
+                max_mappings: 1 << 30,
+                ..ShardConfig::default()
+            },
+        ] {
+            assert!(matches!(
+                Shard::new(cfg, rules.clone(), c.clone(), 0),
+                Err(NatError::BadCapacity(_))
+            ));
         }
+        assert_eq!(
+            Shard::new(
+                ShardConfig {
+                    worker: 2,
+                    workers: 2,
+                    ..ShardConfig::default()
+                },
+                rules,
+                c.clone(),
+                0
+            )
+            .err(),
+            Some(NatError::BadWorker {
+                worker: 2,
+                workers: 2
+            })
+        );
+        // Blocks of 32768 ports leave worker 1 of 2 with none on a 1024-65535 range.
+        let blocks = Arc::new(
+            Rules::new(
+                vec![Pool {
+                    allocation: crate::PortAllocation::Blocks {
+                        size: 32768,
+                        max_blocks: 1,
+                    },
+                    ..pool_with(1024, 65535)
+                }],
+                vec![],
+            )
+            .unwrap(),
+        );
+        assert!(matches!(
+            Shard::new(
+                ShardConfig {
+                    worker: 1,
+                    workers: 2,
+                    ..ShardConfig::default()
+                },
+                blocks,
+                c,
+                0
+            ),
+            Err(NatError::BadBlockSize { .. })
+        ));
     }
 }
