@@ -15,6 +15,8 @@ RUN=/run/cgnat-bench
 SECONDS_PER=${BENCH_SECONDS:-1}
 SIZES=${BENCH_SIZES:-1K,64K,1M,16M}
 WINDOW=${BENCH_WINDOW:-3}
+# A socket left by an interrupted run would make memif's server refuse to start.
+rm -rf "$RUN" /var/run/dpdk/cgnat-bench-*
 mkdir -p "$OUT" "$RUN"
 PIDS=()
 
