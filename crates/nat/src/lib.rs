@@ -74,6 +74,9 @@ mod session;
 mod shard;
 mod subscriber;
 
+#[cfg(test)]
+mod behaviour_tests;
+
 pub use counters::{Counter, Counters, DropReason};
 pub use deterministic::{deterministic_forward, deterministic_reverse};
 pub use events::{Event, EventKind, Limit, MappingInfo, SessionInfo};

@@ -1452,6 +1452,12 @@ pub(crate) mod testkit {
         (ip.src_addr_u32(), l4_ports(&ip).0)
     }
 
+    /// (address, port or echo identifier) of the destination.
+    pub fn dst_of(b: &[u8]) -> (u32, u16) {
+        let ip = Ipv4Packet::new_checked(b).unwrap();
+        (ip.dst_addr_u32(), l4_ports(&ip).1)
+    }
+
     fn l4_ports(ip: &Ipv4Packet<&[u8]>) -> (u16, u16) {
         match ip.protocol() {
             ip_proto::TCP => {
@@ -1468,6 +1474,19 @@ pub(crate) mod testkit {
                     .echo_ident();
                 (id, id)
             }
+        }
+    }
+
+    pub fn ttl_of(b: &[u8]) -> u8 {
+        Ipv4Packet::new_checked(b).unwrap().ttl()
+    }
+
+    /// Run expiry as a worker loop would, one second at a time with a small budget, until `until`.
+    pub fn tick(sh: &mut Shard, from: u32, until: u32) {
+        for now in from..=until {
+            while sh.expire(now, 64) == 64 {}
+            // Hold-down releases are budgeted too; drain them for this second.
+            sh.expire(now, 64);
         }
     }
 }
