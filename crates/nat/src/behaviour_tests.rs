@@ -876,6 +876,29 @@ fn snat_rules_can_pick_a_pool_by_destination() {
     assert_eq!(sh.subscriber_count(), 2);
 }
 
+#[test]
+fn masquerade_is_a_pool_of_the_interface_address_with_a_narrower_range() {
+    // The outside interface address as the only pool address; ports below 20000 stay the appliance's.
+    let iface = 0xc000_0201;
+    let mut sh = shard_of(
+        vec![Pool::new("masquerade", vec![iface], 20000, 65535)],
+        ShardConfig::default(),
+    );
+    for i in 0..200u16 {
+        let (v, out) = one(&mut sh, Dir::In2Out, udp(SUB1, 1000 + i, SRV, 53, b"x"), 0);
+        assert_eq!(v, Verdict::Forward);
+        let (a, p) = src_of(&out);
+        assert_eq!(a, iface);
+        assert!(p >= 20000, "port {p} is reserved for the appliance");
+        let (v, back) = one(&mut sh, Dir::Out2In, udp(SRV, 53, ip(a), p, b"y"), 0);
+        assert_eq!(v, Verdict::Forward);
+        assert_eq!(dst_of(&back), (SUB1.into(), 1000 + i));
+    }
+    // Traffic to the appliance's own ports is none of the translator's business.
+    let (v, _) = one(&mut sh, Dir::Out2In, udp(SRV, 53, ip(iface), 22, b"z"), 0);
+    assert_eq!(v, Verdict::Drop(DropReason::NoSession));
+}
+
 // ---- Events and counters ----
 
 #[test]
@@ -1031,6 +1054,11 @@ fn assert_empty(sh: &Shard) {
     assert_eq!(sh.ports_in_use(), 0);
     assert_eq!(sh.blocks_in_use(), 0);
     assert_eq!(sh.subscriber_count(), 0);
+    assert_eq!(
+        sh.index_residue(),
+        0,
+        "index or hold-down entries left behind"
+    );
     assert!(sh.ports_in_use_by_address().iter().all(|&(_, n)| n == 0));
     let c = sh.counters();
     for g in [

@@ -44,10 +44,12 @@
 //! Per session: a 32-byte record plus two 8-byte index entries at a load of at most ½ (three with
 //! address-dependent filtering) = **64 B** (96 B). Per mapping: a 24-byte record, two index entries
 //! (32 B) and an 8-byte hold-down FIFO slot = **64 B**. Per subscriber: 28 B plus one index entry
-//! (16 B) = **44 B**, plus 2 B per allowed port block. Tables are sized for `max_sessions`,
-//! `max_mappings` and `max_subscribers` (both default to `max_sessions`), so the default worst case is
-//! 172 B per session of capacity; set the other two lower when subscribers or mappings per session are
-//! known. Port maps: 24 KiB per pool address.
+//! (16 B) = **44 B**, plus 2 B × the largest `max_blocks` of any port-block pool. Indexes round up to a
+//! power of two, so these are lower bounds (at most twice that for the index part). Tables are sized
+//! for `max_sessions`, `max_mappings` and `max_subscribers` (both default to `max_sessions`), so the
+//! default worst case is 172 B per session of capacity; set the other two lower when the number of
+//! subscribers or the sessions per mapping are known (with port blocks, `max_subscribers` matters
+//! most). Port maps: 24 KiB per pool address; the event ring 32 B per entry.
 //!
 //! # Limitations
 //!
@@ -57,7 +59,10 @@
 //! same rule as for an echo arriving from outside), so ICMP hairpinning reaches a target only when the
 //! identifiers line up (port preservation makes that predictable); TCP and UDP have no such limit.
 //! Unsolicited inbound SYNs are dropped silently (RFC 5382 REQ-4 allows it; no ICMP is sent), and so are
-//! flows refused at a limit (no ICMP type 3 code 13).
+//! flows refused at a limit (no ICMP type 3 code 13). A subscriber whose traffic SNAT rules split over
+//! several pools (by destination) has a record, paired address and limits per pool. Timeouts are taken
+//! as given: the RFC 4787 REQ-5 floor (UDP ≥ 120 s) is for the configuration layer to enforce, so that
+//! tests can use short ones. At most 255 pools.
 
 #![forbid(unsafe_code)]
 

@@ -182,6 +182,12 @@ impl MapTable {
         self.held
     }
 
+    /// Index entries plus FIFO entries (tests: nothing may be left behind).
+    #[cfg(test)]
+    pub fn residue(&self) -> usize {
+        self.index.len() + self.fifo_len
+    }
+
     pub fn is_full(&self) -> bool {
         self.free_head == NIL
     }

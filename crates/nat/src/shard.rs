@@ -511,6 +511,12 @@ impl Shard {
             .map(|s| c.maps.get(s))
     }
 
+    /// Entries left in the session, mapping and subscriber indexes and the hold-down FIFO.
+    #[cfg(test)]
+    pub(crate) fn index_residue(&self) -> usize {
+        self.core.index.len() + self.core.maps.residue() + self.core.subs.residue()
+    }
+
     /// Events waiting to be drained.
     pub fn pending_events(&self) -> usize {
         self.core.events.len()

@@ -93,6 +93,12 @@ impl SubTable {
         self.live
     }
 
+    /// Index entries (tests: nothing may be left behind).
+    #[cfg(test)]
+    pub fn residue(&self) -> usize {
+        self.index.len()
+    }
+
     pub fn memory_bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Subscriber>()
             + self.index.memory_bytes()
