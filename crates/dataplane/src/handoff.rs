@@ -27,7 +27,7 @@ pub fn subscriber_owner(addr: u32, workers: usize) -> usize {
 }
 
 /// The worker that owns the outside port an inbound IPv4 packet (`ip`, from its header) is addressed
-/// to: the destination port for TCP/UDP, the identifier for echo replies, and for ICMP errors the
+/// to: the destination port for TCP/UDP, the identifier for echo messages, and for ICMP errors the
 /// source port of the quoted packet (which is ours). `None` when the packet carries no such port (or is
 /// too short to tell): the receiving worker then handles it, and the NAT core counts the drop reason.
 #[inline]
@@ -42,7 +42,11 @@ pub fn outside_port_of(ip: &[u8]) -> Option<u16> {
     match *ip.get(9)? {
         ip_proto::TCP | ip_proto::UDP => Some(u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?])),
         ip_proto::ICMP => match *l4.first()? {
-            icmp_type::ECHO_REPLY => Some(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?])),
+            // Replies to our echo requests, and (under endpoint-independent filtering) requests to a
+            // subscriber's echo mapping: both carry our identifier.
+            icmp_type::ECHO_REPLY | icmp_type::ECHO_REQUEST => {
+                Some(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]))
+            }
             icmp_type::DEST_UNREACHABLE
             | icmp_type::TIME_EXCEEDED
             | icmp_type::PARAMETER_PROBLEM
@@ -176,9 +180,14 @@ mod tests {
             outside_port_of(&ipv4(1, &[0, 0, 0, 0, 0x12, 0x34, 0, 1])),
             Some(0x1234)
         );
-        // Echo request from outside: not a reply to one of ours.
+        // Echo request from outside to a subscriber's echo mapping: the identifier is ours.
         assert_eq!(
             outside_port_of(&ipv4(1, &[8, 0, 0, 0, 0x12, 0x34, 0, 1])),
+            Some(0x1234)
+        );
+        // Other ICMP queries carry no identifier of ours.
+        assert_eq!(
+            outside_port_of(&ipv4(1, &[13, 0, 0, 0, 0x12, 0x34, 0, 1])),
             None
         );
         // Port unreachable quoting our UDP datagram from outside port 5000.

@@ -305,7 +305,7 @@ impl Worker {
         now_s: u32,
     ) {
         for m in rx.drain(..) {
-            match self.classify(side, &m) {
+            match self.classify(side, &m, from_peer) {
                 Class::Ipv4 => {
                     let owner = if from_peer || self.workers == 1 {
                         self.me
@@ -342,7 +342,24 @@ impl Worker {
             .process::<_, DpdkPrefetch>(dir, &mut L3Batch(&mut ipv4), &mut verdicts, now_s);
         for (m, v) in ipv4.drain(..).zip(verdicts) {
             match v {
-                Verdict::Forward => self.route(side.other(), m, now),
+                Verdict::Forward | Verdict::ForwardUntranslated => self.route(side.other(), m, now),
+                // Both ends translated: back out of the inside port, to the target subscriber.
+                Verdict::Hairpin => self.route(Side::Inside, m, now),
+                // The rest of the packet's journey belongs to another worker (the target of a
+                // hairpin, or a deterministic subscriber's port range): it continues there as if
+                // received on the side that direction starts from.
+                Verdict::Handoff { worker, dir } => {
+                    let as_side = match dir {
+                        Dir::In2Out => Side::Inside,
+                        Dir::Out2In => Side::Outside,
+                    };
+                    let w = usize::from(worker);
+                    if w == self.me || w >= self.workers {
+                        self.counters.count_drop(DropReason::HandoffFull);
+                    } else {
+                        self.handoff(w, as_side, m);
+                    }
+                }
                 Verdict::Drop(DropReason::TtlExceeded) => self.time_exceeded(side, m, now),
                 Verdict::Drop(_) => {}
             }
@@ -426,13 +443,21 @@ impl Worker {
     }
 
     #[inline]
-    fn classify(&self, side: Side, m: &Mbuf) -> Class {
+    fn classify(&self, side: Side, m: &Mbuf, from_peer: bool) -> Class {
         let p = &self.ports[side as usize];
         let d = m.data();
         let Ok(eth) = EthernetFrame::new_checked(d) else {
             return Class::Drop(DropReason::FrameTruncated);
         };
         let dst = eth.dst_addr();
+        // A peer's frame was checked on arrival; a hairpin handed over for its outside half still
+        // carries the inside port's MAC.
+        if from_peer {
+            return match eth.ethertype() {
+                ethertype::ARP => Class::Arp,
+                _ => Class::Ipv4,
+            };
+        }
         if dst != p.mac && dst.is_unicast() {
             return Class::Drop(DropReason::NotForUs);
         }

@@ -110,11 +110,13 @@ pub fn nat_rules(cfg: &Config) -> Result<Rules> {
     let pools = cfg
         .pools
         .iter()
-        .map(|p| Pool {
-            name: p.name.clone(),
-            addrs: p.addresses().map(u32::from).collect(),
-            port_lo: p.port_lo,
-            port_hi: p.port_hi,
+        .map(|p| {
+            Pool::new(
+                p.name.clone(),
+                p.addresses().map(u32::from).collect(),
+                p.port_lo,
+                p.port_hi,
+            )
         })
         .collect();
     let snat = cfg
@@ -124,6 +126,7 @@ pub fn nat_rules(cfg: &Config) -> Result<Rules> {
             prefix: u32::from(r.prefix.network()),
             len: r.prefix.len,
             pool: r.pool,
+            dst: None,
         })
         .collect();
     Rules::new(pools, snat).context("invalid translation rules")
@@ -288,6 +291,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             worker: q,
             workers: n_workers,
             seed: seeds.hash_one(i),
+            ..ShardConfig::default()
         };
         // Transparent huge pages for the slab and index when the kernel grants them (THP 'madvise'
         // or 'always'); with hugetlbfs-only setups they stay on 4 KiB pages.
