@@ -32,3 +32,10 @@ pub const IDLE_SLEEP_US: u32 = 0;
 pub const IDLE_POLLS: u32 = 1024;
 /// Per ordered pair of workers: a few bursts of headroom at line rate between two polls.
 pub const HANDOFF_RING: u32 = 1024;
+/// RFC 6888 REQ-8: a freed outside port is not reused for 120 s.
+pub const HOLD_DOWN_SECS: u32 = 120;
+/// RFC 6888 REQ-4/5: room for P2P on one mapping, still stops one infected host.
+pub const MAX_SESSIONS_PER_SUBSCRIBER: u32 = 16384;
+/// Leaves room for 15 busy subscribers on one outside address.
+pub const MAX_PORTS_PER_SUBSCRIBER: u32 = 4096;
+pub const EVENT_RING: u32 = 4096;

@@ -36,8 +36,9 @@ pub use eal::{Eal, EalLogLevel, MAX_LCORE, Memory};
 pub use error::{ConfigError, FieldError, Location};
 pub use net::{AddressRange, Ipv4Net, MacAddr, ParseError, PortRange};
 pub use types::{
-    DataplaneCfg, Device, LogFormat, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg,
-    Role, Route, SnatRule, StaticNeighbour, Timeouts, Workers,
+    Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Filtering, Limits, LogFormat,
+    LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule,
+    StaticNeighbour, Timeouts, Workers,
 };
 
 /// A validated cgnatd configuration.
@@ -52,6 +53,8 @@ pub struct Config {
     pub ports: Vec<PortCfg>,
     pub pools: Vec<Pool>,
     pub snat: Vec<SnatRule>,
+    /// Destinations forwarded untranslated (RFC 6888 REQ-6).
+    pub exclusions: Vec<Exclusion>,
     pub nat: NatCfg,
     pub neighbour: NeighbourCfg,
     pub mgmt: MgmtCfg,

@@ -33,6 +33,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub snat: Vec<RawSnat>,
     #[serde(default)]
+    pub exclusions: Vec<RawExclusion>,
+    #[serde(default)]
     pub nat: RawNat,
     #[serde(default)]
     pub neighbour: RawNeighbour,
@@ -291,20 +293,58 @@ pub(crate) struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a pool mapping (name, addresses, ports)"
+    expecting = "a pool mapping (name, addresses, ports, filtering, allocation)"
 )]
 pub(crate) struct RawPool {
     pub name: String,
     pub addresses: Vec<AddressRange>,
     #[serde(default)]
     pub ports: PortRange,
+    #[serde(default)]
+    pub filtering: crate::types::Filtering,
+    #[serde(default)]
+    pub allocation: RawAllocation,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an allocation mapping (mode, block_size, max_blocks, inside, ports_per_subscriber)"
+)]
+pub(crate) struct RawAllocation {
+    #[serde(default)]
+    pub mode: crate::types::AllocationMode,
+    #[serde(default)]
+    pub block_size: Option<u16>,
+    #[serde(default)]
+    pub max_blocks: Option<u16>,
+    #[serde(default)]
+    pub inside: Option<Ipv4Net>,
+    #[serde(default)]
+    pub ports_per_subscriber: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "an snat rule mapping (match, pool)")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an exclusion mapping (destination, source)"
+)]
+pub(crate) struct RawExclusion {
+    pub destination: Ipv4Net,
+    #[serde(default)]
+    pub source: Option<Ipv4Net>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an snat rule mapping (match, destination, pool)"
+)]
 pub(crate) struct RawSnat {
     #[serde(rename = "match")]
     pub prefix: Ipv4Net,
+    #[serde(default)]
+    pub destination: Option<Ipv4Net>,
     pub pool: String,
 }
 
@@ -312,18 +352,50 @@ pub(crate) struct RawSnat {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "the nat mapping (max_sessions, timeouts)"
+    expecting = "the nat mapping (max_sessions, max_mappings, max_subscribers, timeouts, limits, hold_down, udp_inbound_refresh, event_ring)"
 )]
 pub(crate) struct RawNat {
     pub max_sessions: u32,
+    pub max_mappings: u32,
+    pub max_subscribers: u32,
     pub timeouts: RawTimeouts,
+    pub limits: RawLimits,
+    pub hold_down: u32,
+    pub udp_inbound_refresh: bool,
+    pub event_ring: u32,
 }
 
 impl Default for RawNat {
     fn default() -> Self {
         RawNat {
             max_sessions: d::MAX_SESSIONS,
+            max_mappings: 0,
+            max_subscribers: 0,
             timeouts: RawTimeouts::default(),
+            limits: RawLimits::default(),
+            hold_down: d::HOLD_DOWN_SECS,
+            udp_inbound_refresh: false,
+            event_ring: d::EVENT_RING,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a limits mapping (max_sessions_per_subscriber, max_ports_per_subscriber)"
+)]
+pub(crate) struct RawLimits {
+    pub max_sessions_per_subscriber: u32,
+    pub max_ports_per_subscriber: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_sessions_per_subscriber: d::MAX_SESSIONS_PER_SUBSCRIBER,
+            max_ports_per_subscriber: d::MAX_PORTS_PER_SUBSCRIBER,
         }
     }
 }

@@ -103,6 +103,7 @@ fn lab_config_describes_the_standard_lab() {
         c.snat,
         vec![SnatRule {
             prefix: "100.64.0.0/10".parse().unwrap(),
+            destination: None,
             pool: 0
         }]
     );
@@ -1203,4 +1204,101 @@ fn config_md_example_is_valid() {
     let c = Config::from_yaml_str(yaml).unwrap();
     assert!(!c.outside_port().neighbours.is_empty());
     assert_ne!(c.dataplane, DataplaneCfg::default());
+}
+
+#[test]
+fn carrier_grade_nat_options_parse_with_careful_defaults() {
+    let cfg = Config::from_yaml_str(MINIMAL).unwrap();
+    assert_eq!(cfg.pools[0].filtering, Filtering::EndpointIndependent);
+    assert_eq!(cfg.pools[0].allocation, Allocation::Random);
+    assert_eq!(cfg.nat.hold_down, Duration::from_secs(120));
+    assert!(!cfg.nat.udp_inbound_refresh);
+    assert_eq!(cfg.nat.limits, Limits::default());
+    assert!(cfg.exclusions.is_empty());
+
+    let y = edit(
+        "    addresses: [\"203.0.113.0/29\"]\n",
+        "    addresses: [\"203.0.113.0/29\"]\n    filtering: address-and-port-dependent\n    allocation: { mode: blocks, block_size: 256, max_blocks: 4 }\n",
+    );
+    let y = format!(
+        "{y}exclusions:\n  - {{ destination: 198.18.0.0/15 }}\n  - {{ destination: 10.0.0.0/8, source: 100.64.1.0/24 }}\nnat:\n  hold_down: 0\n  udp_inbound_refresh: true\n  limits: {{ max_sessions_per_subscriber: 100, max_ports_per_subscriber: 0 }}\n"
+    );
+    let cfg = Config::from_yaml_str(&y).unwrap();
+    assert_eq!(cfg.pools[0].filtering, Filtering::AddressAndPortDependent);
+    assert_eq!(
+        cfg.pools[0].allocation,
+        Allocation::Blocks {
+            block_size: 256,
+            max_blocks: 4
+        }
+    );
+    assert_eq!(cfg.exclusions.len(), 2);
+    assert_eq!(
+        cfg.exclusions[1].source,
+        Some("100.64.1.0/24".parse().unwrap())
+    );
+    assert_eq!(cfg.nat.hold_down, Duration::ZERO);
+    assert!(cfg.nat.udp_inbound_refresh);
+    assert_eq!(cfg.nat.limits.max_sessions_per_subscriber, 100);
+}
+
+#[test]
+fn carrier_grade_nat_options_are_validated_by_field() {
+    let pool_with = |extra: &str| {
+        edit(
+            "    addresses: [\"203.0.113.0/29\"]\n",
+            &format!("    addresses: [\"203.0.113.0/29\"]\n{extra}"),
+        )
+    };
+    rejects(
+        &pool_with("    allocation: { mode: blocks, block_size: 100 }\n"),
+        "pools[0].allocation.block_size",
+        "multiple of 64",
+    );
+    rejects(
+        &pool_with("    allocation: { mode: blocks }\n"),
+        "pools[0].allocation.block_size",
+        "needs a block_size",
+    );
+    rejects(
+        &pool_with("    allocation: { mode: blocks, block_size: 64, max_blocks: 0 }\n"),
+        "pools[0].allocation.max_blocks",
+        "at least 1",
+    );
+    rejects(
+        &pool_with("    allocation: { mode: random, block_size: 64 }\n"),
+        "pools[0].allocation.block_size",
+        "does not apply",
+    );
+    rejects(
+        &pool_with("    allocation: { mode: deterministic }\n"),
+        "pools[0].allocation.inside",
+        "needs the inside prefix",
+    );
+    rejects(
+        &pool_with(
+            "    allocation: { mode: deterministic, inside: 100.64.0.0/24, ports_per_subscriber: 100 }\n",
+        ),
+        "pools[0].allocation.ports_per_subscriber",
+        "multiple of 64",
+    );
+    let cfg = Config::from_yaml_str(&pool_with("    allocation: { mode: deterministic, inside: 100.64.0.0/24, ports_per_subscriber: 256 }\n")).unwrap();
+    assert_eq!(
+        cfg.pools[0].allocation,
+        Allocation::Deterministic {
+            inside: "100.64.0.0/24".parse().unwrap(),
+            ports_per_subscriber: 256
+        }
+    );
+    assert!(Config::from_yaml_str(&pool_with("    filtering: sometimes\n")).is_err());
+    rejects(
+        &format!("{MINIMAL}exclusions:\n  - {{ destination: 10.0.0.1/8 }}\n"),
+        "exclusions[0].destination",
+        "host bits",
+    );
+    rejects(
+        &format!("{MINIMAL}nat: {{ max_mappings: 5 }}\n"),
+        "nat.max_mappings",
+        "outside",
+    );
 }

@@ -116,6 +116,75 @@ pub struct Pool {
     /// Inclusive range of outside ports (and ICMP identifiers) handed out from each address.
     pub port_lo: u16,
     pub port_hi: u16,
+    pub filtering: Filtering,
+    pub allocation: Allocation,
+}
+
+/// Which inbound packets reach an existing mapping (RFC 4787 section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Any outside host (RFC 6888 REQ-7; games, VoIP and WebRTC depend on it).
+    #[default]
+    EndpointIndependent,
+    /// Hosts the mapping has sent to (any of their ports).
+    AddressDependent,
+    /// Exactly the endpoints the mapping has sent to.
+    AddressAndPortDependent,
+}
+
+/// `pools[].allocation.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllocationMode {
+    #[default]
+    Random,
+    Preserve,
+    Parity,
+    Blocks,
+    Deterministic,
+}
+
+/// How outside ports are chosen for new mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Allocation {
+    /// Random over the range (RFC 6056; RFC 6888 REQ-15: hard to guess).
+    #[default]
+    Random,
+    /// Keep the inside port when free, random otherwise.
+    Preserve,
+    /// Random with the inside port's parity (RFC 4787 REQ-3/4).
+    Parity,
+    /// Port blocks per subscriber: `block_size` ports each, at most `max_blocks`.
+    Blocks { block_size: u16, max_blocks: u16 },
+    /// Deterministic NAT (RFC 7422) for the subscribers of `inside`.
+    Deterministic {
+        inside: Ipv4Net,
+        ports_per_subscriber: u16,
+    },
+}
+
+/// A destination forwarded without translation (RFC 6888 REQ-6), optionally only for some sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exclusion {
+    pub destination: Ipv4Net,
+    pub source: Option<Ipv4Net>,
+}
+
+/// Per-subscriber limits (RFC 6888 REQ-4/5); 0 = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_sessions_per_subscriber: u32,
+    pub max_ports_per_subscriber: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions_per_subscriber: d::MAX_SESSIONS_PER_SUBSCRIBER,
+            max_ports_per_subscriber: d::MAX_PORTS_PER_SUBSCRIBER,
+        }
+    }
 }
 
 impl Pool {
@@ -154,6 +223,8 @@ impl Pool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnatRule {
     pub prefix: Ipv4Net,
+    /// Only towards these destinations, when set.
+    pub destination: Option<Ipv4Net>,
     /// Index into `Config::pools`.
     pub pool: usize,
 }
@@ -162,14 +233,30 @@ pub struct SnatRule {
 pub struct NatCfg {
     /// Session table capacity per worker.
     pub max_sessions: u32,
+    /// Mapping and subscriber table capacities per worker; 0 = `max_sessions`.
+    pub max_mappings: u32,
+    pub max_subscribers: u32,
     pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// How long a freed outside port stays unused (RFC 6888 REQ-8); zero disables.
+    pub hold_down: Duration,
+    /// Whether inbound UDP refreshes a session's timer (RFC 4787 REQ-6 makes it optional).
+    pub udp_inbound_refresh: bool,
+    /// Capacity of each worker's event ring; 0 records no events.
+    pub event_ring: u32,
 }
 
 impl Default for NatCfg {
     fn default() -> Self {
         NatCfg {
             max_sessions: d::MAX_SESSIONS,
+            max_mappings: 0,
+            max_subscribers: 0,
             timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            hold_down: secs(d::HOLD_DOWN_SECS),
+            udp_inbound_refresh: false,
+            event_ring: d::EVENT_RING,
         }
     }
 }
@@ -297,6 +384,8 @@ mod tests {
             ],
             port_lo: 1024,
             port_hi: 65535,
+            filtering: Filtering::default(),
+            allocation: Allocation::default(),
         };
         let all: Vec<Ipv4Addr> = pool.addresses().collect();
         assert_eq!(all.len() as u64, pool.len());

@@ -13,8 +13,9 @@ use crate::limits as lim;
 use crate::net::{AddressRange, Ipv4Net};
 use crate::raw::{RawConfig, RawEal, RawPool, RawPort, RawSnat, RawWorkers};
 use crate::types::{
-    DataplaneCfg, Device, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route,
-    SnatRule, StaticNeighbour, Timeouts, Workers, secs,
+    Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Limits, LoggingCfg, MgmtCfg,
+    NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule, StaticNeighbour, Timeouts, Workers,
+    secs,
 };
 use crate::{Config, defaults as d};
 
@@ -44,6 +45,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let pools = check_pools(&mut errs, &raw.pools, ports.as_deref());
     let snat = check_snat(&mut errs, &raw.snat, &raw.pools);
+    let exclusions = check_exclusions(&mut errs, &raw.exclusions);
     let nat = check_nat(&mut errs, &raw.nat);
     let neighbour = check_neighbour(&mut errs, &raw.neighbour);
     let logging = check_logging(&mut errs, raw.logging);
@@ -67,6 +69,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 ports,
                 pools,
                 snat,
+                exclusions,
                 nat,
                 neighbour,
                 mgmt: MgmtCfg {
@@ -781,6 +784,7 @@ fn check_pools(errs: &mut Errors, raw: &[RawPool], ports: Option<&[PortCfg]>) ->
                 check_pool_range_against_ports(errs, &path, r, ports);
             }
         }
+        check_allocation(errs, i, pool);
     }
     check_pool_overlaps(errs, raw);
 
@@ -794,6 +798,8 @@ fn check_pools(errs: &mut Errors, raw: &[RawPool], ports: Option<&[PortCfg]>) ->
                 ranges: merge(&p.addresses),
                 port_lo: p.ports.lo,
                 port_hi: p.ports.hi,
+                filtering: p.filtering,
+                allocation: allocation(&p.allocation),
             })
             .collect(),
     )
@@ -910,6 +916,127 @@ fn merge(entries: &[AddressRange]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
         .collect()
 }
 
+/// Port blocks are multiples of the data plane's 64-port ownership blocks.
+const PORT_BLOCK: u16 = 64;
+
+fn check_allocation(errs: &mut Errors, i: usize, pool: &RawPool) {
+    let a = &pool.allocation;
+    let p = |f: &str| format!("pools[{i}].allocation.{f}");
+    let unused = |errs: &mut Errors, f: &str, present: bool, mode: &str| {
+        if present {
+            errs.push(p(f), format!("does not apply to mode `{mode}`"));
+        }
+    };
+    match a.mode {
+        AllocationMode::Random | AllocationMode::Preserve | AllocationMode::Parity => {
+            let mode = format!("{:?}", a.mode).to_lowercase();
+            unused(errs, "block_size", a.block_size.is_some(), &mode);
+            unused(errs, "max_blocks", a.max_blocks.is_some(), &mode);
+            unused(errs, "inside", a.inside.is_some(), &mode);
+            unused(
+                errs,
+                "ports_per_subscriber",
+                a.ports_per_subscriber.is_some(),
+                &mode,
+            );
+        }
+        AllocationMode::Blocks => {
+            unused(errs, "inside", a.inside.is_some(), "blocks");
+            unused(
+                errs,
+                "ports_per_subscriber",
+                a.ports_per_subscriber.is_some(),
+                "blocks",
+            );
+            match a.block_size {
+                None => errs.push(p("block_size"), "mode `blocks` needs a block_size"),
+                Some(b) if b == 0 || b % PORT_BLOCK != 0 => errs.push(
+                    p("block_size"),
+                    format!("{b} must be a positive multiple of {PORT_BLOCK}"),
+                ),
+                Some(b)
+                    if u32::from(b) > u32::from(pool.ports.hi) - u32::from(pool.ports.lo) + 1 =>
+                {
+                    errs.push(
+                        p("block_size"),
+                        format!(
+                            "{b} is larger than the pool's port range {}-{}",
+                            pool.ports.lo, pool.ports.hi
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+            if a.max_blocks == Some(0) {
+                errs.push(p("max_blocks"), "must be at least 1");
+            }
+        }
+        AllocationMode::Deterministic => {
+            unused(errs, "block_size", a.block_size.is_some(), "deterministic");
+            unused(errs, "max_blocks", a.max_blocks.is_some(), "deterministic");
+            match a.inside {
+                None => errs.push(
+                    p("inside"),
+                    "mode `deterministic` needs the inside prefix it maps",
+                ),
+                Some(net) if !net.is_network() => errs.push(
+                    p("inside"),
+                    format!("{net} has host bits set; did you mean {}?", net.trunc()),
+                ),
+                Some(_) => {}
+            }
+            if let Some(n) = a.ports_per_subscriber
+                && n % PORT_BLOCK != 0
+            {
+                errs.push(
+                    p("ports_per_subscriber"),
+                    format!("{n} must be a multiple of {PORT_BLOCK} (0 = as many as fit)"),
+                );
+            }
+        }
+    }
+}
+
+fn allocation(a: &crate::raw::RawAllocation) -> Allocation {
+    match a.mode {
+        AllocationMode::Random => Allocation::Random,
+        AllocationMode::Preserve => Allocation::Preserve,
+        AllocationMode::Parity => Allocation::Parity,
+        AllocationMode::Blocks => Allocation::Blocks {
+            block_size: a.block_size.unwrap_or(PORT_BLOCK),
+            max_blocks: a.max_blocks.unwrap_or(1),
+        },
+        AllocationMode::Deterministic => Allocation::Deterministic {
+            inside: a.inside.unwrap_or(Ipv4Net {
+                addr: Ipv4Addr::UNSPECIFIED,
+                len: 32,
+            }),
+            ports_per_subscriber: a.ports_per_subscriber.unwrap_or(0),
+        },
+    }
+}
+
+fn check_exclusions(errs: &mut Errors, raw: &[crate::raw::RawExclusion]) -> Vec<Exclusion> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, e) in raw.iter().enumerate() {
+        for (f, net) in [("destination", Some(e.destination)), ("source", e.source)] {
+            if let Some(net) = net
+                && !net.is_network()
+            {
+                errs.push(
+                    format!("exclusions[{i}].{f}"),
+                    format!("{net} has host bits set; did you mean {}?", net.trunc()),
+                );
+            }
+        }
+        out.push(Exclusion {
+            destination: e.destination,
+            source: e.source,
+        });
+    }
+    out
+}
+
 fn check_snat(errs: &mut Errors, raw: &[RawSnat], pools: &[RawPool]) -> Option<Vec<SnatRule>> {
     let before = errs.0.len();
     let mut rules = Vec::with_capacity(raw.len());
@@ -923,7 +1050,10 @@ fn check_snat(errs: &mut Errors, raw: &[RawSnat], pools: &[RawPool]) -> Option<V
                     r.prefix.trunc()
                 ),
             );
-        } else if let Some(k) = raw[..i].iter().position(|o| o.prefix.covers(&r.prefix)) {
+        } else if let Some(k) = raw[..i]
+            .iter()
+            .position(|o| o.prefix.covers(&r.prefix) && o.destination.is_none())
+        {
             errs.push(
                 format!("snat[{i}].match"),
                 format!(
@@ -932,9 +1062,18 @@ fn check_snat(errs: &mut Errors, raw: &[RawSnat], pools: &[RawPool]) -> Option<V
                 ),
             );
         }
+        if let Some(d) = r.destination
+            && !d.is_network()
+        {
+            errs.push(
+                format!("snat[{i}].destination"),
+                format!("{d} has host bits set; did you mean {}?", d.trunc()),
+            );
+        }
         match pools.iter().position(|p| p.name == r.pool) {
             Some(pool) => rules.push(SnatRule {
                 prefix: r.prefix,
+                destination: r.destination,
                 pool,
             }),
             None => {
@@ -1005,8 +1144,48 @@ fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
             ),
         );
     }
+    for (name, v) in [
+        ("max_mappings", raw.max_mappings),
+        ("max_subscribers", raw.max_subscribers),
+    ] {
+        if v != 0 && !(lim::MAX_SESSIONS_MIN..=lim::MAX_SESSIONS_MAX).contains(&v) {
+            errs.push(
+                format!("nat.{name}"),
+                format!(
+                    "{v} is outside {}..={} (0 = max_sessions)",
+                    lim::MAX_SESSIONS_MIN,
+                    lim::MAX_SESSIONS_MAX
+                ),
+            );
+        }
+    }
+    if raw.hold_down > lim::TIMEOUT_MAX_SECS {
+        errs.push(
+            "nat.hold_down",
+            format!(
+                "{} s is more than {} s",
+                raw.hold_down,
+                lim::TIMEOUT_MAX_SECS
+            ),
+        );
+    }
+    if raw.event_ring > lim::MAX_SESSIONS_MAX {
+        errs.push(
+            "nat.event_ring",
+            format!("{} is more than {}", raw.event_ring, lim::MAX_SESSIONS_MAX),
+        );
+    }
     NatCfg {
         max_sessions: raw.max_sessions,
+        max_mappings: raw.max_mappings,
+        max_subscribers: raw.max_subscribers,
+        limits: Limits {
+            max_sessions_per_subscriber: raw.limits.max_sessions_per_subscriber,
+            max_ports_per_subscriber: raw.limits.max_ports_per_subscriber,
+        },
+        hold_down: secs(raw.hold_down),
+        udp_inbound_refresh: raw.udp_inbound_refresh,
+        event_ring: raw.event_ring,
         timeouts: Timeouts {
             tcp_established: secs(t.tcp_established),
             tcp_transitory: secs(t.tcp_transitory),

@@ -105,18 +105,36 @@ fn steer(
     installed
 }
 
-/// Translation rules in the NAT core's terms.
+fn prefix(net: config::Ipv4Net) -> nat::Prefix {
+    nat::Prefix::new(u32::from(net.network()), net.len)
+}
+
+/// Translation rules in the NAT core's terms. Besides the config's own validation, the NAT core
+/// checks what depends on its layout (deterministic pools large enough for their prefix, port blocks
+/// fitting the range), naming the pool or rule at fault.
 pub fn nat_rules(cfg: &Config) -> Result<Rules> {
     let pools = cfg
         .pools
         .iter()
-        .map(|p| {
-            Pool::new(
-                p.name.clone(),
-                p.addresses().map(u32::from).collect(),
-                p.port_lo,
-                p.port_hi,
-            )
+        .map(|p| Pool {
+            filtering: match p.filtering {
+                config::Filtering::EndpointIndependent => nat::Filtering::EndpointIndependent,
+                config::Filtering::AddressDependent => nat::Filtering::AddressDependent,
+                config::Filtering::AddressAndPortDependent => nat::Filtering::AddressAndPortDependent,
+            },
+            allocation: match p.allocation {
+                config::Allocation::Random => nat::PortAllocation::Random,
+                config::Allocation::Preserve => nat::PortAllocation::Preserve,
+                config::Allocation::Parity => nat::PortAllocation::Parity,
+                config::Allocation::Blocks { block_size, max_blocks } => nat::PortAllocation::Blocks {
+                    size: block_size,
+                    max_blocks,
+                },
+                config::Allocation::Deterministic { inside, ports_per_subscriber } => {
+                    nat::PortAllocation::Deterministic { inside: prefix(inside), ports_per_subscriber }
+                }
+            },
+            ..Pool::new(p.name.clone(), p.addresses().map(u32::from).collect(), p.port_lo, p.port_hi)
         })
         .collect();
     let snat = cfg
@@ -126,10 +144,43 @@ pub fn nat_rules(cfg: &Config) -> Result<Rules> {
             prefix: u32::from(r.prefix.network()),
             len: r.prefix.len,
             pool: r.pool,
-            dst: None,
+            dst: r.destination.map(prefix),
         })
         .collect();
-    Rules::new(pools, snat).context("invalid translation rules")
+    let exclusions = cfg
+        .exclusions
+        .iter()
+        .map(|e| nat::Exclusion { dst: prefix(e.destination), src: e.source.map(prefix) })
+        .collect();
+    Rules::with_exclusions(pools, snat, exclusions).context("invalid translation rules")
+}
+
+/// The per-worker NAT settings of the config.
+pub fn shard_config(cfg: &Config, worker: u16, workers: u16, seed: u64) -> ShardConfig {
+    let t = cfg.nat.timeouts;
+    let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    ShardConfig {
+        max_sessions: cfg.nat.max_sessions,
+        max_mappings: cfg.nat.max_mappings,
+        max_subscribers: cfg.nat.max_subscribers,
+        timeouts: Timeouts {
+            tcp_established: secs(t.tcp_established),
+            tcp_transitory: secs(t.tcp_transitory),
+            udp: secs(t.udp),
+            icmp: secs(t.icmp),
+        },
+        worker,
+        workers,
+        seed,
+        limits: nat::Limits {
+            max_sessions_per_subscriber: cfg.nat.limits.max_sessions_per_subscriber,
+            max_ports_per_subscriber: cfg.nat.limits.max_ports_per_subscriber,
+        },
+        hold_down_s: secs(cfg.nat.hold_down),
+        udp_inbound_refresh: cfg.nat.udp_inbound_refresh,
+        event_ring: cfg.nat.event_ring,
+        ..ShardConfig::default()
+    }
 }
 
 fn route_table(p: &PortCfg) -> RouteTable {
@@ -212,13 +263,6 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
     };
 
     let rules = Arc::new(nat_rules(cfg)?);
-    let t = cfg.nat.timeouts;
-    let timeouts = Timeouts {
-        tcp_established: t.tcp_established.as_secs() as u32,
-        tcp_transitory: t.tcp_transitory.as_secs() as u32,
-        udp: t.udp.as_secs() as u32,
-        icmp: t.icmp.as_secs() as u32,
-    };
     // Pool addresses inside the outside subnet must be answered for in ARP (proxy ARP); routed pools
     // need nothing.
     let outside_net = ports[outside].cfg.prefix;
@@ -285,14 +329,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             idle_polls: cfg.dataplane.idle_polls,
         };
         let counters = Arc::new(Counters::default());
-        let shard_cfg = ShardConfig {
-            max_sessions: cfg.nat.max_sessions,
-            timeouts,
-            worker: q,
-            workers: n_workers,
-            seed: seeds.hash_one(i),
-            ..ShardConfig::default()
-        };
+        let shard_cfg = shard_config(cfg, q, n_workers, seeds.hash_one(i));
         // Transparent huge pages for the slab and index when the kernel grants them (THP 'madvise'
         // or 'always'); with hugetlbfs-only setups they stay on 4 KiB pages.
         let shard = Shard::with_memory_advice(
