@@ -11,10 +11,12 @@
 //! Environment: CGNAT_BIN_DIR (default target/release), CGNAT_PYTHON (default
 //! /usr/bin/python3, which has scapy), CGNAT_MGMT (default http://127.0.0.1:50051, as in
 //! config/lab.yaml), CGNAT_CONFIG (default config/lab.yaml; config/lab-2workers.yaml runs the
-//! same suite on two workers).
+//! same suite on two workers), CGNAT_E2E_LOCK_WAIT (seconds to wait for another run to
+//! release the machine-wide lab lock, default 900).
 
 mod cases;
 mod env;
+mod lock;
 mod proc;
 
 use std::fs;
@@ -229,6 +231,7 @@ fn install_signal_cleanup() {
             proc::signal_all("KILL");
             let _ = fs::remove_dir_all(format!("/var/run/dpdk/cgnat-e2e-{}", std::process::id()));
             let _ = Paths::discover().lab_sh("down", Duration::from_secs(60));
+            lock::LabLock::release_if_mine();
             std::process::exit(130);
         }
     });
@@ -256,6 +259,18 @@ fn main() -> ExitCode {
     }
 
     install_signal_cleanup();
+    // Held until main returns, i.e. after teardown.
+    let wait = std::env::var("CGNAT_E2E_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(900);
+    let _lock = match lock::LabLock::acquire(Duration::from_secs(wait)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("e2e: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let paths = Paths::discover();
     let env = match setup(Paths::discover()) {
         Ok(env) => Arc::new(env),
