@@ -1,50 +1,70 @@
 //! cgnat-bench: the NAT translation pipeline measured on one core, in memory.
 //!
 //! It drives the real `nat::Shard::process` over bursts of 32 mbuf-shaped buffers (2 KiB each, the
-//! IPv4 packet at offset 14, 64-byte UDP frames), with DPDK's prefetch (`dataplane::DpdkPrefetch`),
-//! and reports for each table size:
+//! IPv4 packet at offset 14, 64-byte UDP frames) and reports, for each table size N:
 //!
-//! * established-flow rate in2out and out2in: every burst carries 32 flows drawn in a random order
-//!   over the whole table (a uniformly random access pattern, the cache-hostile case);
-//! * new-session rate while the table grows from 90 % to 100 % of the stated size;
-//! * memory per session: slab + index + port maps, and the process RSS growth.
+//! * **established-flow rate**, in2out and out2in: a table filled with N UDP flows, each burst
+//!   carrying 32 flows taken in turn from a random permutation of all N (every flow is visited once
+//!   per pass, in an order unrelated to where its session lives: the cache-hostile case of many
+//!   subscribers), with DPDK's `rte_prefetch0` (`dpdk::prefetch0`) and, for comparison, with
+//!   `nat::NoPrefetch`;
+//! * **new-session rate**: a second shard with room for N + N/8 flows is pre-filled with N, then
+//!   N/8 more flows from another subscriber range are created in 4 successive chunks (shuffled
+//!   order), each chunk timed: the table holds 100 % to 112.5 % of the stated size meanwhile;
+//! * **memory per session**: `Shard::memory()` of the first shard (sized for exactly N) divided by N,
+//!   all tables included, and the growth of the process RSS while it was built and filled.
 //!
-//! Packets are written into the burst buffers before each call (the translation rewrites them in
-//! place); the time to write them is measured separately with the same loop minus the NAT and
-//! subtracted, and both figures are reported.
+//! The translator rewrites packets in place, so each burst's 32 packets are written into the buffers
+//! before the call, from a per-direction tuple list laid out in visiting order (read sequentially, so
+//! producing packets costs no cache misses). The same loop without the NAT is measured too and
+//! reported; "NAT only" subtracts it.
 //!
-//! Limitations: one core, no NIC, no DPDK mbuf headers (the buffers are plain memory, which is what
-//! the NAT core touches); the table and slab are heap memory advised for transparent huge pages, as
-//! in cgnatd (`--no-thp` shows the difference).
+//! Limitations: one core, no NIC and no DPDK mbuf headers (the buffers are plain memory, which is
+//! all the NAT core touches); packets are written by the CPU just before translation, so they are
+//! in L1 — a NIC's DMA leaves them in the last-level cache at best. The tables are heap memory
+//! advised for transparent huge pages, as in cgnatd (`--no-thp` shows the difference); whether the
+//! kernel grants them depends on `/sys/kernel/mm/transparent_hugepage/enabled`.
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
-use dataplane::DpdkPrefetch;
 use nat::{
-    Counters, Dir, FlowKey, NoPrefetch, PacketBatch, Pool, Prefetch, Rules, Shard, ShardConfig,
-    SnatRule, Timeouts, Verdict,
+    Counters, Dir, NoPrefetch, PacketBatch, Pool, Prefetch, Rules, Shard, ShardConfig, SnatRule,
+    Verdict,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use wire::{Ipv4Addr, Ipv4Packet, UdpPacket, ip_proto};
 
 const BURST: usize = 32;
+/// Where the IPv4 header starts in a frame (after the Ethernet header), as in an mbuf.
 const L3: usize = 14;
-const FRAME: usize = 60; // 64-byte frame without FCS
+/// A 64-byte frame without its FCS.
+const FRAME: usize = 60;
+/// mbuf data room of DPDK's default pools.
+const BUF: usize = 2048;
 const SERVER: u32 = 0xc633_640a; // 198.51.100.10
-const FLOWS_PER_SUB: u32 = 256;
+const SERVER_PORT: u16 = 53;
+/// Subscribers of the pre-filled flows start at 100.64.0.0, those of the new flows at 100.96.0.0:
+/// both inside the SNAT rule's 100.64.0.0/10, never the same endpoints.
+const BASE_FILL: u32 = 0x6440_0000;
+const BASE_NEW: u32 = 0x6460_0000;
+const FIRST_PORT: u16 = 1024;
+/// Ports handed out per pool address (1024-65535).
+const PORTS_PER_ADDR: u64 = 64512;
+/// New-session chunks per measurement.
+const CHUNKS: u32 = 4;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "cgnat-bench",
-    about = "Benchmark the cgnat translation pipeline on one core"
+    about = "Benchmark the cgnat translation pipeline (nat::Shard::process) on one core"
 )]
 struct Cli {
-    /// Table sizes (sessions); K and M suffixes allowed.
+    /// Table sizes (sessions); K and M suffixes (binary) allowed.
     #[arg(long, value_delimiter = ',', default_value = "1K,64K,1M,16M")]
     sizes: Vec<String>,
     /// Seconds per established-rate measurement.
@@ -53,29 +73,53 @@ struct Cli {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Also measure without prefetching, to show what the pipeline's prefetch buys.
+    /// Flows (source ports) per subscriber address.
+    #[arg(long, default_value_t = 256)]
+    flows_per_subscriber: u32,
+    /// Also measure with `nat::NoPrefetch`, to show what the pipeline's prefetching buys.
     #[arg(long)]
     no_prefetch_too: bool,
-    /// Do not ask for transparent huge pages for the slab and index (cgnatd always asks).
+    /// Do not ask for transparent huge pages for the tables (cgnatd always asks).
     #[arg(long)]
     no_thp: bool,
 }
 
+/// `rte_prefetch0`, through the dpdk crate (needs no EAL): what the data plane's prefetch does.
+struct Prefetch0;
+
+impl Prefetch for Prefetch0 {
+    #[inline(always)]
+    fn prefetch<T>(r: &T) {
+        dpdk::prefetch0(r);
+    }
+}
+
 fn parse_size(s: &str) -> Result<u32> {
+    let s = s.trim();
     let (num, mul) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1024u64),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1024 * 1024),
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1u64 << 20),
         _ => (s, 1),
     };
-    let n: u64 = num.parse::<u64>()? * mul;
-    if n == 0 || n > 64 * 1024 * 1024 {
-        bail!("size {s} out of range");
+    let n = num
+        .parse::<u64>()
+        .with_context(|| format!("size {s:?}"))?
+        .saturating_mul(mul);
+    // The new-session shard holds N + N/8; keep it below the 2^26 cgnatd accepts.
+    if !(32..=(32 << 20)).contains(&n) {
+        bail!("size {s} must be between 32 and 32M sessions");
     }
     Ok(n as u32)
 }
 
-/// Burst of owned 2 KiB buffers: what the NAT sees of mbufs.
+/// A burst of owned 2 KiB buffers: what the NAT sees of mbufs.
 struct Bufs(Vec<Vec<u8>>);
+
+impl Bufs {
+    fn new(n: usize) -> Bufs {
+        Bufs((0..n).map(|_| vec![0u8; BUF]).collect())
+    }
+}
 
 impl PacketBatch for Bufs {
     fn len(&self) -> usize {
@@ -115,17 +159,32 @@ fn write_udp(buf: &mut [u8], src: u32, sport: u16, dst: u32, dport: u16) {
     u.set_checksum(0);
 }
 
-fn flow(i: u32) -> (u32, u16) {
-    (
-        0x6440_0000 + i / FLOWS_PER_SUB,
-        1024 + (i % FLOWS_PER_SUB) as u16,
-    )
+/// The workload: flow `i` of a range is subscriber `base + i / per_sub`, source port
+/// `FIRST_PORT + i % per_sub`, to SERVER:SERVER_PORT.
+#[derive(Clone, Copy)]
+struct Flows {
+    base: u32,
+    per_sub: u32,
+}
+
+impl Flows {
+    #[inline]
+    fn inside(&self, i: u32) -> (u32, u16) {
+        (
+            self.base + i / self.per_sub,
+            FIRST_PORT + (i % self.per_sub) as u16,
+        )
+    }
+
+    fn subscribers(&self, n: u32) -> u32 {
+        n.div_ceil(self.per_sub)
+    }
 }
 
 /// A shuffled visiting order over `n` flows (xorshift-driven Fisher-Yates, fixed seed).
-fn permutation(n: u32) -> Vec<u32> {
+fn permutation(n: u32, seed: u64) -> Vec<u32> {
     let mut v: Vec<u32> = (0..n).collect();
-    let mut r = 0x9E37_79B9_7F4A_7C15u64;
+    let mut r = seed | 1;
     for i in (1..v.len()).rev() {
         r ^= r << 13;
         r ^= r >> 7;
@@ -147,248 +206,383 @@ fn rss_bytes() -> u64 {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-struct Bench {
-    n: u32,
-    shard: Shard,
-    outside: Vec<(u32, u16)>,
-    bufs: Bufs,
+/// A shard for `capacity` flows of `subscribers` subscribers, its pool large enough that every
+/// address stays about half used at capacity (so port allocation never runs dry and rarely retries),
+/// with one mapping per flow (each flow is a new inside endpoint).
+fn shard(capacity: u32, subscribers: u32, thp: bool) -> Result<Shard> {
+    let addrs = (capacity as u64 * 2).div_ceil(PORTS_PER_ADDR).max(4) as u32;
+    let pool = Pool::new(
+        "bench",
+        (0..addrs).map(|a| 0xcb00_0000 + a).collect(),
+        1024,
+        65535,
+    );
+    let rules = Rules::new(
+        vec![pool],
+        vec![SnatRule {
+            prefix: 0x6440_0000,
+            len: 10,
+            pool: 0,
+            ..Default::default()
+        }],
+    )?;
+    let cfg = ShardConfig {
+        max_sessions: capacity,
+        max_mappings: capacity,
+        // Paired pooling may move a subscriber whose address is full; a little slack for that.
+        max_subscribers: subscribers + subscribers / 8 + 16,
+        seed: 0x5eed_1234_abcd_ef01,
+        ..ShardConfig::default()
+    };
+    let advise: Option<nat::MemAdvice> = if thp {
+        Some(dpdk::advise_hugepages)
+    } else {
+        None
+    };
+    Ok(Shard::with_memory_advice(
+        cfg,
+        Arc::new(rules),
+        Arc::new(Counters::default()),
+        0,
+        advise,
+    )?)
 }
 
-impl Bench {
-    /// A shard sized for exactly `n` sessions, with enough pool addresses that no address
-    /// runs out of ports, filled with `n` established UDP flows. Returns it and the new-session rate
-    /// over the last 10 % of the fill.
-    fn build(n: u32, thp: bool) -> Result<(Bench, f64)> {
-        let addrs = (n / 30_000 + 1).max(4);
-        let pool = Pool {
-            name: "bench".into(),
-            addrs: (0..addrs).map(|a| 0xcb00_0000 + a).collect(),
-            port_lo: 1024,
-            port_hi: 65535,
-        };
-        let rules = Rules::new(
-            vec![pool],
-            vec![SnatRule {
-                prefix: 0x6440_0000,
-                len: 10,
-                pool: 0,
-            }],
-        )?;
-        let cfg = ShardConfig {
-            max_sessions: n,
-            timeouts: Timeouts::default(),
-            worker: 0,
-            workers: 1,
-            seed: 0x5eed_1234_abcd_ef01,
-        };
-        let advise: Option<nat::MemAdvice> = if thp {
-            Some(dpdk::advise_hugepages)
-        } else {
-            None
-        };
-        let mut shard = Shard::with_memory_advice(
-            cfg,
-            Arc::new(rules),
-            Arc::new(Counters::default()),
-            0,
-            advise,
-        )?;
-        let mut bufs = Bufs((0..BURST).map(|_| vec![0u8; 2048]).collect());
-        let mut verdicts = [Verdict::Forward; BURST];
-        let tail_start = n - n / 10;
-        let mut tail_time = Duration::ZERO;
-        let mut i = 0;
-        while i < n {
-            let k = (n - i).min(BURST as u32) as usize;
-            bufs.0.truncate(k);
-            for j in 0..k {
-                let (s, p) = flow(i + j as u32);
-                write_udp(&mut bufs.0[j], s, p, SERVER, 53);
-            }
-            let t = Instant::now();
-            shard.process::<_, DpdkPrefetch>(Dir::In2Out, &mut bufs, &mut verdicts[..k], 0);
-            if i >= tail_start {
-                tail_time += t.elapsed();
-            }
-            if verdicts[..k].iter().any(|v| *v != Verdict::Forward) {
-                bail!("fill failed at flow {i}: {:?}", &verdicts[..k]);
-            }
-            i += k as u32;
+/// Create sessions for the flows `ids` of `flows` (bursts of 32, in2out), failing on any drop.
+/// Returns the time spent in `Shard::process`.
+fn create<P: Prefetch>(
+    sh: &mut Shard,
+    bufs: &mut Bufs,
+    flows: Flows,
+    ids: &[u32],
+) -> Result<Duration> {
+    let mut verdicts = [Verdict::Forward; BURST];
+    let mut spent = Duration::ZERO;
+    for chunk in ids.chunks(BURST) {
+        bufs.0.truncate(chunk.len());
+        for (j, &f) in chunk.iter().enumerate() {
+            let (s, p) = flows.inside(f);
+            write_udp(&mut bufs.0[j], s, p, SERVER, SERVER_PORT);
         }
-        bufs.0.resize_with(BURST, || vec![0u8; 2048]);
-        let tail = (n - tail_start) as f64;
-        let new_rate = tail / tail_time.as_secs_f64().max(1e-9);
-        let mut outside = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            let (s, p) = flow(i);
-            let k = FlowKey {
-                src: s,
-                dst: SERVER,
-                sport: p,
-                dport: 53,
-                proto: ip_proto::UDP,
-            };
-            let Some(sess) = shard.find(Dir::In2Out, &k) else {
-                bail!("flow {i} has no session after the fill");
-            };
-            outside.push((sess.out_addr, sess.out_port));
-        }
-        Ok((
-            Bench {
-                n,
-                shard,
-                outside,
-                bufs,
-            },
-            new_rate,
-        ))
-    }
-
-    /// Packets per second for `dir` over `secs`; with `nat == false` only the packet writing runs.
-    fn established<P: Prefetch>(
-        &mut self,
-        dir: Dir,
-        order: &[u32],
-        secs: f64,
-        nat: bool,
-    ) -> Result<f64> {
-        let mut verdicts = [Verdict::Forward; BURST];
-        let deadline = Duration::from_secs_f64(secs);
-        let start = Instant::now();
-        let mut pos = 0usize;
-        let mut packets = 0u64;
-        let mut forwarded = 0u64;
-        while start.elapsed() < deadline {
-            // 256 bursts between clock reads.
-            for _ in 0..256 {
-                for j in 0..BURST {
-                    let f = order[pos];
-                    pos += 1;
-                    if pos == order.len() {
-                        pos = 0;
-                    }
-                    match dir {
-                        Dir::In2Out => {
-                            let (s, p) = flow(f);
-                            write_udp(&mut self.bufs.0[j], s, p, SERVER, 53);
-                        }
-                        Dir::Out2In => {
-                            let (a, p) = self.outside[f as usize];
-                            write_udp(&mut self.bufs.0[j], SERVER, 53, a, p);
-                        }
-                    }
-                }
-                if nat {
-                    self.shard
-                        .process::<_, P>(dir, &mut self.bufs, &mut verdicts, 0);
-                    forwarded += verdicts.iter().filter(|v| **v == Verdict::Forward).count() as u64;
-                } else {
-                    black_box(&mut self.bufs);
-                }
-                packets += BURST as u64;
-            }
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        if nat && forwarded != packets {
+        let t = Instant::now();
+        sh.process::<_, P>(Dir::In2Out, bufs, &mut verdicts[..chunk.len()], 0);
+        spent += t.elapsed();
+        if let Some((j, v)) = verdicts[..chunk.len()]
+            .iter()
+            .enumerate()
+            .find(|(_, v)| **v != Verdict::Forward)
+        {
             bail!(
-                "{} of {packets} packets were not forwarded ({dir:?})",
-                packets - forwarded
+                "creating flow {} of {}: {v:?} ({} sessions in the table)",
+                chunk[j],
+                ids.len(),
+                sh.session_count()
             );
         }
-        Ok(packets as f64 / elapsed)
     }
+    bufs.0.resize_with(BURST, || vec![0u8; BUF]);
+    Ok(spent)
+}
+
+/// Packets per second over `secs`, visiting `seq` (one tuple per packet, in order, wrapping):
+/// in2out packets come from the tuple to the server, out2in packets from the server to the tuple.
+/// With `nat == false` only the packet writing runs.
+fn established<P: Prefetch>(
+    sh: &mut Shard,
+    bufs: &mut Bufs,
+    dir: Dir,
+    seq: &[(u32, u16)],
+    secs: f64,
+    nat: bool,
+) -> Result<f64> {
+    let mut verdicts = [Verdict::Forward; BURST];
+    let deadline = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut pos = 0usize;
+    let mut packets = 0u64;
+    let mut forwarded = 0u64;
+    while start.elapsed() < deadline {
+        // 256 bursts between clock reads.
+        for _ in 0..256 {
+            for buf in bufs.0.iter_mut() {
+                let (a, p) = seq[pos];
+                pos += 1;
+                if pos == seq.len() {
+                    pos = 0;
+                }
+                match dir {
+                    Dir::In2Out => write_udp(buf, a, p, SERVER, SERVER_PORT),
+                    Dir::Out2In => write_udp(buf, SERVER, SERVER_PORT, a, p),
+                }
+            }
+            if nat {
+                sh.process::<_, P>(dir, bufs, &mut verdicts, 0);
+                forwarded += verdicts.iter().filter(|v| **v == Verdict::Forward).count() as u64;
+            } else {
+                black_box(&mut *bufs);
+            }
+            packets += BURST as u64;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if nat && forwarded != packets {
+        bail!(
+            "{} of {packets} packets were not forwarded ({dir:?})",
+            packets - forwarded
+        );
+    }
+    Ok(packets as f64 / elapsed)
+}
+
+/// Established-flow rates and memory for a table of exactly `n` flows.
+fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
+    let flows = Flows {
+        base: BASE_FILL,
+        per_sub: cli.flows_per_subscriber,
+    };
+    let rss0 = rss_bytes();
+    let mut sh = shard(n, flows.subscribers(n), !cli.no_thp)?;
+    let mut bufs = Bufs::new(BURST);
+    let all: Vec<u32> = (0..n).collect();
+    let t = Instant::now();
+    let fill_time = create::<Prefetch0>(&mut sh, &mut bufs, flows, &all)?;
+    let fill_wall = t.elapsed();
+    drop(all);
+    let rss = rss_bytes().saturating_sub(rss0);
+    let mem = sh.memory();
+
+    // Per-direction tuples in visiting order. The outside tuple of each flow comes from its session.
+    let mut outside = vec![(0u32, 0u16); n as usize];
+    let mut seen = 0u32;
+    for s in sh.sessions() {
+        let i = (s.in_addr - flows.base) * flows.per_sub + u32::from(s.in_port - FIRST_PORT);
+        if let Some(slot) = outside.get_mut(i as usize) {
+            *slot = (s.out_addr, s.out_port);
+            seen += 1;
+        }
+    }
+    if seen != n {
+        bail!("{seen} sessions found after filling {n}");
+    }
+    let order = permutation(n, 0x9E37_79B9_7F4A_7C15);
+    let seq_in: Vec<(u32, u16)> = order.iter().map(|&f| flows.inside(f)).collect();
+    let seq_out: Vec<(u32, u16)> = order.iter().map(|&f| outside[f as usize]).collect();
+    drop((order, outside));
+
+    let mut fig = |dir: Dir, nat: bool, prefetch: bool| -> Result<f64> {
+        let seq = match dir {
+            Dir::In2Out => &seq_in,
+            Dir::Out2In => &seq_out,
+        };
+        let mut v = Vec::new();
+        for _ in 0..cli.repeat.max(1) {
+            v.push(if prefetch {
+                established::<Prefetch0>(&mut sh, &mut bufs, dir, seq, cli.seconds, nat)?
+            } else {
+                established::<NoPrefetch>(&mut sh, &mut bufs, dir, seq, cli.seconds, nat)?
+            });
+        }
+        Ok(median(v))
+    };
+    let write_in = fig(Dir::In2Out, false, true)?;
+    let write_out = fig(Dir::Out2In, false, true)?;
+    let in2out = fig(Dir::In2Out, true, true)?;
+    let out2in = fig(Dir::Out2In, true, true)?;
+    let (np_in, np_out) = if cli.no_prefetch_too {
+        (
+            Some(fig(Dir::In2Out, true, false)?),
+            Some(fig(Dir::Out2In, true, false)?),
+        )
+    } else {
+        (None, None)
+    };
+    // NAT-only cost per packet: total time minus the time to write the packet.
+    let nat_only = |total: f64, write: f64| 1e9 / total - 1e9 / write;
+    let per = |b: usize| b as f64 / n as f64;
+    let all_in =
+        mem.sessions + mem.session_index + mem.mappings + mem.subscribers + mem.ports + mem.events;
+    Ok(json!({
+        "in2out_mpps": in2out / 1e6,
+        "out2in_mpps": out2in / 1e6,
+        "in2out_ns_per_packet": 1e9 / in2out,
+        "out2in_ns_per_packet": 1e9 / out2in,
+        "packet_write_ns": { "in2out": 1e9 / write_in, "out2in": 1e9 / write_out },
+        "nat_only_ns": { "in2out": nat_only(in2out, write_in), "out2in": nat_only(out2in, write_out) },
+        "no_prefetch": {
+            "in2out_mpps": np_in.map(|x| x / 1e6),
+            "out2in_mpps": np_out.map(|x| x / 1e6),
+        },
+        "fill": {
+            "sessions_per_s_in_process": n as f64 / fill_time.as_secs_f64().max(1e-9),
+            "wall_s": fill_wall.as_secs_f64(),
+        },
+        "memory": {
+            "bytes": {
+                "sessions": mem.sessions, "session_index": mem.session_index,
+                "mappings": mem.mappings, "subscribers": mem.subscribers,
+                "ports": mem.ports, "events": mem.events,
+            },
+            "per_session": {
+                "session_table": per(mem.sessions + mem.session_index),
+                "mappings": per(mem.mappings),
+                "subscribers": per(mem.subscribers),
+                "port_maps": per(mem.ports),
+                "events": per(mem.events),
+                "all_in": per(all_in),
+                "rss_growth": rss as f64 / n as f64,
+            },
+            "subscribers": sh.subscriber_count(),
+            "mappings": sh.mapping_count(),
+        },
+    }))
+}
+
+/// New-session rate with the table pre-filled to `n`: median over chunks (and over fresh fills for
+/// tables up to 1M, which fill in well under a second).
+fn measure_new(cli: &Cli, n: u32) -> Result<Value> {
+    let extra = (n / 8).max(1024);
+    let chunk = extra / CHUNKS;
+    let old = Flows {
+        base: BASE_FILL,
+        per_sub: cli.flows_per_subscriber,
+    };
+    let new = Flows {
+        base: BASE_NEW,
+        per_sub: cli.flows_per_subscriber,
+    };
+    let fills = if n <= 1 << 20 { cli.repeat.max(1) } else { 1 };
+    let mut rates = Vec::new();
+    for _ in 0..fills {
+        let mut sh = shard(
+            n + extra,
+            old.subscribers(n) + new.subscribers(extra),
+            !cli.no_thp,
+        )?;
+        let mut bufs = Bufs::new(BURST);
+        let prefill: Vec<u32> = (0..n).collect();
+        create::<Prefetch0>(&mut sh, &mut bufs, old, &prefill)?;
+        drop(prefill);
+        let order = permutation(extra, 0xC2B2_AE3D_27D4_EB4F);
+        for c in order.chunks(chunk as usize).take(CHUNKS as usize) {
+            let t = create::<Prefetch0>(&mut sh, &mut bufs, new, c)?;
+            rates.push(c.len() as f64 / t.as_secs_f64().max(1e-9));
+        }
+    }
+    let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rates.iter().copied().fold(0.0, f64::max);
+    Ok(json!({
+        "sessions_per_s": median(rates.clone()),
+        "min": lo,
+        "max": hi,
+        "samples": rates.len(),
+        "created": extra,
+        "chunk": chunk,
+    }))
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.flows_per_subscriber == 0 || cli.flows_per_subscriber > 4096 {
+        bail!("--flows-per-subscriber must be 1 .. 4096 (the default per-subscriber port limit)");
+    }
     let mut results = Vec::new();
     for s in &cli.sizes {
         let n = parse_size(s)?;
-        let rss0 = rss_bytes();
-        let mut fills = Vec::new();
-        let mut bench = None;
-        // Small tables fill in microseconds: rebuild a few times for a stable new-session figure.
-        let builds = if n <= 1 << 20 { cli.repeat.max(1) } else { 1 };
-        for _ in 0..builds {
-            let (b, rate) = Bench::build(n, !cli.no_thp)?;
-            fills.push(rate);
-            bench = Some(b);
-        }
-        let Some(mut b) = bench else {
-            bail!("no bench built")
-        };
-        let rss = rss_bytes().saturating_sub(rss0);
-        let (slab, index, ports) = b.shard.memory_bytes();
-        let order = permutation(b.n);
-        let mut fig = |dir: Dir, nat: bool, prefetch: bool| -> Result<f64> {
-            let mut v = Vec::new();
-            for _ in 0..cli.repeat.max(1) {
-                v.push(if prefetch {
-                    b.established::<DpdkPrefetch>(dir, &order, cli.seconds, nat)?
-                } else {
-                    b.established::<NoPrefetch>(dir, &order, cli.seconds, nat)?
-                });
-            }
-            Ok(median(v))
-        };
-        let gen_in = fig(Dir::In2Out, false, true)?;
-        let gen_out = fig(Dir::Out2In, false, true)?;
-        let in2out = fig(Dir::In2Out, true, true)?;
-        let out2in = fig(Dir::Out2In, true, true)?;
-        let (np_in, np_out) = if cli.no_prefetch_too {
-            (
-                Some(fig(Dir::In2Out, true, false)?),
-                Some(fig(Dir::Out2In, true, false)?),
-            )
-        } else {
-            (None, None)
-        };
-        // NAT-only cost per packet: total time minus the time to write the packet.
-        let net = |total: f64, write: f64| {
-            let ns = 1e9 / total - 1e9 / write;
-            (ns, 1e3 / ns)
-        };
-        let (ns_in, mpps_in) = net(in2out, gen_in);
-        let (ns_out, mpps_out) = net(out2in, gen_out);
-        let r = json!({
-            "sessions": n,
-            "in2out_mpps": in2out / 1e6,
-            "out2in_mpps": out2in / 1e6,
-            "in2out_ns_per_packet": 1e9 / in2out,
-            "out2in_ns_per_packet": 1e9 / out2in,
-            "packet_write_ns": { "in2out": 1e9 / gen_in, "out2in": 1e9 / gen_out },
-            "nat_only": { "in2out_ns": ns_in, "in2out_mpps": mpps_in, "out2in_ns": ns_out, "out2in_mpps": mpps_out },
-            "no_prefetch": { "in2out_mpps": np_in.map(|x| x / 1e6), "out2in_mpps": np_out.map(|x| x / 1e6) },
-            "new_sessions_per_s": median(fills),
-            "memory": {
-                "slab_bytes": slab, "index_bytes": index, "port_map_bytes": ports,
-                "table_bytes_per_session": (slab + index) as f64 / n as f64,
-                "all_in_bytes_per_session": (slab + index + ports) as f64 / n as f64,
-                "rss_growth_bytes_per_session": rss as f64 / n as f64,
-                "capacity": n,
-            },
-        });
+        let est = measure_established(&cli, n)?;
+        let new = measure_new(&cli, n)?;
         eprintln!(
-            "{:>9} sessions: in2out {:6.2} Mpps ({:5.1} ns, NAT-only {:5.1} ns), out2in {:6.2} Mpps ({:5.1} ns, NAT-only {:5.1} ns), new {:5.2} M/s, {:.1} B/session",
-            n,
-            in2out / 1e6,
-            1e9 / in2out,
-            ns_in,
-            out2in / 1e6,
-            1e9 / out2in,
-            ns_out,
-            median(r["new_sessions_per_s"].as_f64().into_iter().collect()) / 1e6,
-            (slab + index) as f64 / n as f64,
+            "{n:>9} sessions: in2out {:6.2} Mpps ({:5.1} ns), out2in {:6.2} Mpps ({:5.1} ns), new {:5.2} M/s, {:.1} B/session all-in",
+            est["in2out_mpps"].as_f64().unwrap_or(f64::NAN),
+            est["in2out_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
+            est["out2in_mpps"].as_f64().unwrap_or(f64::NAN),
+            est["out2in_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
+            new["sessions_per_s"].as_f64().unwrap_or(f64::NAN) / 1e6,
+            est["memory"]["per_session"]["all_in"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
         );
-        results.push(r);
+        results.push(json!({ "sessions": n, "established": est, "new_sessions": new }));
     }
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
     println!(
         "{}",
-        serde_json::to_string_pretty(&json!({ "pipeline": results }))?
+        serde_json::to_string_pretty(&json!({
+            "pipeline": results,
+            "config": {
+                "burst": BURST, "frame_bytes": FRAME + 4, "buffer_bytes": BUF, "l3_offset": L3,
+                "flows_per_subscriber": cli.flows_per_subscriber, "seconds": cli.seconds,
+                "repeat": cli.repeat, "thp_requested": !cli.no_thp, "thp_sysfs": thp,
+                "new_session_chunks": CHUNKS,
+            },
+        }))?
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("1K").unwrap(), 1024);
+        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("64M").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn permutation_visits_every_flow_once() {
+        let mut p = permutation(1000, 7);
+        assert_ne!(p, (0..1000).collect::<Vec<_>>());
+        p.sort_unstable();
+        assert_eq!(p, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn filled_table_forwards_both_ways_and_reports_memory() {
+        let cli = Cli::parse_from(["cgnat-bench", "--seconds", "0.01", "--repeat", "1"]);
+        let est = measure_established(&cli, 2048).unwrap();
+        assert!(est["in2out_mpps"].as_f64().unwrap() > 0.0);
+        assert!(est["out2in_mpps"].as_f64().unwrap() > 0.0);
+        let per = &est["memory"]["per_session"];
+        assert!(per["all_in"].as_f64().unwrap() >= per["session_table"].as_f64().unwrap());
+        assert_eq!(est["memory"]["mappings"].as_u64().unwrap(), 2048);
+        let new = measure_new(&cli, 2048).unwrap();
+        assert_eq!(new["samples"].as_u64().unwrap(), u64::from(CHUNKS));
+        assert!(new["sessions_per_s"].as_f64().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn translated_packet_is_valid_and_comes_back() {
+        let flows = Flows {
+            base: BASE_FILL,
+            per_sub: 4,
+        };
+        let mut sh = shard(64, 16, false).unwrap();
+        let mut bufs = Bufs::new(BURST);
+        create::<NoPrefetch>(&mut sh, &mut bufs, flows, &[5]).unwrap();
+        let s = *sh.sessions().next().unwrap();
+        assert_eq!((s.in_addr, s.in_port), flows.inside(5));
+        // A reply to the outside endpoint is translated back to the subscriber, checksum intact.
+        let mut one = Bufs::new(1);
+        write_udp(&mut one.0[0], SERVER, SERVER_PORT, s.out_addr, s.out_port);
+        let mut v = [Verdict::Forward; 1];
+        sh.process::<_, NoPrefetch>(Dir::Out2In, &mut one, &mut v, 0);
+        assert_eq!(v[0], Verdict::Forward);
+        let ip = Ipv4Packet::new_checked(&one.0[0][L3..FRAME]).unwrap();
+        assert_eq!(u32::from(ip.dst_addr()), flows.inside(5).0);
+        assert!(ip.verify_checksum());
+    }
 }
