@@ -1,143 +1,343 @@
 #!/usr/bin/env bash
-# make bench: every local benchmark in one bounded run, results in perf/RESULTS.md.
+# make bench: every local benchmark in one bounded run (about 5 minutes), results in perf/RESULTS.md.
 #
-#   1. pipeline:  cgnat-bench, the NAT core on one core over 1K..16M sessions;
-#   2. reference: dpdk-testpmd 5tswap forwarding on net_null (touches L2-L4, keeps no state);
-#   3. system:    dpdk-testpmd flowgen --memif--> cgnatd (1 worker) --> net_null sink, and the same
-#                 generator and link into dpdk-testpmd io-forward instead of cgnatd.
+#   1. reference:  dpdk-testpmd 5tswap forwarding on two net_null ports (no state), before and after
+#                  the pipeline benchmark;
+#   2. pipeline:   cgnat-bench, the NAT core (nat::Shard::process) on one CPU over 1K..16M sessions;
+#   3. system:     dpdk-testpmd replaying subscriber UDP (perf/mkpcap.py) --memif--> cgnatd (1 worker)
+#                  --> net_null sink; the same generator and link into dpdk-testpmd io-forward; and
+#                  io-forward fed by testpmd's own flowgen (in case the pcap replay is the limit).
+#                  Three interleaved rounds.
 #
-# Everything started here is stopped by PID on exit; sockets and DPDK runtime dirs are removed.
+# Environment: BENCH_SIZES (1K,64K,1M,16M), BENCH_SECONDS per established-rate sample (1),
+# BENCH_REPEAT samples per pipeline figure (3), BENCH_WINDOW seconds per system measurement (4),
+# BENCH_ROUNDS of the system benchmark (3), BENCH_CPU for the pipeline and the 5tswap forwarding
+# lcore (1), BENCH_HUGEPAGES: number of 2 MiB hugepages to reserve for this run only, 0 for none;
+# default "auto" reserves what is missing for 2.5 GiB when at least 6.5 GiB of memory is available
+# (no hugepages at all: DPDK runs with --no-huge).
+#
+# Everything started here is stopped by process group on exit; sockets, the pcap, DPDK runtime dirs
+# and any hugepages reserved here are removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=perf/out
 RUN=/run/cgnat-bench
-SECONDS_PER=${BENCH_SECONDS:-1}
 SIZES=${BENCH_SIZES:-1K,64K,1M,16M}
-WINDOW=${BENCH_WINDOW:-3}
+SECS=${BENCH_SECONDS:-1}
+REPEAT=${BENCH_REPEAT:-3}
+WINDOW=${BENCH_WINDOW:-4}
+ROUNDS=${BENCH_ROUNDS:-3}
+CPU=${BENCH_CPU:-1}
+HUGE_RESERVE=${BENCH_HUGEPAGES:-auto}
+PREFIX=cgnat-bench
+CMDS=$OUT/commands.txt
+PY=${PYTHON:-/usr/bin/python3}
+
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (DPDK, /run, hugepages)"; exit 1; }
+# One benchmark per machine: a second one would share CPUs, sockets and the DPDK prefix.
+LOCK=/run/lock/cgnat-bench.lock
+exec 9>"$LOCK"
+flock -n 9 || { echo "bench: another make bench is running"; exit 1; }
+rm -rf "$OUT"
 # A socket left by an interrupted run would make memif's server refuse to start.
-rm -rf "$RUN" /var/run/dpdk/cgnat-bench-*
+rm -rf "$RUN" /var/run/dpdk/"$PREFIX"-*
 mkdir -p "$OUT" "$RUN"
+: >"$CMDS"
 PIDS=()
+HUGE_PREV=
+HUGE_MNT=
 
+# Background jobs run in their own process group (setsid), recorded by its id: stopping the group
+# stops timeout, testpmd and the sleep feeding its stdin together.
 cleanup() {
-    for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && kill -INT "$p" 2>/dev/null || true
+    local p
+    for p in "${PIDS[@]}"; do kill -INT -- "-$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL -- "-$p" 2>/dev/null || true
     done
-    sleep 1
-    for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && kill -KILL "$p" 2>/dev/null || true
-    done
-    rm -rf "$RUN" /var/run/dpdk/cgnat-bench-*
+    rm -rf "$RUN"/*.sock "$RUN"/*.pcap /var/run/dpdk/"$PREFIX"-*
+    if [ -n "$HUGE_MNT" ]; then
+        rm -f "$HUGE_MNT"/* 2>/dev/null || true
+        umount "$HUGE_MNT" 2>/dev/null || true
+    fi
+    if [ -n "$HUGE_PREV" ]; then echo "$HUGE_PREV" >"$NR2M"; fi
+    rm -rf "$RUN" "$LOCK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-# Hugepages if at least 3 GiB of them are free, plain memory otherwise.
-free_huge_kb=$(awk '/HugePages_Free/ {f=$2} /Hugepagesize/ {s=$2} END {print f*s}' /proc/meminfo)
-if [ "${free_huge_kb:-0}" -ge $((3 * 1024 * 1024)) ]; then
+# Record a command line (for RESULTS.md) and run it.
+logged() {
+    printf '%q ' "$@" >>"$CMDS"
+    echo >>"$CMDS"
+    "$@"
+}
+
+# --- memory mode ---------------------------------------------------------------------------------
+# DPDK without hugepages runs its mbufs from 4 KiB pages and is roughly half as fast (testpmd's
+# 5tswap here: about 40 vs 70-100 Mpps), which would flatter every ratio against it. So unless told
+# otherwise (BENCH_HUGEPAGES=0), a machine with no free hugepages but enough free memory gets 2 MiB
+# pages reserved (and a hugetlbfs mount if it has none) for this run only; cleanup() gives them back.
+NR2M=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+free_2m_mb() { echo $(($(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0) * 2)); }
+NEED_MB=2560 # generator 1024 + device under test 1024 + margin
+if [ "$HUGE_RESERVE" = auto ]; then
+    avail_mb=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
+    HUGE_RESERVE=0
+    if [ -w "$NR2M" ] && [ "$(free_2m_mb)" -lt "$NEED_MB" ] && [ "$avail_mb" -ge $((NEED_MB + 4096)) ]; then
+        HUGE_RESERVE=$(((NEED_MB - $(free_2m_mb)) / 2))
+    fi
+fi
+if [ "$HUGE_RESERVE" -gt 0 ] && [ -w "$NR2M" ]; then
+    HUGE_PREV=$(cat "$NR2M")
+    echo "$((HUGE_PREV + HUGE_RESERVE))" >"$NR2M"
+    if ! grep -q '^[^ ]* [^ ]* hugetlbfs .*pagesize=2M' /proc/mounts; then
+        mkdir -p "$RUN/huge"
+        mount -t hugetlbfs -o pagesize=2M nodev "$RUN/huge"
+        HUGE_MNT=$RUN/huge
+    fi
+    echo "bench: reserved $HUGE_RESERVE 2 MiB hugepages for this run ($(free_2m_mb) MiB free)"
+fi
+if [ "$(free_2m_mb)" -ge "$NEED_MB" ] && grep -q hugetlbfs /proc/mounts; then
     MODE=hugepages
-    MEM=(-m 1024 --huge-unlink)
+    MEM_GEN=(-m 1024 --huge-unlink)
+    MEM_SMALL=(-m 256 --huge-unlink)
 else
     MODE=no-huge
-    MEM=(--no-huge -m 1024)
+    MEM_GEN=(--no-huge -m 1024)
+    MEM_SMALL=(--no-huge -m 256)
 fi
 echo "bench: memory mode $MODE"
 
-TESTPMD=$(command -v dpdk-testpmd)
+TESTPMD=$(command -v dpdk-testpmd) || { echo "bench: dpdk-testpmd not found (apt install dpdk)"; exit 1; }
 CGNATD=target/release/cgnatd
 CGNATCTL=target/release/cgnatctl
 
-# testpmd prints per-port "Tx-pps:" every second; sum the ports of each period, drop the first
-# two periods (start-up), report the median of the rest.
-tx_pps_median() {
-    python3 - "$1" "$2" <<'PY'
+# testpmd prints "Tx-pps:" per port every --stats-period; sum the ports of each period, keep the
+# periods with traffic, drop the first and the last of those (partly idle: start-up, shut-down) and
+# print the median of the rest.
+tx_pps_median() { # log ports
+    "$PY" - "$1" "$2" <<'PY'
 import re, statistics, sys
 log, ports = sys.argv[1], int(sys.argv[2])
 vals = [int(m) for m in re.findall(r"Tx-pps:\s+(\d+)", open(log).read())]
 periods = [sum(vals[i:i + ports]) for i in range(0, len(vals) - ports + 1, ports)]
-periods = periods[2:] or periods
-print(int(statistics.median(periods)) if periods else 0)
+busy = [p for p in periods if p > 0]
+busy = busy[1:-1] if len(busy) > 2 else busy
+print(int(statistics.median(busy)) if busy else 0)
 PY
 }
 
-run_testpmd() { # log seconds args...
+# Other people's load on the machine: percent of all CPUs busy over one second (run between
+# phases, when nothing of ours runs). quiet() waits up to 20 s for it to drop below 15 % and
+# records what it saw, so RESULTS.md can say how quiet each phase started.
+busy_pct() {
+    local a b
+    read -r -a a </proc/stat
+    sleep 1
+    read -r -a b </proc/stat
+    local t1=0 t2=0 i
+    for i in 1 2 3 4 5 6 7 8; do t1=$((t1 + a[i])); t2=$((t2 + b[i])); done
+    local idle=$(((b[4] + b[5]) - (a[4] + a[5]))) total=$((t2 - t1))
+    echo $((total > 0 ? 100 * (total - idle) / total : 0))
+}
+quiet() { # phase
+    local waited=0 b
+    b=$(busy_pct)
+    while [ "$b" -ge 15 ] && [ "$waited" -lt 20 ]; do
+        b=$(busy_pct)
+        waited=$((waited + 1))
+    done
+    echo "$1 $b $waited" >>"$OUT/load.txt"
+}
+
+# testpmd without -i forwards until stdin closes or a signal arrives: keep stdin open with sleep,
+# stop it with SIGINT after $secs so it prints its final statistics.
+# testpmd_bg leaves the process group id in BG.
+TESTPMD_SH='sleep "$1" | timeout -s INT "$2" "${@:4}" >"$3" 2>&1 || true'
+testpmd() { # log seconds args...
     local log=$1 secs=$2
     shift 2
-    (sleep $((secs + 2)) | timeout -s INT "$secs" "$TESTPMD" "$@" >"$log" 2>&1) || true
+    printf '%q ' timeout -s INT "$secs" "$TESTPMD" "$@" >>"$CMDS"
+    echo >>"$CMDS"
+    bash -c "$TESTPMD_SH" _ $((secs + 3)) "$secs" "$log" "$TESTPMD" "$@"
+}
+testpmd_bg() { # log seconds args...
+    local log=$1 secs=$2
+    shift 2
+    printf '%q ' timeout -s INT "$secs" "$TESTPMD" "$@" >>"$CMDS"
+    echo " &" >>"$CMDS"
+    setsid bash -c "$TESTPMD_SH" _ $((secs + 3)) "$secs" "$log" "$TESTPMD" "$@" &
+    BG=$!
+    PIDS+=("$BG")
 }
 
-echo "bench: building"
-cargo build --release -p perf -p cgnatd >/dev/null
+echo "bench: building (release)"
+cargo build --release -p perf -p cgnatd
 
-echo "bench: pipeline ($SIZES)"
-target/release/cgnat-bench --sizes "$SIZES" --seconds "$SECONDS_PER" --repeat 3 --no-prefetch-too >"$OUT/pipeline.json"
-
+# --- testpmd 5tswap on net_null (the pipeline's reference) ---------------------------------------
+# Plain, net_null hands out frames whose bytes are whatever the mbuf held before: zeros, so 5tswap
+# finds no IPv4 header and swaps only the MACs ("l2"). With --tx-first, testpmd first sends one
+# burst of txonly IPv4/UDP frames per port; net_null's TX frees them to the mempool cache and its RX
+# hands the same mbufs out again untouched, so from then on every frame is IPv4/UDP and 5tswap swaps
+# MACs, addresses and ports ("l4"; checked by writing the output to a pcap: all
+# 198.18.0.1:9 <-> 198.18.0.2:9). The l4 run is made before and after the pipeline benchmark, whose
+# ratios use the mean of the two, so that drift of the machine's speed shows and partly cancels.
+fivetswap() { # variant tag [memory args...]
+    local variant=$1 tag=$2
+    shift 2
+    local mem=("$@")
+    [ ${#mem[@]} -gt 0 ] || mem=("${MEM_SMALL[@]}")
+    quiet "5tswap-$tag"
+    local extra=()
+    [ "$variant" = l4 ] && extra=(--tx-first)
+    testpmd "$OUT/5tswap-$tag.log" 8 "${mem[@]}" --file-prefix "$PREFIX-5t" \
+        --lcores 0@0,1@"$CPU" --no-pci --vdev net_null0 --vdev net_null1 -- \
+        --forward-mode=5tswap --nb-cores=1 --total-num-mbufs=16384 --stats-period 1 "${extra[@]}"
+    rm -rf /var/run/dpdk/"$PREFIX"-5t
+    tx_pps_median "$OUT/5tswap-$tag.log" 2
+}
 echo "bench: testpmd 5tswap on net_null"
-run_testpmd "$OUT/5tswap.log" 8 "${MEM[@]}" --file-prefix cgnat-bench-5t --lcores 0@0,1@1 --no-pci \
-    --vdev net_null0 --vdev net_null1 -- --forward-mode=5tswap --nb-cores=1 \
-    --total-num-mbufs=16384 --stats-period 1
-FIVE_T=$(tx_pps_median "$OUT/5tswap.log" 2)
+FIVE_L4_BEFORE=$(fivetswap l4 l4-before)
 
-# The generator: flowgen on CPU 1, one UDP source (10.254.0.0:1000) to 60000 destinations.
-FLOWS=60000
-generator() { # log seconds
-    run_testpmd "$1" "$2" "${MEM[@]}" --file-prefix cgnat-bench-gen --lcores 0@1,1@1 --no-pci \
+# --- pipeline --------------------------------------------------------------------------------------
+quiet pipeline
+echo "bench: pipeline on CPU $CPU ($SIZES)"
+logged taskset -c "$CPU" target/release/cgnat-bench --sizes "$SIZES" --seconds "$SECS" \
+    --repeat "$REPEAT" --no-prefetch-too >"$OUT/pipeline.json"
+
+echo "bench: testpmd 5tswap on net_null, again"
+FIVE_L4_AFTER=$(fivetswap l4 l4-after)
+FIVE_L2=$(fivetswap l2 l2)
+# What the same forward does without hugepages, for comparison with no-huge runs elsewhere.
+FIVE_L4_NOHUGE=0
+[ "$MODE" = hugepages ] && FIVE_L4_NOHUGE=$(fivetswap l4 l4-nohuge --no-huge -m 256)
+
+# --- 3. system over memif ------------------------------------------------------------------------
+DUT_MAC=02:00:00:00:0a:02
+SUBS=4096
+PPS=16
+FLOWS=$(logged "$PY" perf/mkpcap.py --out "$RUN/flows.pcap" --subscribers $SUBS \
+    --ports-per-subscriber $PPS --dst-mac $DUT_MAC)
+
+# The generators, on CPU 1 only; $1 is `testpmd` (foreground) or `testpmd_bg`.
+# pcap: testpmd io-forwarding from the pcap replay to the memif link.
+pcap_generator() { # launcher log seconds
+    "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@1,1@1 --no-pci \
+        --vdev "net_pcap0,rx_pcap=$RUN/flows.pcap,infinite_rx=1" \
         --vdev "net_memif0,role=client,id=0,socket=$RUN/dut.sock" -- \
-        --forward-mode=flowgen --flowgen-flows=$FLOWS --port-topology=loop --nb-cores=1 \
-        --total-num-mbufs=16384 --stats-period 1
+        --forward-mode=io --port-topology=paired --nb-cores=1 \
+        --total-num-mbufs=$((2 * FLOWS + 32768)) --stats-period 1
+}
+# flowgen: testpmd's own generator (one source, $FLOWS destinations); fine for io-forward, which
+# does not care what the frames contain.
+flowgen_generator() { # launcher log seconds
+    "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@1,1@1 --no-pci \
+        --vdev "net_memif0,role=client,id=0,socket=$RUN/dut.sock" -- \
+        --forward-mode=flowgen --flowgen-flows="$FLOWS" --port-topology=loop --nb-cores=1 \
+        --total-num-mbufs=32768 --stats-period 1
 }
 
-echo "bench: system, cgnatd"
+# Counters of cgnatd over the measurement window.
+window_stats() {
+    echo "$CGNATCTL --server 127.0.0.1:50061 -o json stats  # twice, $WINDOW s apart" >>"$CMDS"
+    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-a.json"
+    T0=$(date +%s.%N)
+    sleep "$WINDOW"
+    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-b.json"
+    T1=$(date +%s.%N)
+    "$CGNATCTL" --server 127.0.0.1:50061 ports >"$OUT/ports.txt" || true
+}
+
 cfg="$OUT/memif.yaml"
 if [ "$MODE" = hugepages ]; then
     sed 's/hugepages: false/hugepages: true/' perf/configs/memif.yaml >"$cfg"
 else
     cp perf/configs/memif.yaml "$cfg"
 fi
-"$CGNATD" --config "$cfg" --log-format json >"$OUT/cgnatd.log" 2>&1 &
-PIDS+=($!)
-DUT=$!
-for _ in $(seq 50); do
-    grep -q 'cgnatd forwarding' "$OUT/cgnatd.log" && break
-    sleep 0.2
-done
-grep -q 'cgnatd forwarding' "$OUT/cgnatd.log" || { echo "cgnatd did not start:"; cat "$OUT/cgnatd.log"; exit 1; }
-generator "$OUT/gen-cgnatd.log" $((WINDOW + 6)) &
-GEN=$!
-sleep 4
-"$CGNATCTL" --server 127.0.0.1:50061 stats -o json >"$OUT/stats-a.json"
-t0=$(date +%s.%N)
-sleep "$WINDOW"
-"$CGNATCTL" --server 127.0.0.1:50061 stats -o json >"$OUT/stats-b.json"
-t1=$(date +%s.%N)
-wait "$GEN" || true
-kill -TERM "$DUT"
-wait "$DUT" || true
-PIDS=()
-NAT_PPS=$(python3 - "$OUT/stats-a.json" "$OUT/stats-b.json" "$t0" "$t1" <<'PY'
+
+# One cgnatd measurement: start it, attach the pcap generator, let the sessions be created, then
+# read its counters over $WINDOW seconds of steady state.
+system_cgnatd() { # round
+    local r=$1 log=$OUT/cgnatd-$1.log
+    quiet "system-cgnatd-$r"
+    echo "$CGNATD --config $cfg --log-format json &" >>"$CMDS"
+    setsid "$CGNATD" --config "$cfg" --log-format json >"$log" 2>&1 &
+    local dut=$!
+    PIDS+=("$dut")
+    for _ in $(seq 100); do
+        grep -q 'cgnatd forwarding' "$log" && break
+        kill -0 "$dut" 2>/dev/null || break
+        sleep 0.2
+    done
+    grep -q 'cgnatd forwarding' "$log" || { echo "bench: cgnatd did not start:"; cat "$log"; exit 1; }
+    pcap_generator testpmd_bg "$OUT/gen-cgnatd-$r.log" $((WINDOW + 7))
+    local gen=$BG
+    sleep 4
+    echo "$CGNATCTL --server 127.0.0.1:50061 -o json stats  # twice, $WINDOW s apart" >>"$CMDS"
+    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-$r-a.json"
+    local t0 t1
+    t0=$(date +%s.%N)
+    sleep "$WINDOW"
+    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-$r-b.json"
+    t1=$(date +%s.%N)
+    "$CGNATCTL" --server 127.0.0.1:50061 ports >"$OUT/ports-$r.txt" || true
+    wait "$gen" || true
+    kill -TERM "$dut"
+    wait "$dut" || true
+    PIDS=()
+    rm -rf /var/run/dpdk/"$PREFIX"-dut /var/run/dpdk/"$PREFIX"-gen "$RUN/dut.sock"
+    local pps
+    pps=$("$PY" - "$OUT/stats-$r-a.json" "$OUT/stats-$r-b.json" "$t0" "$t1" <<'PY'
 import json, sys
 a, b = (json.load(open(p))["totals"] for p in sys.argv[1:3])
-dt = float(sys.argv[4]) - float(sys.argv[3])
-print(int((b["tx_packets"] - a["tx_packets"]) / dt))
+print(int((b["tx_packets"] - a["tx_packets"]) / (float(sys.argv[4]) - float(sys.argv[3]))))
 PY
 )
-GEN_CGNATD=$(tx_pps_median "$OUT/gen-cgnatd.log" 1)
-SESSIONS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["totals"]["sessions_current"])' "$OUT/stats-b.json")
-DROPS=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["drops"]; print(", ".join(f"{k}={v}" for k,v in d.items() if v) or "none")' "$OUT/stats-b.json")
-rm -rf /var/run/dpdk/cgnat-bench-dut "$RUN/dut.sock"
+    echo "$r cgnatd $pps $(tx_pps_median "$OUT/gen-cgnatd-$r.log" 2)" >>"$OUT/system.txt"
+    # Share of the worker's polls that found work: near 1 means it was the bottleneck.
+    "$PY" - "$OUT/stats-$r-a.json" "$OUT/stats-$r-b.json" "$r" >>"$OUT/busy.txt" <<'PY'
+import json, sys
+a, b = (json.load(open(p))["totals"] for p in sys.argv[1:3])
+loops = b["loops"] - a["loops"]
+print(sys.argv[3], (b["busy_loops"] - a["busy_loops"]) / loops if loops else 0)
+PY
+}
 
-echo "bench: system, testpmd io-forward on the same link"
-run_testpmd "$OUT/io.log" $((WINDOW + 8)) "${MEM[@]}" --file-prefix cgnat-bench-io --lcores 0@0,1@0 --no-pci \
-    --vdev "net_memif0,role=server,id=0,socket=$RUN/dut.sock" --vdev "net_null0,no-rx=1" -- \
-    --forward-mode=io --port-topology=paired --nb-cores=1 --total-num-mbufs=16384 --stats-period 1 &
-IO=$!
-sleep 2
-generator "$OUT/gen-io.log" $((WINDOW + 5))
-wait "$IO" || true
-IO_PPS=$(tx_pps_median "$OUT/io.log" 2)
-GEN_IO=$(tx_pps_median "$OUT/gen-io.log" 1)
+# The reference: testpmd io-forward in cgnatd's place (memif server in, net_null out, CPU 0, as
+# many mbufs as cgnatd's pool).
+system_io() { # round generator
+    local r=$1 kind=io-${2%_generator}
+    local log=$OUT/$kind-$r.log
+    quiet "system-$kind-$r"
+    testpmd_bg "$log" $((WINDOW + 9)) "${MEM_SMALL[@]}" --file-prefix "$PREFIX-io" --lcores 0@0,1@0 \
+        --no-pci --vdev "net_memif0,role=server,id=0,socket=$RUN/dut.sock" --vdev "net_null0,no-rx=1" -- \
+        --forward-mode=io --port-topology=paired --nb-cores=1 --total-num-mbufs=8192 --stats-period 1
+    local io=$BG
+    sleep 2
+    "$2" testpmd "$log.gen" $((WINDOW + 5))
+    wait "$io" || true
+    PIDS=()
+    rm -rf /var/run/dpdk/"$PREFIX"-io /var/run/dpdk/"$PREFIX"-gen "$RUN/dut.sock"
+    local gen_ports=2
+    [ "$2" = flowgen_generator ] && gen_ports=1
+    echo "$r $kind $(tx_pps_median "$log" 2) $(tx_pps_median "$log.gen" $gen_ports)" >>"$OUT/system.txt"
+}
 
-python3 perf/report.py --out perf/RESULTS.md --pipeline "$OUT/pipeline.json" --mode "$MODE" \
-    --fivetswap "$FIVE_T" --nat-pps "$NAT_PPS" --io-pps "$IO_PPS" --gen-cgnatd "$GEN_CGNATD" \
-    --gen-io "$GEN_IO" --flows "$FLOWS" --sessions "$SESSIONS" --drops "$DROPS"
-echo "bench: wrote perf/RESULTS.md"
+# Interleaved rounds, so that the machine's speed drifting over minutes affects all three alike.
+: >"$OUT/system.txt"
+: >"$OUT/busy.txt"
+for r in $(seq "$ROUNDS"); do
+    echo "bench: system round $r/$ROUNDS: cgnatd, then testpmd io-forward (pcap and flowgen generators)"
+    system_cgnatd "$r"
+    system_io "$r" pcap_generator
+    system_io "$r" flowgen_generator
+done
+
+"$PY" perf/report.py --out perf/RESULTS.md --pipeline "$OUT/pipeline.json" --mode "$MODE" \
+    --huge-reserved "$HUGE_RESERVE" --five-l2 "$FIVE_L2" --five-l4 "$FIVE_L4_BEFORE" "$FIVE_L4_AFTER" \
+    --five-l4-nohuge "$FIVE_L4_NOHUGE" --system "$OUT/system.txt" --busy "$OUT/busy.txt" --flows "$FLOWS" --subscribers $SUBS \
+    --stats "$OUT/stats-$ROUNDS-b.json" --commands "$CMDS" --cpu "$CPU" --load "$OUT/load.txt"
+echo "bench: wrote perf/RESULTS.md (raw outputs in $OUT/)"
