@@ -1,54 +1,46 @@
 -- pktgen-dpdk script: UDP from a range of subscriber endpoints through cgnat.
 --
--- Port 0 faces cgnat's inside port, port 1 its outside port. Source addresses walk
--- 100.64.0.1 .. 100.64.63.254 and source ports 1025 .. 1040 (about 262K flows); every packet
--- after the first of a flow hits an established session.
+-- Port 0 faces cgnat's inside port, port 1 its outside port (it only receives). In range mode
+-- every field with a non-zero increment steps once per packet and wraps at its maximum on its
+-- own. The source addresses walk 100.64.0.1 .. 100.64.63.255 (16383 addresses) and the source
+-- ports 1025 .. 1040 (16 ports); the counts are coprime, so the (address, port) pairs repeat only
+-- after 16383 x 16 = 262,128 packets: that many flows, each an established session after its
+-- first packet.
 --
 -- Run: pktgen -l 0-4 -n 4 -a <pci0> -a <pci1> -- -P -m "[1:2].0,[3:4].1" -f cgnat.lua
--- Set CGNAT_INSIDE_MAC below to cgnat's inside port MAC (`cgnatctl ports`).
+-- Set CGNAT_INSIDE_MAC below to cgnat's inside port MAC (`cgnatctl ports`). pktgen answers no
+-- ARP, so cgnat needs its MAC as a static neighbour if replies are routed back to it
+-- (`ports[].neighbours`, see perf/HARDWARE.md); this script only measures in2out.
 
 package.path = package.path .. ";?.lua;test/?.lua;app/?.lua;"
 require "Pktgen"
 
 local CGNAT_INSIDE_MAC = "02:00:00:00:00:01"
 local SERVER = "198.51.100.10"
-local size = 64
+local SIZE = 64
 
-pktgen.set("0", "size", size)
+-- pktgen 21.x and later keep the range setters in pktgen.range; older versions at the top level,
+-- with the same arguments.
+local range = pktgen.range or pktgen
+
+local function field(setter, start, inc, min, max)
+    setter("0", "start", start)
+    setter("0", "inc", inc)
+    setter("0", "min", min)
+    setter("0", "max", max)
+end
+
+pktgen.set("0", "size", SIZE)
 pktgen.set_proto("0", "udp")
 
--- Range mode: every field below walks from min to max by inc, wrapping.
-pktgen.dst_mac("0", "start", CGNAT_INSIDE_MAC)
-pktgen.dst_mac("0", "inc", "00:00:00:00:00:00")
-pktgen.dst_mac("0", "min", CGNAT_INSIDE_MAC)
-pktgen.dst_mac("0", "max", CGNAT_INSIDE_MAC)
-
-pktgen.src_ip("0", "start", "100.64.0.1")
-pktgen.src_ip("0", "inc", "0.0.0.1")
-pktgen.src_ip("0", "min", "100.64.0.1")
-pktgen.src_ip("0", "max", "100.64.63.254")
-
-pktgen.dst_ip("0", "start", SERVER)
-pktgen.dst_ip("0", "inc", "0.0.0.0")
-pktgen.dst_ip("0", "min", SERVER)
-pktgen.dst_ip("0", "max", SERVER)
-
-pktgen.src_port("0", "start", 1025)
-pktgen.src_port("0", "inc", 1)
-pktgen.src_port("0", "min", 1025)
-pktgen.src_port("0", "max", 1040)
-
-pktgen.dst_port("0", "start", 5001)
-pktgen.dst_port("0", "inc", 0)
-pktgen.dst_port("0", "min", 5001)
-pktgen.dst_port("0", "max", 5001)
-
-pktgen.pkt_size("0", "start", size)
-pktgen.pkt_size("0", "inc", 0)
-pktgen.pkt_size("0", "min", size)
-pktgen.pkt_size("0", "max", size)
+range.dst_mac("0", "start", CGNAT_INSIDE_MAC)
+field(range.src_ip, "100.64.0.1", "0.0.0.1", "100.64.0.1", "100.64.63.255")
+field(range.dst_ip, SERVER, "0.0.0.0", SERVER, SERVER)
+field(range.src_port, 1025, 1, 1025, 1040)
+field(range.dst_port, 5001, 0, 5001, 5001)
+field(range.pkt_size, SIZE, 0, SIZE, SIZE)
 
 pktgen.set_range("0", "on")
 pktgen.set("0", "rate", 100)
 pktgen.start("0")
-printf("cgnat.lua: port 0 sending %d-byte UDP through cgnat; 'stop 0' to end\n", size)
+printf("cgnat.lua: port 0 sending %d-byte UDP from 262,128 subscriber flows; 'stop 0' to end\n", SIZE)

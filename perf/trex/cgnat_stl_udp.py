@@ -1,66 +1,98 @@
 """TRex stateless profile: established-flow packet rate through cgnat.
 
-Port 0 (facing cgnat's inside port) sends UDP from many subscriber endpoints to one server;
-port 1 (facing cgnat's outside port) receives the translated packets. Each subscriber address
-uses `ports_per_sub` source ports, so the flow count is subscribers x ports_per_sub, and after
-the first packet of each flow every packet hits an established session.
+Port 0 (facing cgnat's inside port) sends UDP from many subscriber endpoints to one server; port 1
+(facing cgnat's outside port) receives the translated packets. The flows are every pair of
+`--subs` subscriber addresses (from 100.64.0.1) and `--ports-per-sub` source ports (from 1025):
+TRex's tuple generator walks the addresses and, each time they wrap, the next port. After the
+first packet of each flow every packet hits an established session.
 
-Tunables (trex-console: start -f cgnat_stl_udp.py -t size=64,subs=65536,ports_per_sub=16 -m 10mpps):
-  size           frame size without FCS: 64 .. 1514, or "imix" for 60/590/1514 at 28:16:4
-  subs           subscribers, counted up from 100.64.0.1 (at most 4,194,302: RFC 6598 space)
-  ports_per_sub  source ports per subscriber, from 1025 (a power of two)
-  server         destination address (routed by cgnat's outside gateway to port 1)
+Tunables (current TRex, argparse style):
+    start -f cgnat_stl_udp.py -p 0 -m 10mpps -t --size 64 --subs 65536 --ports-per-sub 16
+Older TRex versions pass `-t size=64,subs=65536,ports_per_sub=16` as keyword arguments; both work.
 
-Set cgnat's inside next hop MACs with `ports[].neighbours` if the TRex ports do not answer ARP
-(TRex does answer ARP for the addresses configured in its port config).
+  size           frame size without FCS, 60 .. 1514, or "imix" (60/590/1514 at 28:16:4 by packets)
+  subs           subscriber addresses, 1 .. 4194302 (RFC 6598 space from 100.64.0.1)
+  ports-per-sub  source ports per subscriber, 1 .. 64511
+  server         destination address (routed by cgnat's outside gateway towards port 1)
+
+The UDP checksum is sent as zero (allowed for UDP over IPv4, RFC 768) because the field engine
+rewrites the source after the checksum was computed; the IPv4 header checksum is fixed per packet.
 """
+
+import argparse
 
 from trex_stl_lib.api import (
     IP,
     STLPktBuilder,
-    STLProfile,
+    STLScVmRaw,
     STLStream,
     STLTXCont,
-    STLVM,
+    STLVmFixIpv4,
+    STLVmTupleGen,
+    STLVmWrFlowVar,
     UDP,
     Ether,
-    ip2int,
 )
 
+FIRST_SUB = 0x64400001  # 100.64.0.1
 IMIX = [(60, 28), (590, 16), (1514, 4)]
-FIRST_SUB = "100.64.0.1"
+
+
+def int2ip(v):
+    return ".".join(str((v >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+def parse(tunables, kwargs):
+    p = argparse.ArgumentParser(prog="cgnat_stl_udp.py")
+    p.add_argument("--size", default="64")
+    p.add_argument("--subs", type=int, default=65536)
+    p.add_argument("--ports-per-sub", type=int, default=16)
+    p.add_argument("--server", default="198.51.100.10")
+    if isinstance(tunables, list):
+        args = p.parse_args(tunables)
+    else:
+        # Older TRex: tunables arrive as keyword arguments.
+        args = p.parse_args([])
+        args.size = str(kwargs.get("size", args.size))
+        args.subs = int(kwargs.get("subs", args.subs))
+        args.ports_per_sub = int(kwargs.get("ports_per_sub", args.ports_per_sub))
+        args.server = kwargs.get("server", args.server)
+    if not 1 <= args.subs <= 4194302:
+        raise ValueError("subs must be 1 .. 4194302 (100.64.0.0/10)")
+    if not 1 <= args.ports_per_sub <= 64511:
+        raise ValueError("ports-per-sub must be 1 .. 64511")
+    return args
 
 
 class CgnatUdp(object):
-    def _stream(self, size, subs, ports_per_sub, server, pps_weight):
-        base = Ether() / IP(src=FIRST_SUB, dst=server) / UDP(sport=1025, dport=5001)
+    def stream(self, size, args, pps):
+        base = Ether() / IP(src=int2ip(FIRST_SUB), dst=args.server, ttl=64) / UDP(sport=1025, dport=5001, chksum=0)
+        if not 60 <= size <= 1514:
+            raise ValueError("size must be 60 .. 1514 bytes (without FCS)")
         pad = "x" * max(0, size - len(base))
-        # One flow counter walks every (subscriber, port) pair; its low bits are the source port and
-        # the rest the subscriber, so all subs x ports_per_sub flows recur in a fixed cycle.
-        shift = ports_per_sub.bit_length() - 1
-        vm = STLVM()
-        vm.var(name="flow", min_value=0, max_value=subs * ports_per_sub - 1, size=4, op="inc", step=1)
-        vm.write_mask(fv_name="flow", pkt_offset="UDP.sport", pkt_cast_size=2, mask=ports_per_sub - 1, shift=0, add_value=1025)
-        vm.write_mask(fv_name="flow", pkt_offset="IP.src", pkt_cast_size=4, mask=0xFFFFFFFF ^ (ports_per_sub - 1), shift=-shift, add_value=ip2int(FIRST_SUB))
-        vm.fix_chksum()
-        return STLStream(
-            packet=STLPktBuilder(pkt=base / pad, vm=vm),
-            mode=STLTXCont(percentage=pps_weight),
-        )
+        vm = STLScVmRaw([
+            STLVmTupleGen(
+                name="flow",
+                ip_min=int2ip(FIRST_SUB),
+                ip_max=int2ip(FIRST_SUB + args.subs - 1),
+                port_min=1025,
+                port_max=1025 + args.ports_per_sub - 1,
+            ),
+            STLVmWrFlowVar(fv_name="flow.ip", pkt_offset="IP.src"),
+            STLVmWrFlowVar(fv_name="flow.port", pkt_offset="UDP.sport"),
+            STLVmFixIpv4(offset="IP"),
+        ])
+        return STLStream(packet=STLPktBuilder(pkt=base / pad, vm=vm), mode=STLTXCont(pps=pps))
 
-    def get_streams(self, direction=0, size=64, subs=65536, ports_per_sub=16, server="198.51.100.10", **kwargs):
-        subs, ports_per_sub = int(subs), int(ports_per_sub)
-        if ports_per_sub < 1 or ports_per_sub & (ports_per_sub - 1):
-            raise ValueError("ports_per_sub must be a power of two")
-        if not 1 <= subs <= 4194302:
-            raise ValueError("subs must be 1 .. 4194302 (RFC 6598 space)")
+    def get_streams(self, tunables=None, direction=0, **kwargs):
+        args = parse(tunables, kwargs)
         if direction != 0:
-            # Only the inside-facing port generates; replies are not needed for a pps test.
+            # Only the inside-facing port sends; a packet-rate test needs no replies.
             return []
-        if str(size) == "imix":
-            total = sum(w for _, w in IMIX)
-            return [self._stream(s, subs, ports_per_sub, server, 100.0 * w / total) for s, w in IMIX]
-        return [self._stream(int(size), subs, ports_per_sub, server, 100)]
+        if args.size == "imix":
+            # Relative rates: -m scales the sum.
+            return [self.stream(s, args, w) for s, w in IMIX]
+        return [self.stream(int(args.size), args, 1)]
 
 
 def register():
