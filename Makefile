@@ -43,8 +43,9 @@ unit: ## Unit and integration tests of every crate (no lab needed)
 	$(CARGO) test --workspace --release --exclude cgnat
 	$(CARGO) test --release -p cgnat --lib
 
-# The same suite runs on one worker and on two (handoff rings between workers).
-E2E_CONFIGS ?= config/lab.yaml config/lab-2workers.yaml
+# The same suite runs on one worker, on two (handoff rings between workers), and with
+# address-and-port-dependent filtering (the filtering and hairpin cases check either mode).
+E2E_CONFIGS ?= config/lab.yaml config/lab-2workers.yaml config/lab-apdf.yaml
 
 e2e: ## End-to-end tests through the namespace lab, 1 and 2 workers (root; needs `make build`)
 	for c in $(E2E_CONFIGS); do \

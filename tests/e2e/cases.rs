@@ -798,3 +798,155 @@ pub fn daemon_survives_and_stops_cleanly(env: &Env) -> R {
         format!("cgnatd log shows a panic:\n{}", proc::tail(&log, 40))
     })
 }
+
+/// The inbound filtering mode of the lab pool, read from the config under test (the suite runs
+/// against several lab configs).
+fn pool_filtering(env: &Env) -> Result<&'static str, String> {
+    let text = fs::read_to_string(env.paths.config()).map_err(|e| format!("read config: {e}"))?;
+    Ok(if text.contains("filtering: address-and-port-dependent") {
+        "address-and-port-dependent"
+    } else if text.contains("filtering: address-dependent") {
+        "address-dependent"
+    } else {
+        "endpoint-independent"
+    })
+}
+
+fn behaviour_tool(ns: &str, env: &Env, args: &[&str]) -> Command {
+    let tool = env.paths.tool("nat_behaviour.py");
+    let mut argv = vec![env.paths.python.as_str(), tool.as_str()];
+    argv.extend_from_slice(args);
+    proc::netns(ns, &argv)
+}
+
+/// RFC 4787 filtering, as the subscriber sees it: after sending to A:7100, replies come back from
+/// A:7100, A:7101 (same host, other port) and B:7100 (other host). Endpoint-independent filtering
+/// lets all three through; address-dependent only the first two; address-and-port-dependent only
+/// the exact endpoint. Whatever is refused is counted as `filtered`.
+pub fn inbound_filtering_follows_the_pool_mode(env: &Env) -> R {
+    let mode = pool_filtering(env)?;
+    let mut responder = proc::Background::spawn(
+        "filtering responder",
+        behaviour_tool(
+            INET,
+            env,
+            &[
+                "responder",
+                "--addr",
+                SERVER_A,
+                "--other-addr",
+                SERVER_B,
+                "--port",
+                "7100",
+                "--lifetime",
+                "30",
+            ],
+        ),
+    )?;
+    responder.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+    let before = stats(env)?;
+    let out = proc::run(
+        &mut behaviour_tool(
+            SUB1,
+            env,
+            &[
+                "probe", "--server", SERVER_A, "--port", "7100", "--wait", "2",
+            ],
+        ),
+        Duration::from_secs(15),
+    )?
+    .check()?;
+    let _ = responder.stop_with("TERM", Duration::from_secs(2));
+    let v: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("probe output ({e}): {}", out.stdout))?;
+    let got = |k: &str| v["received"].get(k).is_some();
+    let expect = match mode {
+        "endpoint-independent" => (true, true, true),
+        "address-dependent" => (true, true, false),
+        _ => (true, false, false),
+    };
+    let seen = (got("same"), got("other_port"), got("other_addr"));
+    ensure(seen == expect, || {
+        format!(
+            "{mode} filtering: (same, other port, other address) arrived {seen:?}, expected {expect:?}: {v}"
+        )
+    })?;
+    let refused = [expect.1, expect.2].iter().filter(|x| !**x).count() as u64;
+    let after = stats(env)?;
+    let filtered = after
+        .drop_count("filtered")
+        .saturating_sub(before.drop_count("filtered"));
+    ensure(filtered >= refused, || {
+        format!(
+            "{refused} replies should have been refused and counted as `filtered`, counter grew by {filtered}"
+        )
+    })
+}
+
+/// RFC 4787 REQ-9 hairpinning: cgn-sub1 sends to cgn-sub2's outside mapping (a pool address and
+/// port) and cgn-sub2 receives it from cgn-sub1's outside mapping, never from a 100.64 address.
+/// Under endpoint-independent filtering it must arrive; under the stricter modes cgn-sub2's mapping
+/// has never talked to cgn-sub1's outside address, so it must not.
+pub fn hairpin_between_subscribers(env: &Env) -> R {
+    let mode = pool_filtering(env)?;
+    let mut listener = proc::Background::spawn(
+        "hairpin listener",
+        behaviour_tool(
+            SUB2,
+            env,
+            &[
+                "listen",
+                "--server",
+                SERVER_A,
+                "--port",
+                &UDP_PORT.to_string(),
+                "--wait",
+                "6",
+            ],
+        ),
+    )?;
+    let line = listener.wait_line(false, Duration::from_secs(10), |l| {
+        l.contains("\"mapping\"")
+    })?;
+    let v: Value =
+        serde_json::from_str(&line).map_err(|e| format!("listener output ({e}): {line}"))?;
+    let mapping = v["mapping"]
+        .as_str()
+        .ok_or_else(|| format!("no mapping in {line}"))?
+        .to_string();
+    let (ip, _) = parse_sockaddr(&mapping)?;
+    ensure(in_pool(ip), || {
+        format!("cgn-sub2's mapping {mapping} is not a pool address")
+    })?;
+    proc::run(
+        &mut behaviour_tool(SUB1, env, &["send", "--to", &mapping, "--count", "3"]),
+        Duration::from_secs(10),
+    )?
+    .check()?;
+    let done = listener.wait_line(false, Duration::from_secs(15), |l| {
+        l.contains("\"received\"")
+    })?;
+    let r: Value =
+        serde_json::from_str(&done).map_err(|e| format!("listener output ({e}): {done}"))?;
+    let received = r["received"].as_array().cloned().unwrap_or_default();
+    if mode != "endpoint-independent" {
+        return ensure(received.is_empty(), || {
+            format!(
+                "{mode} filtering let a hairpinned datagram from another subscriber through: {done}"
+            )
+        });
+    }
+    ensure(!received.is_empty(), || {
+        format!("no hairpinned datagram reached cgn-sub2 at {mapping}: {done}")
+    })?;
+    for d in &received {
+        let from = d["from"].as_str().unwrap_or_default();
+        let (src, _) = parse_sockaddr(from)?;
+        ensure(in_pool(src), || {
+            format!(
+                "cgn-sub2 saw the hairpinned datagram from {from}: it must see cgn-sub1's outside mapping, not its inside address"
+            )
+        })?;
+    }
+    Ok(())
+}

@@ -68,6 +68,14 @@ const CASES: &[(&str, Case)] = &[
         "unsolicited_inbound_is_dropped",
         cases::unsolicited_inbound_is_dropped,
     ),
+    (
+        "inbound_filtering_follows_the_pool_mode",
+        cases::inbound_filtering_follows_the_pool_mode,
+    ),
+    (
+        "hairpin_between_subscribers",
+        cases::hairpin_between_subscribers,
+    ),
     ("workers_share_the_load", cases::workers_share_the_load),
     (
         "daemon_survives_and_stops_cleanly",

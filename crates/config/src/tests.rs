@@ -1302,3 +1302,15 @@ fn carrier_grade_nat_options_are_validated_by_field() {
         "outside",
     );
 }
+
+const LAB_APDF: &str = include_str!("../../../config/lab-apdf.yaml");
+
+#[test]
+fn apdf_lab_differs_from_the_lab_only_in_filtering() {
+    let mut apdf = Config::from_yaml_str(LAB_APDF).unwrap();
+    let lab = Config::from_yaml_str(LAB).unwrap();
+    assert_eq!(apdf.pools[0].filtering, Filtering::AddressAndPortDependent);
+    apdf.pools[0].filtering = Filtering::EndpointIndependent;
+    apdf.eal.file_prefix = lab.eal.file_prefix.clone();
+    assert_eq!(apdf, lab);
+}
