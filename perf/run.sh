@@ -297,13 +297,6 @@ print(int((b["tx_packets"] - a["tx_packets"]) / (float(sys.argv[4]) - float(sys.
 PY
 )
     echo "$r cgnatd $pps $(tx_pps_median "$OUT/gen-cgnatd-$r.log" 2)" >>"$OUT/system.txt"
-    # Share of the worker's polls that found work: near 1 means it was the bottleneck.
-    "$PY" - "$OUT/stats-$r-a.json" "$OUT/stats-$r-b.json" "$r" >>"$OUT/busy.txt" <<'PY'
-import json, sys
-a, b = (json.load(open(p))["totals"] for p in sys.argv[1:3])
-loops = b["loops"] - a["loops"]
-print(sys.argv[3], (b["busy_loops"] - a["busy_loops"]) / loops if loops else 0)
-PY
 }
 
 # The reference: testpmd io-forward in cgnatd's place (memif server in, net_null out, CPU 0, as
@@ -328,7 +321,6 @@ system_io() { # round generator
 
 # Interleaved rounds, so that the machine's speed drifting over minutes affects all three alike.
 : >"$OUT/system.txt"
-: >"$OUT/busy.txt"
 for r in $(seq "$ROUNDS"); do
     echo "bench: system round $r/$ROUNDS: cgnatd, then testpmd io-forward (pcap and flowgen generators)"
     system_cgnatd "$r"
@@ -338,6 +330,6 @@ done
 
 "$PY" perf/report.py --out perf/RESULTS.md --pipeline "$OUT/pipeline.json" --mode "$MODE" \
     --huge-reserved "$HUGE_RESERVE" --five-l2 "$FIVE_L2" --five-l4 "$FIVE_L4_BEFORE" "$FIVE_L4_AFTER" \
-    --five-l4-nohuge "$FIVE_L4_NOHUGE" --system "$OUT/system.txt" --busy "$OUT/busy.txt" --flows "$FLOWS" --subscribers $SUBS \
+    --five-l4-nohuge "$FIVE_L4_NOHUGE" --system "$OUT/system.txt" --flows "$FLOWS" --subscribers $SUBS \
     --stats "$OUT/stats-$ROUNDS-b.json" --commands "$CMDS" --cpu "$CPU" --load "$OUT/load.txt"
 echo "bench: wrote perf/RESULTS.md (raw outputs in $OUT/)"
