@@ -24,26 +24,28 @@ pub struct Overrides {
 
 /// `cgnatd --check-config FILE`.
 pub fn check_config(path: &Path) -> ExitCode {
-    match Config::load(path).map_err(|e| e.to_string()).and_then(|cfg| {
-        // The NAT core's own checks (deterministic pools, port blocks), for the real worker count.
-        let rules = setup::nat_rules(&cfg).map_err(|e| format!("{}: {e:#}", path.display()))?;
-        let workers = u16::try_from(cfg.worker_count()).unwrap_or(u16::MAX);
-        // Table sizes do not matter to these checks: keep the trial shard small.
-        let trial = nat::ShardConfig {
-            max_sessions: 1024,
-            max_mappings: 0,
-            max_subscribers: 0,
-            ..setup::shard_config(&cfg, 0, workers.max(1), 0)
-        };
-        nat::Shard::new(
-            trial,
-            std::sync::Arc::new(rules),
-            std::sync::Arc::new(nat::Counters::default()),
-            0,
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(cfg)
-    }) {
+    match Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| {
+            // The NAT core's own checks (deterministic pools, port blocks), for the real worker count.
+            let rules = setup::nat_rules(&cfg).map_err(|e| format!("{}: {e:#}", path.display()))?;
+            let workers = u16::try_from(cfg.worker_count()).unwrap_or(u16::MAX);
+            // Table sizes do not matter to these checks: keep the trial shard small.
+            let trial = nat::ShardConfig {
+                max_sessions: 1024,
+                max_mappings: 0,
+                max_subscribers: 0,
+                ..setup::shard_config(&cfg, 0, workers.max(1), 0)
+            };
+            nat::Shard::new(
+                trial,
+                std::sync::Arc::new(rules),
+                std::sync::Arc::new(nat::Counters::default()),
+                0,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(cfg)
+        }) {
         Ok(cfg) => {
             let addrs: u64 = cfg.pools.iter().map(|p| p.len()).sum();
             println!(

@@ -120,21 +120,35 @@ pub fn nat_rules(cfg: &Config) -> Result<Rules> {
             filtering: match p.filtering {
                 config::Filtering::EndpointIndependent => nat::Filtering::EndpointIndependent,
                 config::Filtering::AddressDependent => nat::Filtering::AddressDependent,
-                config::Filtering::AddressAndPortDependent => nat::Filtering::AddressAndPortDependent,
+                config::Filtering::AddressAndPortDependent => {
+                    nat::Filtering::AddressAndPortDependent
+                }
             },
             allocation: match p.allocation {
                 config::Allocation::Random => nat::PortAllocation::Random,
                 config::Allocation::Preserve => nat::PortAllocation::Preserve,
                 config::Allocation::Parity => nat::PortAllocation::Parity,
-                config::Allocation::Blocks { block_size, max_blocks } => nat::PortAllocation::Blocks {
+                config::Allocation::Blocks {
+                    block_size,
+                    max_blocks,
+                } => nat::PortAllocation::Blocks {
                     size: block_size,
                     max_blocks,
                 },
-                config::Allocation::Deterministic { inside, ports_per_subscriber } => {
-                    nat::PortAllocation::Deterministic { inside: prefix(inside), ports_per_subscriber }
-                }
+                config::Allocation::Deterministic {
+                    inside,
+                    ports_per_subscriber,
+                } => nat::PortAllocation::Deterministic {
+                    inside: prefix(inside),
+                    ports_per_subscriber,
+                },
             },
-            ..Pool::new(p.name.clone(), p.addresses().map(u32::from).collect(), p.port_lo, p.port_hi)
+            ..Pool::new(
+                p.name.clone(),
+                p.addresses().map(u32::from).collect(),
+                p.port_lo,
+                p.port_hi,
+            )
         })
         .collect();
     let snat = cfg
@@ -150,7 +164,10 @@ pub fn nat_rules(cfg: &Config) -> Result<Rules> {
     let exclusions = cfg
         .exclusions
         .iter()
-        .map(|e| nat::Exclusion { dst: prefix(e.destination), src: e.source.map(prefix) })
+        .map(|e| nat::Exclusion {
+            dst: prefix(e.destination),
+            src: e.source.map(prefix),
+        })
         .collect();
     Rules::with_exclusions(pools, snat, exclusions).context("invalid translation rules")
 }
