@@ -75,8 +75,11 @@ fn init_logging(cfg: &Config, o: &Overrides) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .map_err(|e| anyhow!("bad log level {level:?}: {e}"))?;
     let json = o.log_json.unwrap_or(cfg.logging.format == LogFormat::Json);
+    // Colours only for a person at a terminal; log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let res = if json {
         builder.json().try_init()
