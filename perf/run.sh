@@ -131,7 +131,7 @@ PY
 }
 
 # Other people's load on the machine: percent of all CPUs busy over one second (run between
-# phases, when nothing of ours runs). quiet() waits up to 20 s for it to drop below 15 % and
+# phases, when nothing of ours runs). quiet() waits up to 10 s for it to drop below 15 % and
 # records what it saw, so RESULTS.md can say how quiet each phase started.
 busy_pct() {
     local a b
@@ -146,7 +146,7 @@ busy_pct() {
 quiet() { # phase
     local waited=0 b
     b=$(busy_pct)
-    while [ "$b" -ge 15 ] && [ "$waited" -lt 20 ]; do
+    while [ "$b" -ge 15 ] && [ "$waited" -lt 10 ]; do
         b=$(busy_pct)
         waited=$((waited + 1))
     done
