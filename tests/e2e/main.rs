@@ -13,6 +13,7 @@
 //! config/lab.yaml), CGNAT_CONFIG (default config/lab.yaml; config/lab-2workers.yaml runs the
 //! same suite on two workers), CGNAT_E2E_LOCK_WAIT (seconds to wait for another run to
 //! release the machine-wide lab lock, default 900).
+#![forbid(unsafe_code)]
 
 mod cases;
 mod env;
