@@ -32,8 +32,10 @@ pub enum DropReason {
     IcmpMalformed,
     /// A protocol the translator does not handle (not TCP, UDP or ICMP).
     UnsupportedProtocol,
-    /// IPv4 fragments are not translated yet.
-    FragmentUnsupported,
+    /// A fragment that cannot be translated safely: a first fragment too short to hold the whole
+    /// transport header (RFC 1858 tiny fragments), a TCP fragment at offset 8 (header overlap), a first
+    /// fragment whose ports contradict an earlier one of the same datagram, a fragmented ICMP error.
+    FragmentMalformed,
     /// ICMP message types other than echo request/reply.
     IcmpUnsupported,
     /// TTL would reach zero here; an ICMP time-exceeded is sent back when possible.
@@ -70,10 +72,20 @@ pub enum DropReason {
     /// Inbound packet to a live mapping that its pool's filtering (address-dependent or
     /// address-and-port-dependent) rejects.
     Filtered,
+    /// A non-first fragment held while waiting for its datagram's first fragment, which did not arrive
+    /// within `nat.fragments.timeout_ms`.
+    FragmentTimeout,
+    /// A non-first fragment arrived before its first fragment and the per-core hold buffer was full.
+    FragmentHoldFull,
+    /// No room to track another fragmented datagram (`nat.fragments.max_datagrams` in flight).
+    FragmentTableFull,
+    /// An ICMP error (RFC 5508) whose quoted packet matches no session, or quotes a packet that
+    /// cannot be ours (too short, an error about an error, a fragment).
+    IcmpErrorUnmatched,
 }
 
 impl DropReason {
-    pub const COUNT: usize = DropReason::Filtered as usize + 1;
+    pub const COUNT: usize = DropReason::IcmpErrorUnmatched as usize + 1;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::FrameTruncated,
         DropReason::UnsupportedEthertype,
@@ -87,7 +99,7 @@ impl DropReason {
         DropReason::TcpMalformed,
         DropReason::IcmpMalformed,
         DropReason::UnsupportedProtocol,
-        DropReason::FragmentUnsupported,
+        DropReason::FragmentMalformed,
         DropReason::IcmpUnsupported,
         DropReason::TtlExceeded,
         DropReason::NoSession,
@@ -105,6 +117,10 @@ impl DropReason {
         DropReason::HandoffFull,
         DropReason::QuotaExceeded,
         DropReason::Filtered,
+        DropReason::FragmentTimeout,
+        DropReason::FragmentHoldFull,
+        DropReason::FragmentTableFull,
+        DropReason::IcmpErrorUnmatched,
     ];
 
     /// Stable snake_case name used by the management API and `cgnatctl`.
@@ -122,7 +138,7 @@ impl DropReason {
             DropReason::TcpMalformed => "tcp_malformed",
             DropReason::IcmpMalformed => "icmp_malformed",
             DropReason::UnsupportedProtocol => "unsupported_protocol",
-            DropReason::FragmentUnsupported => "fragment_unsupported",
+            DropReason::FragmentMalformed => "fragment_malformed",
             DropReason::IcmpUnsupported => "icmp_unsupported",
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::NoSession => "no_session",
@@ -140,6 +156,10 @@ impl DropReason {
             DropReason::HandoffFull => "handoff_full",
             DropReason::QuotaExceeded => "quota_exceeded",
             DropReason::Filtered => "filtered",
+            DropReason::FragmentTimeout => "fragment_timeout",
+            DropReason::FragmentHoldFull => "fragment_hold_full",
+            DropReason::FragmentTableFull => "fragment_table_full",
+            DropReason::IcmpErrorUnmatched => "icmp_error_unmatched",
         }
     }
 }
@@ -196,10 +216,16 @@ pub enum Counter {
     UntranslatedPackets,
     /// Events lost because the event ring was full.
     EventsDropped,
+    /// ICMP errors (RFC 5508) translated by the session of the packet they quote.
+    IcmpErrorsTranslated,
+    /// IPv4 fragments translated (first and later ones).
+    FragmentsTranslated,
+    /// Non-first fragments that arrived before their first fragment and were held for it.
+    FragmentsHeld,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::EventsDropped as usize + 1;
+    pub const COUNT: usize = Counter::FragmentsHeld as usize + 1;
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::RxPackets,
         Counter::TxPackets,
@@ -236,6 +262,9 @@ impl Counter {
         Counter::HairpinPackets,
         Counter::UntranslatedPackets,
         Counter::EventsDropped,
+        Counter::IcmpErrorsTranslated,
+        Counter::FragmentsTranslated,
+        Counter::FragmentsHeld,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -275,6 +304,9 @@ impl Counter {
             Counter::HairpinPackets => "hairpin_packets",
             Counter::UntranslatedPackets => "untranslated_packets",
             Counter::EventsDropped => "events_dropped",
+            Counter::IcmpErrorsTranslated => "icmp_errors_translated",
+            Counter::FragmentsTranslated => "fragments_translated",
+            Counter::FragmentsHeld => "fragments_held",
         }
     }
 }

@@ -69,6 +69,7 @@
 mod counters;
 mod deterministic;
 mod events;
+mod frag;
 mod index;
 mod key;
 mod mapping;
@@ -81,10 +82,13 @@ mod subscriber;
 
 #[cfg(test)]
 mod behaviour_tests;
+#[cfg(test)]
+mod icmp_frag_tests;
 
 pub use counters::{Counter, Counters, DropReason};
 pub use deterministic::{deterministic_forward, deterministic_reverse};
 pub use events::{Event, EventKind, Limit, MappingInfo, SessionInfo};
+pub use frag::{FragClass, FragConfig, FragKey, L4Ids, Reassembly};
 pub use index::Index;
 pub use key::FlowKey;
 pub use mapping::Mapping;
@@ -144,6 +148,12 @@ pub trait PacketBatch {
     }
     fn packet(&self, i: usize) -> &[u8];
     fn packet_mut(&mut self, i: usize) -> &mut [u8];
+    /// For a later fragment (non-zero offset), the transport identifiers its datagram's first fragment
+    /// carried, as virtual reassembly ([`Reassembly`]) found them; `None` for everything else. A later
+    /// fragment without them is dropped (`fragment_malformed`).
+    fn later_fragment(&self, _i: usize) -> Option<L4Ids> {
+        None
+    }
 }
 
 /// Batches of owned buffers, used by tests and benchmarks.

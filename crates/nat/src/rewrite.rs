@@ -1,24 +1,41 @@
 //! Parsing a packet into a flow key, and rewriting it in place with incremental checksums.
 
-use crate::{DropReason, FlowKey, shard::Dir};
+use crate::{DropReason, FlowKey, L4Ids, shard::Dir};
 use wire::{
     Error as WireError, Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket, checksum, icmp_type,
     ip_proto,
 };
 
+/// Fragment position of a packet ([`Parsed::frag`]).
+pub mod frag_pos {
+    /// A whole datagram.
+    pub const NONE: u8 = 0;
+    /// The first fragment: it carries the transport header, which is rewritten as usual.
+    pub const FIRST: u8 = 1;
+    /// A later fragment: no transport header; only the IPv4 header is rewritten.
+    pub const LATER: u8 = 2;
+}
+
 /// What the fast path needs to know about a packet after parsing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Parsed {
-    /// The packet's tuple as on the wire (see [`FlowKey`] for ICMP).
+    /// The packet's tuple as on the wire (see [`FlowKey`] for ICMP). For an ICMP error, the key of the
+    /// session its quoted packet belongs to, in this direction's orientation; for a later fragment, the
+    /// ports its first fragment carried.
     pub key: FlowKey,
     /// Offset of the L4 header from the start of the IPv4 header.
     pub l4_off: u16,
     /// IPv4 total length: the rewrite never touches bytes past it (Ethernet padding).
     pub total_len: u16,
-    /// TCP flags, 0 for other protocols.
+    /// TCP flags, 0 for other protocols (and for later fragments).
     pub tcp_flags: u8,
-    /// ICMP message type (echo request or reply), 0 for other protocols.
+    /// ICMP message type (echo request or reply, or the error type), 0 for other protocols.
     pub icmp_type: u8,
+    /// [`frag_pos`].
+    pub frag: u8,
+    /// An ICMP error (RFC 5508): the quoted packet starts 8 bytes into the ICMP message, and
+    /// `key.proto` is the quoted packet's protocol.
+    pub icmp_error: bool,
 }
 
 #[inline]
@@ -33,14 +50,14 @@ fn ipv4_error(e: WireError) -> DropReason {
 
 /// Validate the headers the translator relies on and extract the flow key. Everything that could make a
 /// later stage index out of bounds is rejected here, with the reason it is counted under.
+///
+/// `later` is what virtual reassembly ([`crate::Reassembly`]) knows of a later fragment: the identifiers
+/// its first fragment carried. A later fragment without them is refused.
 #[inline]
-pub fn parse(pkt: &[u8], dir: Dir) -> Result<Parsed, DropReason> {
+pub fn parse(pkt: &[u8], dir: Dir, later: Option<L4Ids>) -> Result<Parsed, DropReason> {
     let ip = Ipv4Packet::new_checked(pkt).map_err(ipv4_error)?;
     if !ip.verify_checksum() {
         return Err(DropReason::Ipv4BadChecksum);
-    }
-    if ip.is_fragment() {
-        return Err(DropReason::FragmentUnsupported);
     }
     if ip.ttl() <= 1 {
         return Err(DropReason::TtlExceeded);
@@ -50,6 +67,41 @@ pub fn parse(pkt: &[u8], dir: Dir) -> Result<Parsed, DropReason> {
     let (src, dst) = (ip.src_addr_u32(), ip.dst_addr_u32());
     let proto = ip.protocol();
     let payload = ip.payload();
+    let mut frag = frag_pos::NONE;
+    if ip.is_fragment() {
+        if !matches!(proto, ip_proto::TCP | ip_proto::UDP | ip_proto::ICMP) {
+            return Err(DropReason::UnsupportedProtocol);
+        }
+        if ip.frag_offset() != 0 {
+            let ids = later.ok_or(DropReason::FragmentMalformed)?;
+            if proto == ip_proto::ICMP
+                && ids.icmp_type != icmp_type::ECHO_REQUEST
+                && ids.icmp_type != icmp_type::ECHO_REPLY
+            {
+                return Err(DropReason::FragmentMalformed);
+            }
+            let (sport, dport) = match (proto, dir) {
+                (ip_proto::ICMP, Dir::In2Out) => (ids.sport, 0),
+                (ip_proto::ICMP, Dir::Out2In) => (0, ids.sport),
+                _ => (ids.sport, ids.dport),
+            };
+            return Ok(Parsed {
+                key: FlowKey {
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                    proto,
+                },
+                l4_off,
+                total_len,
+                icmp_type: ids.icmp_type,
+                frag: frag_pos::LATER,
+                ..Parsed::default()
+            });
+        }
+        frag = frag_pos::FIRST;
+    }
     let mut icmp = 0;
     let (sport, dport, tcp_flags) = match proto {
         ip_proto::TCP => {
@@ -57,27 +109,48 @@ pub fn parse(pkt: &[u8], dir: Dir) -> Result<Parsed, DropReason> {
             (t.src_port(), t.dst_port(), t.flags())
         }
         ip_proto::UDP => {
-            let u = UdpPacket::new_checked(payload).map_err(|_| DropReason::UdpBadLength)?;
-            if u.len() as usize != payload.len() {
-                // The UDP length must agree with the IP payload; a shorter one would let the rest of the
-                // datagram pass untranslated and unchecked.
-                return Err(DropReason::UdpBadLength);
-            }
+            // The UDP length must agree with the IP payload (a shorter one would let the rest of the
+            // datagram pass untranslated and unchecked); a first fragment holds only part of it.
+            let u = if frag == frag_pos::FIRST {
+                if payload.len() < 8 {
+                    return Err(DropReason::UdpBadLength);
+                }
+                let u = UdpPacket::new_unchecked(payload);
+                if (u.len() as usize) <= payload.len() {
+                    return Err(DropReason::UdpBadLength);
+                }
+                u
+            } else {
+                let u = UdpPacket::new_checked(payload).map_err(|_| DropReason::UdpBadLength)?;
+                if u.len() as usize != payload.len() {
+                    return Err(DropReason::UdpBadLength);
+                }
+                u
+            };
             (u.src_port(), u.dst_port(), 0)
         }
         ip_proto::ICMP => {
             let c = Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::IcmpMalformed)?;
-            // Both echo types travel both ways: a reply from inside answers a request that reached the
-            // subscriber through a mapping (endpoint-independent filtering, hairpinning). Which of them
-            // may open a session is the shard's decision. The identifier is the inside side's "port"
-            // in2out and the outside side's out2in, the same key shape as TCP and UDP.
             icmp = c.msg_type();
-            if icmp != icmp_type::ECHO_REQUEST && icmp != icmp_type::ECHO_REPLY {
-                return Err(DropReason::IcmpUnsupported);
-            }
-            match dir {
-                Dir::In2Out => (c.echo_ident(), 0, 0),
-                Dir::Out2In => (0, c.echo_ident(), 0),
+            match icmp {
+                // Both echo types travel both ways: a reply from inside answers a request that reached
+                // the subscriber through a mapping (endpoint-independent filtering, hairpinning). Which
+                // of them may open a session is the shard's decision. The identifier is the inside
+                // side's "port" in2out and the outside side's out2in, the same key shape as TCP and UDP.
+                icmp_type::ECHO_REQUEST | icmp_type::ECHO_REPLY => match dir {
+                    Dir::In2Out => (c.echo_ident(), 0, 0),
+                    Dir::Out2In => (0, c.echo_ident(), 0),
+                },
+                icmp_type::DEST_UNREACHABLE
+                | icmp_type::TIME_EXCEEDED
+                | icmp_type::PARAMETER_PROBLEM
+                | icmp_type::SOURCE_QUENCH => {
+                    if frag != frag_pos::NONE {
+                        return Err(DropReason::FragmentMalformed);
+                    }
+                    return parse_icmp_error(payload, dir, l4_off, total_len, icmp);
+                }
+                _ => return Err(DropReason::IcmpUnsupported),
             }
         }
         _ => return Err(DropReason::UnsupportedProtocol),
@@ -94,6 +167,60 @@ pub fn parse(pkt: &[u8], dir: Dir) -> Result<Parsed, DropReason> {
         total_len,
         tcp_flags,
         icmp_type: icmp,
+        frag,
+        ..Parsed::default()
+    })
+}
+
+/// An ICMP error (RFC 5508 section 4): the key is that of the session the quoted packet belongs to. The
+/// quoted packet travelled the other way, so its source is our session's destination side: in2out it is
+/// a packet we delivered to the subscriber (remote → inside endpoint), out2in one we sent out (outside
+/// endpoint → remote). Swapping its ends gives this direction's session key.
+fn parse_icmp_error(
+    icmp: &[u8],
+    dir: Dir,
+    l4_off: u16,
+    total_len: u16,
+    icmp_type: u8,
+) -> Result<Parsed, DropReason> {
+    const UNMATCHED: DropReason = DropReason::IcmpErrorUnmatched;
+    let inner = icmp.get(8..).ok_or(DropReason::IcmpMalformed)?;
+    let q = Ipv4Packet::new_checked_header(inner).map_err(|_| UNMATCHED)?;
+    // Only a first fragment (or a whole datagram) quotes the ports.
+    if q.frag_offset() != 0 {
+        return Err(UNMATCHED);
+    }
+    let qhl = usize::from(q.header_len());
+    // RFC 792: the header plus the first 8 bytes of its payload at least.
+    let ql4 = inner.get(qhl..qhl + 8).ok_or(UNMATCHED)?;
+    let be = |i: usize| u16::from_be_bytes([ql4[i], ql4[i + 1]]);
+    let (qsrc, qdst, qproto) = (q.src_addr_u32(), q.dst_addr_u32(), q.protocol());
+    let (sport, dport) = match qproto {
+        ip_proto::TCP | ip_proto::UDP => (be(2), be(0)),
+        // An error about an error is never one of ours (nobody answers an ICMP error with one, RFC
+        // 1122 3.2.2); of ICMP only echo has a session.
+        ip_proto::ICMP if matches!(ql4[0], icmp_type::ECHO_REQUEST | icmp_type::ECHO_REPLY) => {
+            match dir {
+                Dir::In2Out => (be(4), 0),
+                Dir::Out2In => (0, be(4)),
+            }
+        }
+        _ => return Err(UNMATCHED),
+    };
+    Ok(Parsed {
+        key: FlowKey {
+            src: qdst,
+            dst: qsrc,
+            sport,
+            dport,
+            proto: qproto,
+        },
+        l4_off,
+        total_len,
+        tcp_flags: 0,
+        icmp_type,
+        frag: frag_pos::NONE,
+        icmp_error: true,
     })
 }
 
@@ -156,6 +283,11 @@ pub fn rewrite(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16, dec_t
     }
     ip.set_checksum(ck);
 
+    if p.frag == frag_pos::LATER {
+        // No transport header here; the first fragment's rewrite already fixed the L4 checksum, which
+        // covers the whole datagram.
+        return;
+    }
     match p.key.proto {
         ip_proto::TCP => {
             let mut t = TcpPacket::new_unchecked(l4);
@@ -204,6 +336,110 @@ pub fn rewrite(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16, dec_t
             c.set_checksum(ck);
         }
     }
+}
+
+/// Translate an ICMP error (RFC 5508 section 4) in place. `outer_addr` replaces the outer source
+/// (`End::Source`, in2out: the error leaves under the subscriber's outside address) or destination
+/// (`End::Destination`, out2in: it goes to the subscriber); the quoted packet's opposite end (its
+/// destination in2out, its source out2in) becomes `inner_addr`:`inner_port` (or identifier). The outer
+/// TTL is decremented if `dec_ttl` (once per crossing: not by the first half of a hairpin). Every checksum is updated incrementally (RFC 1624): the outer IPv4 header, the
+/// quoted IPv4 header, the quoted transport checksum where it was quoted (a zero UDP checksum stays
+/// zero), and the ICMP checksum, which covers all the quoted bytes that changed. `p` comes from
+/// [`parse`] on these bytes with `icmp_error` set, which checked every offset used here.
+pub fn rewrite_icmp_error(
+    pkt: &mut [u8],
+    p: &Parsed,
+    end: End,
+    outer_addr: u32,
+    inner_addr: u32,
+    inner_port: u16,
+    dec_ttl: bool,
+) {
+    let (hdr, rest) = pkt.split_at_mut(p.l4_off as usize);
+    let icmp = &mut rest[..(p.total_len - p.l4_off) as usize];
+    let mut ip = Ipv4Packet::new_unchecked(hdr);
+    let new_outer = wire::Ipv4Addr::from(outer_addr);
+    let old_outer = match end {
+        End::Source => ip.src_addr(),
+        End::Destination => ip.dst_addr(),
+    };
+    let ttl = ip.ttl();
+    let new_ttl = if dec_ttl { ttl.wrapping_sub(1) } else { ttl };
+    let mut ck = checksum::adjust_addr(ip.checksum(), old_outer, new_outer);
+    ck = checksum::adjust16(
+        ck,
+        u16::from_be_bytes([ttl, ip_proto::ICMP]),
+        u16::from_be_bytes([new_ttl, ip_proto::ICMP]),
+    );
+    ip.set_ttl(new_ttl);
+    match end {
+        End::Source => ip.set_src_addr(new_outer),
+        End::Destination => ip.set_dst_addr(new_outer),
+    }
+    ip.set_checksum(ck);
+
+    let (head, quoted) = icmp.split_at_mut(8);
+    let mut icmp_ck = u16::from_be_bytes([head[2], head[3]]);
+    let qhl = usize::from(quoted[0] & 0x0f) * 4;
+    let (qhdr, ql4) = quoted.split_at_mut(qhl);
+    let mut q = Ipv4Packet::new_unchecked(qhdr);
+    let new_inner = wire::Ipv4Addr::from(inner_addr);
+    // The quoted packet went the other way: in2out we rewrite its destination, out2in its source.
+    let old_inner = match end {
+        End::Source => q.dst_addr(),
+        End::Destination => q.src_addr(),
+    };
+    match end {
+        End::Source => q.set_dst_addr(new_inner),
+        End::Destination => q.set_src_addr(new_inner),
+    }
+    let old_qck = q.checksum();
+    let new_qck = checksum::adjust_addr(old_qck, old_inner, new_inner);
+    q.set_checksum(new_qck);
+    icmp_ck = checksum::adjust_addr(icmp_ck, old_inner, new_inner);
+    icmp_ck = checksum::adjust16(icmp_ck, old_qck, new_qck);
+
+    let word = |b: &[u8], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+    let put = |b: &mut [u8], i: usize, v: u16| b[i..i + 2].copy_from_slice(&v.to_be_bytes());
+    match p.key.proto {
+        ip_proto::TCP | ip_proto::UDP => {
+            let port_at = match end {
+                End::Source => 2,
+                End::Destination => 0,
+            };
+            let old_port = word(ql4, port_at);
+            put(ql4, port_at, inner_port);
+            icmp_ck = checksum::adjust16(icmp_ck, old_port, inner_port);
+            let ck_at = if p.key.proto == ip_proto::TCP { 16 } else { 6 };
+            if ql4.len() >= ck_at + 2 {
+                let old_l4 = word(ql4, ck_at);
+                // A quoted UDP datagram sent without a checksum keeps none.
+                if !(p.key.proto == ip_proto::UDP && old_l4 == 0) {
+                    let mut l4 = checksum::adjust16(
+                        checksum::adjust_addr(old_l4, old_inner, new_inner),
+                        old_port,
+                        inner_port,
+                    );
+                    if p.key.proto == ip_proto::UDP && l4 == 0 {
+                        l4 = 0xffff;
+                    }
+                    put(ql4, ck_at, l4);
+                    icmp_ck = checksum::adjust16(icmp_ck, old_l4, l4);
+                }
+            }
+        }
+        _ => {
+            // A quoted echo: the identifier moves, and its own checksum (no pseudo-header) with it.
+            let old_id = word(ql4, 4);
+            put(ql4, 4, inner_port);
+            let old_eck = word(ql4, 2);
+            let new_eck = checksum::adjust16(old_eck, old_id, inner_port);
+            put(ql4, 2, new_eck);
+            icmp_ck = checksum::adjust16(icmp_ck, old_id, inner_port);
+            icmp_ck = checksum::adjust16(icmp_ck, old_eck, new_eck);
+        }
+    }
+    head[2..4].copy_from_slice(&icmp_ck.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -265,6 +501,89 @@ pub(crate) mod testpkt {
         ipv4(ip_proto::ICMP, src, dst, &l4)
     }
 
+    /// A TCP segment (ACK) carrying `payload`.
+    pub fn tcp_payload(
+        src: Ipv4Addr,
+        sport: u16,
+        dst: Ipv4Addr,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20 + payload.len()];
+        l4[20..].copy_from_slice(payload);
+        let mut t = TcpPacket::new_unchecked(&mut l4[..]);
+        t.set_src_port(sport);
+        t.set_dst_port(dport);
+        t.set_seq_number(1000);
+        t.set_header_len(20);
+        t.set_flags(wire::tcp_flags::ACK);
+        t.set_window_len(65535);
+        t.fill_checksum(src, dst);
+        ipv4(ip_proto::TCP, src, dst, &l4)
+    }
+
+    /// Split a datagram (20-byte header) into fragments of at most `chunk` payload bytes (a multiple
+    /// of 8), as a router or the sending host would, with identification `ident`.
+    pub fn fragment(d: &[u8], ident: u16, chunk: usize) -> Vec<Vec<u8>> {
+        let payload = &d[20..];
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < payload.len() {
+            let end = (off + chunk).min(payload.len());
+            let mut b = d[..20].to_vec();
+            b.extend_from_slice(&payload[off..end]);
+            let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+            ip.set_total_len((20 + end - off) as u16);
+            ip.set_ident(ident);
+            ip.set_flags_and_frag(false, end < payload.len(), off as u16);
+            ip.fill_checksum();
+            out.push(b);
+            off = end;
+        }
+        out
+    }
+
+    /// Put fragments back together (for checking what the far host would reassemble).
+    pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+        let mut sorted: Vec<&Vec<u8>> = frags.iter().collect();
+        sorted.sort_by_key(|f| Ipv4Packet::new_checked(&f[..]).unwrap().frag_offset());
+        let mut d = sorted[0][..20].to_vec();
+        for f in sorted {
+            d.extend_from_slice(&f[20..]);
+        }
+        let len = d.len() as u16;
+        let mut ip = Ipv4Packet::new_unchecked(&mut d[..]);
+        ip.set_total_len(len);
+        ip.set_flags_and_frag(false, false, 0);
+        ip.fill_checksum();
+        d
+    }
+
+    /// An ICMP error of type `ty` from `src` to `dst` quoting the first `quote` bytes of `quoted` (RFC
+    /// 792 asks for the header and 8 bytes; Linux quotes up to 576 bytes in all).
+    pub fn icmp_error(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ty: u8,
+        code: u8,
+        quoted: &[u8],
+        quote: usize,
+    ) -> Vec<u8> {
+        let q = &quoted[..quote.min(quoted.len())];
+        let mut l4 = vec![0u8; 8 + q.len()];
+        l4[8..].copy_from_slice(q);
+        let mut c = Icmpv4Packet::new_unchecked(&mut l4[..]);
+        c.set_msg_type(ty);
+        c.set_msg_code(code);
+        if ty == wire::icmp_type::DEST_UNREACHABLE && code == 4 {
+            // Fragmentation needed: the next-hop MTU in the second half of the rest-of-header word.
+            l4[6..8].copy_from_slice(&1400u16.to_be_bytes());
+        }
+        let mut c = Icmpv4Packet::new_unchecked(&mut l4[..]);
+        c.fill_checksum();
+        ipv4(ip_proto::ICMP, src, dst, &l4)
+    }
+
     /// Every checksum in the packet is what a full recomputation gives.
     pub fn checksums_valid(b: &[u8]) -> bool {
         let ip = Ipv4Packet::new_checked(b).unwrap();
@@ -296,7 +615,7 @@ mod tests {
 
     #[test]
     fn parse_extracts_the_tuple() {
-        let p = parse(&udp(SUB, 5000, SRV, 53, b"q"), Dir::In2Out).unwrap();
+        let p = parse(&udp(SUB, 5000, SRV, 53, b"q"), Dir::In2Out, None).unwrap();
         assert_eq!(
             p.key,
             FlowKey {
@@ -310,12 +629,18 @@ mod tests {
         let p = parse(
             &icmp_echo(SUB, SRV, icmp_type::ECHO_REQUEST, 77),
             Dir::In2Out,
+            None,
         )
         .unwrap();
         assert_eq!((p.key.sport, p.key.dport), (77, 0));
-        let p = parse(&icmp_echo(SRV, SUB, icmp_type::ECHO_REPLY, 77), Dir::Out2In).unwrap();
+        let p = parse(
+            &icmp_echo(SRV, SUB, icmp_type::ECHO_REPLY, 77),
+            Dir::Out2In,
+            None,
+        )
+        .unwrap();
         assert_eq!((p.key.sport, p.key.dport), (0, 77));
-        let p = parse(&tcp(SUB, 4000, SRV, 80, tcp_flags::SYN), Dir::In2Out).unwrap();
+        let p = parse(&tcp(SUB, 4000, SRV, 80, tcp_flags::SYN), Dir::In2Out, None).unwrap();
         assert_eq!(p.tcp_flags, tcp_flags::SYN);
     }
 
@@ -323,28 +648,31 @@ mod tests {
     fn parse_rejects_with_the_right_reason() {
         let good = udp(SUB, 5000, SRV, 53, b"hello");
         assert_eq!(
-            parse(&good[..10], Dir::In2Out).unwrap_err(),
+            parse(&good[..10], Dir::In2Out, None).unwrap_err(),
             DropReason::Ipv4Truncated
         );
         let mut b = good.clone();
         b[0] = 0x44;
-        assert_eq!(parse(&b, Dir::In2Out).unwrap_err(), DropReason::Ipv4BadIhl);
+        assert_eq!(
+            parse(&b, Dir::In2Out, None).unwrap_err(),
+            DropReason::Ipv4BadIhl
+        );
         let mut b = good.clone();
         b[0] = 0x65;
         assert_eq!(
-            parse(&b, Dir::In2Out).unwrap_err(),
+            parse(&b, Dir::In2Out, None).unwrap_err(),
             DropReason::Ipv4BadVersion
         );
         let mut b = good.clone();
         b[3] = 200; // total length beyond the buffer
         assert_eq!(
-            parse(&b, Dir::In2Out).unwrap_err(),
+            parse(&b, Dir::In2Out, None).unwrap_err(),
             DropReason::Ipv4BadTotalLength
         );
         let mut b = good.clone();
         b[10] ^= 0xff;
         assert_eq!(
-            parse(&b, Dir::In2Out).unwrap_err(),
+            parse(&b, Dir::In2Out, None).unwrap_err(),
             DropReason::Ipv4BadChecksum
         );
         // Zero-length UDP.
@@ -352,14 +680,14 @@ mod tests {
         b[24] = 0;
         b[25] = 0;
         assert_eq!(
-            parse(&b, Dir::In2Out).unwrap_err(),
+            parse(&b, Dir::In2Out, None).unwrap_err(),
             DropReason::UdpBadLength
         );
         // UDP length shorter than the payload.
         let mut b = good.clone();
         b[25] = 9;
         assert_eq!(
-            parse(&b, Dir::In2Out).unwrap_err(),
+            parse(&b, Dir::In2Out, None).unwrap_err(),
             DropReason::UdpBadLength
         );
         // TTL 1: the router must answer, not forward.
@@ -367,33 +695,60 @@ mod tests {
         let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
         ip.set_ttl(1);
         ip.fill_checksum();
-        assert_eq!(parse(&b, Dir::In2Out).unwrap_err(), DropReason::TtlExceeded);
-        // A fragment.
+        assert_eq!(
+            parse(&b, Dir::In2Out, None).unwrap_err(),
+            DropReason::TtlExceeded
+        );
+        // A first fragment whose UDP length claims no more than the fragment holds.
         let mut b = good.clone();
         let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
         ip.set_flags_and_frag(false, true, 0);
         ip.fill_checksum();
         assert_eq!(
-            parse(&b, Dir::In2Out).unwrap_err(),
-            DropReason::FragmentUnsupported
+            parse(&b, Dir::In2Out, None).unwrap_err(),
+            DropReason::UdpBadLength
         );
-        // ICMP other than echo (timestamp here; errors are not translated yet).
+        // A later fragment that virtual reassembly knows nothing of.
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_flags_and_frag(false, true, 64);
+        ip.fill_checksum();
         assert_eq!(
-            parse(&icmp_echo(SUB, SRV, icmp_type::TIMESTAMP, 1), Dir::In2Out).unwrap_err(),
+            parse(&b, Dir::In2Out, None).unwrap_err(),
+            DropReason::FragmentMalformed
+        );
+        // ICMP other than echo and errors (timestamp here).
+        assert_eq!(
+            parse(
+                &icmp_echo(SUB, SRV, icmp_type::TIMESTAMP, 1),
+                Dir::In2Out,
+                None
+            )
+            .unwrap_err(),
             DropReason::IcmpUnsupported
         );
         assert_eq!(
-            parse(&icmp_echo(SRV, SUB, icmp_type::TIMESTAMP, 1), Dir::Out2In).unwrap_err(),
+            parse(
+                &icmp_echo(SRV, SUB, icmp_type::TIMESTAMP, 1),
+                Dir::Out2In,
+                None
+            )
+            .unwrap_err(),
             DropReason::IcmpUnsupported
         );
         // Echo replies from inside and requests from outside parse (the key shape follows the
         // direction); the shard refuses them when no mapping or session explains them, see
         // `shard::tests::icmp_echo_that_cannot_open_a_session_is_refused`.
-        let p = parse(&icmp_echo(SUB, SRV, icmp_type::ECHO_REPLY, 9), Dir::In2Out).unwrap();
+        let p = parse(
+            &icmp_echo(SUB, SRV, icmp_type::ECHO_REPLY, 9),
+            Dir::In2Out,
+            None,
+        )
+        .unwrap();
         assert_eq!((p.key.sport, p.key.dport, p.icmp_type), (9, 0, 0));
         let p = parse(
             &icmp_echo(SRV, SUB, icmp_type::ECHO_REQUEST, 9),
             Dir::Out2In,
+            None,
         )
         .unwrap();
         assert_eq!((p.key.sport, p.key.dport, p.icmp_type), (0, 9, 8));
@@ -404,7 +759,7 @@ mod tests {
         ip.set_total_len(30);
         ip.fill_checksum();
         assert_eq!(
-            parse(&b, Dir::In2Out).unwrap_err(),
+            parse(&b, Dir::In2Out, None).unwrap_err(),
             DropReason::TcpMalformed
         );
         // GRE.
@@ -413,7 +768,7 @@ mod tests {
         ip.set_protocol(47);
         ip.fill_checksum();
         assert_eq!(
-            parse(&b, Dir::In2Out).unwrap_err(),
+            parse(&b, Dir::In2Out, None).unwrap_err(),
             DropReason::UnsupportedProtocol
         );
     }
@@ -425,13 +780,13 @@ mod tests {
             tcp(SUB, 4000, SRV, 80, tcp_flags::SYN),
             icmp_echo(SUB, SRV, icmp_type::ECHO_REQUEST, 0xfffe),
         ] {
-            let p = parse(&b, Dir::In2Out).unwrap();
+            let p = parse(&b, Dir::In2Out, None).unwrap();
             rewrite(&mut b, &p, End::Source, OUT, 61000, true);
             assert!(checksums_valid(&b), "{b:02x?}");
             let ip = Ipv4Packet::new_checked(&b[..]).unwrap();
             assert_eq!(ip.src_addr_u32(), OUT);
             assert_eq!(ip.ttl(), 63);
-            let q = parse(&b, Dir::In2Out).unwrap();
+            let q = parse(&b, Dir::In2Out, None).unwrap();
             assert_eq!(q.key.sport, 61000);
             assert_eq!(q.key.dst, u32::from(SRV));
         }
@@ -444,7 +799,7 @@ mod tests {
             tcp(SUB, 4000, SRV, 80, tcp_flags::SYN | tcp_flags::ACK),
             icmp_echo(SUB, SRV, icmp_type::ECHO_REQUEST, 0x1234),
         ] {
-            let p = parse(&b, Dir::In2Out).unwrap();
+            let p = parse(&b, Dir::In2Out, None).unwrap();
             rewrite(&mut b, &p, End::Source, OUT, 61000, false);
             rewrite(&mut b, &p, End::Destination, 0x6440_000c, 7000, true);
             assert!(checksums_valid(&b), "{b:02x?}");
@@ -475,7 +830,7 @@ mod tests {
         let mut b = udp(SUB, 5000, SRV, 53, b"x");
         b[26] = 0;
         b[27] = 0;
-        let p = parse(&b, Dir::In2Out).unwrap();
+        let p = parse(&b, Dir::In2Out, None).unwrap();
         rewrite(&mut b, &p, End::Source, OUT, 1234, true);
         assert_eq!(&b[26..28], &[0, 0]);
     }
@@ -485,7 +840,7 @@ mod tests {
         let mut b = udp(SUB, 5000, SRV, 53, b"x");
         let n = b.len();
         b.extend_from_slice(&[0xaa; 17]);
-        let p = parse(&b, Dir::In2Out).unwrap();
+        let p = parse(&b, Dir::In2Out, None).unwrap();
         rewrite(&mut b, &p, End::Source, OUT, 1234, true);
         assert!(checksums_valid(&b[..n]));
         assert!(b[n..].iter().all(|&x| x == 0xaa));

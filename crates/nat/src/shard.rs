@@ -15,7 +15,9 @@ use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT};
 use crate::key::FlowKey;
 use crate::mapping::{self, HoldStep, MapTable, Mapping};
 use crate::ports::{AddrSpec, PortAllocator, port_owner};
-use crate::rewrite::{End, Parsed, decrement_ttl, ip_header, parse, rewrite};
+use crate::rewrite::{
+    End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
+};
 use crate::rules::{Filtering, PortAllocation, Rules, paired_index};
 use crate::session::{FLAGS, HAIRPIN, INBOUND, NIL, Session, Slab, tcp_state};
 use crate::subscriber::{SubTable, Subscriber, sub_hash};
@@ -555,10 +557,11 @@ impl Shard {
         core.now = now;
         // Packet counters are updated once per burst, not per packet.
         let (mut forwarded, mut hairpinned, mut untranslated) = (0u64, 0u64, 0u64);
+        let (mut icmp_errors, mut fragments) = (0u64, 0u64);
 
         // Stage 1: parse and hash everything; prefetch the home bucket of each key.
         for i in 0..n {
-            match parse(batch.packet(i), dir) {
+            match parse(batch.packet(i), dir, batch.later_fragment(i)) {
                 Ok(p) => {
                     let hash = p.key.hash(seed);
                     P::prefetch(core.index.home_ref(hash));
@@ -573,8 +576,9 @@ impl Shard {
                     // Protocols and packets the translator cannot handle may still be exempt from it.
                     let v = match r {
                         DropReason::UnsupportedProtocol
-                        | DropReason::FragmentUnsupported
+                        | DropReason::FragmentMalformed
                         | DropReason::IcmpUnsupported
+                        | DropReason::IcmpErrorUnmatched
                             if !core.rules.exclusions.is_empty() =>
                         {
                             core.untranslated_raw(dir, batch.packet_mut(i))
@@ -621,6 +625,10 @@ impl Shard {
             };
             let pkt = batch.packet_mut(i);
             verdicts[i] = match (slot, dir) {
+                _ if m.p.icmp_error => match slot {
+                    Some(s) => core.icmp_error(slab, s, dir, &m.p, pkt),
+                    None => core.icmp_error_miss(dir, pkt),
+                },
                 (Some(s), _) => core.forward(slab, s, dir, &m.p, pkt, now),
                 (None, Dir::In2Out) => core.in2out_miss(slab, &m.p, pkt, now),
                 (None, Dir::Out2In) => core.out2in_miss(slab, &m.p, pkt, now),
@@ -631,6 +639,13 @@ impl Shard {
                 Verdict::Hairpin => hairpinned += 1,
                 Verdict::ForwardUntranslated => untranslated += 1,
                 Verdict::Handoff { .. } => {}
+            }
+            if matches!(verdicts[i], Verdict::Forward | Verdict::Hairpin) {
+                if m.p.icmp_error {
+                    icmp_errors += 1;
+                } else if m.p.frag != frag_pos::NONE {
+                    fragments += 1;
+                }
             }
         }
         let c = &core.counters;
@@ -646,6 +661,12 @@ impl Shard {
         }
         if untranslated > 0 {
             c.add(Counter::UntranslatedPackets, untranslated);
+        }
+        if icmp_errors > 0 {
+            c.add(Counter::IcmpErrorsTranslated, icmp_errors);
+        }
+        if fragments > 0 {
+            c.add(Counter::FragmentsTranslated, fragments);
         }
     }
 
@@ -876,11 +897,109 @@ impl Core {
         }
     }
 
+    /// An ICMP error whose quoted packet belongs to session `slot` (RFC 5508 section 4): out2in it goes
+    /// to the subscriber that sent the quoted packet, in2out it leaves under the subscriber's outside
+    /// address and endpoint. Errors never refresh a session or move its TCP state: an error says
+    /// nothing about the peer being alive, and anyone on the path can send one. An error a subscriber
+    /// sends about a packet from another subscriber's mapping is hairpinned like any packet to our
+    /// outside endpoints.
+    fn icmp_error(
+        &mut self,
+        slab: &mut Slab,
+        slot: u32,
+        dir: Dir,
+        p: &Parsed,
+        pkt: &mut [u8],
+    ) -> Verdict {
+        let s = *slab.get(slot);
+        match dir {
+            Dir::Out2In => {
+                // An error about a packet we sent comes back to the address it was sent from.
+                if ip_header(pkt).is_none_or(|(_, dst, _)| dst != s.out_addr) {
+                    return Verdict::Drop(DropReason::IcmpErrorUnmatched);
+                }
+                rewrite_icmp_error(
+                    pkt,
+                    p,
+                    End::Destination,
+                    s.in_addr,
+                    s.in_addr,
+                    s.in_port,
+                    true,
+                );
+                Verdict::Forward
+            }
+            Dir::In2Out => {
+                let hairpin = self.ports.addr_index(s.rem_addr).is_some();
+                if hairpin && s.proto == ip_proto::ICMP {
+                    // An echo has a single identifier; its target mapping cannot be told apart.
+                    return Verdict::Drop(DropReason::IcmpErrorUnmatched);
+                }
+                rewrite_icmp_error(
+                    pkt,
+                    p,
+                    End::Source,
+                    s.out_addr,
+                    s.out_addr,
+                    s.out_port,
+                    !hairpin,
+                );
+                if !hairpin {
+                    return Verdict::Forward;
+                }
+                // The quoted packet came from the other subscriber's outside endpoint (rem): it is
+                // the source port of the quoted packet that names the target now.
+                let owner = port_owner(s.rem_port, self.cfg.workers);
+                if owner != self.cfg.worker {
+                    return Verdict::Handoff {
+                        worker: owner,
+                        dir: Dir::Out2In,
+                    };
+                }
+                let Ok(p2) = parse(pkt, Dir::Out2In, None) else {
+                    return Verdict::Drop(DropReason::IcmpErrorUnmatched);
+                };
+                let h = p2.key.hash(self.cfg.seed);
+                match self.lookup(slab, Dir::Out2In, &p2.key, h) {
+                    Some(s2) => {
+                        let t = *slab.get(s2);
+                        rewrite_icmp_error(
+                            pkt,
+                            &p2,
+                            End::Destination,
+                            t.in_addr,
+                            t.in_addr,
+                            t.in_port,
+                            true,
+                        );
+                        Verdict::Hairpin
+                    }
+                    None => Verdict::Drop(DropReason::IcmpErrorUnmatched),
+                }
+            }
+        }
+    }
+
+    /// An ICMP error that quotes no session of ours: it may belong to a no-NAT exclusion.
+    fn icmp_error_miss(&mut self, dir: Dir, pkt: &mut [u8]) -> Verdict {
+        if !self.rules.exclusions.is_empty()
+            && let Some(v) = self.untranslated_raw(dir, pkt)
+        {
+            return v;
+        }
+        Verdict::Drop(DropReason::IcmpErrorUnmatched)
+    }
+
     /// Slow path: an outbound packet with no session.
     fn in2out_miss(&mut self, slab: &mut Slab, p: &Parsed, pkt: &mut [u8], now: u32) -> Verdict {
         let k = p.key;
         if !self.rules.exclusions.is_empty() && self.rules.excluded_outbound(k.src, k.dst) {
             return self.untranslated(pkt);
+        }
+        // Only a first fragment (or a whole datagram) may open a session: it carries the header the
+        // rules and the TCP state machine look at.
+        if p.frag == frag_pos::LATER {
+            return Verdict::Drop(DropReason::NoSession);
         }
         match k.proto {
             // Only a SYN opens a session (RFC 5382); anything else without a session is invalid here.
@@ -1212,6 +1331,9 @@ impl Core {
             }
             return Verdict::Drop(DropReason::NoSession);
         };
+        if p.frag == frag_pos::LATER {
+            return Verdict::Drop(DropReason::NoSession);
+        }
         let m = *self.maps.get(ms);
         if m.is_held() {
             // Nobody uses the port during the hold-down.
