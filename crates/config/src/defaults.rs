@@ -39,3 +39,9 @@ pub const MAX_SESSIONS_PER_SUBSCRIBER: u32 = 16384;
 /// Leaves room for 15 busy subscribers on one outside address.
 pub const MAX_PORTS_PER_SUBSCRIBER: u32 = 4096;
 pub const EVENT_RING: u32 = 4096;
+
+/// Fragmented datagrams tracked per worker and side, out-of-order fragments held, and how long
+/// (nat::FragConfig explains the choice).
+pub const FRAG_MAX_DATAGRAMS: u32 = 4096;
+pub const FRAG_MAX_HELD: u32 = 256;
+pub const FRAG_TIMEOUT_MS: u32 = 2000;

@@ -36,8 +36,8 @@ pub use eal::{Eal, EalLogLevel, MAX_LCORE, Memory};
 pub use error::{ConfigError, FieldError, Location};
 pub use net::{AddressRange, Ipv4Net, MacAddr, ParseError, PortRange};
 pub use types::{
-    Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Filtering, Limits, LogFormat,
-    LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule,
+    Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Filtering, FragmentsCfg, Limits,
+    LogFormat, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule,
     StaticNeighbour, Timeouts, Workers,
 };
 

@@ -10,6 +10,17 @@ pub const MAX_SESSIONS_MIN: u32 = 1024;
 pub const MAX_SESSIONS_MAX: u32 = 1 << 26;
 /// RFC 4787 REQ-5: a UDP mapping must not expire in under two minutes.
 pub const UDP_TIMEOUT_MIN_SECS: u32 = 120;
+/// RFC 5382 REQ-5: an established TCP connection must not expire in under 2 h 4 min.
+pub const TCP_ESTABLISHED_MIN_SECS: u32 = 7440;
+/// RFC 5382 REQ-5: nor a transitory one in under 4 min.
+pub const TCP_TRANSITORY_MIN_SECS: u32 = 240;
+/// RFC 5508 REQ-1: an ICMP query mapping must not expire in under 60 s.
+pub const ICMP_TIMEOUT_MIN_SECS: u32 = 60;
+/// Fragment tracking: at least one datagram and one held fragment; at most 1 Mi of each per worker.
+pub const FRAG_TABLE_MAX: u32 = 1 << 20;
+/// A fragment deadline of 10 ms to 60 s (Linux's reassembly timer is 30 s).
+pub const FRAG_TIMEOUT_MIN_MS: u32 = 10;
+pub const FRAG_TIMEOUT_MAX_MS: u32 = 60_000;
 /// One week. Longer idle timeouts are almost always milliseconds typed as seconds.
 pub const TIMEOUT_MAX_SECS: u32 = 7 * 24 * 3600;
 pub const REACHABLE_TIME_MAX_SECS: u32 = 24 * 3600;

@@ -352,7 +352,7 @@ pub(crate) struct RawSnat {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "the nat mapping (max_sessions, max_mappings, max_subscribers, timeouts, limits, hold_down, udp_inbound_refresh, event_ring)"
+    expecting = "the nat mapping (max_sessions, max_mappings, max_subscribers, timeouts, limits, hold_down, udp_inbound_refresh, event_ring, fragments)"
 )]
 pub(crate) struct RawNat {
     pub max_sessions: u32,
@@ -363,6 +363,29 @@ pub(crate) struct RawNat {
     pub hold_down: u32,
     pub udp_inbound_refresh: bool,
     pub event_ring: u32,
+    pub fragments: RawFragments,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a fragments mapping (max_datagrams, max_held, timeout_ms)"
+)]
+pub(crate) struct RawFragments {
+    pub max_datagrams: u32,
+    pub max_held: u32,
+    pub timeout_ms: u32,
+}
+
+impl Default for RawFragments {
+    fn default() -> Self {
+        RawFragments {
+            max_datagrams: d::FRAG_MAX_DATAGRAMS,
+            max_held: d::FRAG_MAX_HELD,
+            timeout_ms: d::FRAG_TIMEOUT_MS,
+        }
+    }
 }
 
 impl Default for RawNat {
@@ -376,6 +399,7 @@ impl Default for RawNat {
             hold_down: d::HOLD_DOWN_SECS,
             udp_inbound_refresh: false,
             event_ring: d::EVENT_RING,
+            fragments: RawFragments::default(),
         }
     }
 }
@@ -404,13 +428,14 @@ impl Default for RawLimits {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a timeouts mapping of integer seconds"
+    expecting = "a timeouts mapping of integer seconds (tcp_established, tcp_transitory, udp, icmp) and enforce_rfc_minimums"
 )]
 pub(crate) struct RawTimeouts {
     pub tcp_established: u32,
     pub tcp_transitory: u32,
     pub udp: u32,
     pub icmp: u32,
+    pub enforce_rfc_minimums: bool,
 }
 
 impl Default for RawTimeouts {
@@ -420,6 +445,7 @@ impl Default for RawTimeouts {
             tcp_transitory: d::TCP_TRANSITORY_SECS,
             udp: d::UDP_SECS,
             icmp: d::ICMP_SECS,
+            enforce_rfc_minimums: true,
         }
     }
 }

@@ -755,6 +755,86 @@ fn udp_timeout_below_rfc_4787_minimum() {
 }
 
 #[test]
+fn every_rfc_timeout_floor_is_enforced_unless_a_lab_opts_out() {
+    for (field, below, rfc) in [
+        ("tcp_established", 7439, "RFC 5382"),
+        ("tcp_transitory", 239, "RFC 5382"),
+        ("icmp", 59, "RFC 5508"),
+    ] {
+        let extra = if field == "tcp_transitory" {
+            ""
+        } else {
+            "\n    tcp_transitory: 240"
+        };
+        rejects(
+            &format!("{MINIMAL}nat:\n  timeouts:\n    {field}: {below}{extra}\n"),
+            &format!("nat.timeouts.{field}"),
+            rfc,
+        );
+    }
+    // A lab or a test may go below them, and says so explicitly.
+    let c = Config::from_yaml_str(&format!(
+        "{MINIMAL}nat:\n  timeouts:\n    udp: 5\n    icmp: 5\n    tcp_transitory: 5\n    tcp_established: 30\n    enforce_rfc_minimums: false\n"
+    ))
+    .unwrap();
+    let t = c.nat.timeouts;
+    assert_eq!(
+        (t.udp, t.icmp, t.tcp_transitory, t.tcp_established),
+        (
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(30)
+        )
+    );
+    assert!(!t.rfc_minimums);
+    assert!(
+        Config::from_yaml_str(MINIMAL)
+            .unwrap()
+            .nat
+            .timeouts
+            .rfc_minimums
+    );
+    // Zero stays an error either way.
+    rejects(
+        &format!("{MINIMAL}nat:\n  timeouts:\n    udp: 0\n    enforce_rfc_minimums: false\n"),
+        "nat.timeouts.udp",
+        "outside 1..=",
+    );
+}
+
+#[test]
+fn fragment_limits_have_defaults_and_bounds() {
+    let c = Config::from_yaml_str(MINIMAL).unwrap();
+    assert_eq!(c.nat.fragments.max_datagrams, 4096);
+    assert_eq!(c.nat.fragments.max_held, 256);
+    assert_eq!(c.nat.fragments.timeout, Duration::from_millis(2000));
+    let c = Config::from_yaml_str(&format!(
+        "{MINIMAL}nat:\n  fragments:\n    max_datagrams: 100\n    max_held: 8\n    timeout_ms: 500\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.nat.fragments.max_datagrams, c.nat.fragments.max_held),
+        (100, 8)
+    );
+    rejects(
+        &format!("{MINIMAL}nat:\n  fragments:\n    max_held: 0\n"),
+        "nat.fragments.max_held",
+        "outside 1..=",
+    );
+    rejects(
+        &format!("{MINIMAL}nat:\n  fragments:\n    timeout_ms: 5\n"),
+        "nat.fragments.timeout_ms",
+        "10..=60000",
+    );
+    rejects(
+        &format!("{MINIMAL}nat:\n  fragments:\n    max_datagram: 5\n"),
+        "nat.fragments.max_datagram",
+        "expected one of `max_datagrams`",
+    );
+}
+
+#[test]
 fn timeouts_are_integer_seconds() {
     rejects(
         &format!("{MINIMAL}nat:\n  timeouts:\n    udp: 5m\n"),

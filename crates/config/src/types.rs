@@ -244,6 +244,25 @@ pub struct NatCfg {
     pub udp_inbound_refresh: bool,
     /// Capacity of each worker's event ring; 0 records no events.
     pub event_ring: u32,
+    pub fragments: FragmentsCfg,
+}
+
+/// Virtual reassembly of IPv4 fragments, per worker and side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentsCfg {
+    pub max_datagrams: u32,
+    pub max_held: u32,
+    pub timeout: Duration,
+}
+
+impl Default for FragmentsCfg {
+    fn default() -> Self {
+        FragmentsCfg {
+            max_datagrams: d::FRAG_MAX_DATAGRAMS,
+            max_held: d::FRAG_MAX_HELD,
+            timeout: Duration::from_millis(u64::from(d::FRAG_TIMEOUT_MS)),
+        }
+    }
 }
 
 impl Default for NatCfg {
@@ -257,6 +276,7 @@ impl Default for NatCfg {
             hold_down: secs(d::HOLD_DOWN_SECS),
             udp_inbound_refresh: false,
             event_ring: d::EVENT_RING,
+            fragments: FragmentsCfg::default(),
         }
     }
 }
@@ -270,6 +290,8 @@ pub struct Timeouts {
     pub udp: Duration,
     /// ICMP query (echo) sessions.
     pub icmp: Duration,
+    /// Whether the RFC floors were enforced (false: a lab or test config went below them).
+    pub rfc_minimums: bool,
 }
 
 impl Default for Timeouts {
@@ -279,6 +301,7 @@ impl Default for Timeouts {
             tcp_transitory: secs(d::TCP_TRANSITORY_SECS),
             udp: secs(d::UDP_SECS),
             icmp: secs(d::ICMP_SECS),
+            rfc_minimums: true,
         }
     }
 }

@@ -13,9 +13,9 @@ use crate::limits as lim;
 use crate::net::{AddressRange, Ipv4Net};
 use crate::raw::{RawConfig, RawEal, RawPool, RawPort, RawSnat, RawWorkers};
 use crate::types::{
-    Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Limits, LoggingCfg, MgmtCfg,
-    NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule, StaticNeighbour, Timeouts, Workers,
-    secs,
+    Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, FragmentsCfg, Limits, LoggingCfg,
+    MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule, StaticNeighbour, Timeouts,
+    Workers, secs,
 };
 use crate::{Config, defaults as d};
 
@@ -1125,15 +1125,43 @@ fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
             );
         }
     }
-    if t.udp > 0 && t.udp < lim::UDP_TIMEOUT_MIN_SECS {
-        errs.push(
-            "nat.timeouts.udp",
-            format!(
-                "{} s is below {} s; RFC 4787 REQ-5 forbids UDP mappings expiring in under two minutes",
+    if t.enforce_rfc_minimums {
+        for (name, v, min, why) in [
+            (
+                "udp",
                 t.udp,
-                lim::UDP_TIMEOUT_MIN_SECS
+                lim::UDP_TIMEOUT_MIN_SECS,
+                "RFC 4787 REQ-5 forbids UDP mappings expiring in under two minutes",
             ),
-        );
+            (
+                "tcp_established",
+                t.tcp_established,
+                lim::TCP_ESTABLISHED_MIN_SECS,
+                "RFC 5382 REQ-5 forbids established connections expiring in under 2 h 4 min",
+            ),
+            (
+                "tcp_transitory",
+                t.tcp_transitory,
+                lim::TCP_TRANSITORY_MIN_SECS,
+                "RFC 5382 REQ-5 forbids transitory connections expiring in under 4 min",
+            ),
+            (
+                "icmp",
+                t.icmp,
+                lim::ICMP_TIMEOUT_MIN_SECS,
+                "RFC 5508 REQ-1 forbids ICMP query mappings expiring in under 60 s",
+            ),
+        ] {
+            if v > 0 && v < min {
+                errs.push(
+                    format!("nat.timeouts.{name}"),
+                    format!(
+                        "{v} s is below {min} s; {why} (set nat.timeouts.enforce_rfc_minimums: false \
+                         to allow it in a lab)"
+                    ),
+                );
+            }
+        }
     }
     if t.tcp_established < t.tcp_transitory {
         errs.push(
@@ -1175,6 +1203,26 @@ fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
             format!("{} is more than {}", raw.event_ring, lim::MAX_SESSIONS_MAX),
         );
     }
+    let f = &raw.fragments;
+    for (name, v) in [("max_datagrams", f.max_datagrams), ("max_held", f.max_held)] {
+        if v == 0 || v > lim::FRAG_TABLE_MAX {
+            errs.push(
+                format!("nat.fragments.{name}"),
+                format!("{v} is outside 1..={}", lim::FRAG_TABLE_MAX),
+            );
+        }
+    }
+    if !(lim::FRAG_TIMEOUT_MIN_MS..=lim::FRAG_TIMEOUT_MAX_MS).contains(&f.timeout_ms) {
+        errs.push(
+            "nat.fragments.timeout_ms",
+            format!(
+                "{} ms is outside {}..={} ms",
+                f.timeout_ms,
+                lim::FRAG_TIMEOUT_MIN_MS,
+                lim::FRAG_TIMEOUT_MAX_MS
+            ),
+        );
+    }
     NatCfg {
         max_sessions: raw.max_sessions,
         max_mappings: raw.max_mappings,
@@ -1186,11 +1234,17 @@ fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
         hold_down: secs(raw.hold_down),
         udp_inbound_refresh: raw.udp_inbound_refresh,
         event_ring: raw.event_ring,
+        fragments: FragmentsCfg {
+            max_datagrams: f.max_datagrams,
+            max_held: f.max_held,
+            timeout: Duration::from_millis(u64::from(f.timeout_ms)),
+        },
         timeouts: Timeouts {
             tcp_established: secs(t.tcp_established),
             tcp_transitory: secs(t.tcp_transitory),
             udp: secs(t.udp),
             icmp: secs(t.icmp),
+            rfc_minimums: t.enforce_rfc_minimums,
         },
     }
 }

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dpdk::{BURST, Mbuf, MbufBurst, MbufRing, Mempool, RxQueue, TxQueue};
-use nat::{Counter, Counters, Dir, DropReason, PacketBatch, Prefetch, Shard, Verdict};
+use nat::{
+    Counter, Counters, Dir, DropReason, FragClass, FragConfig, L4Ids, PacketBatch, Prefetch,
+    Reassembly, Shard, Verdict,
+};
 use wire::{ArpPacket, EthernetAddress, EthernetFrame, Ipv4Packet, arp_op, ethertype, icmp_type};
 
 use crate::handoff::{Links, outside_port_of, subscriber_owner};
@@ -73,6 +76,8 @@ pub struct WorkerConfig {
     /// Sleep this long after `idle_polls` empty polls (zero: never sleep).
     pub idle_sleep: Duration,
     pub idle_polls: u32,
+    /// Virtual reassembly limits (per side of this worker).
+    pub fragments: FragConfig,
 }
 
 struct PortCtx {
@@ -98,10 +103,15 @@ impl Prefetch for DpdkPrefetch {
     }
 }
 
-/// The IPv4 packets of a burst as the NAT sees them: from the IP header on.
-struct L3Batch<'a>(&'a mut MbufBurst<BURST>);
+/// The IPv4 packets of a burst as the NAT sees them: from the IP header on, with what virtual
+/// reassembly found for each later fragment.
+struct L3Batch<'a>(&'a mut MbufBurst<BURST>, &'a [Option<L4Ids>; BURST]);
 
 impl PacketBatch for L3Batch<'_> {
+    #[inline]
+    fn later_fragment(&self, i: usize) -> Option<L4Ids> {
+        self.1[i]
+    }
     #[inline]
     fn len(&self) -> usize {
         self.0.len()
@@ -125,8 +135,16 @@ pub struct Worker {
     icmp_limit: RateLimit,
     tsc_hz: u64,
     start_tsc: u64,
+    /// TSC ticks per millisecond, for fragment deadlines.
+    tsc_per_ms: u64,
     rx: MbufBurst<BURST>,
     ipv4: MbufBurst<BURST>,
+    /// For each frame of `ipv4`: the transport identifiers of a later fragment.
+    ipv4_later: [Option<L4Ids>; BURST],
+    /// Virtual reassembly per side (a datagram's fragments all arrive on one side).
+    reasm: [Reassembly<Mbuf>; 2],
+    /// Fragments released by their first fragment, waiting to be dispatched right after it.
+    released: Vec<Mbuf>,
     local_addrs: [u32; 2],
     /// DPDK port ids of the inside and outside ports (handed-off frames carry theirs in `mbuf.port`).
     port_ids: [u16; 2],
@@ -158,6 +176,7 @@ impl Worker {
     ) -> Worker {
         let tsc_hz = dpdk::time::tsc_hz().max(1);
         let counters = shard.counters().clone();
+        let frag_seed = shard.config().seed ^ 0x6672_6167_0000_0000;
         let mk = |p: PortSetup| {
             let mut proxy_arp = p.proxy_arp;
             proxy_arp.sort_unstable();
@@ -195,8 +214,18 @@ impl Worker {
             icmp_limit: RateLimit::new(cfg.icmp_errors_per_s, cfg.icmp_errors_per_s.max(1), tsc_hz),
             tsc_hz,
             start_tsc: dpdk::time::tsc(),
+            tsc_per_ms: (tsc_hz / 1000).max(1),
             rx: MbufBurst::new(),
             ipv4: MbufBurst::new(),
+            ipv4_later: [None; BURST],
+            reasm: [
+                // Keyed like the session table (random per worker): outside hosts choose the keys, and
+                // datagrams that collide on purpose could fill a probe window.
+                Reassembly::new(cfg.fragments, frag_seed),
+                Reassembly::new(cfg.fragments, frag_seed.rotate_left(17) ^ 0x5eed),
+            ],
+            // Never grows: at most every held fragment is released at once.
+            released: Vec::with_capacity(cfg.fragments.max_held as usize),
             local_addrs,
             port_ids,
             me: cfg.worker,
@@ -225,6 +254,7 @@ impl Worker {
             self.flush(Side::Outside);
             self.shard.expire(now_s, EXPIRY_BUDGET);
             self.expire_held(now);
+            self.expire_fragments(now);
             self.counters.add(Counter::Loops, 1);
             if busy > 0 {
                 self.counters.add(Counter::BusyLoops, 1);
@@ -241,6 +271,9 @@ impl Worker {
         self.flush_handoff();
         for side in [Side::Inside, Side::Outside] {
             self.flush(side);
+        }
+        for r in &mut self.reasm {
+            r.clear(drop);
         }
         self.shard
     }
@@ -304,21 +337,10 @@ impl Worker {
         now: u64,
         now_s: u32,
     ) {
+        let now_ms = (now - self.start_tsc) / self.tsc_per_ms;
         for m in rx.drain(..) {
             match self.classify(side, &m, from_peer) {
-                Class::Ipv4 => {
-                    let owner = if from_peer || self.workers == 1 {
-                        self.me
-                    } else {
-                        self.owner(side, &m)
-                    };
-                    if owner == self.me {
-                        // Cannot fail: the burst has the same capacity as rx.
-                        let _ = self.ipv4.push(m);
-                    } else {
-                        self.handoff(owner, side, m);
-                    }
-                }
+                Class::Ipv4 => self.admit_ipv4(side, m, from_peer, now, now_s, now_ms),
                 Class::Arp => {
                     if !from_peer && self.workers > 1 {
                         self.share_arp(side, &m);
@@ -329,6 +351,69 @@ impl Worker {
                 Class::Drop(r) => self.counters.count_drop(r),
             }
         }
+        self.translate(side, now, now_s);
+    }
+
+    /// An IPv4 frame for translation: virtual reassembly first (a later fragment learns its ports, or
+    /// waits for its first fragment), then to its owner, here or over the handoff ring.
+    #[inline]
+    fn admit_ipv4(
+        &mut self,
+        side: Side,
+        m: Mbuf,
+        from_peer: bool,
+        now: u64,
+        now_s: u32,
+        now_ms: u64,
+    ) {
+        let mut later = None;
+        let mut first = None;
+        match self.reasm[side as usize].classify(&m.data()[L3..], now_ms) {
+            FragClass::Whole => {}
+            FragClass::First(key) => first = Some(key),
+            FragClass::Later(ids) => later = Some(ids),
+            FragClass::Unknown(key) => {
+                match self.reasm[side as usize].hold(key, m, now_ms) {
+                    Ok(()) => self.counters.add(Counter::FragmentsHeld, 1),
+                    // Dropping `m` frees it.
+                    Err(_) => self.counters.count_drop(DropReason::FragmentHoldFull),
+                }
+                return;
+            }
+            FragClass::Drop(r) => {
+                self.counters.count_drop(r);
+                return;
+            }
+        }
+        let owner = if from_peer || self.workers == 1 {
+            self.me
+        } else {
+            self.owner(side, &m, later)
+        };
+        if owner == self.me {
+            if self.ipv4.is_full() {
+                self.translate(side, now, now_s);
+            }
+            self.ipv4_later[self.ipv4.len()] = later;
+            // Cannot fail: the burst was flushed above when full.
+            let _ = self.ipv4.push(m);
+        } else {
+            self.handoff(owner, side, m);
+        }
+        if let Some(key) = first {
+            // Fragments that came before their first fragment follow it now, in the same order of
+            // handling (and over the same ring, when another worker owns the flow).
+            let mut released = std::mem::take(&mut self.released);
+            self.reasm[side as usize].release(&key, |f| released.push(f));
+            for f in released.drain(..) {
+                self.admit_ipv4(side, f, from_peer, now, now_s, now_ms);
+            }
+            self.released = released;
+        }
+    }
+
+    /// Translate the IPv4 frames gathered for `side` and send each where its verdict says.
+    fn translate(&mut self, side: Side, now: u64, now_s: u32) {
         if self.ipv4.is_empty() {
             return;
         }
@@ -338,8 +423,13 @@ impl Worker {
         };
         let mut verdicts = [Verdict::Forward; BURST];
         let mut ipv4 = std::mem::take(&mut self.ipv4);
-        self.shard
-            .process::<_, DpdkPrefetch>(dir, &mut L3Batch(&mut ipv4), &mut verdicts, now_s);
+        self.shard.process::<_, DpdkPrefetch>(
+            dir,
+            &mut L3Batch(&mut ipv4, &self.ipv4_later),
+            &mut verdicts,
+            now_s,
+        );
+        self.ipv4_later = [None; BURST];
         for (m, v) in ipv4.drain(..).zip(verdicts) {
             match v {
                 Verdict::Forward | Verdict::ForwardUntranslated => self.route(side.other(), m, now),
@@ -367,10 +457,32 @@ impl Worker {
         self.ipv4 = ipv4;
     }
 
+    /// Free held fragments whose first fragment never came.
+    fn expire_fragments(&mut self, now: u64) {
+        let now_ms = (now - self.start_tsc) / self.tsc_per_ms;
+        for r in &mut self.reasm {
+            let n = r.expire(now_ms, drop);
+            if n > 0 {
+                self.counters
+                    .count_drops(DropReason::FragmentTimeout, n as u64);
+            }
+        }
+    }
+
     /// The worker owning the flow of an IPv4 frame: inside by subscriber, outside by outside port.
     #[inline]
-    fn owner(&self, side: Side, m: &Mbuf) -> usize {
+    fn owner(&self, side: Side, m: &Mbuf, later: Option<L4Ids>) -> usize {
         let ip = &m.data()[L3..];
+        if let (Side::Outside, Some(ids)) = (side, later) {
+            // A later fragment carries no ports: those of its first fragment name the owner. For
+            // TCP/UDP the destination port is ours; for an echo, the identifier.
+            let port = if ip.get(9) == Some(&wire::ip_proto::ICMP) {
+                ids.sport
+            } else {
+                ids.dport
+            };
+            return nat::port_owner(port, self.workers as u16) as usize;
+        }
         match side {
             Side::Inside => match ip.get(12..16) {
                 Some(b) => {

@@ -217,12 +217,19 @@ fn pool_size(cfg: &Config, workers: u32) -> u32 {
         .map(|p| u32::from(p.rx_desc) + u32::from(p.tx_desc))
         .sum::<u32>()
         * workers;
-    let in_flight = workers * (4 * dpdk::BURST as u32 + 2 * 64);
+    // Bursts, frames held for ARP (64 per port) and out-of-order fragments (per side).
+    let in_flight = workers * (4 * dpdk::BURST as u32 + 2 * 64 + 2 * cfg.nat.fragments.max_held);
     let caches = (workers + 1) * 256;
     (rings + in_flight + caches + 1024).next_power_of_two() - 1
 }
 
 pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
+    if !cfg.nat.timeouts.rfc_minimums {
+        warn!(
+            "nat.timeouts.enforce_rfc_minimums is false: timeouts below the RFC 4787/5382/5508 floors \
+             break long-idle applications; use this only in a lab"
+        );
+    }
     let lcores: Vec<LcoreId> = cfg.worker_lcores().into_iter().map(LcoreId).collect();
     let n_workers = lcores.len() as u16;
     if n_workers == 0 {
@@ -344,6 +351,12 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             links: std::mem::replace(&mut links[i], Links::none()),
             idle_sleep: cfg.dataplane.idle_sleep,
             idle_polls: cfg.dataplane.idle_polls,
+            fragments: nat::FragConfig {
+                max_datagrams: cfg.nat.fragments.max_datagrams,
+                max_held: cfg.nat.fragments.max_held,
+                timeout_ms: u32::try_from(cfg.nat.fragments.timeout.as_millis())
+                    .unwrap_or(u32::MAX),
+            },
         };
         let counters = Arc::new(Counters::default());
         let shard_cfg = shard_config(cfg, q, n_workers, seeds.hash_one(i));
