@@ -293,11 +293,15 @@ pub(crate) struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a pool mapping (name, addresses, ports, filtering, allocation)"
+    expecting = "a pool mapping (name, addresses or masquerade, ports, filtering, allocation)"
 )]
 pub(crate) struct RawPool {
     pub name: String,
+    #[serde(default)]
     pub addresses: Vec<AddressRange>,
+    /// MASQUERADE: the outside port's own address is the pool (no `addresses`).
+    #[serde(default)]
+    pub masquerade: bool,
     #[serde(default)]
     pub ports: PortRange,
     #[serde(default)]

@@ -1394,3 +1394,42 @@ fn apdf_lab_differs_from_the_lab_only_in_filtering() {
     apdf.eal.file_prefix = lab.eal.file_prefix.clone();
     assert_eq!(apdf, lab);
 }
+
+#[test]
+fn masquerade_pools_use_the_outside_address() {
+    let c = Config::from_yaml_str(&edit(
+        r#"addresses: ["203.0.113.0/29"]"#,
+        "masquerade: true",
+    ))
+    .unwrap();
+    let p = &c.pools[0];
+    assert!(p.masquerade);
+    assert_eq!(
+        p.ranges,
+        vec![(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 1))]
+    );
+    // Both at once is ambiguous.
+    rejects(
+        &edit(
+            r#"addresses: ["203.0.113.0/29"]"#,
+            "masquerade: true\n    addresses: [\"203.0.113.0/29\"]",
+        ),
+        "pools[0].addresses",
+        "must be empty with masquerade",
+    );
+    // Neither says nothing.
+    rejects(
+        &edit(r#"addresses: ["203.0.113.0/29"]"#, "ports: \"1024-65535\""),
+        "pools[0].addresses",
+        "or set masquerade: true",
+    );
+    // One outside address, one masquerade pool.
+    rejects(
+        &edit(
+            "snat:",
+            "  - name: again\n    masquerade: true\n  - name: third\n    masquerade: true\nsnat:",
+        ),
+        "pools[2].masquerade",
+        "pools[1] already masquerades",
+    );
+}

@@ -118,6 +118,8 @@ pub struct Pool {
     pub port_hi: u16,
     pub filtering: Filtering,
     pub allocation: Allocation,
+    /// MASQUERADE: `ranges` is the outside port's address, shared with the appliance itself.
+    pub masquerade: bool,
 }
 
 /// Which inbound packets reach an existing mapping (RFC 4787 section 5).
@@ -400,6 +402,7 @@ mod tests {
     #[test]
     fn pool_enumerates_every_address_once() {
         let pool = Pool {
+            masquerade: false,
             name: "p".into(),
             ranges: vec![
                 (Ipv4Addr::new(10, 0, 0, 254), Ipv4Addr::new(10, 0, 1, 1)),

@@ -745,10 +745,31 @@ fn check_pools(errs: &mut Errors, raw: &[RawPool], ports: Option<&[PortCfg]>) ->
                 format!("`{}` is already used by pools[{k}]", pool.name),
             );
         }
-        if pool.addresses.is_empty() {
+        if pool.masquerade {
+            if !pool.addresses.is_empty() {
+                errs.push(
+                    format!("pools[{i}].addresses"),
+                    "must be empty with masquerade: true (the outside port's address is the pool)",
+                );
+            }
+            if let Some(ports) = ports
+                && ports.iter().filter(|p| p.role == Role::Outside).count() != 1
+            {
+                errs.push(
+                    format!("pools[{i}].masquerade"),
+                    "needs exactly one outside port, whose address becomes the pool",
+                );
+            }
+            if let Some(k) = raw[..i].iter().position(|o| o.masquerade) {
+                errs.push(
+                    format!("pools[{i}].masquerade"),
+                    format!("pools[{k}] already masquerades as the outside port's address"),
+                );
+            }
+        } else if pool.addresses.is_empty() {
             errs.push(
                 format!("pools[{i}].addresses"),
-                "must list at least one address",
+                "must list at least one address (or set masquerade: true)",
             );
         }
         for (j, r) in pool.addresses.iter().enumerate() {
@@ -791,11 +812,18 @@ fn check_pools(errs: &mut Errors, raw: &[RawPool], ports: Option<&[PortCfg]>) ->
     if errs.0.len() != before {
         return None;
     }
+    let outside = ports
+        .and_then(|ps| ps.iter().find(|p| p.role == Role::Outside))
+        .map(|p| p.address);
     Some(
         raw.iter()
             .map(|p| Pool {
                 name: p.name.clone(),
-                ranges: merge(&p.addresses),
+                ranges: match (p.masquerade, outside) {
+                    (true, Some(a)) => vec![(a, a)],
+                    _ => merge(&p.addresses),
+                },
+                masquerade: p.masquerade,
                 port_lo: p.ports.lo,
                 port_hi: p.ports.hi,
                 filtering: p.filtering,

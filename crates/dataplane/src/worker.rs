@@ -78,6 +78,9 @@ pub struct WorkerConfig {
     pub idle_polls: u32,
     /// Virtual reassembly limits (per side of this worker).
     pub fragments: FragConfig,
+    /// MASQUERADE: the outside port's address is also a pool address. Packets to it are translated
+    /// like any pool address, except ICMP echo requests, which the appliance answers itself.
+    pub masquerade: bool,
 }
 
 struct PortCtx {
@@ -146,6 +149,8 @@ pub struct Worker {
     /// Fragments released by their first fragment, waiting to be dispatched right after it.
     released: Vec<Mbuf>,
     local_addrs: [u32; 2],
+    /// The outside address when it doubles as the pool (MASQUERADE).
+    masq_addr: Option<u32>,
     /// DPDK port ids of the inside and outside ports (handed-off frames carry theirs in `mbuf.port`).
     port_ids: [u16; 2],
     me: usize,
@@ -157,6 +162,16 @@ pub struct Worker {
     idle_sleep: Duration,
     idle_polls: u32,
     idle: u32,
+}
+
+/// Whether an IPv4 packet (from its header on) is an unfragmented ICMP echo request.
+#[inline]
+fn is_echo_request(ip: &[u8]) -> bool {
+    let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+    let unfragmented = ip.get(6..8).is_some_and(|f| f[0] & 0x3f == 0 && f[1] == 0);
+    ip.get(9) == Some(&wire::ip_proto::ICMP)
+        && unfragmented
+        && ip.get(ihl) == Some(&icmp_type::ECHO_REQUEST)
 }
 
 /// A frame's fate after the Ethernet-level look.
@@ -227,6 +242,9 @@ impl Worker {
             // Never grows: at most every held fragment is released at once.
             released: Vec::with_capacity(cfg.fragments.max_held as usize),
             local_addrs,
+            masq_addr: cfg
+                .masquerade
+                .then_some(local_addrs[Side::Outside as usize]),
             port_ids,
             me: cfg.worker,
             workers,
@@ -585,12 +603,17 @@ impl Worker {
                 // The destination sits at bytes 16..20 of the IP header; short frames are left for the
                 // parser to reject with the precise reason.
                 match d.get(L3 + 16..L3 + 20) {
-                    Some(b)
-                        if self
-                            .local_addrs
-                            .contains(&u32::from_be_bytes([b[0], b[1], b[2], b[3]])) =>
-                    {
-                        Class::Local
+                    Some(b) => {
+                        let dst = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        if !self.local_addrs.contains(&dst) {
+                            Class::Ipv4
+                        } else if Some(dst) == self.masq_addr && !is_echo_request(&d[L3..]) {
+                            // The address is also the pool: replies to subscribers' flows, and
+                            // hairpins to them, are the translator's.
+                            Class::Ipv4
+                        } else {
+                            Class::Local
+                        }
                     }
                     _ => Class::Ipv4,
                 }
@@ -805,5 +828,41 @@ impl Worker {
         );
         self.counters.add(Counter::IcmpErrorsSent, 1);
         self.enqueue(side, m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_echo_request;
+
+    fn icmp(ty: u8, flags: [u8; 2]) -> Vec<u8> {
+        let mut b = vec![0u8; 28];
+        b[0] = 0x45;
+        b[6..8].copy_from_slice(&flags);
+        b[9] = 1;
+        b[20] = ty;
+        b
+    }
+
+    #[test]
+    fn only_whole_echo_requests_to_the_masquerade_address_are_answered_locally() {
+        assert!(
+            is_echo_request(&icmp(8, [0x40, 0])),
+            "DF set is still whole"
+        );
+        assert!(
+            !is_echo_request(&icmp(0, [0, 0])),
+            "replies belong to subscribers"
+        );
+        assert!(
+            !is_echo_request(&icmp(3, [0, 0])),
+            "errors belong to subscribers"
+        );
+        assert!(!is_echo_request(&icmp(8, [0x20, 0])), "first fragment");
+        assert!(!is_echo_request(&icmp(8, [0, 0x10])), "later fragment");
+        let mut udp = icmp(8, [0, 0]);
+        udp[9] = 17;
+        assert!(!is_echo_request(&udp));
+        assert!(!is_echo_request(&[0x45, 0, 0]), "truncated");
     }
 }

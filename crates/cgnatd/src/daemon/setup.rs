@@ -294,7 +294,9 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         .pools
         .iter()
         .flat_map(|p| p.addrs.iter().copied())
-        .filter(|a| outside_net.contains((*a).into()))
+        .filter(|a| {
+            outside_net.contains((*a).into()) && *a != u32::from(ports[outside].cfg.address)
+        })
         .collect();
 
     // Flows are owned by one worker each; frames that arrive elsewhere travel over these rings.
@@ -351,6 +353,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             links: std::mem::replace(&mut links[i], Links::none()),
             idle_sleep: cfg.dataplane.idle_sleep,
             idle_polls: cfg.dataplane.idle_polls,
+            masquerade: cfg.pools.iter().any(|p| p.masquerade),
             fragments: nat::FragConfig {
                 max_datagrams: cfg.nat.fragments.max_datagrams,
                 max_held: cfg.nat.fragments.max_held,
