@@ -412,11 +412,12 @@ impl Default for RawNat {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a limits mapping (max_sessions_per_subscriber, max_ports_per_subscriber)"
+    expecting = "a limits mapping (max_sessions_per_subscriber, max_ports_per_subscriber, icmp_unreachable)"
 )]
 pub(crate) struct RawLimits {
     pub max_sessions_per_subscriber: u32,
     pub max_ports_per_subscriber: u32,
+    pub icmp_unreachable: bool,
 }
 
 impl Default for RawLimits {
@@ -424,6 +425,7 @@ impl Default for RawLimits {
         RawLimits {
             max_sessions_per_subscriber: d::MAX_SESSIONS_PER_SUBSCRIBER,
             max_ports_per_subscriber: d::MAX_PORTS_PER_SUBSCRIBER,
+            icmp_unreachable: false,
         }
     }
 }

@@ -1433,3 +1433,20 @@ fn masquerade_pools_use_the_outside_address() {
         "pools[1] already masquerades",
     );
 }
+
+#[test]
+fn refused_flows_are_silent_unless_icmp_is_asked_for() {
+    assert!(
+        !Config::from_yaml_str(MINIMAL)
+            .unwrap()
+            .nat
+            .limits
+            .icmp_unreachable
+    );
+    let c = Config::from_yaml_str(&format!(
+        "{MINIMAL}nat:\n  limits:\n    icmp_unreachable: true\n    max_ports_per_subscriber: 100\n"
+    ))
+    .unwrap();
+    assert!(c.nat.limits.icmp_unreachable);
+    assert_eq!(c.nat.limits.max_ports_per_subscriber, 100);
+}

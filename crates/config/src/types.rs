@@ -178,6 +178,9 @@ pub struct Exclusion {
 pub struct Limits {
     pub max_sessions_per_subscriber: u32,
     pub max_ports_per_subscriber: u32,
+    /// Answer a refused new flow with ICMP destination unreachable, code 13 (administratively
+    /// prohibited); off by default: silent drops leak nothing about the limits to a scanning host.
+    pub icmp_unreachable: bool,
 }
 
 impl Default for Limits {
@@ -185,6 +188,7 @@ impl Default for Limits {
         Limits {
             max_sessions_per_subscriber: d::MAX_SESSIONS_PER_SUBSCRIBER,
             max_ports_per_subscriber: d::MAX_PORTS_PER_SUBSCRIBER,
+            icmp_unreachable: false,
         }
     }
 }

@@ -1258,6 +1258,7 @@ fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
         limits: Limits {
             max_sessions_per_subscriber: raw.limits.max_sessions_per_subscriber,
             max_ports_per_subscriber: raw.limits.max_ports_per_subscriber,
+            icmp_unreachable: raw.limits.icmp_unreachable,
         },
         hold_down: secs(raw.hold_down),
         udp_inbound_refresh: raw.udp_inbound_refresh,

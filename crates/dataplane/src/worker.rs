@@ -52,6 +52,8 @@ pub struct PortSetup {
     pub tx: TxQueue,
     pub mac: EthernetAddress,
     pub addr: Ipv4Addr,
+    /// Largest IPv4 packet this port sends; bigger ones are fragmented or refused (DF).
+    pub mtu: u16,
     pub routes: RouteTable,
     /// Extra addresses this port answers ARP for (pool addresses inside the outside subnet).
     pub proxy_arp: Vec<u32>,
@@ -68,6 +70,9 @@ pub struct WorkerConfig {
     pub neighbour_retransmit_ms: u64,
     /// ICMP errors per second this worker may send.
     pub icmp_errors_per_s: u64,
+    /// Answer a subscriber's flow refused at a limit (quota, ports, table) with ICMP destination
+    /// unreachable, administratively prohibited (type 3 code 13); off: a silent drop.
+    pub refusal_icmp: bool,
     /// This worker's index and the number of workers.
     pub worker: usize,
     pub workers: usize,
@@ -88,6 +93,7 @@ struct PortCtx {
     tx: TxQueue,
     mac: EthernetAddress,
     addr: u32,
+    mtu: u16,
     routes: RouteTable,
     proxy_arp: Vec<u32>,
     neigh: NeighbourTable,
@@ -151,6 +157,7 @@ pub struct Worker {
     local_addrs: [u32; 2],
     /// The outside address when it doubles as the pool (MASQUERADE).
     masq_addr: Option<u32>,
+    refusal_icmp: bool,
     /// DPDK port ids of the inside and outside ports (handed-off frames carry theirs in `mbuf.port`).
     port_ids: [u16; 2],
     me: usize,
@@ -208,6 +215,7 @@ impl Worker {
                 tx: p.tx,
                 mac: p.mac,
                 addr: p.addr.into(),
+                mtu: p.mtu,
                 routes: p.routes,
                 proxy_arp,
                 neigh,
@@ -245,6 +253,7 @@ impl Worker {
             masq_addr: cfg
                 .masquerade
                 .then_some(local_addrs[Side::Outside as usize]),
+            refusal_icmp: cfg.refusal_icmp,
             port_ids,
             me: cfg.worker,
             workers,
@@ -384,6 +393,17 @@ impl Worker {
         now_s: u32,
         now_ms: u64,
     ) {
+        // A router's duty before anything else: a packet must fit the port it leaves by (the other
+        // side; hairpins leave by the side they came from, whose MTU they already fit). A peer's frame
+        // was checked by the worker that received it.
+        let mtu = self.ports[side.other() as usize].mtu;
+        if !from_peer
+            && let Some(b) = m.data().get(L3 + 2..L3 + 4)
+            && u16::from_be_bytes([b[0], b[1]]) > mtu
+        {
+            self.too_big(side, m, mtu, from_peer, now, now_s, now_ms);
+            return;
+        }
         let mut later = None;
         let mut first = None;
         match self.reasm[side as usize].classify(&m.data()[L3..], now_ms) {
@@ -468,7 +488,16 @@ impl Worker {
                         self.handoff(w, as_side, m);
                     }
                 }
-                Verdict::Drop(DropReason::TtlExceeded) => self.time_exceeded(side, m, now),
+                Verdict::Drop(DropReason::TtlExceeded) => {
+                    self.icmp_reply(side, m, now, icmp_type::TIME_EXCEEDED, 0, 0)
+                }
+                Verdict::Drop(
+                    DropReason::QuotaExceeded | DropReason::OutOfPorts | DropReason::TableFull,
+                ) if self.refusal_icmp && side == Side::Inside => {
+                    // Communication administratively prohibited: the application learns at once
+                    // instead of retrying into a limit.
+                    self.icmp_reply(side, m, now, icmp_type::DEST_UNREACHABLE, 13, 0)
+                }
                 Verdict::Drop(_) => {}
             }
         }
@@ -786,9 +815,67 @@ impl Worker {
         self.enqueue(side, m);
     }
 
-    /// Answer a packet whose TTL ran out here with ICMP time exceeded, from the address of the port it
-    /// arrived on (that is the hop traceroute shows), back to the neighbour it came from.
-    fn time_exceeded(&mut self, side: Side, mut m: Mbuf, now: u64) {
+    /// A packet larger than the MTU of the port it must leave by: with DF set, answer "fragmentation
+    /// needed" with that MTU (RFC 1191, so the sender's path MTU discovery works through us); without,
+    /// fragment it (RFC 791) and send the fragments on, each translated as a fragment. Packets with IP
+    /// options are refused rather than fragmented (which options to copy is per option; none of the
+    /// traffic a CGNAT carries uses them).
+    #[allow(clippy::too_many_arguments)]
+    fn too_big(
+        &mut self,
+        side: Side,
+        m: Mbuf,
+        mtu: u16,
+        from_peer: bool,
+        now: u64,
+        now_s: u32,
+        now_ms: u64,
+    ) {
+        let Ok(h) = Ipv4Packet::new_checked(&m.data()[L3..]) else {
+            // A total length beyond the frame: the translator names the reason.
+            self.counters.count_drop(DropReason::Ipv4BadTotalLength);
+            return;
+        };
+        let (df, options, len) = (h.dont_frag(), h.header_len() != 20, h.total_len());
+        let (base, more) = (usize::from(h.frag_offset()), h.more_frags());
+        if df || options || mtu < 68 {
+            self.counters.count_drop(DropReason::MtuExceeded);
+            if df {
+                self.icmp_reply(side, m, now, icmp_type::DEST_UNREACHABLE, 4, u32::from(mtu));
+            }
+            return;
+        }
+        let payload = usize::from(len) - 20;
+        let chunk = (usize::from(mtu) - 20) & !7;
+        let mut off = 0;
+        while off < payload {
+            let n = chunk.min(payload - off);
+            let Some(mut f) = self.pool.alloc() else {
+                self.counters.count_drop(DropReason::NoMbuf);
+                return;
+            };
+            let Some(dst) = f.append(L3 + 20 + n) else {
+                self.counters.count_drop(DropReason::NoMbuf);
+                return;
+            };
+            let src = m.data();
+            dst[..L3 + 20].copy_from_slice(&src[..L3 + 20]);
+            dst[L3 + 20..].copy_from_slice(&src[L3 + 20 + off..L3 + 20 + off + n]);
+            let mut fh = Ipv4Packet::new_unchecked(&mut dst[L3..]);
+            fh.set_total_len((20 + n) as u16);
+            fh.set_flags_and_frag(false, more || off + n < payload, (base + off) as u16);
+            fh.fill_checksum();
+            f.set_port(m.port());
+            self.counters.add(Counter::FragmentsCreated, 1);
+            self.admit_ipv4(side, f, from_peer, now, now_s, now_ms);
+            off += n;
+        }
+    }
+
+    /// Answer a packet with an ICMP error (type/code, `rest` as the second header word) from the
+    /// address of the port it arrived on (for TTL expiry that is the hop traceroute shows), back to the
+    /// neighbour it came from. Rate-limited, and never about ICMP errors, fragments or broadcasts.
+    fn icmp_reply(&mut self, side: Side, mut m: Mbuf, now: u64, ty: u8, code: u8, rest: u32) {
         let d = m.data();
         let ip_part = &d[L3..];
         if !local::may_send_icmp_error(ip_part) || !self.icmp_limit.allow(now) {
@@ -821,9 +908,9 @@ impl Worker {
             back_to,
             addr,
             dst,
-            icmp_type::TIME_EXCEEDED,
-            0,
-            0,
+            ty,
+            code,
+            rest,
             &quote[..quote_len],
         );
         self.counters.add(Counter::IcmpErrorsSent, 1);

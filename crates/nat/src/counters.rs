@@ -82,10 +82,13 @@ pub enum DropReason {
     /// An ICMP error (RFC 5508) whose quoted packet matches no session, or quotes a packet that
     /// cannot be ours (too short, an error about an error, a fragment).
     IcmpErrorUnmatched,
+    /// Larger than the egress port's MTU and not fragmentable: DF set (answered with ICMP
+    /// fragmentation needed and the MTU) or IP options present.
+    MtuExceeded,
 }
 
 impl DropReason {
-    pub const COUNT: usize = DropReason::IcmpErrorUnmatched as usize + 1;
+    pub const COUNT: usize = DropReason::MtuExceeded as usize + 1;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::FrameTruncated,
         DropReason::UnsupportedEthertype,
@@ -121,6 +124,7 @@ impl DropReason {
         DropReason::FragmentHoldFull,
         DropReason::FragmentTableFull,
         DropReason::IcmpErrorUnmatched,
+        DropReason::MtuExceeded,
     ];
 
     /// Stable snake_case name used by the management API and `cgnatctl`.
@@ -160,6 +164,7 @@ impl DropReason {
             DropReason::FragmentHoldFull => "fragment_hold_full",
             DropReason::FragmentTableFull => "fragment_table_full",
             DropReason::IcmpErrorUnmatched => "icmp_error_unmatched",
+            DropReason::MtuExceeded => "mtu_exceeded",
         }
     }
 }
@@ -222,10 +227,12 @@ pub enum Counter {
     FragmentsTranslated,
     /// Non-first fragments that arrived before their first fragment and were held for it.
     FragmentsHeld,
+    /// Fragments this appliance made of packets larger than the egress MTU (DF clear).
+    FragmentsCreated,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::FragmentsHeld as usize + 1;
+    pub const COUNT: usize = Counter::FragmentsCreated as usize + 1;
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::RxPackets,
         Counter::TxPackets,
@@ -265,6 +272,7 @@ impl Counter {
         Counter::IcmpErrorsTranslated,
         Counter::FragmentsTranslated,
         Counter::FragmentsHeld,
+        Counter::FragmentsCreated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -307,6 +315,7 @@ impl Counter {
             Counter::IcmpErrorsTranslated => "icmp_errors_translated",
             Counter::FragmentsTranslated => "fragments_translated",
             Counter::FragmentsHeld => "fragments_held",
+            Counter::FragmentsCreated => "fragments_created",
         }
     }
 }

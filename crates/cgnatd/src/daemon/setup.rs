@@ -332,6 +332,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
                     .with_context(|| format!("port {:?}: tx queue {q}", rp.cfg.name))?,
                 mac: EthernetAddress(rp.port.mac_addr()),
                 addr: rp.cfg.address,
+                mtu: rp.cfg.mtu,
                 routes: route_table(&rp.cfg),
                 proxy_arp: proxy,
                 static_neighbours: rp
@@ -348,6 +349,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             neighbour_reachable_s: cfg.neighbour.reachable_time.as_secs(),
             neighbour_retransmit_ms: cfg.neighbour.retransmit.as_millis() as u64,
             icmp_errors_per_s: ICMP_ERRORS_PER_S,
+            refusal_icmp: cfg.nat.limits.icmp_unreachable,
             worker: i,
             workers: usize::from(n_workers),
             links: std::mem::replace(&mut links[i], Links::none()),
