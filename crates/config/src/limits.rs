@@ -12,8 +12,6 @@ pub const MAX_SESSIONS_MAX: u32 = 1 << 26;
 pub const UDP_TIMEOUT_MIN_SECS: u32 = 120;
 /// RFC 5382 REQ-5: an established TCP connection must not expire in under 2 h 4 min.
 pub const TCP_ESTABLISHED_MIN_SECS: u32 = 7440;
-/// RFC 5382 REQ-5: nor a transitory one in under 4 min.
-pub const TCP_TRANSITORY_MIN_SECS: u32 = 240;
 /// RFC 5508 REQ-1: an ICMP query mapping must not expire in under 60 s.
 pub const ICMP_TIMEOUT_MIN_SECS: u32 = 60;
 /// Fragment tracking: at least one datagram and one held fragment; at most 1 Mi of each per worker.

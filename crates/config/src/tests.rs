@@ -758,20 +758,20 @@ fn udp_timeout_below_rfc_4787_minimum() {
 fn every_rfc_timeout_floor_is_enforced_unless_a_lab_opts_out() {
     for (field, below, rfc) in [
         ("tcp_established", 7439, "RFC 5382"),
-        ("tcp_transitory", 239, "RFC 5382"),
         ("icmp", 59, "RFC 5508"),
     ] {
-        let extra = if field == "tcp_transitory" {
-            ""
-        } else {
-            "\n    tcp_transitory: 240"
-        };
         rejects(
-            &format!("{MINIMAL}nat:\n  timeouts:\n    {field}: {below}{extra}\n"),
+            &format!("{MINIMAL}nat:\n  timeouts:\n    {field}: {below}\n"),
             &format!("nat.timeouts.{field}"),
             rfc,
         );
     }
+    // RFC 7857 section 2 lets the transitory timeout be shortened as local policy.
+    let c = Config::from_yaml_str(&format!(
+        "{MINIMAL}nat:\n  timeouts:\n    tcp_transitory: 60\n"
+    ))
+    .unwrap();
+    assert_eq!(c.nat.timeouts.tcp_transitory, Duration::from_secs(60));
     // A lab or a test may go below them, and says so explicitly.
     let c = Config::from_yaml_str(&format!(
         "{MINIMAL}nat:\n  timeouts:\n    udp: 5\n    icmp: 5\n    tcp_transitory: 5\n    tcp_established: 30\n    enforce_rfc_minimums: false\n"

@@ -1168,12 +1168,6 @@ fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
                 "RFC 5382 REQ-5 forbids established connections expiring in under 2 h 4 min",
             ),
             (
-                "tcp_transitory",
-                t.tcp_transitory,
-                lim::TCP_TRANSITORY_MIN_SECS,
-                "RFC 5382 REQ-5 forbids transitory connections expiring in under 4 min",
-            ),
-            (
                 "icmp",
                 t.icmp,
                 lim::ICMP_TIMEOUT_MIN_SECS,
