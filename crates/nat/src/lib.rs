@@ -38,6 +38,17 @@
 //!   untranslated ([`Verdict::ForwardUntranslated`]).
 //! * **Events** ([`Event`]) go to a bounded per-shard ring the control plane drains
 //!   ([`Shard::drain_events`]); when it is full new events are dropped and counted.
+//! * **ICMP errors** (RFC 5508 section 4: destination unreachable, fragmentation needed, time
+//!   exceeded, parameter problem, source quench) in both directions find their session from the
+//!   quoted packet; the outer address, the quoted header, the quoted transport checksum and the ICMP
+//!   checksum are rewritten incrementally. They never open, refresh or change the state of a session;
+//!   one between two subscribers is hairpinned. Out2in, the error must be addressed to the outside
+//!   address the quoted packet came from.
+//! * **Fragments** (RFC 4787 REQ-14): [`Reassembly`] (virtual reassembly, run by the data plane in
+//!   front of the shard) learns each datagram's ports from its first fragment and holds fragments that
+//!   come before it; the shard translates a first fragment like a whole packet and a later one, by the
+//!   ports it is handed ([`PacketBatch::later_fragment`]), in its IPv4 header only. Later fragments never
+//!   open sessions.
 //!
 //! # Memory
 //!
@@ -53,8 +64,8 @@
 //!
 //! # Limitations
 //!
-//! No fragment translation (fragments are dropped and counted), ICMP errors are not translated
-//! (dropped and counted), no destination NAT. Rules are fixed for the life of a shard. An ICMP echo is
+//! No destination NAT. Rules are fixed for the life of a shard. Fragmented ICMP errors are refused, and
+//! so are errors about an echo between two subscribers. An ICMP echo is
 //! hairpinned to the mapping whose outside identifier equals the sender's translated identifier (the
 //! same rule as for an echo arriving from outside), so ICMP hairpinning reaches a target only when the
 //! identifiers line up (port preservation makes that predictable); TCP and UDP have no such limit.
