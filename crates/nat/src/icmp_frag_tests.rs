@@ -454,3 +454,110 @@ fn later_fragments_never_open_sessions() {
     assert_eq!(v[0], Verdict::Drop(DropReason::NoSession));
     assert_eq!(sh.session_count(), 1);
 }
+
+// ---- Conntrack states (NEW / ESTABLISHED; RELATED and INVALID packets) ----
+
+fn only_session(sh: &Shard) -> crate::Session {
+    let v: Vec<_> = sh.sessions().copied().collect();
+    assert_eq!(v.len(), 1);
+    v[0]
+}
+
+#[test]
+fn sessions_are_new_until_the_other_side_answers() {
+    use crate::CtState;
+    use wire::tcp_flags as F;
+    let mut sh = shard();
+    // UDP: NEW after the request, ESTABLISHED after the answer.
+    let sent = udp_session(&mut sh);
+    assert_eq!(only_session(&sh).ct_state(), CtState::New);
+    let (oa, op) = src_of(&sent);
+    one(&mut sh, Dir::Out2In, udp(SRV, 53, ip(oa), op, b"a"), 2);
+    assert_eq!(only_session(&sh).ct_state(), CtState::Established);
+    // An ICMP error about it (RELATED) changes nothing.
+    sh.flush();
+    let sent = udp_session(&mut sh);
+    let (oa, _) = src_of(&sent);
+    let err = icmp_error(SRV, ip(oa), icmp_type::DEST_UNREACHABLE, 3, &sent, 576);
+    assert_eq!(one(&mut sh, Dir::Out2In, err, 2).0, Verdict::Forward);
+    assert_eq!(only_session(&sh).ct_state(), CtState::New);
+    // TCP: NEW through SYN, ESTABLISHED once the SYN is answered, and still while closing.
+    sh.flush();
+    let (_, syn) = one(&mut sh, Dir::In2Out, tcp(SUB1, 4000, SRV, 80, F::SYN), 3);
+    assert_eq!(only_session(&sh).ct_state(), CtState::New);
+    let (oa, op) = src_of(&syn);
+    one(
+        &mut sh,
+        Dir::Out2In,
+        tcp(SRV, 80, ip(oa), op, F::SYN | F::ACK),
+        3,
+    );
+    assert_eq!(only_session(&sh).ct_state(), CtState::Established);
+    one(
+        &mut sh,
+        Dir::In2Out,
+        tcp(SUB1, 4000, SRV, 80, F::FIN | F::ACK),
+        4,
+    );
+    assert_eq!(only_session(&sh).ct_state(), CtState::Established);
+    // A session an outside host opened (endpoint-independent filtering) is NEW until the
+    // subscriber answers.
+    sh.flush();
+    let sent = udp_session(&mut sh);
+    let (oa, op) = src_of(&sent);
+    one(
+        &mut sh,
+        Dir::Out2In,
+        udp(ROUTER, 9, ip(oa), op, b"hello"),
+        5,
+    );
+    let inbound: Vec<_> = sh.sessions().filter(|s| s.is_inbound()).copied().collect();
+    assert_eq!(inbound.len(), 1);
+    assert_eq!(inbound[0].ct_state(), CtState::New);
+    one(&mut sh, Dir::In2Out, udp(SUB1, 5000, ROUTER, 9, b"hi"), 5);
+    let inbound: Vec<_> = sh.sessions().filter(|s| s.is_inbound()).copied().collect();
+    assert_eq!(inbound[0].ct_state(), CtState::Established);
+}
+
+#[test]
+fn impossible_tcp_flags_are_invalid_and_leave_the_session_alone() {
+    use wire::tcp_flags as F;
+    let mut sh = shard();
+    let (_, syn) = one(&mut sh, Dir::In2Out, tcp(SUB1, 4000, SRV, 80, F::SYN), 1);
+    let (oa, op) = src_of(&syn);
+    one(
+        &mut sh,
+        Dir::Out2In,
+        tcp(SRV, 80, ip(oa), op, F::SYN | F::ACK),
+        1,
+    );
+    let before = only_session(&sh);
+    for (dir, flags) in [
+        (Dir::In2Out, F::SYN | F::FIN),
+        (Dir::In2Out, 0),
+        (Dir::Out2In, F::FIN),
+        (Dir::Out2In, F::SYN | F::RST),
+        (Dir::Out2In, F::FIN | F::PSH | F::URG),
+    ] {
+        let pkt = match dir {
+            Dir::In2Out => tcp(SUB1, 4000, SRV, 80, flags),
+            Dir::Out2In => tcp(SRV, 80, ip(oa), op, flags),
+        };
+        assert_eq!(
+            one(&mut sh, dir, pkt, 50).0,
+            Verdict::Drop(DropReason::TcpInvalid),
+            "flags {flags:#x}"
+        );
+    }
+    // Neither its state nor its timer moved; ordinary segments still pass.
+    assert_eq!(only_session(&sh), before);
+    assert_eq!(sh.counters().drops(DropReason::TcpInvalid), 5);
+    let v = one(
+        &mut sh,
+        Dir::In2Out,
+        tcp(SUB1, 4000, SRV, 80, F::ACK | F::PSH),
+        51,
+    )
+    .0;
+    assert_eq!(v, Verdict::Forward);
+}

@@ -107,7 +107,7 @@ pub use ports::{BLOCK_PORTS, PortAllocator, PortSet, port_owner};
 pub use rules::{
     Exclusion, Filtering, MAX_POOLS, Pool, PortAllocation, Prefix, Rules, SnatRule, paired_address,
 };
-pub use session::{HAIRPIN, INBOUND, Session, tcp_state};
+pub use session::{CtState, HAIRPIN, INBOUND, REPLIED, Session, tcp_state};
 pub use shard::{Dir, Limits, MAX_BURST, Memory, Shard, ShardConfig, Verdict};
 pub use subscriber::Subscriber;
 

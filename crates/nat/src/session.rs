@@ -34,6 +34,22 @@ pub mod tcp_state {
     pub const RST: u8 = 0x40;
 }
 
+/// Set in [`Session::state`] of a UDP or ICMP session once a packet has travelled the other way from the
+/// one that opened it (TCP tells the same from its handshake phase).
+pub const REPLIED: u8 = 0x04;
+
+/// Connection-tracking state of a session, as `conntrack -L` shows it. The other two conntrack states
+/// are states of packets, not sessions: RELATED is an ICMP error about a session (translated with it,
+/// counted `icmp_errors_translated`), INVALID a packet no session explains and none may open (dropped and
+/// counted: `tcp_invalid`, `no_session`, `icmp_error_unmatched`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtState {
+    /// Packets seen in the opening direction only (TCP: handshake not answered yet).
+    New,
+    /// Packets seen both ways (TCP: handshake answered, including while closing).
+    Established,
+}
+
 /// Set in [`Session::state`] (any protocol) when the remote endpoint is one of our own pool addresses:
 /// packets of the session are hairpinned back inside.
 pub const HAIRPIN: u8 = 0x80;
@@ -100,6 +116,20 @@ impl Session {
     /// Whether an inbound packet opened the session.
     pub fn is_inbound(&self) -> bool {
         self.state & INBOUND != 0
+    }
+
+    /// The session's connection-tracking state.
+    pub fn ct_state(&self) -> CtState {
+        let up = match self.proto {
+            // After the handshake the phase stays ESTABLISHED while the FIN/RST bits record closing.
+            ip_proto::TCP => self.state & tcp_state::PHASE_MASK == tcp_state::ESTABLISHED,
+            _ => self.state & REPLIED != 0,
+        };
+        if up {
+            CtState::Established
+        } else {
+            CtState::New
+        }
     }
 
     /// A TCP connection that ended with a FIN from each side and no RST: its port may skip the

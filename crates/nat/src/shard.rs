@@ -19,7 +19,7 @@ use crate::rewrite::{
     End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
 };
 use crate::rules::{Filtering, PortAllocation, Rules, paired_index};
-use crate::session::{FLAGS, HAIRPIN, INBOUND, NIL, Session, Slab, tcp_state};
+use crate::session::{FLAGS, HAIRPIN, INBOUND, NIL, REPLIED, Session, Slab, tcp_state};
 use crate::subscriber::{SubTable, Subscriber, sub_hash};
 use crate::{MemAdvice, NatError, PacketBatch, Prefetch, Timeouts};
 use wire::{icmp_type, ip_proto, tcp_flags};
@@ -216,6 +216,37 @@ fn adf_hash(seed: u64, rem: u32, out_addr: u32, out_port: u16, proto: u8) -> u32
         proto,
     }
     .hash(seed ^ ADF_TWEAK)
+}
+
+/// Flag combinations a real TCP sends (Linux conntrack's table, PSH/ECE/CWR ignored). Anything else —
+/// SYN with FIN or RST, no flags at all, FIN without ACK (scans, "Christmas tree" packets) — is INVALID:
+/// dropped without touching the session.
+#[inline]
+fn tcp_flags_valid(flags: u8) -> bool {
+    use tcp_flags::{ACK, FIN, RST, SYN, URG};
+    const MASK: u8 = FIN | SYN | RST | ACK | URG;
+    const fn bits(combos: &[u8]) -> u64 {
+        let mut m = 0u64;
+        let mut i = 0;
+        while i < combos.len() {
+            m |= 1 << combos[i];
+            i += 1;
+        }
+        m
+    }
+    // One bit per valid combination of the flags under MASK (all below 64).
+    const VALID: u64 = bits(&[
+        SYN,
+        SYN | URG,
+        SYN | ACK,
+        RST,
+        RST | ACK,
+        FIN | ACK,
+        FIN | ACK | URG,
+        ACK,
+        ACK | URG,
+    ]);
+    (VALID >> (flags & MASK)) & 1 != 0
 }
 
 #[inline]
@@ -833,6 +864,10 @@ impl Core {
         if dir == Dir::In2Out && s.state & HAIRPIN != 0 {
             return self.hairpin(slab, slot, p, pkt, now);
         }
+        // A later fragment has no flags to look at; its first fragment was checked.
+        if s.proto == ip_proto::TCP && p.frag != frag_pos::LATER && !tcp_flags_valid(p.tcp_flags) {
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
         if dir == Dir::In2Out || s.proto != ip_proto::UDP || self.cfg.udp_inbound_refresh {
             s.last_seen = now;
         }
@@ -840,8 +875,12 @@ impl Core {
             Dir::In2Out => (End::Source, s.out_addr, s.out_port),
             Dir::Out2In => (End::Destination, s.in_addr, s.in_port),
         };
-        if s.proto == ip_proto::TCP && track_tcp(s, dir, p.tcp_flags) {
-            slab.refile(slot, &self.cfg.timeouts);
+        if s.proto == ip_proto::TCP {
+            if track_tcp(s, dir, p.tcp_flags) {
+                slab.refile(slot, &self.cfg.timeouts);
+            }
+        } else if (dir == Dir::Out2In) != (s.state & INBOUND != 0) {
+            s.state |= REPLIED;
         }
         rewrite(pkt, p, end, addr, port, true);
         Verdict::Forward
@@ -858,6 +897,9 @@ impl Core {
         now: u32,
     ) -> Verdict {
         let s = slab.get_mut(slot);
+        if s.proto == ip_proto::TCP && p.frag != frag_pos::LATER && !tcp_flags_valid(p.tcp_flags) {
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
         s.last_seen = now;
         if s.proto == ip_proto::TCP && track_tcp(s, Dir::In2Out, p.tcp_flags) {
             slab.refile(slot, &self.cfg.timeouts);
