@@ -55,6 +55,8 @@ pub struct WorkerStatsSnapshot {
     pub counters: Vec<(&'static str, u64)>,
     /// Drops by snake_case reason (e.g. "no_session"), zeros included.
     pub drops: Vec<(&'static str, u64)>,
+    /// Ports in use per pool address (dotted quad), every address listed.
+    pub ports_by_address: Vec<(String, u64)>,
 }
 
 /// Which side of the NAT a port faces.
@@ -154,6 +156,10 @@ pub(crate) mod fake {
                             ("sessions_current", 7),
                         ],
                         drops: vec![("no_session", 4), ("out_of_ports", 0)],
+                        ports_by_address: vec![
+                            ("203.0.113.1".into(), 3),
+                            ("203.0.113.2".into(), 0),
+                        ],
                     },
                     WorkerStatsSnapshot {
                         worker: 1,
@@ -164,6 +170,10 @@ pub(crate) mod fake {
                             ("sessions_current", 5),
                         ],
                         drops: vec![("no_session", 6), ("out_of_ports", 2)],
+                        ports_by_address: vec![
+                            ("203.0.113.1".into(), 1),
+                            ("203.0.113.2".into(), 4),
+                        ],
                     },
                 ],
             }

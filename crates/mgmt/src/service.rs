@@ -153,17 +153,25 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
 pub(crate) fn stats_to_proto(stats: &StatsSnapshot) -> v1::Stats {
     let mut totals = HashMap::new();
     let mut drops = HashMap::new();
+    let mut ports_by_address = HashMap::new();
     let workers = stats
         .workers
         .iter()
         .map(|w| {
             add_into(&mut totals, &w.counters);
             add_into(&mut drops, &w.drops);
+            let mut by_addr = HashMap::with_capacity(w.ports_by_address.len());
+            for (addr, n) in &w.ports_by_address {
+                let slot: &mut u64 = ports_by_address.entry(addr.clone()).or_insert(0);
+                *slot = slot.saturating_add(*n);
+                by_addr.insert(addr.clone(), *n);
+            }
             v1::WorkerStats {
                 worker: w.worker,
                 lcore: w.lcore,
                 counters: to_map(&w.counters),
                 drops: to_map(&w.drops),
+                ports_by_address: by_addr,
             }
         })
         .collect();
@@ -171,6 +179,7 @@ pub(crate) fn stats_to_proto(stats: &StatsSnapshot) -> v1::Stats {
         totals,
         drops,
         workers,
+        ports_by_address,
     }
 }
 
@@ -247,6 +256,9 @@ mod tests {
         assert_eq!(stats.workers[1].lcore, 3);
         assert_eq!(stats.workers[1].counters["rx_packets"], 500);
         assert_eq!(stats.workers[0].drops["out_of_ports"], 0);
+        assert_eq!(stats.ports_by_address["203.0.113.1"], 4);
+        assert_eq!(stats.ports_by_address["203.0.113.2"], 4);
+        assert_eq!(stats.workers[1].ports_by_address["203.0.113.2"], 4);
     }
 
     #[test]
@@ -256,6 +268,7 @@ mod tests {
             lcore: n,
             counters: vec![("rx_packets", u64::MAX - 1)],
             drops: vec![],
+            ports_by_address: vec![],
         };
         let stats = stats_to_proto(&StatsSnapshot {
             workers: vec![worker(0), worker(1)],

@@ -976,6 +976,20 @@ fn ports_in_use_are_reported_per_address() {
     assert_eq!(sh.counters().get(Counter::SubscribersCurrent), 2);
     assert_eq!(sh.counters().get(Counter::TcpSessionsCreated), 1);
     assert_eq!(sh.counters().get(Counter::UdpSessionsCreated), 3);
+    // The control plane reads the same figures from the counters, without touching the shard; every
+    // pool address is listed, idle ones at zero.
+    let published = sh.counters().ports_by_address();
+    assert_eq!(published.len(), POOL.len());
+    let mut nonzero: Vec<_> = published.into_iter().filter(|&(_, n)| n > 0).collect();
+    nonzero.sort();
+    assert_eq!(nonzero, want);
+    sh.flush();
+    assert!(
+        sh.counters()
+            .ports_by_address()
+            .iter()
+            .all(|&(_, n)| n == 0)
+    );
 }
 
 // ---- State always drains ----

@@ -4,6 +4,7 @@
 //! there is exactly one writer per core, so no `lock`-prefixed instruction is needed on the hot path, and
 //! readers (the management plane) only need a recent value, never a consistent cut across counters.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a packet was dropped. Indexes the per-core drop counters; never allocates.
@@ -325,6 +326,9 @@ impl Counter {
 pub struct Counters {
     drops: [AtomicU64; DropReason::COUNT],
     values: [AtomicU64; Counter::COUNT],
+    /// Ports in use per outside address (all protocols), in the shard's address order; installed once
+    /// when the shard is built, updated when a port is taken or freed.
+    addresses: OnceLock<Box<[(u32, AtomicU64)]>>,
 }
 
 impl Default for Counters {
@@ -332,11 +336,39 @@ impl Default for Counters {
         Counters {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             values: std::array::from_fn(|_| AtomicU64::new(0)),
+            addresses: OnceLock::new(),
         }
     }
 }
 
 impl Counters {
+    /// Install the per-address port gauges (once; later calls are ignored, so a shard rebuilt over the
+    /// same counters keeps the first layout).
+    pub(crate) fn init_addresses(&self, addrs: impl Iterator<Item = u32>) {
+        let _ = self
+            .addresses
+            .set(addrs.map(|a| (a, AtomicU64::new(0))).collect());
+    }
+
+    #[inline]
+    pub(crate) fn set_address_ports(&self, index: usize, n: u64) {
+        if let Some(g) = self.addresses.get().and_then(|a| a.get(index)) {
+            g.1.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Ports in use per outside address (address in host order), as last published by the worker.
+    pub fn ports_by_address(&self) -> Vec<(u32, u64)> {
+        self.addresses
+            .get()
+            .map(|a| {
+                a.iter()
+                    .map(|(ad, n)| (*ad, n.load(Ordering::Relaxed)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Single-writer increment: only the owning core may call the mutating methods.
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {

@@ -384,6 +384,7 @@ impl Shard {
             }));
         }
         let ports = PortAllocator::build(&specs, cfg.worker, cfg.workers, cfg.seed.rotate_left(17));
+        counters.init_addresses(ports.in_use_by_address().into_iter().map(|(a, _)| a));
         for pool in &rules.pools {
             if let PortAllocation::Blocks { size, .. } = pool.allocation
                 && pool.addrs.iter().any(|&a| {
@@ -1207,6 +1208,7 @@ impl Core {
         }
         let port = self.alloc_port(pi, sub, in_port, proto, now)?;
         let out_addr = self.subs.get(sub).out_addr;
+        self.publish_ports(out_addr);
         let m = Mapping::new(in_addr, in_port, out_addr, port, proto, pi as u8, sub);
         let Some(ms) = self
             .maps
@@ -1530,11 +1532,22 @@ impl Core {
         self.release_subscriber_if_idle(m.subscriber);
     }
 
+    /// Publish how many ports of `out_addr` are in use (for the control plane; on port changes only).
+    #[inline]
+    fn publish_ports(&self, out_addr: u32) {
+        if let Some(a) = self.ports.addr_index(out_addr) {
+            self.counters
+                .set_address_ports(a, u64::from(self.ports.ports_in_use(out_addr)));
+        }
+    }
+
     fn free_port(&mut self, sub: u32, out_addr: u32, proto: u8, port: u16, now: u32) {
         let Some(a) = self.ports.addr_index(out_addr) else {
             return;
         };
-        if let Some(Some(j)) = self.ports.release(a, proto, port) {
+        let released = self.ports.release(a, proto, port);
+        self.publish_ports(out_addr);
+        if let Some(Some(j)) = released {
             // The block is empty (nothing mapped or held in it): give it back.
             let set = self.ports.block_set(a, j);
             let owned = self.subs.remove_block(sub, j);

@@ -69,13 +69,15 @@ pub fn info_table(info: &InfoView) -> String {
 }
 
 /// `cgnatctl stats` output; JSON shape
-/// `{"totals":{..},"drops":{..},"workers":[{"worker","lcore","counters","drops"}]}`.
+/// `{"totals":{..},"drops":{..},"ports_by_address":{..},"workers":[{"worker","lcore","counters","drops","ports_by_address"}]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct StatsView {
     /// Counters summed over workers.
     pub totals: BTreeMap<String, u64>,
     /// Drops by reason summed over workers, zeros included.
     pub drops: BTreeMap<String, u64>,
+    /// Ports in use per pool address, summed over workers, idle addresses included.
+    pub ports_by_address: BTreeMap<String, u64>,
     /// Per-worker detail, ordered by worker index.
     pub workers: Vec<WorkerView>,
 }
@@ -91,6 +93,8 @@ pub struct WorkerView {
     pub counters: BTreeMap<String, u64>,
     /// Drops by reason.
     pub drops: BTreeMap<String, u64>,
+    /// Ports in use per pool address.
+    pub ports_by_address: BTreeMap<String, u64>,
 }
 
 impl From<&v1::Stats> for StatsView {
@@ -106,12 +110,14 @@ impl From<&v1::Stats> for StatsView {
                 lcore: w.lcore,
                 counters: sorted(&w.counters),
                 drops: sorted(&w.drops),
+                ports_by_address: sorted(&w.ports_by_address),
             })
             .collect();
         workers.sort_by_key(|w| w.worker);
         StatsView {
             totals: sorted(&stats.totals),
             drops: sorted(&stats.drops),
+            ports_by_address: sorted(&stats.ports_by_address),
             workers,
         }
     }
@@ -184,6 +190,19 @@ pub fn stats_table(stats: &StatsView, opts: StatsTableOptions, rates: Option<&Ra
         out.push_str("No drops.\n");
     } else {
         out.push_str(&drops);
+    }
+    let ports = section(
+        "POOL ADDRESS (PORTS IN USE)",
+        &stats.ports_by_address,
+        |w| &w.ports_by_address,
+        stats,
+        opts,
+        None,
+        |n| opts.all_drops || n > 0,
+    );
+    if !ports.is_empty() {
+        out.push('\n');
+        out.push_str(&ports);
     }
     out
 }
@@ -427,6 +446,7 @@ mod tests {
         v1::Stats {
             totals: map(&[("rx_packets", 1_234_567), ("tx_packets", 1_500)]),
             drops: map(&[("no_session", 10), ("out_of_ports", 0)]),
+            ports_by_address: map(&[("203.0.113.1", 7), ("203.0.113.2", 0)]),
             // Deliberately out of order: output is sorted by worker index.
             workers: vec![
                 v1::WorkerStats {
@@ -434,12 +454,14 @@ mod tests {
                     lcore: 3,
                     counters: map(&[("rx_packets", 234_567), ("tx_packets", 500)]),
                     drops: map(&[("no_session", 4), ("out_of_ports", 0)]),
+                    ports_by_address: map(&[("203.0.113.1", 2), ("203.0.113.2", 0)]),
                 },
                 v1::WorkerStats {
                     worker: 0,
                     lcore: 1,
                     counters: map(&[("rx_packets", 1_000_000), ("tx_packets", 1_000)]),
                     drops: map(&[("no_session", 6), ("out_of_ports", 0)]),
+                    ports_by_address: map(&[("203.0.113.1", 5), ("203.0.113.2", 0)]),
                 },
             ],
         }
@@ -454,13 +476,16 @@ mod tests {
             serde_json::json!({
                 "totals": {"rx_packets": 1_234_567, "tx_packets": 1_500},
                 "drops": {"no_session": 10, "out_of_ports": 0},
+                "ports_by_address": {"203.0.113.1": 7, "203.0.113.2": 0},
                 "workers": [
                     {"worker": 0, "lcore": 1,
                      "counters": {"rx_packets": 1_000_000, "tx_packets": 1_000},
-                     "drops": {"no_session": 6, "out_of_ports": 0}},
+                     "drops": {"no_session": 6, "out_of_ports": 0},
+                     "ports_by_address": {"203.0.113.1": 5, "203.0.113.2": 0}},
                     {"worker": 1, "lcore": 3,
                      "counters": {"rx_packets": 234_567, "tx_packets": 500},
-                     "drops": {"no_session": 4, "out_of_ports": 0}},
+                     "drops": {"no_session": 4, "out_of_ports": 0},
+                     "ports_by_address": {"203.0.113.1": 2, "203.0.113.2": 0}},
                 ]
             })
         );
@@ -477,7 +502,10 @@ mod tests {
              tx_packets      1,500\n\
              \n\
              DROP REASON  TOTAL\n\
-             no_session      10\n"
+             no_session      10\n\
+             \n\
+             POOL ADDRESS (PORTS IN USE)  TOTAL\n\
+             203.0.113.1                      7\n"
         );
         let all = stats_table(
             &stats,
@@ -488,12 +516,17 @@ mod tests {
             None,
         );
         assert!(all.contains("out_of_ports      0\n"), "{all}");
+        assert!(
+            all.contains("203.0.113.2                      0\n"),
+            "{all}"
+        );
     }
 
     #[test]
     fn stats_table_without_drops_says_so() {
         let mut stats = StatsView::from(&sample_stats());
         stats.drops.values_mut().for_each(|n| *n = 0);
+        stats.ports_by_address.values_mut().for_each(|n| *n = 0);
         let text = stats_table(&stats, StatsTableOptions::default(), None);
         assert!(text.ends_with("\nNo drops.\n"), "{text}");
     }

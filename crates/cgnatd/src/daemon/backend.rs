@@ -85,6 +85,11 @@ impl Backend for DaemonBackend {
                     lcore: *lcore,
                     counters: c.snapshot_counters(),
                     drops: c.snapshot_drops(),
+                    ports_by_address: c
+                        .ports_by_address()
+                        .into_iter()
+                        .map(|(a, n)| (std::net::Ipv4Addr::from(a).to_string(), n))
+                        .collect(),
                 })
                 .collect(),
         }
