@@ -495,11 +495,12 @@ impl Default for RawMgmt {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "the logging mapping (level, format)"
+    expecting = "the logging mapping (level, format, nat_events)"
 )]
 pub(crate) struct RawLogging {
     pub level: String,
     pub format: LogFormat,
+    pub nat_events: bool,
 }
 
 impl Default for RawLogging {
@@ -507,6 +508,7 @@ impl Default for RawLogging {
         RawLogging {
             level: d::LOG_LEVEL.to_owned(),
             format: LogFormat::Text,
+            nat_events: true,
         }
     }
 }

@@ -349,6 +349,8 @@ pub struct LoggingCfg {
     /// A `tracing_subscriber::EnvFilter` directive, e.g. `info,dataplane=debug`.
     pub level: String,
     pub format: LogFormat,
+    /// Log the NAT's events (mappings, port blocks, limits hit) under the `cgnat::event` target.
+    pub nat_events: bool,
 }
 
 impl Default for LoggingCfg {
@@ -356,6 +358,7 @@ impl Default for LoggingCfg {
         LoggingCfg {
             level: d::LOG_LEVEL.to_owned(),
             format: LogFormat::Text,
+            nat_events: true,
         }
     }
 }

@@ -1317,5 +1317,6 @@ fn check_logging(errs: &mut Errors, raw: crate::raw::RawLogging) -> LoggingCfg {
     LoggingCfg {
         level: raw.level,
         format: raw.format,
+        nat_events: raw.nat_events,
     }
 }

@@ -20,4 +20,4 @@ pub mod neighbour;
 pub mod route;
 mod worker;
 
-pub use worker::{DpdkPrefetch, PortSetup, Side, Worker, WorkerConfig};
+pub use worker::{DpdkPrefetch, EventQueue, PortSetup, Side, Worker, WorkerConfig};

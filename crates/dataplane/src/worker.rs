@@ -29,6 +29,13 @@ use crate::route::RouteTable;
 const EXPIRY_BUDGET: u32 = 256;
 /// Packets held per port while their next hop is being resolved.
 const HOLD_MAX: usize = 64;
+/// Events moved from the shard's ring to the control plane per iteration at most.
+const EVENT_BATCH: usize = 64;
+
+/// The queue a worker hands the shard's events (mappings, port blocks, limits) to the control plane
+/// over: bounded and lock-free; when it is full the events wait in the shard's ring, and when that is
+/// full they are dropped and counted (`events_dropped`), never blocking the worker.
+pub type EventQueue = crossbeam::queue::ArrayQueue<nat::Event>;
 
 /// Side of the NAT a port faces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +90,8 @@ pub struct WorkerConfig {
     pub idle_polls: u32,
     /// Virtual reassembly limits (per side of this worker).
     pub fragments: FragConfig,
+    /// Where to hand the shard's events; `None` leaves them in the shard's ring.
+    pub events: Option<Arc<EventQueue>>,
     /// MASQUERADE: the outside port's address is also a pool address. Packets to it are translated
     /// like any pool address, except ICMP echo requests, which the appliance answers itself.
     pub masquerade: bool,
@@ -157,6 +166,9 @@ pub struct Worker {
     local_addrs: [u32; 2],
     /// The outside address when it doubles as the pool (MASQUERADE).
     masq_addr: Option<u32>,
+    events: Option<Arc<EventQueue>>,
+    /// Reused for every event batch (capacity `EVENT_BATCH`, never grows).
+    event_buf: Vec<nat::Event>,
     refusal_icmp: bool,
     /// DPDK port ids of the inside and outside ports (handed-off frames carry theirs in `mbuf.port`).
     port_ids: [u16; 2],
@@ -254,6 +266,8 @@ impl Worker {
                 .masquerade
                 .then_some(local_addrs[Side::Outside as usize]),
             refusal_icmp: cfg.refusal_icmp,
+            events: cfg.events,
+            event_buf: Vec::with_capacity(EVENT_BATCH),
             port_ids,
             me: cfg.worker,
             workers,
@@ -282,6 +296,7 @@ impl Worker {
             self.shard.expire(now_s, EXPIRY_BUDGET);
             self.expire_held(now);
             self.expire_fragments(now);
+            self.export_events();
             self.counters.add(Counter::Loops, 1);
             if busy > 0 {
                 self.counters.add(Counter::BusyLoops, 1);
@@ -502,6 +517,28 @@ impl Worker {
             }
         }
         self.ipv4 = ipv4;
+    }
+
+    /// Move a bounded batch of the shard's events to the control plane's queue, as many as it has
+    /// room for.
+    fn export_events(&mut self) {
+        let Some(q) = &self.events else {
+            return;
+        };
+        if self.shard.pending_events() == 0 {
+            return;
+        }
+        let room = q.capacity() - q.len();
+        if room == 0 {
+            return;
+        }
+        self.event_buf.clear();
+        self.shard
+            .drain_events(&mut self.event_buf, room.min(EVENT_BATCH));
+        for e in self.event_buf.drain(..) {
+            // Single producer: the room counted above is still there.
+            let _ = q.push(e);
+        }
     }
 
     /// Free held fragments whose first fragment never came.

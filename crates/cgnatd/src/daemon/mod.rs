@@ -1,6 +1,7 @@
 //! Start-up, run and shutdown of the daemon.
 
 mod backend;
+mod events;
 mod setup;
 
 use std::path::Path;
@@ -145,6 +146,8 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
     let listen = cfg.mgmt.listen;
     let interval = cfg.stats_interval;
     let counters = dp.counters();
+    let queues = dp.events.clone();
+    let last_queues = dp.events.clone();
     rt.block_on(async move {
         let bound = mgmt::bind(mgmt::ServerConfig { listen }, backend)
             .await
@@ -166,9 +169,32 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
                 info!(target: "cgnatd::stats", "{}", backend::summary_line(&counters));
             }
         });
+        let event_log = tokio::spawn(async move {
+            if queues.is_empty() {
+                return;
+            }
+            // Often enough that a full default queue (4096) takes well over a second of new
+            // mappings to fill, rarely enough to cost nothing when idle.
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                for (worker, q) in &queues {
+                    while let Some(e) = q.pop() {
+                        events::log(*worker, &e);
+                    }
+                }
+            }
+        });
         wait_for_signal().await?;
         info!("termination signal received, shutting down");
         stats.abort();
+        event_log.abort();
+        // What the workers queued before the signal still reaches the log.
+        for (worker, q) in &last_queues {
+            while let Some(e) = q.pop() {
+                events::log(*worker, &e);
+            }
+        }
         let _ = tx.send(());
         match server.await {
             Ok(r) => r.context("management API failed"),

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use config::{Config, PortCfg, Role};
 use dataplane::handoff::{self, Links};
 use dataplane::route::{Prefix, RouteTable};
-use dataplane::{PortSetup, Worker, WorkerConfig};
+use dataplane::{EventQueue, PortSetup, Worker, WorkerConfig};
 use dpdk::lcore::{self, LcoreId};
 use dpdk::{Mempool, Port, PortConfig, PortId};
 use nat::{Counters, Pool, Rules, Shard, ShardConfig, SnatRule, Timeouts};
@@ -31,6 +31,8 @@ pub struct DataPlane {
     /// rte_flow rules steering flows to their owner's queue, where the NIC supports them.
     steering: Vec<dpdk::flow::Steering>,
     pub workers: Vec<(LcoreId, Arc<Counters>)>,
+    /// Per worker (index, queue): the NAT events the control plane logs.
+    pub events: Vec<(usize, Arc<EventQueue>)>,
     pool: Option<Arc<Mempool>>,
 }
 
@@ -312,6 +314,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         ports: Vec::new(),
         steering: Vec::new(),
         workers: Vec::new(),
+        events: Vec::new(),
         pool: None,
     };
     if n_workers > 1 {
@@ -343,7 +346,14 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
                     .collect(),
             })
         };
+        // Events leave the worker through a queue as large as its ring, when they are logged.
+        let events = (cfg.logging.nat_events && cfg.nat.event_ring > 0)
+            .then(|| Arc::new(EventQueue::new(cfg.nat.event_ring as usize)));
+        if let Some(q) = &events {
+            dp.events.push((i, q.clone()));
+        }
         let wcfg = WorkerConfig {
+            events,
             inside: setup(inside, Vec::new())?,
             outside: setup(outside, proxy_arp.clone())?,
             neighbour_reachable_s: cfg.neighbour.reachable_time.as_secs(),
