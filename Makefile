@@ -45,7 +45,7 @@ unit: ## Unit and integration tests of every crate (no lab needed)
 
 # The same suite runs on one worker, on two (handoff rings between workers), and with
 # address-and-port-dependent filtering (the filtering and hairpin cases check either mode).
-E2E_CONFIGS ?= config/lab.yaml config/lab-2workers.yaml config/lab-apdf.yaml
+E2E_CONFIGS ?= config/lab.yaml config/lab-2workers.yaml config/lab-apdf.yaml config/lab-short.yaml config/lab-pcap.yaml
 
 e2e: ## End-to-end tests through the namespace lab, 1 and 2 workers (root; needs `make build`)
 	for c in $(E2E_CONFIGS); do \

@@ -5,8 +5,12 @@
 #   cgn-sub2 100.64.0.12/24 ─┼─ bridge in netns cgn-access ── veth ── cgn-in  (DPDK port 0, inside, 100.64.0.1)
 #   cgnatd (root ns) ─── cgn-out (DPDK port 1, outside, 192.0.2.1) ── veth ── cgn-inet 192.0.2.2/24
 #   cgn-inet: servers 198.51.100.10 and 198.51.100.11; route 203.0.113.0/24 (the pool) via 192.0.2.1
+#   cgn-inet (router, far0 198.18.0.1/24, MTU 1400) ── veth ── cgn-far 198.18.0.2/24 (MTU 1500)
 #
 # cgnatd attaches with net_af_packet to the root-namespace veth ends cgn-in and cgn-out.
+# cgn-far is two routed hops behind cgnatd (default route via cgn-inet). cgn-inet forwards, and its
+# end of that link has MTU 1400: a 1500-byte packet with DF from a subscriber makes cgn-inet send
+# ICMP frag-needed (mtu 1400) to the pool address, which cgnatd must translate back (RFC 5508).
 #
 # Usage: scripts/lab.sh up|down|status|start|stop|wait
 #   up      create the lab (tears leftovers down first; cleans up if it fails halfway)
@@ -29,7 +33,7 @@ CGNAT_CONFIG=${CGNAT_CONFIG:-$ROOT/config/lab.yaml}
 CGNAT_FILE_PREFIX=${CGNAT_FILE_PREFIX:-cgnat-lab}
 WAIT_SECS=${WAIT_SECS:-30}
 
-NAMESPACES=(cgn-sub1 cgn-sub2 cgn-access cgn-inet)
+NAMESPACES=(cgn-sub1 cgn-sub2 cgn-access cgn-inet cgn-far)
 ROOT_LINKS=(cgn-in cgn-out)
 
 # Fixed, locally administered MACs make captures and neighbour tables readable.
@@ -77,7 +81,8 @@ lab_down() {
             ip netns del "$ns"
         fi
     done
-    # Deleting cgn-access/cgn-inet removes the veth peers too; this catches half-built leftovers.
+    # Deleting cgn-access/cgn-inet removes the veth peers too (also cgn-inet's far0 and cgn-far's
+    # eth0); this catches half-built leftovers in the root namespace.
     for dev in "${ROOT_LINKS[@]}"; do
         if link_exists "$dev"; then
             ip link del "$dev"
@@ -136,6 +141,24 @@ lab_up() {
     ip -n cgn-inet addr add 198.51.100.11/32 dev lo
     ip -n cgn-inet route add 203.0.113.0/24 via 192.0.2.1
 
+    # Beyond cgn-inet: cgn-far, reached through cgn-inet as a router. The cgn-inet end (far0) has
+    # MTU 1400 and cgn-far keeps 1500, so the path from the subscribers has a bottleneck in the
+    # middle. Only small packets (ACKs, ICMP) flow from cgn-far towards cgn-inet: veth drops
+    # frames longer than the receiving end's MTU. ICMP errors are not rate limited in the two
+    # routers' namespaces, so every traceroute probe gets its answer.
+    ip -n cgn-inet link add far0 type veth peer name eth0 netns cgn-far
+    offloads_off cgn-inet far0
+    offloads_off cgn-far eth0
+    ip -n cgn-inet link set far0 mtu 1400
+    ip -n cgn-inet addr add 198.18.0.1/24 dev far0
+    ip -n cgn-inet link set far0 up
+    ip -n cgn-far addr add 198.18.0.2/24 dev eth0
+    ip -n cgn-far link set eth0 up
+    ip -n cgn-far route add default via 198.18.0.1
+    ip netns exec cgn-inet sysctl -qw net.ipv4.ip_forward=1
+    ip netns exec cgn-inet sysctl -qw net.ipv4.icmp_ratelimit=0
+    ip netns exec cgn-far sysctl -qw net.ipv4.icmp_ratelimit=0
+
     # Root-namespace ends belong to DPDK: no address, no IPv6, promiscuous. Forwarding and
     # ARP replies are switched off per interface so the root kernel, which sees the same
     # frames, can never route subscriber traffic anywhere else or answer for cgnatd.
@@ -149,7 +172,7 @@ lab_up() {
     done
 
     trap - EXIT
-    log "up: cgn-sub1 100.64.0.11, cgn-sub2 100.64.0.12 -> cgn-in | cgn-out -> cgn-inet 192.0.2.2 (servers 198.51.100.10, .11)"
+    log "up: cgn-sub1 100.64.0.11, cgn-sub2 100.64.0.12 -> cgn-in | cgn-out -> cgn-inet 192.0.2.2 (servers 198.51.100.10, .11) -> mtu 1400 -> cgn-far 198.18.0.2"
 }
 
 cgnatd_pid() {

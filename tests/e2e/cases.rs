@@ -543,9 +543,14 @@ pub fn concurrent_tcp_connections(env: &Env) -> R {
 }
 
 fn nat_inside_mac(ns: &str) -> Result<String, String> {
-    ping_all_received(ns, NAT_INSIDE_IP, 1)?;
+    neighbour_mac(ns, NAT_INSIDE_IP)
+}
+
+/// The MAC `ns` has resolved for `ip` (one of cgnatd's addresses), after a ping makes sure of it.
+fn neighbour_mac(ns: &str, ip: &str) -> Result<String, String> {
+    ping_all_received(ns, ip, 1)?;
     let out = proc::run(
-        &mut proc::netns(ns, &["ip", "neigh", "show", NAT_INSIDE_IP]),
+        &mut proc::netns(ns, &["ip", "neigh", "show", ip]),
         Duration::from_secs(5),
     )?
     .check()?;
@@ -559,7 +564,7 @@ fn nat_inside_mac(ns: &str) -> Result<String, String> {
         }
     }
     Err(format!(
-        "{ns} has no neighbour entry for {NAT_INSIDE_IP}: {}",
+        "{ns} has no neighbour entry for {ip}: {}",
         out.stdout
     ))
 }
@@ -945,6 +950,797 @@ pub fn hairpin_between_subscribers(env: &Env) -> R {
         ensure(in_pool(src), || {
             format!(
                 "cgn-sub2 saw the hairpinned datagram from {from}: it must see cgn-sub1's outside mapping, not its inside address"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+// --- Two routed hops away: traceroute and path MTU discovery (RFC 5508 ICMP errors) ---------
+
+/// How much a drop reason grew between two snapshots.
+fn drop_growth(before: &Stats, after: &Stats, reason: &str) -> u64 {
+    after
+        .drop_count(reason)
+        .saturating_sub(before.drop_count(reason))
+}
+
+/// Well-formed, expected traffic must not be dropped for any of these reasons.
+fn no_drops_for(before: &Stats, after: &Stats, reasons: &[&str], what: &str) -> R {
+    let grew: Vec<String> = reasons
+        .iter()
+        .filter_map(|r| {
+            let g = drop_growth(before, after, r);
+            (g > 0).then(|| format!("{r} +{g}"))
+        })
+        .collect();
+    ensure(grew.is_empty(), || {
+        format!(
+            "{what}: drop counters grew: {}\nbefore: {}\nafter:  {}",
+            grew.join(", "),
+            before.drops_json(),
+            after.drops_json()
+        )
+    })
+}
+
+/// A translation counter that grows by at least `at_least`; checked only when cgnatd exports it.
+fn counter_grew_if_exported(
+    before: &Stats,
+    after: &Stats,
+    name: &str,
+    at_least: u64,
+    what: &str,
+) -> R {
+    if after.0["totals"].get(name).is_none() {
+        return Ok(());
+    }
+    let grew = after.total(name).saturating_sub(before.total(name));
+    ensure(grew >= at_least, || {
+        format!("{what}: {name} grew by {grew}, expected at least {at_least}")
+    })
+}
+
+/// The hops `traceroute -n -q 1` printed: (hop number, address or "*").
+fn traceroute_hops(stdout: &str) -> Vec<(u32, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let hop = w.next()?.parse().ok()?;
+            Some((hop, w.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Hop 1 is cgnatd itself (time exceeded from its inside address); hop 2 is cgn-inet, whose
+/// time exceeded goes to the pool address and must be translated back to the subscriber with
+/// the quoted probe restored; hop 3 is cgn-far, answering the UDP probe with port unreachable
+/// (translated the same way) and the ICMP probe with an echo reply.
+pub fn traceroute_shows_every_hop(env: &Env) -> R {
+    let want: Vec<(u32, String)> = [NAT_INSIDE_IP, INET_IP, FAR_IP]
+        .iter()
+        .zip(1..)
+        .map(|(a, hop)| (hop, a.to_string()))
+        .collect();
+    let before = stats(env)?;
+    for (method, extra) in [("UDP", None), ("ICMP", Some("-I"))] {
+        let mut args = vec![
+            "traceroute",
+            "-n",
+            "-q",
+            "1",
+            "-w",
+            "1",
+            "-N",
+            "1",
+            "-m",
+            "6",
+        ];
+        args.extend(extra);
+        args.push(FAR_IP);
+        let mut tries = Vec::new();
+        // Up to 3 runs: the first probes may be lost to ARP resolution along the path.
+        for _ in 0..3 {
+            let out = proc::run(&mut proc::netns(SUB1, &args), Duration::from_secs(20))?;
+            if out.success() && traceroute_hops(&out.stdout) == want {
+                break;
+            }
+            tries.push(out.describe());
+            thread::sleep(Duration::from_millis(500));
+        }
+        ensure(tries.len() < 3, || {
+            format!(
+                "traceroute ({method}) from cgn-sub1 to {FAR_IP} must list hops 1-3 as {NAT_INSIDE_IP}, {INET_IP}, {FAR_IP} and stop there; 3 runs:\n{}",
+                tries.join("\n")
+            )
+        })?;
+    }
+    let after = stats(env)?;
+    no_drops_for(&before, &after, &["icmp_error_unmatched"], "traceroute")?;
+    // At least: hop 2 for each method, and the port unreachable ending the UDP run.
+    counter_grew_if_exported(&before, &after, "icmp_errors_translated", 3, "traceroute")
+}
+
+/// The path MTU cgn-sub1 has cached towards `dst`, and what `ip route get` printed.
+fn route_mtu(ns: &str, dst: &str) -> Result<(Option<u32>, String), String> {
+    let out = proc::run(
+        &mut proc::netns(ns, &["ip", "route", "get", dst]),
+        Duration::from_secs(5),
+    )?
+    .check()?;
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    let mtu = words
+        .windows(2)
+        .find(|w| w[0] == "mtu")
+        .and_then(|w| w[1].parse().ok());
+    Ok((mtu, out.stdout))
+}
+
+fn flush_route_cache(ns: &str) -> R {
+    proc::run(
+        &mut proc::netns(ns, &["ip", "route", "flush", "cache"]),
+        Duration::from_secs(5),
+    )?
+    .check()
+    .map(|_| ())
+}
+
+/// A 1500-byte packet with DF from a subscriber cannot cross cgn-inet's 1400-byte link to
+/// cgn-far: cgn-inet answers ICMP frag-needed (mtu 1400) to the pool address, cgnatd translates
+/// it back (outer and quoted headers), and the subscriber's kernel lowers its path MTU. A TCP
+/// upload then only completes if that works for TCP too (without it the path is a black hole).
+pub fn pmtu_discovery_through_nat(env: &Env) -> R {
+    // A path MTU learned earlier (another case, another run) must neither help nor leak.
+    flush_route_cache(SUB1)?;
+    let result = pmtu_ping_and_upload(env);
+    let flushed = flush_route_cache(SUB1);
+    result.and(flushed)
+}
+
+fn pmtu_ping_and_upload(env: &Env) -> R {
+    const UPLOAD: u64 = 4 * 1024 * 1024;
+    let before = stats(env)?;
+    let (mtu, route) = route_mtu(SUB1, FAR_IP)?;
+    ensure(mtu.is_none(), || {
+        format!("cgn-sub1 still has a path MTU for {FAR_IP} after a route cache flush:\n{route}")
+    })?;
+
+    // 1472 bytes of ICMP payload: exactly 1500 bytes of IP, sent with DF.
+    let want = format!("Frag needed and DF set (mtu = {FAR_LINK_MTU})");
+    let mut tries = Vec::new();
+    let mut line = None;
+    for _ in 0..3 {
+        let out = proc::run(
+            &mut proc::netns(
+                SUB1,
+                &[
+                    "ping", "-n", "-M", "do", "-s", "1472", "-c", "3", "-i", "0.3", "-W", "1",
+                    FAR_IP,
+                ],
+            ),
+            Duration::from_secs(15),
+        )?;
+        let text = format!("{}{}", out.stdout, out.stderr);
+        if let Some(l) = text.lines().find(|l| l.contains(&want)) {
+            line = Some(l.to_string());
+            break;
+        }
+        tries.push(text);
+    }
+    let line = line.ok_or_else(|| {
+        format!(
+            "ping -M do -s 1472 from cgn-sub1 to {FAR_IP} never reported `{want}`: the frag-needed cgn-inet sends to the pool address did not reach the subscriber translated\n{}",
+            tries.join("\n---\n")
+        )
+    })?;
+    ensure(line.contains(&format!("From {INET_IP} ")), || {
+        format!(
+            "the frag-needed must come from {INET_IP}, the router with the 1400-byte link: {line}"
+        )
+    })?;
+    let (mtu, route) = route_mtu(SUB1, FAR_IP)?;
+    ensure(mtu == Some(FAR_LINK_MTU), || {
+        format!(
+            "after the frag-needed, `ip route get {FAR_IP}` in cgn-sub1 must show mtu {FAR_LINK_MTU}:\n{route}"
+        )
+    })?;
+
+    // TCP discovers the path MTU by itself: start from a clean cache, full-sized segments.
+    flush_route_cache(SUB1)?;
+    let tool = env.paths.tool("tcp_stream.py");
+    let mut sink = Background::spawn(
+        "tcp sink in cgn-far",
+        proc::netns(
+            FAR,
+            &[
+                &env.paths.python,
+                &tool,
+                "sink",
+                "--bind",
+                FAR_IP,
+                "--port",
+                "9000",
+                "--lifetime",
+                "120",
+            ],
+        ),
+    )?;
+    sink.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+    let out = proc::run(
+        &mut proc::netns(
+            SUB1,
+            &[
+                &env.paths.python,
+                &tool,
+                "upload",
+                "--server",
+                FAR_IP,
+                "--port",
+                "9000",
+                "--size",
+                &UPLOAD.to_string(),
+                "--timeout",
+                "60",
+            ],
+        ),
+        Duration::from_secs(75),
+    )?;
+    let client: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("upload output ({e}):\n{}", out.describe()))?;
+    ensure(
+        out.success() && client["sent"].as_u64() == Some(UPLOAD),
+        || {
+            format!(
+                "TCP upload of {UPLOAD} bytes from cgn-sub1 to {FAR_IP} did not complete (a path MTU black hole if frag-needed is not translated): {client}\n{}",
+                sink.dump()
+            )
+        },
+    )?;
+    let done = sink.wait_line(false, Duration::from_secs(10), |l| l.contains("\"upload\""))?;
+    let server: Value =
+        serde_json::from_str(&done).map_err(|e| format!("sink output ({e}): {done}"))?;
+    ensure(
+        server["bytes"].as_u64() == Some(UPLOAD) && server["sha256"] == client["sha256"],
+        || format!("cgn-far received {server}, cgn-sub1 sent {client}"),
+    )?;
+    let (peer, _) = parse_sockaddr(server["peer"].as_str().unwrap_or(""))?;
+    ensure(in_pool(peer), || {
+        format!(
+            "cgn-far saw the upload from {}, not from the pool",
+            server["peer"]
+        )
+    })?;
+    let (mtu, route) = route_mtu(SUB1, FAR_IP)?;
+    ensure(mtu == Some(FAR_LINK_MTU), || {
+        format!(
+            "after the upload, cgn-sub1 must have learned mtu {FAR_LINK_MTU} from TCP's own frag-needed:\n{route}"
+        )
+    })?;
+    let after = stats(env)?;
+    no_drops_for(
+        &before,
+        &after,
+        &["icmp_error_unmatched"],
+        "path MTU discovery",
+    )?;
+    counter_grew_if_exported(
+        &before,
+        &after,
+        "icmp_errors_translated",
+        2,
+        "path MTU discovery",
+    )
+}
+
+// --- Fragments ------------------------------------------------------------------------------
+
+const FRAG_ECHO_PORT: u16 = 7001;
+const FRAGMENT_DROPS: &[&str] = &[
+    "fragment_timeout",
+    "fragment_hold_full",
+    "fragment_table_full",
+    "fragment_malformed",
+];
+
+/// A UDP datagram larger than the MTU crosses the NAT as IPv4 fragments, both ways: cgn-sub1's
+/// kernel fragments 10000 bytes (7 fragments at MTU 1500), the server in cgn-inet must
+/// reassemble it whole from a pool address, and its echo (fragmented by cgn-inet) must reach
+/// the subscriber whole. Then fragments arriving in reverse order (scapy in cgn-inet, to the
+/// subscriber's current mapping) must be held until the first one, with the ports, arrives.
+pub fn fragmented_udp_datagram(env: &Env) -> R {
+    const SIZE: u64 = 10000;
+    const INJECTED: u64 = 4000;
+    ports_pass_fragments(&env.paths.config())?;
+    let tool = env.paths.tool("udp_frag.py");
+    let port = FRAG_ECHO_PORT.to_string();
+    let before = stats(env)?;
+    let mut echo = Background::spawn(
+        "udp_frag echo",
+        proc::netns(
+            INET,
+            &[
+                &env.paths.python,
+                &tool,
+                "echo",
+                "--bind",
+                SERVER_A,
+                "--port",
+                &port,
+                "--lifetime",
+                "120",
+            ],
+        ),
+    )?;
+    echo.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+
+    let out = proc::run(
+        &mut proc::netns(
+            SUB1,
+            &[
+                &env.paths.python,
+                &tool,
+                "client",
+                "--server",
+                SERVER_A,
+                "--port",
+                &port,
+                "--size",
+                &SIZE.to_string(),
+                "--timeout",
+                "3",
+            ],
+        ),
+        Duration::from_secs(20),
+    )?;
+    let c: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("udp_frag client output ({e}):\n{}", out.describe()))?;
+    let sha = c["sha256"].as_str().unwrap_or_default().to_string();
+    let saw = echo
+        .wait_line(false, Duration::from_secs(3), |l| l.contains(&sha))
+        .map_err(|_| {
+            format!(
+                "the server in cgn-inet never received the {SIZE}-byte datagram whole: {c}\n{}",
+                echo.dump()
+            )
+        })?;
+    let saw: Value = serde_json::from_str(&saw).map_err(|e| format!("echo log ({e}): {saw}"))?;
+    let (src, _) = parse_sockaddr(saw["seen"].as_str().unwrap_or(""))?;
+    ensure(saw["len"].as_u64() == Some(SIZE) && in_pool(src), || {
+        format!("the server received {saw}; expected {SIZE} bytes from a pool address")
+    })?;
+    ensure(
+        c["received"].as_u64() == Some(SIZE)
+            && c["received_sha256"] == c["sha256"]
+            && c["from"].as_str() == Some(&format!("{SERVER_A}:{FRAG_ECHO_PORT}")),
+        || format!("cgn-sub1 did not get its {SIZE}-byte datagram back whole: {c}"),
+    )?;
+
+    // Out of order: the listener keeps its mapping alive (short lab timeouts) while scapy loads.
+    let mac = neighbour_mac(INET, NAT_OUTSIDE_IP)?;
+    let mut listener = Background::spawn(
+        "udp_frag listen",
+        proc::netns(
+            SUB1,
+            &[
+                &env.paths.python,
+                &tool,
+                "listen",
+                "--server",
+                SERVER_A,
+                "--port",
+                &port,
+                "--wait",
+                "20",
+                "--count",
+                "1",
+                "--keepalive",
+                "1",
+            ],
+        ),
+    )?;
+    let line = listener.wait_line(false, Duration::from_secs(10), |l| {
+        l.contains("\"mapping\"")
+    })?;
+    let v: Value = serde_json::from_str(&line).map_err(|e| format!("listener ({e}): {line}"))?;
+    let mapping = v["mapping"].as_str().unwrap_or_default().to_string();
+    let (ip, mport) = parse_sockaddr(&mapping)?;
+    ensure(in_pool(ip), || {
+        format!("cgn-sub1's mapping {mapping} is not in the pool")
+    })?;
+    let held_before = stats(env)?;
+    let out = proc::run(
+        &mut proc::netns(
+            INET,
+            &[
+                &env.paths.python,
+                &tool,
+                "inject",
+                "--src",
+                SERVER_A,
+                "--sport",
+                &port,
+                "--dst",
+                &ip.to_string(),
+                "--dport",
+                &mport.to_string(),
+                "--dst-mac",
+                &mac,
+                "--iface",
+                "eth0",
+                "--size",
+                &INJECTED.to_string(),
+                "--order",
+                "reverse",
+            ],
+        ),
+        Duration::from_secs(30),
+    )?
+    .check()?;
+    let inj: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("inject output ({e}): {}", out.stdout))?;
+    ensure(inj["fragments"].as_u64() == Some(3), || {
+        format!("expected 3 fragments for {INJECTED} bytes: {inj}")
+    })?;
+    let done = listener.wait_line(false, Duration::from_secs(25), |l| {
+        l.contains("\"received\"")
+    })?;
+    let r: Value = serde_json::from_str(&done).map_err(|e| format!("listener ({e}): {done}"))?;
+    let got = r["received"].as_array().cloned().unwrap_or_default();
+    ensure(
+        got.len() == 1
+            && got[0]["len"].as_u64() == Some(INJECTED)
+            && got[0]["sha256"] == inj["sha256"]
+            && got[0]["from"].as_str() == Some(&format!("{SERVER_A}:{FRAG_ECHO_PORT}")),
+        || {
+            format!(
+                "cgn-sub1 at {mapping} must receive the {INJECTED}-byte datagram sent as 3 fragments in reverse order ({inj}); it got {r}"
+            )
+        },
+    )?;
+    let after = stats(env)?;
+    no_drops_for(&before, &after, FRAGMENT_DROPS, "fragmented UDP")?;
+    // The two later fragments arrived before the first and had to wait for it.
+    counter_grew_if_exported(&held_before, &after, "fragments_held", 2, "reverse order")?;
+    // 7 fragments each way for the echo, 3 injected.
+    counter_grew_if_exported(
+        &before,
+        &after,
+        "fragments_translated",
+        17,
+        "fragmented UDP",
+    )
+}
+
+// --- Limits and expiry (config/lab-short.yaml only) ------------------------------------------
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn json_lines(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// `udp_echo.py flows` from `ns`: one datagram from each of `count` consecutive source ports.
+fn udp_flows(env: &Env, ns: &str, base: u16, count: u64, tag: &str) -> Result<Value, String> {
+    let out = proc::run(
+        &mut proc::netns(
+            ns,
+            &[
+                &env.paths.python,
+                &env.paths.tool("udp_echo.py"),
+                "flows",
+                "--server",
+                SERVER_A,
+                "--port",
+                &UDP_PORT.to_string(),
+                "--base-port",
+                &base.to_string(),
+                "--count",
+                &count.to_string(),
+                "--wait",
+                "1",
+                "--tag",
+                tag,
+            ],
+        ),
+        Duration::from_secs(30),
+    )?
+    .check()?;
+    serde_json::from_str(out.stdout.trim())
+        .map_err(|e| format!("flows output ({e}): {}", out.stdout))
+}
+
+/// RFC 6888 REQ-4: a subscriber at its port limit gets no new mappings (counted as
+/// `quota_exceeded`, never reaching the server), nothing existing is evicted, so an established
+/// TCP connection keeps transferring data, and other subscribers are not affected. Afterwards
+/// everything expires (short timeouts) and the subscriber can open flows again.
+pub fn quota_exhaustion_keeps_existing_flows(env: &Env) -> R {
+    short_timeouts(&env.paths.config())?;
+    let tuning = NatTuning::read(&env.paths.config())?;
+    let limit = tuning.max_ports_per_subscriber;
+    let tool = env.paths.tool("tcp_stream.py");
+    let mut echo = Background::spawn(
+        "tcp echo",
+        proc::netns(
+            INET,
+            &[
+                &env.paths.python,
+                &tool,
+                "echo",
+                "--bind",
+                SERVER_B,
+                "--port",
+                "7200",
+                "--lifetime",
+                "180",
+            ],
+        ),
+    )?;
+    echo.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+    let mut chat = Background::spawn(
+        "tcp chat from cgn-sub2",
+        proc::netns(
+            SUB2,
+            &[
+                &env.paths.python,
+                &tool,
+                "chat",
+                "--server",
+                SERVER_B,
+                "--port",
+                "7200",
+                "--interval",
+                "0.3",
+                "--duration",
+                "120",
+            ],
+        ),
+    )?;
+    chat.wait_line(false, Duration::from_secs(10), |l| {
+        l.contains("\"echo\"") && l.contains("\"seq\": 2,")
+    })?;
+
+    // More new flows than the limit, in one burst well inside the UDP timeout.
+    let before = stats(env)?;
+    let count = limit + 20;
+    let flows = udp_flows(env, SUB2, 42000, count, "quota")?;
+    // Another subscriber is not limited by cgn-sub2's quota.
+    udp_mapping(env, SUB1, SERVER_A, 40300, 1)?;
+    let after = stats(env)?;
+    let replied = flows["replied"].as_array().cloned().unwrap_or_default();
+    let silent: Vec<u64> = flows["silent"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    // The chat connection holds one port of the limit.
+    ensure(
+        !replied.is_empty()
+            && (replied.len() as u64) < limit
+            && silent.len() as u64 > count - limit,
+        || {
+            format!(
+                "cgn-sub2 opened {count} UDP flows with max_ports_per_subscriber {limit} and one TCP connection: {} got replies, {} none",
+                replied.len(),
+                silent.len()
+            )
+        },
+    )?;
+    let refused = drop_growth(&before, &after, "quota_exceeded");
+    ensure(refused >= silent.len() as u64, || {
+        format!(
+            "{} flows got no reply, but quota_exceeded grew by {refused}\nbefore: {}\nafter:  {}",
+            silent.len(),
+            before.drops_json(),
+            after.drops_json()
+        )
+    })?;
+    // What the server saw: exactly the flows that got replies, all from cgn-sub2's paired address.
+    let logged: BTreeMap<String, String> = json_lines(
+        &env.servers
+            .lock()
+            .map_err(|_| "servers lock")?
+            .udp_a
+            .stdout_lines(),
+    )
+    .into_iter()
+    .filter_map(|v| {
+        Some((
+            v["data"].as_str()?.to_string(),
+            v["seen"].as_str()?.to_string(),
+        ))
+    })
+    .filter(|(d, _)| d.starts_with("flow quota "))
+    .collect();
+    let leaked: Vec<&u64> = silent
+        .iter()
+        .filter(|p| logged.contains_key(&format!("flow quota {p}")))
+        .collect();
+    ensure(leaked.is_empty(), || {
+        format!("flows refused at the limit still reached the server, from ports {leaked:?}")
+    })?;
+    let mut outside = BTreeSet::new();
+    for r in &replied {
+        let p = r["port"].as_u64().unwrap_or(0);
+        let seen = logged.get(&format!("flow quota {p}")).ok_or_else(|| {
+            format!("flow from port {p} got a reply, but the server log lacks it")
+        })?;
+        let (ip, _) = parse_sockaddr(seen)?;
+        ensure(in_pool(ip), || {
+            format!("flow {p} seen as {seen}, not from the pool")
+        })?;
+        outside.insert(ip);
+    }
+    ensure(outside.len() == 1, || {
+        format!("cgn-sub2's flows used several outside addresses (paired pooling): {outside:?}")
+    })?;
+
+    // The burst's mappings live at least `udp` seconds after its last datagram, so cgn-sub2 stays
+    // at its limit until then: the TCP connection must keep exchanging data in that window.
+    let t_last = flows["t_last"].as_f64().unwrap_or(0.0);
+    let window_end = t_last + tuning.udp as f64 - 1.0;
+    let wait = (window_end - now_unix()).max(0.0);
+    thread::sleep(Duration::from_secs_f64(wait.min(tuning.udp as f64)));
+    let events = json_lines(&chat.stdout_lines());
+    if let Some(e) = events.iter().find(|e| e["event"] == "error") {
+        return Err(format!(
+            "the established TCP connection failed after the limit was hit: {e}"
+        ));
+    }
+    let during = events
+        .iter()
+        .filter(|e| e["event"] == "echo")
+        .filter_map(|e| e["t"].as_f64())
+        .filter(|t| *t > t_last && *t < window_end)
+        .count();
+    ensure(during >= 3, || {
+        format!(
+            "only {during} TCP round trips in the {:.1} s after the limit was hit, expected >= 3\n{}",
+            window_end - t_last,
+            chat.dump()
+        )
+    })?;
+    chat.stop_with("TERM", Duration::from_secs(3));
+    ensure(
+        chat.stdout_lines().iter().any(|l| l.contains("\"done\"")),
+        || format!("the chat client did not finish cleanly\n{}", chat.dump()),
+    )?;
+    echo.stop_with("TERM", Duration::from_secs(2));
+
+    // Let every mapping expire and leave hold-down, so later cases start from a clean table.
+    let bound = tuning.udp + tuning.tcp_transitory + tuning.hold_down + 15;
+    let mut last = String::new();
+    let clean = proc::poll(Duration::from_secs(bound), Duration::from_secs(1), || {
+        let s = stats(env).ok()?;
+        let (m, h) = (s.total("mappings_current"), s.total("ports_held"));
+        last = format!("mappings_current {m}, ports_held {h}");
+        (m == 0 && h == 0).then_some(())
+    });
+    ensure(clean.is_some(), || {
+        format!("mappings did not expire within {bound} s: {last}")
+    })?;
+    let again = udp_flows(env, SUB2, 42000 + count as u16 + 1, 1, "quota-after")?;
+    ensure(
+        again["replied"].as_array().is_some_and(|a| a.len() == 1),
+        || format!("after its mappings expired, cgn-sub2 still cannot open a flow: {again}"),
+    )
+}
+
+/// Table gauges that must all be 0 once everything has expired and left hold-down.
+const GAUGES: &[&str] = &[
+    "sessions_current",
+    "mappings_current",
+    "ports_in_use",
+    "ports_held",
+    "subscribers_current",
+    "blocks_in_use",
+];
+
+/// Every non-zero gauge, per worker ("worker 0: sessions_current = 3").
+fn nonzero_gauges(s: &Stats) -> Result<Vec<String>, String> {
+    let workers = s.0["workers"]
+        .as_array()
+        .ok_or_else(|| format!("no workers in stats: {}", s.0))?;
+    let mut out = Vec::new();
+    for w in workers {
+        for g in GAUGES {
+            match w["counters"].get(*g).and_then(Value::as_u64) {
+                Some(0) => {}
+                Some(v) => out.push(format!("worker {}: {g} = {v}", w["worker"])),
+                None if ["sessions_current", "mappings_current", "ports_in_use"].contains(g) => {
+                    return Err(format!("worker {} does not report {g}", w["worker"]));
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Once traffic stops, every session, mapping, port and subscriber record expires: the gauges of
+/// every worker return to exactly 0 within the longest timeout plus the hold-down, and every
+/// created session and mapping has been deleted.
+pub fn drain_to_zero_after_timeouts(env: &Env) -> R {
+    short_timeouts(&env.paths.config())?;
+    let tuning = NatTuning::read(&env.paths.config())?;
+    // Something of every kind to drain: ICMP, UDP and TCP from both subscribers.
+    ping_all_received(SUB1, SERVER_A, 2)?;
+    ping_all_received(SUB2, SERVER_B, 2)?;
+    udp_mapping(env, SUB1, SERVER_A, 40400, 1)?;
+    udp_mapping(env, SUB2, SERVER_B, 40400, 1)?;
+    let out = proc::run(
+        &mut proc::netns(
+            SUB2,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://{SERVER_A}:{HTTP_PORT}/whoami"),
+            ],
+        ),
+        Duration::from_secs(15),
+    )?
+    .check()?;
+    parse_sockaddr(&out.stdout)?;
+    let busy = stats(env)?;
+    ensure(
+        busy.total("sessions_current") >= 5 && busy.total("mappings_current") >= 5,
+        || {
+            format!(
+                "5 flows were just opened, but sessions_current is {} and mappings_current {}",
+                busy.total("sessions_current"),
+                busy.total("mappings_current")
+            )
+        },
+    )?;
+    let bound = tuning.longest_timeout() + tuning.hold_down + 15;
+    let mut last = Vec::new();
+    let mut error = None;
+    let drained = proc::poll(Duration::from_secs(bound), Duration::from_secs(1), || {
+        let s = stats(env).ok()?;
+        match nonzero_gauges(&s) {
+            Ok(v) if v.is_empty() => Some(s),
+            Ok(v) => {
+                last = v;
+                None
+            }
+            Err(e) => {
+                error = Some(e);
+                Some(s)
+            }
+        }
+    });
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let s = drained.ok_or_else(|| {
+        format!(
+            "{} s after the traffic stopped ({}), the tables are not empty:\n  {}",
+            bound,
+            tuning.describe(),
+            last.join("\n  ")
+        )
+    })?;
+    for (created, deleted) in [
+        ("sessions_created", "sessions_deleted"),
+        ("tcp_sessions_created", "tcp_sessions_deleted"),
+        ("udp_sessions_created", "udp_sessions_deleted"),
+        ("icmp_sessions_created", "icmp_sessions_deleted"),
+        ("mappings_created", "mappings_deleted"),
+    ] {
+        ensure(s.total(created) == s.total(deleted), || {
+            format!(
+                "with empty tables, {created} ({}) must equal {deleted} ({})",
+                s.total(created),
+                s.total(deleted)
             )
         })?;
     }

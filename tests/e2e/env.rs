@@ -16,11 +16,21 @@ use crate::proc::{self, Background};
 pub const SUB1: &str = "cgn-sub1";
 pub const SUB2: &str = "cgn-sub2";
 pub const INET: &str = "cgn-inet";
+/// Two routed hops beyond cgnatd, behind cgn-inet (scripts/lab.sh).
+pub const FAR: &str = "cgn-far";
 pub const SUB1_IP: &str = "100.64.0.11";
 pub const SUB2_IP: &str = "100.64.0.12";
 pub const NAT_INSIDE_IP: &str = "100.64.0.1";
 pub const SERVER_A: &str = "198.51.100.10";
 pub const SERVER_B: &str = "198.51.100.11";
+/// cgnatd's outside address; cgn-inet's next hop for the pool.
+pub const NAT_OUTSIDE_IP: &str = "192.0.2.1";
+/// cgn-inet on the link to cgnatd: the second hop from a subscriber.
+pub const INET_IP: &str = "192.0.2.2";
+/// cgn-far: the third hop, behind cgn-inet's far0 (MTU 1400).
+pub const FAR_IP: &str = "198.18.0.2";
+/// The MTU of cgn-inet's end of the link to cgn-far: the bottleneck on the path.
+pub const FAR_LINK_MTU: u32 = 1400;
 pub const UDP_PORT: u16 = 7000;
 pub const HTTP_PORT: u16 = 8080;
 pub const FILE_SIZE: usize = 8 * 1024 * 1024;
@@ -29,6 +39,124 @@ pub const FILE_SIZE: usize = 8 * 1024 * 1024;
 pub fn in_pool(ip: Ipv4Addr) -> bool {
     let o = ip.octets();
     o[0] == 203 && o[1] == 0 && o[2] == 113 && (1..=6).contains(&o[3])
+}
+
+/// The NAT timeouts, hold-down and per-subscriber port limit of the config under test, read
+/// from its YAML (absent fields take the defaults of crates/config/src/defaults.rs).
+#[derive(Clone, Copy, Debug)]
+pub struct NatTuning {
+    pub udp: u64,
+    pub icmp: u64,
+    pub tcp_transitory: u64,
+    pub tcp_established: u64,
+    pub hold_down: u64,
+    pub max_ports_per_subscriber: u64,
+}
+
+impl NatTuning {
+    /// The longest idle timeout cases may wait for (everything expires within it).
+    pub const SHORT_SECS: u64 = 60;
+    /// A hold-down the drain case may wait for.
+    pub const SHORT_HOLD_DOWN_SECS: u64 = 10;
+    /// A per-subscriber port limit the quota case can fill in a burst.
+    pub const SMALL_PORT_LIMIT: u64 = 1024;
+
+    pub fn read(config: &Path) -> Result<NatTuning, String> {
+        let text =
+            fs::read_to_string(config).map_err(|e| format!("read {}: {e}", config.display()))?;
+        let v: serde_yaml::Value = serde_yaml::from_str(&text)
+            .map_err(|e| format!("{} is not YAML: {e}", config.display()))?;
+        let nat = &v["nat"];
+        let get = |field: &serde_yaml::Value, name: &str, default: u64| match field {
+            serde_yaml::Value::Null => Ok(default),
+            f => f
+                .as_u64()
+                .ok_or_else(|| format!("{}: nat.{name} is not an integer", config.display())),
+        };
+        let t = &nat["timeouts"];
+        Ok(NatTuning {
+            udp: get(&t["udp"], "timeouts.udp", 300)?,
+            icmp: get(&t["icmp"], "timeouts.icmp", 60)?,
+            tcp_transitory: get(&t["tcp_transitory"], "timeouts.tcp_transitory", 240)?,
+            tcp_established: get(&t["tcp_established"], "timeouts.tcp_established", 7440)?,
+            hold_down: get(&nat["hold_down"], "hold_down", 120)?,
+            max_ports_per_subscriber: get(
+                &nat["limits"]["max_ports_per_subscriber"],
+                "limits.max_ports_per_subscriber",
+                4096,
+            )?,
+        })
+    }
+
+    pub fn longest_timeout(&self) -> u64 {
+        self.udp
+            .max(self.icmp)
+            .max(self.tcp_transitory)
+            .max(self.tcp_established)
+    }
+
+    /// Whether the cases that wait for state to expire, or fill a subscriber's quota, can run
+    /// under this config (config/lab-short.yaml); otherwise why not.
+    pub fn allows_expiry_cases(&self) -> Result<(), String> {
+        if self.longest_timeout() <= Self::SHORT_SECS
+            && self.hold_down <= Self::SHORT_HOLD_DOWN_SECS
+            && (1..=Self::SMALL_PORT_LIMIT).contains(&self.max_ports_per_subscriber)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "needs NAT timeouts <= {} s, hold_down <= {} s and max_ports_per_subscriber in 1..={} \
+             (config/lab-short.yaml); the config under test has {}",
+            Self::SHORT_SECS,
+            Self::SHORT_HOLD_DOWN_SECS,
+            Self::SMALL_PORT_LIMIT,
+            self.describe()
+        ))
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "timeouts udp {} s, icmp {} s, tcp_transitory {} s, tcp_established {} s; hold_down {} s; max_ports_per_subscriber {}",
+            self.udp,
+            self.icmp,
+            self.tcp_transitory,
+            self.tcp_established,
+            self.hold_down,
+            self.max_ports_per_subscriber
+        )
+    }
+}
+
+/// The config under test has short timeouts and a small port limit (config/lab-short.yaml).
+pub fn short_timeouts(config: &Path) -> Result<(), String> {
+    NatTuning::read(config)?.allows_expiry_cases()
+}
+
+/// The config's ports hand IPv4 fragments to cgnatd as they were sent. DPDK's net_af_packet
+/// (22.11) does not: it joins its sockets to a PACKET_FANOUT_FLAG_DEFRAG group, so the root
+/// kernel reassembles fragments first and the PMD passes on the datagram cut to its frame size.
+pub fn ports_pass_fragments(config: &Path) -> Result<(), String> {
+    let text = fs::read_to_string(config).map_err(|e| format!("read {}: {e}", config.display()))?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| format!("{} is not YAML: {e}", config.display()))?;
+    let defrag: Vec<&str> = v["ports"]
+        .as_sequence()
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|p| p["device"]["vdev"].as_str())
+                .filter(|vdev| vdev.starts_with("net_af_packet"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if defrag.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "needs ports that pass IPv4 fragments unchanged (config/lab-pcap.yaml); {} uses net_af_packet ({}), whose PACKET_FANOUT_FLAG_DEFRAG makes the kernel reassemble fragments before cgnatd sees them",
+        config.display(),
+        defrag.join(", ")
+    ))
 }
 
 /// Parses "a.b.c.d:port".
