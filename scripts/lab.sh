@@ -4,7 +4,8 @@
 #   cgn-sub1 100.64.0.11/24 ─┐
 #   cgn-sub2 100.64.0.12/24 ─┼─ bridge in netns cgn-access ── veth ── cgn-in  (DPDK port 0, inside, 100.64.0.1)
 #   cgnatd (root ns) ─── cgn-out (DPDK port 1, outside, 192.0.2.1) ── veth ── cgn-inet 192.0.2.2/24
-#   cgn-inet: servers 198.51.100.10 and 198.51.100.11; route 203.0.113.0/24 (the pool) via 192.0.2.1
+#   cgn-inet: servers 198.51.100.10 and 198.51.100.11 (and .20, reached under MASQUERADE);
+#             route 203.0.113.0/24 (the pool) via 192.0.2.1
 #   cgn-inet (router, far0 198.18.0.1/24, MTU 1400) ── veth ── cgn-far 198.18.0.2/24 (MTU 1500)
 #
 # cgnatd attaches with net_af_packet to the root-namespace veth ends cgn-in and cgn-out.
@@ -139,6 +140,8 @@ lab_up() {
     # Server addresses live on lo: the dummy driver is not available on every kernel.
     ip -n cgn-inet addr add 198.51.100.10/32 dev lo
     ip -n cgn-inet addr add 198.51.100.11/32 dev lo
+    # The server subscribers reach under MASQUERADE (the configs' SNAT rule for 198.51.100.20/32).
+    ip -n cgn-inet addr add 198.51.100.20/32 dev lo
     ip -n cgn-inet route add 203.0.113.0/24 via 192.0.2.1
 
     # Beyond cgn-inet: cgn-far, reached through cgn-inet as a router. The cgn-inet end (far0) has

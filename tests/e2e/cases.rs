@@ -1746,3 +1746,108 @@ pub fn drain_to_zero_after_timeouts(env: &Env) -> R {
     }
     Ok(())
 }
+
+/// MASQUERADE (config: the `masq` pool and the SNAT rule for 198.51.100.20/32): subscribers reach
+/// that server under cgnatd's own outside address, replies come back to them, the address still
+/// answers ping itself, and unsolicited packets to it count as `no_session` rather than being
+/// taken for the appliance. Also checks that the mappings were logged as NAT events.
+pub fn masquerade_uses_the_interface_address(env: &Env) -> R {
+    let mut server = Background::spawn(
+        "udp echo masquerade",
+        proc::netns(
+            INET,
+            &[
+                &env.paths.python,
+                &env.paths.tool("udp_echo.py"),
+                "server",
+                "--bind",
+                MASQ_SERVER,
+                "--port",
+                &UDP_PORT.to_string(),
+                "--lifetime",
+                "60",
+            ],
+        ),
+    )?;
+    server.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+    let before = stats(env)?;
+    for (ns, bind) in [(SUB1, 47001u16), (SUB2, 47002)] {
+        let v = udp_client(env, ns, MASQ_SERVER, bind, 3)?;
+        let replies = v["replies"].as_array().cloned().unwrap_or_default();
+        ensure(replies.len() == 3, || {
+            format!("{ns} -> {MASQ_SERVER}: {} of 3 replies: {v}", replies.len())
+        })?;
+        for r in &replies {
+            let (ip, _) = parse_sockaddr(r["seen"].as_str().unwrap_or(""))?;
+            ensure(ip.to_string() == NAT_OUTSIDE_IP, || {
+                format!(
+                    "{ns}: {MASQ_SERVER} saw {ip}, expected the interface address {NAT_OUTSIDE_IP}"
+                )
+            })?;
+        }
+    }
+    // ICMP echo under MASQUERADE: the server's capture shows the interface address.
+    let cap = Capture::start(INET, "eth0", &format!("icmp and host {MASQ_SERVER}"))?;
+    ping_all_received(SUB1, MASQ_SERVER, 3)?;
+    thread::sleep(Duration::from_millis(300));
+    let lines = cap.finish();
+    let from_nat = lines
+        .iter()
+        .filter(|l| {
+            l.contains(&format!(
+                "{NAT_OUTSIDE_IP} > {MASQ_SERVER}: ICMP echo request"
+            ))
+        })
+        .count();
+    ensure(from_nat >= 3, || {
+        format!(
+            "expected 3 echo requests from {NAT_OUTSIDE_IP} at {MASQ_SERVER}:\n{}",
+            lines.join("\n")
+        )
+    })?;
+    // The appliance still answers for its own address.
+    ping_all_received(INET, NAT_OUTSIDE_IP, 3)?;
+    // Unsolicited UDP to the interface address is the translator's to refuse.
+    let targets: Vec<String> = (100..105)
+        .map(|p| format!("{NAT_OUTSIDE_IP}:{p}"))
+        .collect();
+    let mut args: Vec<String> = vec![
+        env.paths.python.clone(),
+        env.paths.tool("udp_echo.py"),
+        "send".into(),
+        "--bind".into(),
+        INET_IP.into(),
+        "--bind-port".into(),
+        "6667".into(),
+        "--to".into(),
+    ];
+    args.extend(targets.iter().cloned());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    proc::run(&mut proc::netns(INET, &argv), Duration::from_secs(30))?.check()?;
+    let grew = proc::poll(Duration::from_secs(5), Duration::from_millis(200), || {
+        let after = stats(env).ok()?;
+        (drop_growth(&before, &after, "no_session") >= targets.len() as u64).then_some(after)
+    });
+    let after = grew.ok_or_else(|| {
+        format!(
+            "no_session did not grow by {} for unsolicited datagrams to {NAT_OUTSIDE_IP}",
+            targets.len()
+        )
+    })?;
+    ensure(drop_growth(&before, &after, "local_unhandled") == 0, || {
+        "datagrams to the masquerade address were taken as addressed to cgnatd".to_string()
+    })?;
+    // NAT event log: the mappings were recorded with both endpoints.
+    let logged = proc::poll(Duration::from_secs(3), Duration::from_millis(200), || {
+        let log = env.daemon.log_text();
+        (log.contains("mapping_created")
+            && log.contains(&format!("udp {SUB1_IP}:47001 -> {NAT_OUTSIDE_IP}:")))
+        .then_some(())
+    });
+    ensure(logged.is_some(), || {
+        format!(
+            "no mapping_created event for {SUB1_IP}:47001 in the cgnatd log:\n{}",
+            env.daemon.log_tail()
+        )
+    })
+}

@@ -23,8 +23,10 @@ pub const SUB2_IP: &str = "100.64.0.12";
 pub const NAT_INSIDE_IP: &str = "100.64.0.1";
 pub const SERVER_A: &str = "198.51.100.10";
 pub const SERVER_B: &str = "198.51.100.11";
-/// cgnatd's outside address; cgn-inet's next hop for the pool.
+/// cgnatd's outside address; cgn-inet's next hop for the pool, and the MASQUERADE pool.
 pub const NAT_OUTSIDE_IP: &str = "192.0.2.1";
+/// A server in cgn-inet that the lab configs' SNAT rules reach under MASQUERADE.
+pub const MASQ_SERVER: &str = "198.51.100.20";
 /// cgn-inet on the link to cgnatd: the second hop from a subscriber.
 pub const INET_IP: &str = "192.0.2.2";
 /// cgn-far: the third hop, behind cgn-inet's far0 (MTU 1400).

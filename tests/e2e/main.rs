@@ -94,6 +94,10 @@ const CASES: &[(&str, Case)] = &[
         cases::hairpin_between_subscribers,
     ),
     (
+        "masquerade_uses_the_interface_address",
+        cases::masquerade_uses_the_interface_address,
+    ),
+    (
         "quota_exhaustion_keeps_existing_flows",
         cases::quota_exhaustion_keeps_existing_flows,
     ),

@@ -89,7 +89,10 @@ fn lab_config_describes_the_standard_lab() {
     assert_eq!(outside.gateway, Some(ip("192.0.2.2")));
     assert!(outside.promiscuous);
 
-    assert_eq!(c.pools.len(), 1);
+    assert_eq!(c.pools.len(), 2);
+    // The second pool masquerades: the outside port's address, for the lab's MASQUERADE server.
+    assert!(c.pools[1].masquerade);
+    assert_eq!(c.pools[1].ranges, vec![(ip("192.0.2.1"), ip("192.0.2.1"))]);
     let pool = &c.pools[0];
     assert_eq!(pool.name, "lab");
     assert_eq!(pool.ranges, vec![(ip("203.0.113.1"), ip("203.0.113.6"))]);
@@ -101,11 +104,18 @@ fn lab_config_describes_the_standard_lab() {
 
     assert_eq!(
         c.snat,
-        vec![SnatRule {
-            prefix: "100.64.0.0/10".parse().unwrap(),
-            destination: None,
-            pool: 0
-        }]
+        vec![
+            SnatRule {
+                prefix: "100.64.0.0/10".parse().unwrap(),
+                destination: Some("198.51.100.20/32".parse().unwrap()),
+                pool: 1
+            },
+            SnatRule {
+                prefix: "100.64.0.0/10".parse().unwrap(),
+                destination: None,
+                pool: 0
+            }
+        ]
     );
     assert_eq!(c.workers, Workers::Count(1));
     assert_eq!(c.worker_lcores(), vec![1]);
