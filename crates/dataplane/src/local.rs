@@ -1,5 +1,6 @@
 //! Packets the appliance answers or originates itself: ARP replies and requests, ICMP echo replies to
-//! its own addresses, and ICMP errors (time exceeded) a router in its position must send.
+//! its own addresses, ICMP errors (time exceeded, fragmentation needed) a router in its position must
+//! send, and the fragments of a packet too big for its egress MTU.
 //!
 //! Everything works on byte slices, in place where the answer fits in the question's buffer, so the data
 //! plane needs no allocation for them, and all of it is unit-tested without DPDK.
@@ -193,10 +194,112 @@ impl RateLimit {
     }
 }
 
+/// How a packet too big for its egress MTU is split (RFC 791): `(offset, len)` of each piece's
+/// payload, relative to the packet's own payload. Every piece but the last carries a multiple of 8
+/// bytes; each fits `mtu` with a 20-byte header. Empty when `mtu` cannot carry 8 bytes of payload.
+pub fn fragment_plan(payload_len: usize, mtu: u16) -> impl Iterator<Item = (usize, usize)> {
+    let chunk = usize::from(mtu).saturating_sub(20) & !7;
+    let pieces = if chunk == 0 {
+        0
+    } else {
+        payload_len.div_ceil(chunk)
+    };
+    (0..pieces).map(move |i| {
+        let off = i * chunk;
+        (off, chunk.min(payload_len - off))
+    })
+}
+
+/// Write piece `(off, len)` of the IPv4 packet `ip` (20-byte header, no options; the frame's
+/// Ethernet header is `eth`) into `out`, which holds `L3 + 20 + len` bytes: the same header with
+/// its total length, fragment offset (added to the packet's own, if it is itself a fragment) and
+/// MF flag (set on every piece but the last, and on the last too when the packet had it) set, and
+/// its checksum recomputed. DF is clear: only packets without it are fragmented.
+pub fn write_fragment(eth: &[u8], ip: &[u8], off: usize, len: usize, out: &mut [u8]) {
+    let h = Ipv4Packet::new_unchecked(ip);
+    let payload_len = usize::from(h.total_len()) - 20;
+    let (base, more) = (usize::from(h.frag_offset()), h.more_frags());
+    out[..L3].copy_from_slice(&eth[..L3]);
+    out[L3..L3 + 20].copy_from_slice(&ip[..20]);
+    out[L3 + 20..L3 + 20 + len].copy_from_slice(&ip[20 + off..20 + off + len]);
+    let mut fh = Ipv4Packet::new_unchecked(&mut out[L3..]);
+    fh.set_total_len((20 + len) as u16);
+    fh.set_flags_and_frag(false, more || off + len < payload_len, (base + off) as u16);
+    fh.fill_checksum();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use wire::arp_op;
+
+    fn udp_frame(payload: usize, frag: (bool, u16)) -> Vec<u8> {
+        let mut f = vec![0u8; L3 + 28 + payload];
+        for (i, b) in f[L3 + 28..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[L3..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len((28 + payload) as u16);
+        ip.set_ident(77);
+        ip.set_flags_and_frag(false, frag.0, frag.1);
+        ip.set_ttl(64);
+        ip.set_protocol(ip_proto::UDP);
+        ip.set_src_addr(PEER_IP);
+        ip.set_dst_addr(OUR_IP);
+        ip.fill_checksum();
+        f
+    }
+
+    fn split(frame: &[u8], mtu: u16) -> Vec<Vec<u8>> {
+        let ip = &frame[L3..];
+        let len = usize::from(Ipv4Packet::new_unchecked(ip).total_len()) - 20;
+        fragment_plan(len, mtu)
+            .map(|(off, n)| {
+                let mut out = vec![0u8; L3 + 20 + n];
+                write_fragment(frame, ip, off, n, &mut out);
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fragments_fit_the_mtu_and_reassemble_to_the_packet() {
+        let frame = udp_frame(2972, (false, 0)); // a 3000-byte IPv4 packet
+        let pieces = split(&frame, 1400);
+        assert_eq!(pieces.len(), 3);
+        let mut payload = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            let ip = Ipv4Packet::new_checked(&p[L3..]).unwrap();
+            assert!(ip.total_len() <= 1400 && ip.verify_checksum());
+            assert_eq!(ip.ident(), 77, "one datagram");
+            assert_eq!(usize::from(ip.frag_offset()), payload.len());
+            assert_eq!(ip.more_frags(), i < 2);
+            assert!(!ip.dont_frag());
+            assert_eq!(ip.frag_offset() % 8, 0);
+            payload.extend_from_slice(ip.payload());
+        }
+        assert_eq!(payload, frame[L3 + 20..]);
+        assert_eq!(&pieces[0][..L3], &frame[..L3], "same Ethernet header");
+    }
+
+    #[test]
+    fn a_fragment_splits_into_fragments_of_the_same_datagram() {
+        // The middle fragment of a larger datagram: offset 1480, more to come.
+        let frame = udp_frame(1472, (true, 1480));
+        let pieces = split(&frame, 1000);
+        assert_eq!(pieces.len(), 2);
+        let a = Ipv4Packet::new_checked(&pieces[0][L3..]).unwrap();
+        let b = Ipv4Packet::new_checked(&pieces[1][L3..]).unwrap();
+        assert_eq!((a.frag_offset(), a.more_frags()), (1480, true));
+        assert_eq!((b.frag_offset(), b.more_frags()), (1480 + 976, true));
+        assert_eq!(
+            fragment_plan(100, 27).count(),
+            0,
+            "an MTU with no room for 8 bytes"
+        );
+    }
 
     const OUR_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 1]);
     const PEER_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 2]);

@@ -874,7 +874,6 @@ impl Worker {
             return;
         };
         let (df, options, len) = (h.dont_frag(), h.header_len() != 20, h.total_len());
-        let (base, more) = (usize::from(h.frag_offset()), h.more_frags());
         if df || options || mtu < 68 {
             self.counters.count_drop(DropReason::MtuExceeded);
             if df {
@@ -882,11 +881,7 @@ impl Worker {
             }
             return;
         }
-        let payload = usize::from(len) - 20;
-        let chunk = (usize::from(mtu) - 20) & !7;
-        let mut off = 0;
-        while off < payload {
-            let n = chunk.min(payload - off);
+        for (off, n) in local::fragment_plan(usize::from(len) - 20, mtu) {
             let Some(mut f) = self.pool.alloc() else {
                 self.counters.count_drop(DropReason::NoMbuf);
                 return;
@@ -896,16 +891,10 @@ impl Worker {
                 return;
             };
             let src = m.data();
-            dst[..L3 + 20].copy_from_slice(&src[..L3 + 20]);
-            dst[L3 + 20..].copy_from_slice(&src[L3 + 20 + off..L3 + 20 + off + n]);
-            let mut fh = Ipv4Packet::new_unchecked(&mut dst[L3..]);
-            fh.set_total_len((20 + n) as u16);
-            fh.set_flags_and_frag(false, more || off + n < payload, (base + off) as u16);
-            fh.fill_checksum();
+            local::write_fragment(src, &src[L3..], off, n, dst);
             f.set_port(m.port());
             self.counters.add(Counter::FragmentsCreated, 1);
             self.admit_ipv4(side, f, from_peer, now, now_s, now_ms);
-            off += n;
         }
     }
 
