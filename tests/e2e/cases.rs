@@ -1511,7 +1511,28 @@ pub fn quota_exhaustion_keeps_existing_flows(env: &Env) -> R {
     // More new flows than the limit, in one burst well inside the UDP timeout.
     let before = stats(env)?;
     let count = limit + 20;
+    let icmp = if tuning.icmp_unreachable {
+        Some(Capture::start(SUB2, "eth0", "icmp")?)
+    } else {
+        None
+    };
     let flows = udp_flows(env, SUB2, 42000, count, "quota")?;
+    if let Some(cap) = icmp {
+        // nat.limits.icmp_unreachable: the refusals are announced, from the NAT's inside address.
+        let lines = cap.finish();
+        ensure(
+            lines.iter().any(|l| {
+                l.contains(&format!("{NAT_INSIDE_IP} > {SUB2_IP}"))
+                    && l.contains("admin prohibited")
+            }),
+            || {
+                format!(
+                    "icmp_unreachable is on, but cgn-sub2 saw no ICMP administratively prohibited from {NAT_INSIDE_IP}:\n{}",
+                    lines.join("\n")
+                )
+            },
+        )?;
+    }
     // Another subscriber is not limited by cgn-sub2's quota.
     udp_mapping(env, SUB1, SERVER_A, 40300, 1)?;
     let after = stats(env)?;

@@ -53,6 +53,8 @@ pub struct NatTuning {
     pub tcp_established: u64,
     pub hold_down: u64,
     pub max_ports_per_subscriber: u64,
+    /// `nat.limits.icmp_unreachable`: refused flows get ICMP type 3 code 13.
+    pub icmp_unreachable: bool,
 }
 
 impl NatTuning {
@@ -87,6 +89,7 @@ impl NatTuning {
                 "limits.max_ports_per_subscriber",
                 4096,
             )?,
+            icmp_unreachable: nat["limits"]["icmp_unreachable"].as_bool().unwrap_or(false),
         })
     }
 
