@@ -1866,6 +1866,88 @@ mod tests {
         assert_eq!(sh.mapping_count(), 0);
     }
 
+    /// The TCP state machine as a table: (state before, direction, flags) → state after, and the
+    /// idle timeout that state gets (RFC 5382 REQ-5, RFC 7857 section 2.2).
+    #[test]
+    fn tcp_state_machine_table() {
+        use tcp_state::*;
+        let t = Timeouts::default();
+        let (long, short) = (t.tcp_established, t.tcp_transitory);
+        let rows: &[(u8, Dir, u8, u8, u32)] = &[
+            // Opening from inside: the answer establishes, anything else from inside waits.
+            (SYN_SENT, Dir::Out2In, F::SYN | F::ACK, ESTABLISHED, long),
+            (SYN_SENT, Dir::In2Out, F::ACK, SYN_SENT, short),
+            (SYN_SENT, Dir::In2Out, F::SYN, SYN_SENT, short),
+            (
+                SYN_SENT,
+                Dir::Out2In,
+                F::RST | F::ACK,
+                SYN_SENT | RST,
+                short,
+            ),
+            // Opening from outside (endpoint-independent filtering, simultaneous open).
+            (SYN_RCVD, Dir::In2Out, F::SYN | F::ACK, ESTABLISHED, long),
+            (SYN_RCVD, Dir::Out2In, F::ACK, SYN_RCVD, short),
+            // Established: data keeps it; FIN or RST moves it to the short timeout.
+            (ESTABLISHED, Dir::In2Out, F::ACK | F::PSH, ESTABLISHED, long),
+            (ESTABLISHED, Dir::Out2In, F::ACK, ESTABLISHED, long),
+            (
+                ESTABLISHED,
+                Dir::In2Out,
+                F::FIN | F::ACK,
+                ESTABLISHED | FIN_IN,
+                short,
+            ),
+            (
+                ESTABLISHED,
+                Dir::Out2In,
+                F::FIN | F::ACK,
+                ESTABLISHED | FIN_OUT,
+                short,
+            ),
+            (
+                ESTABLISHED | FIN_IN,
+                Dir::Out2In,
+                F::FIN | F::ACK,
+                ESTABLISHED | FIN_IN | FIN_OUT,
+                short,
+            ),
+            (ESTABLISHED, Dir::Out2In, F::RST, ESTABLISHED | RST, short),
+            (
+                ESTABLISHED,
+                Dir::In2Out,
+                F::RST | F::ACK,
+                ESTABLISHED | RST,
+                short,
+            ),
+            // A closed tuple reopened by a new SYN starts over on the same mapping.
+            (ESTABLISHED | RST, Dir::In2Out, F::SYN, SYN_SENT, short),
+            (
+                ESTABLISHED | FIN_IN | FIN_OUT,
+                Dir::Out2In,
+                F::SYN,
+                SYN_RCVD,
+                short,
+            ),
+        ];
+        for &(before, dir, flags, after, timeout) in rows {
+            for flag_bits in [0, INBOUND, HAIRPIN] {
+                let mut s = Session {
+                    proto: ip_proto::TCP,
+                    state: before | flag_bits,
+                    ..Session::default()
+                };
+                track_tcp(&mut s, dir, flags);
+                assert_eq!(
+                    s.state,
+                    after | flag_bits,
+                    "{before:#04x} {dir:?} flags {flags:#04x}"
+                );
+                assert_eq!(s.timeout(&t), timeout, "timeout after {after:#04x}");
+            }
+        }
+    }
+
     #[test]
     fn rst_shortens_the_timeout() {
         let mut sh = shard();
