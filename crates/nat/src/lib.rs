@@ -85,6 +85,7 @@ mod index;
 mod key;
 mod mapping;
 mod ports;
+mod query;
 mod rewrite;
 mod rules;
 mod session;
@@ -104,6 +105,7 @@ pub use index::Index;
 pub use key::FlowKey;
 pub use mapping::Mapping;
 pub use ports::{BLOCK_PORTS, PortAllocator, PortSet, port_owner};
+pub use query::{SessionFilter, SessionRecord};
 pub use rules::{
     Exclusion, Filtering, MAX_POOLS, Pool, PortAllocation, Prefix, Rules, SnatRule, paired_address,
 };

@@ -499,6 +499,28 @@ impl Shard {
     }
 
     /// Live sessions (control plane: O(capacity)).
+    /// The shard's clock: the latest `now` it was given (seconds).
+    pub fn clock(&self) -> u32 {
+        self.core.now
+    }
+
+    pub(crate) fn slab_capacity(&self) -> u32 {
+        self.slab.capacity()
+    }
+
+    pub(crate) fn slot(&self, slot: u32) -> &Session {
+        self.slab.get(slot)
+    }
+
+    /// Delete the session in `slot` (control plane: `conntrack -D`), ending its mapping if it was the
+    /// last one, through the hold-down as for an expiry.
+    pub(crate) fn delete_slot(&mut self, slot: u32) {
+        let Shard { slab, core } = self;
+        let now = core.now;
+        core.delete_session(slab, slot, now, false);
+        core.gauges(slab);
+    }
+
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.slab.iter().map(|(_, s)| s)
     }
