@@ -20,4 +20,6 @@ pub mod neighbour;
 pub mod route;
 mod worker;
 
-pub use worker::{DpdkPrefetch, EventQueue, PortSetup, Side, Worker, WorkerConfig};
+pub use worker::{
+    Command, Control, DpdkPrefetch, EventQueue, PortSetup, Reply, Side, Worker, WorkerConfig,
+};

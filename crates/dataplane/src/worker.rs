@@ -32,6 +32,50 @@ const HOLD_MAX: usize = 64;
 /// Events moved from the shard's ring to the control plane per iteration at most.
 const EVENT_BATCH: usize = 64;
 
+/// Session slots a worker looks at per iteration for a control-plane query: about as long as one
+/// expiry step, so a listing of millions of sessions never delays a burst noticeably.
+const QUERY_BUDGET: u32 = 1024;
+
+/// A control-plane query about a worker's sessions (`conntrack -L` / `-D` / `-F`).
+#[derive(Debug, Clone, Copy)]
+pub enum Command {
+    /// Send every session matching the filter as [`Reply::Session`], then [`Reply::Done`].
+    List { id: u64, filter: nat::SessionFilter },
+    /// Delete every matching session, then [`Reply::Done`] with how many.
+    Delete { id: u64, filter: nat::SessionFilter },
+}
+
+/// What a worker answers a [`Command`] with, tagged with the command's id.
+#[derive(Debug, Clone, Copy)]
+pub enum Reply {
+    Session { id: u64, record: nat::SessionRecord },
+    Done { id: u64, count: u64 },
+}
+
+/// A worker's command and reply queues (bounded, lock-free). The worker runs one command at a time,
+/// a bounded step per iteration, and pauses a listing while the reply queue is full: a slow reader
+/// slows its own listing, never the forwarding.
+pub struct Control {
+    pub commands: crossbeam::queue::ArrayQueue<Command>,
+    pub replies: crossbeam::queue::ArrayQueue<Reply>,
+}
+
+impl Control {
+    pub fn new(commands: usize, replies: usize) -> Control {
+        Control {
+            commands: crossbeam::queue::ArrayQueue::new(commands.max(1)),
+            replies: crossbeam::queue::ArrayQueue::new(replies.max(2)),
+        }
+    }
+}
+
+/// The command a worker is working through.
+struct Active {
+    cmd: Command,
+    cursor: u32,
+    count: u64,
+}
+
 /// The queue a worker hands the shard's events (mappings, port blocks, limits) to the control plane
 /// over: bounded and lock-free; when it is full the events wait in the shard's ring, and when that is
 /// full they are dropped and counted (`events_dropped`), never blocking the worker.
@@ -92,6 +136,8 @@ pub struct WorkerConfig {
     pub fragments: FragConfig,
     /// Where to hand the shard's events; `None` leaves them in the shard's ring.
     pub events: Option<Arc<EventQueue>>,
+    /// Session queries from the control plane.
+    pub control: Option<Arc<Control>>,
     /// MASQUERADE: the outside port's address is also a pool address. Packets to it are translated
     /// like any pool address, except ICMP echo requests, which the appliance answers itself.
     pub masquerade: bool,
@@ -167,6 +213,8 @@ pub struct Worker {
     /// The outside address when it doubles as the pool (MASQUERADE).
     masq_addr: Option<u32>,
     events: Option<Arc<EventQueue>>,
+    control: Option<Arc<Control>>,
+    active: Option<Active>,
     /// Reused for every event batch (capacity `EVENT_BATCH`, never grows).
     event_buf: Vec<nat::Event>,
     refusal_icmp: bool,
@@ -267,6 +315,8 @@ impl Worker {
                 .then_some(local_addrs[Side::Outside as usize]),
             refusal_icmp: cfg.refusal_icmp,
             events: cfg.events,
+            control: cfg.control,
+            active: None,
             event_buf: Vec::with_capacity(EVENT_BATCH),
             port_ids,
             me: cfg.worker,
@@ -297,6 +347,7 @@ impl Worker {
             self.expire_held(now);
             self.expire_fragments(now);
             self.export_events();
+            self.run_command();
             self.counters.add(Counter::Loops, 1);
             if busy > 0 {
                 self.counters.add(Counter::BusyLoops, 1);
@@ -538,6 +589,57 @@ impl Worker {
         for e in self.event_buf.drain(..) {
             // Single producer: the room counted above is still there.
             let _ = q.push(e);
+        }
+    }
+
+    /// One bounded step of the current control-plane command (taking the next one when idle).
+    fn run_command(&mut self) {
+        let Some(ctl) = &self.control else {
+            return;
+        };
+        if self.active.is_none() {
+            match ctl.commands.pop() {
+                Some(cmd) => {
+                    self.active = Some(Active {
+                        cmd,
+                        cursor: 0,
+                        count: 0,
+                    })
+                }
+                None => return,
+            }
+        }
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        // Room for this step's records plus the final Done.
+        let room = (ctl.replies.capacity() - ctl.replies.len()) as u32;
+        if room < 2 {
+            return;
+        }
+        let (id, next) = match a.cmd {
+            Command::List { id, filter } => {
+                let next =
+                    self.shard
+                        .scan_sessions(a.cursor, QUERY_BUDGET, room - 1, &filter, |record| {
+                            // Single producer: the room counted above is still there.
+                            let _ = ctl.replies.push(Reply::Session { id, record });
+                            a.count += 1;
+                        });
+                (id, next)
+            }
+            Command::Delete { id, filter } => {
+                let (next, n) = self.shard.delete_sessions(a.cursor, QUERY_BUDGET, &filter);
+                a.count += u64::from(n);
+                (id, next)
+            }
+        };
+        match next {
+            Some(c) => a.cursor = c,
+            None => {
+                let _ = ctl.replies.push(Reply::Done { id, count: a.count });
+                self.active = None;
+            }
         }
     }
 

@@ -5,7 +5,10 @@
 //! and the server turns them into protobuf messages. This keeps `mgmt` free of
 //! DPDK and lets it be tested with a fake backend.
 
-use std::time::SystemTime;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
 
 /// Source of everything the management API reports.
 ///
@@ -19,6 +22,66 @@ pub trait Backend: Send + Sync + 'static {
     fn stats(&self) -> StatsSnapshot;
     /// Every port the daemon drives, ordered by DPDK port id.
     fn ports(&self) -> Vec<PortSnapshot>;
+    /// Start listing the sessions matching `query` on every worker. The sessions arrive on the
+    /// receiver, which closes when every worker has finished its walk.
+    fn list_sessions(
+        &self,
+        query: SessionQuery,
+    ) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError>;
+    /// Start deleting the sessions matching `query` on every worker; the receiver gets how many.
+    fn delete_sessions(&self, query: SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError>;
+}
+
+/// Why the backend cannot take a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// Every worker's command queue is full: too many queries at once.
+    #[error("too many session queries in progress; retry shortly")]
+    Busy,
+}
+
+/// An endpoint filter: an address, optionally with a port.
+pub type EndpointFilter = (Ipv4Addr, Option<u16>);
+
+/// Which sessions a query is about; `None` matches anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionQuery {
+    /// IP protocol number (6, 17, 1).
+    pub proto: Option<u8>,
+    pub inside: Option<EndpointFilter>,
+    pub outside: Option<EndpointFilter>,
+    pub remote: Option<EndpointFilter>,
+    pub state: Option<SessionState>,
+}
+
+impl SessionQuery {
+    pub fn is_empty(&self) -> bool {
+        *self == SessionQuery::default()
+    }
+}
+
+/// Connection-tracking state of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    New,
+    Established,
+}
+
+/// One session as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    pub worker: u32,
+    pub proto: u8,
+    pub inside: SocketAddrV4,
+    pub outside: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub state: SessionState,
+    /// TCP only (`syn_sent`, `established`, ...); empty for other protocols.
+    pub tcp_state: &'static str,
+    pub inbound: bool,
+    pub hairpin: bool,
+    pub idle: Duration,
+    pub expires_in: Duration,
 }
 
 /// Daemon facts for `GetInfo`.
@@ -118,10 +181,42 @@ pub struct PortCountersSnapshot {
 #[cfg(test)]
 pub(crate) mod fake {
     use super::*;
-    use std::time::Duration;
+    use std::sync::Mutex;
 
     pub(crate) struct FakeBackend {
         pub(crate) started_at: SystemTime,
+        /// The session table the session RPCs work on, and the queries they received.
+        pub(crate) sessions: Mutex<Vec<SessionSnapshot>>,
+        pub(crate) queries: Mutex<Vec<SessionQuery>>,
+        pub(crate) busy: bool,
+    }
+
+    pub(crate) fn session(proto: u8, inside: &str, outside: &str, remote: &str) -> SessionSnapshot {
+        SessionSnapshot {
+            worker: 0,
+            proto,
+            inside: inside.parse().unwrap(),
+            outside: outside.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state: SessionState::Established,
+            tcp_state: if proto == 6 { "established" } else { "" },
+            inbound: false,
+            hairpin: false,
+            idle: Duration::from_secs(3),
+            expires_in: Duration::from_secs(297),
+        }
+    }
+
+    /// What the daemon's workers do with a query, over the fake table.
+    fn matches(q: &SessionQuery, s: &SessionSnapshot) -> bool {
+        let ep = |f: Option<EndpointFilter>, a: SocketAddrV4| {
+            f.is_none_or(|(ip, port)| ip == *a.ip() && port.is_none_or(|p| p == a.port()))
+        };
+        q.proto.is_none_or(|p| p == s.proto)
+            && ep(q.inside, s.inside)
+            && ep(q.outside, s.outside)
+            && ep(q.remote, s.remote)
+            && q.state.is_none_or(|st| st == s.state)
     }
 
     impl FakeBackend {
@@ -129,6 +224,28 @@ pub(crate) mod fake {
             FakeBackend {
                 // An hour and a bit ago, so uptime is clearly non-zero.
                 started_at: SystemTime::now() - Duration::from_secs(3725),
+                sessions: Mutex::new(vec![
+                    session(
+                        17,
+                        "100.64.0.11:5000",
+                        "203.0.113.2:40001",
+                        "198.51.100.10:53",
+                    ),
+                    session(
+                        6,
+                        "100.64.0.11:40000",
+                        "203.0.113.2:40002",
+                        "198.51.100.10:80",
+                    ),
+                    session(
+                        6,
+                        "100.64.0.12:40000",
+                        "203.0.113.3:50000",
+                        "198.51.100.11:443",
+                    ),
+                ]),
+                queries: Mutex::new(Vec::new()),
+                busy: false,
             }
         }
     }
@@ -177,6 +294,45 @@ pub(crate) mod fake {
                     },
                 ],
             }
+        }
+
+        fn list_sessions(
+            &self,
+            query: SessionQuery,
+        ) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError> {
+            if self.busy {
+                return Err(BackendError::Busy);
+            }
+            self.queries.lock().unwrap().push(query);
+            let found: Vec<_> = self
+                .sessions
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| matches(&query, s))
+                .cloned()
+                .collect();
+            let (tx, rx) = mpsc::channel(found.len().max(1));
+            for s in found {
+                tx.try_send(s).unwrap();
+            }
+            Ok(rx)
+        }
+
+        fn delete_sessions(
+            &self,
+            query: SessionQuery,
+        ) -> Result<oneshot::Receiver<u64>, BackendError> {
+            if self.busy {
+                return Err(BackendError::Busy);
+            }
+            self.queries.lock().unwrap().push(query);
+            let mut table = self.sessions.lock().unwrap();
+            let before = table.len();
+            table.retain(|s| !matches(&query, s));
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send((before - table.len()) as u64);
+            Ok(rx)
         }
 
         fn ports(&self) -> Vec<PortSnapshot> {

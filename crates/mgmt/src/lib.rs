@@ -25,8 +25,8 @@ mod server;
 mod service;
 
 pub use backend::{
-    Backend, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, StatsSnapshot,
-    WorkerStatsSnapshot,
+    Backend, BackendError, EndpointFilter, InfoSnapshot, PortCountersSnapshot, PortRole,
+    PortSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot, WorkerStatsSnapshot,
 };
 pub use error::MgmtError;
 pub use server::{BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, ServerConfig, bind, serve};

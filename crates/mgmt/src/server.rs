@@ -200,10 +200,14 @@ mod tests {
 
     impl Running {
         async fn start() -> Running {
+            Running::with(FakeBackend::new()).await
+        }
+
+        async fn with(backend: FakeBackend) -> Running {
             let cfg = ServerConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
             };
-            let bound = bind(cfg, Arc::new(FakeBackend::new())).await.unwrap();
+            let bound = bind(cfg, Arc::new(backend)).await.unwrap();
             let addr = bound.local_addr();
             assert_ne!(addr.port(), 0, "port 0 must resolve to the real port");
             let (stop, stopped) = oneshot::channel::<()>();
@@ -484,6 +488,152 @@ mod tests {
             .map(|raw| prost_types::FileDescriptorProto::decode(raw.as_slice()).unwrap())
             .any(|fd| fd.package() == "cgnat.v1" && fd.service.iter().any(|s| s.name() == "Cgnat"));
         assert!(described);
+        server.stop().await.unwrap();
+    }
+
+    fn filter(
+        protocol: &str,
+        inside: &str,
+        outside: &str,
+        remote: &str,
+        state: &str,
+    ) -> v1::SessionFilter {
+        v1::SessionFilter {
+            protocol: protocol.into(),
+            inside: inside.into(),
+            outside: outside.into(),
+            remote: remote.into(),
+            state: state.into(),
+        }
+    }
+
+    async fn list(
+        server: &Running,
+        f: Option<v1::SessionFilter>,
+    ) -> Result<Vec<v1::Session>, tonic::Status> {
+        let mut stream = server
+            .client()
+            .await
+            .list_sessions(v1::ListSessionsRequest { filter: f })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(s) = stream.message().await? {
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn list_sessions_streams_the_matching_sessions_readably() {
+        let server = Running::start().await;
+        let all = list(&server, None).await.unwrap();
+        assert_eq!(all.len(), 3);
+        let udp = &all[0];
+        assert_eq!(udp.protocol, "udp");
+        assert_eq!(udp.inside, "100.64.0.11:5000");
+        assert_eq!(udp.outside, "203.0.113.2:40001");
+        assert_eq!(udp.remote, "198.51.100.10:53");
+        assert_eq!(udp.state, v1::SessionState::Established as i32);
+        assert_eq!(udp.expires_in.unwrap().seconds, 297);
+        let tcp_of_11 = list(&server, Some(filter("TCP", "100.64.0.11", "", "", "")))
+            .await
+            .unwrap();
+        assert_eq!(tcp_of_11.len(), 1);
+        assert_eq!(tcp_of_11[0].tcp_state, "established");
+        let by_outside = list(
+            &server,
+            Some(filter("", "", "203.0.113.3:50000", "", "established")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(by_outside.len(), 1);
+        assert_eq!(by_outside[0].remote, "198.51.100.11:443");
+        assert!(
+            list(&server, Some(filter("", "", "", "", "new")))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_session_filters_name_the_field_and_query_nothing() {
+        let server = Running::start().await;
+        for (f, field) in [
+            (filter("sctp", "", "", "", ""), "filter.protocol"),
+            (filter("", "100.64.0.300", "", "", ""), "filter.inside"),
+            (
+                filter("", "", "203.0.113.2:99999", "", ""),
+                "filter.outside",
+            ),
+            (filter("", "", "", "example.org:80", ""), "filter.remote"),
+            (filter("", "", "", "", "closing"), "filter.state"),
+        ] {
+            let err = list(&server, Some(f)).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(
+                err.message().starts_with(&format!("{field}: ")),
+                "{}",
+                err.message()
+            );
+        }
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn delete_needs_a_filter_and_flush_empties_the_table() {
+        let server = Running::start().await;
+        let mut client = server.client().await;
+        let err = client
+            .delete_sessions(v1::DeleteSessionsRequest {
+                filter: Some(v1::SessionFilter::default()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("FlushSessions"));
+        assert_eq!(
+            list(&server, None).await.unwrap().len(),
+            3,
+            "nothing deleted"
+        );
+        let n = client
+            .delete_sessions(v1::DeleteSessionsRequest {
+                filter: Some(filter("", "100.64.0.11", "", "", "")),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted;
+        assert_eq!(n, 2);
+        assert_eq!(list(&server, None).await.unwrap().len(), 1);
+        let n = client
+            .flush_sessions(v1::FlushSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted;
+        assert_eq!(n, 1);
+        assert!(list(&server, None).await.unwrap().is_empty());
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_busy_data_plane_is_resource_exhausted() {
+        let mut backend = FakeBackend::new();
+        backend.busy = true;
+        let server = Running::with(backend).await;
+        let err = list(&server, None).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        let err = server
+            .client()
+            .await
+            .flush_sessions(v1::FlushSessionsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         server.stop().await.unwrap();
     }
 

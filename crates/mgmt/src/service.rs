@@ -12,10 +12,11 @@ use tokio::time::MissedTickBehavior;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::backend::{
-    Backend, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, StatsSnapshot,
+    Backend, BackendError, EndpointFilter, InfoSnapshot, PortCountersSnapshot, PortRole,
+    PortSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot,
 };
 
 /// Smallest accepted `WatchStats` interval. Reading all counters is cheap, but
@@ -39,6 +40,100 @@ impl<B: Backend> CgnatService<B> {
 }
 
 type StatsStream = Pin<Box<dyn Stream<Item = Result<v1::Stats, Status>> + Send>>;
+type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::Session, Status>> + Send>>;
+
+fn backend_status(e: BackendError) -> Status {
+    match e {
+        BackendError::Busy => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+/// Parse an endpoint filter: "a.b.c.d" or "a.b.c.d:port"; empty means any.
+fn endpoint_filter(field: &str, text: &str) -> Result<Option<EndpointFilter>, Status> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: String| Status::invalid_argument(format!("filter.{field}: {why}"));
+    let (ip, port) = match text.rsplit_once(':') {
+        Some((ip, port)) => {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| bad(format!("`{port}` is not a port (0-65535)")))?;
+            (ip, Some(port))
+        }
+        None => (text, None),
+    };
+    let ip = ip.parse().map_err(|_| {
+        bad(format!(
+            "`{ip}` is not an IPv4 address (expected a.b.c.d or a.b.c.d:port)"
+        ))
+    })?;
+    Ok(Some((ip, port)))
+}
+
+/// The backend query for a request's filter; errors name the offending field.
+pub(crate) fn session_query(filter: Option<&v1::SessionFilter>) -> Result<SessionQuery, Status> {
+    let Some(f) = filter else {
+        return Ok(SessionQuery::default());
+    };
+    let proto = match f.protocol.trim().to_ascii_lowercase().as_str() {
+        "" => None,
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "icmp" => Some(1),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "filter.protocol: `{other}` is not one of tcp, udp, icmp"
+            )));
+        }
+    };
+    let state = match f.state.trim().to_ascii_lowercase().as_str() {
+        "" => None,
+        "new" => Some(SessionState::New),
+        "established" => Some(SessionState::Established),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "filter.state: `{other}` is not one of new, established"
+            )));
+        }
+    };
+    Ok(SessionQuery {
+        proto,
+        inside: endpoint_filter("inside", &f.inside)?,
+        outside: endpoint_filter("outside", &f.outside)?,
+        remote: endpoint_filter("remote", &f.remote)?,
+        state,
+    })
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        _ => "other",
+    }
+}
+
+pub(crate) fn session_to_proto(s: &SessionSnapshot) -> v1::Session {
+    v1::Session {
+        protocol: proto_name(s.proto).to_owned(),
+        inside: s.inside.to_string(),
+        outside: s.outside.to_string(),
+        remote: s.remote.to_string(),
+        state: match s.state {
+            SessionState::New => v1::SessionState::New,
+            SessionState::Established => v1::SessionState::Established,
+        } as i32,
+        tcp_state: s.tcp_state.to_owned(),
+        inbound: s.inbound,
+        hairpin: s.hairpin,
+        idle: Some(proto_duration(s.idle)),
+        expires_in: Some(proto_duration(s.expires_in)),
+        worker: s.worker,
+    }
+}
 
 #[tonic::async_trait]
 impl<B: Backend> Cgnat for CgnatService<B> {
@@ -106,6 +201,68 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         debug!(rpc = "ListPorts", peer = ?request.remote_addr(), "gRPC request");
         let ports = self.backend.ports().iter().map(port_to_proto).collect();
         Ok(Response::new(v1::ListPortsResponse { ports }))
+    }
+
+    type ListSessionsStream = SessionStream;
+
+    async fn list_sessions(
+        &self,
+        request: Request<v1::ListSessionsRequest>,
+    ) -> Result<Response<Self::ListSessionsStream>, Status> {
+        let query = session_query(request.get_ref().filter.as_ref())?;
+        debug!(rpc = "ListSessions", peer = ?request.remote_addr(), ?query, "gRPC request");
+        let rx = self.backend.list_sessions(query).map_err(backend_status)?;
+        let stream =
+            tokio_stream::StreamExt::map(ReceiverStream::new(rx), |s| Ok(session_to_proto(&s)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn delete_sessions(
+        &self,
+        request: Request<v1::DeleteSessionsRequest>,
+    ) -> Result<Response<v1::DeleteSessionsResponse>, Status> {
+        let query = session_query(request.get_ref().filter.as_ref())?;
+        if query.is_empty() {
+            return Err(Status::invalid_argument(
+                "filter: empty; it would delete every session (use FlushSessions for that)",
+            ));
+        }
+        let peer = request.remote_addr();
+        let deleted = self.delete(query).await?;
+        info!(
+            rpc = "DeleteSessions",
+            ?peer,
+            ?query,
+            deleted,
+            "sessions deleted"
+        );
+        Ok(Response::new(v1::DeleteSessionsResponse { deleted }))
+    }
+
+    async fn flush_sessions(
+        &self,
+        request: Request<v1::FlushSessionsRequest>,
+    ) -> Result<Response<v1::DeleteSessionsResponse>, Status> {
+        let peer = request.remote_addr();
+        let deleted = self.delete(SessionQuery::default()).await?;
+        info!(
+            rpc = "FlushSessions",
+            ?peer,
+            deleted,
+            "session table flushed"
+        );
+        Ok(Response::new(v1::DeleteSessionsResponse { deleted }))
+    }
+}
+
+impl<B: Backend> CgnatService<B> {
+    async fn delete(&self, query: SessionQuery) -> Result<u64, Status> {
+        let rx = self
+            .backend
+            .delete_sessions(query)
+            .map_err(backend_status)?;
+        rx.await
+            .map_err(|_| Status::unavailable("the data plane stopped before answering"))
     }
 }
 

@@ -5,11 +5,13 @@ use std::time::SystemTime;
 
 use config::{Config, Device, Role};
 use mgmt::{
-    Backend, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, StatsSnapshot,
-    WorkerStatsSnapshot,
+    Backend, BackendError, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot,
+    SessionQuery, SessionSnapshot, StatsSnapshot, WorkerStatsSnapshot,
 };
 use nat::{Counter, Counters, DropReason};
+use tokio::sync::{mpsc, oneshot};
 
+use super::sessions::SessionBroker;
 use super::setup::DataPlane;
 
 struct PortInfo {
@@ -29,6 +31,7 @@ pub struct DaemonBackend {
     ports: Vec<PortInfo>,
     /// Port handles for link state and NIC counters (read-only DPDK calls, safe from any thread).
     handles: Vec<Arc<dpdk::Port>>,
+    pub sessions: Arc<SessionBroker>,
 }
 
 impl DaemonBackend {
@@ -59,6 +62,7 @@ impl DaemonBackend {
             workers: dp.workers.iter().map(|(l, c)| (l.0, c.clone())).collect(),
             ports,
             handles: dp.ports.iter().map(|p| p.port.clone()).collect(),
+            sessions: Arc::new(SessionBroker::new(dp.controls.clone())),
         }
     }
 }
@@ -93,6 +97,17 @@ impl Backend for DaemonBackend {
                 })
                 .collect(),
         }
+    }
+
+    fn list_sessions(
+        &self,
+        query: SessionQuery,
+    ) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError> {
+        self.sessions.list(&query)
+    }
+
+    fn delete_sessions(&self, query: SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError> {
+        self.sessions.delete(&query)
     }
 
     fn ports(&self) -> Vec<PortSnapshot> {

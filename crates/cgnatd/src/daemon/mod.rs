@@ -2,6 +2,7 @@
 
 mod backend;
 mod events;
+mod sessions;
 mod setup;
 
 use std::path::Path;
@@ -146,6 +147,7 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
     let listen = cfg.mgmt.listen;
     let interval = cfg.stats_interval;
     let counters = dp.counters();
+    let broker = backend.sessions.clone();
     let queues = dp.events.clone();
     let last_queues = dp.events.clone();
     rt.block_on(async move {
@@ -169,6 +171,7 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
                 info!(target: "cgnatd::stats", "{}", backend::summary_line(&counters));
             }
         });
+        let dispatcher = tokio::spawn(broker.run());
         let event_log = tokio::spawn(async move {
             if queues.is_empty() {
                 return;
@@ -189,6 +192,7 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
         info!("termination signal received, shutting down");
         stats.abort();
         event_log.abort();
+        dispatcher.abort();
         // What the workers queued before the signal still reaches the log.
         for (worker, q) in &last_queues {
             while let Some(e) = q.pop() {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use config::{Config, PortCfg, Role};
 use dataplane::handoff::{self, Links};
 use dataplane::route::{Prefix, RouteTable};
-use dataplane::{EventQueue, PortSetup, Worker, WorkerConfig};
+use dataplane::{Control, EventQueue, PortSetup, Worker, WorkerConfig};
 use dpdk::lcore::{self, LcoreId};
 use dpdk::{Mempool, Port, PortConfig, PortId};
 use nat::{Counters, Pool, Rules, Shard, ShardConfig, SnatRule, Timeouts};
@@ -33,6 +33,8 @@ pub struct DataPlane {
     pub workers: Vec<(LcoreId, Arc<Counters>)>,
     /// Per worker (index, queue): the NAT events the control plane logs.
     pub events: Vec<(usize, Arc<EventQueue>)>,
+    /// Per worker, in worker order: the session command and reply queues.
+    pub controls: Vec<Arc<Control>>,
     pool: Option<Arc<Mempool>>,
 }
 
@@ -315,6 +317,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         steering: Vec::new(),
         workers: Vec::new(),
         events: Vec::new(),
+        controls: Vec::new(),
         pool: None,
     };
     if n_workers > 1 {
@@ -352,8 +355,14 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         if let Some(q) = &events {
             dp.events.push((i, q.clone()));
         }
+        let control = Arc::new(Control::new(
+            super::sessions::COMMAND_QUEUE,
+            super::sessions::REPLY_QUEUE,
+        ));
+        dp.controls.push(control.clone());
         let wcfg = WorkerConfig {
             events,
+            control: Some(control),
             inside: setup(inside, Vec::new())?,
             outside: setup(outside, proxy_arp.clone())?,
             neighbour_reachable_s: cfg.neighbour.reachable_time.as_secs(),

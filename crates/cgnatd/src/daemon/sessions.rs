@@ -1,0 +1,322 @@
+//! Session queries from the management API to the workers, and their answers back.
+//!
+//! Each worker has a command queue and a reply queue (`dataplane::Control`). A query gets an id, is
+//! put on every worker's command queue, and a dispatcher task on the control plane drains the reply
+//! queues, routing each record to its query's stream and counting the workers that are done. The
+//! dispatcher drains even the replies of queries whose client went away, so a worker never waits on a
+//! reader that is gone; a slow reader holds up the dispatcher, and through it only the listing work of
+//! the workers (they pause their walk while their reply queue is full), never their forwarding.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dataplane::{Command, Control, Reply};
+use mgmt::{BackendError, SessionQuery, SessionSnapshot, SessionState};
+use nat::{CtState, SessionFilter, SessionRecord, tcp_state};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands queued per worker; a query takes one slot on each worker.
+pub const COMMAND_QUEUE: usize = 16;
+/// Records a worker may have waiting for the dispatcher.
+pub const REPLY_QUEUE: usize = 4096;
+/// Records buffered towards one listing's gRPC stream.
+const STREAM_BUFFER: usize = 1024;
+
+enum Waiting {
+    List(Option<mpsc::Sender<SessionSnapshot>>),
+    Delete(Option<oneshot::Sender<u64>>),
+}
+
+struct Pending {
+    /// Workers that have not sent `Done` yet.
+    remaining: usize,
+    count: u64,
+    waiting: Waiting,
+}
+
+pub struct SessionBroker {
+    controls: Vec<Arc<Control>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+}
+
+fn filter_of(q: &SessionQuery) -> SessionFilter {
+    let addr = |e: Option<mgmt::EndpointFilter>| e.map(|(ip, _)| u32::from(ip));
+    let port = |e: Option<mgmt::EndpointFilter>| e.and_then(|(_, p)| p);
+    SessionFilter {
+        proto: q.proto,
+        inside_addr: addr(q.inside),
+        inside_port: port(q.inside),
+        outside_addr: addr(q.outside),
+        outside_port: port(q.outside),
+        remote_addr: addr(q.remote),
+        remote_port: port(q.remote),
+        state: q.state.map(|s| match s {
+            SessionState::New => CtState::New,
+            SessionState::Established => CtState::Established,
+        }),
+    }
+}
+
+/// The TCP state as `conntrack` users expect to read it.
+fn tcp_state_name(state: u8) -> &'static str {
+    use tcp_state::*;
+    if state & RST != 0 {
+        return "reset";
+    }
+    let fins = state & (FIN_IN | FIN_OUT);
+    if fins == FIN_IN | FIN_OUT {
+        return "closing";
+    }
+    if fins != 0 {
+        return "fin_wait";
+    }
+    match state & PHASE_MASK {
+        SYN_SENT => "syn_sent",
+        SYN_RCVD => "syn_received",
+        _ => "established",
+    }
+}
+
+pub fn snapshot(worker: usize, r: &SessionRecord) -> SessionSnapshot {
+    let s = &r.session;
+    let ep = |a: u32, p: u16| SocketAddrV4::new(Ipv4Addr::from(a), p);
+    SessionSnapshot {
+        worker: worker as u32,
+        proto: s.proto,
+        inside: ep(s.in_addr, s.in_port),
+        outside: ep(s.out_addr, s.out_port),
+        remote: ep(s.rem_addr, s.rem_port),
+        state: match s.ct_state() {
+            CtState::New => SessionState::New,
+            CtState::Established => SessionState::Established,
+        },
+        tcp_state: if s.proto == 6 {
+            tcp_state_name(s.state)
+        } else {
+            ""
+        },
+        inbound: s.is_inbound(),
+        hairpin: s.is_hairpin(),
+        idle: Duration::from_secs(u64::from(r.idle)),
+        expires_in: Duration::from_secs(u64::from(r.timeout.saturating_sub(r.idle))),
+    }
+}
+
+impl SessionBroker {
+    pub fn new(controls: Vec<Arc<Control>>) -> SessionBroker {
+        SessionBroker {
+            controls,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn start(
+        &self,
+        make: impl FnOnce(u64) -> Command,
+        waiting: Waiting,
+    ) -> Result<(), BackendError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cmd = make(id);
+        // Room on every worker first, so a query is never half-started.
+        if self.controls.iter().any(|c| c.commands.is_full()) {
+            return Err(BackendError::Busy);
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(
+                id,
+                Pending {
+                    remaining: self.controls.len(),
+                    count: 0,
+                    waiting,
+                },
+            );
+        }
+        for c in &self.controls {
+            // Only this thread pushes, and every queue had room.
+            let _ = c.commands.push(cmd);
+        }
+        Ok(())
+    }
+
+    pub fn list(&self, q: &SessionQuery) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let filter = filter_of(q);
+        self.start(|id| Command::List { id, filter }, Waiting::List(Some(tx)))?;
+        Ok(rx)
+    }
+
+    pub fn delete(&self, q: &SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError> {
+        let (tx, rx) = oneshot::channel();
+        let filter = filter_of(q);
+        self.start(
+            |id| Command::Delete { id, filter },
+            Waiting::Delete(Some(tx)),
+        )?;
+        Ok(rx)
+    }
+
+    fn sender_for(&self, id: u64) -> Option<mpsc::Sender<SessionSnapshot>> {
+        let p = self.pending.lock().ok()?;
+        match &p.get(&id)?.waiting {
+            Waiting::List(tx) => tx.clone(),
+            Waiting::Delete(_) => None,
+        }
+    }
+
+    fn done(&self, id: u64, count: u64) {
+        let Ok(mut map) = self.pending.lock() else {
+            return;
+        };
+        let Some(p) = map.get_mut(&id) else {
+            return;
+        };
+        p.remaining = p.remaining.saturating_sub(1);
+        p.count += count;
+        if p.remaining == 0
+            && let Some(mut p) = map.remove(&id)
+            && let Waiting::Delete(tx) = &mut p.waiting
+            && let Some(tx) = tx.take()
+        {
+            let _ = tx.send(p.count);
+        }
+        // A finished listing drops its sender here, which ends the client's stream.
+    }
+
+    fn client_gone(&self, id: u64) {
+        if let Ok(mut map) = self.pending.lock()
+            && let Some(p) = map.get_mut(&id)
+        {
+            p.waiting = Waiting::List(None);
+        }
+    }
+
+    /// Drain the reply queues forever (the control plane's task).
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let busy = self.pending.lock().map(|p| !p.is_empty()).unwrap_or(false);
+            // Quick while queries run, lazy when idle.
+            tokio::time::sleep(Duration::from_millis(if busy { 1 } else { 20 })).await;
+            for (w, ctl) in self.controls.iter().enumerate() {
+                while let Some(r) = ctl.replies.pop() {
+                    match r {
+                        Reply::Session { id, record } => {
+                            if let Some(tx) = self.sender_for(id)
+                                && tx.send(snapshot(w, &record)).await.is_err()
+                            {
+                                self.client_gone(id);
+                            }
+                        }
+                        Reply::Done { id, count } => self.done(id, count),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_states_read_like_conntrack() {
+        use tcp_state::*;
+        assert_eq!(tcp_state_name(SYN_SENT), "syn_sent");
+        assert_eq!(tcp_state_name(SYN_RCVD), "syn_received");
+        assert_eq!(tcp_state_name(ESTABLISHED), "established");
+        assert_eq!(tcp_state_name(ESTABLISHED | FIN_IN), "fin_wait");
+        assert_eq!(tcp_state_name(ESTABLISHED | FIN_IN | FIN_OUT), "closing");
+        assert_eq!(tcp_state_name(ESTABLISHED | RST), "reset");
+        assert_eq!(tcp_state_name(ESTABLISHED | nat::INBOUND), "established");
+    }
+
+    #[test]
+    fn queries_become_worker_filters() {
+        let q = SessionQuery {
+            proto: Some(17),
+            inside: Some((Ipv4Addr::new(100, 64, 0, 11), Some(5000))),
+            outside: Some((Ipv4Addr::new(203, 0, 113, 2), None)),
+            remote: None,
+            state: Some(SessionState::Established),
+        };
+        let f = filter_of(&q);
+        assert_eq!(f.proto, Some(17));
+        assert_eq!(
+            (f.inside_addr, f.inside_port),
+            (Some(0x6440_000b), Some(5000))
+        );
+        assert_eq!((f.outside_addr, f.outside_port), (Some(0xcb00_7102), None));
+        assert_eq!((f.remote_addr, f.remote_port), (None, None));
+        assert_eq!(f.state, Some(CtState::Established));
+    }
+
+    #[tokio::test]
+    async fn a_query_goes_to_every_worker_and_ends_when_all_are_done() {
+        let controls: Vec<_> = (0..2)
+            .map(|_| Arc::new(Control::new(COMMAND_QUEUE, REPLY_QUEUE)))
+            .collect();
+        let broker = Arc::new(SessionBroker::new(controls.clone()));
+        let mut rx = broker.list(&SessionQuery::default()).unwrap();
+        let deleting = broker
+            .delete(&SessionQuery {
+                proto: Some(6),
+                ..Default::default()
+            })
+            .unwrap();
+        tokio::spawn(broker.clone().run());
+        // Play both workers: each answers the listing with one session, the deletion with a count.
+        for (w, c) in controls.iter().enumerate() {
+            let Some(Command::List { id, .. }) = c.commands.pop() else {
+                panic!("listing not queued on worker {w}");
+            };
+            let mut session = nat::Session::default();
+            session.proto = 17;
+            session.in_addr = 0x6440_000b;
+            session.in_port = 5000 + w as u16;
+            let record = SessionRecord {
+                session,
+                idle: 2,
+                timeout: 300,
+            };
+            c.replies.push(Reply::Session { id, record }).unwrap();
+            c.replies.push(Reply::Done { id, count: 1 }).unwrap();
+            let Some(Command::Delete { id, filter }) = c.commands.pop() else {
+                panic!("deletion not queued on worker {w}");
+            };
+            assert_eq!(filter.proto, Some(6));
+            c.replies.push(Reply::Done { id, count: 3 }).unwrap();
+        }
+        let mut got = Vec::new();
+        while let Some(s) = rx.recv().await {
+            got.push(s);
+        }
+        got.sort_by_key(|s| s.worker);
+        assert_eq!(got.len(), 2, "the stream ends once both workers are done");
+        assert_eq!(got[1].inside.to_string(), "100.64.0.11:5001");
+        assert_eq!(got[0].expires_in, Duration::from_secs(298));
+        assert_eq!(deleting.await.unwrap(), 6);
+    }
+
+    #[test]
+    fn a_full_worker_queue_refuses_the_whole_query() {
+        let controls = vec![
+            Arc::new(Control::new(1, REPLY_QUEUE)),
+            Arc::new(Control::new(1, REPLY_QUEUE)),
+        ];
+        let broker = SessionBroker::new(controls.clone());
+        broker.list(&SessionQuery::default()).unwrap();
+        assert_eq!(
+            broker.list(&SessionQuery::default()).unwrap_err(),
+            BackendError::Busy
+        );
+        assert!(
+            controls.iter().all(|c| c.commands.len() == 1),
+            "nothing half-queued"
+        );
+    }
+}
