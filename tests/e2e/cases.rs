@@ -1872,3 +1872,178 @@ pub fn masquerade_uses_the_interface_address(env: &Env) -> R {
         )
     })
 }
+
+/// `cgnatctl` with the lab daemon's address; the output must be a success.
+fn cgnatctl(env: &Env, args: &[&str]) -> Result<proc::Output, String> {
+    let mut cmd = Command::new(env.paths.cgnatctl());
+    cmd.args(["--server", &env.paths.mgmt]).args(args);
+    proc::run(&mut cmd, Duration::from_secs(20))?.check()
+}
+
+fn sessions_json(env: &Env, filters: &[&str]) -> Result<Vec<Value>, String> {
+    let mut args = vec!["-o", "json", "sessions", "list"];
+    args.extend_from_slice(filters);
+    let out = cgnatctl(env, &args)?;
+    let v: Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("cgnatctl sessions list -o json ({e}):\n{}", out.stdout))?;
+    v.as_array()
+        .cloned()
+        .ok_or_else(|| format!("not a JSON array:\n{}", out.stdout))
+}
+
+/// The session table through the API (`conntrack -L`/`-D`/`-F` for cgnat): a live TCP connection
+/// is listed with its translation and state, deleting its session cuts it, a flush empties the
+/// table, and traffic afterwards simply opens new sessions.
+pub fn sessions_are_listed_and_deleted(env: &Env) -> R {
+    let tool = env.paths.tool("tcp_stream.py");
+    let mut echo = Background::spawn(
+        "tcp echo for sessions",
+        proc::netns(
+            INET,
+            &[
+                &env.paths.python,
+                &tool,
+                "echo",
+                "--bind",
+                SERVER_B,
+                "--port",
+                "7300",
+                "--lifetime",
+                "60",
+            ],
+        ),
+    )?;
+    echo.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+    let mut chat = Background::spawn(
+        "tcp chat from cgn-sub1",
+        proc::netns(
+            SUB1,
+            &[
+                &env.paths.python,
+                &tool,
+                "chat",
+                "--server",
+                SERVER_B,
+                "--port",
+                "7300",
+                "--interval",
+                "0.2",
+                "--duration",
+                "40",
+                "--reply-timeout",
+                "3",
+            ],
+        ),
+    )?;
+    chat.wait_line(false, Duration::from_secs(10), |l| {
+        l.contains("\"seq\": 2,")
+    })?;
+    let connected = chat
+        .stdout_lines()
+        .iter()
+        .find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "connected").then(|| v["local"].as_str().map(str::to_owned))?
+        })
+        .ok_or("chat printed no connected line")?;
+    let remote = format!("{SERVER_B}:7300");
+
+    // Listed: exactly this connection, established, from the pool, with a long timeout ahead.
+    let listed = sessions_json(
+        env,
+        &[
+            "--proto", "tcp", "--inside", &connected, "--remote", &remote,
+        ],
+    )?;
+    ensure(listed.len() == 1, || {
+        format!("expected one session for {connected} -> {remote}, got {listed:?}")
+    })?;
+    let s = &listed[0];
+    ensure(
+        s["state"] == "established" && s["tcp_state"] == "established",
+        || format!("the live connection is not established: {s}"),
+    )?;
+    let (out_ip, _) = parse_sockaddr(s["outside"].as_str().unwrap_or(""))?;
+    ensure(in_pool(out_ip), || {
+        format!("outside endpoint not in the pool: {s}")
+    })?;
+    ensure(s["expires_in_seconds"].as_u64().unwrap_or(0) > 60, || {
+        format!("an established TCP session should have a long timeout: {s}")
+    })?;
+    // The same session by its outside endpoint, as an operator tracing an abuse report would.
+    let by_outside = sessions_json(env, &["--outside", s["outside"].as_str().unwrap_or("")])?;
+    ensure(
+        by_outside.iter().any(|o| o["inside"] == connected.as_str()),
+        || {
+            format!(
+                "lookup by outside endpoint {} missed it: {by_outside:?}",
+                s["outside"]
+            )
+        },
+    )?;
+    // A filter the API cannot parse is refused, naming the field.
+    let mut bad = Command::new(env.paths.cgnatctl());
+    bad.args([
+        "--server",
+        &env.paths.mgmt,
+        "sessions",
+        "list",
+        "--inside",
+        "100.64.0.300",
+    ]);
+    let out = proc::run(&mut bad, Duration::from_secs(10))?;
+    ensure(
+        out.status.is_some_and(|s| !s.success()) && out.stderr.contains("filter.inside"),
+        || {
+            format!(
+                "a bad filter must fail naming filter.inside:\n{}",
+                out.describe()
+            )
+        },
+    )?;
+
+    // Deleting the session cuts the connection: the next round trip gets nowhere.
+    let before = stats(env)?;
+    let out = cgnatctl(
+        env,
+        &[
+            "sessions", "delete", "--inside", &connected, "--remote", &remote,
+        ],
+    )?;
+    ensure(out.stdout.trim() == "1 session(s) deleted", || {
+        format!("delete answered: {}", out.stdout)
+    })?;
+    chat.wait_line(false, Duration::from_secs(10), |l| l.contains("\"error\""))
+        .map_err(|e| format!("the chat kept working after its session was deleted: {e}"))?;
+    let after = stats(env)?;
+    let refused =
+        drop_growth(&before, &after, "tcp_invalid") + drop_growth(&before, &after, "no_session");
+    ensure(refused > 0, || {
+        "segments of the deleted session were not counted as tcp_invalid/no_session".to_string()
+    })?;
+    ensure(
+        sessions_json(env, &["--inside", &connected, "--remote", &remote])?.is_empty(),
+        || "the deleted session is still listed".to_string(),
+    )?;
+
+    // Flush: the table is empty afterwards, and new traffic opens new sessions.
+    udp_mapping(env, SUB2, SERVER_A, 40400, 1)?;
+    let out = cgnatctl(env, &["-o", "json", "sessions", "flush"])?;
+    let n: u64 = out
+        .stdout
+        .trim()
+        .parse()
+        .map_err(|_| format!("flush: {}", out.stdout))?;
+    ensure(n >= 1, || {
+        format!("flush deleted {n} sessions, the UDP flow was live")
+    })?;
+    let left = sessions_json(env, &[])?;
+    ensure(left.is_empty(), || {
+        format!("sessions left after a flush: {left:?}")
+    })?;
+    udp_mapping(env, SUB2, SERVER_A, 40401, 1)?;
+    let now = sessions_json(env, &["--inside", &format!("{SUB2_IP}:40401")])?;
+    ensure(now.len() == 1, || {
+        format!("a new flow after the flush is not listed: {now:?}")
+    })
+}

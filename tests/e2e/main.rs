@@ -98,6 +98,10 @@ const CASES: &[(&str, Case)] = &[
         cases::masquerade_uses_the_interface_address,
     ),
     (
+        "sessions_are_listed_and_deleted",
+        cases::sessions_are_listed_and_deleted,
+    ),
+    (
         "quota_exhaustion_keeps_existing_flows",
         cases::quota_exhaustion_keeps_existing_flows,
     ),

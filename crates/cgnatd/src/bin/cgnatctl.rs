@@ -1,9 +1,10 @@
 //! cgnatctl: command-line client for a running cgnatd's gRPC management API.
 //!
-//! `cgnatctl info | stats [--watch] | ports | health`, printed as aligned
-//! tables for people or as JSON/YAML (`-o json`) for scripts. Errors are one
-//! line on stderr, `cgnatctl: <GRPC_CODE>: <message>`, with a non-zero exit.
-//! Limitations: plaintext HTTP/2 only (no TLS), read-only commands for now.
+//! `cgnatctl info | stats [--watch] | ports | health | sessions list|delete|flush`,
+//! printed as aligned tables for people or as JSON/YAML (`-o json`) for
+//! scripts. Errors are one line on stderr, `cgnatctl: <GRPC_CODE>: <message>`,
+//! with a non-zero exit. Limitations: plaintext HTTP/2 only (no TLS); no rule
+//! changes yet.
 #![forbid(unsafe_code)]
 
 #[path = "../ctl/mod.rs"]
@@ -26,8 +27,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use ctl::format::{human_duration, parse_duration, status_line};
 use ctl::view::{
-    HealthView, InfoView, PortsView, Rates, StatsTableOptions, StatsView, health_line, info_table,
-    ports_table, stats_table,
+    HealthView, InfoView, PortsView, Rates, SessionView, StatsTableOptions, StatsView, health_line,
+    info_table, ports_table, sessions_table, stats_table,
 };
 
 /// Query a running cgnatd over its gRPC management API.
@@ -79,6 +80,52 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// The session table, like conntrack: list, delete, flush.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List the sessions matching the filters (conntrack -L).
+    List(SessionFilterArgs),
+    /// Delete the sessions matching the filters (conntrack -D); needs at least one filter.
+    Delete(SessionFilterArgs),
+    /// Delete every session (conntrack -F).
+    Flush,
+}
+
+/// Session filters; each one given must match. Endpoints are `a.b.c.d` or `a.b.c.d:port`.
+#[derive(Debug, Args)]
+struct SessionFilterArgs {
+    /// tcp, udp or icmp.
+    #[arg(short = 'p', long = "proto")]
+    protocol: Option<String>,
+    /// The subscriber's endpoint.
+    #[arg(short = 's', long)]
+    inside: Option<String>,
+    /// The translated (outside) endpoint.
+    #[arg(short = 'n', long)]
+    outside: Option<String>,
+    /// The far end.
+    #[arg(short = 'd', long)]
+    remote: Option<String>,
+    /// new or established.
+    #[arg(long)]
+    state: Option<String>,
+}
+
+impl SessionFilterArgs {
+    fn filter(&self) -> v1::SessionFilter {
+        let f = |o: &Option<String>| o.clone().unwrap_or_default();
+        v1::SessionFilter {
+            protocol: f(&self.protocol),
+            inside: f(&self.inside),
+            outside: f(&self.outside),
+            remote: f(&self.remote),
+            state: f(&self.state),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +202,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Sessions(cmd) => sessions(&ctx, CgnatClient::new(channel), cmd).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -240,6 +288,51 @@ impl Ctx {
             Output::Yaml => serde_yaml::to_string(view)?,
         })
     }
+}
+
+async fn sessions(ctx: &Ctx, mut client: CgnatClient<Channel>, cmd: SessionsCommand) -> Result<()> {
+    match cmd {
+        SessionsCommand::List(args) => {
+            let filter = Some(args.filter());
+            let mut stream = ctx
+                .call(client.list_sessions(v1::ListSessionsRequest { filter }))
+                .await?;
+            // A large table takes as long as it takes: only opening the stream is bounded.
+            let mut views = Vec::new();
+            while let Some(s) = stream.message().await? {
+                views.push(SessionView::from(&s));
+            }
+            views.sort_by(|a, b| {
+                (&a.protocol, &a.inside, &a.remote).cmp(&(&b.protocol, &b.inside, &b.remote))
+            });
+            emit(&ctx.render(&views, sessions_table, false)?)?;
+            if ctx.output == Output::Table {
+                eprintln!("{} session(s)", views.len());
+            }
+        }
+        SessionsCommand::Delete(args) => {
+            let filter = Some(args.filter());
+            let reply = ctx
+                .call(client.delete_sessions(v1::DeleteSessionsRequest { filter }))
+                .await?;
+            emit(&ctx.render(
+                &reply.deleted,
+                |n| format!("{n} session(s) deleted\n"),
+                false,
+            )?)?;
+        }
+        SessionsCommand::Flush => {
+            let reply = ctx
+                .call(client.flush_sessions(v1::FlushSessionsRequest {}))
+                .await?;
+            emit(&ctx.render(
+                &reply.deleted,
+                |n| format!("{n} session(s) deleted\n"),
+                false,
+            )?)?;
+        }
+    }
+    Ok(())
 }
 
 async fn stats(ctx: &Ctx, mut client: CgnatClient<Channel>, args: &StatsArgs) -> Result<()> {

@@ -433,6 +433,91 @@ pub fn health_line(health: &HealthView) -> String {
     }
 }
 
+/// One session in `cgnatctl sessions list`; JSON shape
+/// `{"protocol","inside","outside","remote","state","tcp_state","inbound","hairpin","idle_seconds","expires_in_seconds","worker"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionView {
+    pub protocol: String,
+    pub inside: String,
+    pub outside: String,
+    pub remote: String,
+    /// `new` or `established`.
+    pub state: String,
+    /// TCP only; empty otherwise.
+    pub tcp_state: String,
+    pub inbound: bool,
+    pub hairpin: bool,
+    pub idle_seconds: u64,
+    pub expires_in_seconds: u64,
+    pub worker: u32,
+}
+
+impl From<&v1::Session> for SessionView {
+    fn from(s: &v1::Session) -> Self {
+        let secs = |d: &Option<prost_types::Duration>| d.map_or(0, |d| d.seconds.max(0) as u64);
+        SessionView {
+            protocol: s.protocol.clone(),
+            inside: s.inside.clone(),
+            outside: s.outside.clone(),
+            remote: s.remote.clone(),
+            state: match v1::SessionState::try_from(s.state) {
+                Ok(v1::SessionState::New) => "new",
+                Ok(v1::SessionState::Established) => "established",
+                _ => "unknown",
+            }
+            .to_owned(),
+            tcp_state: s.tcp_state.clone(),
+            inbound: s.inbound,
+            hairpin: s.hairpin,
+            idle_seconds: secs(&s.idle),
+            expires_in_seconds: secs(&s.expires_in),
+            worker: s.worker,
+        }
+    }
+}
+
+/// `cgnatctl sessions list` as a table, one session per line, sorted as given.
+pub fn sessions_table(sessions: &Vec<SessionView>) -> String {
+    let mut t = Table::new([
+        ("PROTO", Align::Left),
+        ("INSIDE", Align::Left),
+        ("OUTSIDE", Align::Left),
+        ("REMOTE", Align::Left),
+        ("STATE", Align::Left),
+        ("IDLE", Align::Right),
+        ("EXPIRES", Align::Right),
+        ("WORKER", Align::Right),
+        ("FLAGS", Align::Left),
+    ]);
+    for s in sessions {
+        // TCP's own state says more (and implies new/established).
+        let state = if s.tcp_state.is_empty() {
+            s.state.clone()
+        } else {
+            s.tcp_state.clone()
+        };
+        let mut flags = Vec::new();
+        if s.inbound {
+            flags.push("inbound");
+        }
+        if s.hairpin {
+            flags.push("hairpin");
+        }
+        t.row(vec![
+            s.protocol.clone(),
+            s.inside.clone(),
+            s.outside.clone(),
+            s.remote.clone(),
+            state,
+            human_duration(Duration::from_secs(s.idle_seconds)),
+            human_duration(Duration::from_secs(s.expires_in_seconds)),
+            s.worker.to_string(),
+            flags.join(","),
+        ]);
+    }
+    t.render()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +604,44 @@ mod tests {
         assert!(
             all.contains("203.0.113.2                      0\n"),
             "{all}"
+        );
+    }
+
+    #[test]
+    fn sessions_read_like_conntrack() {
+        let s = v1::Session {
+            protocol: "tcp".into(),
+            inside: "100.64.0.11:40000".into(),
+            outside: "203.0.113.2:40002".into(),
+            remote: "198.51.100.10:80".into(),
+            state: v1::SessionState::Established as i32,
+            tcp_state: "established".into(),
+            inbound: false,
+            hairpin: true,
+            idle: Some(prost_types::Duration {
+                seconds: 3,
+                nanos: 0,
+            }),
+            expires_in: Some(prost_types::Duration {
+                seconds: 7437,
+                nanos: 0,
+            }),
+            worker: 1,
+        };
+        let v = vec![SessionView::from(&s)];
+        assert_eq!(
+            serde_json::to_value(&v[0]).unwrap(),
+            serde_json::json!({
+                "protocol": "tcp", "inside": "100.64.0.11:40000", "outside": "203.0.113.2:40002",
+                "remote": "198.51.100.10:80", "state": "established", "tcp_state": "established",
+                "inbound": false, "hairpin": true, "idle_seconds": 3, "expires_in_seconds": 7437,
+                "worker": 1
+            })
+        );
+        assert_eq!(
+            sessions_table(&v),
+            "PROTO  INSIDE             OUTSIDE            REMOTE            STATE        IDLE    EXPIRES  WORKER  FLAGS\n\
+             tcp    100.64.0.11:40000  203.0.113.2:40002  198.51.100.10:80  established    3s  2h 3m 57s       1  hairpin\n"
         );
     }
 
