@@ -101,6 +101,7 @@ const CASES: &[(&str, Case)] = &[
         "sessions_are_listed_and_deleted",
         cases::sessions_are_listed_and_deleted,
     ),
+    ("sessions_are_watched", cases::sessions_are_watched),
     (
         "quota_exhaustion_keeps_existing_flows",
         cases::quota_exhaustion_keeps_existing_flows,

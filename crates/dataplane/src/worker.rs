@@ -58,6 +58,8 @@ pub enum Reply {
 pub struct Control {
     pub commands: crossbeam::queue::ArrayQueue<Command>,
     pub replies: crossbeam::queue::ArrayQueue<Reply>,
+    /// Set while someone watches the session table: the worker then records session events too.
+    pub session_events: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -65,6 +67,7 @@ impl Control {
         Control {
             commands: crossbeam::queue::ArrayQueue::new(commands.max(1)),
             replies: crossbeam::queue::ArrayQueue::new(replies.max(2)),
+            session_events: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -215,6 +218,8 @@ pub struct Worker {
     events: Option<Arc<EventQueue>>,
     control: Option<Arc<Control>>,
     active: Option<Active>,
+    /// Whether the shard records session events (follows `Control::session_events`).
+    session_events: bool,
     /// Reused for every event batch (capacity `EVENT_BATCH`, never grows).
     event_buf: Vec<nat::Event>,
     refusal_icmp: bool,
@@ -317,6 +322,7 @@ impl Worker {
             events: cfg.events,
             control: cfg.control,
             active: None,
+            session_events: false,
             event_buf: Vec::with_capacity(EVENT_BATCH),
             port_ids,
             me: cfg.worker,
@@ -597,6 +603,11 @@ impl Worker {
         let Some(ctl) = &self.control else {
             return;
         };
+        let watched = ctl.session_events.load(Ordering::Relaxed);
+        if watched != self.session_events {
+            self.session_events = watched;
+            self.shard.set_log_sessions(watched);
+        }
         if self.active.is_none() {
             match ctl.commands.pop() {
                 Some(cmd) => {

@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Source of everything the management API reports.
 ///
@@ -30,6 +30,27 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError>;
     /// Start deleting the sessions matching `query` on every worker; the receiver gets how many.
     fn delete_sessions(&self, query: SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError>;
+    /// Session events from now on. Workers record them while at least one receiver exists.
+    fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot>;
+}
+
+/// What happened to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChange {
+    Created,
+    Deleted,
+}
+
+/// A session event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEventSnapshot {
+    pub change: SessionChange,
+    pub worker: u32,
+    pub proto: u8,
+    pub inside: SocketAddrV4,
+    pub outside: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub inbound: bool,
 }
 
 /// Why the backend cannot take a request.
@@ -57,6 +78,25 @@ pub struct SessionQuery {
 impl SessionQuery {
     pub fn is_empty(&self) -> bool {
         *self == SessionQuery::default()
+    }
+
+    /// Whether a session with these endpoints matches (`state` given when known).
+    pub fn matches(
+        &self,
+        proto: u8,
+        inside: SocketAddrV4,
+        outside: SocketAddrV4,
+        remote: SocketAddrV4,
+        state: Option<SessionState>,
+    ) -> bool {
+        let ep = |f: Option<EndpointFilter>, a: SocketAddrV4| {
+            f.is_none_or(|(ip, port)| ip == *a.ip() && port.is_none_or(|p| p == a.port()))
+        };
+        self.proto.is_none_or(|p| p == proto)
+            && ep(self.inside, inside)
+            && ep(self.outside, outside)
+            && ep(self.remote, remote)
+            && self.state.is_none_or(|st| Some(st) == state)
     }
 }
 
@@ -189,6 +229,8 @@ pub(crate) mod fake {
         pub(crate) sessions: Mutex<Vec<SessionSnapshot>>,
         pub(crate) queries: Mutex<Vec<SessionQuery>>,
         pub(crate) busy: bool,
+        /// Tests send session events through this.
+        pub(crate) events: broadcast::Sender<SessionEventSnapshot>,
     }
 
     pub(crate) fn session(proto: u8, inside: &str, outside: &str, remote: &str) -> SessionSnapshot {
@@ -209,14 +251,7 @@ pub(crate) mod fake {
 
     /// What the daemon's workers do with a query, over the fake table.
     fn matches(q: &SessionQuery, s: &SessionSnapshot) -> bool {
-        let ep = |f: Option<EndpointFilter>, a: SocketAddrV4| {
-            f.is_none_or(|(ip, port)| ip == *a.ip() && port.is_none_or(|p| p == a.port()))
-        };
-        q.proto.is_none_or(|p| p == s.proto)
-            && ep(q.inside, s.inside)
-            && ep(q.outside, s.outside)
-            && ep(q.remote, s.remote)
-            && q.state.is_none_or(|st| st == s.state)
+        q.matches(s.proto, s.inside, s.outside, s.remote, Some(s.state))
     }
 
     impl FakeBackend {
@@ -246,6 +281,7 @@ pub(crate) mod fake {
                 ]),
                 queries: Mutex::new(Vec::new()),
                 busy: false,
+                events: broadcast::channel(4).0,
             }
         }
     }
@@ -333,6 +369,10 @@ pub(crate) mod fake {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send((before - table.len()) as u64);
             Ok(rx)
+        }
+
+        fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot> {
+            self.events.subscribe()
         }
 
         fn ports(&self) -> Vec<PortSnapshot> {

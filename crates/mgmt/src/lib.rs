@@ -26,7 +26,8 @@ mod service;
 
 pub use backend::{
     Backend, BackendError, EndpointFilter, InfoSnapshot, PortCountersSnapshot, PortRole,
-    PortSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot, WorkerStatsSnapshot,
+    PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState,
+    StatsSnapshot, WorkerStatsSnapshot,
 };
 pub use error::MgmtError;
 pub use server::{BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, ServerConfig, bind, serve};

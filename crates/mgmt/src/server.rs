@@ -637,6 +637,92 @@ mod tests {
         server.stop().await.unwrap();
     }
 
+    fn event(
+        change: crate::backend::SessionChange,
+        inside: &str,
+    ) -> crate::backend::SessionEventSnapshot {
+        crate::backend::SessionEventSnapshot {
+            change,
+            worker: 1,
+            proto: 17,
+            inside: inside.parse().unwrap(),
+            outside: "203.0.113.2:40001".parse().unwrap(),
+            remote: "198.51.100.10:53".parse().unwrap(),
+            inbound: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_sessions_streams_snapshot_then_matching_events_and_reports_drops() {
+        use crate::backend::SessionChange::{Created, Deleted};
+        let backend = FakeBackend::new();
+        let events = backend.events.clone();
+        let server = Running::with(backend).await;
+        let mut stream = server
+            .client()
+            .await
+            .watch_sessions(v1::WatchSessionsRequest {
+                filter: Some(filter("udp", "100.64.0.11", "", "", "")),
+                snapshot: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // The snapshot: the one UDP session of 100.64.0.11 in the fake table.
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(first.r#type, v1::SessionEventType::Snapshot as i32);
+        assert_eq!(first.session.unwrap().inside, "100.64.0.11:5000");
+        // Live events: only the matching ones come through.
+        events.send(event(Created, "100.64.0.12:1")).unwrap();
+        events.send(event(Created, "100.64.0.11:6000")).unwrap();
+        events.send(event(Deleted, "100.64.0.11:6000")).unwrap();
+        let created = stream.message().await.unwrap().unwrap();
+        assert_eq!(created.r#type, v1::SessionEventType::Created as i32);
+        let s = created.session.unwrap();
+        assert_eq!(
+            (s.protocol.as_str(), s.inside.as_str(), s.worker),
+            ("udp", "100.64.0.11:6000", 1)
+        );
+        let deleted = stream.message().await.unwrap().unwrap();
+        assert_eq!(deleted.r#type, v1::SessionEventType::Deleted as i32);
+        // More events than the queue holds while the reader is not reading: the stream says how
+        // many it missed and carries on.
+        for i in 0..20u16 {
+            events
+                .send(event(Created, &format!("100.64.0.11:{}", 7000 + i)))
+                .unwrap();
+        }
+        let mut dropped = 0;
+        let mut seen = 0;
+        while seen + dropped < 20 {
+            let e = stream.message().await.unwrap().unwrap();
+            if e.r#type == v1::SessionEventType::Dropped as i32 {
+                dropped += e.dropped;
+            } else {
+                seen += 1;
+            }
+        }
+        assert!(dropped > 0, "a lagging watcher is told what it missed");
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn watch_sessions_refuses_a_state_filter() {
+        let server = Running::start().await;
+        let err = server
+            .client()
+            .await
+            .watch_sessions(v1::WatchSessionsRequest {
+                filter: Some(filter("", "", "", "", "new")),
+                snapshot: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("filter.state: "));
+        server.stop().await.unwrap();
+    }
+
     #[tokio::test]
     async fn bind_error_names_the_address() {
         let server = Running::start().await;

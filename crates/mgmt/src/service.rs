@@ -16,7 +16,8 @@ use tracing::{debug, info};
 
 use crate::backend::{
     Backend, BackendError, EndpointFilter, InfoSnapshot, PortCountersSnapshot, PortRole,
-    PortSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot,
+    PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState,
+    StatsSnapshot,
 };
 
 /// Smallest accepted `WatchStats` interval. Reading all counters is cheap, but
@@ -41,6 +42,26 @@ impl<B: Backend> CgnatService<B> {
 
 type StatsStream = Pin<Box<dyn Stream<Item = Result<v1::Stats, Status>> + Send>>;
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::Session, Status>> + Send>>;
+type SessionEventStream = Pin<Box<dyn Stream<Item = Result<v1::SessionEvent, Status>> + Send>>;
+
+fn event_to_proto(e: &SessionEventSnapshot) -> v1::SessionEvent {
+    v1::SessionEvent {
+        r#type: match e.change {
+            SessionChange::Created => v1::SessionEventType::Created,
+            SessionChange::Deleted => v1::SessionEventType::Deleted,
+        } as i32,
+        session: Some(v1::Session {
+            protocol: proto_name(e.proto).to_owned(),
+            inside: e.inside.to_string(),
+            outside: e.outside.to_string(),
+            remote: e.remote.to_string(),
+            inbound: e.inbound,
+            worker: e.worker,
+            ..v1::Session::default()
+        }),
+        dropped: 0,
+    }
+}
 
 fn backend_status(e: BackendError) -> Status {
     match e {
@@ -253,9 +274,79 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         );
         Ok(Response::new(v1::DeleteSessionsResponse { deleted }))
     }
+
+    type WatchSessionsStream = SessionEventStream;
+
+    async fn watch_sessions(
+        &self,
+        request: Request<v1::WatchSessionsRequest>,
+    ) -> Result<Response<Self::WatchSessionsStream>, Status> {
+        self.watch(request).await
+    }
 }
 
 impl<B: Backend> CgnatService<B> {
+    async fn watch(
+        &self,
+        request: Request<v1::WatchSessionsRequest>,
+    ) -> Result<Response<SessionEventStream>, Status> {
+        let req = request.get_ref();
+        let query = session_query(req.filter.as_ref())?;
+        if query.state.is_some() {
+            return Err(Status::invalid_argument(
+                "filter.state: not supported by WatchSessions (events carry no state)",
+            ));
+        }
+        debug!(rpc = "WatchSessions", peer = ?request.remote_addr(), ?query, "gRPC request");
+        // Subscribe before the snapshot, so nothing falls between the two.
+        let mut events = self.backend.watch_sessions();
+        let snapshot = if req.snapshot {
+            Some(self.backend.list_sessions(query).map_err(backend_status)?)
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            if let Some(mut snap) = snapshot {
+                while let Some(s) = snap.recv().await {
+                    let ev = v1::SessionEvent {
+                        r#type: v1::SessionEventType::Snapshot as i32,
+                        session: Some(session_to_proto(&s)),
+                        dropped: 0,
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            loop {
+                let ev = tokio::select! {
+                    r = events.recv() => r,
+                    () = tx.closed() => break,
+                    _ = stopping.wait_for(|stop| *stop) => break,
+                };
+                let msg = match ev {
+                    Ok(e) if query.matches(e.proto, e.inside, e.outside, e.remote, None) => {
+                        event_to_proto(&e)
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => v1::SessionEvent {
+                        r#type: v1::SessionEventType::Dropped as i32,
+                        session: None,
+                        dropped: n,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+            }
+            debug!("WatchSessions stream finished");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn delete(&self, query: SessionQuery) -> Result<u64, Status> {
         let rx = self
             .backend

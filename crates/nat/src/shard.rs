@@ -499,6 +499,12 @@ impl Shard {
     }
 
     /// Live sessions (control plane: O(capacity)).
+    /// Record session create/delete events from now on, or stop (the control plane turns them on
+    /// while someone watches the session table).
+    pub fn set_log_sessions(&mut self, on: bool) {
+        self.core.cfg.log_sessions = on;
+    }
+
     /// The shard's clock: the latest `now` it was given (seconds).
     pub fn clock(&self) -> u32 {
         self.core.now

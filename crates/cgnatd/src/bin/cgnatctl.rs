@@ -27,8 +27,9 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use ctl::format::{human_duration, parse_duration, status_line};
 use ctl::view::{
-    HealthView, InfoView, PortsView, Rates, SessionView, StatsTableOptions, StatsView, health_line,
-    info_table, ports_table, sessions_table, stats_table,
+    HealthView, InfoView, PortsView, Rates, SessionEventView, SessionView, StatsTableOptions,
+    StatsView, health_line, info_table, ports_table, session_event_line, sessions_table,
+    stats_table,
 };
 
 /// Query a running cgnatd over its gRPC management API.
@@ -93,6 +94,14 @@ enum SessionsCommand {
     Delete(SessionFilterArgs),
     /// Delete every session (conntrack -F).
     Flush,
+    /// Print session events as they happen (conntrack -E) until interrupted.
+    Watch {
+        #[command(flatten)]
+        filter: SessionFilterArgs,
+        /// Start with the matching sessions that exist now.
+        #[arg(long)]
+        snapshot: bool,
+    },
 }
 
 /// Session filters; each one given must match. Endpoints are `a.b.c.d` or `a.b.c.d:port`.
@@ -320,6 +329,18 @@ async fn sessions(ctx: &Ctx, mut client: CgnatClient<Channel>, cmd: SessionsComm
                 |n| format!("{n} session(s) deleted\n"),
                 false,
             )?)?;
+        }
+        SessionsCommand::Watch { filter, snapshot } => {
+            let mut stream = ctx
+                .call(client.watch_sessions(v1::WatchSessionsRequest {
+                    filter: Some(filter.filter()),
+                    snapshot,
+                }))
+                .await?;
+            while let Some(e) = stream.message().await? {
+                let view = SessionEventView::from(&e);
+                emit(&ctx.render(&view, session_event_line, true)?)?;
+            }
         }
         SessionsCommand::Flush => {
             let reply = ctx

@@ -518,6 +518,65 @@ pub fn sessions_table(sessions: &Vec<SessionView>) -> String {
     t.render()
 }
 
+/// One line of `cgnatctl sessions watch`; JSON shape
+/// `{"event","protocol","inside","outside","remote","inbound","worker","dropped"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionEventView {
+    /// `snapshot`, `created`, `deleted` or `dropped`.
+    pub event: String,
+    pub protocol: String,
+    pub inside: String,
+    pub outside: String,
+    pub remote: String,
+    pub inbound: bool,
+    pub worker: u32,
+    /// For `dropped`: how many events this watcher missed.
+    pub dropped: u64,
+}
+
+impl From<&v1::SessionEvent> for SessionEventView {
+    fn from(e: &v1::SessionEvent) -> Self {
+        let s = e.session.clone().unwrap_or_default();
+        SessionEventView {
+            event: match v1::SessionEventType::try_from(e.r#type) {
+                Ok(v1::SessionEventType::Snapshot) => "snapshot",
+                Ok(v1::SessionEventType::Created) => "created",
+                Ok(v1::SessionEventType::Deleted) => "deleted",
+                Ok(v1::SessionEventType::Dropped) => "dropped",
+                _ => "unknown",
+            }
+            .to_owned(),
+            protocol: s.protocol,
+            inside: s.inside,
+            outside: s.outside,
+            remote: s.remote,
+            inbound: s.inbound,
+            worker: s.worker,
+            dropped: e.dropped,
+        }
+    }
+}
+
+/// `[created] udp 100.64.0.11:5000 -> 203.0.113.2:40001 remote 198.51.100.10:7000 worker 0`.
+pub fn session_event_line(e: &SessionEventView) -> String {
+    if e.event == "dropped" {
+        return format!(
+            "[dropped] {} events missed (this watcher read too slowly)\n",
+            e.dropped
+        );
+    }
+    format!(
+        "[{}] {} {} -> {} remote {}{} worker {}\n",
+        e.event,
+        e.protocol,
+        e.inside,
+        e.outside,
+        e.remote,
+        if e.inbound { " inbound" } else { "" },
+        e.worker
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,6 +701,34 @@ mod tests {
             sessions_table(&v),
             "PROTO  INSIDE             OUTSIDE            REMOTE            STATE        IDLE    EXPIRES  WORKER  FLAGS\n\
              tcp    100.64.0.11:40000  203.0.113.2:40002  198.51.100.10:80  established    3s  2h 3m 57s       1  hairpin\n"
+        );
+    }
+
+    #[test]
+    fn session_events_print_one_line_each() {
+        let e = v1::SessionEvent {
+            r#type: v1::SessionEventType::Created as i32,
+            session: Some(v1::Session {
+                protocol: "udp".into(),
+                inside: "100.64.0.11:5000".into(),
+                outside: "203.0.113.2:40001".into(),
+                remote: "198.51.100.10:7000".into(),
+                ..Default::default()
+            }),
+            dropped: 0,
+        };
+        assert_eq!(
+            session_event_line(&SessionEventView::from(&e)),
+            "[created] udp 100.64.0.11:5000 -> 203.0.113.2:40001 remote 198.51.100.10:7000 worker 0\n"
+        );
+        let d = v1::SessionEvent {
+            r#type: v1::SessionEventType::Dropped as i32,
+            session: None,
+            dropped: 12,
+        };
+        assert_eq!(
+            session_event_line(&SessionEventView::from(&d)),
+            "[dropped] 12 events missed (this watcher read too slowly)\n"
         );
     }
 

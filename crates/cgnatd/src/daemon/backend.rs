@@ -6,10 +6,13 @@ use std::time::SystemTime;
 use config::{Config, Device, Role};
 use mgmt::{
     Backend, BackendError, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot,
-    SessionQuery, SessionSnapshot, StatsSnapshot, WorkerStatsSnapshot,
+    SessionEventSnapshot, SessionQuery, SessionSnapshot, StatsSnapshot, WorkerStatsSnapshot,
 };
 use nat::{Counter, Counters, DropReason};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Session events buffered for each watcher.
+const WATCH_BUFFER: usize = 8192;
 
 use super::sessions::SessionBroker;
 use super::setup::DataPlane;
@@ -32,6 +35,8 @@ pub struct DaemonBackend {
     /// Port handles for link state and NIC counters (read-only DPDK calls, safe from any thread).
     handles: Vec<Arc<dpdk::Port>>,
     pub sessions: Arc<SessionBroker>,
+    /// Session events for `WatchSessions` (the event router sends, each watcher subscribes).
+    pub session_events: broadcast::Sender<SessionEventSnapshot>,
 }
 
 impl DaemonBackend {
@@ -63,6 +68,8 @@ impl DaemonBackend {
             ports,
             handles: dp.ports.iter().map(|p| p.port.clone()).collect(),
             sessions: Arc::new(SessionBroker::new(dp.controls.clone())),
+            // A watcher that falls this far behind is told how many events it missed.
+            session_events: broadcast::channel(WATCH_BUFFER).0,
         }
     }
 }
@@ -108,6 +115,10 @@ impl Backend for DaemonBackend {
 
     fn delete_sessions(&self, query: SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError> {
         self.sessions.delete(&query)
+    }
+
+    fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot> {
+        self.session_events.subscribe()
     }
 
     fn ports(&self) -> Vec<PortSnapshot> {

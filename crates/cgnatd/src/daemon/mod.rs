@@ -150,6 +150,12 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
     let broker = backend.sessions.clone();
     let queues = dp.events.clone();
     let last_queues = dp.events.clone();
+    let router = Arc::new(events::EventRouter {
+        log: cfg.logging.nat_events,
+        watchers: backend.session_events.clone(),
+        controls: dp.controls.clone(),
+    });
+    let last_router = router.clone();
     rt.block_on(async move {
         let bound = mgmt::bind(mgmt::ServerConfig { listen }, backend)
             .await
@@ -176,14 +182,15 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
             if queues.is_empty() {
                 return;
             }
-            // Often enough that a full default queue (4096) takes well over a second of new
-            // mappings to fill, rarely enough to cost nothing when idle.
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
-                tick.tick().await;
+                // Often enough that a full default queue (4096) takes well over a second of new
+                // mappings to fill, rarely enough to cost nothing when idle; faster while someone
+                // watches sessions, which come one per flow.
+                let watching = router.update_watching();
+                tokio::time::sleep(Duration::from_millis(if watching { 10 } else { 100 })).await;
                 for (worker, q) in &queues {
                     while let Some(e) = q.pop() {
-                        events::log(*worker, &e);
+                        router.route(*worker, &e);
                     }
                 }
             }
@@ -196,7 +203,7 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
         // What the workers queued before the signal still reaches the log.
         for (worker, q) in &last_queues {
             while let Some(e) = q.pop() {
-                events::log(*worker, &e);
+                last_router.route(*worker, &e);
             }
         }
         let _ = tx.send(());

@@ -349,8 +349,9 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
                     .collect(),
             })
         };
-        // Events leave the worker through a queue as large as its ring, when they are logged.
-        let events = (cfg.logging.nat_events && cfg.nat.event_ring > 0)
+        // Events leave the worker through a queue as large as its ring, to be logged and to reach
+        // session watchers.
+        let events = (cfg.nat.event_ring > 0)
             .then(|| Arc::new(EventQueue::new(cfg.nat.event_ring as usize)));
         if let Some(q) = &events {
             dp.events.push((i, q.clone()));
