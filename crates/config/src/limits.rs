@@ -14,8 +14,12 @@ pub const UDP_TIMEOUT_MIN_SECS: u32 = 120;
 pub const TCP_ESTABLISHED_MIN_SECS: u32 = 7440;
 /// RFC 5508 REQ-1: an ICMP query mapping must not expire in under 60 s.
 pub const ICMP_TIMEOUT_MIN_SECS: u32 = 60;
-/// Fragment tracking: at least one datagram and one held fragment; at most 1 Mi of each per worker.
+/// Fragment tracking: at least one datagram; at most 1 Mi per worker and side (16 probes over a table
+/// of twice that, 64 MiB).
 pub const FRAG_TABLE_MAX: u32 = 1 << 20;
+/// Held fragments are scanned when a first fragment arrives and when one is due, and each holds an
+/// mbuf: a few thousand cover any real reordering.
+pub const FRAG_HELD_MAX: u32 = 4096;
 /// A fragment deadline of 10 ms to 60 s (Linux's reassembly timer is 30 s).
 pub const FRAG_TIMEOUT_MIN_MS: u32 = 10;
 pub const FRAG_TIMEOUT_MAX_MS: u32 = 60_000;

@@ -833,6 +833,11 @@ fn fragment_limits_have_defaults_and_bounds() {
         "outside 1..=",
     );
     rejects(
+        &format!("{MINIMAL}nat:\n  fragments:\n    max_held: 4097\n"),
+        "nat.fragments.max_held",
+        "outside 1..=4096",
+    );
+    rejects(
         &format!("{MINIMAL}nat:\n  fragments:\n    timeout_ms: 5\n"),
         "nat.fragments.timeout_ms",
         "10..=60000",

@@ -1226,11 +1226,14 @@ fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
         );
     }
     let f = &raw.fragments;
-    for (name, v) in [("max_datagrams", f.max_datagrams), ("max_held", f.max_held)] {
-        if v == 0 || v > lim::FRAG_TABLE_MAX {
+    for (name, v, max) in [
+        ("max_datagrams", f.max_datagrams, lim::FRAG_TABLE_MAX),
+        ("max_held", f.max_held, lim::FRAG_HELD_MAX),
+    ] {
+        if v == 0 || v > max {
             errs.push(
                 format!("nat.fragments.{name}"),
-                format!("{v} is outside 1..={}", lim::FRAG_TABLE_MAX),
+                format!("{v} is outside 1..={max}"),
             );
         }
     }

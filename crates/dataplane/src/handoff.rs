@@ -69,6 +69,28 @@ pub fn outside_port_of(ip: &[u8]) -> Option<u16> {
     }
 }
 
+/// The inside address that owns an outbound IPv4 packet: its source, except for an ICMP error,
+/// which may come from a router on the subscriber's side (a BNG's "fragmentation needed", say) and
+/// belongs to the session of the packet it quotes, whose destination is the subscriber. `None` when
+/// the packet is too short to tell (the receiving worker handles it; the parser names the reason).
+#[inline]
+pub fn inside_owner_addr(ip: &[u8]) -> Option<u32> {
+    let addr = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let src = addr(ip.get(12..16)?);
+    let ihl = ((*ip.first()? & 0x0f) as usize) * 4;
+    let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
+    if *ip.get(9)? != ip_proto::ICMP || frag != 0 || ihl < 20 {
+        return Some(src);
+    }
+    match *ip.get(ihl)? {
+        icmp_type::DEST_UNREACHABLE
+        | icmp_type::TIME_EXCEEDED
+        | icmp_type::PARAMETER_PROBLEM
+        | icmp_type::SOURCE_QUENCH => Some(ip.get(ihl + 8 + 16..ihl + 8 + 20).map_or(src, addr)),
+        _ => Some(src),
+    }
+}
+
 /// One worker's ends of the handoff mesh.
 pub struct Links {
     /// `to[j]`: ring this worker produces into for worker `j` (`None` for itself).
@@ -117,6 +139,29 @@ pub fn mesh(workers: usize, capacity: u32) -> dpdk::Result<Vec<Links>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inside_icmp_error_belongs_to_the_subscriber_it_quotes() {
+        // From a router on the subscriber side (100.64.0.2), quoting a packet to 100.64.0.11.
+        let mut p = vec![0u8; 20 + 8 + 28];
+        p[0] = 0x45;
+        p[9] = ip_proto::ICMP;
+        p[12..16].copy_from_slice(&[100, 64, 0, 2]);
+        p[20] = icmp_type::DEST_UNREACHABLE;
+        p[28] = 0x45;
+        p[28 + 16..28 + 20].copy_from_slice(&[100, 64, 0, 11]);
+        assert_eq!(inside_owner_addr(&p), Some(0x6440_000b));
+        // Any other packet belongs to its source.
+        p[20] = icmp_type::ECHO_REQUEST;
+        assert_eq!(inside_owner_addr(&p), Some(0x6440_0002));
+        p[9] = ip_proto::UDP;
+        assert_eq!(inside_owner_addr(&p), Some(0x6440_0002));
+        // A truncated error falls back to the source; a truncated header to nothing.
+        p[9] = ip_proto::ICMP;
+        p[20] = icmp_type::TIME_EXCEEDED;
+        assert_eq!(inside_owner_addr(&p[..40]), Some(0x6440_0002));
+        assert_eq!(inside_owner_addr(&p[..10]), None);
+    }
 
     #[test]
     fn power_of_two_ownership_is_the_mask_rte_flow_matches() {

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use dpdk::{BURST, Mbuf, MbufBurst, MbufRing, Mempool, RxQueue, TxQueue};
 use nat::{
-    Counter, Counters, Dir, DropReason, FragClass, FragConfig, L4Ids, PacketBatch, Prefetch,
-    Reassembly, Shard, Verdict,
+    Counter, Counters, Dir, DropReason, FragClass, FragConfig, FragKey, L4Ids, PacketBatch,
+    Prefetch, Reassembly, Shard, Verdict,
 };
 use wire::{ArpPacket, EthernetAddress, EthernetFrame, Ipv4Packet, arp_op, ethertype, icmp_type};
 
-use crate::handoff::{Links, outside_port_of, subscriber_owner};
+use crate::handoff::{Links, inside_owner_addr, outside_port_of, subscriber_owner};
 use crate::local::{self, L3, RateLimit};
 use crate::neighbour::{NeighbourTable, Resolution};
 use crate::route::RouteTable;
@@ -200,14 +200,19 @@ pub struct Worker {
     pool: Arc<Mempool>,
     stop: Arc<AtomicBool>,
     icmp_limit: RateLimit,
+    /// Fragmentation-needed has a budget of its own: path MTU discovery must not starve because a
+    /// subscriber sends TTL-1 packets (Linux exempts it for the same reason).
+    frag_needed_limit: RateLimit,
     tsc_hz: u64,
     start_tsc: u64,
     /// TSC ticks per millisecond, for fragment deadlines.
     tsc_per_ms: u64,
     rx: MbufBurst<BURST>,
     ipv4: MbufBurst<BURST>,
-    /// For each frame of `ipv4`: the transport identifiers of a later fragment.
+    /// For each frame of `ipv4`: the transport identifiers of a later fragment, or the datagram of a
+    /// first fragment (forgotten again if the translator refuses it).
     ipv4_later: [Option<L4Ids>; BURST],
+    ipv4_first: [Option<FragKey>; BURST],
     /// Virtual reassembly per side (a datagram's fragments all arrive on one side).
     reasm: [Reassembly<Mbuf>; 2],
     /// Fragments released by their first fragment, waiting to be dispatched right after it.
@@ -300,12 +305,18 @@ impl Worker {
             pool,
             stop,
             icmp_limit: RateLimit::new(cfg.icmp_errors_per_s, cfg.icmp_errors_per_s.max(1), tsc_hz),
+            frag_needed_limit: RateLimit::new(
+                cfg.icmp_errors_per_s,
+                cfg.icmp_errors_per_s.max(1),
+                tsc_hz,
+            ),
             tsc_hz,
             start_tsc: dpdk::time::tsc(),
             tsc_per_ms: (tsc_hz / 1000).max(1),
             rx: MbufBurst::new(),
             ipv4: MbufBurst::new(),
             ipv4_later: [None; BURST],
+            ipv4_first: [None; BURST],
             reasm: [
                 // Keyed like the session table (random per worker): outside hosts choose the keys, and
                 // datagrams that collide on purpose could fill a probe window.
@@ -466,15 +477,21 @@ impl Worker {
         now_ms: u64,
     ) {
         // A router's duty before anything else: a packet must fit the port it leaves by (the other
-        // side; hairpins leave by the side they came from, whose MTU they already fit). A peer's frame
-        // was checked by the worker that received it.
-        let mtu = self.ports[side.other() as usize].mtu;
-        if !from_peer
-            && let Some(b) = m.data().get(L3 + 2..L3 + 4)
-            && u16::from_be_bytes([b[0], b[1]]) > mtu
-        {
-            self.too_big(side, m, mtu, from_peer, now, now_s, now_ms);
-            return;
+        // side; a hairpin, addressed to one of our outside addresses, leaves by the inside port). A
+        // peer's frame was checked by the worker that received it.
+        if !from_peer && let Some(h) = m.data().get(L3..L3 + 20) {
+            let len = u16::from_be_bytes([h[2], h[3]]);
+            let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
+            let egress = if side == Side::Inside && self.shard.is_outside_address(dst) {
+                Side::Inside
+            } else {
+                side.other()
+            };
+            let mtu = self.ports[egress as usize].mtu;
+            if len > mtu {
+                self.too_big(side, m, mtu, from_peer, now, now_s, now_ms);
+                return;
+            }
         }
         let mut later = None;
         let mut first = None;
@@ -505,6 +522,7 @@ impl Worker {
                 self.translate(side, now, now_s);
             }
             self.ipv4_later[self.ipv4.len()] = later;
+            self.ipv4_first[self.ipv4.len()] = first;
             // Cannot fail: the burst was flushed above when full.
             let _ = self.ipv4.push(m);
         } else {
@@ -540,6 +558,13 @@ impl Worker {
             now_s,
         );
         self.ipv4_later = [None; BURST];
+        let now_ms = (now - self.start_tsc) / self.tsc_per_ms;
+        for (i, v) in verdicts.iter().enumerate().take(ipv4.len()) {
+            if let (Some(key), Verdict::Drop(_)) = (self.ipv4_first[i], v) {
+                self.reasm[side as usize].forget(&key, now_ms);
+            }
+        }
+        self.ipv4_first = [None; BURST];
         for (m, v) in ipv4.drain(..).zip(verdicts) {
             match v {
                 Verdict::Forward | Verdict::ForwardUntranslated => self.route(side.other(), m, now),
@@ -565,15 +590,25 @@ impl Worker {
                 }
                 Verdict::Drop(
                     DropReason::QuotaExceeded | DropReason::OutOfPorts | DropReason::TableFull,
-                ) if self.refusal_icmp && side == Side::Inside => {
+                ) if self.refusal_icmp && side == Side::Inside && self.untranslated_source(&m) => {
                     // Communication administratively prohibited: the application learns at once
-                    // instead of retrying into a limit.
+                    // instead of retrying into a limit. (Not for the second half of a hairpin,
+                    // refused at the target's limit: its source is already translated.)
                     self.icmp_reply(side, m, now, icmp_type::DEST_UNREACHABLE, 13, 0)
                 }
                 Verdict::Drop(_) => {}
             }
         }
         self.ipv4 = ipv4;
+    }
+
+    /// Whether the frame's IPv4 source is still an inside address (not one the translator wrote).
+    fn untranslated_source(&self, m: &Mbuf) -> bool {
+        m.data().get(L3 + 12..L3 + 16).is_some_and(|b| {
+            !self
+                .shard
+                .is_outside_address(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        })
     }
 
     /// Move a bounded batch of the shard's events to the control plane's queue, as many as it has
@@ -681,10 +716,8 @@ impl Worker {
             return nat::port_owner(port, self.workers as u16) as usize;
         }
         match side {
-            Side::Inside => match ip.get(12..16) {
-                Some(b) => {
-                    subscriber_owner(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), self.workers)
-                }
+            Side::Inside => match inside_owner_addr(ip) {
+                Some(a) => subscriber_owner(a, self.workers),
                 None => self.me,
             },
             Side::Outside => match outside_port_of(ip) {
@@ -986,8 +1019,15 @@ impl Worker {
             self.counters.count_drop(DropReason::Ipv4BadTotalLength);
             return;
         };
+        if !h.verify_checksum() {
+            // Never split (and so re-checksum) a corrupted header.
+            self.counters.count_drop(DropReason::Ipv4BadChecksum);
+            return;
+        }
         let (df, options, len) = (h.dont_frag(), h.header_len() != 20, h.total_len());
-        if df || options || mtu < 68 {
+        // Pieces of a datagram that would run past the 65535-byte limit would overlap.
+        let past_end = usize::from(h.frag_offset()) + usize::from(len) - 20 > 65535;
+        if df || options || past_end || mtu < 68 {
             self.counters.count_drop(DropReason::MtuExceeded);
             if df {
                 self.icmp_reply(side, m, now, icmp_type::DEST_UNREACHABLE, 4, u32::from(mtu));
@@ -1017,7 +1057,12 @@ impl Worker {
     fn icmp_reply(&mut self, side: Side, mut m: Mbuf, now: u64, ty: u8, code: u8, rest: u32) {
         let d = m.data();
         let ip_part = &d[L3..];
-        if !local::may_send_icmp_error(ip_part) || !self.icmp_limit.allow(now) {
+        let limit = if ty == icmp_type::DEST_UNREACHABLE && code == 4 {
+            &mut self.frag_needed_limit
+        } else {
+            &mut self.icmp_limit
+        };
+        if !local::may_send_icmp_error(ip_part) || !limit.allow(now) {
             return;
         }
         let Ok(ip) = Ipv4Packet::new_checked(ip_part) else {

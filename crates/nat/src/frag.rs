@@ -109,6 +109,9 @@ struct Entry {
     /// Payload bytes seen so far, and the datagram's payload length once its last fragment is seen.
     seen: u32,
     total: u32,
+    /// Two first fragments with different ports were seen: nobody can tell which is genuine, so every
+    /// fragment of the datagram is refused until the entry's deadline.
+    poisoned: bool,
 }
 
 struct Held<T> {
@@ -188,8 +191,11 @@ impl<T> Reassembly<T> {
             return match self.find(&key, now) {
                 Some(i) => {
                     let e = &mut self.table[i];
-                    if e.ids != ids {
-                        // A second "first fragment" naming other ports: an overlap attack (RFC 1858).
+                    if e.poisoned || e.ids != ids {
+                        // A second "first fragment" naming other ports: an overlap attack (RFC 1858)
+                        // or a spoofed fragment that arrived first. Either way the datagram can no
+                        // longer be translated safely.
+                        e.poisoned = true;
                         return FragClass::Drop(DropReason::FragmentMalformed);
                     }
                     self.account(i, 0, len, last);
@@ -210,12 +216,24 @@ impl<T> Reassembly<T> {
             return FragClass::Drop(DropReason::FragmentMalformed);
         }
         match self.find(&key, now) {
+            Some(i) if self.table[i].poisoned => FragClass::Drop(DropReason::FragmentMalformed),
             Some(i) => {
                 let ids = self.table[i].ids;
                 self.account(i, offset, len, last);
                 FragClass::Later(ids)
             }
             None => FragClass::Unknown(key),
+        }
+    }
+
+    /// Forget a datagram whose first fragment the translator refused (no session, filtered, a limit):
+    /// its later fragments have nowhere to go, and an outside host must not be able to fill the table
+    /// with first fragments nobody accepts. Held fragments of it time out.
+    pub fn forget(&mut self, key: &FragKey, now: u64) {
+        if let Some(i) = self.find(key, now)
+            && !self.table[i].poisoned
+        {
+            self.table[i].deadline = 0;
         }
     }
 
@@ -310,6 +328,7 @@ impl<T> Reassembly<T> {
             deadline: now + u64::from(self.cfg.timeout_ms).max(1),
             seen: 0,
             total: 0,
+            poisoned: false,
         };
         Some(i)
     }
@@ -437,6 +456,24 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_first_fragment_leaves_no_entry_behind() {
+        let mut r = reasm(1, 4);
+        // Two slots: an outside host's first fragments that the translator refuses are forgotten at
+        // once, so they cannot fill the table.
+        for id in 0..100u16 {
+            let FragClass::First(k) = r.classify(&three_fragments(id)[0], 0) else {
+                panic!("slot {id} refused: the table filled up");
+            };
+            r.forget(&k, 0);
+        }
+        assert_eq!(r.tracked(0), 0);
+        assert!(matches!(
+            r.classify(&three_fragments(1)[1], 0),
+            FragClass::Unknown(_)
+        ));
+    }
+
+    #[test]
     fn held_fragments_time_out_and_the_buffer_is_bounded() {
         let mut r = reasm(16, 2);
         let (a, b, c) = (three_fragments(3), three_fragments(4), three_fragments(5));
@@ -495,12 +532,21 @@ mod tests {
             r.classify(&tiny, 0),
             FragClass::Drop(DropReason::FragmentMalformed)
         );
-        // A second first fragment with other ports.
+        // A second first fragment with other ports poisons the datagram: whichever came first may
+        // be the spoofed one, so neither first fragment nor any later one is translated.
         let f = three_fragments(8);
         assert!(matches!(r.classify(&f[0], 0), FragClass::First(_)));
         let other = fragment(&udp(SUB, 5001, SRV, 53, &[7u8; 3000]), 8, 1200);
         assert_eq!(
             r.classify(&other[0], 0),
+            FragClass::Drop(DropReason::FragmentMalformed)
+        );
+        assert_eq!(
+            r.classify(&f[0], 0),
+            FragClass::Drop(DropReason::FragmentMalformed)
+        );
+        assert_eq!(
+            r.classify(&f[1], 0),
             FragClass::Drop(DropReason::FragmentMalformed)
         );
         // TCP at offset 8 (RFC 1858).

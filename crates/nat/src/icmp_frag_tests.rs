@@ -245,6 +245,35 @@ fn inside_errors_leave_under_the_outside_endpoint() {
 }
 
 #[test]
+fn inside_errors_must_come_from_the_subscriber_or_a_router_and_go_to_the_remote() {
+    let mut sh = shard();
+    let sent = udp_session(&mut sh);
+    let (oa, op) = src_of(&sent);
+    let (_, delivered) = one(&mut sh, Dir::Out2In, udp(SRV, 53, ip(oa), op, b"answer"), 2);
+    // SUB2, a subscriber with its own state, quoting what SUB1 received: refused, or SUB2 could
+    // speak under SUB1's outside address.
+    one(&mut sh, Dir::In2Out, udp(SUB2, 1, SRV, 53, b"mine"), 2);
+    let forged = icmp_error(SUB2, SRV, icmp_type::DEST_UNREACHABLE, 3, &delivered, 576);
+    assert_eq!(
+        one(&mut sh, Dir::In2Out, forged, 3).0,
+        Verdict::Drop(DropReason::IcmpErrorUnmatched)
+    );
+    // Aimed at anyone but the session's remote: refused.
+    let elsewhere = icmp_error(SUB1, SRV2, icmp_type::DEST_UNREACHABLE, 3, &delivered, 576);
+    assert_eq!(
+        one(&mut sh, Dir::In2Out, elsewhere, 3).0,
+        Verdict::Drop(DropReason::IcmpErrorUnmatched)
+    );
+    // A router on the subscriber side (no mappings of its own), e.g. a BNG's frag-needed: passes,
+    // under the subscriber's outside address.
+    let bng = Ipv4Addr::new(100, 64, 0, 2);
+    let from_router = icmp_error(bng, SRV, icmp_type::DEST_UNREACHABLE, 4, &delivered, 576);
+    let (v, b) = one(&mut sh, Dir::In2Out, from_router, 3);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(src_of(&b).0, oa);
+}
+
+#[test]
 fn errors_between_subscribers_are_hairpinned() {
     let mut sh = shard();
     // SUB2 has a mapping; SUB1 sends to it (hairpin), SUB2 answers with port unreachable.

@@ -35,7 +35,8 @@ pub mod tcp_state {
 }
 
 /// Set in [`Session::state`] of a UDP or ICMP session once a packet has travelled the other way from the
-/// one that opened it (TCP tells the same from its handshake phase).
+/// one that opened it (TCP tells the same from its handshake phase). It shares a bit with the TCP
+/// phase, which only TCP sessions use; it is never set on one.
 pub const REPLIED: u8 = 0x04;
 
 /// Connection-tracking state of a session, as `conntrack -L` shows it. The other two conntrack states

@@ -505,6 +505,12 @@ impl Shard {
         self.core.cfg.log_sessions = on;
     }
 
+    /// Whether `addr` is one of this shard's outside (pool) addresses.
+    #[inline]
+    pub fn is_outside_address(&self, addr: u32) -> bool {
+        self.core.ports.addr_index(addr).is_some()
+    }
+
     /// The shard's clock: the latest `now` it was given (seconds).
     pub fn clock(&self) -> u32 {
         self.core.now
@@ -1001,6 +1007,16 @@ impl Core {
                 Verdict::Forward
             }
             Dir::In2Out => {
+                // The error must go where the quoted packet came from, and must not come from
+                // another subscriber of ours: a subscriber cannot speak, under someone else's
+                // outside address, to that someone's peers. (Routers on the subscriber side, which
+                // have no mappings, may send errors about any subscriber's packets.)
+                let Some((src, dst, _)) = ip_header(pkt) else {
+                    return Verdict::Drop(DropReason::IcmpErrorUnmatched);
+                };
+                if dst != s.rem_addr || (src != s.in_addr && self.is_subscriber(src, dst)) {
+                    return Verdict::Drop(DropReason::IcmpErrorUnmatched);
+                }
                 let hairpin = self.ports.addr_index(s.rem_addr).is_some();
                 if hairpin && s.proto == ip_proto::ICMP {
                     // An echo has a single identifier; its target mapping cannot be told apart.
@@ -1049,6 +1065,15 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Whether `addr` is a subscriber with state in this shard (for traffic towards `dst`).
+    fn is_subscriber(&self, addr: u32, dst: u32) -> bool {
+        self.rules.pool_index_for(addr, dst).is_some_and(|pi| {
+            self.subs
+                .find(sub_hash(self.cfg.seed, addr, pi as u8), addr, pi as u8)
+                .is_some()
+        })
     }
 
     /// An ICMP error that quotes no session of ours: it may belong to a no-NAT exclusion.

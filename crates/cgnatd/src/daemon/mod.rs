@@ -189,9 +189,15 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
                 let watching = router.update_watching();
                 tokio::time::sleep(Duration::from_millis(if watching { 10 } else { 100 })).await;
                 for (worker, q) in &queues {
-                    while let Some(e) = q.pop() {
-                        router.route(*worker, &e);
+                    // What is there now, not what keeps arriving: a logger slower than the event
+                    // rate must not starve the gRPC server on this runtime (the rest waits, and
+                    // the workers' rings count what they cannot keep).
+                    for _ in 0..q.len() {
+                        if let Some(e) = q.pop() {
+                            router.route(*worker, &e);
+                        }
                     }
+                    tokio::task::yield_now().await;
                 }
             }
         });
@@ -202,8 +208,10 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
         dispatcher.abort();
         // What the workers queued before the signal still reaches the log.
         for (worker, q) in &last_queues {
-            while let Some(e) = q.pop() {
-                last_router.route(*worker, &e);
+            for _ in 0..q.len() {
+                if let Some(e) = q.pop() {
+                    last_router.route(*worker, &e);
+                }
             }
         }
         let _ = tx.send(());
