@@ -1858,6 +1858,19 @@ pub fn masquerade_uses_the_interface_address(env: &Env) -> R {
     ensure(drop_growth(&before, &after, "local_unhandled") == 0, || {
         "datagrams to the masquerade address were taken as addressed to cgnatd".to_string()
     })?;
+    // `cgnatctl pools` accounts the masquerade pool's ports to the interface address.
+    let out = cgnatctl(env, &["-o", "json", "pools", "--addresses"])?;
+    let v: Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("pools JSON ({e}): {}", out.stdout))?;
+    let masq = v["pools"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["masquerade"] == true).cloned())
+        .ok_or_else(|| format!("no masquerade pool listed: {v}"))?;
+    ensure(
+        masq["addresses"] == serde_json::json!([NAT_OUTSIDE_IP])
+            && masq["by_address"][NAT_OUTSIDE_IP].as_u64().unwrap_or(0) >= 2,
+        || format!("the masquerade pool should show its UDP mappings on {NAT_OUTSIDE_IP}: {masq}"),
+    )?;
     // NAT event log: the mappings were recorded with both endpoints.
     let logged = proc::poll(Duration::from_secs(3), Duration::from_millis(200), || {
         let log = env.daemon.log_text();

@@ -22,6 +22,8 @@ pub trait Backend: Send + Sync + 'static {
     fn stats(&self) -> StatsSnapshot;
     /// Every port the daemon drives, ordered by DPDK port id.
     fn ports(&self) -> Vec<PortSnapshot>;
+    /// Every pool, in configuration order, with its usage.
+    fn pools(&self) -> Vec<PoolSnapshot>;
     /// Start listing the sessions matching `query` on every worker. The sessions arrive on the
     /// receiver, which closes when every worker has finished its walk.
     fn list_sessions(
@@ -51,6 +53,21 @@ pub struct SessionEventSnapshot {
     pub outside: SocketAddrV4,
     pub remote: SocketAddrV4,
     pub inbound: bool,
+}
+
+/// A pool and its usage for `ListPools`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    pub name: String,
+    /// Inclusive address ranges.
+    pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub masquerade: bool,
+    pub filtering: &'static str,
+    pub allocation: &'static str,
+    /// Ports in use per address, over all workers, every address of the pool listed.
+    pub by_address: Vec<(Ipv4Addr, u64)>,
 }
 
 /// Why the backend cannot take a request.
@@ -373,6 +390,22 @@ pub(crate) mod fake {
 
         fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot> {
             self.events.subscribe()
+        }
+
+        fn pools(&self) -> Vec<PoolSnapshot> {
+            vec![PoolSnapshot {
+                name: "lab".into(),
+                ranges: vec![(Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2))],
+                port_lo: 1024,
+                port_hi: 65535,
+                masquerade: false,
+                filtering: "endpoint-independent",
+                allocation: "random",
+                by_address: vec![
+                    (Ipv4Addr::new(203, 0, 113, 1), 10),
+                    (Ipv4Addr::new(203, 0, 113, 2), 5),
+                ],
+            }]
         }
 
         fn ports(&self) -> Vec<PortSnapshot> {

@@ -25,9 +25,9 @@ mod server;
 mod service;
 
 pub use backend::{
-    Backend, BackendError, EndpointFilter, InfoSnapshot, PortCountersSnapshot, PortRole,
-    PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState,
-    StatsSnapshot, WorkerStatsSnapshot,
+    Backend, BackendError, EndpointFilter, InfoSnapshot, PoolSnapshot, PortCountersSnapshot,
+    PortRole, PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot,
+    SessionState, StatsSnapshot, WorkerStatsSnapshot,
 };
 pub use error::MgmtError;
 pub use server::{BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, ServerConfig, bind, serve};

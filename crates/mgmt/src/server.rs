@@ -637,6 +637,28 @@ mod tests {
         server.stop().await.unwrap();
     }
 
+    #[tokio::test]
+    async fn list_pools_reports_usage_per_pool_and_address() {
+        let server = Running::start().await;
+        let pools = server
+            .client()
+            .await
+            .list_pools(v1::ListPoolsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .pools;
+        assert_eq!(pools.len(), 1);
+        let p = &pools[0];
+        assert_eq!(p.addresses, vec!["203.0.113.1-203.0.113.2".to_string()]);
+        assert_eq!(p.ports, "1024-65535");
+        assert_eq!(p.ports_total, 2 * 64512);
+        assert_eq!(p.ports_in_use, 15);
+        assert_eq!(p.by_address[1].address, "203.0.113.2");
+        assert_eq!(p.by_address[1].ports_in_use, 5);
+        server.stop().await.unwrap();
+    }
+
     fn event(
         change: crate::backend::SessionChange,
         inside: &str,

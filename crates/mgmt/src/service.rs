@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
 use crate::backend::{
-    Backend, BackendError, EndpointFilter, InfoSnapshot, PortCountersSnapshot, PortRole,
-    PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState,
-    StatsSnapshot,
+    Backend, BackendError, EndpointFilter, InfoSnapshot, PoolSnapshot, PortCountersSnapshot,
+    PortRole, PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot,
+    SessionState, StatsSnapshot,
 };
 
 /// Smallest accepted `WatchStats` interval. Reading all counters is cheap, but
@@ -137,6 +137,43 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
+pub(crate) fn pool_to_proto(p: &PoolSnapshot) -> v1::Pool {
+    let per_addr = u64::from(p.port_hi.saturating_sub(p.port_lo)) + 1;
+    let addresses: u64 = p
+        .ranges
+        .iter()
+        .map(|&(lo, hi)| u64::from(u32::from(hi)) - u64::from(u32::from(lo)) + 1)
+        .sum();
+    v1::Pool {
+        name: p.name.clone(),
+        addresses: p
+            .ranges
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect(),
+        ports: format!("{}-{}", p.port_lo, p.port_hi),
+        masquerade: p.masquerade,
+        filtering: p.filtering.to_owned(),
+        allocation: p.allocation.to_owned(),
+        ports_total: addresses * per_addr,
+        ports_in_use: p.by_address.iter().map(|&(_, n)| n).sum(),
+        by_address: p
+            .by_address
+            .iter()
+            .map(|&(a, n)| v1::PoolAddress {
+                address: a.to_string(),
+                ports_in_use: n,
+            })
+            .collect(),
+    }
+}
+
 pub(crate) fn session_to_proto(s: &SessionSnapshot) -> v1::Session {
     v1::Session {
         protocol: proto_name(s.proto).to_owned(),
@@ -222,6 +259,15 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         debug!(rpc = "ListPorts", peer = ?request.remote_addr(), "gRPC request");
         let ports = self.backend.ports().iter().map(port_to_proto).collect();
         Ok(Response::new(v1::ListPortsResponse { ports }))
+    }
+
+    async fn list_pools(
+        &self,
+        request: Request<v1::ListPoolsRequest>,
+    ) -> Result<Response<v1::ListPoolsResponse>, Status> {
+        debug!(rpc = "ListPools", peer = ?request.remote_addr(), "gRPC request");
+        let pools = self.backend.pools().iter().map(pool_to_proto).collect();
+        Ok(Response::new(v1::ListPoolsResponse { pools }))
     }
 
     type ListSessionsStream = SessionStream;

@@ -1,6 +1,6 @@
 //! cgnatctl: command-line client for a running cgnatd's gRPC management API.
 //!
-//! `cgnatctl info | stats [--watch] | ports | health | sessions list|delete|flush`,
+//! `cgnatctl info | stats [--watch] | ports | pools | health | sessions list|delete|flush|watch`,
 //! printed as aligned tables for people or as JSON/YAML (`-o json`) for
 //! scripts. Errors are one line on stderr, `cgnatctl: <GRPC_CODE>: <message>`,
 //! with a non-zero exit. Limitations: plaintext HTTP/2 only (no TLS); no rule
@@ -27,9 +27,9 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use ctl::format::{human_duration, parse_duration, status_line};
 use ctl::view::{
-    HealthView, InfoView, PortsView, Rates, SessionEventView, SessionView, StatsTableOptions,
-    StatsView, health_line, info_table, ports_table, session_event_line, sessions_table,
-    stats_table,
+    HealthView, InfoView, PoolsView, PortsView, Rates, SessionEventView, SessionView,
+    StatsTableOptions, StatsView, health_line, info_table, pools_table, ports_table,
+    session_event_line, sessions_table, stats_table,
 };
 
 /// Query a running cgnatd over its gRPC management API.
@@ -75,6 +75,12 @@ enum Command {
     Stats(StatsArgs),
     /// DPDK ports: role, driver, MAC, address, link and NIC counters.
     Ports,
+    /// Address pools: addresses, port range, modes, and ports in use.
+    Pools {
+        /// Also list every address with its ports in use.
+        #[arg(long)]
+        addresses: bool,
+    },
     /// gRPC health of the server (exit status 1 unless SERVING).
     Health {
         /// Service to check; empty checks the server as a whole.
@@ -212,6 +218,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Sessions(cmd) => sessions(&ctx, CgnatClient::new(channel), cmd).await?,
+        Command::Pools { addresses } => {
+            let mut client = CgnatClient::new(channel);
+            let pools = ctx.call(client.list_pools(v1::ListPoolsRequest {})).await?;
+            let view = PoolsView::from(&pools);
+            emit(&ctx.render(&view, |v| pools_table(v, addresses), false)?)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -577,6 +577,104 @@ pub fn session_event_line(e: &SessionEventView) -> String {
     )
 }
 
+/// `cgnatctl pools` output; JSON shape `{"pools":[PoolView,..]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolsView {
+    pub pools: Vec<PoolView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolView {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub ports: String,
+    pub masquerade: bool,
+    pub filtering: String,
+    pub allocation: String,
+    pub ports_total: u64,
+    pub ports_in_use: u64,
+    /// Ports in use per address, in address order.
+    pub by_address: BTreeMap<String, u64>,
+}
+
+impl From<&v1::ListPoolsResponse> for PoolsView {
+    fn from(r: &v1::ListPoolsResponse) -> Self {
+        PoolsView {
+            pools: r
+                .pools
+                .iter()
+                .map(|p| PoolView {
+                    name: p.name.clone(),
+                    addresses: p.addresses.clone(),
+                    ports: p.ports.clone(),
+                    masquerade: p.masquerade,
+                    filtering: p.filtering.clone(),
+                    allocation: p.allocation.clone(),
+                    ports_total: p.ports_total,
+                    ports_in_use: p.ports_in_use,
+                    by_address: p
+                        .by_address
+                        .iter()
+                        .map(|a| (a.address.clone(), a.ports_in_use))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `cgnatctl pools` as a table; with `addresses`, a second table of every address in use.
+pub fn pools_table(v: &PoolsView, addresses: bool) -> String {
+    let mut t = Table::new([
+        ("POOL", Align::Left),
+        ("ADDRESSES", Align::Left),
+        ("PORTS", Align::Left),
+        ("ALLOCATION", Align::Left),
+        ("FILTERING", Align::Left),
+        ("IN USE", Align::Right),
+        ("TOTAL", Align::Right),
+        ("USE", Align::Right),
+    ]);
+    for p in &v.pools {
+        let share = if p.ports_total == 0 {
+            0.0
+        } else {
+            p.ports_in_use as f64 * 100.0 / p.ports_total as f64
+        };
+        let addrs = if p.masquerade {
+            format!("{} (masquerade)", p.addresses.join(","))
+        } else {
+            p.addresses.join(",")
+        };
+        t.row(vec![
+            p.name.clone(),
+            addrs,
+            p.ports.clone(),
+            p.allocation.clone(),
+            p.filtering.clone(),
+            group_thousands(p.ports_in_use),
+            group_thousands(p.ports_total),
+            format!("{share:.1}%"),
+        ]);
+    }
+    let mut out = t.render();
+    if addresses {
+        let mut a = Table::new([
+            ("POOL", Align::Left),
+            ("ADDRESS", Align::Left),
+            ("PORTS IN USE", Align::Right),
+        ]);
+        for p in &v.pools {
+            for (addr, n) in &p.by_address {
+                a.row(vec![p.name.clone(), addr.clone(), group_thousands(*n)]);
+            }
+        }
+        out.push('\n');
+        out.push_str(&a.render());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,6 +828,33 @@ mod tests {
             session_event_line(&SessionEventView::from(&d)),
             "[dropped] 12 events missed (this watcher read too slowly)\n"
         );
+    }
+
+    #[test]
+    fn pools_show_their_usage() {
+        let r = v1::ListPoolsResponse {
+            pools: vec![v1::Pool {
+                name: "lab".into(),
+                addresses: vec!["203.0.113.1-203.0.113.6".into()],
+                ports: "1024-65535".into(),
+                masquerade: false,
+                filtering: "endpoint-independent".into(),
+                allocation: "random".into(),
+                ports_total: 387_072,
+                ports_in_use: 3_871,
+                by_address: vec![v1::PoolAddress {
+                    address: "203.0.113.1".into(),
+                    ports_in_use: 3_871,
+                }],
+            }],
+        };
+        let v = PoolsView::from(&r);
+        assert_eq!(
+            pools_table(&v, false),
+            "POOL  ADDRESSES                PORTS       ALLOCATION  FILTERING             IN USE    TOTAL   USE\n\
+             lab   203.0.113.1-203.0.113.6  1024-65535  random      endpoint-independent   3,871  387,072  1.0%\n"
+        );
+        assert!(pools_table(&v, true).ends_with("lab   203.0.113.1         3,871\n"));
     }
 
     #[test]

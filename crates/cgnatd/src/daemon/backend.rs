@@ -5,8 +5,9 @@ use std::time::SystemTime;
 
 use config::{Config, Device, Role};
 use mgmt::{
-    Backend, BackendError, InfoSnapshot, PortCountersSnapshot, PortRole, PortSnapshot,
-    SessionEventSnapshot, SessionQuery, SessionSnapshot, StatsSnapshot, WorkerStatsSnapshot,
+    Backend, BackendError, InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole,
+    PortSnapshot, SessionEventSnapshot, SessionQuery, SessionSnapshot, StatsSnapshot,
+    WorkerStatsSnapshot,
 };
 use nat::{Counter, Counters, DropReason};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -37,6 +38,7 @@ pub struct DaemonBackend {
     pub sessions: Arc<SessionBroker>,
     /// Session events for `WatchSessions` (the event router sends, each watcher subscribes).
     pub session_events: broadcast::Sender<SessionEventSnapshot>,
+    pools: Vec<config::Pool>,
 }
 
 impl DaemonBackend {
@@ -60,8 +62,8 @@ impl DaemonBackend {
                 mac: p.port.mac_addr(),
             })
             .collect();
-        let _ = cfg;
         DaemonBackend {
+            pools: cfg.pools.clone(),
             started_at,
             dpdk_version: dpdk::version(),
             workers: dp.workers.iter().map(|(l, c)| (l.0, c.clone())).collect(),
@@ -119,6 +121,41 @@ impl Backend for DaemonBackend {
 
     fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot> {
         self.session_events.subscribe()
+    }
+
+    fn pools(&self) -> Vec<PoolSnapshot> {
+        let mut in_use: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        for (_, c) in &self.workers {
+            for (a, n) in c.ports_by_address() {
+                *in_use.entry(a).or_insert(0) += n;
+            }
+        }
+        self.pools
+            .iter()
+            .map(|p| PoolSnapshot {
+                name: p.name.clone(),
+                ranges: p.ranges.clone(),
+                port_lo: p.port_lo,
+                port_hi: p.port_hi,
+                masquerade: p.masquerade,
+                filtering: match p.filtering {
+                    config::Filtering::EndpointIndependent => "endpoint-independent",
+                    config::Filtering::AddressDependent => "address-dependent",
+                    config::Filtering::AddressAndPortDependent => "address-and-port-dependent",
+                },
+                allocation: match p.allocation {
+                    config::Allocation::Random => "random",
+                    config::Allocation::Preserve => "preserve",
+                    config::Allocation::Parity => "parity",
+                    config::Allocation::Blocks { .. } => "blocks",
+                    config::Allocation::Deterministic { .. } => "deterministic",
+                },
+                by_address: p
+                    .addresses()
+                    .map(|a| (a, in_use.get(&u32::from(a)).copied().unwrap_or(0)))
+                    .collect(),
+            })
+            .collect()
     }
 
     fn ports(&self) -> Vec<PortSnapshot> {
