@@ -162,10 +162,7 @@ fn udp_mapping(
 }
 
 pub fn mgmt_health(env: &Env) -> R {
-    let out = proc::run(
-        Command::new(env.paths.cgnatctl()).args(["--server", &env.paths.mgmt, "health"]),
-        Duration::from_secs(10),
-    )?;
+    let out = proc::run(env.paths.ctl().arg("health"), Duration::from_secs(10))?;
     ensure(out.success(), || {
         format!("cgnatctl health failed\n{}", out.describe())
     })?;
@@ -1888,8 +1885,8 @@ pub fn masquerade_uses_the_interface_address(env: &Env) -> R {
 
 /// `cgnatctl` with the lab daemon's address; the output must be a success.
 fn cgnatctl(env: &Env, args: &[&str]) -> Result<proc::Output, String> {
-    let mut cmd = Command::new(env.paths.cgnatctl());
-    cmd.args(["--server", &env.paths.mgmt]).args(args);
+    let mut cmd = env.paths.ctl();
+    cmd.args(args);
     proc::run(&mut cmd, Duration::from_secs(20))?.check()
 }
 
@@ -1998,15 +1995,8 @@ pub fn sessions_are_listed_and_deleted(env: &Env) -> R {
         },
     )?;
     // A filter the API cannot parse is refused, naming the field.
-    let mut bad = Command::new(env.paths.cgnatctl());
-    bad.args([
-        "--server",
-        &env.paths.mgmt,
-        "sessions",
-        "list",
-        "--inside",
-        "100.64.0.300",
-    ]);
+    let mut bad = env.paths.ctl();
+    bad.args(["sessions", "list", "--inside", "100.64.0.300"]);
     let out = proc::run(&mut bad, Duration::from_secs(10))?;
     ensure(
         out.status.is_some_and(|s| !s.success()) && out.stderr.contains("filter.inside"),
@@ -2069,17 +2059,8 @@ pub fn sessions_are_listed_and_deleted(env: &Env) -> R {
 /// sessions that already exist.
 pub fn sessions_are_watched(env: &Env) -> R {
     let watch = |extra: &[&str]| -> Result<Background, String> {
-        let mut cmd = Command::new(env.paths.cgnatctl());
-        cmd.args([
-            "--server",
-            &env.paths.mgmt,
-            "-o",
-            "json",
-            "sessions",
-            "watch",
-            "--inside",
-            SUB1_IP,
-        ]);
+        let mut cmd = env.paths.ctl();
+        cmd.args(["-o", "json", "sessions", "watch", "--inside", SUB1_IP]);
         cmd.args(extra);
         Background::spawn("cgnatctl sessions watch", cmd)
     };
@@ -2126,4 +2107,44 @@ pub fn sessions_are_watched(env: &Env) -> R {
         )
     })?;
     Ok(())
+}
+
+/// With `mgmt.tokens` (lab-short.yaml): no token gets nothing, the read-only token reads but
+/// cannot change state, the read-write one can, and health stays open for probes.
+pub fn management_api_requires_tokens(env: &Env) -> R {
+    has_tokens(&env.paths.config())?;
+    let tokens = env.paths.tokens().ok_or("no token files")?;
+    let bare = |args: &[&str]| -> Result<proc::Output, String> {
+        let mut cmd = Command::new(env.paths.cgnatctl());
+        cmd.args(["--server", &env.paths.mgmt]).args(args);
+        proc::run(&mut cmd, Duration::from_secs(10))
+    };
+    let out = bare(&["stats"])?;
+    ensure(
+        out.status.is_some_and(|s| !s.success()) && out.stderr.contains("UNAUTHENTICATED"),
+        || {
+            format!(
+                "stats without a token must be UNAUTHENTICATED:\n{}",
+                out.describe()
+            )
+        },
+    )?;
+    let ro = tokens.read_only.to_string_lossy().into_owned();
+    bare(&["--token-file", &ro, "stats"])?.check()?;
+    bare(&["--token-file", &ro, "sessions", "list"])?.check()?;
+    let out = bare(&["--token-file", &ro, "sessions", "flush"])?;
+    ensure(
+        out.status.is_some_and(|s| !s.success()) && out.stderr.contains("PERMISSION_DENIED"),
+        || {
+            format!(
+                "a flush with the read-only token must be PERMISSION_DENIED:\n{}",
+                out.describe()
+            )
+        },
+    )?;
+    let out = cgnatctl(env, &["sessions", "delete", "--inside", "100.64.0.99"])?;
+    ensure(out.stdout.trim() == "0 session(s) deleted", || {
+        format!("the read-write token may delete: {}", out.stdout)
+    })?;
+    bare(&["health"])?.check().map(|_| ())
 }

@@ -132,6 +132,22 @@ impl NatTuning {
     }
 }
 
+/// The config under test requires management tokens (config/lab-short.yaml).
+pub fn has_tokens(config: &Path) -> Result<(), String> {
+    let text = fs::read_to_string(config).map_err(|e| format!("read {}: {e}", config.display()))?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| format!("{} is not YAML: {e}", config.display()))?;
+    if v["mgmt"]["tokens"]["read_write"].is_string() && v["mgmt"]["tokens"]["read_only"].is_string()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "needs mgmt.tokens.read_write and read_only (config/lab-short.yaml); {} has none",
+            config.display()
+        ))
+    }
+}
+
 /// The config under test has short timeouts and a small port limit (config/lab-short.yaml).
 pub fn short_timeouts(config: &Path) -> Result<(), String> {
     NatTuning::read(config)?.allows_expiry_cases()
@@ -179,6 +195,36 @@ pub fn parse_sockaddr(s: &str) -> Result<(Ipv4Addr, u16), String> {
     Ok((ip, port))
 }
 
+/// The management tokens of a config that requires them.
+#[derive(Debug, Clone)]
+pub struct TokenFiles {
+    pub read_write: PathBuf,
+    pub read_only: PathBuf,
+}
+
+impl TokenFiles {
+    /// Write fresh random tokens (owner-only), before cgnatd starts.
+    pub fn create(&self) -> Result<(), String> {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        for path in [&self.read_write, &self.read_only] {
+            let mut raw = [0u8; 16];
+            File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut raw))
+                .map_err(|e| format!("/dev/urandom: {e}"))?;
+            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            }
+            fs::write(path, format!("{token}\n"))
+                .map_err(|e| format!("write {}: {e}", path.display()))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Paths {
     pub root: PathBuf,
     pub bin_dir: PathBuf,
@@ -213,6 +259,28 @@ impl Paths {
 
     pub fn cgnatctl(&self) -> PathBuf {
         self.bin_dir.join("cgnatctl")
+    }
+
+    /// `cgnatctl --server <lab daemon>`, with the read-write token when the config asks for
+    /// tokens (the runner writes the token files before starting cgnatd).
+    pub fn ctl(&self) -> Command {
+        let mut cmd = Command::new(self.cgnatctl());
+        cmd.args(["--server", &self.mgmt]);
+        if let Some(t) = self.tokens().map(|t| t.read_write) {
+            cmd.arg("--token-file").arg(t);
+        }
+        cmd
+    }
+
+    /// The token files the config under test names (`mgmt.tokens`), if any.
+    pub fn tokens(&self) -> Option<TokenFiles> {
+        let text = fs::read_to_string(self.config()).ok()?;
+        let v: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+        let t = &v["mgmt"]["tokens"];
+        Some(TokenFiles {
+            read_write: PathBuf::from(t["read_write"].as_str()?),
+            read_only: PathBuf::from(t["read_only"].as_str()?),
+        })
     }
 
     /// The daemon config: `CGNAT_CONFIG` (relative to the repository root), default
@@ -394,7 +462,7 @@ pub struct Stats(pub Value);
 impl Stats {
     pub fn read(paths: &Paths) -> Result<Stats, String> {
         let out = proc::run(
-            Command::new(paths.cgnatctl()).args(["--server", &paths.mgmt, "stats", "-o", "json"]),
+            paths.ctl().args(["stats", "-o", "json"]),
             Duration::from_secs(10),
         )?
         .check()?;

@@ -103,6 +103,10 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("sessions_are_watched", cases::sessions_are_watched),
     (
+        "management_api_requires_tokens",
+        cases::management_api_requires_tokens,
+    ),
+    (
         "quota_exhaustion_keeps_existing_flows",
         cases::quota_exhaustion_keeps_existing_flows,
     ),
@@ -125,6 +129,7 @@ const CONDITIONAL: &[(&str, Requirement)] = &[
     ("fragmented_udp_datagram", env::ports_pass_fragments),
     ("quota_exhaustion_keeps_existing_flows", env::short_timeouts),
     ("drain_to_zero_after_timeouts", env::short_timeouts),
+    ("management_api_requires_tokens", env::has_tokens),
 ];
 
 /// Why the config under test cannot run case `name`, if it cannot.
@@ -206,6 +211,13 @@ fn setup(paths: Paths) -> Result<Env, String> {
     paths.lab_sh("stop", Duration::from_secs(30))?;
     paths.lab_sh("up", Duration::from_secs(60))?;
     eprintln!("e2e: lab up");
+    if let Some(tokens) = paths.tokens() {
+        tokens.create()?;
+        eprintln!(
+            "e2e: management tokens written to {}",
+            tokens.read_write.display()
+        );
+    }
     let prefix = format!("cgnat-e2e-{}", std::process::id());
     let daemon = Daemon::start(&paths, &prefix)?;
     let took = daemon.wait_forwarding(Duration::from_secs(30))?;
@@ -271,6 +283,11 @@ fn teardown(env: Option<Arc<Env>>, paths: &Paths) -> Vec<String> {
     }
     if let Err(e) = paths.lab_sh("down", Duration::from_secs(60)) {
         problems.push(format!("lab teardown failed: {e}"));
+    }
+    if let Some(t) = paths.tokens() {
+        // Secrets of this run only.
+        let _ = fs::remove_file(&t.read_write);
+        let _ = fs::remove_file(&t.read_only);
     }
     problems
 }

@@ -477,18 +477,35 @@ impl Default for RawNeighbour {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default, expecting = "the mgmt mapping (listen)")]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "the mgmt mapping (listen, tokens)"
+)]
 pub(crate) struct RawMgmt {
     #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    pub tokens: RawTokens,
 }
 
 impl Default for RawMgmt {
     fn default() -> Self {
         RawMgmt {
             listen: d::MGMT_LISTEN,
+            tokens: RawTokens::default(),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a tokens mapping (read_write, read_only: paths of token files)"
+)]
+pub(crate) struct RawTokens {
+    pub read_write: Option<std::path::PathBuf>,
+    pub read_only: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1465,3 +1465,28 @@ fn refused_flows_are_silent_unless_icmp_is_asked_for() {
     assert!(c.nat.limits.icmp_unreachable);
     assert_eq!(c.nat.limits.max_ports_per_subscriber, 100);
 }
+
+#[test]
+fn management_tokens_are_absolute_paths() {
+    let c = Config::from_yaml_str(&format!(
+        "{MINIMAL}mgmt:\n  tokens:\n    read_write: /etc/cgnat/admin.token\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.mgmt.read_write_token.as_deref(),
+        Some(std::path::Path::new("/etc/cgnat/admin.token"))
+    );
+    assert_eq!(c.mgmt.read_only_token, None);
+    rejects(
+        &format!("{MINIMAL}mgmt:\n  tokens:\n    read_only: monitor.token\n"),
+        "mgmt.tokens.read_only",
+        "absolute path",
+    );
+    assert_eq!(
+        Config::from_yaml_str(MINIMAL)
+            .unwrap()
+            .mgmt
+            .read_write_token,
+        None
+    );
+}

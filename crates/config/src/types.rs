@@ -330,16 +330,21 @@ impl Default for NeighbourCfg {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MgmtCfg {
     /// Address of the gRPC server.
     pub listen: SocketAddr,
+    /// Files holding the bearer tokens (read by cgnatd at start); none: no access control.
+    pub read_write_token: Option<std::path::PathBuf>,
+    pub read_only_token: Option<std::path::PathBuf>,
 }
 
 impl Default for MgmtCfg {
     fn default() -> Self {
         MgmtCfg {
             listen: d::MGMT_LISTEN,
+            read_write_token: None,
+            read_only_token: None,
         }
     }
 }

@@ -50,6 +50,17 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let neighbour = check_neighbour(&mut errs, &raw.neighbour);
     let logging = check_logging(&mut errs, raw.logging);
     let dataplane = check_dataplane(&mut errs, &raw.dataplane);
+    for (field, path) in [
+        ("mgmt.tokens.read_write", &raw.mgmt.tokens.read_write),
+        ("mgmt.tokens.read_only", &raw.mgmt.tokens.read_only),
+    ] {
+        if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+            errs.push(
+                field,
+                "must be an absolute path (cgnatd may run from any directory)",
+            );
+        }
+    }
     if raw.stats_interval > lim::STATS_INTERVAL_MAX_SECS {
         errs.push(
             "stats_interval",
@@ -74,6 +85,8 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 neighbour,
                 mgmt: MgmtCfg {
                     listen: raw.mgmt.listen,
+                    read_write_token: raw.mgmt.tokens.read_write.clone(),
+                    read_only_token: raw.mgmt.tokens.read_only.clone(),
                 },
                 logging,
                 stats_interval: secs(raw.stats_interval),

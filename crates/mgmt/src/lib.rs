@@ -19,11 +19,13 @@
 //! no authentication, which is why the default listen address is loopback.
 #![forbid(unsafe_code)]
 
+mod auth;
 mod backend;
 mod error;
 mod server;
 mod service;
 
+pub use auth::{Access, Tokens};
 pub use backend::{
     Backend, BackendError, EndpointFilter, InfoSnapshot, PoolSnapshot, PortCountersSnapshot,
     PortRole, PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot,

@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+use crate::auth::{TokenCheck, Tokens};
 use crate::backend::Backend;
 use crate::error::MgmtError;
 use crate::service::CgnatService;
@@ -35,12 +36,15 @@ pub struct ServerConfig {
     /// TCP address to listen on; port 0 picks a free port (see
     /// [`BoundServer::local_addr`]).
     pub listen: SocketAddr,
+    /// Bearer tokens; none configured means no access control (loopback use).
+    pub tokens: Tokens,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: DEFAULT_LISTEN,
+            tokens: Tokens::default(),
         }
     }
 }
@@ -101,7 +105,10 @@ pub async fn bind<B: Backend>(
 
     let (stopping, stopping_rx) = watch::channel(false);
     let router = Server::builder()
-        .add_service(CgnatServer::new(CgnatService::new(backend, stopping_rx)))
+        .add_service(CgnatServer::with_interceptor(
+            CgnatService::new(backend, stopping_rx),
+            TokenCheck { tokens: cfg.tokens },
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -204,8 +211,13 @@ mod tests {
         }
 
         async fn with(backend: FakeBackend) -> Running {
+            Running::configured(backend, Tokens::default()).await
+        }
+
+        async fn configured(backend: FakeBackend, tokens: Tokens) -> Running {
             let cfg = ServerConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                tokens,
             };
             let bound = bind(cfg, Arc::new(backend)).await.unwrap();
             let addr = bound.local_addr();
@@ -746,11 +758,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tokens_separate_readers_from_writers() {
+        use tonic::metadata::MetadataValue;
+        let tokens = Tokens {
+            read_write: Some("rw-secret-0123456789".into()),
+            read_only: Some("ro-secret-0123456789".into()),
+        };
+        let server = Running::configured(FakeBackend::new(), tokens).await;
+        let channel = server.channel().await;
+        let with = |token: Option<&'static str>| {
+            CgnatClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
+                if let Some(t) = token {
+                    let v: MetadataValue<_> = format!("Bearer {t}").parse().unwrap();
+                    req.metadata_mut().insert("authorization", v);
+                }
+                Ok(req)
+            })
+        };
+        // No token, or a wrong one: nothing, not even reading.
+        for t in [None, Some("guess")] {
+            let err = with(t).get_info(v1::GetInfoRequest {}).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        }
+        // Read-only: reads work, changes are refused and change nothing.
+        let mut ro = with(Some("ro-secret-0123456789"));
+        ro.get_stats(v1::GetStatsRequest {}).await.unwrap();
+        ro.list_pools(v1::ListPoolsRequest {}).await.unwrap();
+        let err = ro
+            .flush_sessions(v1::FlushSessionsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let err = ro
+            .delete_sessions(v1::DeleteSessionsRequest {
+                filter: Some(filter("udp", "", "", "", "")),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        // Read-write: the flush happens.
+        let mut rw = with(Some("rw-secret-0123456789"));
+        let n = rw
+            .flush_sessions(v1::FlushSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted;
+        assert_eq!(n, 3, "the read-only attempts deleted nothing");
+        // Health stays open for probes.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn bind_error_names_the_address() {
         let server = Running::start().await;
         let err = bind(
             ServerConfig {
                 listen: server.addr,
+                tokens: Tokens::default(),
             },
             Arc::new(FakeBackend::new()),
         )

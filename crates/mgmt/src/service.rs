@@ -14,6 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
+use crate::auth::require_write;
+
 use crate::backend::{
     Backend, BackendError, EndpointFilter, InfoSnapshot, PoolSnapshot, PortCountersSnapshot,
     PortRole, PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot,
@@ -294,11 +296,13 @@ impl<B: Backend> Cgnat for CgnatService<B> {
                 "filter: empty; it would delete every session (use FlushSessions for that)",
             ));
         }
+        let who = require_write(&request, "DeleteSessions")?;
         let peer = request.remote_addr();
         let deleted = self.delete(query).await?;
         info!(
             rpc = "DeleteSessions",
             ?peer,
+            ?who,
             ?query,
             deleted,
             "sessions deleted"
@@ -310,11 +314,13 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         &self,
         request: Request<v1::FlushSessionsRequest>,
     ) -> Result<Response<v1::DeleteSessionsResponse>, Status> {
+        let who = require_write(&request, "FlushSessions")?;
         let peer = request.remote_addr();
         let deleted = self.delete(SessionQuery::default()).await?;
         info!(
             rpc = "FlushSessions",
             ?peer,
+            ?who,
             deleted,
             "session table flushed"
         );

@@ -3,8 +3,8 @@
 //! `cgnatctl info | stats [--watch] | ports | pools | health | sessions list|delete|flush|watch`,
 //! printed as aligned tables for people or as JSON/YAML (`-o json`) for
 //! scripts. Errors are one line on stderr, `cgnatctl: <GRPC_CODE>: <message>`,
-//! with a non-zero exit. Limitations: plaintext HTTP/2 only (no TLS); no rule
-//! changes yet.
+//! with a non-zero exit. `--token-file` sends a bearer token. Limitations:
+//! plaintext HTTP/2 only (no TLS); no rule changes yet.
 #![forbid(unsafe_code)]
 
 #[path = "../ctl/mod.rs"]
@@ -52,6 +52,10 @@ struct Cli {
     /// Give up connecting, or waiting for a reply, after this long (e.g. 500ms, 5s).
     #[arg(long, global = true, value_parser = parse_duration, default_value = "5s")]
     timeout: Duration,
+
+    /// File holding the bearer token, when cgnatd requires one (mgmt.tokens).
+    #[arg(long, global = true, env = "CGNAT_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -180,9 +184,39 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Adds `authorization: Bearer <token>` to every call when a token is given.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = CgnatClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+fn bearer(path: &Option<std::path::PathBuf>) -> Result<Bearer> {
+    let Some(path) = path else {
+        return Ok(Bearer(None));
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file {}", path.display()))?;
+    let value = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| anyhow!("--token-file {}: not a valid token", path.display()))?;
+    Ok(Bearer(Some(value)))
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     let server = server_uri(&cli.server);
+    let auth = bearer(&cli.token_file)?;
     let channel = connect(&server, cli.timeout).await?;
+    let client =
+        |channel: Channel| -> Client { CgnatClient::with_interceptor(channel, auth.clone()) };
     let ctx = Ctx {
         server,
         timeout: cli.timeout,
@@ -190,13 +224,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Command::Info => {
-            let mut client = CgnatClient::new(channel);
+            let mut client = client(channel);
             let info = ctx.call(client.get_info(v1::GetInfoRequest {})).await?;
             emit(&ctx.render(&InfoView::from(&info), info_table, false)?)?;
         }
-        Command::Stats(args) => stats(&ctx, CgnatClient::new(channel), &args).await?,
+        Command::Stats(args) => stats(&ctx, client(channel), &args).await?,
         Command::Ports => {
-            let mut client = CgnatClient::new(channel);
+            let mut client = client(channel);
             let ports = ctx.call(client.list_ports(v1::ListPortsRequest {})).await?;
             emit(&ctx.render(&PortsView::from(&ports), ports_table, false)?)?;
         }
@@ -217,9 +251,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Sessions(cmd) => sessions(&ctx, CgnatClient::new(channel), cmd).await?,
+        Command::Sessions(cmd) => sessions(&ctx, client(channel), cmd).await?,
         Command::Pools { addresses } => {
-            let mut client = CgnatClient::new(channel);
+            let mut client = client(channel);
             let pools = ctx.call(client.list_pools(v1::ListPoolsRequest {})).await?;
             let view = PoolsView::from(&pools);
             emit(&ctx.render(&view, |v| pools_table(v, addresses), false)?)?;
@@ -311,7 +345,7 @@ impl Ctx {
     }
 }
 
-async fn sessions(ctx: &Ctx, mut client: CgnatClient<Channel>, cmd: SessionsCommand) -> Result<()> {
+async fn sessions(ctx: &Ctx, mut client: Client, cmd: SessionsCommand) -> Result<()> {
     match cmd {
         SessionsCommand::List(args) => {
             let filter = Some(args.filter());
@@ -368,7 +402,7 @@ async fn sessions(ctx: &Ctx, mut client: CgnatClient<Channel>, cmd: SessionsComm
     Ok(())
 }
 
-async fn stats(ctx: &Ctx, mut client: CgnatClient<Channel>, args: &StatsArgs) -> Result<()> {
+async fn stats(ctx: &Ctx, mut client: Client, args: &StatsArgs) -> Result<()> {
     let opts = StatsTableOptions {
         per_worker: args.per_worker,
         all_drops: args.all,

@@ -91,6 +91,51 @@ fn init_logging(cfg: &Config, o: &Overrides) -> Result<()> {
     res.map_err(|e| anyhow!("cannot install the log subscriber: {e}"))
 }
 
+/// Shortest token accepted: a guessable token protects nothing.
+const TOKEN_MIN_LEN: usize = 16;
+
+/// Read the management tokens named in the config (each file holds one token; surrounding
+/// whitespace is ignored). Errors name the field and the file.
+fn load_tokens(cfg: &Config) -> Result<mgmt::Tokens> {
+    let read = |field: &str, path: &Option<std::path::PathBuf>| -> Result<Option<String>> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("{field}: cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < TOKEN_MIN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(anyhow!(
+                "{field}: {} must hold one token of at least {TOKEN_MIN_LEN} printable characters",
+                path.display()
+            ));
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                warn!(file = %path.display(), "{field}: the token file is readable by other users; chmod 600 it");
+            }
+        }
+        Ok(Some(token.to_owned()))
+    };
+    let tokens = mgmt::Tokens {
+        read_write: read("mgmt.tokens.read_write", &cfg.mgmt.read_write_token)?,
+        read_only: read("mgmt.tokens.read_only", &cfg.mgmt.read_only_token)?,
+    };
+    if tokens.read_write.is_some() && tokens.read_write == tokens.read_only {
+        return Err(anyhow!(
+            "mgmt.tokens: read_write and read_only hold the same token, so read-only callers could write"
+        ));
+    }
+    if !tokens.is_enabled() && !cfg.mgmt.listen.ip().is_loopback() {
+        warn!(listen = %cfg.mgmt.listen, "the management API listens beyond loopback without tokens: anyone who reaches it can flush the session table");
+    }
+    Ok(tokens)
+}
+
 /// Run until SIGINT/SIGTERM.
 pub fn run(path: &Path, o: Overrides) -> Result<()> {
     let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
@@ -100,6 +145,8 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
     }
     init_logging(&cfg, &o)?;
     info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "cgnatd starting");
+    // Before DPDK: a token file that cannot be read is a configuration error, found at once.
+    let tokens = load_tokens(&cfg)?;
 
     let started_at = SystemTime::now();
     let eal_args = cfg.eal_args("cgnatd");
@@ -109,7 +156,7 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let outcome = setup::start(&cfg, stop.clone()).and_then(|dp| {
         let backend = Arc::new(DaemonBackend::new(&cfg, &dp, started_at));
-        let served = serve(&cfg, backend, &dp);
+        let served = serve(&cfg, backend, &dp, tokens);
         // Whatever happened to the control plane, the workers stop and the ports go down cleanly.
         stop.store(true, Ordering::Relaxed);
         let summary = dp.shutdown();
@@ -126,7 +173,12 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
 }
 
 /// Serve the management API and log periodic stats until a termination signal arrives.
-fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Result<()> {
+fn serve(
+    cfg: &Config,
+    backend: Arc<DaemonBackend>,
+    dp: &setup::DataPlane,
+    tokens: mgmt::Tokens,
+) -> Result<()> {
     // The control plane gets a small runtime on the main lcore's CPU.
     // EAL has pinned this (main lcore) thread; pin the runtime's threads to the same CPUs
     // explicitly, so no control-plane work ever lands on a worker core whatever the scheduler does.
@@ -157,7 +209,7 @@ fn serve(cfg: &Config, backend: Arc<DaemonBackend>, dp: &setup::DataPlane) -> Re
     });
     let last_router = router.clone();
     rt.block_on(async move {
-        let bound = mgmt::bind(mgmt::ServerConfig { listen }, backend)
+        let bound = mgmt::bind(mgmt::ServerConfig { listen, tokens }, backend)
             .await
             .with_context(|| format!("management API cannot listen on {listen}"))?;
         info!(listen = %bound.local_addr(), "management API listening");
@@ -231,4 +283,46 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => {},
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg_with(rw: Option<&std::path::Path>, ro: Option<&std::path::Path>) -> Config {
+        let mut cfg = Config::from_yaml_str(include_str!("../../../../config/lab.yaml")).unwrap();
+        cfg.mgmt.read_write_token = rw.map(|p| p.to_path_buf());
+        cfg.mgmt.read_only_token = ro.map(|p| p.to_path_buf());
+        cfg
+    }
+
+    #[test]
+    fn token_files_are_read_trimmed_and_checked() {
+        let dir = std::env::temp_dir().join(format!("cgnatd-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (rw, ro, short) = (dir.join("rw"), dir.join("ro"), dir.join("short"));
+        std::fs::write(&rw, "rw-token-0123456789abcdef\n").unwrap();
+        std::fs::write(&ro, "  ro-token-0123456789abcdef  \n").unwrap();
+        std::fs::write(&short, "abc\n").unwrap();
+        let t = load_tokens(&cfg_with(Some(&rw), Some(&ro))).unwrap();
+        assert_eq!(t.read_write.as_deref(), Some("rw-token-0123456789abcdef"));
+        assert_eq!(t.read_only.as_deref(), Some("ro-token-0123456789abcdef"));
+        assert!(!load_tokens(&cfg_with(None, None)).unwrap().is_enabled());
+        let e = load_tokens(&cfg_with(Some(&short), None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("mgmt.tokens.read_write: ") && e.contains("at least 16"),
+            "{e}"
+        );
+        let e = load_tokens(&cfg_with(None, Some(&dir.join("missing"))))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("mgmt.tokens.read_only: cannot read"), "{e}");
+        let e = load_tokens(&cfg_with(Some(&rw), Some(&rw)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same token"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
