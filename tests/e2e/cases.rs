@@ -1994,6 +1994,18 @@ pub fn sessions_are_listed_and_deleted(env: &Env) -> R {
             )
         },
     )?;
+    // Got by its exact tuple (conntrack -G).
+    let out = cgnatctl(
+        env,
+        &[
+            "-o", "json", "sessions", "get", "-p", "tcp", "-s", &connected, "-d", &remote,
+        ],
+    )?;
+    let got: Value =
+        serde_json::from_str(&out.stdout).map_err(|e| format!("get ({e}): {}", out.stdout))?;
+    ensure(got["outside"] == s["outside"], || {
+        format!("get returned {got}, list said {s}")
+    })?;
     // A filter the API cannot parse is refused, naming the field.
     let mut bad = env.paths.ctl();
     bad.args(["sessions", "list", "--inside", "100.64.0.300"]);

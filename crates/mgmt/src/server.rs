@@ -571,6 +571,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn get_session_finds_one_by_either_endpoint_or_says_not_found() {
+        let server = Running::start().await;
+        let mut c = server.client().await;
+        let req = |inside: &str, outside: &str, remote: &str| v1::GetSessionRequest {
+            protocol: "tcp".into(),
+            inside: inside.into(),
+            outside: outside.into(),
+            remote: remote.into(),
+        };
+        let s = c
+            .get_session(req("100.64.0.11:40000", "", "198.51.100.10:80"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.outside, "203.0.113.2:40002");
+        let s = c
+            .get_session(req("", "203.0.113.3:50000", "198.51.100.11:443"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.inside, "100.64.0.12:40000");
+        let err = c
+            .get_session(req("100.64.0.11:40001", "", "198.51.100.10:80"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        for bad in [
+            req("100.64.0.11", "", "198.51.100.10:80"),
+            req("100.64.0.11:40000", "203.0.113.2:40002", "198.51.100.10:80"),
+            req("100.64.0.11:40000", "", "198.51.100.10"),
+        ] {
+            let err = c.get_session(bad).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        }
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn bad_session_filters_name_the_field_and_query_nothing() {
         let server = Running::start().await;
         for (f, field) in [

@@ -272,6 +272,46 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         Ok(Response::new(v1::ListPoolsResponse { pools }))
     }
 
+    async fn get_session(
+        &self,
+        request: Request<v1::GetSessionRequest>,
+    ) -> Result<Response<v1::Session>, Status> {
+        let r = request.get_ref();
+        let filter = v1::SessionFilter {
+            protocol: r.protocol.clone(),
+            inside: r.inside.clone(),
+            outside: r.outside.clone(),
+            remote: r.remote.clone(),
+            state: String::new(),
+        };
+        let query = session_query(Some(&filter))?;
+        let exact = |e: Option<EndpointFilter>| e.is_some_and(|(_, p)| p.is_some());
+        if query.proto.is_none() {
+            return Err(Status::invalid_argument(
+                "protocol: required (tcp, udp or icmp)",
+            ));
+        }
+        if !exact(query.remote) {
+            return Err(Status::invalid_argument("remote: required as address:port"));
+        }
+        match (r.inside.trim().is_empty(), r.outside.trim().is_empty()) {
+            (false, true) if exact(query.inside) => {}
+            (true, false) if exact(query.outside) => {}
+            _ => {
+                return Err(Status::invalid_argument(
+                    "inside, outside: give exactly one, as address:port",
+                ));
+            }
+        }
+        debug!(rpc = "GetSession", peer = ?request.remote_addr(), ?query, "gRPC request");
+        let mut rx = self.backend.list_sessions(query).map_err(backend_status)?;
+        // One session at most matches a full tuple; take it and let the walk finish on its own.
+        match rx.recv().await {
+            Some(s) => Ok(Response::new(session_to_proto(&s))),
+            None => Err(Status::not_found("no such session")),
+        }
+    }
+
     type ListSessionsStream = SessionStream;
 
     async fn list_sessions(

@@ -100,6 +100,8 @@ enum Command {
 enum SessionsCommand {
     /// List the sessions matching the filters (conntrack -L).
     List(SessionFilterArgs),
+    /// Show one session (conntrack -G): -p PROTO -d REMOTE:PORT and -s INSIDE:PORT or -n OUTSIDE:PORT.
+    Get(SessionFilterArgs),
     /// Delete the sessions matching the filters (conntrack -D); needs at least one filter.
     Delete(SessionFilterArgs),
     /// Delete every session (conntrack -F).
@@ -363,6 +365,22 @@ async fn sessions(ctx: &Ctx, mut client: Client, cmd: SessionsCommand) -> Result
             emit(&ctx.render(&views, sessions_table, false)?)?;
             if ctx.output == Output::Table {
                 eprintln!("{} session(s)", views.len());
+            }
+        }
+        SessionsCommand::Get(args) => {
+            let f = args.filter();
+            let s = ctx
+                .call(client.get_session(v1::GetSessionRequest {
+                    protocol: f.protocol,
+                    remote: f.remote,
+                    inside: f.inside,
+                    outside: f.outside,
+                }))
+                .await?;
+            let views = vec![SessionView::from(&s)];
+            match ctx.output {
+                Output::Table => emit(&sessions_table(&views))?,
+                _ => emit(&ctx.render(&views[0], |_| String::new(), false)?)?,
             }
         }
         SessionsCommand::Delete(args) => {
