@@ -73,32 +73,7 @@ pub fn parse(pkt: &[u8], dir: Dir, later: Option<L4Ids>) -> Result<Parsed, DropR
             return Err(DropReason::UnsupportedProtocol);
         }
         if ip.frag_offset() != 0 {
-            let ids = later.ok_or(DropReason::FragmentMalformed)?;
-            if proto == ip_proto::ICMP
-                && ids.icmp_type != icmp_type::ECHO_REQUEST
-                && ids.icmp_type != icmp_type::ECHO_REPLY
-            {
-                return Err(DropReason::FragmentMalformed);
-            }
-            let (sport, dport) = match (proto, dir) {
-                (ip_proto::ICMP, Dir::In2Out) => (ids.sport, 0),
-                (ip_proto::ICMP, Dir::Out2In) => (0, ids.sport),
-                _ => (ids.sport, ids.dport),
-            };
-            return Ok(Parsed {
-                key: FlowKey {
-                    src,
-                    dst,
-                    sport,
-                    dport,
-                    proto,
-                },
-                l4_off,
-                total_len,
-                icmp_type: ids.icmp_type,
-                frag: frag_pos::LATER,
-                ..Parsed::default()
-            });
+            return parse_later_fragment(dir, later, src, dst, proto, l4_off, total_len);
         }
         frag = frag_pos::FIRST;
     }
@@ -172,10 +147,50 @@ pub fn parse(pkt: &[u8], dir: Dir, later: Option<L4Ids>) -> Result<Parsed, DropR
     })
 }
 
+/// A later fragment: its key comes from the first fragment's identifiers (kept out of line: rare).
+#[cold]
+fn parse_later_fragment(
+    dir: Dir,
+    later: Option<L4Ids>,
+    src: u32,
+    dst: u32,
+    proto: u8,
+    l4_off: u16,
+    total_len: u16,
+) -> Result<Parsed, DropReason> {
+    let ids = later.ok_or(DropReason::FragmentMalformed)?;
+    if proto == ip_proto::ICMP
+        && ids.icmp_type != icmp_type::ECHO_REQUEST
+        && ids.icmp_type != icmp_type::ECHO_REPLY
+    {
+        return Err(DropReason::FragmentMalformed);
+    }
+    let (sport, dport) = match (proto, dir) {
+        (ip_proto::ICMP, Dir::In2Out) => (ids.sport, 0),
+        (ip_proto::ICMP, Dir::Out2In) => (0, ids.sport),
+        _ => (ids.sport, ids.dport),
+    };
+    Ok(Parsed {
+        key: FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+        },
+        l4_off,
+        total_len,
+        icmp_type: ids.icmp_type,
+        frag: frag_pos::LATER,
+        ..Parsed::default()
+    })
+}
+
 /// An ICMP error (RFC 5508 section 4): the key is that of the session the quoted packet belongs to. The
 /// quoted packet travelled the other way, so its source is our session's destination side: in2out it is
 /// a packet we delivered to the subscriber (remote → inside endpoint), out2in one we sent out (outside
 /// endpoint → remote). Swapping its ends gives this direction's session key.
+#[cold]
 fn parse_icmp_error(
     icmp: &[u8],
     dir: Dir,

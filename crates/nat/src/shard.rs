@@ -706,10 +706,13 @@ impl Shard {
                 Verdict::ForwardUntranslated => untranslated += 1,
                 Verdict::Handoff { .. } => {}
             }
-            if matches!(verdicts[i], Verdict::Forward | Verdict::Hairpin) {
+            // Rare packets: test their own (already loaded) fields before the verdict.
+            if (m.p.icmp_error || m.p.frag != frag_pos::NONE)
+                && matches!(verdicts[i], Verdict::Forward | Verdict::Hairpin)
+            {
                 if m.p.icmp_error {
                     icmp_errors += 1;
-                } else if m.p.frag != frag_pos::NONE {
+                } else {
                     fragments += 1;
                 }
             }
@@ -914,7 +917,8 @@ impl Core {
             if track_tcp(s, dir, p.tcp_flags) {
                 slab.refile(slot, &self.cfg.timeouts);
             }
-        } else if (dir == Dir::Out2In) != (s.state & INBOUND != 0) {
+        } else if s.state & REPLIED == 0 && (dir == Dir::Out2In) != (s.state & INBOUND != 0) {
+            // Written once, not per packet: out2in UDP otherwise leaves the session line clean.
             s.state |= REPLIED;
         }
         rewrite(pkt, p, end, addr, port, true);
