@@ -1463,47 +1463,7 @@ pub fn quota_exhaustion_keeps_existing_flows(env: &Env) -> R {
     short_timeouts(&env.paths.config())?;
     let tuning = NatTuning::read(&env.paths.config())?;
     let limit = tuning.max_ports_per_subscriber;
-    let tool = env.paths.tool("tcp_stream.py");
-    let mut echo = Background::spawn(
-        "tcp echo",
-        proc::netns(
-            INET,
-            &[
-                &env.paths.python,
-                &tool,
-                "echo",
-                "--bind",
-                SERVER_B,
-                "--port",
-                "7200",
-                "--lifetime",
-                "180",
-            ],
-        ),
-    )?;
-    echo.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
-    let mut chat = Background::spawn(
-        "tcp chat from cgn-sub2",
-        proc::netns(
-            SUB2,
-            &[
-                &env.paths.python,
-                &tool,
-                "chat",
-                "--server",
-                SERVER_B,
-                "--port",
-                "7200",
-                "--interval",
-                "0.3",
-                "--duration",
-                "120",
-            ],
-        ),
-    )?;
-    chat.wait_line(false, Duration::from_secs(10), |l| {
-        l.contains("\"echo\"") && l.contains("\"seq\": 2,")
-    })?;
+    let (mut echo, mut chat) = tcp_chat(env, SUB2, 7200, "0.3", "120", "5")?;
 
     // More new flows than the limit, in one burst well inside the UDP timeout.
     let before = stats(env)?;
@@ -1883,6 +1843,64 @@ pub fn masquerade_uses_the_interface_address(env: &Env) -> R {
     })
 }
 
+/// A TCP echo server on SERVER_B:`port` in cgn-inet and, from `ns`, one long-lived connection to
+/// it exchanging data every `interval` seconds for `duration` (each echo awaited `reply_timeout`).
+/// Returns both once two round trips have been made; dropping them stops them.
+fn tcp_chat(
+    env: &Env,
+    ns: &str,
+    port: u16,
+    interval: &str,
+    duration: &str,
+    reply_timeout: &str,
+) -> Result<(Background, Background), String> {
+    let tool = env.paths.tool("tcp_stream.py");
+    let port = port.to_string();
+    let mut echo = Background::spawn(
+        "tcp echo",
+        proc::netns(
+            INET,
+            &[
+                &env.paths.python,
+                &tool,
+                "echo",
+                "--bind",
+                SERVER_B,
+                "--port",
+                &port,
+                "--lifetime",
+                "180",
+            ],
+        ),
+    )?;
+    echo.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+    let mut chat = Background::spawn(
+        &format!("tcp chat from {ns}"),
+        proc::netns(
+            ns,
+            &[
+                &env.paths.python,
+                &tool,
+                "chat",
+                "--server",
+                SERVER_B,
+                "--port",
+                &port,
+                "--interval",
+                interval,
+                "--duration",
+                duration,
+                "--reply-timeout",
+                reply_timeout,
+            ],
+        ),
+    )?;
+    chat.wait_line(false, Duration::from_secs(10), |l| {
+        l.contains("\"echo\"") && l.contains("\"seq\": 2,")
+    })?;
+    Ok((echo, chat))
+}
+
 /// `cgnatctl` with the lab daemon's address; the output must be a success.
 fn cgnatctl(env: &Env, args: &[&str]) -> Result<proc::Output, String> {
     let mut cmd = env.paths.ctl();
@@ -1905,49 +1923,7 @@ fn sessions_json(env: &Env, filters: &[&str]) -> Result<Vec<Value>, String> {
 /// is listed with its translation and state, deleting its session cuts it, a flush empties the
 /// table, and traffic afterwards simply opens new sessions.
 pub fn sessions_are_listed_and_deleted(env: &Env) -> R {
-    let tool = env.paths.tool("tcp_stream.py");
-    let mut echo = Background::spawn(
-        "tcp echo for sessions",
-        proc::netns(
-            INET,
-            &[
-                &env.paths.python,
-                &tool,
-                "echo",
-                "--bind",
-                SERVER_B,
-                "--port",
-                "7300",
-                "--lifetime",
-                "60",
-            ],
-        ),
-    )?;
-    echo.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
-    let mut chat = Background::spawn(
-        "tcp chat from cgn-sub1",
-        proc::netns(
-            SUB1,
-            &[
-                &env.paths.python,
-                &tool,
-                "chat",
-                "--server",
-                SERVER_B,
-                "--port",
-                "7300",
-                "--interval",
-                "0.2",
-                "--duration",
-                "40",
-                "--reply-timeout",
-                "3",
-            ],
-        ),
-    )?;
-    chat.wait_line(false, Duration::from_secs(10), |l| {
-        l.contains("\"seq\": 2,")
-    })?;
+    let (_echo, mut chat) = tcp_chat(env, SUB1, 7300, "0.2", "40", "3")?;
     let connected = chat
         .stdout_lines()
         .iter()

@@ -388,11 +388,7 @@ async fn sessions(ctx: &Ctx, mut client: Client, cmd: SessionsCommand) -> Result
             let reply = ctx
                 .call(client.delete_sessions(v1::DeleteSessionsRequest { filter }))
                 .await?;
-            emit(&ctx.render(
-                &reply.deleted,
-                |n| format!("{n} session(s) deleted\n"),
-                false,
-            )?)?;
+            deleted(ctx, reply.deleted)?;
         }
         SessionsCommand::Watch { filter, snapshot } => {
             let mut stream = ctx
@@ -410,14 +406,15 @@ async fn sessions(ctx: &Ctx, mut client: Client, cmd: SessionsCommand) -> Result
             let reply = ctx
                 .call(client.flush_sessions(v1::FlushSessionsRequest {}))
                 .await?;
-            emit(&ctx.render(
-                &reply.deleted,
-                |n| format!("{n} session(s) deleted\n"),
-                false,
-            )?)?;
+            deleted(ctx, reply.deleted)?;
         }
     }
     Ok(())
+}
+
+/// How many sessions a delete or flush removed: a line for people, the bare number for scripts.
+fn deleted(ctx: &Ctx, n: u64) -> Result<()> {
+    emit(&ctx.render(&n, |n| format!("{n} session(s) deleted\n"), false)?)
 }
 
 async fn stats(ctx: &Ctx, mut client: Client, args: &StatsArgs) -> Result<()> {
