@@ -43,11 +43,13 @@ unit: ## Unit and integration tests of every crate (no lab needed)
 	$(CARGO) test --workspace --release --exclude cgnat
 	$(CARGO) test --release -p cgnat --lib
 
-# The same suite runs on one worker, on two (handoff rings between workers), and with
-# address-and-port-dependent filtering (the filtering and hairpin cases check either mode).
+# The same suite runs on one worker, on two (handoff rings between workers), with
+# address-and-port-dependent filtering (the filtering and hairpin cases check either mode), with
+# short timeouts, tight quotas and management tokens (quota, drain and token cases), and on
+# net_pcap ports (the fragment case: net_af_packet lets the kernel reassemble fragments).
 E2E_CONFIGS ?= config/lab.yaml config/lab-2workers.yaml config/lab-apdf.yaml config/lab-short.yaml config/lab-pcap.yaml
 
-e2e: ## End-to-end tests through the namespace lab, 1 and 2 workers (root; needs `make build`)
+e2e: ## End-to-end tests through the namespace lab, once per lab config (root; needs `make build`)
 	for c in $(E2E_CONFIGS); do \
 	  echo "== e2e with $$c"; \
 	  CGNAT_CONFIG=$$c $(CARGO) test --release -p cgnat --test e2e -- --test-threads=1; \
