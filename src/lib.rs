@@ -40,7 +40,29 @@ mod tests {
         assert_eq!(file.package(), "cgnat.v1");
         let service = file.service.iter().find(|s| s.name() == "Cgnat").unwrap();
         let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
-        assert_eq!(methods, ["GetInfo", "GetStats", "WatchStats", "ListPorts"]);
+        assert_eq!(
+            methods,
+            [
+                "GetInfo",
+                "GetStats",
+                "WatchStats",
+                "ListPorts",
+                "ListPools",
+                "ListSessions",
+                "GetSession",
+                "DeleteSessions",
+                "FlushSessions",
+                "WatchSessions"
+            ]
+        );
+        // Streaming calls are declared as such, so grpcurl prints every message.
+        let streams: Vec<&str> = service
+            .method
+            .iter()
+            .filter(|m| m.server_streaming())
+            .map(|m| m.name())
+            .collect();
+        assert_eq!(streams, ["WatchStats", "ListSessions", "WatchSessions"]);
         // Imports are included so reflection clients can resolve Duration/Timestamp.
         assert!(
             fds.file
@@ -51,6 +73,19 @@ mod tests {
 
     /// Role names are part of the contract clients display; check they map
     /// to the proto names (prost strips the enum prefix in Rust only).
+    /// Session states and event types read well in grpcurl's JSON.
+    #[test]
+    fn session_enums_use_proto_names() {
+        assert_eq!(
+            v1::SessionState::Established.as_str_name(),
+            "SESSION_STATE_ESTABLISHED"
+        );
+        assert_eq!(
+            v1::SessionEventType::Dropped.as_str_name(),
+            "SESSION_EVENT_TYPE_DROPPED"
+        );
+    }
+
     #[test]
     fn role_enum_uses_proto_names() {
         assert_eq!(v1::Role::Inside.as_str_name(), "ROLE_INSIDE");
