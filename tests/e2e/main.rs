@@ -288,6 +288,16 @@ fn teardown(env: Option<Arc<Env>>, paths: &Paths) -> Vec<String> {
         // Secrets of this run only.
         let _ = fs::remove_file(&t.read_write);
         let _ = fs::remove_file(&t.read_only);
+        // And the directories made for them, when nothing else is in them.
+        for p in [&t.read_write, &t.read_only] {
+            let mut dir = p.parent();
+            while let Some(d) = dir.filter(|d| *d != std::path::Path::new("/run")) {
+                if fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
     }
     problems
 }
