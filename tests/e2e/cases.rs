@@ -82,6 +82,17 @@ fn ping_all_received(ns: &str, dst: &str, count: u32) -> R {
     })
 }
 
+/// An HTTP request from `ns` to server A's `/whoami`: the (address, port) the server saw.
+fn http_whoami(ns: &str) -> Result<(Ipv4Addr, u16), String> {
+    let url = format!("http://{SERVER_A}:{HTTP_PORT}/whoami");
+    let out = proc::run(
+        &mut proc::netns(ns, &["curl", "-sS", "--max-time", "10", &url]),
+        Duration::from_secs(15),
+    )?
+    .check()?;
+    parse_sockaddr(&out.stdout)
+}
+
 fn stats(env: &Env) -> Result<Stats, String> {
     Stats::read(&env.paths)
 }
@@ -651,21 +662,7 @@ pub fn malformed_frames_are_dropped_and_counted(env: &Env) -> R {
     // The data path must be unharmed: ping, UDP and TCP right after.
     ping_all_received(SUB1, SERVER_A, 3)?;
     udp_mapping(env, SUB1, SERVER_A, 40100, 2)?;
-    let out = proc::run(
-        &mut proc::netns(
-            SUB1,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "10",
-                &format!("http://{SERVER_A}:{HTTP_PORT}/whoami"),
-            ],
-        ),
-        Duration::from_secs(15),
-    )?
-    .check()?;
-    let (ip, _) = parse_sockaddr(&out.stdout)?;
+    let (ip, _) = http_whoami(SUB1)?;
     ensure(in_pool(ip), || {
         format!(
             "/whoami after the malformed frames saw {}",
@@ -1653,21 +1650,7 @@ pub fn drain_to_zero_after_timeouts(env: &Env) -> R {
     ping_all_received(SUB2, SERVER_B, 2)?;
     udp_mapping(env, SUB1, SERVER_A, 40400, 1)?;
     udp_mapping(env, SUB2, SERVER_B, 40400, 1)?;
-    let out = proc::run(
-        &mut proc::netns(
-            SUB2,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "10",
-                &format!("http://{SERVER_A}:{HTTP_PORT}/whoami"),
-            ],
-        ),
-        Duration::from_secs(15),
-    )?
-    .check()?;
-    parse_sockaddr(&out.stdout)?;
+    http_whoami(SUB2)?;
     let busy = stats(env)?;
     ensure(
         busy.total("sessions_current") >= 5 && busy.total("mappings_current") >= 5,

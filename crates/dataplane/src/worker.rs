@@ -213,6 +213,8 @@ pub struct Worker {
     /// first fragment (forgotten again if the translator refuses it).
     ipv4_later: [Option<L4Ids>; BURST],
     ipv4_first: [Option<FragKey>; BURST],
+    /// Whether `ipv4_later`/`ipv4_first` hold anything for the burst being gathered.
+    burst_has_fragments: bool,
     /// Virtual reassembly per side (a datagram's fragments all arrive on one side).
     reasm: [Reassembly<Mbuf>; 2],
     /// Fragments released by their first fragment, waiting to be dispatched right after it.
@@ -220,6 +222,8 @@ pub struct Worker {
     local_addrs: [u32; 2],
     /// The outside address when it doubles as the pool (MASQUERADE).
     masq_addr: Option<u32>,
+    /// The smaller of the two ports' MTUs: anything no larger fits whichever port it leaves by.
+    min_mtu: u16,
     events: Option<Arc<EventQueue>>,
     control: Option<Arc<Control>>,
     active: Option<Active>,
@@ -296,6 +300,7 @@ impl Worker {
         let inside = mk(cfg.inside);
         let outside = mk(cfg.outside);
         let local_addrs = [inside.addr, outside.addr];
+        let (inside_mtu, outside_mtu) = (inside.mtu, outside.mtu);
         let port_ids = [inside.rx.port().0, outside.rx.port().0];
         let workers = cfg.workers.max(1);
         Worker {
@@ -317,6 +322,7 @@ impl Worker {
             ipv4: MbufBurst::new(),
             ipv4_later: [None; BURST],
             ipv4_first: [None; BURST],
+            burst_has_fragments: false,
             reasm: [
                 // Keyed like the session table (random per worker): outside hosts choose the keys, and
                 // datagrams that collide on purpose could fill a probe window.
@@ -330,6 +336,7 @@ impl Worker {
                 .masquerade
                 .then_some(local_addrs[Side::Outside as usize]),
             refusal_icmp: cfg.refusal_icmp,
+            min_mtu: inside_mtu.min(outside_mtu),
             events: cfg.events,
             control: cfg.control,
             active: None,
@@ -478,8 +485,12 @@ impl Worker {
     ) {
         // A router's duty before anything else: a packet must fit the port it leaves by (the other
         // side; a hairpin, addressed to one of our outside addresses, leaves by the inside port). A
-        // peer's frame was checked by the worker that received it.
-        if !from_peer && let Some(h) = m.data().get(L3..L3 + 20) {
+        // peer's frame was checked by the worker that received it. Packets that fit both ports,
+        // nearly all of them, cost one compare.
+        if !from_peer
+            && let Some(h) = m.data().get(L3..L3 + 20)
+            && u16::from_be_bytes([h[2], h[3]]) > self.min_mtu
+        {
             let len = u16::from_be_bytes([h[2], h[3]]);
             let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
             let egress = if side == Side::Inside && self.shard.is_outside_address(dst) {
@@ -521,8 +532,12 @@ impl Worker {
             if self.ipv4.is_full() {
                 self.translate(side, now, now_s);
             }
-            self.ipv4_later[self.ipv4.len()] = later;
-            self.ipv4_first[self.ipv4.len()] = first;
+            // The side arrays are only written (and reset) for bursts with fragments.
+            if later.is_some() || first.is_some() {
+                self.ipv4_later[self.ipv4.len()] = later;
+                self.ipv4_first[self.ipv4.len()] = first;
+                self.burst_has_fragments = true;
+            }
             // Cannot fail: the burst was flushed above when full.
             let _ = self.ipv4.push(m);
         } else {
@@ -557,14 +572,18 @@ impl Worker {
             &mut verdicts,
             now_s,
         );
-        self.ipv4_later = [None; BURST];
-        let now_ms = (now - self.start_tsc) / self.tsc_per_ms;
-        for (i, v) in verdicts.iter().enumerate().take(ipv4.len()) {
-            if let (Some(key), Verdict::Drop(_)) = (self.ipv4_first[i], v) {
-                self.reasm[side as usize].forget(&key, now_ms);
+        if self.burst_has_fragments {
+            // Forget the datagrams whose first fragment the translator refused.
+            self.ipv4_later = [None; BURST];
+            let now_ms = (now - self.start_tsc) / self.tsc_per_ms;
+            for (i, v) in verdicts.iter().enumerate().take(ipv4.len()) {
+                if let (Some(key), Verdict::Drop(_)) = (self.ipv4_first[i], v) {
+                    self.reasm[side as usize].forget(&key, now_ms);
+                }
             }
+            self.ipv4_first = [None; BURST];
+            self.burst_has_fragments = false;
         }
-        self.ipv4_first = [None; BURST];
         for (m, v) in ipv4.drain(..).zip(verdicts) {
             match v {
                 Verdict::Forward | Verdict::ForwardUntranslated => self.route(side.other(), m, now),
