@@ -86,10 +86,16 @@ pub enum DropReason {
     /// Larger than the egress port's MTU and not fragmentable: DF set (answered with ICMP
     /// fragmentation needed and the MTU) or IP options present.
     MtuExceeded,
+    /// A new flow to a destination NAT rule none of whose backends takes new flows (every weight 0,
+    /// or the rule was removed while its old flows drain).
+    NoBackend,
+    /// A new destination NAT flow whose backend already has a session with the same tuple (the same
+    /// client port towards two rules that share a backend): the replies could not be told apart.
+    DnatConflict,
 }
 
 impl DropReason {
-    pub const COUNT: usize = DropReason::MtuExceeded as usize + 1;
+    pub const COUNT: usize = DropReason::DnatConflict as usize + 1;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::FrameTruncated,
         DropReason::UnsupportedEthertype,
@@ -126,6 +132,8 @@ impl DropReason {
         DropReason::FragmentTableFull,
         DropReason::IcmpErrorUnmatched,
         DropReason::MtuExceeded,
+        DropReason::NoBackend,
+        DropReason::DnatConflict,
     ];
 
     /// Stable snake_case name used by the management API and `cgnatctl`.
@@ -166,6 +174,8 @@ impl DropReason {
             DropReason::FragmentTableFull => "fragment_table_full",
             DropReason::IcmpErrorUnmatched => "icmp_error_unmatched",
             DropReason::MtuExceeded => "mtu_exceeded",
+            DropReason::NoBackend => "no_backend",
+            DropReason::DnatConflict => "dnat_conflict",
         }
     }
 }

@@ -17,6 +17,9 @@ pub const OUT_BIT: u32 = 1 << 31;
 pub const ADF_BIT: u32 = 1 << 30;
 /// Both kind bits; slot numbers stay below `ADF_BIT`.
 pub const KIND_BITS: u32 = OUT_BIT | ADF_BIT;
+/// Both kind bits set: the inside key of a full-NAT client session, which packets arriving from
+/// outside match (the client is outside).
+pub const XIN_BITS: u32 = OUT_BIT | ADF_BIT;
 
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]

@@ -50,6 +50,18 @@
 //!   ports it is handed ([`PacketBatch::later_fragment`]), in its IPv4 header only. Later fragments never
 //!   open sessions.
 //!
+//! * **Destination NAT** ([`DnatRule`], [`DnatTable`]): port forwarding, address-only 1:1 and
+//!   identity mappings, and services whose backends are chosen per new flow by weighted random,
+//!   weighted round-robin or Maglev, optionally with client-IP affinity. A rule's session records its
+//!   backend, so every packet of a flow reaches the backend of its first packet whatever the rules
+//!   say later; [`Shard::set_dnat`] swaps a new table in between bursts, and removed backends stay
+//!   listed, retired, while their sessions drain (or until the control plane cuts them). Without a
+//!   pool the client's address is kept; with one (full NAT) the client gets an endpoint of the pool
+//!   like a subscriber, in a client session whose inside key packets from outside match. A
+//!   subscriber reaching a rule's address is hairpinned with its own outside endpoint as the source.
+//!   A 1:1 host's own outbound flows leave under the rule's address with their ports unchanged.
+//!   Destination NAT sessions have no mapping; their owner is [`client_owner`] of the client.
+//!
 //! # Memory
 //!
 //! Per session: a 32-byte record plus two 8-byte index entries at a load of at most ½ (three with
@@ -64,7 +76,11 @@
 //!
 //! # Limitations
 //!
-//! No destination NAT. Rules are fixed for the life of a shard. Fragmented ICMP errors are refused, and
+//! Pools and SNAT rules are fixed for the life of a shard (destination NAT rules are not). Two
+//! destination NAT rules sharing a backend cannot both take a flow from the same client endpoint
+//! (`dnat_conflict`: the replies would be indistinguishable). An ICMP error from a third party about
+//! a destination NAT flow reaches the flow's worker only with one worker or by chance (ownership is
+//! by the client's address). Fragmented ICMP errors are refused, and
 //! so are errors about an echo between two subscribers. An ICMP echo is
 //! hairpinned to the mapping whose outside identifier equals the sender's translated identifier (the
 //! same rule as for an echo arriving from outside), so ICMP hairpinning reaches a target only when the
@@ -79,10 +95,12 @@
 
 mod counters;
 mod deterministic;
+mod dnat;
 mod events;
 mod frag;
 mod index;
 mod key;
+mod lb;
 mod mapping;
 mod ports;
 mod query;
@@ -95,14 +113,24 @@ mod subscriber;
 #[cfg(test)]
 mod behaviour_tests;
 #[cfg(test)]
+mod dnat_tests;
+#[cfg(test)]
 mod icmp_frag_tests;
 
 pub use counters::{Counter, Counters, DropReason};
 pub use deterministic::{deterministic_forward, deterministic_reverse};
+pub use dnat::{
+    Backend, BackendCounts, BackendEntry, DnatCounters, DnatIds, DnatRule, DnatTable,
+    MAX_BACKEND_IDS, OnRemoval, RuleEntry, Scheduler, client_owner, subscriber_owner,
+};
 pub use events::{Event, EventKind, Limit, MappingInfo, SessionInfo};
 pub use frag::{FragClass, FragConfig, FragKey, L4Ids, Reassembly};
 pub use index::Index;
 pub use key::FlowKey;
+pub use lb::{
+    Affinity, MAGLEV_SIZE, MAX_BACKENDS, Maglev, RR_MAX_PERIOD, RoundRobin, WeightedRandom,
+    backend_key, flow_hash,
+};
 pub use mapping::Mapping;
 pub use ports::{BLOCK_PORTS, PortAllocator, PortSet, port_owner};
 pub use query::{SessionFilter, SessionRecord};
@@ -243,4 +271,6 @@ pub enum NatError {
     DeterministicRuleOutsidePrefix { rule: usize, pool: String },
     #[error("pool {0:?} does not use deterministic allocation")]
     NotDeterministic(String),
+    #[error("destination NAT: {0}")]
+    Dnat(String),
 }

@@ -25,7 +25,7 @@ pub mod tcp_state {
     /// An outside SYN opened the session (endpoint-independent filtering, hairpin), the inside host has
     /// not answered yet.
     pub const SYN_RCVD: u8 = 3;
-    pub const PHASE_MASK: u8 = 0x07;
+    pub const PHASE_MASK: u8 = 0x03;
     /// FIN seen from the inside host.
     pub const FIN_IN: u8 = 0x10;
     /// FIN seen from the outside host.
@@ -35,9 +35,15 @@ pub mod tcp_state {
 }
 
 /// Set in [`Session::state`] of a UDP or ICMP session once a packet has travelled the other way from the
-/// one that opened it (TCP tells the same from its handshake phase). It shares a bit with the TCP
-/// phase, which only TCP sessions use; it is never set on one.
-pub const REPLIED: u8 = 0x04;
+/// one that opened it (TCP tells the same from its handshake phase). It shares a bit with
+/// [`tcp_state::FIN_IN`], which only TCP sessions use; it is never set on one.
+pub const REPLIED: u8 = 0x10;
+
+/// Set in [`Session::state`] (any protocol) of a session a destination NAT rule made: its outside
+/// endpoint is the rule's (a virtual address:port, or a 1:1 address), not a port of ours, so it has no
+/// mapping. Combined with [`HAIRPIN`] and without [`INBOUND`] it marks the client half of a full-NAT
+/// flow instead (see [`Session::is_fullnat_client`]), which does have a mapping: the client's.
+pub const DNAT: u8 = 0x04;
 
 /// Connection-tracking state of a session, as `conntrack -L` shows it. The other two conntrack states
 /// are states of packets, not sessions: RELATED is an ICMP error about a session (translated with it,
@@ -57,7 +63,7 @@ pub const HAIRPIN: u8 = 0x80;
 /// Set in [`Session::state`] (any protocol) when an inbound packet opened the session.
 pub const INBOUND: u8 = 0x08;
 /// The flag bits of [`Session::state`] that are not protocol state.
-pub(crate) const FLAGS: u8 = HAIRPIN | INBOUND;
+pub(crate) const FLAGS: u8 = HAIRPIN | INBOUND | DNAT;
 
 /// One translation: inside endpoint ↔ outside endpoint, towards one remote endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -117,6 +123,20 @@ impl Session {
     /// Whether an inbound packet opened the session.
     pub fn is_inbound(&self) -> bool {
         self.state & INBOUND != 0
+    }
+
+    /// Whether a destination NAT rule made the session (its outside endpoint is the rule's).
+    #[inline]
+    pub fn is_dnat(&self) -> bool {
+        self.state & (DNAT | HAIRPIN | INBOUND) != DNAT | HAIRPIN && self.state & DNAT != 0
+    }
+
+    /// Whether the session is the client half of a full-NAT flow: inside endpoint = the outside
+    /// client, outside endpoint = the address:port it was translated to, remote = the virtual
+    /// address. Its inside key is matched by packets arriving from outside.
+    #[inline]
+    pub fn is_fullnat_client(&self) -> bool {
+        self.state & (DNAT | HAIRPIN | INBOUND) == DNAT | HAIRPIN
     }
 
     /// The session's connection-tracking state.

@@ -10,16 +10,18 @@ use std::sync::Arc;
 
 use crate::counters::{Counter, Counters, DropReason};
 use crate::deterministic::DetPlan;
+use crate::dnat::{DnatCounters, DnatTable, Picker, RuleEntry, subscriber_owner};
 use crate::events::{Event, EventKind, EventRing, Limit, MappingInfo, SessionInfo};
-use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT};
+use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, XIN_BITS};
 use crate::key::FlowKey;
+use crate::lb::{Affinity, flow_hash};
 use crate::mapping::{self, HoldStep, MapTable, Mapping};
 use crate::ports::{AddrSpec, PortAllocator, port_owner};
 use crate::rewrite::{
     End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
 };
 use crate::rules::{Filtering, PortAllocation, Rules, paired_index};
-use crate::session::{FLAGS, HAIRPIN, INBOUND, NIL, REPLIED, Session, Slab, tcp_state};
+use crate::session::{DNAT, FLAGS, HAIRPIN, INBOUND, NIL, REPLIED, Session, Slab, tcp_state};
 use crate::subscriber::{SubTable, Subscriber, sub_hash};
 use crate::{MemAdvice, NatError, PacketBatch, Prefetch, Timeouts};
 use wire::{icmp_type, ip_proto, tcp_flags};
@@ -32,6 +34,9 @@ const MAX_SLOTS: u32 = ADF_BIT;
 
 /// How many pool addresses a new subscriber tries, starting at its paired choice, before giving up.
 const PAIRING_TRIES: usize = 8;
+
+/// Client-IP affinity entries per shard (a fixed table; the stalest entry of a full bucket is replaced).
+const AFFINITY_ENTRIES: usize = 1 << 16;
 
 /// Hash tweak for the address-dependent-filtering key of a session.
 const ADF_TWEAK: u64 = 0x6164_6600_0000_0004;
@@ -182,6 +187,15 @@ struct Core {
     last_exhausted: u32,
     /// Latest time seen, for events from the control plane's calls.
     now: u32,
+    /// Destination NAT rules (swapped whole by [`Shard::set_dnat`]) and their per-worker state.
+    dnat: Arc<DnatTable>,
+    dnat_counters: Arc<DnatCounters>,
+    /// Per rule of `dnat`: the round-robin cursor.
+    rr: Vec<u32>,
+    /// Client-IP affinity: (client, rule) → backend counter id.
+    affinity: Affinity,
+    /// xorshift state for weighted random scheduling.
+    rng: u64,
 }
 
 #[inline]
@@ -193,6 +207,12 @@ fn in_key(s: &Session) -> FlowKey {
         dport: s.rem_port,
         proto: s.proto,
     }
+}
+
+/// Kind bits of a session's inside key in the index.
+#[inline]
+fn in_kind(s: &Session) -> u32 {
+    if s.is_fullnat_client() { XIN_BITS } else { 0 }
 }
 
 #[inline]
@@ -421,6 +441,11 @@ impl Shard {
                 adf,
                 last_exhausted: u32::MAX,
                 now,
+                dnat: Arc::new(DnatTable::empty()),
+                dnat_counters: Arc::new(DnatCounters::default()),
+                rr: Vec::new(),
+                affinity: Affinity::new(AFFINITY_ENTRIES, cfg.seed.rotate_left(29)),
+                rng: cfg.seed | 1,
                 rules,
                 counters,
                 cfg,
@@ -436,6 +461,29 @@ impl Shard {
 
     pub fn rules(&self) -> &Arc<Rules> {
         &self.core.rules
+    }
+
+    /// The destination NAT rules in force.
+    pub fn dnat(&self) -> &Arc<DnatTable> {
+        &self.core.dnat
+    }
+
+    /// This shard's per-backend counters (read them with [`DnatTable::rules`]' counter ids).
+    pub fn dnat_counters(&self) -> &Arc<DnatCounters> {
+        &self.core.dnat_counters
+    }
+
+    /// Put a new set of destination NAT rules in force (between bursts). New flows use it; existing
+    /// sessions keep the backend they have. Affinity entries follow their rule by its match.
+    pub fn set_dnat(&mut self, table: Arc<DnatTable>) {
+        let c = &mut self.core;
+        let old = Arc::clone(&c.dnat);
+        c.affinity.remap(|rule, backend| {
+            let r = old.rules().get(rule as usize)?;
+            Some((table.index_of(&r.rule)?, backend))
+        });
+        c.rr = vec![0; table.rules().len()];
+        c.dnat = table;
     }
 
     pub fn config(&self) -> &ShardConfig {
@@ -508,6 +556,12 @@ impl Shard {
     /// Whether `addr` is one of this shard's outside (pool) addresses.
     #[inline]
     pub fn is_outside_address(&self, addr: u32) -> bool {
+        self.core.ports.addr_index(addr).is_some() || self.core.dnat.is_vip(addr)
+    }
+
+    /// Whether `addr` is one of the pool addresses (not a destination NAT address).
+    #[inline]
+    pub fn is_pool_address(&self, addr: u32) -> bool {
         self.core.ports.addr_index(addr).is_some()
     }
 
@@ -683,18 +737,22 @@ impl Shard {
             if !m.ok {
                 continue;
             }
-            let slot = if m.cand != NIL && Core::key_matches(slab, m.cand, dir, &m.p.key) {
-                Some(m.cand & !KIND_BITS)
+            let found = if m.cand != NIL && Core::key_matches(slab, m.cand, dir, &m.p.key) {
+                Some(m.cand)
             } else {
                 // A false hash match, or a key created earlier in this same burst.
-                core.lookup(slab, dir, &m.p.key, m.hash)
+                core.lookup_kind(slab, dir, &m.p.key, m.hash)
             };
+            let slot = found.map(|s| s & !KIND_BITS);
             let pkt = batch.packet_mut(i);
             verdicts[i] = match (slot, dir) {
                 _ if m.p.icmp_error => match slot {
                     Some(s) => core.icmp_error(slab, s, dir, &m.p, pkt),
                     None => core.icmp_error_miss(dir, pkt),
                 },
+                (Some(s), Dir::Out2In) if found.is_some_and(|f| f & KIND_BITS == XIN_BITS) => {
+                    core.fullnat_client(slab, s, &m.p, pkt, now)
+                }
                 (Some(s), _) => core.forward(slab, s, dir, &m.p, pkt, now),
                 (None, Dir::In2Out) => core.in2out_miss(slab, &m.p, pkt, now),
                 (None, Dir::Out2In) => core.out2in_miss(slab, &m.p, pkt, now),
@@ -800,21 +858,37 @@ impl Core {
                     && s.rem_port == k.dport
                     && s.proto == k.proto
             }
-            Dir::Out2In => {
-                slot & KIND_BITS == OUT_BIT
-                    && s.rem_addr == k.src
-                    && s.out_addr == k.dst
-                    && s.rem_port == k.sport
-                    && s.out_port == k.dport
-                    && s.proto == k.proto
-            }
+            Dir::Out2In => match slot & KIND_BITS {
+                OUT_BIT => {
+                    s.rem_addr == k.src
+                        && s.out_addr == k.dst
+                        && s.rem_port == k.sport
+                        && s.out_port == k.dport
+                        && s.proto == k.proto
+                }
+                // A full-NAT client's own key: the client is outside.
+                XIN_BITS => {
+                    s.in_addr == k.src
+                        && s.rem_addr == k.dst
+                        && s.in_port == k.sport
+                        && s.rem_port == k.dport
+                        && s.proto == k.proto
+                }
+                _ => false,
+            },
         }
     }
 
     fn lookup(&self, slab: &Slab, dir: Dir, k: &FlowKey, hash: u32) -> Option<u32> {
+        self.lookup_kind(slab, dir, k, hash)
+            .map(|slot| slot & !KIND_BITS)
+    }
+
+    /// As [`Core::lookup`], with the kind bits of the key that matched.
+    fn lookup_kind(&self, slab: &Slab, dir: Dir, k: &FlowKey, hash: u32) -> Option<u32> {
         self.index
             .find(hash, |slot| Core::key_matches(slab, slot, dir, k))
-            .map(|(_, slot)| slot & !KIND_BITS)
+            .map(|(_, slot)| slot)
     }
 
     /// Publish the table gauges (relaxed stores; called when they change, never per packet).
@@ -906,9 +980,18 @@ impl Core {
         if s.proto == ip_proto::TCP && p.frag != frag_pos::LATER && !tcp_flags_valid(p.tcp_flags) {
             return Verdict::Drop(DropReason::TcpInvalid);
         }
-        if dir == Dir::In2Out || s.proto != ip_proto::UDP || self.cfg.udp_inbound_refresh {
+        // A destination NAT flow is opened from outside: its inbound packets are its outbound ones.
+        if dir == Dir::In2Out
+            || s.proto != ip_proto::UDP
+            || self.cfg.udp_inbound_refresh
+            || s.state & DNAT != 0
+        {
             s.last_seen = now;
         }
+        if s.state & DNAT != 0 && s.is_dnat() {
+            self.dnat_packet(&*s, p);
+        }
+        let s = slab.get_mut(slot);
         let (end, addr, port) = match dir {
             Dir::In2Out => (End::Source, s.out_addr, s.out_port),
             Dir::Out2In => (End::Destination, s.in_addr, s.in_port),
@@ -944,6 +1027,9 @@ impl Core {
             slab.refile(slot, &self.cfg.timeouts);
         }
         let s = *slab.get(slot);
+        if s.is_dnat() {
+            self.dnat_packet(&s, p);
+        }
         // The TTL is decremented once, by the destination half (here or on the worker it is handed to).
         rewrite(pkt, p, End::Source, s.out_addr, s.out_port, false);
         let icmp = s.proto == ip_proto::ICMP;
@@ -951,7 +1037,10 @@ impl Core {
         // that is what names the target mapping, exactly as for an echo arriving from outside.
         let target_port = if icmp { s.out_port } else { p.key.dport };
         let owner = port_owner(target_port, self.cfg.workers);
-        if owner != self.cfg.worker {
+        // Both halves of a destination NAT hairpin or full-NAT flow live here: a subscriber's flow to
+        // a rule's address, and a backend's reply to it.
+        let local = s.state & DNAT != 0 || self.dnat.is_vip(p.key.dst);
+        if owner != self.cfg.worker && !local {
             return Verdict::Handoff {
                 worker: owner,
                 dir: Dir::Out2In,
@@ -969,6 +1058,10 @@ impl Core {
         };
         let h = p2.key.hash(self.cfg.seed);
         let v = match self.lookup(slab, Dir::Out2In, &p2.key, h) {
+            // A backend's reply to a full-NAT client: it leaves outside, towards the client.
+            Some(s2) if slab.get(s2).is_fullnat_client() => {
+                return self.forward(slab, s2, Dir::Out2In, &p2, pkt, now);
+            }
             Some(s2) => self.forward(slab, s2, Dir::Out2In, &p2, pkt, now),
             None => self.out2in_miss(slab, &p2, pkt, now),
         };
@@ -1093,6 +1186,21 @@ impl Core {
     /// Slow path: an outbound packet with no session.
     fn in2out_miss(&mut self, slab: &mut Slab, p: &Parsed, pkt: &mut [u8], now: u32) -> Verdict {
         let k = p.key;
+        // The data plane sends a backend's packets to the worker of the client they answer; a
+        // backend's other packets (its own flows as a subscriber, established or not) belong to its
+        // subscriber owner. A 1:1 host's own flows stay here, with its inbound ones.
+        if self.cfg.workers > 1
+            && self.dnat.is_backend(k.src)
+            && self.dnat.static_for(k.src).is_none()
+        {
+            let owner = subscriber_owner(k.src, self.cfg.workers);
+            if owner != self.cfg.worker {
+                return Verdict::Handoff {
+                    worker: owner,
+                    dir: Dir::In2Out,
+                };
+            }
+        }
         if !self.rules.exclusions.is_empty() && self.rules.excluded_outbound(k.src, k.dst) {
             return self.untranslated(pkt);
         }
@@ -1111,6 +1219,12 @@ impl Core {
                 return Verdict::Drop(DropReason::IcmpUnsupported);
             }
             _ => {}
+        }
+        if let Some(r) = self.dnat.static_for(k.src)
+            && self.ports.addr_index(k.dst).is_none()
+            && !self.dnat.is_vip(k.dst)
+        {
+            return self.static_outbound(slab, r, p, pkt, now);
         }
         let Some(pi) = self.rules.pool_index_for(k.src, k.dst) else {
             return Verdict::Drop(DropReason::NoSnatRule);
@@ -1165,7 +1279,7 @@ impl Core {
         } else {
             0
         };
-        if self.ports.addr_index(k.dst).is_some() {
+        if self.ports.addr_index(k.dst).is_some() || self.dnat.is_vip(k.dst) {
             state |= HAIRPIN;
         }
         let s = Session {
@@ -1385,7 +1499,7 @@ impl Core {
         let seed = self.cfg.seed;
         // The index is sized for every key of every slab slot, so these cannot fail while the slab has
         // room.
-        let mut ok = self.index.insert(in_key(&s).hash(seed), slot)
+        let mut ok = self.index.insert(in_key(&s).hash(seed), slot | in_kind(&s))
             && self.index.insert(out_key(&s).hash(seed), slot | OUT_BIT);
         if self.adf[pi] {
             ok &= self.index.insert(
@@ -1397,6 +1511,12 @@ impl Core {
         self.maps.add_session(ms);
         let sub = self.maps.get(ms).subscriber;
         self.subs.get_mut(sub).sessions += 1;
+        self.session_created(slab, &s, now);
+        Ok(slot)
+    }
+
+    /// Counters, event and gauges for a session just stored.
+    fn session_created(&mut self, slab: &Slab, s: &Session, now: u32) {
         let c = &self.counters;
         c.add(Counter::SessionsCreated, 1);
         c.add(
@@ -1411,16 +1531,18 @@ impl Core {
             c.add(Counter::InboundSessionsCreated, 1);
         }
         if self.cfg.log_sessions {
-            self.event(now, EventKind::SessionCreated(session_info(&s)));
+            self.event(now, EventKind::SessionCreated(session_info(s)));
         }
         self.gauges(slab);
-        Ok(slot)
     }
 
     /// Slow path: an inbound packet with no session. It may open one on a live mapping if the pool's
     /// filtering lets it through (RFC 4787 section 5), or be the return traffic of an exclusion.
     fn out2in_miss(&mut self, slab: &mut Slab, p: &Parsed, pkt: &mut [u8], now: u32) -> Verdict {
         let k = p.key;
+        if let Some(r) = self.dnat.find(k.dst, k.proto, k.dport) {
+            return self.dnat_open(slab, r, p, pkt, now);
+        }
         let seed = self.cfg.seed;
         let mh = mapping::out_hash(seed, k.dst, k.dport, k.proto);
         let Some(ms) = self.maps.find_out(mh, k.dst, k.dport, k.proto) else {
@@ -1494,6 +1616,336 @@ impl Core {
         }
     }
 
+    /// Count a packet of a destination NAT session on its backend.
+    #[inline]
+    fn dnat_packet(&self, s: &Session, p: &Parsed) {
+        if let Some(id) = self
+            .dnat
+            .counter_id(s.out_addr, s.proto, s.out_port, s.in_addr, s.in_port)
+        {
+            self.dnat_counters.packet(id, u64::from(p.total_len));
+        }
+    }
+
+    /// A packet from a full-NAT client (outside) matched its client session: translate the source to
+    /// the client's outside endpoint, then the destination by the backend session, exactly as a
+    /// subscriber's hairpinned packet is.
+    fn fullnat_client(
+        &mut self,
+        slab: &mut Slab,
+        slot: u32,
+        p: &Parsed,
+        pkt: &mut [u8],
+        now: u32,
+    ) -> Verdict {
+        let s = slab.get_mut(slot);
+        if s.proto == ip_proto::TCP && p.frag != frag_pos::LATER && !tcp_flags_valid(p.tcp_flags) {
+            return Verdict::Drop(DropReason::TcpInvalid);
+        }
+        s.last_seen = now;
+        if s.proto == ip_proto::TCP && track_tcp(s, Dir::In2Out, p.tcp_flags) {
+            slab.refile(slot, &self.cfg.timeouts);
+        }
+        let s = *slab.get(slot);
+        rewrite(pkt, p, End::Source, s.out_addr, s.out_port, false);
+        let p2 = Parsed {
+            key: FlowKey {
+                src: s.out_addr,
+                dst: p.key.dst,
+                sport: if s.proto == ip_proto::ICMP {
+                    0
+                } else {
+                    s.out_port
+                },
+                dport: if s.proto == ip_proto::ICMP {
+                    s.out_port
+                } else {
+                    p.key.dport
+                },
+                proto: s.proto,
+            },
+            ..*p
+        };
+        let h = p2.key.hash(self.cfg.seed);
+        match self.lookup(slab, Dir::Out2In, &p2.key, h) {
+            Some(s2) => self.forward(slab, s2, Dir::Out2In, &p2, pkt, now),
+            // The backend half expired or was deleted first: nothing to send to.
+            None => Verdict::Drop(DropReason::NoSession),
+        }
+    }
+
+    /// Choose the backend of rule `r` for a new flow `k`: the client's affinity if it has one, else
+    /// the rule's scheduler. `None` when no backend takes new flows.
+    fn pick_backend(&mut self, r: u16, k: &FlowKey, client: u32, now: u32) -> Option<usize> {
+        let table = Arc::clone(&self.dnat);
+        let e: &RuleEntry = table.rule(r);
+        let affinity = e.rule.affinity_s;
+        if affinity > 0
+            && let Some(id) = self.affinity.lookup(client, r, now, affinity)
+            && let Some(i) = e
+                .backends
+                .iter()
+                .position(|b| u32::from(id) == b.id && b.backend.weight > 0)
+        {
+            return Some(i);
+        }
+        let i = match &e.picker {
+            Picker::Random(w) => {
+                // xorshift64: cheap, and only the slow path draws.
+                let mut x = self.rng;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.rng = x;
+                w.pick((x >> 32) as u32)
+            }
+            Picker::RoundRobin(rr) => {
+                let cursor = self.rr.get_mut(r as usize)?;
+                rr.pick(cursor)
+            }
+            Picker::Maglev(m) => m.lookup(flow_hash(
+                self.cfg.seed,
+                k.src,
+                k.dst,
+                k.sport,
+                k.dport,
+                k.proto,
+            )),
+        }? as usize;
+        if affinity > 0 {
+            self.affinity
+                .remember(client, r, e.backends[i].id as u16, now);
+        }
+        Some(i)
+    }
+
+    /// Slow path: a new flow to destination NAT rule `r` (from outside, or the second half of a
+    /// subscriber's hairpin). Plain DNAT keeps the client's address; full NAT also translates the
+    /// client to an endpoint of the rule's pool, with a client session of its own (its mapping, limits
+    /// and port come from that pool like a subscriber's).
+    fn dnat_open(
+        &mut self,
+        slab: &mut Slab,
+        r: u16,
+        p: &Parsed,
+        pkt: &mut [u8],
+        now: u32,
+    ) -> Verdict {
+        let k = p.key;
+        if p.frag == frag_pos::LATER {
+            return Verdict::Drop(DropReason::NoSession);
+        }
+        match k.proto {
+            ip_proto::TCP if !is_bare_syn(p.tcp_flags) => {
+                return Verdict::Drop(DropReason::TcpInvalid);
+            }
+            ip_proto::ICMP if p.icmp_type != icmp_type::ECHO_REQUEST => {
+                return Verdict::Drop(DropReason::IcmpUnsupported);
+            }
+            _ => {}
+        }
+        let table = Arc::clone(&self.dnat);
+        let e = table.rule(r);
+        let Some(bi) = self.pick_backend(r, &k, k.src, now) else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        let b = e.backends[bi];
+        let bport = if e.rule.is_address_only() {
+            k.dport
+        } else {
+            e.backend_port(&b.backend, k.dport)
+        };
+        // A subscriber's flow already carries its own outside endpoint as the source.
+        let hairpin = self.ports.addr_index(k.src).is_some();
+        let full = e.rule.snat_pool.filter(|_| !hairpin);
+        let needed = if full.is_some() { 2 } else { 1 };
+        if slab.live() + needed > slab.capacity() {
+            return Verdict::Drop(DropReason::TableFull);
+        }
+        let tcp = k.proto == ip_proto::TCP;
+        let mut client = (k.src, k.sport);
+        let mut client_slot = None;
+        if let Some(pi) = full {
+            match self.open_fullnat_client(slab, pi, &k, now) {
+                Ok((slot, addr, port)) => {
+                    client = (addr, port);
+                    client_slot = Some(slot);
+                }
+                Err(v) => return v,
+            }
+        }
+        let mut state = DNAT | INBOUND;
+        if hairpin || full.is_some() {
+            state |= HAIRPIN;
+        }
+        if tcp {
+            state |= tcp_state::SYN_RCVD;
+        }
+        let s = Session {
+            in_addr: b.backend.addr,
+            rem_addr: client.0,
+            in_port: bport,
+            rem_port: if k.proto == ip_proto::ICMP {
+                0
+            } else {
+                client.1
+            },
+            out_addr: k.dst,
+            out_port: k.dport,
+            proto: k.proto,
+            state,
+            last_seen: now,
+            ..Session::default()
+        };
+        let slot = match self.insert_dnat(slab, s, b.id, now) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                if let Some(cs) = client_slot {
+                    self.delete_session(slab, cs, now, true);
+                }
+                return Verdict::Drop(reason);
+            }
+        };
+        if let Some(cs) = client_slot {
+            let c = *slab.get(cs);
+            rewrite(pkt, p, End::Source, c.out_addr, c.out_port, false);
+        }
+        let p2 = Parsed {
+            key: FlowKey {
+                src: client.0,
+                sport: if k.proto == ip_proto::ICMP {
+                    0
+                } else {
+                    client.1
+                },
+                ..k
+            },
+            ..*p
+        };
+        self.forward(slab, slot, Dir::Out2In, &p2, pkt, now)
+    }
+
+    /// The client session of a full-NAT flow: the outside client is treated as a subscriber of pool
+    /// `pi` (paired address, limits, endpoint-independent mapping), its key matched from outside.
+    fn open_fullnat_client(
+        &mut self,
+        slab: &mut Slab,
+        pi: usize,
+        k: &FlowKey,
+        now: u32,
+    ) -> Result<(u32, u32, u16), Verdict> {
+        if self.det[pi].is_some() {
+            return Err(Verdict::Drop(DropReason::NoSnatRule));
+        }
+        let sub = self.subscriber(pi, k.src, k.proto, now)?;
+        let lim = self.cfg.limits.max_sessions_per_subscriber;
+        if lim != 0 && self.subs.get(sub).sessions >= lim {
+            self.quota_event(sub, Limit::Sessions, now);
+            self.release_subscriber_if_idle(sub);
+            return Err(Verdict::Drop(DropReason::QuotaExceeded));
+        }
+        // ICMP: the identifier is the client's "port" (it arrived as the destination port).
+        let icmp = k.proto == ip_proto::ICMP;
+        let cport = if icmp { k.dport } else { k.sport };
+        let ms = match self.mapping_for(pi, sub, k.src, cport, k.proto, now) {
+            Ok(ms) => ms,
+            Err(r) => {
+                self.release_subscriber_if_idle(sub);
+                self.gauges(slab);
+                return Err(Verdict::Drop(r));
+            }
+        };
+        let m = *self.maps.get(ms);
+        let s = Session {
+            in_addr: k.src,
+            rem_addr: k.dst,
+            in_port: cport,
+            rem_port: if icmp { 0 } else { k.dport },
+            out_addr: m.out_addr,
+            out_port: m.out_port,
+            proto: k.proto,
+            state: DNAT
+                | HAIRPIN
+                | if k.proto == ip_proto::TCP {
+                    tcp_state::SYN_SENT
+                } else {
+                    0
+                },
+            last_seen: now,
+            ..Session::default()
+        };
+        let slot = self
+            .insert_session(slab, s, ms, pi, now)
+            .map_err(Verdict::Drop)?;
+        Ok((slot, m.out_addr, m.out_port))
+    }
+
+    /// Slow path: a new outbound flow of the inside host of a 1:1 rule: its source becomes the rule's
+    /// address, ports unchanged (the address is the host's alone).
+    fn static_outbound(
+        &mut self,
+        slab: &mut Slab,
+        r: u16,
+        p: &Parsed,
+        pkt: &mut [u8],
+        now: u32,
+    ) -> Verdict {
+        let k = p.key;
+        let table = Arc::clone(&self.dnat);
+        let e = table.rule(r);
+        if slab.live() >= slab.capacity() {
+            return Verdict::Drop(DropReason::TableFull);
+        }
+        let s = Session {
+            in_addr: k.src,
+            rem_addr: k.dst,
+            in_port: k.sport,
+            rem_port: k.dport,
+            out_addr: e.rule.addr,
+            out_port: k.sport,
+            proto: k.proto,
+            state: DNAT
+                | if k.proto == ip_proto::TCP {
+                    tcp_state::SYN_SENT
+                } else {
+                    0
+                },
+            last_seen: now,
+            ..Session::default()
+        };
+        match self.insert_dnat(slab, s, e.backends[0].id, now) {
+            Ok(slot) => self.forward(slab, slot, Dir::In2Out, p, pkt, now),
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    /// Store a destination NAT session (no mapping, no subscriber) and index it.
+    fn insert_dnat(
+        &mut self,
+        slab: &mut Slab,
+        s: Session,
+        id: u32,
+        now: u32,
+    ) -> Result<u32, DropReason> {
+        let seed = self.cfg.seed;
+        let (ik, ok) = (in_key(&s), out_key(&s));
+        // One tuple names one session on each side.
+        if self.lookup(slab, Dir::In2Out, &ik, ik.hash(seed)).is_some()
+            || self.lookup(slab, Dir::Out2In, &ok, ok.hash(seed)).is_some()
+        {
+            return Err(DropReason::DnatConflict);
+        }
+        let Some(slot) = slab.insert(s, &self.cfg.timeouts) else {
+            return Err(DropReason::TableFull);
+        };
+        let ins = self.index.insert(ik.hash(seed), slot)
+            && self.index.insert(ok.hash(seed), slot | OUT_BIT);
+        debug_assert!(ins);
+        self.dnat_counters.opened(id);
+        self.session_created(slab, &s, now);
+        Ok(slot)
+    }
+
     /// Whether the mapping (`out_addr`, `out_port`) has a session with remote address `rem`.
     fn adf_match(&self, slab: &Slab, rem: u32, out_addr: u32, out_port: u16, proto: u8) -> bool {
         let h = adf_hash(self.cfg.seed, rem, out_addr, out_port, proto);
@@ -1514,13 +1966,14 @@ impl Core {
     fn delete_session(&mut self, slab: &mut Slab, slot: u32, now: u32, force: bool) {
         let s = slab.remove(slot);
         let seed = self.cfg.seed;
-        self.index.remove(in_key(&s).hash(seed), slot);
+        self.index.remove(in_key(&s).hash(seed), slot | in_kind(&s));
         self.index.remove(out_key(&s).hash(seed), slot | OUT_BIT);
         let pi = self
             .ports
             .addr_index(s.out_addr)
             .map_or(0, |a| self.ports.pool_of(a));
-        if self.adf.get(pi).copied().unwrap_or(false) {
+        let dnat = s.is_dnat();
+        if !dnat && self.adf.get(pi).copied().unwrap_or(false) {
             self.index.remove(
                 adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
                 slot | ADF_BIT,
@@ -1538,6 +1991,16 @@ impl Core {
         );
         if self.cfg.log_sessions {
             self.event(now, EventKind::SessionDeleted(session_info(&s)));
+        }
+        if dnat {
+            // No mapping: the outside endpoint is the rule's.
+            if let Some(id) = self
+                .dnat
+                .counter_id(s.out_addr, s.proto, s.out_port, s.in_addr, s.in_port)
+            {
+                self.dnat_counters.closed(id);
+            }
+            return;
         }
         let h = mapping::in_hash(seed, s.in_addr, s.in_port, s.proto);
         let Some(ms) = self
