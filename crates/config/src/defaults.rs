@@ -45,3 +45,6 @@ pub const EVENT_RING: u32 = 4096;
 pub const FRAG_MAX_DATAGRAMS: u32 = 4096;
 pub const FRAG_MAX_HELD: u32 = 256;
 pub const FRAG_TIMEOUT_MS: u32 = 2000;
+
+/// A destination NAT backend without a `weight` gets an equal share.
+pub const DNAT_WEIGHT: u32 = 1;

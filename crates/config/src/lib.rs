@@ -2,8 +2,13 @@
 //!
 //! A config file describes one cgnatd instance: how DPDK starts (`eal`), which lcores run
 //! workers, the two ports, the public address pools, the source-NAT rules, NAT table size
-//! and timeouts, ARP behaviour, the management listener and logging. docs/CONFIG.md is the
-//! field-by-field reference.
+//! and timeouts, the destination NAT rules, ARP behaviour, the management listener and
+//! logging. docs/CONFIG.md is the field-by-field reference.
+//!
+//! Destination NAT rules (`nat.dnat`) are validated straight into the NAT core's
+//! [`nat::DnatRule`], and are the one part of a running configuration that can be replaced:
+//! [`reload_dnat`] checks a whole new file and hands back its rules only when nothing else in it
+//! changed.
 //!
 //! Loading is two steps. The YAML is deserialized into private "raw" structs that mirror the
 //! file and reject unknown keys; syntax, type and unknown-key errors carry the field path and
@@ -53,6 +58,10 @@ pub struct Config {
     pub ports: Vec<PortCfg>,
     pub pools: Vec<Pool>,
     pub snat: Vec<SnatRule>,
+    /// Destination NAT rules (`nat.dnat`), in file order, names unique. `snat_pool` indexes
+    /// `pools`, as `SnatRule::pool` does; a port-less backend of a port rule already carries the
+    /// rule's port.
+    pub dnat: Vec<nat::DnatRule>,
     /// Destinations forwarded untranslated (RFC 6888 REQ-6).
     pub exclusions: Vec<Exclusion>,
     pub nat: NatCfg,
@@ -221,6 +230,108 @@ impl Config {
         self.eal.file_prefix = prefix.to_owned();
         Ok(self)
     }
+}
+
+/// Parses and validates a whole new config file and returns its destination NAT rules, for a
+/// reload (SIGHUP) of a running daemon whose configuration is `old`.
+///
+/// Only `nat.dnat` may change: every other section (or `nat` field) that differs from `old` is
+/// reported, in file order, with the message that a restart is needed. A new file that does not
+/// validate is reported exactly as [`Config::from_yaml_str`] reports it.
+///
+/// `old` is compared as it is, so it should be the configuration as loaded from the file:
+/// an override applied after loading (such as [`Config::with_file_prefix`] for `--file-prefix`)
+/// makes its section (`eal`) differ, so keep a copy from before the overrides for this call.
+pub fn reload_dnat(old: &Config, new_yaml_text: &str) -> Result<Vec<nat::DnatRule>, ConfigError> {
+    let new = Config::from_yaml_str(new_yaml_text)?;
+    let errors: Vec<FieldError> = changed_sections(old, &new)
+        .into_iter()
+        .map(|path| FieldError {
+            path: path.to_owned(),
+            message: "differs from the running configuration; only nat.dnat can be reloaded, \
+                      restart cgnatd to apply this change"
+                .to_owned(),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(new.dnat)
+    } else {
+        Err(ConfigError::Invalid { errors })
+    }
+}
+
+/// [`reload_dnat`] for a file; errors name the file, as [`Config::load`]'s do.
+pub fn reload_dnat_file(old: &Config, path: &Path) -> Result<Vec<nat::DnatRule>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    reload_dnat(old, &text).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        error: Box::new(e),
+    })
+}
+
+/// The paths of the sections (and `nat` fields) in which `new` differs from `old`, in file
+/// order, leaving out `nat.dnat`. Both structs are taken apart field by field, so a field added
+/// later cannot be forgotten here.
+fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    let Config {
+        eal,
+        workers,
+        ports,
+        pools,
+        snat,
+        dnat: _,
+        exclusions,
+        nat,
+        neighbour,
+        mgmt,
+        logging,
+        stats_interval,
+        dataplane,
+    } = new;
+    let NatCfg {
+        max_sessions,
+        max_mappings,
+        max_subscribers,
+        timeouts,
+        limits,
+        hold_down,
+        udp_inbound_refresh,
+        event_ring,
+        fragments,
+    } = nat;
+    let o = &old.nat;
+    [
+        ("eal", *eal == old.eal),
+        ("workers", *workers == old.workers),
+        ("ports", *ports == old.ports),
+        ("pools", *pools == old.pools),
+        ("snat", *snat == old.snat),
+        ("exclusions", *exclusions == old.exclusions),
+        ("nat.max_sessions", *max_sessions == o.max_sessions),
+        ("nat.max_mappings", *max_mappings == o.max_mappings),
+        ("nat.max_subscribers", *max_subscribers == o.max_subscribers),
+        ("nat.timeouts", *timeouts == o.timeouts),
+        ("nat.limits", *limits == o.limits),
+        ("nat.hold_down", *hold_down == o.hold_down),
+        (
+            "nat.udp_inbound_refresh",
+            *udp_inbound_refresh == o.udp_inbound_refresh,
+        ),
+        ("nat.event_ring", *event_ring == o.event_ring),
+        ("nat.fragments", *fragments == o.fragments),
+        ("neighbour", *neighbour == old.neighbour),
+        ("mgmt", *mgmt == old.mgmt),
+        ("logging", *logging == old.logging),
+        ("stats_interval", *stats_interval == old.stats_interval),
+        ("dataplane", *dataplane == old.dataplane),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(path, _)| path)
+    .collect()
 }
 
 #[cfg(test)]

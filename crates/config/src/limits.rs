@@ -38,3 +38,21 @@ pub const IDLE_SLEEP_US_MAX: u32 = 10_000;
 pub const IDLE_POLLS_MAX: u32 = 1_000_000;
 pub const HANDOFF_RING_MIN: u32 = 64;
 pub const HANDOFF_RING_MAX: u32 = 65536;
+/// Destination NAT rules: at most 4096. Every change rebuilds the whole rule table (Maglev
+/// lookup tables included) and swaps it into every worker, so the set must stay small enough to
+/// rebuild on a reload in well under a second; port forwards and services number in the tens to
+/// hundreds in practice.
+pub const DNAT_RULES_MAX: usize = 4096;
+/// Backends per rule: 1..=1024 (kube-proxy services rarely exceed a few hundred endpoints; a
+/// Maglev table stays much larger than the backend count).
+pub const DNAT_BACKENDS_MAX: usize = 1024;
+/// Largest backend weight. Weights are relative; a million leaves fine ratios while the sum
+/// over 1024 backends stays far from overflowing.
+pub const DNAT_WEIGHT_MAX: u32 = 1_000_000;
+/// Client-IP affinity of at most a day (the Kubernetes default is 10800 s, three hours).
+pub const DNAT_AFFINITY_MAX_SECS: u32 = 24 * 3600;
+/// Rule names end up in errors, counters and the API.
+pub const DNAT_NAME_MAX_LEN: usize = 64;
+/// Backends over all rules together: the NAT core keeps counters for at most 16384 (rule,
+/// backend) pairs.
+pub const DNAT_BACKENDS_TOTAL_MAX: usize = 16384;

@@ -356,7 +356,7 @@ pub(crate) struct RawSnat {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "the nat mapping (max_sessions, max_mappings, max_subscribers, timeouts, limits, hold_down, udp_inbound_refresh, event_ring, fragments)"
+    expecting = "the nat mapping (max_sessions, max_mappings, max_subscribers, timeouts, limits, hold_down, udp_inbound_refresh, event_ring, fragments, dnat)"
 )]
 pub(crate) struct RawNat {
     pub max_sessions: u32,
@@ -368,6 +368,85 @@ pub(crate) struct RawNat {
     pub udp_inbound_refresh: bool,
     pub event_ring: u32,
     pub fragments: RawFragments,
+    pub dnat: Vec<RawDnat>,
+}
+
+/// One destination NAT rule. Ports and weights are read wider than they are stored so that an
+/// out-of-range value is reported by validation with the rule's name, not as a type error.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a dnat rule mapping (name, address, protocol, port, backends, scheduler, affinity_timeout, snat, on_backend_removal)"
+)]
+pub(crate) struct RawDnat {
+    pub name: String,
+    #[serde(deserialize_with = "ipv4")]
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub protocol: Option<DnatProtocol>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub scheduler: Option<DnatScheduler>,
+    #[serde(default)]
+    pub affinity_timeout: Option<u32>,
+    #[serde(default)]
+    pub snat: Option<String>,
+    #[serde(default)]
+    pub on_backend_removal: Option<DnatOnRemoval>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a backend mapping (address, port, weight)"
+)]
+pub(crate) struct RawBackend {
+    #[serde(deserialize_with = "ipv4")]
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default = "dnat_weight")]
+    pub weight: u32,
+}
+
+fn dnat_weight() -> u32 {
+    d::DNAT_WEIGHT
+}
+
+/// `nat.dnat[].protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DnatProtocol {
+    Tcp,
+    Udp,
+}
+
+impl DnatProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            DnatProtocol::Tcp => "tcp",
+            DnatProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// `nat.dnat[].scheduler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DnatScheduler {
+    Random,
+    RoundRobin,
+    Maglev,
+}
+
+/// `nat.dnat[].on_backend_removal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DnatOnRemoval {
+    Drain,
+    Cut,
 }
 
 #[derive(Debug, Deserialize)]
@@ -404,6 +483,7 @@ impl Default for RawNat {
             udp_inbound_refresh: false,
             event_ring: d::EVENT_RING,
             fragments: RawFragments::default(),
+            dnat: Vec::new(),
         }
     }
 }

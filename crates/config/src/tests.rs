@@ -170,6 +170,19 @@ fn nic_example_parses_with_pci_and_hugepages() {
     assert_eq!(c.pools[0].len(), 64);
     assert_eq!(c.logging.format, LogFormat::Json);
     assert_eq!(c.stats_interval, Duration::from_secs(60));
+    let names: Vec<&str> = c.dnat.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["sub-100.64.17.11-https", "portal", "portal-dns", "mail"]
+    );
+    // The forward on a pool address uses a port below the pool's range.
+    assert_eq!((c.dnat[0].port, c.dnat[0].backends[0].port), (443, 443));
+    let portal = &c.dnat[1];
+    assert_eq!(portal.snat_pool, c.pool_index("public"));
+    assert_eq!(portal.scheduler, nat::Scheduler::Maglev);
+    assert_eq!(portal.backends[2].weight, 0);
+    assert_eq!(c.dnat[2].on_removal, nat::OnRemoval::Cut);
+    assert!(c.dnat[3].is_address_only() && !c.dnat[3].is_identity());
     let args = c.eal_args("cgnatd");
     assert_eq!(
         args,
@@ -1285,6 +1298,26 @@ fn pool_may_not_contain_a_static_neighbour() {
 }
 
 #[test]
+fn config_md_dnat_example_is_the_tested_one() {
+    // The rule in the destination NAT section is `DNAT_EXAMPLE`, which the tests parse.
+    let section = CONFIG_MD
+        .split("\n## Destination NAT")
+        .nth(1)
+        .expect("docs/CONFIG.md has a `## Destination NAT` section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the section holds a ```yaml block");
+    let rules: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("- name:"))
+        .map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l).trim_end()))
+        .collect();
+    assert_eq!(rules.trim(), DNAT_EXAMPLE.trim());
+}
+
+#[test]
 fn config_md_example_is_valid() {
     // The example in the reference must keep up with the schema.
     let section = CONFIG_MD
@@ -1298,6 +1331,7 @@ fn config_md_example_is_valid() {
         .expect("the section holds a ```yaml block");
     let c = Config::from_yaml_str(yaml).unwrap();
     assert!(!c.outside_port().neighbours.is_empty());
+    assert!(!c.dnat.is_empty());
     assert_ne!(c.dataplane, DataplaneCfg::default());
 }
 
@@ -1407,6 +1441,9 @@ fn apdf_lab_differs_from_the_lab_only_in_filtering() {
     assert_eq!(apdf.pools[0].filtering, Filtering::AddressAndPortDependent);
     apdf.pools[0].filtering = Filtering::EndpointIndependent;
     apdf.eal.file_prefix = lab.eal.file_prefix.clone();
+    // The destination NAT rules are the standard lab's (its end-to-end cases); the filtering lab
+    // may leave them out.
+    apdf.dnat = lab.dnat.clone();
     assert_eq!(apdf, lab);
 }
 
@@ -1489,4 +1526,639 @@ fn management_tokens_are_absolute_paths() {
             .read_write_token,
         None
     );
+}
+
+// ---- Destination NAT (nat.dnat) ----
+
+/// A config for destination NAT tests: an inside subnet with two routes behind it (one of them a
+/// public block, for identity rules), two SNAT-capable pools and a deterministic one. Rules are
+/// appended under `nat.dnat`, indented by four spaces.
+const DNAT_BASE: &str = r#"
+eal:
+  lcores: "0-1"
+ports:
+  - name: inside
+    role: inside
+    device: { vdev: "net_af_packet0,iface=cgn-in" }
+    address: 100.64.0.1/24
+    routes:
+      - { prefix: 10.10.0.0/16, via: 100.64.0.254 }
+      - { prefix: 198.18.0.0/24, via: 100.64.0.254 }
+  - name: outside
+    role: outside
+    device: { vdev: "net_af_packet1,iface=cgn-out" }
+    address: 192.0.2.1/24
+    gateway: 192.0.2.2
+pools:
+  - name: public
+    addresses: ["203.0.113.0/29"]
+  - name: lab
+    addresses: ["198.51.100.0/28"]
+    ports: "2000-65535"
+  - name: det
+    addresses: ["198.51.100.64/28"]
+    allocation: { mode: deterministic, inside: 100.64.0.0/24 }
+snat:
+  - match: 100.64.0.0/10
+    pool: public
+nat:
+  dnat:
+"#;
+
+/// The example rule of docs/CONFIG.md, every field given.
+const DNAT_EXAMPLE: &str = r#"
+    - name: forward-web
+      address: 203.0.113.100
+      protocol: tcp
+      port: 8080
+      backends:
+        - address: 100.64.0.11
+          port: 8000
+          weight: 1
+      scheduler: random
+      affinity_timeout: 10800
+      snat: lab
+      on_backend_removal: drain
+"#;
+
+fn with_dnat(rules: &str) -> String {
+    format!("{DNAT_BASE}{}", rules.trim_start_matches('\n'))
+}
+
+fn dnat_rules(rules: &str) -> Vec<nat::DnatRule> {
+    match Config::from_yaml_str(&with_dnat(rules)) {
+        Ok(c) => c.dnat,
+        Err(e) => panic!("rejected: {e}\n{rules}"),
+    }
+}
+
+fn u(s: &str) -> u32 {
+    u32::from(ip(s))
+}
+
+/// A one-line port forward `name` of tcp `address`:`port` to 100.64.0.11.
+fn forward(name: &str, address: &str, port: u16) -> String {
+    format!(
+        "    - {{ name: {name}, address: {address}, protocol: tcp, port: {port}, backends: [{{ address: 100.64.0.11 }}] }}\n"
+    )
+}
+
+#[test]
+fn dnat_example_parses_into_rules() {
+    let rules = dnat_rules(DNAT_EXAMPLE);
+    assert_eq!(
+        rules,
+        vec![nat::DnatRule {
+            name: "forward-web".into(),
+            addr: u("203.0.113.100"),
+            proto: Some(wire::ip_proto::TCP),
+            port: 8080,
+            backends: vec![nat::Backend {
+                addr: u("100.64.0.11"),
+                port: 8000,
+                weight: 1,
+            }],
+            scheduler: nat::Scheduler::WeightedRandom,
+            affinity_s: 10800,
+            snat_pool: Some(1),
+            on_removal: nat::OnRemoval::Drain,
+        }]
+    );
+    assert!(Config::from_yaml_str(MINIMAL).unwrap().dnat.is_empty());
+}
+
+#[test]
+fn dnat_kinds_and_defaults() {
+    let rules = dnat_rules(
+        r#"
+    # A service: defaults everywhere, backends behind a route, one draining.
+    - name: svc.web_1
+      address: 203.0.113.100
+      protocol: tcp
+      port: 443
+      backends:
+        - { address: 10.10.0.5 }
+        - { address: 10.10.0.6, weight: 3 }
+        - { address: 10.10.0.7, weight: 0 }
+    # The same address and port over UDP is another rule.
+    - name: QUIC
+      address: 203.0.113.100
+      protocol: udp
+      port: 443
+      backends: [{ address: 100.64.0.12, port: 8443 }]
+      scheduler: maglev
+      on_backend_removal: cut
+    # Port forwarding on the outside interface address (no masquerade pool here).
+    - name: ssh
+      address: 192.0.2.1
+      protocol: tcp
+      port: 22
+      backends: [{ address: 100.64.0.10 }]
+      scheduler: round_robin
+    # On a pool address, below the pool's port range.
+    - name: pool-http
+      address: 203.0.113.1
+      protocol: tcp
+      port: 80
+      backends: [{ address: 100.64.0.10 }]
+    # 1:1 and identity.
+    - name: one-to-one
+      address: 203.0.113.200
+      backends: [{ address: 100.64.0.20 }]
+    - name: identity
+      address: 198.18.0.5
+      backends: [{ address: 198.18.0.5 }]
+      on_backend_removal: cut
+"#,
+    );
+    assert_eq!(rules.len(), 6);
+    let svc = &rules[0];
+    assert_eq!(svc.name, "svc.web_1");
+    // A backend without a port gets the rule's; weights default to 1.
+    assert_eq!(
+        svc.backends,
+        vec![
+            nat::Backend {
+                addr: u("10.10.0.5"),
+                port: 443,
+                weight: 1
+            },
+            nat::Backend {
+                addr: u("10.10.0.6"),
+                port: 443,
+                weight: 3
+            },
+            nat::Backend {
+                addr: u("10.10.0.7"),
+                port: 443,
+                weight: 0
+            },
+        ]
+    );
+    assert_eq!(svc.total_weight(), 4);
+    assert_eq!(
+        (svc.scheduler, svc.affinity_s, svc.snat_pool, svc.on_removal),
+        (
+            nat::Scheduler::WeightedRandom,
+            0,
+            None,
+            nat::OnRemoval::Drain
+        )
+    );
+    assert_eq!(rules[1].proto, Some(wire::ip_proto::UDP));
+    assert_eq!(rules[1].backends[0].port, 8443);
+    assert_eq!(rules[1].scheduler, nat::Scheduler::Maglev);
+    assert_eq!(rules[1].on_removal, nat::OnRemoval::Cut);
+    assert_eq!(rules[2].scheduler, nat::Scheduler::RoundRobin);
+    assert_eq!(rules[2].addr, u("192.0.2.1"));
+    assert_eq!(rules[3].port, 80);
+    let one = &rules[4];
+    assert!(one.is_address_only() && !one.is_identity());
+    assert_eq!((one.proto, one.port), (None, 0));
+    assert_eq!(
+        one.backends,
+        vec![nat::Backend {
+            addr: u("100.64.0.20"),
+            port: 0,
+            weight: 1
+        }]
+    );
+    assert!(rules[5].is_identity());
+    assert_eq!(rules[5].on_removal, nat::OnRemoval::Cut);
+}
+
+#[test]
+fn dnat_rules_against_each_other() {
+    // Names are unique.
+    rejects(
+        &with_dnat(&format!(
+            "{}{}",
+            forward("a", "203.0.113.100", 80),
+            forward("a", "203.0.113.100", 81)
+        )),
+        "nat.dnat[1].name",
+        "`a` is already used by nat.dnat[0]",
+    );
+    // One rule per address, protocol and port.
+    rejects(
+        &with_dnat(&format!(
+            "{}{}",
+            forward("a", "203.0.113.100", 80),
+            forward("b", "203.0.113.100", 80)
+        )),
+        "nat.dnat[1].port",
+        "rule `b`: tcp 203.0.113.100:80 is already forwarded by nat.dnat[0] (`a`)",
+    );
+    // An address-only rule takes every port of its address, whichever comes first.
+    let one_to_one =
+        "    - { name: static, address: 203.0.113.100, backends: [{ address: 100.64.0.20 }] }\n";
+    rejects(
+        &with_dnat(&format!(
+            "{}{one_to_one}",
+            forward("a", "203.0.113.100", 80)
+        )),
+        "nat.dnat[1].address",
+        "rule `static`: an address-only rule takes every protocol and port of 203.0.113.100, which nat.dnat[0] (`a`) also uses",
+    );
+    rejects(
+        &with_dnat(&format!(
+            "{one_to_one}{}",
+            forward("a", "203.0.113.100", 80)
+        )),
+        "nat.dnat[1].address",
+        "rule `a`: 203.0.113.100 belongs to address-only rule nat.dnat[0] (`static`)",
+    );
+    // A host is the 1:1 backend of one address: its own traffic leaves under it.
+    rejects(
+        &with_dnat(&format!(
+            "{one_to_one}    - {{ name: again, address: 203.0.113.101, backends: [{{ address: 100.64.0.20 }}] }}\n"
+        )),
+        "nat.dnat[1].backends[0].address",
+        "rule `again`: 100.64.0.20 is already the backend of address-only rule nat.dnat[0] (`static`)",
+    );
+}
+
+#[test]
+fn dnat_addresses() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "100.64.0.50",
+            "nat.dnat[0].address",
+            "rule `r`: 100.64.0.50 is on the inside (the subnet 100.64.0.0/24 of inside port ports[0] (`inside`))",
+        ),
+        (
+            "10.10.1.1",
+            "nat.dnat[0].address",
+            "rule `r`: 10.10.1.1 is on the inside (ports[0].routes[0] (10.10.0.0/16, out of inside port `inside`))",
+        ),
+        (
+            "192.0.2.2",
+            "nat.dnat[0].address",
+            "rule `r`: 192.0.2.2 is the gateway of ports[1] (`outside`), not an address of ours",
+        ),
+        (
+            "224.0.0.1",
+            "nat.dnat[0].address",
+            "rule `r`: 224.0.0.1 is multicast",
+        ),
+        (
+            "203.0.113.1",
+            "nat.dnat[0].port",
+            "rule `r`: 8080 is in the port range 1024-65535 that pool `public` (pools[0]) hands out on 203.0.113.1",
+        ),
+    ];
+    for (address, field, needle) in cases {
+        rejects(&with_dnat(&forward("r", address, 8080)), field, needle);
+    }
+    // The second pool's range starts at 2000: port 1999 is free there, 2000 is not.
+    dnat_rules(&forward("r", "198.51.100.3", 1999));
+    rejects(
+        &with_dnat(&forward("r", "198.51.100.3", 2000)),
+        "nat.dnat[0].port",
+        "2000 is in the port range 2000-65535 that pool `lab`",
+    );
+    // Address-only rules may use no pool address at all, nor the outside interface address.
+    rejects(
+        &with_dnat(
+            "    - { name: r, address: 203.0.113.3, backends: [{ address: 100.64.0.20 }] }\n",
+        ),
+        "nat.dnat[0].address",
+        "rule `r`: 203.0.113.3 is an address of pool `public` (pools[0]); an address-only rule takes every port",
+    );
+    rejects(
+        &with_dnat("    - { name: r, address: 192.0.2.1, backends: [{ address: 100.64.0.20 }] }\n"),
+        "nat.dnat[0].address",
+        "rule `r`: 192.0.2.1 is the outside port's own address",
+    );
+    // With a masquerade pool the interface address is a pool address: ports outside its range only.
+    let masq = with_dnat(&forward("r", "192.0.2.1", 8080)).replace(
+        "snat:\n",
+        "  - name: masq\n    masquerade: true\n    ports: \"1024-65535\"\nsnat:\n",
+    );
+    rejects(
+        &masq,
+        "nat.dnat[0].port",
+        "rule `r`: 8080 is in the port range 1024-65535 that masquerade pool `masq` (pools[3], the outside port's own address) hands out on 192.0.2.1",
+    );
+    Config::from_yaml_str(&masq.replace("port: 8080", "port: 22")).unwrap();
+}
+
+#[test]
+fn dnat_protocol_and_port() {
+    let base =
+        "    - { name: r, address: 203.0.113.100, PP backends: [{ address: 100.64.0.11 }] }\n";
+    for (pp, field, needle) in [
+        (
+            "protocol: tcp,",
+            "nat.dnat[0].port",
+            "rule `r`: required with `protocol`",
+        ),
+        (
+            "port: 80,",
+            "nat.dnat[0].protocol",
+            "rule `r`: required with `port`: tcp or udp",
+        ),
+        (
+            "protocol: udp, port: 0,",
+            "nat.dnat[0].port",
+            "rule `r`: 0 is outside 1..=65535",
+        ),
+        (
+            "protocol: udp, port: 70000,",
+            "nat.dnat[0].port",
+            "rule `r`: 70000 is outside 1..=65535",
+        ),
+        (
+            "protocol: icmp, port: 1,",
+            "nat.dnat[0].protocol",
+            "unknown variant `icmp`",
+        ),
+        (
+            "protocol: tcp, port: 80, scheduler: wrr,",
+            "nat.dnat[0].scheduler",
+            "unknown variant `wrr`",
+        ),
+        (
+            "protocol: tcp, port: 80, ports: 80,",
+            "nat.dnat[0].ports",
+            "unknown field `ports`",
+        ),
+    ] {
+        rejects(&with_dnat(&base.replace("PP", pp)), field, needle);
+    }
+}
+
+#[test]
+fn dnat_names() {
+    for bad in ["\"web server\"", "\"\"", "web/1", &"x".repeat(65)] {
+        rejects(
+            &with_dnat(&forward(bad, "203.0.113.100", 80)),
+            "nat.dnat[0].name",
+            "must be 1 to 64 characters of A-Z, a-z, 0-9, `_`, `.` and `-`",
+        );
+    }
+    dnat_rules(&forward(&"x".repeat(64), "203.0.113.100", 80));
+}
+
+#[test]
+fn dnat_backends() {
+    let rule = |backends: &str, extra: &str| {
+        with_dnat(&format!(
+            "    - {{ name: web, address: 203.0.113.100, protocol: tcp, port: 80, backends: [{backends}]{extra} }}\n"
+        ))
+    };
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "",
+            "nat.dnat[0].backends",
+            "rule `web`: at least one backend is required",
+        ),
+        (
+            "{ address: 192.0.2.50 }",
+            "nat.dnat[0].backends[0].address",
+            "rule `web`: 192.0.2.50 is not on the inside: it is in the subnet 192.0.2.0/24 of outside port ports[1] (`outside`)",
+        ),
+        (
+            "{ address: 100.64.0.11 }, { address: 172.16.0.1 }",
+            "nat.dnat[0].backends[1].address",
+            "rule `web`: 172.16.0.1 is not on the inside: neither the subnet nor a route of inside port ports[0] (`inside`) covers it (100.64.0.0/24, 10.10.0.0/16, 198.18.0.0/24)",
+        ),
+        (
+            "{ address: 203.0.113.2 }",
+            "nat.dnat[0].backends[0].address",
+            "rule `web`: 203.0.113.2 is an address of pool `public` (pools[0])",
+        ),
+        (
+            "{ address: 100.64.0.1 }",
+            "nat.dnat[0].backends[0].address",
+            "rule `web`: 100.64.0.1 is the address of ports[0] (`inside`)",
+        ),
+        (
+            "{ address: 100.64.0.255 }",
+            "nat.dnat[0].backends[0].address",
+            "rule `web`: 100.64.0.255 is the network or broadcast address of 100.64.0.0/24",
+        ),
+        (
+            "{ address: 127.0.0.1 }",
+            "nat.dnat[0].backends[0].address",
+            "rule `web`: 127.0.0.1 is loopback",
+        ),
+        (
+            "{ address: 100.64.0.11 }, { address: 100.64.0.11, port: 80 }",
+            "nat.dnat[0].backends[1]",
+            "rule `web`: 100.64.0.11:80 is already backends[0]",
+        ),
+        (
+            "{ address: 100.64.0.11, weight: 0 }, { address: 100.64.0.12, weight: 0 }",
+            "nat.dnat[0].backends",
+            "rule `web`: zero total weight",
+        ),
+        (
+            "{ address: 100.64.0.11, weight: 1000001 }",
+            "nat.dnat[0].backends[0].weight",
+            "rule `web`: 1000001 is more than 1000000",
+        ),
+        (
+            "{ address: 100.64.0.11, port: 0 }",
+            "nat.dnat[0].backends[0].port",
+            "rule `web`: 0 is outside 1..=65535",
+        ),
+    ];
+    for (backends, field, needle) in cases {
+        rejects(&rule(backends, ""), field, needle);
+    }
+    // Same address, other port: two backends.
+    Config::from_yaml_str(&rule(
+        "{ address: 100.64.0.11 }, { address: 100.64.0.11, port: 81, weight: 1000000 }",
+        "",
+    ))
+    .unwrap();
+
+    let many = |n: usize| -> String {
+        (0..n)
+            .map(|k| format!("{{ address: 10.10.{}.{} }}", k / 256, k % 256))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Config::from_yaml_str(&rule(&many(1024), "")).unwrap();
+    rejects(
+        &rule(&many(1025), ""),
+        "nat.dnat[0].backends",
+        "rule `web`: 1025 backends, at most 1024 are supported",
+    );
+
+    // Pools for full NAT.
+    rejects(
+        &rule("{ address: 100.64.0.11 }", ", snat: nope"),
+        "nat.dnat[0].snat",
+        "rule `web`: no pool named `nope` (pools: public, lab, det)",
+    );
+    rejects(
+        &rule("{ address: 100.64.0.11 }", ", snat: det"),
+        "nat.dnat[0].snat",
+        "rule `web`: pool `det` (pools[2]) is deterministic",
+    );
+    for (t, ok) in [(0, false), (1, true), (86400, true), (86401, false)] {
+        let yaml = rule(
+            "{ address: 100.64.0.11 }",
+            &format!(", affinity_timeout: {t}"),
+        );
+        if ok {
+            assert_eq!(dnat_rules_of(&yaml)[0].affinity_s, t);
+        } else {
+            rejects(
+                &yaml,
+                "nat.dnat[0].affinity_timeout",
+                &format!("rule `web`: {t} s is outside 1..=86400 seconds"),
+            );
+        }
+    }
+}
+
+fn dnat_rules_of(yaml: &str) -> Vec<nat::DnatRule> {
+    Config::from_yaml_str(yaml).unwrap().dnat
+}
+
+#[test]
+fn dnat_address_only_rules() {
+    let rule = |rest: &str| {
+        with_dnat(&format!(
+            "    - {{ name: static, address: 203.0.113.200, {rest} }}\n"
+        ))
+    };
+    let one = "backends: [{ address: 100.64.0.20 }]";
+    rejects(
+        &rule("backends: [{ address: 100.64.0.20 }, { address: 100.64.0.21 }]"),
+        "nat.dnat[0].backends",
+        "rule `static`: an address-only rule (no protocol and port) maps to exactly one backend, not 2",
+    );
+    rejects(
+        &rule("backends: [{ address: 100.64.0.20, port: 80 }]"),
+        "nat.dnat[0].backends[0].port",
+        "rule `static`: an address-only rule keeps every port",
+    );
+    for (field, value) in [
+        ("scheduler", "maglev"),
+        ("affinity_timeout", "60"),
+        ("snat", "lab"),
+    ] {
+        rejects(
+            &rule(&format!("{one}, {field}: {value}")),
+            &format!("nat.dnat[0].{field}"),
+            "rule `static`: does not apply to an address-only rule",
+        );
+    }
+    rejects(
+        &rule("backends: [{ address: 100.64.0.20, weight: 0 }]"),
+        "nat.dnat[0].backends",
+        "zero total weight",
+    );
+    // An identity rule's address is an inside host's own: it must be on the inside, as a backend.
+    rejects(
+        &with_dnat(
+            "    - { name: id, address: 203.0.113.200, backends: [{ address: 203.0.113.200 }] }\n",
+        ),
+        "nat.dnat[0].backends[0].address",
+        "rule `id`: 203.0.113.200 is not on the inside",
+    );
+}
+
+#[test]
+fn dnat_rule_count_limits() {
+    let rules: String = (1..=4097)
+        .map(|p| forward(&format!("r{p}"), "203.0.113.100", p))
+        .collect();
+    let err = rejects(&with_dnat(&rules), "nat.dnat", "4097 rules, at most 4096");
+    assert_eq!(err.fields(), vec!["nat.dnat"]);
+    let backends: String = (0..1024)
+        .map(|k| format!("{{ address: 10.10.{}.{} }}", k / 256, k % 256))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rules: String = (1..=17)
+        .map(|p| {
+            format!(
+                "    - {{ name: r{p}, address: 203.0.113.100, protocol: tcp, port: {p}, backends: [{backends}] }}\n"
+            )
+        })
+        .collect();
+    rejects(
+        &with_dnat(&rules),
+        "nat.dnat",
+        "17408 backends over all rules, at most 16384",
+    );
+}
+
+#[test]
+fn dnat_errors_are_reported_together() {
+    let yaml = with_dnat(&format!(
+        "{}{}",
+        forward("a", "100.64.0.50", 80),
+        "    - { name: b, address: 203.0.113.100, protocol: tcp, port: 80, backends: [{ address: 192.0.2.9 }], snat: det }\n"
+    ));
+    let err = Config::from_yaml_str(&yaml).unwrap_err();
+    assert_eq!(
+        err.fields(),
+        vec![
+            "nat.dnat[0].address",
+            "nat.dnat[1].backends[0].address",
+            "nat.dnat[1].snat"
+        ]
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("nat.dnat[1].backends[0].address: rule `b`: 192.0.2.9 is not on the inside"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn reload_dnat_takes_only_the_dnat_rules() {
+    let old = Config::from_yaml_str(&with_dnat(DNAT_EXAMPLE)).unwrap();
+    // Rules added, changed and removed.
+    let text = with_dnat(&format!(
+        "{}{}",
+        DNAT_EXAMPLE.replace("weight: 1", "weight: 5"),
+        forward("ssh", "203.0.113.100", 22)
+    ));
+    let rules = reload_dnat(&old, &text).unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].backends[0].weight, 5);
+    assert_eq!(rules[1].name, "ssh");
+    assert_eq!(rules, Config::from_yaml_str(&text).unwrap().dnat);
+    assert!(reload_dnat(&old, MINIMAL).is_err());
+    let none = DNAT_BASE.replace("nat:\n  dnat:\n", "");
+    assert_eq!(reload_dnat(&old, &none).unwrap(), vec![]);
+
+    // Anything else: refused, naming each section that differs.
+    let pool = text.replace("198.51.100.0/28", "198.51.100.0/27");
+    let err = reload_dnat(&old, &pool).unwrap_err();
+    assert_eq!(err.fields(), vec!["pools"]);
+    assert!(
+        err.to_string().starts_with(
+            "pools: differs from the running configuration; only nat.dnat can be reloaded"
+        ),
+        "{err}"
+    );
+    let two = pool.replace("nat:\n  dnat:\n", "nat:\n  max_sessions: 4096\n  dnat:\n");
+    assert_eq!(
+        reload_dnat(&old, &two).unwrap_err().fields(),
+        vec!["pools", "nat.max_sessions"]
+    );
+    // A new file that does not validate is reported as such.
+    let bad = text.replace("snat: lab", "snat: det");
+    let err = reload_dnat(&old, &bad).unwrap_err();
+    assert_eq!(err.fields(), vec!["nat.dnat[0].snat"]);
+
+    let dir = std::env::temp_dir().join(format!("cgnat-reload-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cgnat.yaml");
+    std::fs::write(&path, &pool).unwrap();
+    let msg = reload_dnat_file(&old, &path).unwrap_err().to_string();
+    assert!(
+        msg.starts_with(&format!("{}: pools: ", path.display())),
+        "{msg}"
+    );
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(reload_dnat_file(&old, &path).unwrap(), rules);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

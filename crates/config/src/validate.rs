@@ -11,7 +11,10 @@ use crate::eal::{self, Eal, Memory};
 use crate::error::{ConfigError, FieldError};
 use crate::limits as lim;
 use crate::net::{AddressRange, Ipv4Net};
-use crate::raw::{RawConfig, RawEal, RawPool, RawPort, RawSnat, RawWorkers};
+use crate::raw::{
+    DnatOnRemoval, DnatProtocol, DnatScheduler, RawConfig, RawDnat, RawEal, RawPool, RawPort,
+    RawSnat, RawWorkers,
+};
 use crate::types::{
     Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, FragmentsCfg, Limits, LoggingCfg,
     MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule, StaticNeighbour, Timeouts,
@@ -47,6 +50,13 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let snat = check_snat(&mut errs, &raw.snat, &raw.pools);
     let exclusions = check_exclusions(&mut errs, &raw.exclusions);
     let nat = check_nat(&mut errs, &raw.nat);
+    let dnat = check_dnat(
+        &mut errs,
+        &raw.nat.dnat,
+        &raw.pools,
+        ports.as_deref(),
+        pools.as_deref(),
+    );
     let neighbour = check_neighbour(&mut errs, &raw.neighbour);
     let logging = check_logging(&mut errs, raw.logging);
     let dataplane = check_dataplane(&mut errs, &raw.dataplane);
@@ -72,14 +82,17 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         );
     }
 
-    match (eal, workers, ports, pools, snat) {
-        (Some(eal), Some(workers), Some(ports), Some(pools), Some(snat)) if errs.0.is_empty() => {
+    match (eal, workers, ports, pools, snat, dnat) {
+        (Some(eal), Some(workers), Some(ports), Some(pools), Some(snat), Some(dnat))
+            if errs.0.is_empty() =>
+        {
             Ok(Config {
                 eal,
                 workers,
                 ports,
                 pools,
                 snat,
+                dnat,
                 exclusions,
                 nat,
                 neighbour,
@@ -1135,6 +1148,573 @@ fn check_snat(errs: &mut Errors, raw: &[RawSnat], pools: &[RawPool]) -> Option<V
         }
     }
     (errs.0.len() == before).then_some(rules)
+}
+
+/// What a destination NAT rule matches, once `protocol` and `port` agree.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DnatKind {
+    /// Port forwarding or a service: one protocol and port of the address.
+    Port(DnatProtocol, u16),
+    /// 1:1 static NAT or identity: every protocol and port of the address.
+    AddressOnly,
+}
+
+/// The longest connected subnet or static route of any port that contains `ip`: the port it is
+/// reached through, and a description of what covers it. Gateways are left out: a default route
+/// says where unknown addresses go, not which side an address belongs to.
+fn covering_route(ports: &[PortCfg], ip: Ipv4Addr) -> Option<(usize, String)> {
+    let mut best: Option<(u8, usize, String)> = None;
+    for (k, port) in ports.iter().enumerate() {
+        let mut candidates = vec![(
+            port.prefix,
+            format!(
+                "the subnet {} of {} port ports[{k}] (`{}`)",
+                port.prefix, port.role, port.name
+            ),
+        )];
+        candidates.extend(port.routes.iter().enumerate().map(|(j, r)| {
+            (
+                r.prefix,
+                format!(
+                    "ports[{k}].routes[{j}] ({}, out of {} port `{}`)",
+                    r.prefix, port.role, port.name
+                ),
+            )
+        }));
+        for (net, what) in candidates {
+            if net.contains(ip) && best.as_ref().is_none_or(|(len, ..)| net.len > *len) {
+                best = Some((net.len, k, what));
+            }
+        }
+    }
+    best.map(|(_, k, what)| (k, what))
+}
+
+/// Why `ip` cannot be a backend, which must be reached through the inside port: covered by the
+/// inside port's subnet or one of its routes, or by nothing more specific than an inside gateway.
+fn not_on_the_inside(ports: &[PortCfg], ip: Ipv4Addr) -> Option<String> {
+    let (ki, inside) = ports
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.role == Role::Inside)?;
+    match covering_route(ports, ip) {
+        Some((k, _)) if k == ki => None,
+        Some((_, what)) => Some(format!("{ip} is not on the inside: it is in {what}")),
+        None if inside.gateway.is_some() => None,
+        None => {
+            let mut nets = vec![inside.prefix.to_string()];
+            nets.extend(inside.routes.iter().map(|r| r.prefix.to_string()));
+            Some(format!(
+                "{ip} is not on the inside: neither the subnet nor a route of inside port ports[{ki}] (`{}`) covers it ({}); add a route for it there",
+                inside.name,
+                nets.join(", ")
+            ))
+        }
+    }
+}
+
+fn check_dnat_name(name: &str) -> bool {
+    (1..=lim::DNAT_NAME_MAX_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+fn port_number(v: u32) -> Option<u16> {
+    u16::try_from(v).ok().filter(|&p| p != 0)
+}
+
+/// `nat.dnat`: each rule on its own, then the rules against each other. Checks against ports and
+/// pools are skipped when those sections failed their own checks.
+fn check_dnat(
+    errs: &mut Errors,
+    raw: &[RawDnat],
+    raw_pools: &[RawPool],
+    ports: Option<&[PortCfg]>,
+    pools: Option<&[Pool]>,
+) -> Option<Vec<nat::DnatRule>> {
+    let before = errs.0.len();
+    if raw.len() > lim::DNAT_RULES_MAX {
+        errs.push(
+            "nat.dnat",
+            format!(
+                "{} rules, at most {} are supported",
+                raw.len(),
+                lim::DNAT_RULES_MAX
+            ),
+        );
+    }
+    let total: usize = raw.iter().map(|r| r.backends.len()).sum();
+    if total > lim::DNAT_BACKENDS_TOTAL_MAX {
+        errs.push(
+            "nat.dnat",
+            format!(
+                "{total} backends over all rules, at most {} are supported",
+                lim::DNAT_BACKENDS_TOTAL_MAX
+            ),
+        );
+    }
+    let mut kinds: Vec<Option<DnatKind>> = Vec::with_capacity(raw.len());
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let (kind, rule) = check_dnat_rule(errs, i, r, raw, raw_pools, ports, pools);
+        kinds.push(kind);
+        rules.extend(rule);
+    }
+
+    // Against each other: one rule per (address, protocol, port); an address-only rule owns its
+    // address; and a host is the 1:1 backend of one address only (its own traffic leaves under it).
+    for j in 0..raw.len() {
+        let Some(kj) = kinds[j] else { continue };
+        let b = &raw[j];
+        let p = |f: &str| format!("nat.dnat[{j}].{f}");
+        let who = format!("rule `{}`", b.name);
+        for k in 0..j {
+            let Some(kk) = kinds[k] else { continue };
+            let a = &raw[k];
+            let other = format!("nat.dnat[{k}] (`{}`)", a.name);
+            if a.address == b.address {
+                match (kk, kj) {
+                    (DnatKind::Port(pa, qa), DnatKind::Port(pb, qb)) if (pa, qa) == (pb, qb) => {
+                        errs.push(
+                            p("port"),
+                            format!(
+                                "{who}: {} {}:{qb} is already forwarded by {other}",
+                                pb.name(),
+                                b.address
+                            ),
+                        );
+                        break;
+                    }
+                    (DnatKind::Port(..), DnatKind::Port(..)) => {}
+                    (_, DnatKind::AddressOnly) => {
+                        errs.push(
+                            p("address"),
+                            format!(
+                                "{who}: an address-only rule takes every protocol and port of {}, which {other} also uses",
+                                b.address
+                            ),
+                        );
+                        break;
+                    }
+                    (DnatKind::AddressOnly, _) => {
+                        errs.push(
+                            p("address"),
+                            format!(
+                                "{who}: {} belongs to address-only rule {other}, which takes every protocol and port of it",
+                                b.address
+                            ),
+                        );
+                        break;
+                    }
+                }
+            }
+            if (kk, kj) == (DnatKind::AddressOnly, DnatKind::AddressOnly)
+                && let (Some(ba), Some(bb)) = (a.backends.first(), b.backends.first())
+                && ba.address == bb.address
+            {
+                errs.push(
+                    p("backends[0].address"),
+                    format!(
+                        "{who}: {} is already the backend of address-only rule {other}; its own traffic can leave under only one address",
+                        bb.address
+                    ),
+                );
+                break;
+            }
+        }
+    }
+
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(rules)
+}
+
+/// One rule on its own (and its name against the earlier ones). Returns what it matches (when
+/// `protocol` and `port` agree, for the checks between rules) and the rule when it has no problem.
+fn check_dnat_rule(
+    errs: &mut Errors,
+    i: usize,
+    r: &RawDnat,
+    all: &[RawDnat],
+    raw_pools: &[RawPool],
+    ports: Option<&[PortCfg]>,
+    pools: Option<&[Pool]>,
+) -> (Option<DnatKind>, Option<nat::DnatRule>) {
+    let before = errs.0.len();
+    let p = |f: &str| format!("nat.dnat[{i}].{f}");
+    let who = format!("rule `{}`", r.name);
+
+    if !check_dnat_name(&r.name) {
+        errs.push(
+            p("name"),
+            format!(
+                "`{}` must be 1 to {} characters of A-Z, a-z, 0-9, `_`, `.` and `-`",
+                r.name,
+                lim::DNAT_NAME_MAX_LEN
+            ),
+        );
+    } else if let Some(k) = all[..i].iter().position(|o| o.name == r.name) {
+        errs.push(
+            p("name"),
+            format!("`{}` is already used by nat.dnat[{k}]", r.name),
+        );
+    }
+
+    let kind = match (r.protocol, r.port) {
+        (Some(proto), Some(port)) => match port_number(port) {
+            Some(port) => Some(DnatKind::Port(proto, port)),
+            None => {
+                errs.push(p("port"), format!("{who}: {port} is outside 1..=65535"));
+                None
+            }
+        },
+        (Some(_), None) => {
+            errs.push(
+                p("port"),
+                format!("{who}: required with `protocol` (an address-only rule has neither)"),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(
+                p("protocol"),
+                format!(
+                    "{who}: required with `port`: tcp or udp (an address-only rule has neither)"
+                ),
+            );
+            None
+        }
+        (None, None) => Some(DnatKind::AddressOnly),
+    };
+    let address_only = kind == Some(DnatKind::AddressOnly);
+    let identity = address_only && r.backends.len() == 1 && r.backends[0].address == r.address;
+
+    // The address clients connect to.
+    if let Some(block) = non_unicast_block(r.address) {
+        errs.push(
+            p("address"),
+            format!("{who}: {} is {block}, not a unicast address", r.address),
+        );
+    } else if let Some(ports) = ports {
+        // An identity rule's address is its backend, an inside host with an address of its own;
+        // it is checked as a backend below.
+        if !identity
+            && let Some((k, what)) = covering_route(ports, r.address)
+            && ports[k].role == Role::Inside
+        {
+            errs.push(
+                p("address"),
+                format!(
+                    "{who}: {} is on the inside ({what}); clients connect to an outside or routed address, the backends are on the inside",
+                    r.address
+                ),
+            );
+        }
+        for (k, port) in ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.role == Role::Outside)
+        {
+            let mut taken: Vec<(Ipv4Addr, String)> = Vec::new();
+            taken.extend(port.gateway.map(|g| (g, "gateway".to_owned())));
+            taken.extend(
+                port.routes
+                    .iter()
+                    .enumerate()
+                    .map(|(j, rt)| (rt.via, format!("routes[{j}].via"))),
+            );
+            taken.extend(
+                port.neighbours
+                    .iter()
+                    .enumerate()
+                    .map(|(j, n)| (n.ip, format!("neighbours[{j}].ip"))),
+            );
+            if port.prefix.len <= 30 {
+                taken.push((port.prefix.network(), "network address".to_owned()));
+                taken.push((port.prefix.broadcast(), "broadcast address".to_owned()));
+            }
+            if let Some((ip, what)) = taken.into_iter().find(|(ip, _)| *ip == r.address) {
+                errs.push(
+                    p("address"),
+                    format!(
+                        "{who}: {ip} is the {what} of ports[{k}] (`{}`), not an address of ours",
+                        port.name
+                    ),
+                );
+            }
+        }
+        if let Some(pools) = pools {
+            match pools
+                .iter()
+                .enumerate()
+                .find(|(_, pool)| pool.contains(r.address))
+            {
+                Some((k, pool)) => {
+                    let whose = if pool.masquerade {
+                        format!(
+                            "masquerade pool `{}` (pools[{k}], the outside port's own address)",
+                            pool.name
+                        )
+                    } else {
+                        format!("pool `{}` (pools[{k}])", pool.name)
+                    };
+                    match kind {
+                        Some(DnatKind::AddressOnly) => errs.push(
+                            p("address"),
+                            format!(
+                                "{who}: {} is an address of {whose}; an address-only rule takes every port of it, and source NAT hands those out too",
+                                r.address
+                            ),
+                        ),
+                        Some(DnatKind::Port(_, port))
+                            if (pool.port_lo..=pool.port_hi).contains(&port) =>
+                        {
+                            errs.push(
+                                p("port"),
+                                format!(
+                                    "{who}: {port} is in the port range {}-{} that {whose} hands out on {}; use a port outside it or narrow the pool's ports",
+                                    pool.port_lo, pool.port_hi, r.address
+                                ),
+                            )
+                        }
+                        _ => {}
+                    }
+                }
+                None => {
+                    let outside = ports.iter().find(|p| p.role == Role::Outside);
+                    if address_only && outside.is_some_and(|o| o.address == r.address) {
+                        errs.push(
+                            p("address"),
+                            format!(
+                                "{who}: {} is the outside port's own address (cgnatd answers ARP and ping on it); an address-only rule would take every protocol and port of it",
+                                r.address
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // Backends.
+    let n = r.backends.len();
+    if n == 0 {
+        errs.push(
+            p("backends"),
+            format!("{who}: at least one backend is required"),
+        );
+    } else if n > lim::DNAT_BACKENDS_MAX {
+        errs.push(
+            p("backends"),
+            format!(
+                "{who}: {n} backends, at most {} are supported",
+                lim::DNAT_BACKENDS_MAX
+            ),
+        );
+    } else if address_only && n != 1 {
+        errs.push(
+            p("backends"),
+            format!(
+                "{who}: an address-only rule (no protocol and port) maps to exactly one backend, not {n}"
+            ),
+        );
+    } else if r.backends.iter().all(|b| b.weight == 0) {
+        errs.push(
+            p("backends"),
+            format!(
+                "{who}: zero total weight: every backend has weight 0, so no new flow could be forwarded (weight 0 drains a backend; keep one above 0)"
+            ),
+        );
+    }
+    let rule_port = match kind {
+        Some(DnatKind::Port(_, port)) => port,
+        _ => 0,
+    };
+    let mut backends = Vec::with_capacity(n);
+    for (j, b) in r.backends.iter().enumerate() {
+        let bp = |f: &str| p(&format!("backends[{j}].{f}"));
+        if let Some(block) = non_unicast_block(b.address) {
+            errs.push(
+                bp("address"),
+                format!("{who}: {} is {block}, not a unicast address", b.address),
+            );
+        } else if let Some(ports) = ports {
+            if let Some((k, port)) = ports
+                .iter()
+                .enumerate()
+                .find(|(_, port)| port.address == b.address)
+            {
+                errs.push(
+                    bp("address"),
+                    format!(
+                        "{who}: {} is the address of ports[{k}] (`{}`), cgnatd itself",
+                        b.address, port.name
+                    ),
+                );
+            } else if let Some((k, pool)) = pools.and_then(|pools| {
+                pools
+                    .iter()
+                    .enumerate()
+                    .find(|(_, pool)| pool.contains(b.address))
+            }) {
+                errs.push(
+                    bp("address"),
+                    format!(
+                        "{who}: {} is an address of pool `{}` (pools[{k}]), not an inside host",
+                        b.address, pool.name
+                    ),
+                );
+            } else if let Some(e) = not_on_the_inside(ports, b.address) {
+                errs.push(bp("address"), format!("{who}: {e}"));
+            } else if let Some((k, port)) = ports.iter().enumerate().find(|(_, port)| {
+                port.role == Role::Inside
+                    && port.prefix.len <= 30
+                    && (b.address == port.prefix.network() || b.address == port.prefix.broadcast())
+            }) {
+                errs.push(
+                    bp("address"),
+                    format!(
+                        "{who}: {} is the network or broadcast address of {}, the subnet of ports[{k}] (`{}`)",
+                        b.address, port.prefix, port.name
+                    ),
+                );
+            }
+        }
+        let port = match b.port {
+            Some(_) if address_only => {
+                errs.push(
+                    bp("port"),
+                    format!(
+                        "{who}: an address-only rule keeps every port as it is; a backend port needs `protocol` and `port` on the rule"
+                    ),
+                );
+                0
+            }
+            Some(v) => port_number(v).unwrap_or_else(|| {
+                errs.push(bp("port"), format!("{who}: {v} is outside 1..=65535"));
+                0
+            }),
+            None => rule_port,
+        };
+        if b.weight > lim::DNAT_WEIGHT_MAX {
+            errs.push(
+                bp("weight"),
+                format!(
+                    "{who}: {} is more than {} (weights are relative)",
+                    b.weight,
+                    lim::DNAT_WEIGHT_MAX
+                ),
+            );
+        }
+        if let Some(k) = backends
+            .iter()
+            .position(|o: &nat::Backend| o.addr == u32::from(b.address) && o.port == port)
+        {
+            let at = if address_only {
+                b.address.to_string()
+            } else {
+                format!("{}:{port}", b.address)
+            };
+            errs.push(
+                p(&format!("backends[{j}]")),
+                format!("{who}: {at} is already backends[{k}]"),
+            );
+        }
+        backends.push(nat::Backend {
+            addr: u32::from(b.address),
+            port,
+            weight: b.weight,
+        });
+    }
+
+    // Options that only services have.
+    if address_only {
+        for (f, given) in [
+            ("scheduler", r.scheduler.is_some()),
+            ("affinity_timeout", r.affinity_timeout.is_some()),
+            ("snat", r.snat.is_some()),
+        ] {
+            if given {
+                errs.push(
+                    p(f),
+                    format!(
+                        "{who}: does not apply to an address-only rule (1:1 NAT has one backend and keeps every port)"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(t) = r.affinity_timeout
+        && !(1..=lim::DNAT_AFFINITY_MAX_SECS).contains(&t)
+    {
+        errs.push(
+            p("affinity_timeout"),
+            format!(
+                "{who}: {t} s is outside 1..={} seconds (leave it out for no client-IP affinity)",
+                lim::DNAT_AFFINITY_MAX_SECS
+            ),
+        );
+    }
+    let snat_pool = match &r.snat {
+        None => None,
+        Some(name) => match raw_pools.iter().position(|pool| pool.name == *name) {
+            None => {
+                let names: Vec<&str> = raw_pools.iter().map(|p| p.name.as_str()).collect();
+                errs.push(
+                    p("snat"),
+                    format!(
+                        "{who}: no pool named `{name}` (pools: {})",
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                );
+                None
+            }
+            Some(k) if raw_pools[k].allocation.mode == AllocationMode::Deterministic => {
+                errs.push(
+                    p("snat"),
+                    format!(
+                        "{who}: pool `{name}` (pools[{k}]) is deterministic: its ports are fixed in advance for the subscribers of its inside prefix, and the clients of a DNAT rule are outside hosts with no range of their own; use a pool with another allocation mode"
+                    ),
+                );
+                None
+            }
+            Some(k) => Some(k),
+        },
+    };
+
+    let Some(kind) = kind.filter(|_| errs.0.len() == before) else {
+        return (kind, None);
+    };
+    let proto = match kind {
+        DnatKind::Port(DnatProtocol::Tcp, _) => Some(wire::ip_proto::TCP),
+        DnatKind::Port(DnatProtocol::Udp, _) => Some(wire::ip_proto::UDP),
+        DnatKind::AddressOnly => None,
+    };
+    let rule = nat::DnatRule {
+        name: r.name.clone(),
+        addr: u32::from(r.address),
+        proto,
+        port: rule_port,
+        backends,
+        scheduler: match r.scheduler {
+            None | Some(DnatScheduler::Random) => nat::Scheduler::WeightedRandom,
+            Some(DnatScheduler::RoundRobin) => nat::Scheduler::RoundRobin,
+            Some(DnatScheduler::Maglev) => nat::Scheduler::Maglev,
+        },
+        affinity_s: r.affinity_timeout.unwrap_or(0),
+        snat_pool,
+        on_removal: match r.on_backend_removal {
+            None | Some(DnatOnRemoval::Drain) => nat::OnRemoval::Drain,
+            Some(DnatOnRemoval::Cut) => nat::OnRemoval::Cut,
+        },
+    };
+    (Some(kind), Some(rule))
 }
 
 fn check_nat(errs: &mut Errors, raw: &crate::raw::RawNat) -> NatCfg {
