@@ -52,7 +52,8 @@ mod tests {
                 "GetSession",
                 "DeleteSessions",
                 "FlushSessions",
-                "WatchSessions"
+                "WatchSessions",
+                "ListDnatRules"
             ]
         );
         // Streaming calls are declared as such, so grpcurl prints every message.
@@ -63,6 +64,14 @@ mod tests {
             .map(|m| m.name())
             .collect();
         assert_eq!(streams, ["WatchStats", "ListSessions", "WatchSessions"]);
+        // ListDnatRules is a unary call: its reply is one consistent rule set with one generation.
+        let dnat = service
+            .method
+            .iter()
+            .find(|m| m.name() == "ListDnatRules")
+            .unwrap();
+        assert_eq!(dnat.input_type(), ".cgnat.v1.ListDnatRulesRequest");
+        assert_eq!(dnat.output_type(), ".cgnat.v1.ListDnatRulesResponse");
         // Imports are included so reflection clients can resolve Duration/Timestamp.
         assert!(
             fds.file

@@ -23,7 +23,8 @@ pub fn subscriber_owner(addr: u32, workers: usize) -> usize {
     if workers <= 1 {
         return 0;
     }
-    addr as usize % workers
+    // The shard uses the same function to hand a destination NAT backend's own flows over.
+    nat::subscriber_owner(addr, workers as u16) as usize
 }
 
 /// The worker that owns the outside port an inbound IPv4 packet (`ip`, from its header) is addressed

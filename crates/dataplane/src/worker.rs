@@ -60,6 +60,10 @@ pub struct Control {
     pub replies: crossbeam::queue::ArrayQueue<Reply>,
     /// Set while someone watches the session table: the worker then records session events too.
     pub session_events: std::sync::atomic::AtomicBool,
+    /// New destination NAT rules for the worker to put in force at its next loop (between bursts).
+    pub dnat: crossbeam::queue::ArrayQueue<Arc<nat::DnatTable>>,
+    /// Generation of the destination NAT rules the worker has in force.
+    pub dnat_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Control {
@@ -68,6 +72,8 @@ impl Control {
             commands: crossbeam::queue::ArrayQueue::new(commands.max(1)),
             replies: crossbeam::queue::ArrayQueue::new(replies.max(2)),
             session_events: std::sync::atomic::AtomicBool::new(false),
+            dnat: crossbeam::queue::ArrayQueue::new(4),
+            dnat_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -141,8 +147,9 @@ pub struct WorkerConfig {
     pub events: Option<Arc<EventQueue>>,
     /// Session queries from the control plane.
     pub control: Option<Arc<Control>>,
-    /// MASQUERADE: the outside port's address is also a pool address. Packets to it are translated
-    /// like any pool address, except ICMP echo requests, which the appliance answers itself.
+    /// MASQUERADE: the outside port's address is also a pool address (or a destination NAT rule
+    /// forwards ports of it). Packets to it are translated like any pool address, except ICMP echo
+    /// requests, which the appliance answers itself.
     pub masquerade: bool,
 }
 
@@ -657,6 +664,11 @@ impl Worker {
         let Some(ctl) = &self.control else {
             return;
         };
+        if let Some(t) = ctl.dnat.pop() {
+            let generation = t.generation;
+            self.shard.set_dnat(t);
+            ctl.dnat_generation.store(generation, Ordering::Release);
+        }
         let watched = ctl.session_events.load(Ordering::Relaxed);
         if watched != self.session_events {
             self.session_events = watched;
@@ -724,6 +736,12 @@ impl Worker {
     #[inline]
     fn owner(&self, side: Side, m: &Mbuf, later: Option<L4Ids>) -> usize {
         let ip = &m.data()[L3..];
+        let dnat = self.shard.dnat();
+        if !dnat.is_empty()
+            && let Some(o) = self.dnat_owner(side, ip, later)
+        {
+            return o;
+        }
         if let (Side::Outside, Some(ids)) = (side, later) {
             // A later fragment carries no ports: those of its first fragment name the owner. For
             // TCP/UDP the destination port is ours; for an echo, the identifier.
@@ -743,6 +761,39 @@ impl Worker {
                 Some(p) => nat::port_owner(p, self.workers as u16) as usize,
                 None => self.me,
             },
+        }
+    }
+
+    /// The owner of a destination NAT flow, when the packet is one: outside, a packet to a rule's
+    /// address belongs to the worker of its client; inside, a backend's packet belongs to the worker of
+    /// the client it answers (or, towards a pool address, the worker owning that port, as a full-NAT
+    /// or hairpinned client's endpoint is). The shard hands a backend's own new flows on to its
+    /// subscriber owner.
+    #[cold]
+    fn dnat_owner(&self, side: Side, ip: &[u8], later: Option<L4Ids>) -> Option<usize> {
+        let dnat = self.shard.dnat();
+        let addr = |o: usize| {
+            ip.get(o..o + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (src, dst) = (addr(12)?, addr(16)?);
+        let workers = self.workers as u16;
+        match side {
+            Side::Outside if dnat.is_vip(dst) => Some(nat::client_owner(src, workers) as usize),
+            Side::Inside if dnat.is_backend(src) => {
+                if self.shard.is_pool_address(dst) {
+                    let port = match later {
+                        Some(ids) if ip.get(9) == Some(&wire::ip_proto::ICMP) => ids.sport,
+                        Some(ids) => ids.dport,
+                        // The port a pool address is addressed on, as from outside.
+                        None => outside_port_of(ip)?,
+                    };
+                    Some(nat::port_owner(port, workers) as usize)
+                } else {
+                    Some(nat::client_owner(dst, workers) as usize)
+                }
+            }
+            _ => None,
         }
     }
 

@@ -1,8 +1,9 @@
 //! Bearer-token access control for the `cgnat.v1.Cgnat` service.
 //!
 //! With tokens configured, every call must carry `authorization: Bearer <token>`. A read-only token
-//! may call everything that only reads (info, stats, ports, pools, listing and watching sessions); a
-//! read-write token may also change state (deleting and flushing sessions). A call without a valid
+//! may call everything that only reads (info, stats, ports, pools, listing and watching sessions,
+//! destination NAT rules); a read-write token may also change state (deleting and flushing
+//! sessions). A call without a valid
 //! token is `UNAUTHENTICATED`; a read-only token on a changing call is `PERMISSION_DENIED`. The
 //! health service stays open for probes, and reflection (the schema, which is public) too.
 //!

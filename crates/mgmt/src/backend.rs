@@ -34,6 +34,53 @@ pub trait Backend: Send + Sync + 'static {
     fn delete_sessions(&self, query: SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError>;
     /// Session events from now on. Workers record them while at least one receiver exists.
     fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot>;
+    /// The destination NAT rules in force with their per-backend counters (summed over workers).
+    fn dnat(&self) -> DnatSnapshot;
+}
+
+/// The destination NAT rules in force for `ListDnatRules`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnatSnapshot {
+    /// Generation of the rule set: 1 at start, +1 for every applied change.
+    pub generation: u64,
+    pub rules: Vec<DnatRuleSnapshot>,
+}
+
+/// One rule. Counters of the rule are the sums of its backends'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnatRuleSnapshot {
+    pub name: String,
+    pub address: Ipv4Addr,
+    /// 6 (TCP), 17 (UDP), or 0 for an address-only (1:1 or identity) rule.
+    pub proto: u8,
+    /// 0 for an address-only rule.
+    pub port: u16,
+    /// "random", "round_robin" or "maglev".
+    pub scheduler: &'static str,
+    /// Client-IP affinity timeout; zero when off.
+    pub affinity: Duration,
+    /// Full NAT: the pool clients are translated to; `None` keeps the client address.
+    pub snat_pool: Option<String>,
+    /// "drain" or "cut".
+    pub on_removal: &'static str,
+    /// No longer configured; listed while its sessions drain.
+    pub retired: bool,
+    pub backends: Vec<DnatBackendSnapshot>,
+}
+
+/// One backend with its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnatBackendSnapshot {
+    pub address: Ipv4Addr,
+    /// 0 keeps the client's destination port.
+    pub port: u16,
+    pub weight: u32,
+    /// No longer configured; listed while its sessions drain.
+    pub retired: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub sessions_created: u64,
+    pub sessions_current: u64,
 }
 
 /// What happened to a session.
@@ -390,6 +437,70 @@ pub(crate) mod fake {
 
         fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot> {
             self.events.subscribe()
+        }
+
+        /// A load-balanced TCP service with one retired backend, a retired full-NAT UDP rule and
+        /// an address-only rule.
+        fn dnat(&self) -> DnatSnapshot {
+            let backend = |last: u8, port, weight, retired, n: u64| DnatBackendSnapshot {
+                address: Ipv4Addr::new(100, 64, 0, last),
+                port,
+                weight,
+                retired,
+                packets: 10 * n,
+                bytes: 1_000 * n,
+                sessions_created: 2 * n,
+                sessions_current: n,
+            };
+            DnatSnapshot {
+                generation: 3,
+                rules: vec![
+                    DnatRuleSnapshot {
+                        name: "web".into(),
+                        address: Ipv4Addr::new(203, 0, 113, 101),
+                        proto: 6,
+                        port: 80,
+                        scheduler: "round_robin",
+                        affinity: Duration::from_secs(30),
+                        snat_pool: None,
+                        on_removal: "drain",
+                        retired: false,
+                        backends: vec![
+                            backend(21, 8001, 1, false, 2),
+                            backend(22, 8002, 2, true, 1),
+                            // 10 packets, 1000 bytes, 2 sessions created, none left.
+                            DnatBackendSnapshot {
+                                sessions_current: 0,
+                                ..backend(23, 8003, 3, false, 1)
+                            },
+                        ],
+                    },
+                    DnatRuleSnapshot {
+                        name: "web-fullnat".into(),
+                        address: Ipv4Addr::new(203, 0, 113, 102),
+                        proto: 17,
+                        port: 53,
+                        scheduler: "maglev",
+                        affinity: Duration::ZERO,
+                        snat_pool: Some("lab".into()),
+                        on_removal: "drain",
+                        retired: true,
+                        backends: vec![backend(23, 5353, 1, true, 0)],
+                    },
+                    DnatRuleSnapshot {
+                        name: "static-host".into(),
+                        address: Ipv4Addr::new(203, 0, 113, 50),
+                        proto: 0,
+                        port: 0,
+                        scheduler: "random",
+                        affinity: Duration::ZERO,
+                        snat_pool: None,
+                        on_removal: "cut",
+                        retired: false,
+                        backends: vec![backend(24, 0, 1, false, 5)],
+                    },
+                ],
+            }
         }
 
         fn pools(&self) -> Vec<PoolSnapshot> {

@@ -27,9 +27,10 @@ mod service;
 
 pub use auth::{Access, Tokens};
 pub use backend::{
-    Backend, BackendError, EndpointFilter, InfoSnapshot, PoolSnapshot, PortCountersSnapshot,
-    PortRole, PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot,
-    SessionState, StatsSnapshot, WorkerStatsSnapshot,
+    Backend, BackendError, DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, EndpointFilter,
+    InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
+    SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot,
+    WorkerStatsSnapshot,
 };
 pub use error::MgmtError;
 pub use server::{BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, ServerConfig, bind, serve};

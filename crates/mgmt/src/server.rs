@@ -709,6 +709,76 @@ mod tests {
         server.stop().await.unwrap();
     }
 
+    #[tokio::test]
+    async fn list_dnat_rules_returns_the_rules_with_backend_sums() {
+        let server = Running::start().await;
+        let reply = server
+            .client()
+            .await
+            .list_dnat_rules(v1::ListDnatRulesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.generation, 3);
+        let names: Vec<&str> = reply.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["web", "web-fullnat", "static-host"]);
+        let web = &reply.rules[0];
+        assert_eq!(web.address, "203.0.113.101");
+        assert_eq!((web.protocol.as_str(), web.port), ("tcp", 80));
+        assert_eq!(web.scheduler, "round_robin");
+        assert_eq!(web.affinity_timeout.unwrap().seconds, 30);
+        assert_eq!(web.snat_pool, "", "client address preserved");
+        assert_eq!(web.on_backend_removal, "drain");
+        assert!(!web.retired);
+        // The rule's counters are the sums over its three backends, the retired one included.
+        assert_eq!(web.packets, 40);
+        assert_eq!(web.bytes, 4_000);
+        assert_eq!(web.sessions_created, 8);
+        assert_eq!(web.sessions_current, 3);
+        let b: Vec<(&str, u32, u32, bool)> = web
+            .backends
+            .iter()
+            .map(|b| (b.address.as_str(), b.port, b.weight, b.retired))
+            .collect();
+        assert_eq!(
+            b,
+            [
+                ("100.64.0.21", 8001, 1, false),
+                ("100.64.0.22", 8002, 2, true),
+                ("100.64.0.23", 8003, 3, false)
+            ]
+        );
+        assert_eq!(
+            (
+                web.backends[0].packets,
+                web.backends[0].bytes,
+                web.backends[0].sessions_created,
+                web.backends[0].sessions_current
+            ),
+            (20, 2_000, 4, 2)
+        );
+        let fullnat = &reply.rules[1];
+        assert_eq!(
+            (
+                fullnat.protocol.as_str(),
+                fullnat.port,
+                fullnat.scheduler.as_str()
+            ),
+            ("udp", 53, "maglev")
+        );
+        assert_eq!(fullnat.snat_pool, "lab");
+        assert!(fullnat.retired && fullnat.backends[0].retired);
+        assert_eq!(fullnat.sessions_current, 0);
+        let host = &reply.rules[2];
+        assert_eq!((host.protocol.as_str(), host.port), ("any", 0));
+        assert_eq!(host.snat_pool, "");
+        assert_eq!(host.on_backend_removal, "cut");
+        assert_eq!(host.affinity_timeout.unwrap().seconds, 0);
+        assert_eq!(host.sessions_current, 5);
+        assert_eq!(host.backends[0].port, 0);
+        server.stop().await.unwrap();
+    }
+
     fn event(
         change: crate::backend::SessionChange,
         inside: &str,
@@ -817,11 +887,23 @@ mod tests {
         for t in [None, Some("guess")] {
             let err = with(t).get_info(v1::GetInfoRequest {}).await.unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated);
+            let err = with(t)
+                .list_dnat_rules(v1::ListDnatRulesRequest {})
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated);
         }
         // Read-only: reads work, changes are refused and change nothing.
         let mut ro = with(Some("ro-secret-0123456789"));
         ro.get_stats(v1::GetStatsRequest {}).await.unwrap();
         ro.list_pools(v1::ListPoolsRequest {}).await.unwrap();
+        let rules = ro
+            .list_dnat_rules(v1::ListDnatRulesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .rules;
+        assert_eq!(rules.len(), 3);
         let err = ro
             .flush_sessions(v1::FlushSessionsRequest {})
             .await

@@ -17,9 +17,9 @@ use tracing::{debug, info};
 use crate::auth::require_write;
 
 use crate::backend::{
-    Backend, BackendError, EndpointFilter, InfoSnapshot, PoolSnapshot, PortCountersSnapshot,
-    PortRole, PortSnapshot, SessionChange, SessionEventSnapshot, SessionQuery, SessionSnapshot,
-    SessionState, StatsSnapshot,
+    Backend, BackendError, DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, EndpointFilter,
+    InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
+    SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot,
 };
 
 /// Smallest accepted `WatchStats` interval. Reading all counters is cheap, but
@@ -173,6 +173,56 @@ pub(crate) fn pool_to_proto(p: &PoolSnapshot) -> v1::Pool {
                 ports_in_use: n,
             })
             .collect(),
+    }
+}
+
+fn dnat_backend_to_proto(b: &DnatBackendSnapshot) -> v1::DnatBackend {
+    v1::DnatBackend {
+        address: b.address.to_string(),
+        port: u32::from(b.port),
+        weight: b.weight,
+        retired: b.retired,
+        packets: b.packets,
+        bytes: b.bytes,
+        sessions_created: b.sessions_created,
+        sessions_current: b.sessions_current,
+    }
+}
+
+/// One rule; its counters are the sums over its backends (saturating, like the stats totals).
+pub(crate) fn dnat_rule_to_proto(r: &DnatRuleSnapshot) -> v1::DnatRule {
+    let sum = |f: fn(&DnatBackendSnapshot) -> u64| {
+        r.backends
+            .iter()
+            .map(f)
+            .fold(0u64, |acc, n| acc.saturating_add(n))
+    };
+    v1::DnatRule {
+        name: r.name.clone(),
+        address: r.address.to_string(),
+        protocol: match r.proto {
+            0 => "any",
+            p => proto_name(p),
+        }
+        .to_owned(),
+        port: u32::from(r.port),
+        scheduler: r.scheduler.to_owned(),
+        affinity_timeout: Some(proto_duration(r.affinity)),
+        snat_pool: r.snat_pool.clone().unwrap_or_default(),
+        on_backend_removal: r.on_removal.to_owned(),
+        retired: r.retired,
+        packets: sum(|b| b.packets),
+        bytes: sum(|b| b.bytes),
+        sessions_created: sum(|b| b.sessions_created),
+        sessions_current: sum(|b| b.sessions_current),
+        backends: r.backends.iter().map(dnat_backend_to_proto).collect(),
+    }
+}
+
+pub(crate) fn dnat_to_proto(d: &DnatSnapshot) -> v1::ListDnatRulesResponse {
+    v1::ListDnatRulesResponse {
+        generation: d.generation,
+        rules: d.rules.iter().map(dnat_rule_to_proto).collect(),
     }
 }
 
@@ -365,6 +415,14 @@ impl<B: Backend> Cgnat for CgnatService<B> {
             "session table flushed"
         );
         Ok(Response::new(v1::DeleteSessionsResponse { deleted }))
+    }
+
+    async fn list_dnat_rules(
+        &self,
+        request: Request<v1::ListDnatRulesRequest>,
+    ) -> Result<Response<v1::ListDnatRulesResponse>, Status> {
+        debug!(rpc = "ListDnatRules", peer = ?request.remote_addr(), "gRPC request");
+        Ok(Response::new(dnat_to_proto(&self.backend.dnat())))
     }
 
     type WatchSessionsStream = SessionEventStream;
@@ -640,6 +698,48 @@ mod tests {
         assert_eq!(p.role(), v1::Role::Outside);
         assert_eq!(p.address, "192.0.2.1/24");
         assert_eq!(port_to_proto(&ports[0]).counters.unwrap().rx_nombuf, 18);
+    }
+
+    #[test]
+    fn dnat_rules_sum_their_backends_and_read_as_text() {
+        let reply = dnat_to_proto(&FakeBackend::new().dnat());
+        assert_eq!(reply.generation, 3);
+        let web = &reply.rules[0];
+        assert_eq!(
+            (web.address.as_str(), web.protocol.as_str(), web.port),
+            ("203.0.113.101", "tcp", 80)
+        );
+        assert_eq!(web.affinity_timeout.unwrap().seconds, 30);
+        assert_eq!(web.snat_pool, "");
+        assert_eq!(
+            (
+                web.packets,
+                web.bytes,
+                web.sessions_created,
+                web.sessions_current
+            ),
+            (40, 4_000, 8, 3)
+        );
+        assert_eq!(web.backends[1].address, "100.64.0.22");
+        assert!(web.backends[1].retired);
+        let fullnat = &reply.rules[1];
+        assert_eq!((fullnat.protocol.as_str(), fullnat.port), ("udp", 53));
+        assert_eq!(fullnat.snat_pool, "lab");
+        assert!(fullnat.retired);
+        let static_host = &reply.rules[2];
+        assert_eq!(
+            (static_host.protocol.as_str(), static_host.port),
+            ("any", 0)
+        );
+        assert_eq!(static_host.snat_pool, "");
+        assert_eq!(static_host.affinity_timeout.unwrap().seconds, 0);
+
+        // Rule totals saturate rather than wrap, like the stats totals.
+        let mut big = FakeBackend::new().dnat();
+        for b in &mut big.rules[0].backends {
+            b.bytes = u64::MAX - 1;
+        }
+        assert_eq!(dnat_to_proto(&big).rules[0].bytes, u64::MAX);
     }
 
     #[test]

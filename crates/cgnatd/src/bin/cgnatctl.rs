@@ -1,7 +1,7 @@
 //! cgnatctl: command-line client for a running cgnatd's gRPC management API.
 //!
-//! `cgnatctl info | stats [--watch] | ports | pools | health | sessions list|delete|flush|watch`,
-//! printed as aligned tables for people or as JSON/YAML (`-o json`) for
+//! `cgnatctl info | stats [--watch] | ports | pools | health | sessions list|get|delete|flush|watch
+//! | dnat`, printed as aligned tables for people or as JSON/YAML (`-o json`) for
 //! scripts. Errors are one line on stderr, `cgnatctl: <GRPC_CODE>: <message>`,
 //! with a non-zero exit. `--token-file` sends a bearer token. Limitations:
 //! plaintext HTTP/2 only (no TLS); no rule changes yet.
@@ -27,8 +27,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use ctl::format::{human_duration, parse_duration, status_line};
 use ctl::view::{
-    HealthView, InfoView, PoolsView, PortsView, Rates, SessionEventView, SessionView,
-    StatsTableOptions, StatsView, health_line, info_table, pools_table, ports_table,
+    DnatView, HealthView, InfoView, PoolsView, PortsView, Rates, SessionEventView, SessionView,
+    StatsTableOptions, StatsView, dnat_table, health_line, info_table, pools_table, ports_table,
     session_event_line, sessions_table, stats_table,
 };
 
@@ -94,6 +94,9 @@ enum Command {
     /// The session table, like conntrack: list, delete, flush.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Destination NAT rules and their backends, with packets, bytes and sessions; the rule
+    /// set's generation.
+    Dnat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +262,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let pools = ctx.call(client.list_pools(v1::ListPoolsRequest {})).await?;
             let view = PoolsView::from(&pools);
             emit(&ctx.render(&view, |v| pools_table(v, addresses), false)?)?;
+        }
+        Command::Dnat => {
+            let mut client = client(channel);
+            let rules = ctx
+                .call(client.list_dnat_rules(v1::ListDnatRulesRequest {}))
+                .await?;
+            emit(&ctx.render(&DnatView::from(&rules), dnat_table, false)?)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -521,6 +531,13 @@ mod tests {
         };
         assert!(args.watch && args.per_worker && !args.all);
         assert_eq!(args.interval, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn dnat_takes_the_global_output_flag() {
+        let cli = Cli::try_parse_from(["cgnatctl", "dnat", "-o", "yaml"]).unwrap();
+        assert!(matches!(cli.command, Command::Dnat));
+        assert_eq!(cli.output, Output::Yaml);
     }
 
     #[test]

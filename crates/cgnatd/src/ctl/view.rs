@@ -675,6 +675,190 @@ pub fn pools_table(v: &PoolsView, addresses: bool) -> String {
     out
 }
 
+/// `cgnatctl dnat` output; JSON shape
+/// `{"generation":N,"rules":[{"name","address","protocol","port","scheduler","snat","affinity_timeout_s","on_backend_removal","retired","packets","bytes","sessions_created","sessions_current","backends":[{"address","port","weight","retired","packets","bytes","sessions_created","sessions_current"}]}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnatView {
+    /// Generation of the rule set; grows on every reload that changed it.
+    pub generation: u64,
+    /// Rules in the server's (configuration) order.
+    pub rules: Vec<DnatRuleView>,
+}
+
+/// One rule in [`DnatView`]; its counters are the sums over its backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnatRuleView {
+    pub name: String,
+    pub address: String,
+    /// `tcp`, `udp`, or `any` for an address-only rule.
+    pub protocol: String,
+    /// 0 for an address-only rule.
+    pub port: u32,
+    /// `random`, `round_robin` or `maglev`.
+    pub scheduler: String,
+    /// Full NAT pool; `null` when the backends see the client's address.
+    pub snat: Option<String>,
+    /// Client-IP affinity in whole seconds; 0 when off.
+    pub affinity_timeout_s: u64,
+    /// `drain` or `cut`.
+    pub on_backend_removal: String,
+    pub retired: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub sessions_created: u64,
+    pub sessions_current: u64,
+    pub backends: Vec<DnatBackendView>,
+}
+
+/// One backend of a [`DnatRuleView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnatBackendView {
+    pub address: String,
+    /// 0 keeps the client's destination port.
+    pub port: u32,
+    pub weight: u32,
+    pub retired: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub sessions_created: u64,
+    pub sessions_current: u64,
+}
+
+impl From<&v1::ListDnatRulesResponse> for DnatView {
+    fn from(r: &v1::ListDnatRulesResponse) -> Self {
+        let rule = |r: &v1::DnatRule| DnatRuleView {
+            name: r.name.clone(),
+            address: r.address.clone(),
+            // An address-only rule matches every protocol; say so even if a server left it empty.
+            protocol: if r.protocol.is_empty() {
+                "any".to_owned()
+            } else {
+                r.protocol.clone()
+            },
+            port: r.port,
+            scheduler: r.scheduler.clone(),
+            snat: (!r.snat_pool.is_empty()).then(|| r.snat_pool.clone()),
+            affinity_timeout_s: r
+                .affinity_timeout
+                .map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0)),
+            on_backend_removal: r.on_backend_removal.clone(),
+            retired: r.retired,
+            packets: r.packets,
+            bytes: r.bytes,
+            sessions_created: r.sessions_created,
+            sessions_current: r.sessions_current,
+            backends: r
+                .backends
+                .iter()
+                .map(|b| DnatBackendView {
+                    address: b.address.clone(),
+                    port: b.port,
+                    weight: b.weight,
+                    retired: b.retired,
+                    packets: b.packets,
+                    bytes: b.bytes,
+                    sessions_created: b.sessions_created,
+                    sessions_current: b.sessions_current,
+                })
+                .collect(),
+        };
+        DnatView {
+            generation: r.generation,
+            rules: r.rules.iter().map(rule).collect(),
+        }
+    }
+}
+
+/// `retired` once no longer configured, `draining` while such a rule or backend still has sessions.
+fn retired_marker(retired: bool, sessions_current: u64) -> Option<&'static str> {
+    match (retired, sessions_current) {
+        (false, _) => None,
+        (true, 0) => Some("retired"),
+        (true, _) => Some("draining"),
+    }
+}
+
+/// `cgnatctl dnat` as a table: the generation, then one line per rule (what it matches, scheduler,
+/// full-NAT pool, sessions open and created, packets, bytes) followed by its backends, indented.
+pub fn dnat_table(v: &DnatView) -> String {
+    let mut out = format!("Generation: {}\n", v.generation);
+    if v.rules.is_empty() {
+        out.push_str("No destination NAT rules.\n");
+        return out;
+    }
+    let mut t = Table::new([
+        ("RULE / BACKEND", Align::Left),
+        ("MATCH", Align::Left),
+        ("SCHEDULER", Align::Left),
+        ("SNAT", Align::Left),
+        ("WEIGHT", Align::Right),
+        ("SESSIONS", Align::Right),
+        ("CREATED", Align::Right),
+        ("PACKETS", Align::Right),
+        ("BYTES", Align::Right),
+        ("FLAGS", Align::Left),
+    ]);
+    for r in &v.rules {
+        let matches = if r.port == 0 {
+            format!("{} (address-only)", r.address)
+        } else {
+            format!("{}:{}/{}", r.address, r.port, r.protocol)
+        };
+        let mut flags = Vec::new();
+        if r.affinity_timeout_s > 0 {
+            flags.push(format!(
+                "affinity {}",
+                human_duration(Duration::from_secs(r.affinity_timeout_s))
+            ));
+        }
+        // Drain is the default; only the other policy is worth a mention.
+        if r.on_backend_removal != "drain" && !r.on_backend_removal.is_empty() {
+            flags.push(format!("{} on removal", r.on_backend_removal));
+        }
+        flags.extend(retired_marker(r.retired, r.sessions_current).map(str::to_owned));
+        t.row(vec![
+            r.name.clone(),
+            matches,
+            // An address-only rule has one backend; no scheduler picks it.
+            if r.port == 0 {
+                "-".to_owned()
+            } else {
+                r.scheduler.clone()
+            },
+            r.snat.clone().unwrap_or_else(|| "-".to_owned()),
+            String::new(),
+            group_thousands(r.sessions_current),
+            group_thousands(r.sessions_created),
+            group_thousands(r.packets),
+            group_thousands(r.bytes),
+            flags.join(", "),
+        ]);
+        for b in &r.backends {
+            let target = if b.port == 0 {
+                b.address.clone()
+            } else {
+                format!("{}:{}", b.address, b.port)
+            };
+            t.row(vec![
+                format!("  {target}"),
+                String::new(),
+                String::new(),
+                String::new(),
+                b.weight.to_string(),
+                group_thousands(b.sessions_current),
+                group_thousands(b.sessions_created),
+                group_thousands(b.packets),
+                group_thousands(b.bytes),
+                retired_marker(b.retired, b.sessions_current)
+                    .unwrap_or_default()
+                    .to_owned(),
+            ]);
+        }
+    }
+    out.push_str(&t.render());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,6 +1194,157 @@ mod tests {
         assert_eq!(
             lines[5],
             "inside     1,500         3        2         4          5          6          7          8"
+        );
+    }
+
+    fn sample_dnat() -> v1::ListDnatRulesResponse {
+        let backend = |address: &str, port, weight, retired, n: u64| v1::DnatBackend {
+            address: address.into(),
+            port,
+            weight,
+            retired,
+            packets: 100 * n,
+            bytes: 10_000 * n,
+            sessions_created: 10 * n,
+            sessions_current: n,
+        };
+        v1::ListDnatRulesResponse {
+            generation: 2,
+            rules: vec![
+                v1::DnatRule {
+                    name: "web".into(),
+                    address: "203.0.113.101".into(),
+                    protocol: "tcp".into(),
+                    port: 80,
+                    scheduler: "random".into(),
+                    affinity_timeout: Some(prost_types::Duration::default()),
+                    snat_pool: String::new(),
+                    on_backend_removal: "drain".into(),
+                    retired: false,
+                    packets: 600,
+                    bytes: 60_000,
+                    sessions_created: 60,
+                    sessions_current: 6,
+                    backends: vec![
+                        backend("100.64.0.21", 8001, 1, false, 1),
+                        backend("100.64.0.22", 8002, 2, false, 2),
+                        backend("100.64.0.23", 8003, 3, true, 3),
+                    ],
+                },
+                v1::DnatRule {
+                    name: "web-fullnat".into(),
+                    address: "203.0.113.102".into(),
+                    protocol: "udp".into(),
+                    port: 53,
+                    scheduler: "maglev".into(),
+                    affinity_timeout: Some(prost_types::Duration {
+                        seconds: 10_800,
+                        nanos: 0,
+                    }),
+                    snat_pool: "lab".into(),
+                    on_backend_removal: "cut".into(),
+                    retired: true,
+                    packets: 0,
+                    bytes: 0,
+                    sessions_created: 0,
+                    sessions_current: 0,
+                    backends: vec![backend("100.64.0.23", 5353, 1, true, 0)],
+                },
+                v1::DnatRule {
+                    name: "static-host".into(),
+                    address: "203.0.113.50".into(),
+                    protocol: "any".into(),
+                    port: 0,
+                    scheduler: "random".into(),
+                    affinity_timeout: None,
+                    snat_pool: String::new(),
+                    on_backend_removal: "drain".into(),
+                    retired: false,
+                    packets: 500,
+                    bytes: 50_000,
+                    sessions_created: 50,
+                    sessions_current: 5,
+                    backends: vec![backend("100.64.0.24", 0, 1, false, 5)],
+                },
+            ],
+        }
+    }
+
+    /// The JSON shape is a contract with scripts and the end-to-end tests (tests/e2e/dnat.rs).
+    #[test]
+    fn dnat_json_shape() {
+        let json = serde_json::to_value(DnatView::from(&sample_dnat())).unwrap();
+        assert_eq!(
+            json["rules"][0],
+            serde_json::json!({
+                "name": "web", "address": "203.0.113.101", "protocol": "tcp", "port": 80,
+                "scheduler": "random", "snat": null, "affinity_timeout_s": 0,
+                "on_backend_removal": "drain", "retired": false,
+                "packets": 600, "bytes": 60_000, "sessions_created": 60, "sessions_current": 6,
+                "backends": [
+                    {"address": "100.64.0.21", "port": 8001, "weight": 1, "retired": false,
+                     "packets": 100, "bytes": 10_000, "sessions_created": 10, "sessions_current": 1},
+                    {"address": "100.64.0.22", "port": 8002, "weight": 2, "retired": false,
+                     "packets": 200, "bytes": 20_000, "sessions_created": 20, "sessions_current": 2},
+                    {"address": "100.64.0.23", "port": 8003, "weight": 3, "retired": true,
+                     "packets": 300, "bytes": 30_000, "sessions_created": 30, "sessions_current": 3},
+                ]
+            })
+        );
+        assert_eq!(json["generation"], 2);
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["generation", "rules"]);
+        let fullnat = &json["rules"][1];
+        assert_eq!(fullnat["protocol"], "udp");
+        assert_eq!(fullnat["snat"], "lab");
+        assert_eq!(fullnat["affinity_timeout_s"], 10_800);
+        assert_eq!(fullnat["on_backend_removal"], "cut");
+        assert_eq!(fullnat["retired"], true);
+        let host = &json["rules"][2];
+        assert_eq!(host["protocol"], "any");
+        assert_eq!(host["port"], 0);
+        assert_eq!(host["snat"], serde_json::Value::Null);
+        assert_eq!(host["affinity_timeout_s"], 0);
+        assert_eq!(host["backends"][0]["port"], 0);
+
+        // Unset or empty fields still give the documented shape.
+        let bare = v1::ListDnatRulesResponse {
+            generation: 1,
+            rules: vec![v1::DnatRule {
+                name: "x".into(),
+                ..Default::default()
+            }],
+        };
+        let json = serde_json::to_value(DnatView::from(&bare)).unwrap();
+        assert_eq!(json["rules"][0]["protocol"], "any");
+        assert_eq!(json["rules"][0]["snat"], serde_json::Value::Null);
+        assert_eq!(json["rules"][0]["affinity_timeout_s"], 0);
+        assert_eq!(json["rules"][0]["backends"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn dnat_table_lists_rules_then_their_backends() {
+        let text = dnat_table(&DnatView::from(&sample_dnat()));
+        assert_eq!(
+            text,
+            "Generation: 2\n\
+             RULE / BACKEND      MATCH                        SCHEDULER  SNAT  WEIGHT  SESSIONS  CREATED  PACKETS   BYTES  FLAGS\n\
+             web                 203.0.113.101:80/tcp         random     -                    6       60      600  60,000\n\
+            \x20 100.64.0.21:8001                                                     1         1       10      100  10,000\n\
+            \x20 100.64.0.22:8002                                                     2         2       20      200  20,000\n\
+            \x20 100.64.0.23:8003                                                     3         3       30      300  30,000  draining\n\
+             web-fullnat         203.0.113.102:53/udp         maglev     lab                  0        0        0       0  affinity 3h, cut on removal, retired\n\
+            \x20 100.64.0.23:5353                                                     1         0        0        0       0  retired\n\
+             static-host         203.0.113.50 (address-only)  -          -                    5       50      500  50,000\n\
+            \x20 100.64.0.24                                                          1         5       50      500  50,000\n"
+        );
+        let empty = DnatView {
+            generation: 1,
+            rules: vec![],
+        };
+        assert_eq!(
+            dnat_table(&empty),
+            "Generation: 1\nNo destination NAT rules.\n"
         );
     }
 

@@ -39,10 +39,16 @@ pub struct DaemonBackend {
     /// Session events for `WatchSessions` (the event router sends, each watcher subscribes).
     pub session_events: broadcast::Sender<SessionEventSnapshot>,
     pools: Vec<config::Pool>,
+    dnat: Arc<super::dnat::DnatPlane>,
 }
 
 impl DaemonBackend {
-    pub fn new(cfg: &Config, dp: &DataPlane, started_at: SystemTime) -> DaemonBackend {
+    pub fn new(
+        cfg: &Config,
+        dp: &DataPlane,
+        started_at: SystemTime,
+        dnat: Arc<super::dnat::DnatPlane>,
+    ) -> DaemonBackend {
         let ports = dp
             .ports
             .iter()
@@ -64,6 +70,7 @@ impl DaemonBackend {
             .collect();
         DaemonBackend {
             pools: cfg.pools.clone(),
+            dnat,
             started_at,
             dpdk_version: dpdk::version(),
             workers: dp.workers.iter().map(|(l, c)| (l.0, c.clone())).collect(),
@@ -121,6 +128,10 @@ impl Backend for DaemonBackend {
 
     fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot> {
         self.session_events.subscribe()
+    }
+
+    fn dnat(&self) -> mgmt::DnatSnapshot {
+        self.dnat.snapshot()
     }
 
     fn pools(&self) -> Vec<PoolSnapshot> {

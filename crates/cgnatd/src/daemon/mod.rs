@@ -1,6 +1,7 @@
 //! Start-up, run and shutdown of the daemon.
 
 mod backend;
+mod dnat;
 mod events;
 mod sessions;
 mod setup;
@@ -139,6 +140,8 @@ fn load_tokens(cfg: &Config) -> Result<mgmt::Tokens> {
 /// Run until SIGINT/SIGTERM.
 pub fn run(path: &Path, o: Overrides) -> Result<()> {
     let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+    // What a reload compares the file with: the file as it was, before command-line overrides.
+    let as_loaded = cfg.clone();
     if let Some(p) = &o.file_prefix {
         cfg.with_file_prefix(p)
             .map_err(|e| anyhow!("--file-prefix: {e}"))?;
@@ -154,9 +157,24 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
     let eal = dpdk::Eal::init(&eal_args).context("DPDK EAL initialisation failed")?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let outcome = setup::start(&cfg, stop.clone()).and_then(|dp| {
-        let backend = Arc::new(DaemonBackend::new(&cfg, &dp, started_at));
-        let served = serve(&cfg, backend, &dp, tokens);
+    let outcome = setup::start(&cfg, stop.clone()).and_then(|mut dp| {
+        let initial = dp
+            .dnat
+            .take()
+            .ok_or_else(|| anyhow!("the data plane has no destination NAT table"))?;
+        let plane = Arc::new(dnat::DnatPlane::new(
+            initial,
+            dp.rules.clone(),
+            dp.controls.clone(),
+            dp.dnat_counters.clone(),
+        ));
+        let backend = Arc::new(DaemonBackend::new(&cfg, &dp, started_at, plane.clone()));
+        let reload = Reload {
+            path: path.to_path_buf(),
+            running: as_loaded,
+            plane,
+        };
+        let served = serve(&cfg, backend, &dp, tokens, reload);
         // Whatever happened to the control plane, the workers stop and the ports go down cleanly.
         stop.store(true, Ordering::Relaxed);
         let summary = dp.shutdown();
@@ -173,11 +191,19 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
 }
 
 /// Serve the management API and log periodic stats until a termination signal arrives.
+/// What SIGHUP reloads.
+struct Reload {
+    path: std::path::PathBuf,
+    running: Config,
+    plane: Arc<dnat::DnatPlane>,
+}
+
 fn serve(
     cfg: &Config,
     backend: Arc<DaemonBackend>,
     dp: &setup::DataPlane,
     tokens: mgmt::Tokens,
+    reload: Reload,
 ) -> Result<()> {
     // The control plane gets a small runtime on the main lcore's CPU.
     // EAL has pinned this (main lcore) thread; pin the runtime's threads to the same CPUs
@@ -229,6 +255,12 @@ fn serve(
                 info!(target: "cgnatd::stats", "{}", backend::summary_line(&counters));
             }
         });
+        let reloader = tokio::spawn(dnat::reload_on_hangup(
+            reload.path,
+            reload.running,
+            reload.plane,
+            broker.clone(),
+        ));
         let dispatcher = tokio::spawn(broker.run());
         let event_log = tokio::spawn(async move {
             if queues.is_empty() {
@@ -258,6 +290,7 @@ fn serve(
         stats.abort();
         event_log.abort();
         dispatcher.abort();
+        reloader.abort();
         // What the workers queued before the signal still reaches the log.
         for (worker, q) in &last_queues {
             for _ in 0..q.len() {

@@ -151,8 +151,15 @@ impl SessionBroker {
     }
 
     pub fn delete(&self, q: &SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError> {
+        self.delete_matching(filter_of(q))
+    }
+
+    /// Delete the sessions matching `filter` on every worker (the daemon's own cuts).
+    pub fn delete_matching(
+        &self,
+        filter: nat::SessionFilter,
+    ) -> Result<oneshot::Receiver<u64>, BackendError> {
         let (tx, rx) = oneshot::channel();
-        let filter = filter_of(q);
         self.start(
             |id| Command::Delete { id, filter },
             Waiting::Delete(Some(tx)),

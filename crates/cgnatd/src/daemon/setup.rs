@@ -35,6 +35,11 @@ pub struct DataPlane {
     pub events: Vec<(usize, Arc<EventQueue>)>,
     /// Per worker, in worker order: the session command and reply queues.
     pub controls: Vec<Arc<Control>>,
+    /// Per worker, in worker order: destination NAT counters by backend.
+    pub dnat_counters: Vec<Arc<nat::DnatCounters>>,
+    /// The destination NAT table the workers start with (taken by the daemon's DNAT plane).
+    pub dnat: Option<(Arc<nat::DnatTable>, nat::DnatIds)>,
+    pub rules: Arc<Rules>,
     pool: Option<Arc<Mempool>>,
 }
 
@@ -294,14 +299,19 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
     // Pool addresses inside the outside subnet must be answered for in ARP (proxy ARP); routed pools
     // need nothing.
     let outside_net = ports[outside].cfg.prefix;
-    let proxy_arp: Vec<u32> = rules
+    // Destination NAT addresses too (those of the rules at start: a reload does not add ARP answers).
+    let mut proxy_arp: Vec<u32> = rules
         .pools
         .iter()
         .flat_map(|p| p.addrs.iter().copied())
+        .chain(cfg.dnat.iter().map(|r| r.addr))
         .filter(|a| {
             outside_net.contains((*a).into()) && *a != u32::from(ports[outside].cfg.address)
         })
         .collect();
+    proxy_arp.sort_unstable();
+    proxy_arp.dedup();
+    let dnat = super::dnat::DnatPlane::initial(cfg, &rules)?;
 
     // Flows are owned by one worker each; frames that arrive elsewhere travel over these rings.
     let mut links: Vec<Links> = if n_workers > 1 {
@@ -318,6 +328,9 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         workers: Vec::new(),
         events: Vec::new(),
         controls: Vec::new(),
+        dnat_counters: Vec::new(),
+        dnat: None,
+        rules: rules.clone(),
         pool: None,
     };
     if n_workers > 1 {
@@ -363,7 +376,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         dp.controls.push(control.clone());
         let wcfg = WorkerConfig {
             events,
-            control: Some(control),
+            control: Some(control.clone()),
             inside: setup(inside, Vec::new())?,
             outside: setup(outside, proxy_arp.clone())?,
             neighbour_reachable_s: cfg.neighbour.reachable_time.as_secs(),
@@ -375,7 +388,13 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             links: std::mem::replace(&mut links[i], Links::none()),
             idle_sleep: cfg.dataplane.idle_sleep,
             idle_polls: cfg.dataplane.idle_polls,
-            masquerade: cfg.pools.iter().any(|p| p.masquerade),
+            // Packets to the outside address go to the translator too when a destination NAT rule of
+            // the starting configuration forwards ports of it (NodePort style).
+            masquerade: cfg.pools.iter().any(|p| p.masquerade)
+                || cfg
+                    .dnat
+                    .iter()
+                    .any(|r| r.addr == u32::from(ports[outside].cfg.address)),
             fragments: nat::FragConfig {
                 max_datagrams: cfg.nat.fragments.max_datagrams,
                 max_held: cfg.nat.fragments.max_held,
@@ -387,7 +406,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         let shard_cfg = shard_config(cfg, q, n_workers, seeds.hash_one(i));
         // Transparent huge pages for the slab and index when the kernel grants them (THP 'madvise'
         // or 'always'); with hugetlbfs-only setups they stay on 4 KiB pages.
-        let shard = Shard::with_memory_advice(
+        let mut shard = Shard::with_memory_advice(
             shard_cfg,
             rules.clone(),
             counters.clone(),
@@ -395,6 +414,11 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             Some(dpdk::advise_hugepages),
         )
         .context("cannot build the session table")?;
+        shard.set_dnat(dnat.0.clone());
+        control
+            .dnat_generation
+            .store(dnat.0.generation, std::sync::atomic::Ordering::Release);
+        dp.dnat_counters.push(shard.dnat_counters().clone());
         let (slab, index, portmaps) = shard.memory_bytes();
         info!(
             worker = i,
@@ -408,6 +432,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         workers.push((*lc, counters, wcfg, shard));
     }
     let pool = Arc::new(pool);
+    dp.dnat = Some(dnat);
     dp.ports = ports;
     dp.pool = Some(pool.clone());
     for (lc, counters, wcfg, shard) in workers {
