@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The standard cgnat lab: network namespaces on one machine, no NIC needed.
 #
-#   cgn-sub1 100.64.0.11/24 ─┐
-#   cgn-sub2 100.64.0.12/24 ─┼─ bridge in netns cgn-access ── veth ── cgn-in  (DPDK port 0, inside, 100.64.0.1)
+#   cgn-sub1 100.64.0.11/24 (+ .21, .22) ─┐
+#   cgn-sub2 100.64.0.12/24 (+ .23, .24) ─┼─ bridge in netns cgn-access ── veth ── cgn-in  (DPDK port 0, inside, 100.64.0.1)
 #   cgnatd (root ns) ─── cgn-out (DPDK port 1, outside, 192.0.2.1) ── veth ── cgn-inet 192.0.2.2/24
 #   cgn-inet: servers 198.51.100.10 and 198.51.100.11 (and .20, reached under MASQUERADE);
-#             route 203.0.113.0/24 (the pool) via 192.0.2.1
+#             route 203.0.113.0/24 (the pool, and the destination NAT addresses) via 192.0.2.1
 #   cgn-inet (router, far0 198.18.0.1/24, MTU 1400) ── veth ── cgn-far 198.18.0.2/24 (MTU 1500)
+#
+# The secondary inside addresses 100.64.0.21-.24 (same /24, so the subscribers' own traffic keeps
+# 100.64.0.11/.12 as its source) host the destination NAT backends of config/lab.yaml and
+# lab-2workers.yaml: 100.64.0.11:8000, .21:8001, .22:8002 in cgn-sub1, .23:8003, .24:8004 in
+# cgn-sub2 (started by the end-to-end runner, not by this script); 100.64.0.24 is also the host
+# behind the 1:1 static NAT address 203.0.113.50. The destination NAT addresses 203.0.113.50 and
+# .100-.103 lie in 203.0.113.0/24 but outside the pool (.1-.6).
 #
 # cgnatd attaches with net_af_packet to the root-namespace veth ends cgn-in and cgn-out.
 # cgn-far is two routed hops behind cgnatd (default route via cgn-inet). cgn-inet forwards, and its
@@ -123,6 +130,17 @@ lab_up() {
     done
     ip netns exec cgn-sub1 ip addr add 100.64.0.11/24 dev eth0
     ip netns exec cgn-sub2 ip addr add 100.64.0.12/24 dev eth0
+    # Destination NAT backends: secondary addresses in the same /24 (added after the primary, so
+    # the kernel marks them secondary). The connected route and the default route pick the
+    # primary as source, so a subscriber's own connections still leave from .11/.12; a backend's
+    # replies leave from the address they were sent to, through the same default route.
+    local a
+    for a in 100.64.0.21 100.64.0.22; do
+        ip -n cgn-sub1 addr add "$a/24" dev eth0
+    done
+    for a in 100.64.0.23 100.64.0.24; do
+        ip -n cgn-sub2 addr add "$a/24" dev eth0
+    done
     for sub in sub1 sub2; do
         ip -n "cgn-$sub" link set eth0 up
         ip -n "cgn-$sub" route add default via 100.64.0.1
@@ -175,7 +193,7 @@ lab_up() {
     done
 
     trap - EXIT
-    log "up: cgn-sub1 100.64.0.11, cgn-sub2 100.64.0.12 -> cgn-in | cgn-out -> cgn-inet 192.0.2.2 (servers 198.51.100.10, .11) -> mtu 1400 -> cgn-far 198.18.0.2"
+    log "up: cgn-sub1 100.64.0.11 (+.21 .22), cgn-sub2 100.64.0.12 (+.23 .24) -> cgn-in | cgn-out -> cgn-inet 192.0.2.2 (servers 198.51.100.10, .11) -> mtu 1400 -> cgn-far 198.18.0.2"
 }
 
 cgnatd_pid() {
@@ -266,7 +284,8 @@ lab_status() {
     local ns dev pid
     for ns in "${NAMESPACES[@]}"; do
         if ns_exists "$ns"; then
-            echo "netns $ns: $(ip -n "$ns" -brief addr show | awk '$1 != "lo" {print $1 ($3 ? " " $3 : "")}' | paste -sd ',' -)"
+            # Every address of every interface (the subscribers have secondaries).
+            echo "netns $ns: $(ip -n "$ns" -brief addr show | awk '$1 != "lo" {s = $1; for (i = 3; i <= NF; i++) s = s " " $i; print s}' | paste -sd ',' -)"
         else
             echo "netns $ns: absent"
         fi

@@ -14,9 +14,9 @@ use crate::Env;
 use crate::env::*;
 use crate::proc::{self, Background};
 
-type R = Result<(), String>;
+pub(crate) type R = Result<(), String>;
 
-fn ensure(cond: bool, msg: impl FnOnce() -> String) -> R {
+pub(crate) fn ensure(cond: bool, msg: impl FnOnce() -> String) -> R {
     if cond { Ok(()) } else { Err(msg()) }
 }
 
@@ -71,7 +71,7 @@ fn ping(ns: &str, dst: &str, count: u32) -> Result<proc::Output, String> {
     )
 }
 
-fn ping_all_received(ns: &str, dst: &str, count: u32) -> R {
+pub(crate) fn ping_all_received(ns: &str, dst: &str, count: u32) -> R {
     let out = ping(ns, dst, count)?;
     let want = format!("{count} packets transmitted, {count} received");
     ensure(out.success() && out.stdout.contains(&want), || {
@@ -1415,7 +1415,7 @@ fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn json_lines(lines: &[String]) -> Vec<Value> {
+pub(crate) fn json_lines(lines: &[String]) -> Vec<Value> {
     lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -1885,13 +1885,13 @@ fn tcp_chat(
 }
 
 /// `cgnatctl` with the lab daemon's address; the output must be a success.
-fn cgnatctl(env: &Env, args: &[&str]) -> Result<proc::Output, String> {
+pub(crate) fn cgnatctl(env: &Env, args: &[&str]) -> Result<proc::Output, String> {
     let mut cmd = env.paths.ctl();
     cmd.args(args);
     proc::run(&mut cmd, Duration::from_secs(20))?.check()
 }
 
-fn sessions_json(env: &Env, filters: &[&str]) -> Result<Vec<Value>, String> {
+pub(crate) fn sessions_json(env: &Env, filters: &[&str]) -> Result<Vec<Value>, String> {
     let mut args = vec!["-o", "json", "sessions", "list"];
     args.extend_from_slice(filters);
     let out = cgnatctl(env, &args)?;

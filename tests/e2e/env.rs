@@ -1,5 +1,6 @@
 //! The shared test environment: the namespace lab (scripts/lab.sh), the cgnatd under
-//! test, the servers in cgn-inet, and typed access to `cgnatctl stats -o json`.
+//! test, the servers in cgn-inet and the destination NAT backends in cgn-sub1/cgn-sub2, and
+//! typed access to `cgnatctl stats -o json` and `cgnatctl dnat -o json`.
 
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
@@ -36,6 +37,40 @@ pub const FAR_LINK_MTU: u32 = 1400;
 pub const UDP_PORT: u16 = 7000;
 pub const HTTP_PORT: u16 = 8080;
 pub const FILE_SIZE: usize = 8 * 1024 * 1024;
+
+// Destination NAT (the `nat.dnat` rules of config/lab.yaml and lab-2workers.yaml). The
+// addresses are in 203.0.113.0/24, which cgn-inet routes to cgnatd, but not in the pool.
+/// Port forwarding: tcp :8080 → 100.64.0.11:8000 (forward-web), udp :5353 → 100.64.0.11:5353.
+pub const VIP_FORWARD: &str = "203.0.113.100";
+/// The services web (:80, random), web-rr (:81, round robin) and web-maglev (:82).
+pub const VIP_SERVICE: &str = "203.0.113.101";
+/// web-fullnat: tcp :80 → 100.64.0.23:8003 with the client translated to pool `lab`.
+pub const VIP_FULLNAT: &str = "203.0.113.102";
+/// web-sticky: tcp :80, random, client-IP affinity (30 s).
+pub const VIP_STICKY: &str = "203.0.113.103";
+/// static-host: 203.0.113.50 is 100.64.0.24, one to one, every protocol and port.
+pub const STATIC_OUTSIDE_IP: &str = "203.0.113.50";
+pub const STATIC_INSIDE_IP: &str = "100.64.0.24";
+/// forward-web's backend, on cgn-sub1's own (primary) address.
+pub const FORWARD_BACKEND: &str = "100.64.0.11:8000";
+pub const FORWARD_PORT: u16 = 8080;
+/// forward-dns's backend (a UDP echo), and the port on both sides.
+pub const DNS_BACKEND_IP: &str = "100.64.0.11";
+pub const DNS_PORT: u16 = 5353;
+/// The backends of web, web-rr and web-sticky with their weights (web-maglev: weight 1 each).
+pub const SERVICE_BACKENDS: [(&str, u64); 3] = [
+    ("100.64.0.21:8001", 1),
+    ("100.64.0.22:8002", 2),
+    ("100.64.0.23:8003", 3),
+];
+/// web-fullnat's one backend.
+pub const FULLNAT_BACKEND: &str = "100.64.0.23:8003";
+/// The whoami backend on the 1:1 host.
+pub const STATIC_BACKEND: &str = "100.64.0.24:8004";
+/// The whoami servers (tests/tools/whoami.py) of each subscriber namespace (scripts/lab.sh
+/// gives cgn-sub1 100.64.0.21/.22 and cgn-sub2 100.64.0.23/.24 as secondary addresses).
+pub const SUB1_BACKENDS: [&str; 3] = ["100.64.0.11:8000", "100.64.0.21:8001", "100.64.0.22:8002"];
+pub const SUB2_BACKENDS: [&str; 2] = ["100.64.0.23:8003", "100.64.0.24:8004"];
 
 /// The lab's pool, 203.0.113.1-203.0.113.6 (config/lab.yaml).
 pub fn in_pool(ip: Ipv4Addr) -> bool {
@@ -143,6 +178,25 @@ pub fn has_tokens(config: &Path) -> Result<(), String> {
     } else {
         Err(format!(
             "needs mgmt.tokens.read_write and read_only (config/lab-short.yaml); {} has none",
+            config.display()
+        ))
+    }
+}
+
+/// The config under test has destination NAT rules (`nat.dnat`, config/lab.yaml and
+/// lab-2workers.yaml). The cases assume those exact rules (the lab VIPs and backends above).
+pub fn has_dnat(config: &Path) -> Result<(), String> {
+    let text = fs::read_to_string(config).map_err(|e| format!("read {}: {e}", config.display()))?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| format!("{} is not YAML: {e}", config.display()))?;
+    if v["nat"]["dnat"]
+        .as_sequence()
+        .is_some_and(|r| !r.is_empty())
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "needs destination NAT rules (nat.dnat, as in config/lab.yaml); {} has none",
             config.display()
         ))
     }
@@ -312,17 +366,30 @@ pub struct Daemon {
     pid: u32,
     pub log: PathBuf,
     pub prefix: String,
+    /// The config file cgnatd runs from: a copy of the config under test in the run's work
+    /// directory, so a case may edit it and send SIGHUP ([`Daemon::reload`]), and must put the
+    /// original back afterwards. Paths inside the config (tokens) are absolute, so the copy
+    /// works from anywhere.
+    pub config: PathBuf,
     exit: Mutex<Option<ExitStatus>>,
 }
 
 impl Daemon {
     pub fn start(paths: &Paths, prefix: &str) -> Result<Daemon, String> {
         let log = paths.work.join("cgnatd.log");
+        let config = paths.work.join("cgnatd.yaml");
+        fs::copy(paths.config(), &config).map_err(|e| {
+            format!(
+                "copy {} to {}: {e}",
+                paths.config().display(),
+                config.display()
+            )
+        })?;
         let out = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(paths.cgnatd())
             .arg("--config")
-            .arg(paths.config())
+            .arg(&config)
             .args([
                 "--file-prefix",
                 prefix,
@@ -343,12 +410,21 @@ impl Daemon {
             pid,
             log,
             prefix: prefix.to_string(),
+            config,
             exit: Mutex::new(None),
         })
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// SIGHUP: cgnatd re-reads [`Daemon::config`]. A change confined to `nat.dnat` is applied
+    /// (the generation in `cgnatctl dnat` grows); anything else is logged and refused.
+    pub fn reload(&self) -> Result<(), String> {
+        self.ensure_alive()?;
+        proc::send_signal(self.pid, "HUP");
+        Ok(())
     }
 
     pub fn log_text(&self) -> String {
@@ -494,8 +570,71 @@ impl Stats {
     }
 }
 
-/// Servers in cgn-inet shared by all tests: UDP echo on both server addresses, and one
-/// HTTP server (/file, /whoami) on both.
+/// A snapshot of `cgnatctl dnat -o json`: `{"generation", "rules": [{"name", "address",
+/// "protocol", "port", "scheduler", "snat", "affinity_timeout_s", "packets", "bytes",
+/// "sessions_created", "sessions_current", "backends": [{"address", "port", "weight", "packets",
+/// "bytes", "sessions_created", "sessions_current"}]}]}`.
+pub struct DnatStatus(pub Value);
+
+impl DnatStatus {
+    pub fn read(paths: &Paths) -> Result<DnatStatus, String> {
+        let out = proc::run(
+            paths.ctl().args(["dnat", "-o", "json"]),
+            Duration::from_secs(10),
+        )?
+        .check()?;
+        let v: Value = serde_json::from_str(&out.stdout)
+            .map_err(|e| format!("cgnatctl dnat -o json is not JSON ({e}):\n{}", out.stdout))?;
+        if v["generation"].as_u64().is_none() || !v["rules"].is_array() {
+            return Err(format!(
+                "cgnatctl dnat -o json has no \"generation\" number or \"rules\" array:\n{}",
+                out.stdout
+            ));
+        }
+        Ok(DnatStatus(v))
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.0["generation"].as_u64().unwrap_or(0)
+    }
+
+    pub fn rule(&self, name: &str) -> Option<&Value> {
+        self.0["rules"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == name)
+    }
+
+    /// Backend `addr` ("ip:port") of rule `name`, if the rule lists it.
+    pub fn backend(&self, name: &str, addr: &str) -> Option<&Value> {
+        self.rule(name)?["backends"].as_array()?.iter().find(|b| {
+            let ip = b["address"].as_str().unwrap_or_default();
+            match b["port"].as_u64() {
+                Some(p) if p != 0 => format!("{ip}:{p}") == addr,
+                _ => ip == addr,
+            }
+        })
+    }
+
+    /// A counter of a backend of a rule; a backend the rule no longer lists counts 0.
+    pub fn backend_count(&self, name: &str, addr: &str, counter: &str) -> u64 {
+        self.backend(name, addr)
+            .and_then(|b| b[counter].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// A counter of a rule (the sum over its backends); an absent rule counts 0.
+    pub fn rule_count(&self, name: &str, counter: &str) -> u64 {
+        self.rule(name)
+            .and_then(|r| r[counter].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+/// Servers shared by all tests: in cgn-inet UDP echo on both server addresses, and one
+/// HTTP server (/file, /whoami) on both; in the subscriber namespaces the destination NAT
+/// backends (whoami servers that report which backend answered and the client it saw, and a
+/// UDP echo). The backends run under every lab config; only the DNAT configs reach them.
 pub struct Servers {
     pub udp_a: Background,
     pub udp_b: Background,
@@ -503,15 +642,21 @@ pub struct Servers {
     pub http_log: PathBuf,
     pub file: PathBuf,
     pub file_sha256: String,
+    /// whoami on [`SUB1_BACKENDS`] (cgn-sub1).
+    pub backends_sub1: Background,
+    /// whoami on [`SUB2_BACKENDS`] (cgn-sub2).
+    pub backends_sub2: Background,
+    /// UDP echo on 100.64.0.11:5353 (cgn-sub1), forward-dns's backend.
+    pub dns_backend: Background,
 }
 
 impl Servers {
     pub fn start(paths: &Paths) -> Result<Servers, String> {
-        let udp = |ip: &str| -> Result<Background, String> {
+        let udp = |ns: &str, ip: &str, port: u16| -> Result<Background, String> {
             let mut bg = Background::spawn(
-                &format!("udp echo {ip}"),
+                &format!("udp echo {ip}:{port}"),
                 proc::netns(
-                    INET,
+                    ns,
                     &[
                         &paths.python,
                         &paths.tool("udp_echo.py"),
@@ -519,7 +664,7 @@ impl Servers {
                         "--bind",
                         ip,
                         "--port",
-                        &UDP_PORT.to_string(),
+                        &port.to_string(),
                         "--lifetime",
                         "1200",
                     ],
@@ -528,8 +673,22 @@ impl Servers {
             bg.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
             Ok(bg)
         };
-        let udp_a = udp(SERVER_A)?;
-        let udp_b = udp(SERVER_B)?;
+        let udp_a = udp(INET, SERVER_A, UDP_PORT)?;
+        let udp_b = udp(INET, SERVER_B, UDP_PORT)?;
+        let whoami = |ns: &str, listen: &[&str]| -> Result<Background, String> {
+            let tool = paths.tool("whoami.py");
+            let mut argv = vec![paths.python.as_str(), tool.as_str(), "server"];
+            for l in listen {
+                argv.extend(["--listen", l]);
+            }
+            argv.extend(["--lifetime", "1200"]);
+            let mut bg = Background::spawn(&format!("whoami {ns}"), proc::netns(ns, &argv))?;
+            bg.wait_line(false, Duration::from_secs(10), |l| l.contains("\"ready\""))?;
+            Ok(bg)
+        };
+        let backends_sub1 = whoami(SUB1, &SUB1_BACKENDS)?;
+        let backends_sub2 = whoami(SUB2, &SUB2_BACKENDS)?;
+        let dns_backend = udp(SUB1, DNS_BACKEND_IP, DNS_PORT)?;
         let file = paths.work.join("served.bin");
         let http_log = paths.work.join("http.log");
         let mut http = Background::spawn(
@@ -568,7 +727,39 @@ impl Servers {
             http_log,
             file,
             file_sha256,
+            backends_sub1,
+            backends_sub2,
+            dns_backend,
         })
+    }
+
+    /// Every GET the whoami backends logged: (backend ip:port, client ip:port, path).
+    pub fn backend_requests(&self) -> Vec<(String, String, String)> {
+        self.backends_sub1
+            .stdout_lines()
+            .into_iter()
+            .chain(self.backends_sub2.stdout_lines())
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .filter(|v| v["event"] == "request")
+            .map(|v| {
+                let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                (f("server"), f("client"), f("path"))
+            })
+            .collect()
+    }
+
+    /// Stops every server (teardown).
+    pub fn stop_all(&mut self) {
+        for bg in [
+            &mut self.udp_a,
+            &mut self.udp_b,
+            &mut self.http,
+            &mut self.backends_sub1,
+            &mut self.backends_sub2,
+            &mut self.dns_backend,
+        ] {
+            bg.stop_with("TERM", Duration::from_secs(2));
+        }
     }
 
     /// Requests the HTTP server has logged: (client ip:port, path, bytes).
@@ -591,6 +782,9 @@ impl Servers {
             ("udp echo A", &mut self.udp_a),
             ("udp echo B", &mut self.udp_b),
             ("http", &mut self.http),
+            ("whoami cgn-sub1", &mut self.backends_sub1),
+            ("whoami cgn-sub2", &mut self.backends_sub2),
+            ("udp echo 100.64.0.11:5353", &mut self.dns_backend),
         ] {
             if !bg.is_running() {
                 return Err(format!(

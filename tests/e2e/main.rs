@@ -14,14 +14,19 @@
 //! same suite on two workers), CGNAT_E2E_LOCK_WAIT (seconds to wait for another run to
 //! release the machine-wide lab lock, default 900).
 //!
+//! cgnatd runs from a copy of the config under test (.lab/e2e/cgnatd.yaml): the destination NAT
+//! cases that reload rules edit that copy, send SIGHUP, and put the original back.
+//!
 //! The cases in `CONDITIONAL` need something only some lab configs have: short NAT timeouts
-//! and a small port limit (config/lab-short.yaml), or ports that pass IPv4 fragments to
-//! cgnatd unchanged (config/lab-pcap.yaml). Under any other config they are reported as
+//! and a small port limit (config/lab-short.yaml), ports that pass IPv4 fragments to
+//! cgnatd unchanged (config/lab-pcap.yaml), or destination NAT rules (config/lab.yaml and
+//! lab-2workers.yaml). Under any other config they are reported as
 //! ignored, with the reason, never as passed; `--include-ignored` runs them anyway, and then
 //! they fail naming what is missing.
 #![forbid(unsafe_code)]
 
 mod cases;
+mod dnat;
 mod env;
 mod lock;
 mod proc;
@@ -97,6 +102,23 @@ const CASES: &[(&str, Case)] = &[
         "masquerade_uses_the_interface_address",
         cases::masquerade_uses_the_interface_address,
     ),
+    // Destination NAT (tests/e2e/dnat.rs). The two that reload the config come last.
+    ("dnat_port_forwarding", dnat::port_forwarding),
+    (
+        "dnat_service_spreads_by_weight",
+        dnat::service_spreads_by_weight,
+    ),
+    ("dnat_round_robin_exact", dnat::round_robin_exact),
+    ("dnat_maglev_spreads", dnat::maglev_spreads),
+    ("dnat_affinity", dnat::affinity),
+    ("dnat_full_nat", dnat::full_nat),
+    ("dnat_hairpin", dnat::hairpin),
+    ("dnat_static_one_to_one", dnat::static_one_to_one),
+    (
+        "dnat_backend_removed_mid_run",
+        dnat::backend_removed_mid_run,
+    ),
+    ("dnat_backend_cut_mid_run", dnat::backend_cut_mid_run),
     (
         "sessions_are_listed_and_deleted",
         cases::sessions_are_listed_and_deleted,
@@ -130,6 +152,16 @@ const CONDITIONAL: &[(&str, Requirement)] = &[
     ("quota_exhaustion_keeps_existing_flows", env::short_timeouts),
     ("drain_to_zero_after_timeouts", env::short_timeouts),
     ("management_api_requires_tokens", env::has_tokens),
+    ("dnat_port_forwarding", env::has_dnat),
+    ("dnat_service_spreads_by_weight", env::has_dnat),
+    ("dnat_round_robin_exact", env::has_dnat),
+    ("dnat_maglev_spreads", env::has_dnat),
+    ("dnat_affinity", env::has_dnat),
+    ("dnat_full_nat", env::has_dnat),
+    ("dnat_hairpin", env::has_dnat),
+    ("dnat_static_one_to_one", env::has_dnat),
+    ("dnat_backend_removed_mid_run", env::has_dnat),
+    ("dnat_backend_cut_mid_run", env::has_dnat),
 ];
 
 /// Why the config under test cannot run case `name`, if it cannot.
@@ -266,9 +298,7 @@ fn teardown(env: Option<Arc<Env>>, paths: &Paths) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(env) = env {
         if let Ok(mut s) = env.servers.lock() {
-            s.udp_a.stop_with("TERM", Duration::from_secs(2));
-            s.udp_b.stop_with("TERM", Duration::from_secs(2));
-            s.http.stop_with("TERM", Duration::from_secs(2));
+            s.stop_all();
         }
         // Normally the last case already stopped it; a filtered run still checks here.
         let already = env.daemon.exit_status();
