@@ -779,7 +779,23 @@ impl Worker {
         let (src, dst) = (addr(12)?, addr(16)?);
         let workers = self.workers as u16;
         match side {
-            Side::Outside if dnat.is_vip(dst) => Some(nat::client_owner(src, workers) as usize),
+            // On a pool address only the rule's own port is the rule's; the rest are mappings.
+            Side::Outside
+                if dnat.is_vip(dst)
+                    && (!self.shard.is_pool_address(dst)
+                        || dnat
+                            .find(
+                                dst,
+                                *ip.get(9)?,
+                                match later {
+                                    Some(ids) => ids.dport,
+                                    None => outside_port_of(ip)?,
+                                },
+                            )
+                            .is_some()) =>
+            {
+                Some(nat::client_owner(src, workers) as usize)
+            }
             Side::Inside if dnat.is_backend(src) => {
                 if self.shard.is_pool_address(dst) {
                     let port = match later {

@@ -321,7 +321,9 @@ impl DnatTable {
                     let gone = !backends.iter().any(|e| {
                         e.backend.addr == ob.backend.addr && e.backend.port == ob.backend.port
                     });
-                    if gone && live(ob.id) {
+                    // A backend removed just now is kept one generation whatever its count says: a
+                    // worker may open a flow on it until it takes this table.
+                    if gone && (!ob.retired || live(ob.id)) {
                         backends.push(BackendEntry {
                             backend: Backend {
                                 weight: 0,
@@ -353,7 +355,7 @@ impl DnatTable {
                 let backends: Vec<BackendEntry> = old
                     .backends
                     .iter()
-                    .filter(|b| live(b.id))
+                    .filter(|b| !old.retired || live(b.id))
                     .map(|b| BackendEntry {
                         backend: Backend {
                             weight: 0,

@@ -584,3 +584,95 @@ fn overlapping_rules_are_refused_by_name() {
     .unwrap_err();
     assert!(e.to_string().contains("every port"), "{e}");
 }
+
+#[test]
+fn a_full_nat_clients_mapping_cannot_be_reached_from_outside() {
+    let mut r = service("full", 80, vec![backend(B3, 8003, 1)], Scheduler::default());
+    r.snat_pool = Some(0);
+    let (mut sh, _) = dnat_shard(vec![r]);
+    let (_, syn) = one(&mut sh, Dir::Out2In, tcp(CLIENT, 40000, VIP, 80, F::SYN), 0);
+    let (sa, sp) = src_of(&syn);
+    // Somebody else sends to the client's pool endpoint (endpoint-independent filtering would
+    // admit it for a subscriber's mapping).
+    let (v, _) = one(
+        &mut sh,
+        Dir::Out2In,
+        tcp(SRV, 1, Ipv4Addr::from(sa), sp, F::SYN),
+        0,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Filtered));
+    assert_eq!(sh.session_count(), 2);
+}
+
+#[test]
+fn a_full_nat_client_whose_backend_was_cut_opens_a_new_flow() {
+    let mut r = service("full", 53, vec![backend(B3, 5353, 1)], Scheduler::default());
+    r.proto = Some(ip_proto::UDP);
+    r.snat_pool = Some(0);
+    r.on_removal = OnRemoval::Cut;
+    let (mut sh, mut plane) = dnat_shard(vec![r.clone()]);
+    let (v, _) = one(&mut sh, Dir::Out2In, udp(CLIENT, 5000, VIP, 53, b"q"), 0);
+    assert_eq!(v, Verdict::Forward);
+    r.backends = vec![backend(B2, 5353, 1)];
+    plane.publish(&mut sh, vec![r]);
+    let filter = SessionFilter {
+        inside_addr: Some(a(B3)),
+        ..SessionFilter::default()
+    };
+    let (_, n) = sh.delete_sessions(0, u32::MAX, &filter);
+    assert_eq!(n, 1, "the cut removes the backend half");
+    // The client's next datagram, same source port: a fresh flow to the remaining backend.
+    let (v, pkt) = one(&mut sh, Dir::Out2In, udp(CLIENT, 5000, VIP, 53, b"q"), 1);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(dst_of(&pkt), (a(B2), 5353));
+    assert_eq!(sh.session_count(), 2);
+}
+
+#[test]
+fn a_rule_on_a_pool_address_leaves_the_pools_own_ports_alone() {
+    // Port 22 of a pool address is forwarded; every other port is still the pool's.
+    let mut r = service("ssh", 22, vec![backend(B1, 22, 1)], Scheduler::default());
+    r.addr = POOL[0];
+    let cfg = ShardConfig {
+        worker: 0,
+        workers: 2,
+        ..ShardConfig::default()
+    };
+    let (mut sh, _) = dnat_shard_with(vec![r], cfg);
+    // A subscriber's hairpin to a pool port another worker owns is still handed over.
+    let (v, _) = one(
+        &mut sh,
+        Dir::In2Out,
+        udp(SUB2, 5000, Ipv4Addr::from(POOL[0]), 64 * 21, b"x"),
+        0,
+    );
+    assert_eq!(
+        v,
+        Verdict::Handoff {
+            worker: 1,
+            dir: Dir::Out2In
+        }
+    );
+}
+
+#[test]
+fn the_backend_half_of_a_hairpinned_udp_flow_becomes_established() {
+    let mut rule = service("dns", 5353, vec![backend(SUB1, 0, 1)], Scheduler::default());
+    rule.proto = Some(ip_proto::UDP);
+    let (mut sh, _) = dnat_shard(vec![rule]);
+    let (v, q) = one(&mut sh, Dir::In2Out, udp(SUB2, 6000, VIP, 5353, b"q"), 0);
+    assert_eq!(v, Verdict::Hairpin);
+    let (sa, sp) = src_of(&q);
+    let (v, _) = one(
+        &mut sh,
+        Dir::In2Out,
+        udp(SUB1, 5353, Ipv4Addr::from(sa), sp, b"a"),
+        0,
+    );
+    assert_eq!(v, Verdict::Hairpin);
+    assert!(
+        sh.sessions()
+            .all(|s| s.ct_state() == crate::CtState::Established),
+        "both halves saw both directions"
+    );
+}

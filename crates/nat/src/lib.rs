@@ -80,7 +80,12 @@
 //! destination NAT rules sharing a backend cannot both take a flow from the same client endpoint
 //! (`dnat_conflict`: the replies would be indistinguishable). An ICMP error from a third party about
 //! a destination NAT flow reaches the flow's worker only with one worker or by chance (ownership is
-//! by the client's address). Fragmented ICMP errors are refused, and
+//! by the client's address), and errors about full-NAT flows are not translated (dropped
+//! `icmp_error_unmatched` from outside; a backend's error is not turned towards the client), so
+//! path MTU discovery between a full-NAT client and a backend relies on the hosts' own probing; a
+//! full-NAT backend's reply is checked against the inside port's MTU, not the outside one. Every
+//! new full-NAT client address takes a pool port (as a subscriber would): spoofed sources can use
+//! up a full-NAT pool, so give full-NAT rules a pool of their own. Fragmented ICMP errors are refused, and
 //! so are errors about an echo between two subscribers. An ICMP echo is
 //! hairpinned to the mapping whose outside identifier equals the sender's translated identifier (the
 //! same rule as for an echo arriving from outside), so ICMP hairpinning reaches a target only when the

@@ -1023,8 +1023,13 @@ impl Core {
             return Verdict::Drop(DropReason::TcpInvalid);
         }
         s.last_seen = now;
-        if s.proto == ip_proto::TCP && track_tcp(s, Dir::In2Out, p.tcp_flags) {
-            slab.refile(slot, &self.cfg.timeouts);
+        if s.proto == ip_proto::TCP {
+            if track_tcp(s, Dir::In2Out, p.tcp_flags) {
+                slab.refile(slot, &self.cfg.timeouts);
+            }
+        } else if s.state & (INBOUND | REPLIED) == INBOUND {
+            // The answer of a session opened from the other end (a backend's reply).
+            s.state |= REPLIED;
         }
         let s = *slab.get(slot);
         if s.is_dnat() {
@@ -1039,7 +1044,9 @@ impl Core {
         let owner = port_owner(target_port, self.cfg.workers);
         // Both halves of a destination NAT hairpin or full-NAT flow live here: a subscriber's flow to
         // a rule's address, and a backend's reply to it.
-        let local = s.state & DNAT != 0 || self.dnat.is_vip(p.key.dst);
+        let local = s.state & DNAT != 0
+            || (self.dnat.is_vip(p.key.dst)
+                && self.dnat.find(p.key.dst, s.proto, target_port).is_some());
         if owner != self.cfg.worker && !local {
             return Verdict::Handoff {
                 worker: owner,
@@ -1193,7 +1200,10 @@ impl Core {
             && self.dnat.is_backend(k.src)
             && self.dnat.static_for(k.src).is_none()
         {
-            let owner = subscriber_owner(k.src, self.cfg.workers);
+            let owner = self
+                .rules
+                .subscriber_worker(k.src, k.dst, self.cfg.workers)
+                .unwrap_or_else(|| subscriber_owner(k.src, self.cfg.workers));
             if owner != self.cfg.worker {
                 return Verdict::Handoff {
                     worker: owner,
@@ -1563,6 +1573,11 @@ impl Core {
             return Verdict::Drop(DropReason::NoSession);
         }
         let pi = m.pool as usize;
+        // A full-NAT client's mapping exists for its flows to a rule, not to be reached: its inside
+        // end is an outside host, which no SNAT rule names as a subscriber.
+        if !self.dnat.is_empty() && !self.rules.snat.iter().any(|r| r.matches(m.in_addr)) {
+            return Verdict::Drop(DropReason::Filtered);
+        }
         let allowed = match self.rules.pools[pi].filtering {
             Filtering::EndpointIndependent => true,
             Filtering::AddressDependent => {
@@ -1638,16 +1653,10 @@ impl Core {
         pkt: &mut [u8],
         now: u32,
     ) -> Verdict {
-        let s = slab.get_mut(slot);
+        let s = *slab.get(slot);
         if s.proto == ip_proto::TCP && p.frag != frag_pos::LATER && !tcp_flags_valid(p.tcp_flags) {
             return Verdict::Drop(DropReason::TcpInvalid);
         }
-        s.last_seen = now;
-        if s.proto == ip_proto::TCP && track_tcp(s, Dir::In2Out, p.tcp_flags) {
-            slab.refile(slot, &self.cfg.timeouts);
-        }
-        let s = *slab.get(slot);
-        rewrite(pkt, p, End::Source, s.out_addr, s.out_port, false);
         let p2 = Parsed {
             key: FlowKey {
                 src: s.out_addr,
@@ -1667,11 +1676,20 @@ impl Core {
             ..*p
         };
         let h = p2.key.hash(self.cfg.seed);
-        match self.lookup(slab, Dir::Out2In, &p2.key, h) {
-            Some(s2) => self.forward(slab, s2, Dir::Out2In, &p2, pkt, now),
-            // The backend half expired or was deleted first: nothing to send to.
-            None => Verdict::Drop(DropReason::NoSession),
+        let Some(s2) = self.lookup(slab, Dir::Out2In, &p2.key, h) else {
+            // The backend half expired or was cut first: the client half is an orphan. Remove it,
+            // and let the packet open a new flow if it may.
+            self.delete_session(slab, slot, now, false);
+            self.gauges(slab);
+            return self.out2in_miss(slab, p, pkt, now);
+        };
+        let c = slab.get_mut(slot);
+        c.last_seen = now;
+        if c.proto == ip_proto::TCP && track_tcp(c, Dir::In2Out, p.tcp_flags) {
+            slab.refile(slot, &self.cfg.timeouts);
         }
+        rewrite(pkt, p, End::Source, s.out_addr, s.out_port, false);
+        self.forward(slab, s2, Dir::Out2In, &p2, pkt, now)
     }
 
     /// Choose the backend of rule `r` for a new flow `k`: the client's affinity if it has one, else
@@ -1802,6 +1820,7 @@ impl Core {
             Err(reason) => {
                 if let Some(cs) = client_slot {
                     self.delete_session(slab, cs, now, true);
+                    self.gauges(slab);
                 }
                 return Verdict::Drop(reason);
             }
