@@ -676,3 +676,53 @@ fn the_backend_half_of_a_hairpinned_udp_flow_becomes_established() {
         "both halves saw both directions"
     );
 }
+
+#[test]
+fn a_finished_connection_gives_way_when_the_client_reuses_its_port_towards_another_rule() {
+    // Two rules in front of the same backend, as a ClusterIP and a NodePort of one Service are.
+    let b = vec![backend(B1, 8001, 1)];
+    let (mut sh, _) = dnat_shard(vec![
+        service("a", 80, b.clone(), Scheduler::default()),
+        service("b", 81, b, Scheduler::default()),
+    ]);
+    connect(&mut sh, CLIENT, 4242, 80, 0);
+    let (v, _) = one(
+        &mut sh,
+        Dir::In2Out,
+        tcp(B1, 8001, CLIENT, 4242, F::SYN | F::ACK),
+        0,
+    );
+    assert_eq!(v, Verdict::Forward);
+    // While the first connection is open, the same client port cannot reach the backend via b.
+    let (v, _) = one(&mut sh, Dir::Out2In, tcp(CLIENT, 4242, VIP, 81, F::SYN), 0);
+    assert_eq!(v, Verdict::Drop(DropReason::DnatConflict));
+    // Once it has closed both ways, it can.
+    one(
+        &mut sh,
+        Dir::Out2In,
+        tcp(CLIENT, 4242, VIP, 80, F::FIN | F::ACK),
+        1,
+    );
+    one(
+        &mut sh,
+        Dir::In2Out,
+        tcp(B1, 8001, CLIENT, 4242, F::FIN | F::ACK),
+        1,
+    );
+    let (v, pkt) = one(&mut sh, Dir::Out2In, tcp(CLIENT, 4242, VIP, 81, F::SYN), 2);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(dst_of(&pkt), (a(B1), 8001));
+    let (v, pkt) = one(
+        &mut sh,
+        Dir::In2Out,
+        tcp(B1, 8001, CLIENT, 4242, F::SYN | F::ACK),
+        2,
+    );
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(
+        src_of(&pkt),
+        (a(VIP), 81),
+        "the reply belongs to the new connection"
+    );
+    assert_eq!(sh.session_count(), 1);
+}

@@ -77,8 +77,9 @@
 //! # Limitations
 //!
 //! Pools and SNAT rules are fixed for the life of a shard (destination NAT rules are not). Two
-//! destination NAT rules sharing a backend cannot both take a flow from the same client endpoint
-//! (`dnat_conflict`: the replies would be indistinguishable). An ICMP error from a third party about
+//! destination NAT rules sharing a backend cannot both take a flow from the same client endpoint at
+//! the same time (`dnat_conflict`: the replies would be indistinguishable; a finished TCP
+//! connection gives way to a new SYN; there is no source-port remapping). An ICMP error from a third party about
 //! a destination NAT flow reaches the flow's worker only with one worker or by chance (ownership is
 //! by the client's address), and errors about full-NAT flows are not translated (dropped
 //! `icmp_error_unmatched` from outside; a backend's error is not turned towards the client), so

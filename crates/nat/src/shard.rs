@@ -1948,11 +1948,18 @@ impl Core {
     ) -> Result<u32, DropReason> {
         let seed = self.cfg.seed;
         let (ik, ok) = (in_key(&s), out_key(&s));
-        // One tuple names one session on each side.
-        if self.lookup(slab, Dir::In2Out, &ik, ik.hash(seed)).is_some()
-            || self.lookup(slab, Dir::Out2In, &ok, ok.hash(seed)).is_some()
-        {
-            return Err(DropReason::DnatConflict);
+        // One tuple names one session on each side. A finished TCP connection that holds the
+        // backend's tuple (the client reused its port towards another rule with the same backend)
+        // gives way to the new SYN, as the backend's own stack does with TIME_WAIT.
+        for (dir, key) in [(Dir::In2Out, ik), (Dir::Out2In, ok)] {
+            if let Some(old) = self.lookup(slab, dir, &key, key.hash(seed)) {
+                let o = *slab.get(old);
+                let finished = o.closed_cleanly() || o.state & tcp_state::RST != 0;
+                if s.proto != ip_proto::TCP || o.proto != ip_proto::TCP || !finished {
+                    return Err(DropReason::DnatConflict);
+                }
+                self.delete_session(slab, old, now, false);
+            }
         }
         let Some(slot) = slab.insert(s, &self.cfg.timeouts) else {
             return Err(DropReason::TableFull);
