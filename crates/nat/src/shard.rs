@@ -269,6 +269,22 @@ fn tcp_flags_valid(flags: u8) -> bool {
     (VALID >> (flags & MASK)) & 1 != 0
 }
 
+/// Why a packet without a session may not open one, if it may not: only a first fragment (or a
+/// whole datagram) carries the header the rules and the TCP state machine look at; only a SYN opens
+/// a TCP session (RFC 5382); only a request starts an ICMP query.
+fn opening_refusal(p: &Parsed) -> Option<DropReason> {
+    if p.frag == frag_pos::LATER {
+        return Some(DropReason::NoSession);
+    }
+    match p.key.proto {
+        ip_proto::TCP if !is_bare_syn(p.tcp_flags) => Some(DropReason::TcpInvalid),
+        ip_proto::ICMP if p.icmp_type != icmp_type::ECHO_REQUEST => {
+            Some(DropReason::IcmpUnsupported)
+        }
+        _ => None,
+    }
+}
+
 #[inline]
 fn is_bare_syn(flags: u8) -> bool {
     flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN) == tcp_flags::SYN
@@ -1214,21 +1230,8 @@ impl Core {
         if !self.rules.exclusions.is_empty() && self.rules.excluded_outbound(k.src, k.dst) {
             return self.untranslated(pkt);
         }
-        // Only a first fragment (or a whole datagram) may open a session: it carries the header the
-        // rules and the TCP state machine look at.
-        if p.frag == frag_pos::LATER {
-            return Verdict::Drop(DropReason::NoSession);
-        }
-        match k.proto {
-            // Only a SYN opens a session (RFC 5382); anything else without a session is invalid here.
-            ip_proto::TCP if !is_bare_syn(p.tcp_flags) => {
-                return Verdict::Drop(DropReason::TcpInvalid);
-            }
-            // Only a request starts an ICMP query.
-            ip_proto::ICMP if p.icmp_type != icmp_type::ECHO_REQUEST => {
-                return Verdict::Drop(DropReason::IcmpUnsupported);
-            }
-            _ => {}
+        if let Some(r) = opening_refusal(p) {
+            return Verdict::Drop(r);
         }
         if let Some(r) = self.dnat.static_for(k.src)
             && self.ports.addr_index(k.dst).is_none()
@@ -1750,17 +1753,8 @@ impl Core {
         now: u32,
     ) -> Verdict {
         let k = p.key;
-        if p.frag == frag_pos::LATER {
-            return Verdict::Drop(DropReason::NoSession);
-        }
-        match k.proto {
-            ip_proto::TCP if !is_bare_syn(p.tcp_flags) => {
-                return Verdict::Drop(DropReason::TcpInvalid);
-            }
-            ip_proto::ICMP if p.icmp_type != icmp_type::ECHO_REQUEST => {
-                return Verdict::Drop(DropReason::IcmpUnsupported);
-            }
-            _ => {}
+        if let Some(r) = opening_refusal(p) {
+            return Verdict::Drop(r);
         }
         let table = Arc::clone(&self.dnat);
         let e = table.rule(r);
