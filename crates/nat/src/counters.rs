@@ -4,8 +4,8 @@
 //! there is exactly one writer per core, so no `lock`-prefixed instruction is needed on the hot path, and
 //! readers (the management plane) only need a recent value, never a consistent cut across counters.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Why a packet was dropped. Indexes the per-core drop counters; never allocates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -336,47 +336,50 @@ impl Counter {
 pub struct Counters {
     drops: [AtomicU64; DropReason::COUNT],
     values: [AtomicU64; Counter::COUNT],
-    /// Ports in use per outside address (all protocols), in the shard's address order; installed once
-    /// when the shard is built, updated when a port is taken or freed.
-    addresses: OnceLock<Box<[(u32, AtomicU64)]>>,
+    /// Ports in use per outside address (all protocols), in the shard's address order. The shard
+    /// keeps its own reference and updates the gauges when a port is taken or freed; the mutex only
+    /// guards replacing the whole set when a policy change adds or drops addresses (between bursts)
+    /// and readers taking a reference, never a per-packet step.
+    addresses: Mutex<AddressGauges>,
 }
+
+/// Per-address port gauges: (address in host order, ports in use).
+pub(crate) type AddressGauges = Arc<[(u32, AtomicU64)]>;
 
 impl Default for Counters {
     fn default() -> Self {
         Counters {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             values: std::array::from_fn(|_| AtomicU64::new(0)),
-            addresses: OnceLock::new(),
+            addresses: Mutex::new(Arc::from(Vec::new())),
         }
     }
 }
 
 impl Counters {
-    /// Install the per-address port gauges (once; later calls are ignored, so a shard rebuilt over the
-    /// same counters keeps the first layout).
-    pub(crate) fn init_addresses(&self, addrs: impl Iterator<Item = u32>) {
-        let _ = self
-            .addresses
-            .set(addrs.map(|a| (a, AtomicU64::new(0))).collect());
-    }
-
-    #[inline]
-    pub(crate) fn set_address_ports(&self, index: usize, n: u64) {
-        if let Some(g) = self.addresses.get().and_then(|a| a.get(index)) {
-            g.1.store(n, Ordering::Relaxed);
+    /// Install a new set of per-address port gauges with their current values, replacing the old
+    /// set; the shard writes through the returned reference.
+    pub(crate) fn install_addresses(&self, addrs: Vec<(u32, u64)>) -> AddressGauges {
+        let set: AddressGauges = addrs
+            .into_iter()
+            .map(|(a, n)| (a, AtomicU64::new(n)))
+            .collect();
+        match self.addresses.lock() {
+            Ok(mut g) => *g = Arc::clone(&set),
+            Err(poisoned) => *poisoned.into_inner() = Arc::clone(&set),
         }
+        set
     }
 
     /// Ports in use per outside address (address in host order), as last published by the worker.
     pub fn ports_by_address(&self) -> Vec<(u32, u64)> {
-        self.addresses
-            .get()
-            .map(|a| {
-                a.iter()
-                    .map(|(ad, n)| (*ad, n.load(Ordering::Relaxed)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let set = match self.addresses.lock() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        set.iter()
+            .map(|(ad, n)| (*ad, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Single-writer increment: only the owning core may call the mutating methods.

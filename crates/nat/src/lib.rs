@@ -122,6 +122,8 @@ mod behaviour_tests;
 mod dnat_tests;
 #[cfg(test)]
 mod icmp_frag_tests;
+#[cfg(test)]
+mod policy_tests;
 
 pub use counters::{Counter, Counters, DropReason};
 pub use deterministic::{deterministic_forward, deterministic_reverse};
@@ -144,7 +146,9 @@ pub use rules::{
     Exclusion, Filtering, MAX_POOLS, Pool, PortAllocation, Prefix, Rules, SnatRule, paired_address,
 };
 pub use session::{CtState, HAIRPIN, INBOUND, REPLIED, Session, tcp_state};
-pub use shard::{Dir, Limits, MAX_BURST, Memory, Shard, ShardConfig, Verdict};
+pub use shard::{
+    Dir, Limits, MAX_BURST, Memory, PolicyParams, Shard, ShardConfig, Verdict, check_rules,
+};
 pub use subscriber::Subscriber;
 
 /// A hint about a large allocation, called with its address and length before the memory is first
@@ -279,4 +283,6 @@ pub enum NatError {
     NotDeterministic(String),
     #[error("destination NAT: {0}")]
     Dnat(String),
+    #[error("policy change: {0}")]
+    PolicyChange(String),
 }

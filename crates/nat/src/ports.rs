@@ -100,6 +100,71 @@ pub(crate) struct AddrSpec {
     pub block_size: Option<u16>,
 }
 
+/// One address's state, as [`PortAllocator`] keeps it spread over parallel vectors.
+struct Entry {
+    addr: u32,
+    pool: u8,
+    maps: [Box<[u64; WORDS]>; 3],
+    in_use: u32,
+    in_use_p: [u32; 3],
+    owned: u32,
+    span: (usize, usize),
+    pba: Option<Pba>,
+}
+
+impl Entry {
+    /// An address with nothing allocated: this worker's ports of its range free, the rest marked taken
+    /// so the search never offers them.
+    fn new(spec: &AddrSpec, worker: u16, workers: u16) -> Entry {
+        let (lo, hi) = (spec.lo.min(spec.hi), spec.hi.max(spec.lo));
+        let mut template = Box::new([u64::MAX; WORDS]);
+        let mut n = 0;
+        for port in lo..=hi {
+            if port_owner(port, workers) == worker {
+                template[port as usize / 64] &= !(1u64 << (port % 64));
+                n += 1;
+            }
+        }
+        let pba = spec.block_size.map(|size| {
+            let (lane_first, count) = lane_blocks(lo, hi, size, worker, workers);
+            Pba {
+                runs: (size / BLOCK_PORTS).max(1),
+                lane_first,
+                count,
+                free: (0..count).rev().collect(),
+                used: vec![0; count as usize],
+            }
+        });
+        Entry {
+            addr: spec.addr,
+            pool: spec.pool,
+            maps: [template.clone(), template.clone(), template],
+            in_use: 0,
+            in_use_p: [0; 3],
+            owned: n,
+            span: (lo as usize / 64, hi as usize / 64),
+            pba,
+        }
+    }
+}
+
+/// Port block allocation over `lo..=hi` for one worker: the first 64-port block of its lane and how
+/// many blocks of `size` ports it gets. Whole 64-port blocks only, so every block has the same number
+/// of ports.
+pub(crate) fn lane_blocks(lo: u16, hi: u16, size: u16, worker: u16, workers: u16) -> (u16, u16) {
+    let w = u32::from(workers.max(1));
+    let first = u32::from(lo).div_ceil(64);
+    let end = (u32::from(hi) + 1) / 64;
+    let lane_first = first + (u32::from(worker) + w - first % w) % w;
+    let lane = if lane_first >= end {
+        0
+    } else {
+        (end - 1 - lane_first) / w + 1
+    };
+    let runs = u32::from(size / BLOCK_PORTS).max(1);
+    (lane_first as u16, (lane / runs) as u16)
+}
+
 pub struct PortAllocator {
     /// Sorted outside addresses this shard allocates from.
     addrs: Vec<u32>,
@@ -145,60 +210,114 @@ impl PortAllocator {
         let mut sorted = specs.to_vec();
         sorted.sort_by_key(|a| a.addr);
         sorted.dedup_by_key(|a| a.addr);
-        let mut maps = Vec::with_capacity(sorted.len() * 3);
-        let mut spans = Vec::with_capacity(sorted.len());
-        let mut owned = Vec::with_capacity(sorted.len());
-        let mut pba = Vec::with_capacity(sorted.len());
-        for spec in &sorted {
-            let (lo, hi) = (spec.lo.min(spec.hi), spec.hi.max(spec.lo));
-            let mut template = Box::new([u64::MAX; WORDS]);
-            let mut n = 0;
-            for port in lo..=hi {
-                if port_owner(port, workers) == worker {
-                    template[port as usize / 64] &= !(1u64 << (port % 64));
-                    n += 1;
-                }
-            }
-            maps.push(template.clone());
-            maps.push(template.clone());
-            maps.push(template);
-            spans.push((lo as usize / 64, hi as usize / 64));
-            owned.push(n);
-            pba.push(spec.block_size.map(|size| {
-                let w = u32::from(workers);
-                // Whole blocks only, so every port block has the same number of ports.
-                let first = u32::from(lo).div_ceil(64);
-                let end = (u32::from(hi) + 1) / 64;
-                let lane_first = first + (u32::from(worker) + w - first % w) % w;
-                let lane_blocks = if lane_first >= end {
-                    0
-                } else {
-                    (end - 1 - lane_first) / w + 1
-                };
-                let runs = u32::from(size / BLOCK_PORTS).max(1);
-                let count = (lane_blocks / runs) as u16;
-                Pba {
-                    runs: runs as u16,
-                    lane_first: lane_first as u16,
-                    count,
-                    free: (0..count).rev().collect(),
-                    used: vec![0; count as usize],
-                }
-            }));
-        }
-        PortAllocator {
-            in_use: vec![0; sorted.len()],
-            in_use_p: vec![0; sorted.len() * 3],
-            pool_of: sorted.iter().map(|a| a.pool).collect(),
-            addrs: sorted.iter().map(|a| a.addr).collect(),
-            maps,
-            owned,
-            spans,
-            pba,
+        let entries = sorted
+            .iter()
+            .map(|spec| Entry::new(spec, worker, workers))
+            .collect();
+        let mut pa = PortAllocator {
+            addrs: Vec::new(),
+            pool_of: Vec::new(),
+            maps: Vec::new(),
+            in_use: Vec::new(),
+            in_use_p: Vec::new(),
+            owned: Vec::new(),
+            spans: Vec::new(),
+            pba: Vec::new(),
             total: 0,
             blocks_used: 0,
             workers,
             rng: seed | 1,
+        };
+        pa.assemble(entries);
+        pa
+    }
+
+    /// Follow a policy change: `specs` lists every address of the new pools. Addresses this
+    /// allocator already has keep their bitmaps, block tables and counts (their pool's definition
+    /// cannot change while it has state, see [`crate::Rules::is_live_successor`]); new ones start
+    /// empty; an address no pool lists any more is dropped once nothing is allocated on it, and kept
+    /// (still freeing, never allocating: no pool offers it) while something is. Runs between bursts,
+    /// once per policy change; it allocates only for new addresses.
+    pub(crate) fn reconcile(&mut self, specs: &[AddrSpec], worker: u16) {
+        let mut wanted = specs.to_vec();
+        wanted.sort_by_key(|a| a.addr);
+        wanted.dedup_by_key(|a| a.addr);
+        let old = self.disassemble();
+        let mut out: Vec<Entry> = Vec::with_capacity(wanted.len().max(old.len()));
+        let mut old = old.into_iter().peekable();
+        for spec in &wanted {
+            while let Some(e) = old.next_if(|e| e.addr < spec.addr) {
+                if e.in_use > 0 {
+                    out.push(e);
+                }
+            }
+            match old.next_if(|e| e.addr == spec.addr) {
+                Some(mut e) => {
+                    e.pool = spec.pool;
+                    out.push(e);
+                }
+                None => out.push(Entry::new(spec, worker, self.workers)),
+            }
+        }
+        out.extend(old.filter(|e| e.in_use > 0));
+        self.assemble(out);
+    }
+
+    fn disassemble(&mut self) -> Vec<Entry> {
+        let n = self.addrs.len();
+        let mut maps = std::mem::take(&mut self.maps).into_iter();
+        let mut pba = std::mem::take(&mut self.pba).into_iter();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let (Some(m0), Some(m1), Some(m2), Some(b)) =
+                (maps.next(), maps.next(), maps.next(), pba.next())
+            else {
+                break;
+            };
+            out.push(Entry {
+                addr: self.addrs[i],
+                pool: self.pool_of[i],
+                maps: [m0, m1, m2],
+                in_use: self.in_use[i],
+                in_use_p: [
+                    self.in_use_p[i * 3],
+                    self.in_use_p[i * 3 + 1],
+                    self.in_use_p[i * 3 + 2],
+                ],
+                owned: self.owned[i],
+                span: self.spans[i],
+                pba: b,
+            });
+        }
+        out
+    }
+
+    /// Lay sorted entries out in the parallel vectors the hot path indexes, and recount the totals.
+    fn assemble(&mut self, entries: Vec<Entry>) {
+        let n = entries.len();
+        self.addrs = Vec::with_capacity(n);
+        self.pool_of = Vec::with_capacity(n);
+        self.maps = Vec::with_capacity(n * 3);
+        self.in_use = Vec::with_capacity(n);
+        self.in_use_p = Vec::with_capacity(n * 3);
+        self.owned = Vec::with_capacity(n);
+        self.spans = Vec::with_capacity(n);
+        self.pba = Vec::with_capacity(n);
+        self.total = 0;
+        self.blocks_used = 0;
+        for e in entries {
+            self.addrs.push(e.addr);
+            self.pool_of.push(e.pool);
+            self.maps.extend(e.maps);
+            self.in_use.push(e.in_use);
+            self.in_use_p.extend(e.in_use_p);
+            self.owned.push(e.owned);
+            self.spans.push(e.span);
+            self.total += u64::from(e.in_use);
+            if let Some(b) = &e.pba {
+                self.blocks_used += u64::from(b.count) - b.free.len() as u64;
+            }
+            self.pba.push(e.pba);
         }
     }
 
@@ -233,11 +352,6 @@ impl PortAllocator {
     /// Port blocks currently owned by subscribers.
     pub fn blocks_in_use(&self) -> u64 {
         self.blocks_used
-    }
-
-    /// Port blocks address `a` has for this worker (0 without port block allocation).
-    pub(crate) fn block_count(&self, a: usize) -> u16 {
-        self.pba[a].as_ref().map_or(0, |b| b.count)
     }
 
     /// Bytes used by the maps and block tables.

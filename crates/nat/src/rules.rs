@@ -99,6 +99,11 @@ pub struct Pool {
     pub port_hi: u16,
     pub filtering: Filtering,
     pub allocation: PortAllocation,
+    /// Removed from the policy but still translating the sessions it has: no rule may send new flows
+    /// to it. A retired pool without addresses is a vacant slot. Pools keep their index (the byte
+    /// stored in mappings and subscriber records) for as long as they have state, so a live policy
+    /// change never renumbers them; see [`Rules::is_live_successor`].
+    pub retired: bool,
 }
 
 impl Default for Pool {
@@ -112,6 +117,7 @@ impl Default for Pool {
             port_hi: 65535,
             filtering: Filtering::default(),
             allocation: PortAllocation::default(),
+            retired: false,
         }
     }
 }
@@ -190,6 +196,9 @@ impl Rules {
         let mut seen: Vec<(u32, usize)> = Vec::new();
         for (pi, p) in pools.iter().enumerate() {
             if p.addrs.is_empty() {
+                if p.retired {
+                    continue;
+                }
                 return Err(NatError::EmptyPool(p.name.clone()));
             }
             if p.port_lo == 0 || p.port_lo > p.port_hi {
@@ -245,7 +254,7 @@ impl Rules {
             });
         }
         for (i, r) in snat.iter().enumerate() {
-            if r.pool >= pools.len() {
+            if r.pool >= pools.len() || pools[r.pool].retired {
                 return Err(NatError::UnknownPool {
                     rule: i,
                     pool: r.pool,
@@ -281,6 +290,43 @@ impl Rules {
             snat,
             exclusions,
         })
+    }
+
+    /// Whether a shard running `self` can switch to `next` in place: every pool keeps its index and
+    /// either stays as it is (it may retire), gains addresses (random, preserve, parity or port
+    /// block allocation), or was a retired pool left without state (its slot may become vacant or
+    /// take a new pool). The control plane only publishes such successors; the shard cannot check
+    /// the "without state" part across workers itself.
+    pub fn is_live_successor(&self, next: &Rules) -> Result<(), NatError> {
+        if next.pools.len() < self.pools.len() {
+            return Err(NatError::PolicyChange(format!(
+                "{} pools became {}: pool slots are never removed",
+                self.pools.len(),
+                next.pools.len()
+            )));
+        }
+        for (old, new) in self.pools.iter().zip(&next.pools) {
+            if old.retired || old.addrs.is_empty() {
+                continue;
+            }
+            let same_kind = old.name == new.name
+                && old.port_lo == new.port_lo
+                && old.port_hi == new.port_hi
+                && old.filtering == new.filtering
+                && old.allocation == new.allocation;
+            let addrs_ok = if matches!(old.allocation, PortAllocation::Deterministic { .. }) {
+                old.addrs == new.addrs
+            } else {
+                old.addrs.iter().all(|a| new.addrs.contains(a))
+            };
+            if !same_kind || !addrs_ok {
+                return Err(NatError::PolicyChange(format!(
+                    "pool {:?} changed while in service",
+                    old.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Index of the pool for a flow from `src` to `dst` (first matching rule).

@@ -179,6 +179,8 @@ struct Core {
     maps: MapTable,
     subs: SubTable,
     ports: PortAllocator,
+    /// This shard's per-address port gauges (shared with its [`Counters`] for the control plane).
+    addr_gauges: crate::counters::AddressGauges,
     events: EventRing,
     /// Per pool: its deterministic layout.
     det: Vec<Option<DetPlan>>,
@@ -352,6 +354,86 @@ fn track_tcp(s: &mut Session, dir: Dir, flags: u8) -> bool {
     before == tcp_state::ESTABLISHED && state != tcp_state::ESTABLISHED
 }
 
+/// The parts of a [`ShardConfig`] that a policy change may replace on a running shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyParams {
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub hold_down_s: u32,
+    pub udp_inbound_refresh: bool,
+}
+
+/// Every pool address with its pool's range, index and block size, and the most port blocks any
+/// pool lets a subscriber own.
+fn pool_layout(rules: &Rules) -> (Vec<AddrSpec>, u16) {
+    let mut specs = Vec::new();
+    let mut max_blocks = 0;
+    for (pi, pool) in rules.pools.iter().enumerate() {
+        let block_size = match pool.allocation {
+            PortAllocation::Blocks {
+                size,
+                max_blocks: mb,
+            } => {
+                max_blocks = max_blocks.max(mb);
+                Some(size)
+            }
+            _ => None,
+        };
+        specs.extend(pool.addrs.iter().map(|&addr| AddrSpec {
+            addr,
+            lo: pool.port_lo,
+            hi: pool.port_hi,
+            pool: pi as u8,
+            block_size,
+        }));
+    }
+    (specs, max_blocks)
+}
+
+/// Per pool: whether its sessions carry the third (address-dependent filtering) index key.
+fn adf_of(rules: &Rules) -> Vec<bool> {
+    rules
+        .pools
+        .iter()
+        .map(|p| p.filtering == Filtering::AddressDependent)
+        .collect()
+}
+
+/// What `rules` needs from a data plane of `workers` workers: a deterministic layout for every
+/// deterministic pool, at least one port block per worker on every port-block pool, and (for a
+/// running shard, `block_capacity`) no more blocks per subscriber than its subscriber table holds.
+/// The control plane calls this before publishing a policy, so that no worker refuses it.
+pub fn check_rules(
+    rules: &Rules,
+    workers: u16,
+    block_capacity: Option<u16>,
+) -> Result<(), NatError> {
+    for pool in &rules.pools {
+        DetPlan::for_pool(pool, workers)?;
+        if let PortAllocation::Blocks { size, max_blocks } = pool.allocation {
+            if (0..workers).any(|w| {
+                crate::ports::lane_blocks(pool.port_lo, pool.port_hi, size, w, workers).1 == 0
+            }) {
+                return Err(NatError::BadBlockSize {
+                    pool: pool.name.clone(),
+                    size,
+                });
+            }
+            if let Some(cap) = block_capacity
+                && max_blocks > cap
+            {
+                return Err(NatError::PolicyChange(format!(
+                    "pool {:?}: max_blocks {max_blocks} is more than the {cap} blocks per \
+                     subscriber the subscriber table was sized for at start (the largest \
+                     max_blocks of the pools then); restart cgnatd to take it",
+                    pool.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Shard {
     pub fn new(
         cfg: ShardConfig,
@@ -396,51 +478,16 @@ impl Shard {
                 workers: cfg.workers,
             });
         }
-        let mut det = Vec::with_capacity(rules.pools.len());
-        let mut specs = Vec::new();
-        let mut max_blocks = 0;
-        for (pi, pool) in rules.pools.iter().enumerate() {
-            det.push(DetPlan::for_pool(pool, cfg.workers)?);
-            let block_size = match pool.allocation {
-                PortAllocation::Blocks {
-                    size,
-                    max_blocks: mb,
-                } => {
-                    max_blocks = max_blocks.max(mb);
-                    Some(size)
-                }
-                _ => None,
-            };
-            specs.extend(pool.addrs.iter().map(|&addr| AddrSpec {
-                addr,
-                lo: pool.port_lo,
-                hi: pool.port_hi,
-                pool: pi as u8,
-                block_size,
-            }));
-        }
-        let ports = PortAllocator::build(&specs, cfg.worker, cfg.workers, cfg.seed.rotate_left(17));
-        counters.init_addresses(ports.in_use_by_address().into_iter().map(|(a, _)| a));
-        for pool in &rules.pools {
-            if let PortAllocation::Blocks { size, .. } = pool.allocation
-                && pool.addrs.iter().any(|&a| {
-                    ports
-                        .addr_index(a)
-                        .is_none_or(|i| ports.block_count(i) == 0)
-                })
-            {
-                // Every worker needs at least one block on every address of the pool.
-                return Err(NatError::BadBlockSize {
-                    pool: pool.name.clone(),
-                    size,
-                });
-            }
-        }
-        let adf: Vec<bool> = rules
+        check_rules(&rules, cfg.workers, None)?;
+        let det = rules
             .pools
             .iter()
-            .map(|p| p.filtering == Filtering::AddressDependent)
-            .collect();
+            .map(|p| DetPlan::for_pool(p, cfg.workers))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (specs, max_blocks) = pool_layout(&rules);
+        let ports = PortAllocator::build(&specs, cfg.worker, cfg.workers, cfg.seed.rotate_left(17));
+        let addr_gauges = counters.install_addresses(ports.in_use_by_address());
+        let adf = adf_of(&rules);
         let keys_per_session = if adf.iter().any(|&a| a) { 3 } else { 2 };
         let shard = Shard {
             slab: Slab::new_advised(cfg.max_sessions, now, advise),
@@ -452,6 +499,7 @@ impl Shard {
                 maps: MapTable::new_advised(max_mappings, advise),
                 subs: SubTable::new(max_subscribers, max_blocks),
                 ports,
+                addr_gauges,
                 events: EventRing::new(cfg.event_ring),
                 det,
                 adf,
@@ -487,6 +535,62 @@ impl Shard {
     /// This shard's per-backend counters (read them with [`DnatTable::rules`]' counter ids).
     pub fn dnat_counters(&self) -> &Arc<DnatCounters> {
         &self.core.dnat_counters
+    }
+
+    /// Put a new translation policy in force (between bursts): pools, SNAT rules, exclusions, the
+    /// timeouts and limits, and the destination NAT rules built against those pools. New flows use
+    /// it at once; existing sessions keep their mapping, pool and backend. `rules` must be a live
+    /// successor of the rules in force ([`Rules::is_live_successor`]): pools keep their index, a
+    /// removed pool stays (retired) while it has state here or on any other worker. Refused, with
+    /// nothing changed, when `rules` does not fit this shard (a successor check, per-worker layout,
+    /// port blocks beyond what the subscriber table was sized for at start).
+    ///
+    /// Timeouts apply to existing sessions when their timer next comes due (within the wheel's
+    /// 1024 s period), and to new ones at once. Allocates only for pools and addresses that are new.
+    pub fn set_policy(
+        &mut self,
+        rules: Arc<Rules>,
+        params: PolicyParams,
+        dnat: Arc<DnatTable>,
+    ) -> Result<(), NatError> {
+        let c = &mut self.core;
+        c.rules.is_live_successor(&rules)?;
+        check_rules(&rules, c.cfg.workers, Some(c.subs.max_blocks()))?;
+        let mut det = Vec::with_capacity(rules.pools.len());
+        for (i, p) in rules.pools.iter().enumerate() {
+            let same = c
+                .rules
+                .pools
+                .get(i)
+                .is_some_and(|o| o.addrs == p.addrs && o.allocation == p.allocation);
+            match c.det.get_mut(i) {
+                Some(d) if same => det.push(d.take()),
+                _ => det.push(DetPlan::for_pool(p, c.cfg.workers)?),
+            }
+        }
+        let (specs, _) = pool_layout(&rules);
+        c.ports.reconcile(&specs, c.cfg.worker);
+        c.addr_gauges = c.counters.install_addresses(c.ports.in_use_by_address());
+        c.det = det;
+        c.adf = adf_of(&rules);
+        c.rules = rules;
+        c.cfg.timeouts = params.timeouts;
+        c.cfg.limits = params.limits;
+        c.cfg.hold_down_s = params.hold_down_s;
+        c.cfg.udp_inbound_refresh = params.udp_inbound_refresh;
+        self.set_dnat(dnat);
+        Ok(())
+    }
+
+    /// The policy parameters in force (see [`Shard::set_policy`]).
+    pub fn policy_params(&self) -> PolicyParams {
+        let c = &self.core.cfg;
+        PolicyParams {
+            timeouts: c.timeouts,
+            limits: c.limits,
+            hold_down_s: c.hold_down_s,
+            udp_inbound_refresh: c.udp_inbound_refresh,
+        }
     }
 
     /// Put a new set of destination NAT rules in force (between bursts). New flows use it; existing
@@ -2075,9 +2179,13 @@ impl Core {
     /// Publish how many ports of `out_addr` are in use (for the control plane; on port changes only).
     #[inline]
     fn publish_ports(&self, out_addr: u32) {
-        if let Some(a) = self.ports.addr_index(out_addr) {
-            self.counters
-                .set_address_ports(a, u64::from(self.ports.ports_in_use(out_addr)));
+        if let Some(a) = self.ports.addr_index(out_addr)
+            && let Some(g) = self.addr_gauges.get(a)
+        {
+            g.1.store(
+                u64::from(self.ports.ports_in_use(out_addr)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 

@@ -93,6 +93,11 @@ impl SubTable {
         self.live
     }
 
+    /// The most port blocks a record can hold (fixed at construction).
+    pub fn max_blocks(&self) -> u16 {
+        self.stride as u16
+    }
+
     /// Index entries (tests: nothing may be left behind).
     #[cfg(test)]
     pub fn residue(&self) -> usize {

@@ -1,0 +1,211 @@
+//! Live policy changes on a running shard ([`Shard::set_policy`]): what operators do to a box in
+//! service — add a pool and move subscribers to it, retire a pool, grow one, change timeouts — must
+//! never disturb a flow that already exists.
+
+use std::sync::Arc;
+
+use crate::rewrite::testpkt::*;
+use crate::shard::testkit::*;
+use crate::{
+    Counter, Counters, Dir, DnatTable, DropReason, NatError, Pool, PortAllocation, Rules, Shard,
+    ShardConfig, Verdict,
+};
+
+const A: u32 = 0xcb00_7101; // 203.0.113.1
+const B: u32 = 0xcb00_7109; // 203.0.113.9
+const B2: u32 = 0xcb00_710a; // 203.0.113.10
+
+fn pool(name: &str, addrs: &[u32]) -> Pool {
+    Pool::new(name, addrs.to_vec(), 1024, 65535)
+}
+
+fn retired(p: Pool) -> Pool {
+    Pool { retired: true, ..p }
+}
+
+fn vacant(name: &str) -> Pool {
+    Pool {
+        retired: true,
+        ..Pool::new(name, Vec::new(), 1024, 65535)
+    }
+}
+
+fn shard(pools: Vec<Pool>) -> Shard {
+    Shard::new(
+        ShardConfig {
+            seed: 7,
+            hold_down_s: 0,
+            ..ShardConfig::default()
+        },
+        Arc::new(Rules::new(pools, vec![subscribers_rule(0)]).unwrap()),
+        Arc::new(Counters::default()),
+        0,
+    )
+    .unwrap()
+}
+
+fn apply(sh: &mut Shard, pools: Vec<Pool>, rule_pool: usize) -> Result<(), NatError> {
+    let rules = Rules::new(pools, vec![subscribers_rule(rule_pool)]).unwrap();
+    let params = sh.policy_params();
+    sh.set_policy(Arc::new(rules), params, Arc::new(DnatTable::empty()))
+}
+
+/// A UDP flow out and its reply back; returns the outside endpoint.
+fn round_trip(sh: &mut Shard, sport: u16, now: u32) -> (u32, u16) {
+    let (v, out) = one(sh, Dir::In2Out, udp(SUB1, sport, SRV, 53, b"q"), now);
+    assert_eq!(v, Verdict::Forward);
+    let (oa, op) = src_of(&out);
+    let (v, back) = one(sh, Dir::Out2In, udp(SRV, 53, oa.into(), op, b"a"), now);
+    assert_eq!(
+        v,
+        Verdict::Forward,
+        "the reply to {oa:x}:{op} must get through"
+    );
+    assert_eq!(dst_of(&back), (u32::from(SUB1), sport));
+    (oa, op)
+}
+
+#[test]
+fn moving_subscribers_to_a_new_pool_keeps_existing_flows_on_the_old_one() {
+    let mut sh = shard(vec![pool("old", &[A])]);
+    let before = round_trip(&mut sh, 5000, 0);
+    assert_eq!(before.0, A);
+    apply(
+        &mut sh,
+        vec![retired(pool("old", &[A])), pool("new", &[B])],
+        1,
+    )
+    .unwrap();
+    // The existing flow keeps its outside endpoint, both ways.
+    assert_eq!(round_trip(&mut sh, 5000, 1), before);
+    // A new flow of the same subscriber takes the new pool.
+    assert_eq!(round_trip(&mut sh, 5001, 1).0, B);
+    assert_eq!(sh.counters().get(Counter::SessionsCreated), 2);
+    let by_addr: Vec<(u32, u64)> = sh.counters().ports_by_address();
+    assert_eq!(
+        by_addr,
+        vec![(A, 1), (B, 1)],
+        "both addresses report their ports"
+    );
+}
+
+#[test]
+fn a_drained_pool_gives_its_address_back() {
+    let mut sh = shard(vec![pool("old", &[A])]);
+    round_trip(&mut sh, 5000, 0);
+    apply(
+        &mut sh,
+        vec![retired(pool("old", &[A])), pool("new", &[B])],
+        1,
+    )
+    .unwrap();
+    assert!(
+        sh.is_pool_address(A),
+        "a retired pool still owns its address"
+    );
+    assert_eq!(sh.flush(), 1);
+    assert_eq!(sh.ports_in_use(), 0);
+    // Vacant slot 0: the address is dropped from the allocator and may join another pool.
+    apply(&mut sh, vec![vacant("old"), pool("new", &[B])], 1).unwrap();
+    assert!(!sh.is_pool_address(A));
+    let (v, _) = one(&mut sh, Dir::Out2In, udp(SRV, 53, A.into(), 1500, b"x"), 2);
+    assert!(
+        matches!(v, Verdict::Drop(_)),
+        "nothing answers on a dropped address"
+    );
+    apply(&mut sh, vec![pool("newer", &[A]), pool("new", &[B])], 0).unwrap();
+    assert_eq!(round_trip(&mut sh, 5002, 3).0, A);
+}
+
+#[test]
+fn an_address_still_in_use_survives_a_premature_vacate() {
+    // The control plane vacates a slot only when all workers report no ports on it; if it ever got
+    // that wrong, the shard keeps the address (freeing, not allocating) instead of stranding flows.
+    let mut sh = shard(vec![pool("old", &[A])]);
+    let before = round_trip(&mut sh, 5000, 0);
+    // A pool in service cannot skip retirement.
+    assert!(apply(&mut sh, vec![vacant("old"), pool("new", &[B])], 1).is_err());
+    apply(
+        &mut sh,
+        vec![retired(pool("old", &[A])), pool("new", &[B])],
+        1,
+    )
+    .unwrap();
+    apply(&mut sh, vec![vacant("old"), pool("new", &[B])], 1).unwrap();
+    assert_eq!(round_trip(&mut sh, 5000, 1), before);
+    assert_eq!(sh.ports_in_use(), 1);
+}
+
+#[test]
+fn a_pool_can_grow_in_place() {
+    let mut sh = shard(vec![pool("p", &[A])]);
+    let before = round_trip(&mut sh, 5000, 0);
+    apply(&mut sh, vec![pool("p", &[A, B, B2])], 0).unwrap();
+    assert_eq!(round_trip(&mut sh, 5000, 1), before);
+    assert!(sh.is_pool_address(B) && sh.is_pool_address(B2));
+    // The subscriber keeps its paired address for its new flows (RFC 6888 REQ-2).
+    assert_eq!(round_trip(&mut sh, 5001, 1).0, A);
+    // A new subscriber may land on any of the three.
+    let (v, out) = one(&mut sh, Dir::In2Out, udp(SUB2, 6000, SRV, 53, b"q"), 1);
+    assert_eq!(v, Verdict::Forward);
+    assert!([A, B, B2].contains(&src_of(&out).0));
+}
+
+#[test]
+fn a_pool_in_service_cannot_change_shape_and_nothing_changes() {
+    let mut sh = shard(vec![pool("p", &[A, B])]);
+    let before = round_trip(&mut sh, 5000, 0);
+    for changed in [
+        Pool::new("p", vec![A, B], 2048, 65535),
+        Pool::new("p", vec![B], 1024, 65535),
+        Pool {
+            allocation: PortAllocation::Parity,
+            ..pool("p", &[A, B])
+        },
+        pool("renamed", &[A, B]),
+    ] {
+        let err = apply(&mut sh, vec![changed], 0).unwrap_err();
+        assert!(matches!(err, NatError::PolicyChange(_)), "{err}");
+    }
+    assert_eq!(round_trip(&mut sh, 5000, 1), before);
+    assert_eq!(sh.rules().pools[0].port_lo, 1024);
+}
+
+#[test]
+fn removing_the_last_rule_refuses_new_flows_only() {
+    let mut sh = shard(vec![pool("p", &[A])]);
+    let before = round_trip(&mut sh, 5000, 0);
+    let rules = Rules::new(vec![retired(pool("p", &[A]))], vec![]).unwrap();
+    let params = sh.policy_params();
+    sh.set_policy(Arc::new(rules), params, Arc::new(DnatTable::empty()))
+        .unwrap();
+    assert_eq!(round_trip(&mut sh, 5000, 1), before);
+    let (v, _) = one(&mut sh, Dir::In2Out, udp(SUB1, 5001, SRV, 53, b"q"), 1);
+    assert_eq!(v, Verdict::Drop(DropReason::NoSnatRule));
+}
+
+#[test]
+fn new_timeouts_and_limits_take_effect() {
+    let mut sh = shard(vec![pool("p", &[A])]);
+    let mut params = sh.policy_params();
+    params.limits.max_sessions_per_subscriber = 1;
+    params.timeouts.udp = 30;
+    let rules = Arc::clone(sh.rules());
+    sh.set_policy(
+        Arc::new((*rules).clone()),
+        params,
+        Arc::new(DnatTable::empty()),
+    )
+    .unwrap();
+    round_trip(&mut sh, 5000, 0);
+    let (v, _) = one(&mut sh, Dir::In2Out, udp(SUB1, 5001, SRV, 53, b"q"), 0);
+    assert_eq!(v, Verdict::Drop(DropReason::QuotaExceeded));
+    tick(&mut sh, 1, 40);
+    assert_eq!(sh.session_count(), 0, "the 30 s UDP timeout applies");
+}
+
+#[test]
+fn a_retired_pool_cannot_take_rules() {
+    let err = Rules::new(vec![retired(pool("p", &[A]))], vec![subscribers_rule(0)]).unwrap_err();
+    assert!(matches!(err, NatError::UnknownPool { .. }), "{err}");
+}
