@@ -6,9 +6,11 @@
 //! logging. docs/CONFIG.md is the field-by-field reference.
 //!
 //! Destination NAT rules (`nat.dnat`) are validated straight into the NAT core's
-//! [`nat::DnatRule`], and are the one part of a running configuration that can be replaced:
-//! [`reload_dnat`] checks a whole new file and hands back its rules only when nothing else in it
-//! changed.
+//! [`nat::DnatRule`]. The translation policy (pools, snat, exclusions, nat timeouts, limits,
+//! hold-down, inbound refresh and dnat) is the part of a running configuration that can be
+//! replaced, through the management API or a reload: [`policy`] holds it as a document and
+//! merges it into a whole configuration, and [`reload_policy`] checks a whole new file and hands
+//! back its policy only when nothing else in it changed.
 //!
 //! Loading is two steps. The YAML is deserialized into private "raw" structs that mirror the
 //! file and reject unknown keys; syntax, type and unknown-key errors carry the field path and
@@ -30,6 +32,7 @@ mod eal;
 mod error;
 pub mod limits;
 mod net;
+pub mod policy;
 mod raw;
 mod types;
 mod validate;
@@ -40,6 +43,7 @@ use std::time::Duration;
 pub use eal::{Eal, EalLogLevel, MAX_LCORE, Memory};
 pub use error::{ConfigError, FieldError, Location};
 pub use net::{AddressRange, Ipv4Net, MacAddr, ParseError, PortRange};
+pub use policy::PolicyDoc;
 pub use types::{
     Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Filtering, FragmentsCfg, Limits,
     LogFormat, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule,
@@ -232,58 +236,63 @@ impl Config {
     }
 }
 
-/// Parses and validates a whole new config file and returns its destination NAT rules, for a
+/// Parses and validates a whole new config file and returns its translation policy, for a
 /// reload (SIGHUP) of a running daemon whose configuration is `old`.
 ///
-/// Only `nat.dnat` may change: every other section (or `nat` field) that differs from `old` is
-/// reported, in file order, with the message that a restart is needed. A new file that does not
-/// validate is reported exactly as [`Config::from_yaml_str`] reports it.
+/// Only the policy ([`policy::SECTIONS`]) may change: every other section (or `nat` field) that
+/// differs from `old` is reported, in file order, with the message that a restart is needed. A
+/// new file that does not validate is reported exactly as [`Config::from_yaml_str`] reports it.
+/// Whether the running data plane can take the new policy is [`policy::check_live`]'s question,
+/// left to the caller so that a reload and an API Apply go through the same path.
 ///
 /// `old` is compared as it is, so it should be the configuration as loaded from the file:
 /// an override applied after loading (such as [`Config::with_file_prefix`] for `--file-prefix`)
 /// makes its section (`eal`) differ, so keep a copy from before the overrides for this call.
-pub fn reload_dnat(old: &Config, new_yaml_text: &str) -> Result<Vec<nat::DnatRule>, ConfigError> {
-    let new = Config::from_yaml_str(new_yaml_text)?;
-    let errors: Vec<FieldError> = changed_sections(old, &new)
+pub fn reload_policy(old: &Config, new_text: &str) -> Result<PolicyDoc, ConfigError> {
+    let new = Config::from_yaml_str(new_text)?;
+    let message = format!(
+        "differs from the running configuration; only the translation policy ({}) can be \
+         reloaded, restart cgnatd to apply this change",
+        policy::sections_list()
+    );
+    let errors: Vec<FieldError> = changed_fixed_sections(old, &new)
         .into_iter()
         .map(|path| FieldError {
             path: path.to_owned(),
-            message: "differs from the running configuration; only nat.dnat can be reloaded, \
-                      restart cgnatd to apply this change"
-                .to_owned(),
+            message: message.clone(),
         })
         .collect();
-    if errors.is_empty() {
-        Ok(new.dnat)
-    } else {
-        Err(ConfigError::Invalid { errors })
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid { errors });
     }
+    PolicyDoc::from_config_text(new_text)
 }
 
-/// [`reload_dnat`] for a file; errors name the file, as [`Config::load`]'s do.
-pub fn reload_dnat_file(old: &Config, path: &Path) -> Result<Vec<nat::DnatRule>, ConfigError> {
+/// [`reload_policy`] for a file; errors name the file, as [`Config::load`]'s do.
+pub fn reload_policy_file(old: &Config, path: &Path) -> Result<PolicyDoc, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
         error,
     })?;
-    reload_dnat(old, &text).map_err(|e| ConfigError::File {
+    reload_policy(old, &text).map_err(|e| ConfigError::File {
         path: path.to_owned(),
         error: Box::new(e),
     })
 }
 
-/// The paths of the sections (and `nat` fields) in which `new` differs from `old`, in file
-/// order, leaving out `nat.dnat`. Both structs are taken apart field by field, so a field added
-/// later cannot be forgotten here.
-fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+/// The paths of the sections (and `nat` fields) outside the translation policy in which `new`
+/// differs from `old`, in file order. Both structs are taken apart field by field, so a field
+/// added later has to be put on one side or the other here.
+fn changed_fixed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     let Config {
         eal,
         workers,
         ports,
-        pools,
-        snat,
+        // The translation policy.
+        pools: _,
+        snat: _,
         dnat: _,
-        exclusions,
+        exclusions: _,
         nat,
         neighbour,
         mgmt,
@@ -295,10 +304,11 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         max_sessions,
         max_mappings,
         max_subscribers,
-        timeouts,
-        limits,
-        hold_down,
-        udp_inbound_refresh,
+        // The translation policy.
+        timeouts: _,
+        limits: _,
+        hold_down: _,
+        udp_inbound_refresh: _,
         event_ring,
         fragments,
     } = nat;
@@ -307,19 +317,9 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("eal", *eal == old.eal),
         ("workers", *workers == old.workers),
         ("ports", *ports == old.ports),
-        ("pools", *pools == old.pools),
-        ("snat", *snat == old.snat),
-        ("exclusions", *exclusions == old.exclusions),
         ("nat.max_sessions", *max_sessions == o.max_sessions),
         ("nat.max_mappings", *max_mappings == o.max_mappings),
         ("nat.max_subscribers", *max_subscribers == o.max_subscribers),
-        ("nat.timeouts", *timeouts == o.timeouts),
-        ("nat.limits", *limits == o.limits),
-        ("nat.hold_down", *hold_down == o.hold_down),
-        (
-            "nat.udp_inbound_refresh",
-            *udp_inbound_refresh == o.udp_inbound_refresh,
-        ),
         ("nat.event_ring", *event_ring == o.event_ring),
         ("nat.fragments", *fragments == o.fragments),
         ("neighbour", *neighbour == old.neighbour),
@@ -334,5 +334,7 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

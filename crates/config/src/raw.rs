@@ -560,12 +560,13 @@ impl Default for RawNeighbour {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "the mgmt mapping (listen, tokens)"
+    expecting = "the mgmt mapping (listen, tokens, state_file)"
 )]
 pub(crate) struct RawMgmt {
     #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     pub tokens: RawTokens,
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RawMgmt {
@@ -573,6 +574,7 @@ impl Default for RawMgmt {
         RawMgmt {
             listen: d::MGMT_LISTEN,
             tokens: RawTokens::default(),
+            state_file: None,
         }
     }
 }

@@ -2112,53 +2112,73 @@ fn dnat_errors_are_reported_together() {
 }
 
 #[test]
-fn reload_dnat_takes_only_the_dnat_rules() {
-    let old = Config::from_yaml_str(&with_dnat(DNAT_EXAMPLE)).unwrap();
+fn reload_policy_takes_only_the_translation_policy() {
+    let old_text = with_dnat(DNAT_EXAMPLE);
+    let old = Config::from_yaml_str(&old_text).unwrap();
+    // The reloaded policy, as the running configuration would be with it.
+    let reloaded = |text: &str| -> Result<Config, ConfigError> {
+        reload_policy(&old, text)?.apply_to(&old_text)
+    };
     // Rules added, changed and removed.
     let text = with_dnat(&format!(
         "{}{}",
         DNAT_EXAMPLE.replace("weight: 1", "weight: 5"),
         forward("ssh", "203.0.113.100", 22)
     ));
-    let rules = reload_dnat(&old, &text).unwrap();
+    let rules = reloaded(&text).unwrap().dnat;
     assert_eq!(rules.len(), 2);
     assert_eq!(rules[0].backends[0].weight, 5);
     assert_eq!(rules[1].name, "ssh");
     assert_eq!(rules, Config::from_yaml_str(&text).unwrap().dnat);
-    assert!(reload_dnat(&old, MINIMAL).is_err());
+    // MINIMAL has other ports (no routes): not reloadable.
+    assert_eq!(
+        reload_policy(&old, MINIMAL).unwrap_err().fields(),
+        vec!["ports"]
+    );
     let none = DNAT_BASE.replace("nat:\n  dnat:\n", "");
-    assert_eq!(reload_dnat(&old, &none).unwrap(), vec![]);
+    assert_eq!(reloaded(&none).unwrap().dnat, vec![]);
+
+    // The rest of the policy reloads too: a pool grows.
+    let pool = text.replace("198.51.100.0/28", "198.51.100.0/27");
+    let grown = reloaded(&pool).unwrap();
+    assert_eq!(grown, Config::from_yaml_str(&pool).unwrap());
+    assert_eq!(grown.pools[1].len(), 32);
 
     // Anything else: refused, naming each section that differs.
-    let pool = text.replace("198.51.100.0/28", "198.51.100.0/27");
-    let err = reload_dnat(&old, &pool).unwrap_err();
-    assert_eq!(err.fields(), vec!["pools"]);
+    let route = text.replace("10.10.0.0/16", "10.11.0.0/16");
+    let err = reload_policy(&old, &route).unwrap_err();
+    assert_eq!(err.fields(), vec!["ports"]);
     assert!(
         err.to_string().starts_with(
-            "pools: differs from the running configuration; only nat.dnat can be reloaded"
+            "ports: differs from the running configuration; only the translation policy (pools, \
+             snat, exclusions, nat.timeouts, nat.limits, nat.hold_down, nat.udp_inbound_refresh, \
+             nat.dnat) can be reloaded, restart cgnatd"
         ),
         "{err}"
     );
-    let two = pool.replace("nat:\n  dnat:\n", "nat:\n  max_sessions: 4096\n  dnat:\n");
+    let two = route.replace("nat:\n  dnat:\n", "nat:\n  max_sessions: 4096\n  dnat:\n");
     assert_eq!(
-        reload_dnat(&old, &two).unwrap_err().fields(),
-        vec!["pools", "nat.max_sessions"]
+        reload_policy(&old, &two).unwrap_err().fields(),
+        vec!["ports", "nat.max_sessions"]
     );
     // A new file that does not validate is reported as such.
     let bad = text.replace("snat: lab", "snat: det");
-    let err = reload_dnat(&old, &bad).unwrap_err();
+    let err = reload_policy(&old, &bad).unwrap_err();
     assert_eq!(err.fields(), vec!["nat.dnat[0].snat"]);
 
     let dir = std::env::temp_dir().join(format!("cgnat-reload-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cgnat.yaml");
-    std::fs::write(&path, &pool).unwrap();
-    let msg = reload_dnat_file(&old, &path).unwrap_err().to_string();
+    std::fs::write(&path, &route).unwrap();
+    let msg = reload_policy_file(&old, &path).unwrap_err().to_string();
     assert!(
-        msg.starts_with(&format!("{}: pools: ", path.display())),
+        msg.starts_with(&format!("{}: ports: ", path.display())),
         "{msg}"
     );
     std::fs::write(&path, &text).unwrap();
-    assert_eq!(reload_dnat_file(&old, &path).unwrap(), rules);
+    assert_eq!(
+        reload_policy_file(&old, &path).unwrap(),
+        reload_policy(&old, &text).unwrap()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

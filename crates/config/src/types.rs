@@ -337,6 +337,9 @@ pub struct MgmtCfg {
     /// Files holding the bearer tokens (read by cgnatd at start); none: no access control.
     pub read_write_token: Option<std::path::PathBuf>,
     pub read_only_token: Option<std::path::PathBuf>,
+    /// Where the translation policy applied through the API is kept across restarts; none: such
+    /// changes last until cgnatd stops.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MgmtCfg {
@@ -345,6 +348,7 @@ impl Default for MgmtCfg {
             listen: d::MGMT_LISTEN,
             read_write_token: None,
             read_only_token: None,
+            state_file: None,
         }
     }
 }

@@ -63,6 +63,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     for (field, path) in [
         ("mgmt.tokens.read_write", &raw.mgmt.tokens.read_write),
         ("mgmt.tokens.read_only", &raw.mgmt.tokens.read_only),
+        ("mgmt.state_file", &raw.mgmt.state_file),
     ] {
         if path.as_ref().is_some_and(|p| !p.is_absolute()) {
             errs.push(
@@ -100,6 +101,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     listen: raw.mgmt.listen,
                     read_write_token: raw.mgmt.tokens.read_write.clone(),
                     read_only_token: raw.mgmt.tokens.read_only.clone(),
+                    state_file: raw.mgmt.state_file.clone(),
                 },
                 logging,
                 stats_interval: secs(raw.stats_interval),

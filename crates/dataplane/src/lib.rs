@@ -21,5 +21,6 @@ pub mod route;
 mod worker;
 
 pub use worker::{
-    Command, Control, DpdkPrefetch, EventQueue, PortSetup, Reply, Side, Worker, WorkerConfig,
+    Command, Control, DpdkPrefetch, EventQueue, Policy, PortSetup, Reply, Side, Worker,
+    WorkerConfig,
 };

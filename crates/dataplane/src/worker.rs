@@ -60,10 +60,32 @@ pub struct Control {
     pub replies: crossbeam::queue::ArrayQueue<Reply>,
     /// Set while someone watches the session table: the worker then records session events too.
     pub session_events: std::sync::atomic::AtomicBool,
-    /// New destination NAT rules for the worker to put in force at its next loop (between bursts).
-    pub dnat: crossbeam::queue::ArrayQueue<Arc<nat::DnatTable>>,
-    /// Generation of the destination NAT rules the worker has in force.
-    pub dnat_generation: std::sync::atomic::AtomicU64,
+    /// A new translation policy for the worker to put in force at its next loop (between bursts).
+    pub policy: crossbeam::queue::ArrayQueue<Arc<Policy>>,
+    /// Generation of the policy the worker has in force.
+    pub policy_generation: std::sync::atomic::AtomicU64,
+    /// Generation of the last policy the worker's shard refused (0: none). The control plane checks
+    /// a policy against everything the shard checks before publishing it, so this means a bug; it
+    /// is reported rather than waited for.
+    pub policy_refused: std::sync::atomic::AtomicU64,
+}
+
+/// A translation policy as the workers run it: immutable, built by the control plane, swapped in
+/// whole by each worker between bursts (no lock on the data path; see [`nat::Shard::set_policy`]).
+#[derive(Debug)]
+pub struct Policy {
+    pub generation: u64,
+    pub rules: Arc<nat::Rules>,
+    pub params: nat::PolicyParams,
+    pub dnat: Arc<nat::DnatTable>,
+    /// Addresses other than its own that the outside port answers ARP for: pool and destination
+    /// NAT addresses inside its subnet.
+    pub outside_proxy_arp: Vec<u32>,
+    /// The outside port's own address is translated too (a MASQUERADE pool, or a destination NAT
+    /// rule forwarding ports of it).
+    pub masquerade: bool,
+    /// Answer flows refused at a limit with ICMP unreachable (`nat.limits.icmp_unreachable`).
+    pub refusal_icmp: bool,
 }
 
 impl Control {
@@ -72,8 +94,9 @@ impl Control {
             commands: crossbeam::queue::ArrayQueue::new(commands.max(1)),
             replies: crossbeam::queue::ArrayQueue::new(replies.max(2)),
             session_events: std::sync::atomic::AtomicBool::new(false),
-            dnat: crossbeam::queue::ArrayQueue::new(4),
-            dnat_generation: std::sync::atomic::AtomicU64::new(0),
+            policy: crossbeam::queue::ArrayQueue::new(4),
+            policy_generation: std::sync::atomic::AtomicU64::new(0),
+            policy_refused: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -664,10 +687,23 @@ impl Worker {
         let Some(ctl) = &self.control else {
             return;
         };
-        if let Some(t) = ctl.dnat.pop() {
-            let generation = t.generation;
-            self.shard.set_dnat(t);
-            ctl.dnat_generation.store(generation, Ordering::Release);
+        if let Some(p) = ctl.policy.pop() {
+            match self
+                .shard
+                .set_policy(Arc::clone(&p.rules), p.params, Arc::clone(&p.dnat))
+            {
+                Ok(()) => {
+                    let mut arp = p.outside_proxy_arp.clone();
+                    arp.sort_unstable();
+                    self.ports[Side::Outside as usize].proxy_arp = arp;
+                    self.masq_addr = p
+                        .masquerade
+                        .then_some(self.local_addrs[Side::Outside as usize]);
+                    self.refusal_icmp = p.refusal_icmp;
+                    ctl.policy_generation.store(p.generation, Ordering::Release);
+                }
+                Err(_) => ctl.policy_refused.store(p.generation, Ordering::Release),
+            }
         }
         let watched = ctl.session_events.load(Ordering::Relaxed);
         if watched != self.session_events {

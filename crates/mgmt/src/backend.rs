@@ -36,6 +36,76 @@ pub trait Backend: Send + Sync + 'static {
     fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot>;
     /// The destination NAT rules in force with their per-backend counters (summed over workers).
     fn dnat(&self) -> DnatSnapshot;
+    /// The translation policy in force (the desired state) and its generation.
+    fn policy(&self) -> PolicySnapshot;
+    /// Validate a policy change and, unless it is a dry run, put it in force on every worker.
+    /// The future resolves once the workers run it (or with why nothing changed).
+    fn change_policy(&self, request: PolicyRequest) -> PolicyFuture;
+}
+
+/// What [`Backend::change_policy`] returns.
+pub type PolicyFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<PolicyOutcome, PolicyError>> + Send + 'static>,
+>;
+
+/// The translation policy for `GetPolicy`: the document as last applied (the YAML keys of the
+/// config file's translation sections), with the generation that put it in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySnapshot {
+    pub generation: u64,
+    pub document: serde_yaml::Value,
+}
+
+/// A requested policy change.
+#[derive(Debug, Clone)]
+pub struct PolicyRequest {
+    pub change: PolicyChange,
+    /// Refuse unless this is the generation in force (optimistic concurrency); `None` skips the check.
+    pub expected_generation: Option<u64>,
+    /// Validate and report the changes without applying anything.
+    pub dry_run: bool,
+    /// Who asks, for the log: the access level and the peer address.
+    pub caller: String,
+}
+
+/// The change itself.
+#[derive(Debug, Clone)]
+pub enum PolicyChange {
+    /// Replace the whole policy with this document.
+    Replace(serde_yaml::Value),
+    /// Add, update or delete one pool or rule of the policy in force.
+    Edit(config::policy::Edit),
+}
+
+/// What a policy change did (or, for a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyOutcome {
+    /// The generation in force after the call.
+    pub generation: u64,
+    /// False for dry runs and for requests that change nothing.
+    pub applied: bool,
+    pub changes: Vec<config::policy::Change>,
+}
+
+/// Why a policy change was refused. Nothing was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The request or the policy it leads to is invalid; `field` is the path of the first offending
+    /// field (`pools[1].addresses[0]`), `message` lists every problem, each with its path.
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    /// `expected_generation` is not the generation in force.
+    #[error(
+        "the policy is at generation {current}, not the expected {expected}; get it again and retry"
+    )]
+    Conflict { expected: u64, current: u64 },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The daemon could not complete the change (state file, workers).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The destination NAT rules in force for `ListDnatRules`.
@@ -115,6 +185,8 @@ pub struct PoolSnapshot {
     pub allocation: &'static str,
     /// Ports in use per address, over all workers, every address of the pool listed.
     pub by_address: Vec<(Ipv4Addr, u64)>,
+    /// Removed from the policy; still translating its existing sessions until they end.
+    pub retired: bool,
 }
 
 /// Why the backend cannot take a request.
@@ -295,6 +367,80 @@ pub(crate) mod fake {
         pub(crate) busy: bool,
         /// Tests send session events through this.
         pub(crate) events: broadcast::Sender<SessionEventSnapshot>,
+        pub(crate) policy: Mutex<FakePolicy>,
+        /// Every change request received, applied or not.
+        pub(crate) policy_requests: Mutex<Vec<PolicyRequest>>,
+    }
+
+    /// The policy in force in the fake: the lab's configuration file and what was applied over it.
+    pub(crate) struct FakePolicy {
+        pub(crate) generation: u64,
+        pub(crate) doc: config::policy::PolicyDoc,
+        pub(crate) config: config::Config,
+    }
+
+    pub(crate) const LAB: &str = include_str!("../../../config/lab.yaml");
+
+    fn invalid(e: config::ConfigError) -> PolicyError {
+        let field = match &e {
+            config::ConfigError::Invalid { errors } => {
+                errors.first().map(|f| f.path.clone()).unwrap_or_default()
+            }
+            config::ConfigError::Yaml { field, .. } => field.clone(),
+            _ => String::new(),
+        };
+        PolicyError::Invalid {
+            field,
+            message: e.to_string(),
+        }
+    }
+
+    impl FakeBackend {
+        fn change_policy_now(&self, request: PolicyRequest) -> Result<PolicyOutcome, PolicyError> {
+            use config::policy::{EditError, PolicyDoc};
+            self.policy_requests.lock().unwrap().push(request.clone());
+            let mut st = self.policy.lock().unwrap();
+            if let Some(expected) = request.expected_generation
+                && expected != st.generation
+            {
+                return Err(PolicyError::Conflict {
+                    expected,
+                    current: st.generation,
+                });
+            }
+            let doc = match &request.change {
+                PolicyChange::Replace(v) => PolicyDoc::from_value(v.clone()).map_err(invalid)?,
+                PolicyChange::Edit(e) => st.doc.edit(e).map_err(|e| match e {
+                    EditError::NotFound { path } => PolicyError::NotFound(path),
+                    EditError::AlreadyExists { path } => PolicyError::AlreadyExists(path),
+                    EditError::Invalid { path, message } => PolicyError::Invalid {
+                        message: format!("{path}: {message}"),
+                        field: path,
+                    },
+                })?,
+            };
+            let config = doc.apply_to(LAB).map_err(invalid)?;
+            let live = config::policy::check_live(&st.config, &config);
+            if !live.is_empty() {
+                return Err(invalid(config::ConfigError::Invalid { errors: live }));
+            }
+            let changes = config::policy::diff(&st.config, &config);
+            if request.dry_run || changes.is_empty() {
+                return Ok(PolicyOutcome {
+                    generation: st.generation,
+                    applied: false,
+                    changes,
+                });
+            }
+            st.generation += 1;
+            st.doc = doc;
+            st.config = config;
+            Ok(PolicyOutcome {
+                generation: st.generation,
+                applied: true,
+                changes,
+            })
+        }
     }
 
     pub(crate) fn session(proto: u8, inside: &str, outside: &str, remote: &str) -> SessionSnapshot {
@@ -346,6 +492,12 @@ pub(crate) mod fake {
                 queries: Mutex::new(Vec::new()),
                 busy: false,
                 events: broadcast::channel(4).0,
+                policy: Mutex::new(FakePolicy {
+                    generation: 1,
+                    doc: config::policy::PolicyDoc::from_config_text(LAB).unwrap(),
+                    config: config::Config::from_yaml_str(LAB).unwrap(),
+                }),
+                policy_requests: Mutex::new(Vec::new()),
             }
         }
     }
@@ -516,7 +668,22 @@ pub(crate) mod fake {
                     (Ipv4Addr::new(203, 0, 113, 1), 10),
                     (Ipv4Addr::new(203, 0, 113, 2), 5),
                 ],
+                retired: false,
             }]
+        }
+
+        fn policy(&self) -> PolicySnapshot {
+            let st = self.policy.lock().unwrap();
+            PolicySnapshot {
+                generation: st.generation,
+                document: st.doc.value().clone(),
+            }
+        }
+
+        /// The daemon's validation (config::policy) without a data plane behind it.
+        fn change_policy(&self, request: PolicyRequest) -> PolicyFuture {
+            let result = self.change_policy_now(request);
+            Box::pin(async move { result })
         }
 
         fn ports(&self) -> Vec<PortSnapshot> {

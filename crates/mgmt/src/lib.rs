@@ -22,13 +22,17 @@
 mod auth;
 mod backend;
 mod error;
+mod policy;
+#[cfg(test)]
+mod policy_rpc_tests;
 mod server;
 mod service;
 
 pub use auth::{Access, Tokens};
 pub use backend::{
     Backend, BackendError, DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, EndpointFilter,
-    InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
+    InfoSnapshot, PolicyChange, PolicyError, PolicyFuture, PolicyOutcome, PolicyRequest,
+    PolicySnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
     SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot,
     WorkerStatsSnapshot,
 };

@@ -15,6 +15,8 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
 use crate::auth::require_write;
+use crate::backend::PolicyChange;
+use config::policy::Section;
 
 use crate::backend::{
     Backend, BackendError, DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, EndpointFilter,
@@ -173,6 +175,7 @@ pub(crate) fn pool_to_proto(p: &PoolSnapshot) -> v1::Pool {
                 ports_in_use: n,
             })
             .collect(),
+        retired: p.retired,
     }
 }
 
@@ -423,6 +426,260 @@ impl<B: Backend> Cgnat for CgnatService<B> {
     ) -> Result<Response<v1::ListDnatRulesResponse>, Status> {
         debug!(rpc = "ListDnatRules", peer = ?request.remote_addr(), "gRPC request");
         Ok(Response::new(dnat_to_proto(&self.backend.dnat())))
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::Policy>, Status> {
+        debug!(rpc = "GetPolicy", peer = ?request.remote_addr(), "gRPC request");
+        let p = self.backend.policy();
+        let policy = match &p.document {
+            serde_yaml::Value::Mapping(m) => crate::policy::struct_to_proto(m),
+            _ => prost_types::Struct::default(),
+        };
+        Ok(Response::new(v1::Policy {
+            generation: p.generation,
+            policy: Some(policy),
+        }))
+    }
+
+    async fn apply_policy(
+        &self,
+        request: Request<v1::ApplyPolicyRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let doc = r
+            .policy
+            .as_ref()
+            .map(crate::policy::struct_from_proto)
+            .ok_or_else(|| Status::invalid_argument("policy: missing"))?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "ApplyPolicy",
+            PolicyChange::Replace(doc),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn add_pool(
+        &self,
+        request: Request<v1::PutPolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::add(Section::Pools, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "AddPool",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn update_pool(
+        &self,
+        request: Request<v1::PutPolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::update(Section::Pools, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "UpdatePool",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn delete_pool(
+        &self,
+        request: Request<v1::DeletePolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::delete(Section::Pools, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "DeletePool",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn add_snat_rule(
+        &self,
+        request: Request<v1::PutPolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::add(Section::Snat, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "AddSnatRule",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn update_snat_rule(
+        &self,
+        request: Request<v1::PutPolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::update(Section::Snat, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "UpdateSnatRule",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn delete_snat_rule(
+        &self,
+        request: Request<v1::DeletePolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::delete(Section::Snat, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "DeleteSnatRule",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn add_exclusion(
+        &self,
+        request: Request<v1::PutPolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::add(Section::Exclusions, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "AddExclusion",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn update_exclusion(
+        &self,
+        request: Request<v1::PutPolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::update(Section::Exclusions, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "UpdateExclusion",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn delete_exclusion(
+        &self,
+        request: Request<v1::DeletePolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::delete(Section::Exclusions, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "DeleteExclusion",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn add_dnat_rule(
+        &self,
+        request: Request<v1::PutPolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::add(Section::Dnat, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "AddDnatRule",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn update_dnat_rule(
+        &self,
+        request: Request<v1::PutPolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::update(Section::Dnat, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "UpdateDnatRule",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
+    }
+
+    async fn delete_dnat_rule(
+        &self,
+        request: Request<v1::DeletePolicyItemRequest>,
+    ) -> Result<Response<v1::ApplyPolicyResponse>, Status> {
+        let r = request.get_ref();
+        let edit = crate::policy::delete(Section::Dnat, r)?;
+        let (expected, dry_run) = (r.expected_generation, r.dry_run);
+        crate::policy::change(
+            &*self.backend,
+            &request,
+            "DeleteDnatRule",
+            PolicyChange::Edit(edit),
+            expected,
+            dry_run,
+        )
+        .await
     }
 
     type WatchSessionsStream = SessionEventStream;

@@ -275,7 +275,7 @@ impl DnatTable {
                 return Err(what("zero total weight"));
             }
             if let Some(pi) = r.snat_pool {
-                if pi >= nat.pools.len() {
+                if nat.pools.get(pi).is_none_or(|p| p.retired) {
                     return Err(what("snat names a pool that does not exist"));
                 }
                 if r.proto.is_none() {

@@ -595,6 +595,8 @@ pub struct PoolView {
     pub ports_in_use: u64,
     /// Ports in use per address, in address order.
     pub by_address: BTreeMap<String, u64>,
+    /// Removed from the policy, draining its sessions.
+    pub retired: bool,
 }
 
 impl From<&v1::ListPoolsResponse> for PoolsView {
@@ -617,6 +619,7 @@ impl From<&v1::ListPoolsResponse> for PoolsView {
                         .iter()
                         .map(|a| (a.address.clone(), a.ports_in_use))
                         .collect(),
+                    retired: p.retired,
                 })
                 .collect(),
         }
@@ -646,8 +649,13 @@ pub fn pools_table(v: &PoolsView, addresses: bool) -> String {
         } else {
             p.addresses.join(",")
         };
+        let name = if p.retired {
+            format!("{} (retired, draining)", p.name)
+        } else {
+            p.name.clone()
+        };
         t.row(vec![
-            p.name.clone(),
+            name,
             addrs,
             p.ports.clone(),
             p.allocation.clone(),
@@ -1030,6 +1038,7 @@ mod tests {
                     address: "203.0.113.1".into(),
                     ports_in_use: 3_871,
                 }],
+                retired: false,
             }],
         };
         let v = PoolsView::from(&r);

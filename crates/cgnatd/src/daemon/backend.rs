@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use config::{Config, Device, Role};
+use config::{Device, Role};
 use mgmt::{
     Backend, BackendError, InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole,
     PortSnapshot, SessionEventSnapshot, SessionQuery, SessionSnapshot, StatsSnapshot,
@@ -38,16 +38,14 @@ pub struct DaemonBackend {
     pub sessions: Arc<SessionBroker>,
     /// Session events for `WatchSessions` (the event router sends, each watcher subscribes).
     pub session_events: broadcast::Sender<SessionEventSnapshot>,
-    pools: Vec<config::Pool>,
-    dnat: Arc<super::dnat::DnatPlane>,
+    policy: Arc<super::policy::PolicyPlane>,
 }
 
 impl DaemonBackend {
     pub fn new(
-        cfg: &Config,
         dp: &DataPlane,
         started_at: SystemTime,
-        dnat: Arc<super::dnat::DnatPlane>,
+        policy: Arc<super::policy::PolicyPlane>,
     ) -> DaemonBackend {
         let ports = dp
             .ports
@@ -69,8 +67,7 @@ impl DaemonBackend {
             })
             .collect();
         DaemonBackend {
-            pools: cfg.pools.clone(),
-            dnat,
+            policy,
             started_at,
             dpdk_version: dpdk::version(),
             workers: dp.workers.iter().map(|(l, c)| (l.0, c.clone())).collect(),
@@ -89,7 +86,7 @@ impl Backend for DaemonBackend {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: self.started_at,
             workers: self.workers.len() as u32,
-            generation: 1,
+            generation: self.policy.generation(),
             dpdk_version: self.dpdk_version.clone(),
         }
     }
@@ -131,42 +128,21 @@ impl Backend for DaemonBackend {
     }
 
     fn dnat(&self) -> mgmt::DnatSnapshot {
-        self.dnat.snapshot()
+        self.policy.dnat_snapshot()
     }
 
     fn pools(&self) -> Vec<PoolSnapshot> {
-        let mut in_use: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
-        for (_, c) in &self.workers {
-            for (a, n) in c.ports_by_address() {
-                *in_use.entry(a).or_insert(0) += n;
-            }
-        }
-        self.pools
-            .iter()
-            .map(|p| PoolSnapshot {
-                name: p.name.clone(),
-                ranges: p.ranges.clone(),
-                port_lo: p.port_lo,
-                port_hi: p.port_hi,
-                masquerade: p.masquerade,
-                filtering: match p.filtering {
-                    config::Filtering::EndpointIndependent => "endpoint-independent",
-                    config::Filtering::AddressDependent => "address-dependent",
-                    config::Filtering::AddressAndPortDependent => "address-and-port-dependent",
-                },
-                allocation: match p.allocation {
-                    config::Allocation::Random => "random",
-                    config::Allocation::Preserve => "preserve",
-                    config::Allocation::Parity => "parity",
-                    config::Allocation::Blocks { .. } => "blocks",
-                    config::Allocation::Deterministic { .. } => "deterministic",
-                },
-                by_address: p
-                    .addresses()
-                    .map(|a| (a, in_use.get(&u32::from(a)).copied().unwrap_or(0)))
-                    .collect(),
-            })
-            .collect()
+        self.policy.pools()
+    }
+
+    fn policy(&self) -> mgmt::PolicySnapshot {
+        self.policy.snapshot()
+    }
+
+    fn change_policy(&self, request: mgmt::PolicyRequest) -> mgmt::PolicyFuture {
+        let plane = Arc::clone(&self.policy);
+        let broker = Arc::clone(&self.sessions);
+        Box::pin(async move { plane.apply(request, &broker).await })
     }
 
     fn ports(&self) -> Vec<PortSnapshot> {

@@ -1,10 +1,11 @@
 //! Start-up, run and shutdown of the daemon.
 
 mod backend;
-mod dnat;
 mod events;
+mod policy;
 mod sessions;
 mod setup;
+mod state_file;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -139,9 +140,12 @@ fn load_tokens(cfg: &Config) -> Result<mgmt::Tokens> {
 
 /// Run until SIGINT/SIGTERM.
 pub fn run(path: &Path, o: Overrides) -> Result<()> {
-    let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
-    // What a reload compares the file with: the file as it was, before command-line overrides.
-    let as_loaded = cfg.clone();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read config file {}: {e}", path.display()))?;
+    let file_cfg = Config::from_yaml_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    // The policy applied through the API last time (mgmt.state_file), else the file's own.
+    let initial = policy::initial(&text, &file_cfg)?;
+    let mut cfg = initial.config.clone();
     if let Some(p) = &o.file_prefix {
         cfg.with_file_prefix(p)
             .map_err(|e| anyhow!("--file-prefix: {e}"))?;
@@ -157,21 +161,31 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
     let eal = dpdk::Eal::init(&eal_args).context("DPDK EAL initialisation failed")?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let outcome = setup::start(&cfg, stop.clone()).and_then(|mut dp| {
-        let initial = dp
+    let outcome = setup::start(&cfg, initial.generation, stop.clone()).and_then(|mut dp| {
+        let table = dp
             .dnat
             .take()
             .ok_or_else(|| anyhow!("the data plane has no destination NAT table"))?;
-        let plane = Arc::new(dnat::DnatPlane::new(
+        let outside = cfg.outside_port();
+        let wiring = policy::Wiring {
+            controls: dp.controls.clone(),
+            dnat_counters: dp.dnat_counters.clone(),
+            counters: dp.counters(),
+            outside_addr: outside.address,
+            outside_net: outside.prefix,
+            workers: u16::try_from(dp.controls.len()).unwrap_or(u16::MAX),
+            block_capacity: dp.block_capacity,
+        };
+        let plane = Arc::new(policy::PolicyPlane::new(
             initial,
             dp.rules.clone(),
-            dp.controls.clone(),
-            dp.dnat_counters.clone(),
+            table,
+            text,
+            wiring,
         ));
-        let backend = Arc::new(DaemonBackend::new(&cfg, &dp, started_at, plane.clone()));
+        let backend = Arc::new(DaemonBackend::new(&dp, started_at, plane.clone()));
         let reload = Reload {
             path: path.to_path_buf(),
-            running: as_loaded,
             plane,
         };
         let served = serve(&cfg, backend, &dp, tokens, reload);
@@ -194,8 +208,7 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
 /// What SIGHUP reloads.
 struct Reload {
     path: std::path::PathBuf,
-    running: Config,
-    plane: Arc<dnat::DnatPlane>,
+    plane: Arc<policy::PolicyPlane>,
 }
 
 fn serve(
@@ -255,9 +268,8 @@ fn serve(
                 info!(target: "cgnatd::stats", "{}", backend::summary_line(&counters));
             }
         });
-        let reloader = tokio::spawn(dnat::reload_on_hangup(
+        let reloader = tokio::spawn(policy::reload_on_hangup(
             reload.path,
-            reload.running,
             reload.plane,
             broker.clone(),
         ));

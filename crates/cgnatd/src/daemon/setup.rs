@@ -37,9 +37,11 @@ pub struct DataPlane {
     pub controls: Vec<Arc<Control>>,
     /// Per worker, in worker order: destination NAT counters by backend.
     pub dnat_counters: Vec<Arc<nat::DnatCounters>>,
-    /// The destination NAT table the workers start with (taken by the daemon's DNAT plane).
+    /// The destination NAT table the workers start with (taken by the daemon's policy plane).
     pub dnat: Option<(Arc<nat::DnatTable>, nat::DnatIds)>,
     pub rules: Arc<Rules>,
+    /// Port blocks a subscriber record holds, fixed when the shards were built.
+    pub block_capacity: u16,
     pool: Option<Arc<Mempool>>,
 }
 
@@ -183,29 +185,40 @@ pub fn nat_rules(cfg: &Config) -> Result<Rules> {
 
 /// The per-worker NAT settings of the config.
 pub fn shard_config(cfg: &Config, worker: u16, workers: u16, seed: u64) -> ShardConfig {
-    let t = cfg.nat.timeouts;
-    let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let p = policy_params(cfg);
     ShardConfig {
         max_sessions: cfg.nat.max_sessions,
         max_mappings: cfg.nat.max_mappings,
         max_subscribers: cfg.nat.max_subscribers,
+        timeouts: p.timeouts,
+        worker,
+        workers,
+        seed,
+        limits: p.limits,
+        hold_down_s: p.hold_down_s,
+        udp_inbound_refresh: p.udp_inbound_refresh,
+        event_ring: cfg.nat.event_ring,
+        ..ShardConfig::default()
+    }
+}
+
+/// The settings of the config a policy change may replace on running shards.
+pub fn policy_params(cfg: &Config) -> nat::PolicyParams {
+    let t = cfg.nat.timeouts;
+    let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    nat::PolicyParams {
         timeouts: Timeouts {
             tcp_established: secs(t.tcp_established),
             tcp_transitory: secs(t.tcp_transitory),
             udp: secs(t.udp),
             icmp: secs(t.icmp),
         },
-        worker,
-        workers,
-        seed,
         limits: nat::Limits {
             max_sessions_per_subscriber: cfg.nat.limits.max_sessions_per_subscriber,
             max_ports_per_subscriber: cfg.nat.limits.max_ports_per_subscriber,
         },
         hold_down_s: secs(cfg.nat.hold_down),
         udp_inbound_refresh: cfg.nat.udp_inbound_refresh,
-        event_ring: cfg.nat.event_ring,
-        ..ShardConfig::default()
     }
 }
 
@@ -232,7 +245,7 @@ fn pool_size(cfg: &Config, workers: u32) -> u32 {
     (rings + in_flight + caches + 1024).next_power_of_two() - 1
 }
 
-pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
+pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<DataPlane> {
     if !cfg.nat.timeouts.rfc_minimums {
         warn!(
             "nat.timeouts.enforce_rfc_minimums is false: timeouts below the RFC 4787/5382/5508 floors \
@@ -296,22 +309,25 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
     };
 
     let rules = Arc::new(nat_rules(cfg)?);
-    // Pool addresses inside the outside subnet must be answered for in ARP (proxy ARP); routed pools
-    // need nothing.
-    let outside_net = ports[outside].cfg.prefix;
-    // Destination NAT addresses too (those of the rules at start: a reload does not add ARP answers).
-    let mut proxy_arp: Vec<u32> = rules
+    let dnat = super::policy::initial_table(cfg, &rules, generation)?;
+    // What the workers start with, exactly as a later policy change would publish it.
+    let policy = super::policy::worker_policy(
+        generation,
+        cfg,
+        &rules,
+        &dnat.0,
+        ports[outside].cfg.address,
+        ports[outside].cfg.prefix,
+    );
+    let block_capacity = rules
         .pools
         .iter()
-        .flat_map(|p| p.addrs.iter().copied())
-        .chain(cfg.dnat.iter().map(|r| r.addr))
-        .filter(|a| {
-            outside_net.contains((*a).into()) && *a != u32::from(ports[outside].cfg.address)
+        .filter_map(|p| match p.allocation {
+            nat::PortAllocation::Blocks { max_blocks, .. } => Some(max_blocks),
+            _ => None,
         })
-        .collect();
-    proxy_arp.sort_unstable();
-    proxy_arp.dedup();
-    let dnat = super::dnat::DnatPlane::initial(cfg, &rules)?;
+        .max()
+        .unwrap_or(0);
 
     // Flows are owned by one worker each; frames that arrive elsewhere travel over these rings.
     let mut links: Vec<Links> = if n_workers > 1 {
@@ -331,6 +347,7 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         dnat_counters: Vec::new(),
         dnat: None,
         rules: rules.clone(),
+        block_capacity,
         pool: None,
     };
     if n_workers > 1 {
@@ -378,23 +395,19 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
             events,
             control: Some(control.clone()),
             inside: setup(inside, Vec::new())?,
-            outside: setup(outside, proxy_arp.clone())?,
+            outside: setup(outside, policy.outside_proxy_arp.clone())?,
             neighbour_reachable_s: cfg.neighbour.reachable_time.as_secs(),
             neighbour_retransmit_ms: cfg.neighbour.retransmit.as_millis() as u64,
             icmp_errors_per_s: ICMP_ERRORS_PER_S,
-            refusal_icmp: cfg.nat.limits.icmp_unreachable,
+            refusal_icmp: policy.refusal_icmp,
             worker: i,
             workers: usize::from(n_workers),
             links: std::mem::replace(&mut links[i], Links::none()),
             idle_sleep: cfg.dataplane.idle_sleep,
             idle_polls: cfg.dataplane.idle_polls,
-            // Packets to the outside address go to the translator too when a destination NAT rule of
-            // the starting configuration forwards ports of it (NodePort style).
-            masquerade: cfg.pools.iter().any(|p| p.masquerade)
-                || cfg
-                    .dnat
-                    .iter()
-                    .any(|r| r.addr == u32::from(ports[outside].cfg.address)),
+            // Packets to the outside address go to the translator too when it is a pool address or
+            // a destination NAT rule forwards ports of it (NodePort style).
+            masquerade: policy.masquerade,
             fragments: nat::FragConfig {
                 max_datagrams: cfg.nat.fragments.max_datagrams,
                 max_held: cfg.nat.fragments.max_held,
@@ -416,8 +429,8 @@ pub fn start(cfg: &Config, stop: Arc<AtomicBool>) -> Result<DataPlane> {
         .context("cannot build the session table")?;
         shard.set_dnat(dnat.0.clone());
         control
-            .dnat_generation
-            .store(dnat.0.generation, std::sync::atomic::Ordering::Release);
+            .policy_generation
+            .store(generation, std::sync::atomic::Ordering::Release);
         dp.dnat_counters.push(shard.dnat_counters().clone());
         let (slab, index, portmaps) = shard.memory_bytes();
         info!(
