@@ -23,6 +23,10 @@ mod auth;
 mod backend;
 mod error;
 mod policy;
+/// JSON (`google.protobuf.Struct`) to and from the YAML policy document, for clients too.
+pub mod policy_json {
+    pub use crate::policy::{from_proto, struct_from_proto, struct_to_proto, to_proto};
+}
 #[cfg(test)]
 mod policy_rpc_tests;
 mod server;

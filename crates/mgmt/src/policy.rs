@@ -12,7 +12,7 @@ use crate::backend::{Backend, PolicyChange, PolicyError, PolicyOutcome, PolicyRe
 
 /// Protobuf JSON value → YAML value. Numbers arrive as doubles (JSON has no integers); whole ones
 /// become integers again, since every number in the policy is a count, a port or seconds.
-pub(crate) fn from_proto(v: &prost_types::Value) -> serde_yaml::Value {
+pub fn from_proto(v: &prost_types::Value) -> serde_yaml::Value {
     match &v.kind {
         None | Some(Kind::NullValue(_)) => serde_yaml::Value::Null,
         Some(Kind::BoolValue(b)) => serde_yaml::Value::Bool(*b),
@@ -33,7 +33,7 @@ pub(crate) fn from_proto(v: &prost_types::Value) -> serde_yaml::Value {
     }
 }
 
-pub(crate) fn struct_from_proto(s: &prost_types::Struct) -> serde_yaml::Value {
+pub fn struct_from_proto(s: &prost_types::Struct) -> serde_yaml::Value {
     // BTreeMap order: protobuf maps are unordered, so sort for a stable document.
     let sorted: std::collections::BTreeMap<&String, &prost_types::Value> =
         s.fields.iter().collect();
@@ -47,7 +47,7 @@ pub(crate) fn struct_from_proto(s: &prost_types::Struct) -> serde_yaml::Value {
 
 /// YAML value → protobuf JSON value. Tags (which the policy never uses) are dropped; non-string
 /// keys are written as their YAML text.
-pub(crate) fn to_proto(v: &serde_yaml::Value) -> prost_types::Value {
+pub fn to_proto(v: &serde_yaml::Value) -> prost_types::Value {
     let kind = match v {
         serde_yaml::Value::Null => Kind::NullValue(0),
         serde_yaml::Value::Bool(b) => Kind::BoolValue(*b),
@@ -62,7 +62,7 @@ pub(crate) fn to_proto(v: &serde_yaml::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-pub(crate) fn struct_to_proto(m: &serde_yaml::Mapping) -> prost_types::Struct {
+pub fn struct_to_proto(m: &serde_yaml::Mapping) -> prost_types::Struct {
     prost_types::Struct {
         fields: m
             .iter()

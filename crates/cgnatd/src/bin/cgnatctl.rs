@@ -1,10 +1,10 @@
 //! cgnatctl: command-line client for a running cgnatd's gRPC management API.
 //!
 //! `cgnatctl info | stats [--watch] | ports | pools | health | sessions list|get|delete|flush|watch
-//! | dnat`, printed as aligned tables for people or as JSON/YAML (`-o json`) for
-//! scripts. Errors are one line on stderr, `cgnatctl: <GRPC_CODE>: <message>`,
-//! with a non-zero exit. `--token-file` sends a bearer token. Limitations:
-//! plaintext HTTP/2 only (no TLS); no rule changes yet.
+//! | dnat | rules get|apply|add|update|delete`, printed as aligned tables for people or as
+//! JSON/YAML (`-o json`) for scripts. Errors are one line on stderr,
+//! `cgnatctl: <GRPC_CODE>: <message>`, with a non-zero exit. `--token-file` sends a bearer
+//! token. Limitations: plaintext HTTP/2 only (no TLS).
 #![forbid(unsafe_code)]
 
 #[path = "../ctl/mod.rs"]
@@ -97,6 +97,73 @@ enum Command {
     /// Destination NAT rules and their backends, with packets, bytes and sessions; the rule
     /// set's generation.
     Dnat,
+    /// The translation policy (pools, SNAT rules, exclusions, timeouts, limits, DNAT rules):
+    /// get it, replace it, or add, update and delete single pools and rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Show the policy in force. `-o yaml` prints `generation` and `policy`, a file that
+    /// `rules apply -f` takes back (checking that nobody changed the policy in between).
+    Get,
+    /// Replace the whole policy with a YAML or JSON file's (the config file's translation keys:
+    /// pools, snat, exclusions, nat.timeouts, nat.limits, nat.hold_down,
+    /// nat.udp_inbound_refresh, nat.dnat). A file from `rules get -o yaml` is applied only if
+    /// the policy is still at the generation it records.
+    Apply {
+        /// The policy file; `-` reads standard input.
+        #[arg(short = 'f', long)]
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Add one item: `rules add pool '{name: extra, addresses: [203.0.113.9]}'`, or `-f FILE`.
+    Add(ItemArgs),
+    /// Replace one item: a pool or DNAT rule by its `name`, a SNAT rule or exclusion by --index.
+    Update(ItemArgs),
+    /// Delete one item: `rules delete pool NAME`, `rules delete snat INDEX`.
+    Delete {
+        kind: ItemKind,
+        /// The pool or DNAT rule's name; the SNAT rule or exclusion's position (from 0).
+        key: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ItemKind {
+    Pool,
+    Snat,
+    Exclusion,
+    Dnat,
+}
+
+#[derive(Debug, Args)]
+struct ItemArgs {
+    kind: ItemKind,
+    /// The item as inline YAML or JSON (a mapping with the config file's keys).
+    item: Option<String>,
+    /// Read the item from this file instead (`-`: standard input).
+    #[arg(short = 'f', long, conflicts_with = "item")]
+    file: Option<std::path::PathBuf>,
+    /// SNAT rules and exclusions: the position to add at (default: the end) or to update.
+    #[arg(long)]
+    index: Option<u32>,
+    #[command(flatten)]
+    change: ChangeArgs,
+}
+
+#[derive(Debug, Args)]
+struct ChangeArgs {
+    /// Validate and show what would change; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Refuse unless the policy is at this generation (0: no check).
+    #[arg(long)]
+    expect_generation: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,8 +337,148 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .await?;
             emit(&ctx.render(&DnatView::from(&rules), dnat_table, false)?)?;
         }
+        Command::Rules(cmd) => rules(&ctx, client(channel), cmd).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Read a file, or standard input for `-`.
+fn read_input(path: &std::path::Path) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+/// YAML (JSON is YAML) text that must be a mapping, as a protobuf Struct.
+fn mapping(text: &str, what: &str) -> Result<(serde_yaml::Mapping, prost_types::Struct)> {
+    let v: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| anyhow!("{what}: not YAML or JSON: {e}"))?;
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            let s = mgmt::policy_json::struct_to_proto(&m);
+            Ok((m, s))
+        }
+        _ => Err(anyhow!("{what}: must be a mapping of keys to values")),
+    }
+}
+
+async fn rules(ctx: &Ctx, mut client: Client, cmd: RulesCommand) -> Result<()> {
+    use ctl::rules::{ApplyView, PolicyView, apply_table, policy_table};
+    let (reply, dry_run) = match cmd {
+        RulesCommand::Get => {
+            let p = ctx.call(client.get_policy(v1::GetPolicyRequest {})).await?;
+            emit(&ctx.render(&PolicyView::from(&p), policy_table, false)?)?;
+            return Ok(());
+        }
+        RulesCommand::Apply { file, change } => {
+            let (mut m, _) = mapping(&read_input(&file)?, &file.display().to_string())?;
+            // A file saved by `rules get -o yaml` carries the generation it was read at.
+            let saved = m.contains_key("policy") && m.contains_key("generation");
+            let mut expected = 0;
+            if saved {
+                expected = m
+                    .get("generation")
+                    .and_then(serde_yaml::Value::as_u64)
+                    .ok_or_else(|| anyhow!("{}: generation: not a number", file.display()))?;
+                m = match m.remove("policy") {
+                    Some(serde_yaml::Value::Mapping(p)) => p,
+                    _ => return Err(anyhow!("{}: policy: must be a mapping", file.display())),
+                };
+            }
+            let expected_generation = change.expect_generation.unwrap_or(expected);
+            let r = ctx
+                .call(client.apply_policy(v1::ApplyPolicyRequest {
+                    policy: Some(mgmt::policy_json::struct_to_proto(&m)),
+                    expected_generation,
+                    dry_run: change.dry_run,
+                }))
+                .await?;
+            (r, change.dry_run)
+        }
+        RulesCommand::Add(args) | RulesCommand::Update(args)
+            if args.item.is_none() && args.file.is_none() =>
+        {
+            return Err(anyhow!(
+                "give the {} as inline YAML or with -f FILE",
+                kind_name(args.kind)
+            ));
+        }
+        RulesCommand::Add(args) => {
+            let req = put_request(&args)?;
+            let r = match args.kind {
+                ItemKind::Pool => ctx.call(client.add_pool(req)).await?,
+                ItemKind::Snat => ctx.call(client.add_snat_rule(req)).await?,
+                ItemKind::Exclusion => ctx.call(client.add_exclusion(req)).await?,
+                ItemKind::Dnat => ctx.call(client.add_dnat_rule(req)).await?,
+            };
+            (r, args.change.dry_run)
+        }
+        RulesCommand::Update(args) => {
+            let req = put_request(&args)?;
+            let r = match args.kind {
+                ItemKind::Pool => ctx.call(client.update_pool(req)).await?,
+                ItemKind::Snat => ctx.call(client.update_snat_rule(req)).await?,
+                ItemKind::Exclusion => ctx.call(client.update_exclusion(req)).await?,
+                ItemKind::Dnat => ctx.call(client.update_dnat_rule(req)).await?,
+            };
+            (r, args.change.dry_run)
+        }
+        RulesCommand::Delete { kind, key, change } => {
+            let mut req = v1::DeletePolicyItemRequest {
+                expected_generation: change.expect_generation.unwrap_or(0),
+                dry_run: change.dry_run,
+                ..Default::default()
+            };
+            match kind {
+                ItemKind::Pool | ItemKind::Dnat => req.name = key,
+                ItemKind::Snat | ItemKind::Exclusion => {
+                    req.index = Some(key.parse().map_err(|_| {
+                        anyhow!(
+                            "{} are addressed by position (0, 1, ...), not {key:?}; see `cgnatctl rules get`",
+                            kind_name(kind)
+                        )
+                    })?)
+                }
+            }
+            let r = match kind {
+                ItemKind::Pool => ctx.call(client.delete_pool(req)).await?,
+                ItemKind::Snat => ctx.call(client.delete_snat_rule(req)).await?,
+                ItemKind::Exclusion => ctx.call(client.delete_exclusion(req)).await?,
+                ItemKind::Dnat => ctx.call(client.delete_dnat_rule(req)).await?,
+            };
+            (r, change.dry_run)
+        }
+    };
+    emit(&ctx.render(&ApplyView::new(&reply, dry_run), apply_table, false)?)
+}
+
+fn kind_name(kind: ItemKind) -> &'static str {
+    match kind {
+        ItemKind::Pool => "pools",
+        ItemKind::Snat => "snat rules",
+        ItemKind::Exclusion => "exclusions",
+        ItemKind::Dnat => "dnat rules",
+    }
+}
+
+fn put_request(args: &ItemArgs) -> Result<v1::PutPolicyItemRequest> {
+    let (text, what) = match (&args.item, &args.file) {
+        (Some(t), _) => (t.clone(), "the item".to_owned()),
+        (None, Some(f)) => (read_input(f)?, f.display().to_string()),
+        (None, None) => return Err(anyhow!("give the item as inline YAML or with -f FILE")),
+    };
+    let (_, item) = mapping(&text, &what)?;
+    Ok(v1::PutPolicyItemRequest {
+        item: Some(item),
+        index: args.index,
+        expected_generation: args.change.expect_generation.unwrap_or(0),
+        dry_run: args.change.dry_run,
+    })
 }
 
 /// Accepts `host:port` as well as a full URI, since operators type the former.

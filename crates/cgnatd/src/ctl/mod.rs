@@ -3,4 +3,5 @@
 //! text helpers, [`view`] the JSON/YAML shapes and tables of each command.
 
 pub mod format;
+pub mod rules;
 pub mod view;
