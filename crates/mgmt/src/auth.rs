@@ -7,8 +7,8 @@
 //! token is `UNAUTHENTICATED`; a read-only token on a changing call is `PERMISSION_DENIED`. The
 //! health service stays open for probes, and reflection (the schema, which is public) too.
 //!
-//! Tokens travel in clear unless the connection is protected: keep the listener on loopback, or
-//! behind a TLS-terminating proxy or an SSH tunnel, when tokens matter. Comparison is constant-time.
+//! Tokens travel in clear unless the connection is protected: beyond loopback, turn on TLS
+//! ([`crate::TlsConfig`]) or use an SSH tunnel. Comparison is constant-time.
 
 use tonic::service::Interceptor;
 use tonic::{Request, Status};

@@ -19,6 +19,14 @@ pub enum MgmtError {
     /// build defect, not an operator error.
     #[error("cannot build the gRPC reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// tonic refused the TLS settings. [`crate::TlsConfig::from_pem`] runs the same checks first,
+    /// so this is not expected once that has passed.
+    #[error("cannot set up TLS for the gRPC server: {source}")]
+    Tls {
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
     /// The server failed while running.
     #[error("gRPC server on {addr} failed: {source}")]
     Serve {

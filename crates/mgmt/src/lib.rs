@@ -11,12 +11,18 @@
 //! Usage from the daemon, inside a tokio runtime on the control thread:
 //!
 //! ```text
-//! let server = mgmt::bind(mgmt::ServerConfig { listen }, backend).await?; // fails fast on a taken port
+//! let tls = mgmt::TlsConfig::from_pem(cert_pem, key_pem, Some(client_ca_pem))?; // or None: plaintext
+//! let cfg = mgmt::ServerConfig { listen, tokens, tls: Some(tls) };
+//! let server = mgmt::bind(cfg, backend).await?; // fails fast on a taken port
 //! server.serve(async { shutdown_rx.await.ok(); }).await?;
 //! ```
 //!
-//! Limitations: read-only for now (info, stats, ports); plaintext HTTP/2 with
-//! no authentication, which is why the default listen address is loopback.
+//! Security: optional bearer tokens (read-only, read-write; [`Tokens`]) and optional TLS
+//! (rustls with ring; [`TlsConfig`]), with client certificates when a client CA is set. TLS
+//! covers the whole listener, health and reflection too. A client refused at the handshake sees
+//! a transport error (UNAVAILABLE or UNKNOWN "transport error"), not a gRPC status; a missing
+//! token is UNAUTHENTICATED. Without TLS everything, tokens included, travels in clear, which is
+//! why the default listen address is loopback.
 #![forbid(unsafe_code)]
 
 mod auth;
@@ -31,6 +37,7 @@ pub mod policy_json {
 mod policy_rpc_tests;
 mod server;
 mod service;
+mod tls;
 
 pub use auth::{Access, Tokens};
 pub use backend::{
@@ -43,3 +50,4 @@ pub use backend::{
 pub use error::MgmtError;
 pub use server::{BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, ServerConfig, bind, serve};
 pub use service::{DEFAULT_WATCH_INTERVAL, MIN_WATCH_INTERVAL};
+pub use tls::{HANDSHAKE_TIMEOUT, TlsConfig, TlsError, client_tls_config};

@@ -19,6 +19,7 @@ use crate::auth::{TokenCheck, Tokens};
 use crate::backend::Backend;
 use crate::error::MgmtError;
 use crate::service::CgnatService;
+use crate::tls::TlsConfig;
 
 /// Default management listen address: loopback only, so the API is not exposed
 /// to the network unless the operator asks for it.
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Bearer tokens; none configured means no access control (loopback use).
     pub tokens: Tokens,
+    /// TLS on the listener (health and reflection included); none: plaintext HTTP/2.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: DEFAULT_LISTEN,
             tokens: Tokens::default(),
+            tls: None,
         }
     }
 }
@@ -58,17 +62,21 @@ pub struct BoundServer {
     router: Router,
     health: HealthReporter,
     stopping: watch::Sender<bool>,
+    /// For the log: `plaintext`, `tls` or `tls with client certificates`.
+    transport: &'static str,
 }
 
 impl fmt::Debug for BoundServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BoundServer")
             .field("local_addr", &self.local_addr)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
 
-/// Binds `cfg.listen` and builds all services. Bind errors name the address.
+/// Binds `cfg.listen` and builds all services (with TLS when `cfg.tls` is set). Bind errors
+/// name the address.
 pub async fn bind<B: Backend>(
     cfg: ServerConfig,
     backend: Arc<B>,
@@ -103,8 +111,15 @@ pub async fn bind<B: Backend>(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    // One listener for everything: health probes and reflection are as protected as the API.
+    let mut server = Server::builder();
+    if let Some(tls) = &cfg.tls {
+        server = server
+            .tls_config(tls.server_tls_config())
+            .map_err(|source| MgmtError::Tls { source })?;
+    }
     let (stopping, stopping_rx) = watch::channel(false);
-    let router = Server::builder()
+    let router = server
         .add_service(CgnatServer::with_interceptor(
             CgnatService::new(backend, stopping_rx),
             TokenCheck { tokens: cfg.tokens },
@@ -113,12 +128,18 @@ pub async fn bind<B: Backend>(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
+    let transport = match &cfg.tls {
+        None => "plaintext",
+        Some(tls) if tls.requires_client_cert() => "tls with client certificates",
+        Some(_) => "tls",
+    };
     Ok(BoundServer {
         local_addr,
         incoming,
         router,
         health,
         stopping,
+        transport,
     })
 }
 
@@ -141,6 +162,7 @@ impl BoundServer {
             router,
             health,
             stopping,
+            transport,
         } = self;
         let mut stopped = stopping.subscribe();
 
@@ -165,7 +187,7 @@ impl BoundServer {
             tokio::time::sleep(DRAIN_TIMEOUT).await;
         };
 
-        info!(%local_addr, "gRPC server listening");
+        info!(%local_addr, transport, "gRPC server listening");
         tokio::select! {
             result = router.serve_with_incoming_shutdown(incoming, signal) => {
                 result.map_err(|source| MgmtError::Serve { addr: local_addr, source })
@@ -215,9 +237,14 @@ mod tests {
         }
 
         async fn configured(backend: FakeBackend, tokens: Tokens) -> Running {
+            Running::secured(backend, tokens, None).await
+        }
+
+        async fn secured(backend: FakeBackend, tokens: Tokens, tls: Option<TlsConfig>) -> Running {
             let cfg = ServerConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 tokens,
+                tls,
             };
             let bound = bind(cfg, Arc::new(backend)).await.unwrap();
             let addr = bound.local_addr();
@@ -936,13 +963,264 @@ mod tests {
         server.stop().await.unwrap();
     }
 
+    // ---- TLS ----
+
+    use crate::tls::client_tls_config;
+    use crate::tls::testpki::{Ca, Pair};
+
+    impl Running {
+        /// A token-less server with TLS from [`server_tls`].
+        async fn tls(ca: &Ca, client_ca: Option<&Ca>) -> Running {
+            let tls = server_tls(ca, client_ca);
+            Running::secured(FakeBackend::new(), Tokens::default(), Some(tls)).await
+        }
+    }
+
+    /// TLS with `ca`'s server certificate; with `client_ca`, clients need a certificate from it.
+    fn server_tls(ca: &Ca, client_ca: Option<&Ca>) -> TlsConfig {
+        let server = ca.server();
+        TlsConfig::from_pem(
+            server.cert.into(),
+            server.key.into(),
+            client_ca.map(|c| c.cert.clone().into()),
+        )
+        .unwrap()
+    }
+
+    /// A TLS channel to `addr` trusting `ca`, presenting `identity`, checking the server's
+    /// certificate for `name` (the address when none). A failed connection is UNAVAILABLE, as
+    /// a failed call on a lazily connected channel would be, with the whole error chain in the
+    /// message: the TLS alert is at its end.
+    async fn tls_channel(
+        addr: SocketAddr,
+        ca: &Ca,
+        identity: Option<&Pair>,
+        name: Option<&str>,
+    ) -> Result<Channel, tonic::Status> {
+        let mut tls = client_tls_config(
+            Some(ca.cert.as_bytes()),
+            identity.map(|p| (p.cert.as_bytes(), p.key.as_bytes())),
+        )
+        .unwrap();
+        if let Some(name) = name {
+            tls = tls.domain_name(name);
+        }
+        Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(chain(&e)))
+    }
+
+    fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = err.to_string();
+        let mut cause = err.source();
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        text
+    }
+
+    /// GetInfo over TLS; a failure anywhere (handshake, call) is the status the caller sees.
+    async fn tls_get_info(
+        addr: SocketAddr,
+        ca: &Ca,
+        identity: Option<&Pair>,
+    ) -> Result<v1::Info, tonic::Status> {
+        let channel = tls_channel(addr, ca, identity, None).await?;
+        CgnatClient::new(channel)
+            .get_info(v1::GetInfoRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(with_cause)
+    }
+
+    /// A client-side status with its transport error's chain in the message.
+    fn with_cause(s: tonic::Status) -> tonic::Status {
+        let detail = std::error::Error::source(&s).map(chain).unwrap_or_default();
+        tonic::Status::new(s.code(), format!("{}: {detail}", s.message()))
+    }
+
+    /// The connection failed below gRPC: UNAVAILABLE when the client saw it while connecting,
+    /// UNKNOWN "transport error" when the server's alert came after the client had finished its
+    /// side of a TLS 1.3 handshake and sent the call. Never a status from the server itself
+    /// (UNAUTHENTICATED would mean the server had read the request). `alert` is what the
+    /// error chain must name.
+    fn assert_refused_by_tls<T: std::fmt::Debug>(
+        result: Result<T, tonic::Status>,
+        why: &str,
+        alert: &str,
+    ) {
+        let err = result.expect_err(why);
+        let below_grpc = err.code() == tonic::Code::Unavailable
+            || (err.code() == tonic::Code::Unknown && err.message().starts_with("transport error"));
+        assert!(below_grpc, "{why}: {err:?}");
+        assert!(err.message().contains(alert), "{why}: {err:?}");
+    }
+
+    #[tokio::test]
+    async fn tls_serves_api_health_and_reflection_to_a_client_trusting_the_ca() {
+        let ca = Ca::new("cgnat test CA");
+        let server = Running::tls(&ca, None).await;
+        // The certificate names 127.0.0.1, which is what the client checks by default.
+        let info = tls_get_info(server.addr, &ca, None).await.unwrap();
+        assert_eq!(info.version, "9.8.7");
+        // Health and reflection are on the same TLS listener.
+        let channel = tls_channel(server.addr, &ca, None, Some("localhost"))
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: cgnat_server::SERVICE_NAME.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+        {
+            use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+            let mut reflection = ServerReflectionClient::new(channel);
+            let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let reply = reflection
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .unwrap()
+                .into_inner()
+                .next()
+                .await
+                .unwrap()
+                .unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+                panic!("unexpected reflection reply {reply:?}");
+            };
+            assert!(list.service.iter().any(|s| s.name == "cgnat.v1.Cgnat"));
+        }
+        // A name the certificate does not carry is refused by the client.
+        let err = tls_channel(server.addr, &ca, None, Some("nat1.example"))
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("not valid for name"), "{err:?}");
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tls_refuses_plaintext_clients_and_clients_trusting_another_ca() {
+        let ca = Ca::new("cgnat test CA");
+        let server = Running::tls(&ca, None).await;
+        // Plaintext HTTP/2 to a TLS listener: the server reads no TLS hello and hangs up.
+        let plain = match Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(channel) => CgnatClient::new(channel)
+                .get_info(v1::GetInfoRequest {})
+                .await
+                .map(tonic::Response::into_inner),
+            Err(e) => Err(tonic::Status::unavailable(chain(&e))),
+        };
+        assert_refused_by_tls(plain, "a plaintext client must not get through", "");
+        // The client checks the server's certificate: signed by a CA it does not trust.
+        let err = tls_get_info(server.addr, &Ca::new("other CA"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("UnknownIssuer"), "{err:?}");
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn client_ca_admits_only_certificates_it_signed() {
+        let ca = Ca::new("cgnat test CA");
+        let server = Running::tls(&ca, Some(&ca)).await;
+        assert_refused_by_tls(
+            tls_get_info(server.addr, &ca, None).await,
+            "a client without a certificate must not get through",
+            "CertificateRequired",
+        );
+        let other = Ca::new("other CA");
+        assert_refused_by_tls(
+            tls_get_info(server.addr, &ca, Some(&other.client("intruder"))).await,
+            "a certificate from another CA must not get through",
+            "UnknownCA",
+        );
+        let info = tls_get_info(server.addr, &ca, Some(&ca.client("operator")))
+            .await
+            .unwrap();
+        assert_eq!(info.workers, 2);
+        // Health is behind the same handshake: no certificate, no probe.
+        let health = match tls_channel(server.addr, &ca, None, None).await {
+            Ok(channel) => tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(drop)
+                .map_err(with_cause),
+            Err(e) => Err(e),
+        };
+        assert_refused_by_tls(
+            health,
+            "health without a client certificate",
+            "CertificateRequired",
+        );
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tokens_still_apply_over_tls() {
+        use tonic::metadata::MetadataValue;
+        let ca = Ca::new("cgnat test CA");
+        let tokens = Tokens {
+            read_write: Some("rw-secret-0123456789".into()),
+            read_only: Some("ro-secret-0123456789".into()),
+        };
+        let server =
+            Running::secured(FakeBackend::new(), tokens, Some(server_tls(&ca, Some(&ca)))).await;
+        let client = ca.client("monitor");
+        let channel = tls_channel(server.addr, &ca, Some(&client), None)
+            .await
+            .unwrap();
+        // A valid certificate is no token: the server answers, and refuses.
+        let err = CgnatClient::new(channel.clone())
+            .get_info(v1::GetInfoRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let mut ro = CgnatClient::with_interceptor(channel, |mut req: tonic::Request<()>| {
+            let v: MetadataValue<_> = "Bearer ro-secret-0123456789".parse().unwrap();
+            req.metadata_mut().insert("authorization", v);
+            Ok(req)
+        });
+        ro.get_info(v1::GetInfoRequest {}).await.unwrap();
+        let err = ro
+            .flush_sessions(v1::FlushSessionsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        server.stop().await.unwrap();
+    }
+
     #[tokio::test]
     async fn bind_error_names_the_address() {
         let server = Running::start().await;
         let err = bind(
             ServerConfig {
                 listen: server.addr,
-                tokens: Tokens::default(),
+                ..ServerConfig::default()
             },
             Arc::new(FakeBackend::new()),
         )

@@ -248,9 +248,16 @@ fn serve(
     });
     let last_router = router.clone();
     rt.block_on(async move {
-        let bound = mgmt::bind(mgmt::ServerConfig { listen, tokens }, backend)
-            .await
-            .with_context(|| format!("management API cannot listen on {listen}"))?;
+        let bound = mgmt::bind(
+            mgmt::ServerConfig {
+                listen,
+                tokens,
+                tls: None,
+            },
+            backend,
+        )
+        .await
+        .with_context(|| format!("management API cannot listen on {listen}"))?;
         info!(listen = %bound.local_addr(), "management API listening");
         info!("cgnatd forwarding");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
