@@ -46,8 +46,8 @@ pub use net::{AddressRange, Ipv4Net, MacAddr, ParseError, PortRange};
 pub use policy::PolicyDoc;
 pub use types::{
     Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Filtering, FragmentsCfg, Limits,
-    LogFormat, LoggingCfg, MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule,
-    StaticNeighbour, Timeouts, Workers,
+    LogFormat, LoggingCfg, MgmtCfg, MgmtTls, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route,
+    SnatRule, StaticNeighbour, Timeouts, Workers,
 };
 
 /// A validated cgnatd configuration.

@@ -560,13 +560,14 @@ impl Default for RawNeighbour {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "the mgmt mapping (listen, tokens, state_file)"
+    expecting = "the mgmt mapping (listen, tokens, tls, state_file)"
 )]
 pub(crate) struct RawMgmt {
     #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     pub tokens: RawTokens,
     pub state_file: Option<std::path::PathBuf>,
+    pub tls: Option<RawTls>,
 }
 
 impl Default for RawMgmt {
@@ -575,8 +576,23 @@ impl Default for RawMgmt {
             listen: d::MGMT_LISTEN,
             tokens: RawTokens::default(),
             state_file: None,
+            tls: None,
         }
     }
+}
+
+/// Every field optional here so that a missing `cert` or `key` is reported by `validate` under
+/// its own name (`mgmt.tls.key`), like the other rules, rather than as a serde "missing field".
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a tls mapping (cert, key, client_ca: paths of PEM files)"
+)]
+pub(crate) struct RawTls {
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1528,6 +1528,70 @@ fn management_tokens_are_absolute_paths() {
     );
 }
 
+#[test]
+fn management_tls_takes_a_cert_and_key_and_optionally_a_client_ca() {
+    assert_eq!(Config::from_yaml_str(MINIMAL).unwrap().mgmt.tls, None);
+    let c = Config::from_yaml_str(&format!(
+        "{MINIMAL}mgmt:\n  tls:\n    cert: /etc/cgnat/mgmt.crt\n    key: /etc/cgnat/mgmt.key\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.mgmt.tls,
+        Some(MgmtTls {
+            cert: "/etc/cgnat/mgmt.crt".into(),
+            key: "/etc/cgnat/mgmt.key".into(),
+            client_ca: None,
+        })
+    );
+    let c = Config::from_yaml_str(&format!(
+        "{MINIMAL}mgmt:\n  tls:\n    cert: /etc/cgnat/mgmt.pem\n    key: /etc/cgnat/mgmt.pem\n    client_ca: /etc/cgnat/operators-ca.crt\n"
+    ))
+    .unwrap();
+    let tls = c.mgmt.tls.unwrap();
+    assert_eq!(tls.cert, tls.key, "one file may hold both");
+    assert_eq!(
+        tls.client_ca.as_deref(),
+        Some(std::path::Path::new("/etc/cgnat/operators-ca.crt"))
+    );
+}
+
+#[test]
+fn management_tls_names_the_missing_or_relative_field() {
+    rejects(
+        &format!("{MINIMAL}mgmt:\n  tls:\n    cert: /etc/cgnat/mgmt.crt\n"),
+        "mgmt.tls.key",
+        "is required",
+    );
+    let err = rejects(
+        &format!("{MINIMAL}mgmt:\n  tls: {{}}\n"),
+        "mgmt.tls.cert",
+        "is required",
+    );
+    assert!(err.fields().contains(&"mgmt.tls.key"), "{err}");
+    rejects(
+        &format!("{MINIMAL}mgmt:\n  tls:\n    cert: mgmt.crt\n    key: /etc/cgnat/mgmt.key\n"),
+        "mgmt.tls.cert",
+        "absolute path",
+    );
+    rejects(
+        &format!(
+            "{MINIMAL}mgmt:\n  tls:\n    cert: /etc/cgnat/mgmt.crt\n    key: /etc/cgnat/mgmt.key\n    client_ca: ca.crt\n"
+        ),
+        "mgmt.tls.client_ca",
+        "absolute path",
+    );
+    // A misspelt key is not silently ignored (client_ca left out would mean no client check).
+    let err = Config::from_yaml_str(&format!(
+        "{MINIMAL}mgmt:\n  tls:\n    cert: /a.crt\n    key: /a.key\n    client_cert: /ca.crt\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("client_cert") && err.contains("client_ca"),
+        "{err}"
+    );
+}
+
 // ---- Destination NAT (nat.dnat) ----
 
 /// A config for destination NAT tests: an inside subnet with two routes behind it (one of them a

@@ -340,6 +340,8 @@ pub struct MgmtCfg {
     /// Where the translation policy applied through the API is kept across restarts; none: such
     /// changes last until cgnatd stops.
     pub state_file: Option<std::path::PathBuf>,
+    /// TLS for the gRPC server; none: plaintext HTTP/2.
+    pub tls: Option<MgmtTls>,
 }
 
 impl Default for MgmtCfg {
@@ -349,8 +351,21 @@ impl Default for MgmtCfg {
             read_write_token: None,
             read_only_token: None,
             state_file: None,
+            tls: None,
         }
     }
+}
+
+/// `mgmt.tls`: PEM files, read by cgnatd at start (absolute paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MgmtTls {
+    /// The server's certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key of the leaf certificate.
+    pub key: std::path::PathBuf,
+    /// CA certificates that client certificates must chain to; set, a client without one fails
+    /// the TLS handshake (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::eal::{self, Eal, Memory};
@@ -12,13 +13,13 @@ use crate::error::{ConfigError, FieldError};
 use crate::limits as lim;
 use crate::net::{AddressRange, Ipv4Net};
 use crate::raw::{
-    DnatOnRemoval, DnatProtocol, DnatScheduler, RawConfig, RawDnat, RawEal, RawPool, RawPort,
-    RawSnat, RawWorkers,
+    DnatOnRemoval, DnatProtocol, DnatScheduler, RawConfig, RawDnat, RawEal, RawMgmt, RawPool,
+    RawPort, RawSnat, RawWorkers,
 };
 use crate::types::{
     Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, FragmentsCfg, Limits, LoggingCfg,
-    MgmtCfg, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule, StaticNeighbour, Timeouts,
-    Workers, secs,
+    MgmtCfg, MgmtTls, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route, SnatRule, StaticNeighbour,
+    Timeouts, Workers, secs,
 };
 use crate::{Config, defaults as d};
 
@@ -60,18 +61,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let neighbour = check_neighbour(&mut errs, &raw.neighbour);
     let logging = check_logging(&mut errs, raw.logging);
     let dataplane = check_dataplane(&mut errs, &raw.dataplane);
-    for (field, path) in [
-        ("mgmt.tokens.read_write", &raw.mgmt.tokens.read_write),
-        ("mgmt.tokens.read_only", &raw.mgmt.tokens.read_only),
-        ("mgmt.state_file", &raw.mgmt.state_file),
-    ] {
-        if path.as_ref().is_some_and(|p| !p.is_absolute()) {
-            errs.push(
-                field,
-                "must be an absolute path (cgnatd may run from any directory)",
-            );
-        }
-    }
+    let mgmt = check_mgmt(&mut errs, &raw.mgmt);
     if raw.stats_interval > lim::STATS_INTERVAL_MAX_SECS {
         errs.push(
             "stats_interval",
@@ -97,12 +87,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 exclusions,
                 nat,
                 neighbour,
-                mgmt: MgmtCfg {
-                    listen: raw.mgmt.listen,
-                    read_write_token: raw.mgmt.tokens.read_write.clone(),
-                    read_only_token: raw.mgmt.tokens.read_only.clone(),
-                    state_file: raw.mgmt.state_file.clone(),
-                },
+                mgmt,
                 logging,
                 stats_interval: secs(raw.stats_interval),
                 dataplane,
@@ -116,6 +101,51 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             Err(ConfigError::Invalid { errors: errs.0 })
         }
+    }
+}
+
+/// Token and TLS files are named by absolute path; cgnatd reads and checks their contents at
+/// start, where a missing or malformed file can be reported with what the OS or the parser said.
+fn check_mgmt(errs: &mut Errors, raw: &RawMgmt) -> MgmtCfg {
+    let absolute = |errs: &mut Errors, field: &str, path: &Option<PathBuf>| {
+        if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+            errs.push(
+                field,
+                "must be an absolute path (cgnatd may run from any directory)",
+            );
+        }
+    };
+    absolute(errs, "mgmt.tokens.read_write", &raw.tokens.read_write);
+    absolute(errs, "mgmt.tokens.read_only", &raw.tokens.read_only);
+    absolute(errs, "mgmt.state_file", &raw.state_file);
+    let tls = raw.tls.as_ref().and_then(|tls| {
+        absolute(errs, "mgmt.tls.cert", &tls.cert);
+        absolute(errs, "mgmt.tls.key", &tls.key);
+        absolute(errs, "mgmt.tls.client_ca", &tls.client_ca);
+        if tls.cert.is_none() {
+            errs.push(
+                "mgmt.tls.cert",
+                "is required with mgmt.tls: the PEM file with the server's certificate chain",
+            );
+        }
+        if tls.key.is_none() {
+            errs.push(
+                "mgmt.tls.key",
+                "is required with mgmt.tls: the PEM file with the private key of mgmt.tls.cert",
+            );
+        }
+        Some(MgmtTls {
+            cert: tls.cert.clone()?,
+            key: tls.key.clone()?,
+            client_ca: tls.client_ca.clone(),
+        })
+    });
+    MgmtCfg {
+        listen: raw.listen,
+        read_write_token: raw.tokens.read_write.clone(),
+        read_only_token: raw.tokens.read_only.clone(),
+        state_file: raw.state_file.clone(),
+        tls,
     }
 }
 
