@@ -113,14 +113,7 @@ fn load_tokens(cfg: &Config) -> Result<mgmt::Tokens> {
                 path.display()
             ));
         }
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(meta) = std::fs::metadata(path)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                warn!(file = %path.display(), "{field}: the token file is readable by other users; chmod 600 it");
-            }
-        }
+        warn_if_shared(field, path, "token file");
         Ok(Some(token.to_owned()))
     };
     let tokens = mgmt::Tokens {
@@ -132,10 +125,72 @@ fn load_tokens(cfg: &Config) -> Result<mgmt::Tokens> {
             "mgmt.tokens: read_write and read_only hold the same token, so read-only callers could write"
         ));
     }
-    if !tokens.is_enabled() && !cfg.mgmt.listen.ip().is_loopback() {
-        warn!(listen = %cfg.mgmt.listen, "the management API listens beyond loopback without tokens: anyone who reaches it can flush the session table");
-    }
     Ok(tokens)
+}
+
+/// A secret that other users can read is no secret; the daemon still starts (the operator may
+/// have reasons), but says so.
+fn warn_if_shared(field: &str, path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        warn!(file = %path.display(), "{field}: the {what} is readable by other users; chmod 600 it");
+    }
+}
+
+/// Read and check the PEM files of `mgmt.tls`. Errors name the field and the file, and say
+/// what is wrong with it.
+fn load_tls(cfg: &Config) -> Result<Option<mgmt::TlsConfig>> {
+    let Some(tls) = &cfg.mgmt.tls else {
+        return Ok(None);
+    };
+    let read = |field: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| anyhow!("{field}: cannot read {}: {e}", path.display()))
+    };
+    let cert = read("mgmt.tls.cert", &tls.cert)?;
+    let key = read("mgmt.tls.key", &tls.key)?;
+    warn_if_shared("mgmt.tls.key", &tls.key, "private key file");
+    let client_ca = match &tls.client_ca {
+        Some(path) => Some(read("mgmt.tls.client_ca", path)?),
+        None => None,
+    };
+    let (cert_file, key_file) = (tls.cert.display(), tls.key.display());
+    mgmt::TlsConfig::from_pem(cert, key, client_ca)
+        .map(Some)
+        .map_err(|e| match &e {
+            mgmt::TlsError::CertChain(_) => anyhow!("mgmt.tls.cert: {cert_file} {e}"),
+            mgmt::TlsError::Key(_) => anyhow!("mgmt.tls.key: {key_file} {e}"),
+            mgmt::TlsError::KeyMismatch(_) => {
+                anyhow!("mgmt.tls.key: {key_file} {e} (mgmt.tls.cert: {cert_file})")
+            }
+            mgmt::TlsError::Ca(_) => {
+                let ca_file = tls.client_ca.as_deref().unwrap_or(Path::new("")).display();
+                anyhow!("mgmt.tls.client_ca: {ca_file} {e}")
+            }
+        })
+}
+
+/// Everything the management server needs from the config, files read and checked.
+fn mgmt_config(cfg: &Config) -> Result<mgmt::ServerConfig> {
+    let server = mgmt::ServerConfig {
+        listen: cfg.mgmt.listen,
+        tokens: load_tokens(cfg)?,
+        tls: load_tls(cfg)?,
+    };
+    if !server.listen.ip().is_loopback() {
+        let client_certs = server
+            .tls
+            .as_ref()
+            .is_some_and(mgmt::TlsConfig::requires_client_cert);
+        if server.tls.is_none() {
+            warn!(listen = %server.listen, "the management API listens beyond loopback without TLS: calls, replies and tokens can be read and changed on the way (set mgmt.tls)");
+        }
+        if !server.tokens.is_enabled() && !client_certs {
+            warn!(listen = %server.listen, "the management API listens beyond loopback without tokens or client certificates: anyone who reaches it can flush the session table");
+        }
+    }
+    Ok(server)
 }
 
 /// Run until SIGINT/SIGTERM.
@@ -152,8 +207,8 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
     }
     init_logging(&cfg, &o)?;
     info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "cgnatd starting");
-    // Before DPDK: a token file that cannot be read is a configuration error, found at once.
-    let tokens = load_tokens(&cfg)?;
+    // Before DPDK: a token or TLS file that cannot be read is a configuration error, found at once.
+    let mgmt_cfg = mgmt_config(&cfg)?;
 
     let started_at = SystemTime::now();
     let eal_args = cfg.eal_args("cgnatd");
@@ -188,7 +243,7 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
             path: path.to_path_buf(),
             plane,
         };
-        let served = serve(&cfg, backend, &dp, tokens, reload);
+        let served = serve(&cfg, backend, &dp, mgmt_cfg, reload);
         // Whatever happened to the control plane, the workers stop and the ports go down cleanly.
         stop.store(true, Ordering::Relaxed);
         let summary = dp.shutdown();
@@ -215,7 +270,7 @@ fn serve(
     cfg: &Config,
     backend: Arc<DaemonBackend>,
     dp: &setup::DataPlane,
-    tokens: mgmt::Tokens,
+    mgmt_cfg: mgmt::ServerConfig,
     reload: Reload,
 ) -> Result<()> {
     // The control plane gets a small runtime on the main lcore's CPU.
@@ -235,7 +290,7 @@ fn serve(
         .enable_all()
         .build()
         .context("cannot start the control-plane runtime")?;
-    let listen = cfg.mgmt.listen;
+    let listen = mgmt_cfg.listen;
     let interval = cfg.stats_interval;
     let counters = dp.counters();
     let broker = backend.sessions.clone();
@@ -248,16 +303,9 @@ fn serve(
     });
     let last_router = router.clone();
     rt.block_on(async move {
-        let bound = mgmt::bind(
-            mgmt::ServerConfig {
-                listen,
-                tokens,
-                tls: None,
-            },
-            backend,
-        )
-        .await
-        .with_context(|| format!("management API cannot listen on {listen}"))?;
+        let bound = mgmt::bind(mgmt_cfg, backend)
+            .await
+            .with_context(|| format!("management API cannot listen on {listen}"))?;
         info!(listen = %bound.local_addr(), "management API listening");
         info!("cgnatd forwarding");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -375,6 +423,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("same token"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_files_are_read_and_a_bad_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("cgnatd-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = file("ca.crt", &ca_params.self_signed(&ca_key).unwrap().pem());
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["nat1.example".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let cert = file("mgmt.crt", &leaf.pem());
+        let key = file("mgmt.key", &key.serialize_pem());
+        let other_key = file(
+            "other.key",
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let with = |cert: &Path, key: &Path, client_ca: Option<&Path>| {
+            let mut cfg = cfg_with(None, None);
+            cfg.mgmt.tls = Some(config::MgmtTls {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: client_ca.map(Path::to_path_buf),
+            });
+            load_tls(&cfg)
+        };
+        assert!(load_tls(&cfg_with(None, None)).unwrap().is_none());
+        let tls = with(&cert, &key, Some(&ca)).unwrap().unwrap();
+        assert!(tls.requires_client_cert());
+        assert!(
+            !with(&cert, &key, None)
+                .unwrap()
+                .unwrap()
+                .requires_client_cert()
+        );
+        let e = with(&dir.join("missing.crt"), &key, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("mgmt.tls.cert: cannot read "), "{e}");
+        // Certificate and key swapped.
+        let e = with(&key, &cert, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "mgmt.tls.cert: {} holds no certificate (no `-----BEGIN CERTIFICATE-----` block)",
+                key.display()
+            )
+        );
+        let e = with(&cert, &other_key, None).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "mgmt.tls.key: {} is not the key",
+                other_key.display()
+            )) && e.ends_with(&format!("(mgmt.tls.cert: {})", cert.display())),
+            "{e}"
+        );
+        let e = with(&cert, &key, Some(&key)).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "mgmt.tls.client_ca: {} holds no certificate",
+                key.display()
+            )),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
