@@ -4,7 +4,8 @@
 //! | dnat | rules get|apply|add|update|delete`, printed as aligned tables for people or as
 //! JSON/YAML (`-o json`) for scripts. Errors are one line on stderr,
 //! `cgnatctl: <GRPC_CODE>: <message>`, with a non-zero exit. `--token-file` sends a bearer
-//! token. Limitations: plaintext HTTP/2 only (no TLS).
+//! token; `--tls` (or an `https://` server) speaks TLS, with `--ca` for the server's CA and
+//! `--cert` and `--key` for a client certificate.
 #![forbid(unsafe_code)]
 
 #[path = "../ctl/mod.rs"]
@@ -36,14 +37,37 @@ use ctl::view::{
 #[derive(Debug, Parser)]
 #[command(name = "cgnatctl", version)]
 struct Cli {
-    /// Management API address of cgnatd (http://host:port; the scheme may be omitted).
+    /// Management API address of cgnatd (host:port, http://host:port or https://host:port;
+    /// without a scheme, https with --tls and http otherwise).
     #[arg(
         long,
         global = true,
         env = "CGNAT_SERVER",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "127.0.0.1:50051"
     )]
     server: String,
+
+    /// Speak TLS (https), for a cgnatd with mgmt.tls. An https:// --server implies it.
+    #[arg(long, global = true)]
+    tls: bool,
+
+    /// PEM file with the CA certificate(s) that cgnatd's certificate must chain to [default:
+    /// the system's trust store].
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+
+    /// PEM file with this client's certificate chain, for a cgnatd with mgmt.tls.client_ca.
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+
+    /// PEM file with the private key of --cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+
+    /// Name that cgnatd's certificate must carry (also sent as SNI) [default: the host of
+    /// --server].
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_server_name: Option<String>,
 
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -284,15 +308,19 @@ fn bearer(path: &Option<std::path::PathBuf>) -> Result<Bearer> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let server = server_uri(&cli.server);
+    let tls = tls_wanted(&cli)?;
+    let server = server_uri(&cli.server, tls)?;
     let auth = bearer(&cli.token_file)?;
-    let channel = connect(&server, cli.timeout).await?;
+    let tls_config = if tls { Some(client_tls(&cli)?) } else { None };
+    let channel = connect(&server, tls_config, cli.timeout).await?;
     let client =
         |channel: Channel| -> Client { CgnatClient::with_interceptor(channel, auth.clone()) };
     let ctx = Ctx {
         server,
         timeout: cli.timeout,
         output: cli.output,
+        tls,
+        client_cert: cli.cert.is_some(),
     };
     match cli.command {
         Command::Info => {
@@ -481,24 +509,106 @@ fn put_request(args: &ItemArgs) -> Result<v1::PutPolicyItemRequest> {
     })
 }
 
-/// Accepts `host:port` as well as a full URI, since operators type the former.
-fn server_uri(server: &str) -> String {
-    if server.contains("://") {
-        server.to_owned()
-    } else {
-        format!("http://{server}")
+/// TLS with `--tls` or an `https://` server. The TLS options without it would be ignored, and
+/// whoever gave them meant the connection to be protected: refuse rather than go plaintext.
+fn tls_wanted(cli: &Cli) -> Result<bool> {
+    let tls = cli.tls || cli.server.starts_with("https://");
+    if !tls && (cli.ca.is_some() || cli.cert.is_some() || cli.tls_server_name.is_some()) {
+        return Err(anyhow!(
+            "--ca, --cert, --key and --tls-server-name need --tls (or an https:// --server)"
+        ));
     }
+    Ok(tls)
+}
+
+/// Accepts `host:port` as well as a full URI, since operators type the former.
+/// tonic speaks plaintext to an `http://` URI even with TLS configured, so the
+/// scheme must agree with `tls`.
+fn server_uri(server: &str, tls: bool) -> Result<String> {
+    if server.contains("://") {
+        if tls && !server.starts_with("https://") {
+            return Err(anyhow!(
+                "--tls needs an https:// --server or one without a scheme, not {server}"
+            ));
+        }
+        Ok(server.to_owned())
+    } else if tls {
+        Ok(format!("https://{server}"))
+    } else {
+        Ok(format!("http://{server}"))
+    }
+}
+
+/// The TLS settings from --ca, --cert, --key and --tls-server-name, files read and checked
+/// here so that a bad one is named before anything is sent.
+fn client_tls(cli: &Cli) -> Result<tonic::transport::ClientTlsConfig> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    let ca = cli.ca.as_deref().map(|p| read("--ca", p)).transpose()?;
+    let identity = match (&cli.cert, &cli.key) {
+        (Some(cert), Some(key)) => Some((read("--cert", cert)?, read("--key", key)?)),
+        // clap makes each require the other.
+        _ => None,
+    };
+    let shown = |p: &Option<std::path::PathBuf>| {
+        p.as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let mut tls = mgmt::client_tls_config(
+        ca.as_deref(),
+        identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )
+    .map_err(|e| match &e {
+        mgmt::TlsError::Ca(_) => anyhow!("--ca {} {e}", shown(&cli.ca)),
+        mgmt::TlsError::CertChain(_) => anyhow!("--cert {} {e}", shown(&cli.cert)),
+        mgmt::TlsError::Key(_) => anyhow!("--key {} {e}", shown(&cli.key)),
+        mgmt::TlsError::KeyMismatch(_) => {
+            anyhow!(
+                "--key {} {e} (--cert {})",
+                shown(&cli.key),
+                shown(&cli.cert)
+            )
+        }
+    })?;
+    if ca.is_none() {
+        tls = tls.with_native_roots();
+    }
+    if let Some(name) = &cli.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
 }
 
 /// Connects eagerly so that an unreachable daemon is reported as such, naming
 /// the server, instead of as an obscure error from the first call.
-async fn connect(server: &str, timeout: Duration) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(server.to_owned())
+async fn connect(
+    server: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    timeout: Duration,
+) -> Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| anyhow!("invalid --server {server:?}: {e}"))?
         .connect_timeout(timeout);
+    let tls_on = tls.is_some();
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| anyhow!("cannot set up TLS for {server}: {}", root_cause(&e)))?;
+    }
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(err)) => Err(anyhow!("cannot connect to {server}: {}", root_cause(&err))),
+        Ok(Err(err)) => {
+            let cause = root_cause(&err);
+            // What rustls says when the server answers a TLS hello in plaintext HTTP/2.
+            let hint = if tls_on && cause.contains("InvalidContentType") {
+                "; cgnatd may have no mgmt.tls: try without --tls"
+            } else {
+                ""
+            };
+            Err(anyhow!("cannot connect to {server}: {cause}{hint}"))
+        }
         Err(_) => Err(anyhow!(
             "cannot connect to {server}: no answer within {}",
             human_timeout(timeout)
@@ -528,6 +638,8 @@ struct Ctx {
     server: String,
     timeout: Duration,
     output: Output,
+    tls: bool,
+    client_cert: bool,
 }
 
 impl Ctx {
@@ -536,7 +648,7 @@ impl Ctx {
     async fn call<T>(&self, call: impl Future<Output = Result<Response<T>, Status>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => Err(status.into()),
+            Ok(Err(status)) => Err(self.explain(status).into()),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no reply from {} within {}",
                 self.server,
@@ -544,6 +656,29 @@ impl Ctx {
             ))
             .into()),
         }
+    }
+
+    /// A status made on this side from a broken connection says only "transport error"; the
+    /// cause (a TLS alert, a reset) is what the operator needs, and a hint where the cause
+    /// points at a missing option. A refusal at the TLS handshake arrives here rather than at
+    /// connect when the server checks the client's certificate after the client has finished
+    /// its side of a TLS 1.3 handshake.
+    fn explain(&self, status: Status) -> Status {
+        let Some(source) = std::error::Error::source(&status) else {
+            return status;
+        };
+        let cause = root_cause(source);
+        let hint = if self.tls && !self.client_cert && cause.contains("CertificateRequired") {
+            "; cgnatd wants a client certificate: add --cert and --key"
+        } else if !self.tls && status.message() == "transport error" {
+            "; if cgnatd has mgmt.tls, add --tls"
+        } else {
+            ""
+        };
+        Status::new(
+            status.code(),
+            format!("{}: {cause}{hint}", status.message()),
+        )
     }
 
     /// Renders a view in the chosen format. `stream` selects the streaming
@@ -707,7 +842,11 @@ mod tests {
         // The env var could be set in the test environment; only check the
         // default when it is not.
         if std::env::var_os("CGNAT_SERVER").is_none() {
-            assert_eq!(cli.server, "http://127.0.0.1:50051");
+            assert_eq!(cli.server, "127.0.0.1:50051");
+            assert_eq!(
+                server_uri(&cli.server, false).unwrap(),
+                "http://127.0.0.1:50051"
+            );
         }
         assert_eq!(cli.output, Output::Table);
         assert_eq!(cli.timeout, Duration::from_secs(5));
@@ -754,8 +893,204 @@ mod tests {
 
     #[test]
     fn server_may_omit_the_scheme() {
-        assert_eq!(server_uri("127.0.0.1:50051"), "http://127.0.0.1:50051");
-        assert_eq!(server_uri("https://nat1:443"), "https://nat1:443");
+        assert_eq!(
+            server_uri("127.0.0.1:50051", false).unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            server_uri("127.0.0.1:50051", true).unwrap(),
+            "https://127.0.0.1:50051"
+        );
+        assert_eq!(
+            server_uri("https://nat1:443", true).unwrap(),
+            "https://nat1:443"
+        );
+        let e = server_uri("http://nat1:50051", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tls needs an https://"), "{e}");
+    }
+
+    #[test]
+    fn tls_options_need_tls_and_a_cert_needs_its_key() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(["cgnatctl"].iter().chain(args).chain(&["info"]));
+        let cli = parse(&["--ca", "/ca.pem"]).unwrap();
+        let e = tls_wanted(&cli).unwrap_err().to_string();
+        assert!(e.contains("need --tls"), "{e}");
+        let cli = parse(&["--server", "https://nat1:50051", "--ca", "/ca.pem"]).unwrap();
+        assert!(tls_wanted(&cli).unwrap(), "https:// implies TLS");
+        assert!(
+            parse(&["--tls", "--cert", "/c.pem"]).is_err(),
+            "--cert without --key"
+        );
+        assert!(
+            parse(&["--tls", "--key", "/k.pem"]).is_err(),
+            "--key without --cert"
+        );
+        let cli = parse(&[
+            "--tls",
+            "--cert",
+            "/c.pem",
+            "--key",
+            "/k.pem",
+            "--tls-server-name",
+            "nat1.example",
+        ])
+        .unwrap();
+        assert!(tls_wanted(&cli).unwrap());
+        assert_eq!(cli.tls_server_name.as_deref(), Some("nat1.example"));
+        // The files are read before connecting, and a missing one is named.
+        let e = format!("{:#}", client_tls(&cli).unwrap_err());
+        assert!(e.starts_with("--cert /c.pem: "), "{e}");
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate from it, as PEM files
+    /// in a fresh directory.
+    struct Pki {
+        dir: std::path::PathBuf,
+    }
+
+    impl Pki {
+        fn new(tag: &str) -> Pki {
+            use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+            let dir = std::env::temp_dir().join(format!("cgnatctl-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let ca_key = KeyPair::generate().unwrap();
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+            let issuer = Issuer::new(ca, ca_key);
+            for (name, san) in [("server", "127.0.0.1"), ("client", "operator")] {
+                let key = KeyPair::generate().unwrap();
+                let cert = CertificateParams::new(vec![san.to_owned()])
+                    .unwrap()
+                    .signed_by(&key, &issuer)
+                    .unwrap();
+                std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+                std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+            }
+            Pki { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.join(name).display().to_string()
+        }
+
+        fn read(&self, name: &str) -> Vec<u8> {
+            std::fs::read(self.dir.join(name)).unwrap()
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// `cgnatctl health` against a health server on TLS that requires a client certificate
+    /// from the same CA: the whole client path, options to printed error.
+    #[tokio::test]
+    async fn health_over_tls_with_a_client_certificate() {
+        let pki = Pki::new("tls");
+        // The files pass the checks cgnatd runs on mgmt.tls.
+        let tls = mgmt::TlsConfig::from_pem(
+            pki.read("server.pem"),
+            pki.read("server.key"),
+            Some(pki.read("ca.pem")),
+        )
+        .unwrap();
+        assert!(tls.requires_client_cert());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_, health) = tonic_health::server::health_reporter();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(
+                            pki.read("server.pem"),
+                            pki.read("server.key"),
+                        ))
+                        .client_ca_root(tonic::transport::Certificate::from_pem(
+                            pki.read("ca.pem"),
+                        )),
+                )
+                .unwrap()
+                .add_service(health)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let server_arg = addr.to_string();
+        let (ca, cert, key) = (
+            pki.path("ca.pem"),
+            pki.path("client.pem"),
+            pki.path("client.key"),
+        );
+        let run_with = |extra: &[&str]| {
+            let mut args = vec!["cgnatctl", "--server", &server_arg, "--timeout", "2s"];
+            args.extend_from_slice(extra);
+            args.push("health");
+            run(Cli::try_parse_from(args).unwrap())
+        };
+        let code = run_with(&["--tls", "--ca", &ca, "--cert", &cert, "--key", &key])
+            .await
+            .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        // Without a certificate: the server's alert, and what to do about it.
+        let err = run_with(&["--tls", "--ca", &ca]).await.unwrap_err();
+        let status = err.downcast_ref::<Status>().expect("a gRPC status");
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unknown | tonic::Code::Unavailable
+            ),
+            "{status:?}"
+        );
+        assert!(
+            status.message().contains("CertificateRequired")
+                && status.message().contains("add --cert and --key"),
+            "{status:?}"
+        );
+        // The certificate names 127.0.0.1, not this.
+        let err = run_with(&["--tls", "--ca", &ca, "--tls-server-name", "nat1.example"])
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!("cannot connect to https://{addr}: "))
+                && text.contains("not valid for name"),
+            "{text}"
+        );
+        // Plaintext to a TLS server: the hint points at --tls.
+        let err = run_with(&[]).await.unwrap_err();
+        let text = match err.downcast_ref::<Status>() {
+            Some(status) => status.message().to_owned(),
+            None => format!("{err:#}"),
+        };
+        assert!(text.contains("add --tls"), "{text}");
+        server.abort();
+        // TLS to a plaintext server.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain_addr = listener.local_addr().unwrap().to_string();
+        let (_, health) = tonic_health::server::health_reporter();
+        let plain = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let cli = Cli::try_parse_from([
+            "cgnatctl",
+            "--server",
+            &plain_addr,
+            "--tls",
+            "--ca",
+            &ca,
+            "health",
+        ])
+        .unwrap();
+        let text = format!("{:#}", run(cli).await.unwrap_err());
+        assert!(text.contains("try without --tls"), "{text}");
+        plain.abort();
     }
 
     /// Nothing listens on a port we just released, so this exercises the
@@ -767,7 +1102,9 @@ mod tests {
             .local_addr()
             .unwrap();
         let server = format!("http://{addr}");
-        let err = connect(&server, Duration::from_secs(2)).await.unwrap_err();
+        let err = connect(&server, None, Duration::from_secs(2))
+            .await
+            .unwrap_err();
         let text = format!("{err:#}");
         assert!(
             text.starts_with(&format!("cannot connect to {server}: ")),
