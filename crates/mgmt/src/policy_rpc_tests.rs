@@ -18,6 +18,7 @@ async fn serve(tokens: Tokens) -> (Channel, Arc<FakeBackend>, tokio::sync::onesh
     let cfg = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tokens,
+        tls: None,
     };
     let bound = bind(cfg, Arc::clone(&backend)).await.unwrap();
     let addr = bound.local_addr();
