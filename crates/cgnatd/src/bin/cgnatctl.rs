@@ -151,7 +151,8 @@ enum RulesCommand {
     Delete {
         kind: ItemKind,
         /// The pool or DNAT rule's name; the SNAT rule or exclusion's position (from 0).
-        key: String,
+        #[arg(value_name = "NAME|INDEX")]
+        target: String,
         #[command(flatten)]
         change: ChangeArgs,
     },
@@ -456,7 +457,11 @@ async fn rules(ctx: &Ctx, mut client: Client, cmd: RulesCommand) -> Result<()> {
             };
             (r, args.change.dry_run)
         }
-        RulesCommand::Delete { kind, key, change } => {
+        RulesCommand::Delete {
+            kind,
+            target: key,
+            change,
+        } => {
             let mut req = v1::DeletePolicyItemRequest {
                 expected_generation: change.expect_generation.unwrap_or(0),
                 dry_run: change.dry_run,

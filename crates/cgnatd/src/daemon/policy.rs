@@ -447,8 +447,9 @@ impl PolicyPlane {
                     return Err(invalid_at(
                         &format!("pools[{j}].addresses"),
                         format!(
-                            "{} still belongs to the removed pool {:?}, whose sessions are draining ({} ports in use); \
-                             retry once it is empty, or delete its sessions first (cgnatctl sessions delete --outside {})",
+                            "{} still belongs to the removed pool {:?}, which is draining ({} port(s) in use by sessions \
+                             or held down for nat.hold_down after their sessions ended); retry once it is empty, \
+                             or delete its sessions first (cgnatctl sessions delete --outside {}) and wait out the hold-down",
                             Ipv4Addr::from(a),
                             old.name,
                             old.addrs
