@@ -15,7 +15,7 @@ PACKAGES=(
     # The lab: namespaces, veth, bridge, offload switches.
     iproute2 ethtool
     # Traffic and observation in the lab, demo and end-to-end tests.
-    iputils-ping iperf3 python3 python3-scapy tcpdump curl traceroute netcat-openbsd procps
+    iputils-ping iperf3 python3 python3-pip python3-scapy tcpdump curl traceroute netcat-openbsd procps
 )
 
 missing=()

@@ -44,6 +44,10 @@ pub fn write(path: &Path, saved: &Saved) -> Result<()> {
     let text = render(saved)?;
     let tmp = temp_path(path);
     let what = || format!("state file {}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create {}", what(), dir.display()))?;
+    }
     let mut f = std::fs::File::create(&tmp)
         .with_context(|| format!("{}: cannot create {}", what(), tmp.display()))?;
     f.write_all(text.as_bytes())
