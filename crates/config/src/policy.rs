@@ -827,28 +827,66 @@ fn diff_named<T>(
 }
 
 /// Entries matched by position, rendered as text.
+/// Ordered entries: aligned on their longest common subsequence, so inserting a rule in front
+/// reports one added rule, not every later rule as modified. Within a gap between unchanged
+/// entries, old and new entries pair up as modified; the rest are added (path: the new position)
+/// or removed (path: the old position).
 fn diff_positional(out: &mut Vec<Change>, section: &str, old: &[String], new: &[String]) {
-    for i in 0..old.len().max(new.len()) {
-        let path = format!("{section}[{i}]");
-        match (old.get(i), new.get(i)) {
-            (Some(o), Some(n)) if o != n => out.push(Change {
-                kind: ChangeKind::Modified,
-                path,
-                detail: format!("was {o}; now {n}"),
-            }),
-            (None, Some(n)) => out.push(Change {
-                kind: ChangeKind::Added,
-                path,
-                detail: n.clone(),
-            }),
-            (Some(o), None) => out.push(Change {
-                kind: ChangeKind::Removed,
-                path,
-                detail: o.clone(),
-            }),
-            _ => {}
+    let (n, m) = (old.len(), new.len());
+    // lcs[i][j]: length of the longest common subsequence of old[i..] and new[j..].
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if old[i] == new[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
+    let mut gap_old: Vec<usize> = Vec::new();
+    let mut gap_new: Vec<usize> = Vec::new();
+    let mut flush = |out: &mut Vec<Change>, go: &mut Vec<usize>, gn: &mut Vec<usize>| {
+        let pairs = go.len().min(gn.len());
+        for k in 0..pairs {
+            out.push(Change {
+                kind: ChangeKind::Modified,
+                path: format!("{section}[{}]", gn[k]),
+                detail: format!("was {}; now {}", old[go[k]], new[gn[k]]),
+            });
+        }
+        for &j in &gn[pairs..] {
+            out.push(Change {
+                kind: ChangeKind::Added,
+                path: format!("{section}[{j}]"),
+                detail: new[j].clone(),
+            });
+        }
+        for &i in &go[pairs..] {
+            out.push(Change {
+                kind: ChangeKind::Removed,
+                path: format!("{section}[{i}]"),
+                detail: old[i].clone(),
+            });
+        }
+        go.clear();
+        gn.clear();
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && old[i] == new[j] {
+            flush(out, &mut gap_old, &mut gap_new);
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            gap_new.push(j);
+            j += 1;
+        } else {
+            gap_old.push(i);
+            i += 1;
+        }
+    }
+    flush(out, &mut gap_old, &mut gap_new);
 }
 
 /// `addresses 203.0.113.1-203.0.113.8; ports 1024-65535; ...`, masquerade only when set.
