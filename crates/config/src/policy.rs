@@ -846,7 +846,7 @@ fn diff_positional(out: &mut Vec<Change>, section: &str, old: &[String], new: &[
     }
     let mut gap_old: Vec<usize> = Vec::new();
     let mut gap_new: Vec<usize> = Vec::new();
-    let mut flush = |out: &mut Vec<Change>, go: &mut Vec<usize>, gn: &mut Vec<usize>| {
+    let flush = |out: &mut Vec<Change>, go: &mut Vec<usize>, gn: &mut Vec<usize>| {
         let pairs = go.len().min(gn.len());
         for k in 0..pairs {
             out.push(Change {
