@@ -185,6 +185,8 @@ pub struct PoolSnapshot {
     pub allocation: &'static str,
     /// Ports in use per address, over all workers, every address of the pool listed.
     pub by_address: Vec<(Ipv4Addr, u64)>,
+    /// Port blocks held per address, over all workers, in `by_address`'s order.
+    pub blocks_by_address: Vec<u64>,
     /// Removed from the policy; still translating its existing sessions until they end.
     pub retired: bool,
 }
@@ -281,6 +283,18 @@ pub struct InfoSnapshot {
 pub struct StatsSnapshot {
     /// One entry per worker.
     pub workers: Vec<WorkerStatsSnapshot>,
+    /// Per SNAT rule of the policy in force, summed over workers.
+    pub snat_rules: Vec<SnatRuleStatsSnapshot>,
+}
+
+/// One SNAT rule's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnatRuleStatsSnapshot {
+    /// "100.64.0.0/10", or "100.64.0.0/10 to 198.51.100.0/24".
+    pub matches: String,
+    pub pool: String,
+    pub sessions_opened: u64,
+    pub flows_refused: u64,
 }
 
 /// Counters of one worker.
@@ -545,6 +559,12 @@ pub(crate) mod fake {
                         ],
                     },
                 ],
+                snat_rules: vec![SnatRuleStatsSnapshot {
+                    matches: "100.64.0.0/10".into(),
+                    pool: "lab".into(),
+                    sessions_opened: 12,
+                    flows_refused: 2,
+                }],
             }
         }
 
@@ -668,6 +688,7 @@ pub(crate) mod fake {
                     (Ipv4Addr::new(203, 0, 113, 1), 10),
                     (Ipv4Addr::new(203, 0, 113, 2), 5),
                 ],
+                blocks_by_address: vec![0, 0],
                 retired: false,
             }]
         }

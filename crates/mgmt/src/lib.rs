@@ -44,8 +44,8 @@ pub use backend::{
     Backend, BackendError, DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, EndpointFilter,
     InfoSnapshot, PolicyChange, PolicyError, PolicyFuture, PolicyOutcome, PolicyRequest,
     PolicySnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
-    SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot,
-    WorkerStatsSnapshot,
+    SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, SnatRuleStatsSnapshot,
+    StatsSnapshot, WorkerStatsSnapshot,
 };
 pub use error::MgmtError;
 pub use server::{BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, ServerConfig, bind, serve};

@@ -170,11 +170,14 @@ pub(crate) fn pool_to_proto(p: &PoolSnapshot) -> v1::Pool {
         by_address: p
             .by_address
             .iter()
-            .map(|&(a, n)| v1::PoolAddress {
+            .enumerate()
+            .map(|(i, &(a, n))| v1::PoolAddress {
                 address: a.to_string(),
                 ports_in_use: n,
+                blocks_in_use: p.blocks_by_address.get(i).copied().unwrap_or(0),
             })
             .collect(),
+        blocks_in_use: p.blocks_by_address.iter().sum(),
         retired: p.retired,
     }
 }
@@ -266,7 +269,8 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         request: Request<v1::GetStatsRequest>,
     ) -> Result<Response<v1::Stats>, Status> {
         debug!(rpc = "GetStats", peer = ?request.remote_addr(), "gRPC request");
-        Ok(Response::new(stats_to_proto(&self.backend.stats())))
+        let b = &self.backend;
+        Ok(Response::new(stats_to_proto(&b.stats(), &b.pools())))
     }
 
     type WatchStatsStream = StatsStream;
@@ -289,7 +293,7 @@ impl<B: Backend> Cgnat for CgnatService<B> {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {
-                        match tx.try_send(Ok(stats_to_proto(&backend.stats()))) {
+                        match tx.try_send(Ok(stats_to_proto(&backend.stats(), &backend.pools()))) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
                                 debug!("WatchStats client is slow; skipped one update");
@@ -805,7 +809,7 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
     })
 }
 
-pub(crate) fn stats_to_proto(stats: &StatsSnapshot) -> v1::Stats {
+pub(crate) fn stats_to_proto(stats: &StatsSnapshot, pools: &[PoolSnapshot]) -> v1::Stats {
     let mut totals = HashMap::new();
     let mut drops = HashMap::new();
     let mut ports_by_address = HashMap::new();
@@ -835,6 +839,31 @@ pub(crate) fn stats_to_proto(stats: &StatsSnapshot) -> v1::Stats {
         drops,
         workers,
         ports_by_address,
+        snat_rules: stats
+            .snat_rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| v1::SnatRuleStats {
+                index: i as u32,
+                r#match: r.matches.clone(),
+                pool: r.pool.clone(),
+                sessions_opened: r.sessions_opened,
+                flows_refused: r.flows_refused,
+            })
+            .collect(),
+        pools: pools
+            .iter()
+            .map(|p| {
+                let v = pool_to_proto(p);
+                v1::PoolStats {
+                    name: v.name,
+                    ports_in_use: v.ports_in_use,
+                    ports_total: v.ports_total,
+                    blocks_in_use: v.blocks_in_use,
+                    retired: v.retired,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -901,7 +930,8 @@ mod tests {
 
     #[test]
     fn totals_are_sums_over_workers() {
-        let stats = stats_to_proto(&FakeBackend::new().stats());
+        let fake = FakeBackend::new();
+        let stats = stats_to_proto(&fake.stats(), &fake.pools());
         assert_eq!(stats.totals["rx_packets"], 1500);
         assert_eq!(stats.totals["tx_packets"], 1470);
         assert_eq!(stats.totals["sessions_current"], 12);
@@ -914,6 +944,18 @@ mod tests {
         assert_eq!(stats.ports_by_address["203.0.113.1"], 4);
         assert_eq!(stats.ports_by_address["203.0.113.2"], 4);
         assert_eq!(stats.workers[1].ports_by_address["203.0.113.2"], 4);
+        // Per SNAT rule and per pool, as iptables -t nat -L -v and ListPools give them.
+        let r = &stats.snat_rules[0];
+        assert_eq!(
+            (r.index, r.r#match.as_str(), r.pool.as_str()),
+            (0, "100.64.0.0/10", "lab")
+        );
+        assert_eq!((r.sessions_opened, r.flows_refused), (12, 2));
+        let p = &stats.pools[0];
+        assert_eq!(
+            (p.name.as_str(), p.ports_in_use, p.ports_total),
+            ("lab", 15, 129_024)
+        );
     }
 
     #[test]
@@ -925,9 +967,13 @@ mod tests {
             drops: vec![],
             ports_by_address: vec![],
         };
-        let stats = stats_to_proto(&StatsSnapshot {
-            workers: vec![worker(0), worker(1)],
-        });
+        let stats = stats_to_proto(
+            &StatsSnapshot {
+                workers: vec![worker(0), worker(1)],
+                snat_rules: vec![],
+            },
+            &[],
+        );
         assert_eq!(stats.totals["rx_packets"], u64::MAX);
     }
 

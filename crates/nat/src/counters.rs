@@ -341,10 +341,26 @@ pub struct Counters {
     /// guards replacing the whole set when a policy change adds or drops addresses (between bursts)
     /// and readers taking a reference, never a per-packet step.
     addresses: Mutex<AddressGauges>,
+    /// Per SNAT rule (by position, the first [`SNAT_RULE_COUNTERS`]): sessions it opened and new
+    /// flows it matched but could not open (limits, ports, table). Like `iptables -t nat -L -v`,
+    /// whose NAT rules also see only a connection's first packet. Zeroed when the SNAT rules change.
+    rule_opened: [AtomicU64; SNAT_RULE_COUNTERS],
+    rule_refused: [AtomicU64; SNAT_RULE_COUNTERS],
 }
 
-/// Per-address port gauges: (address in host order, ports in use).
-pub(crate) type AddressGauges = Arc<[(u32, AtomicU64)]>;
+/// SNAT rules counted individually; later ones only in the totals.
+pub const SNAT_RULE_COUNTERS: usize = 256;
+
+/// One outside address's gauges, written by its shard on port and block changes.
+#[derive(Debug)]
+pub(crate) struct AddrGauge {
+    pub addr: u32,
+    pub ports: AtomicU64,
+    pub blocks: AtomicU64,
+}
+
+/// Per-address gauges, in the shard's address order.
+pub(crate) type AddressGauges = Arc<[AddrGauge]>;
 
 impl Default for Counters {
     fn default() -> Self {
@@ -352,6 +368,8 @@ impl Default for Counters {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             values: std::array::from_fn(|_| AtomicU64::new(0)),
             addresses: Mutex::new(Arc::from(Vec::new())),
+            rule_opened: std::array::from_fn(|_| AtomicU64::new(0)),
+            rule_refused: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -359,10 +377,14 @@ impl Default for Counters {
 impl Counters {
     /// Install a new set of per-address port gauges with their current values, replacing the old
     /// set; the shard writes through the returned reference.
-    pub(crate) fn install_addresses(&self, addrs: Vec<(u32, u64)>) -> AddressGauges {
+    pub(crate) fn install_addresses(&self, addrs: Vec<(u32, u64, u64)>) -> AddressGauges {
         let set: AddressGauges = addrs
             .into_iter()
-            .map(|(a, n)| (a, AtomicU64::new(n)))
+            .map(|(addr, ports, blocks)| AddrGauge {
+                addr,
+                ports: AtomicU64::new(ports),
+                blocks: AtomicU64::new(blocks),
+            })
             .collect();
         match self.addresses.lock() {
             Ok(mut g) => *g = Arc::clone(&set),
@@ -371,15 +393,58 @@ impl Counters {
         set
     }
 
-    /// Ports in use per outside address (address in host order), as last published by the worker.
-    pub fn ports_by_address(&self) -> Vec<(u32, u64)> {
-        let set = match self.addresses.lock() {
+    fn gauges(&self) -> AddressGauges {
+        match self.addresses.lock() {
             Ok(g) => Arc::clone(&g),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        };
-        set.iter()
-            .map(|(ad, n)| (*ad, n.load(Ordering::Relaxed)))
+        }
+    }
+
+    /// Ports in use per outside address (address in host order), as last published by the worker.
+    pub fn ports_by_address(&self) -> Vec<(u32, u64)> {
+        self.gauges()
+            .iter()
+            .map(|g| (g.addr, g.ports.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// Port blocks held by subscribers per outside address (port block allocation only).
+    pub fn blocks_by_address(&self) -> Vec<(u32, u64)> {
+        self.gauges()
+            .iter()
+            .map(|g| (g.addr, g.blocks.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Per SNAT rule position: (sessions opened, new flows refused), for the first `n` rules.
+    pub fn snat_rules(&self, n: usize) -> Vec<(u64, u64)> {
+        (0..n.min(SNAT_RULE_COUNTERS))
+            .map(|i| {
+                (
+                    self.rule_opened[i].load(Ordering::Relaxed),
+                    self.rule_refused[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    #[inline]
+    pub(crate) fn count_rule(&self, rule: usize, opened: bool) {
+        let set = if opened {
+            &self.rule_opened
+        } else {
+            &self.rule_refused
+        };
+        if let Some(c) = set.get(rule) {
+            c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Start the per-rule counters over (the SNAT rules changed, so positions mean other rules).
+    pub(crate) fn reset_rules(&self) {
+        for c in self.rule_opened.iter().chain(&self.rule_refused) {
+            c.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Single-writer increment: only the owning core may call the mutating methods.

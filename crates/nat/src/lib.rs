@@ -125,7 +125,7 @@ mod icmp_frag_tests;
 #[cfg(test)]
 mod policy_tests;
 
-pub use counters::{Counter, Counters, DropReason};
+pub use counters::{Counter, Counters, DropReason, SNAT_RULE_COUNTERS};
 pub use deterministic::{deterministic_forward, deterministic_reverse};
 pub use dnat::{
     Backend, BackendCounts, BackendEntry, DnatCounters, DnatIds, DnatRule, DnatTable,

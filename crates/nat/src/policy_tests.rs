@@ -209,3 +209,77 @@ fn a_retired_pool_cannot_take_rules() {
     let err = Rules::new(vec![retired(pool("p", &[A]))], vec![subscribers_rule(0)]).unwrap_err();
     assert!(matches!(err, NatError::UnknownPool { .. }), "{err}");
 }
+
+#[test]
+fn each_snat_rule_counts_what_it_opened_and_refused() {
+    // Rule 0 sends SUB2 to pool "b", rule 1 everyone else to "a"; one session per subscriber.
+    let sub2_rule = crate::SnatRule {
+        prefix: u32::from(SUB2),
+        len: 32,
+        pool: 1,
+        dst: None,
+    };
+    let rules = Rules::new(
+        vec![pool("a", &[A]), pool("b", &[B])],
+        vec![sub2_rule, subscribers_rule(0)],
+    )
+    .unwrap();
+    let mut sh = Shard::new(
+        ShardConfig {
+            seed: 7,
+            limits: crate::Limits {
+                max_sessions_per_subscriber: 1,
+                max_ports_per_subscriber: 0,
+            },
+            ..ShardConfig::default()
+        },
+        Arc::new(rules.clone()),
+        Arc::new(Counters::default()),
+        0,
+    )
+    .unwrap();
+    for (sub, sport) in [
+        (SUB1, 1000),
+        (SUB1, 1001),
+        (SUB2, 2000),
+        (SUB2, 2001),
+        (SUB2, 2002),
+    ] {
+        one(&mut sh, Dir::In2Out, udp(sub, sport, SRV, 53, b"q"), 0);
+    }
+    assert_eq!(sh.counters().snat_rules(2), vec![(1, 2), (1, 1)]);
+    // Packets of existing sessions are not rule hits.
+    one(&mut sh, Dir::In2Out, udp(SUB1, 1000, SRV, 53, b"q"), 0);
+    assert_eq!(sh.counters().snat_rules(2)[1], (1, 1));
+    // The same rules again keep their counts; other rules start over.
+    let params = sh.policy_params();
+    sh.set_policy(
+        Arc::new(rules.clone()),
+        params,
+        Arc::new(DnatTable::empty()),
+    )
+    .unwrap();
+    assert_eq!(sh.counters().snat_rules(2), vec![(1, 2), (1, 1)]);
+    let fewer = Rules::new(rules.pools.clone(), vec![subscribers_rule(0)]).unwrap();
+    sh.set_policy(Arc::new(fewer), params, Arc::new(DnatTable::empty()))
+        .unwrap();
+    assert_eq!(sh.counters().snat_rules(2), vec![(0, 0), (0, 0)]);
+}
+
+#[test]
+fn port_blocks_are_reported_per_address() {
+    let blocks = Pool {
+        allocation: PortAllocation::Blocks {
+            size: 128,
+            max_blocks: 2,
+        },
+        ..pool("blk", &[A])
+    };
+    let mut sh = shard(vec![blocks]);
+    round_trip(&mut sh, 5000, 0);
+    assert_eq!(sh.counters().blocks_by_address(), vec![(A, 1)]);
+    assert_eq!(sh.counters().ports_by_address(), vec![(A, 1)]);
+    sh.flush();
+    assert_eq!(sh.counters().blocks_by_address(), vec![(A, 0)]);
+    assert_eq!(sh.counters().ports_by_address(), vec![(A, 0)]);
+}

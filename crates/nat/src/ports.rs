@@ -349,6 +349,27 @@ impl PortAllocator {
             .collect()
     }
 
+    /// (address, ports in use, port blocks held) for every address.
+    pub(crate) fn usage_by_address(&self) -> Vec<(u32, u64, u64)> {
+        (0..self.addrs.len())
+            .map(|a| {
+                (
+                    self.addrs[a],
+                    u64::from(self.in_use[a]),
+                    self.blocks_held(a),
+                )
+            })
+            .collect()
+    }
+
+    /// Port blocks of address `a` held by subscribers.
+    #[inline]
+    pub(crate) fn blocks_held(&self, a: usize) -> u64 {
+        self.pba[a]
+            .as_ref()
+            .map_or(0, |b| u64::from(b.count) - b.free.len() as u64)
+    }
+
     /// Port blocks currently owned by subscribers.
     pub fn blocks_in_use(&self) -> u64 {
         self.blocks_used

@@ -329,6 +329,12 @@ impl Rules {
         Ok(())
     }
 
+    /// Index of the first SNAT rule a flow from `src` to `dst` matches.
+    #[inline]
+    pub fn rule_index_for(&self, src: u32, dst: u32) -> Option<usize> {
+        self.snat.iter().position(|r| r.matches_flow(src, dst))
+    }
+
     /// Index of the pool for a flow from `src` to `dst` (first matching rule).
     #[inline]
     pub fn pool_index_for(&self, src: u32, dst: u32) -> Option<usize> {

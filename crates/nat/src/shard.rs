@@ -486,7 +486,7 @@ impl Shard {
             .collect::<Result<Vec<_>, _>>()?;
         let (specs, max_blocks) = pool_layout(&rules);
         let ports = PortAllocator::build(&specs, cfg.worker, cfg.workers, cfg.seed.rotate_left(17));
-        let addr_gauges = counters.install_addresses(ports.in_use_by_address());
+        let addr_gauges = counters.install_addresses(ports.usage_by_address());
         let adf = adf_of(&rules);
         let keys_per_session = if adf.iter().any(|&a| a) { 3 } else { 2 };
         let shard = Shard {
@@ -570,7 +570,10 @@ impl Shard {
         }
         let (specs, _) = pool_layout(&rules);
         c.ports.reconcile(&specs, c.cfg.worker);
-        c.addr_gauges = c.counters.install_addresses(c.ports.in_use_by_address());
+        c.addr_gauges = c.counters.install_addresses(c.ports.usage_by_address());
+        if c.rules.snat != rules.snat {
+            c.counters.reset_rules();
+        }
         c.det = det;
         c.adf = adf_of(&rules);
         c.rules = rules;
@@ -1343,12 +1346,21 @@ impl Core {
         {
             return self.static_outbound(slab, r, p, pkt, now);
         }
-        let Some(pi) = self.rules.pool_index_for(k.src, k.dst) else {
+        let Some(ri) = self.rules.rule_index_for(k.src, k.dst) else {
             return Verdict::Drop(DropReason::NoSnatRule);
         };
+        let pi = self.rules.snat[ri].pool;
         match self.open_outbound(slab, pi, p, now) {
-            Ok(slot) => self.forward(slab, slot, Dir::In2Out, p, pkt, now),
-            Err(v) => v,
+            Ok(slot) => {
+                self.counters.count_rule(ri, true);
+                self.forward(slab, slot, Dir::In2Out, p, pkt, now)
+            }
+            Err(v) => {
+                if matches!(v, Verdict::Drop(_)) {
+                    self.counters.count_rule(ri, false);
+                }
+                v
+            }
         }
     }
 
@@ -2182,10 +2194,10 @@ impl Core {
         if let Some(a) = self.ports.addr_index(out_addr)
             && let Some(g) = self.addr_gauges.get(a)
         {
-            g.1.store(
-                u64::from(self.ports.ports_in_use(out_addr)),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            use std::sync::atomic::Ordering::Relaxed;
+            g.ports
+                .store(u64::from(self.ports.ports_in_use(out_addr)), Relaxed);
+            g.blocks.store(self.ports.blocks_held(a), Relaxed);
         }
     }
 
@@ -2194,7 +2206,6 @@ impl Core {
             return;
         };
         let released = self.ports.release(a, proto, port);
-        self.publish_ports(out_addr);
         if let Some(Some(j)) = released {
             // The block is empty (nothing mapped or held in it): give it back.
             let set = self.ports.block_set(a, j);
@@ -2211,6 +2222,7 @@ impl Core {
                 },
             );
         }
+        self.publish_ports(out_addr);
     }
 
     fn release_subscriber_if_idle(&mut self, sub: u32) {

@@ -69,7 +69,9 @@ pub fn info_table(info: &InfoView) -> String {
 }
 
 /// `cgnatctl stats` output; JSON shape
-/// `{"totals":{..},"drops":{..},"ports_by_address":{..},"workers":[{"worker","lcore","counters","drops","ports_by_address"}]}`.
+/// `{"totals":{..},"drops":{..},"ports_by_address":{..},"workers":[{"worker","lcore","counters","drops","ports_by_address"}],
+/// "snat_rules":[{"index","match","pool","sessions_opened","flows_refused"}],
+/// "pools":[{"name","ports_in_use","ports_total","blocks_in_use","retired"}]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct StatsView {
     /// Counters summed over workers.
@@ -80,6 +82,29 @@ pub struct StatsView {
     pub ports_by_address: BTreeMap<String, u64>,
     /// Per-worker detail, ordered by worker index.
     pub workers: Vec<WorkerView>,
+    /// Per SNAT rule, in policy order.
+    pub snat_rules: Vec<SnatRuleView>,
+    /// Per pool.
+    pub pools: Vec<PoolStatsView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnatRuleView {
+    pub index: u32,
+    #[serde(rename = "match")]
+    pub matches: String,
+    pub pool: String,
+    pub sessions_opened: u64,
+    pub flows_refused: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolStatsView {
+    pub name: String,
+    pub ports_in_use: u64,
+    pub ports_total: u64,
+    pub blocks_in_use: u64,
+    pub retired: bool,
 }
 
 /// One worker in [`StatsView`].
@@ -119,6 +144,28 @@ impl From<&v1::Stats> for StatsView {
             drops: sorted(&stats.drops),
             ports_by_address: sorted(&stats.ports_by_address),
             workers,
+            snat_rules: stats
+                .snat_rules
+                .iter()
+                .map(|r| SnatRuleView {
+                    index: r.index,
+                    matches: r.r#match.clone(),
+                    pool: r.pool.clone(),
+                    sessions_opened: r.sessions_opened,
+                    flows_refused: r.flows_refused,
+                })
+                .collect(),
+            pools: stats
+                .pools
+                .iter()
+                .map(|p| PoolStatsView {
+                    name: p.name.clone(),
+                    ports_in_use: p.ports_in_use,
+                    ports_total: p.ports_total,
+                    blocks_in_use: p.blocks_in_use,
+                    retired: p.retired,
+                })
+                .collect(),
         }
     }
 }
@@ -203,6 +250,49 @@ pub fn stats_table(stats: &StatsView, opts: StatsTableOptions, rates: Option<&Ra
     if !ports.is_empty() {
         out.push('\n');
         out.push_str(&ports);
+    }
+    if !stats.snat_rules.is_empty() {
+        let mut t = Table::new([
+            ("#", Align::Right),
+            ("SNAT RULE", Align::Left),
+            ("POOL", Align::Left),
+            ("SESSIONS OPENED", Align::Right),
+            ("REFUSED", Align::Right),
+        ]);
+        for r in &stats.snat_rules {
+            t.row(vec![
+                r.index.to_string(),
+                r.matches.clone(),
+                r.pool.clone(),
+                group_thousands(r.sessions_opened),
+                group_thousands(r.flows_refused),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    if !stats.pools.is_empty() {
+        let mut t = Table::new([
+            ("POOL", Align::Left),
+            ("PORTS IN USE", Align::Right),
+            ("OF", Align::Right),
+            ("BLOCKS", Align::Right),
+        ]);
+        for p in &stats.pools {
+            let name = if p.retired {
+                format!("{} (retired)", p.name)
+            } else {
+                p.name.clone()
+            };
+            t.row(vec![
+                name,
+                group_thousands(p.ports_in_use),
+                group_thousands(p.ports_total),
+                group_thousands(p.blocks_in_use),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
     }
     out
 }
@@ -595,6 +685,8 @@ pub struct PoolView {
     pub ports_in_use: u64,
     /// Ports in use per address, in address order.
     pub by_address: BTreeMap<String, u64>,
+    /// Port blocks held by subscribers (port block allocation).
+    pub blocks_in_use: u64,
     /// Removed from the policy, draining its sessions.
     pub retired: bool,
 }
@@ -619,6 +711,7 @@ impl From<&v1::ListPoolsResponse> for PoolsView {
                         .iter()
                         .map(|a| (a.address.clone(), a.ports_in_use))
                         .collect(),
+                    blocks_in_use: p.blocks_in_use,
                     retired: p.retired,
                 })
                 .collect(),
@@ -654,11 +747,16 @@ pub fn pools_table(v: &PoolsView, addresses: bool) -> String {
         } else {
             p.name.clone()
         };
+        let allocation = if p.allocation == "blocks" {
+            format!("blocks ({} in use)", group_thousands(p.blocks_in_use))
+        } else {
+            p.allocation.clone()
+        };
         t.row(vec![
             name,
             addrs,
             p.ports.clone(),
-            p.allocation.clone(),
+            allocation,
             p.filtering.clone(),
             group_thousands(p.ports_in_use),
             group_thousands(p.ports_total),
@@ -898,6 +996,20 @@ mod tests {
                     ports_by_address: map(&[("203.0.113.1", 5), ("203.0.113.2", 0)]),
                 },
             ],
+            snat_rules: vec![v1::SnatRuleStats {
+                index: 0,
+                r#match: "100.64.0.0/10".into(),
+                pool: "lab".into(),
+                sessions_opened: 1_200,
+                flows_refused: 3,
+            }],
+            pools: vec![v1::PoolStats {
+                name: "lab".into(),
+                ports_in_use: 7,
+                ports_total: 129_024,
+                blocks_in_use: 0,
+                retired: false,
+            }],
         }
     }
 
@@ -920,7 +1032,11 @@ mod tests {
                      "counters": {"rx_packets": 234_567, "tx_packets": 500},
                      "drops": {"no_session": 4, "out_of_ports": 0},
                      "ports_by_address": {"203.0.113.1": 2, "203.0.113.2": 0}},
-                ]
+                ],
+                "snat_rules": [{"index": 0, "match": "100.64.0.0/10", "pool": "lab",
+                                "sessions_opened": 1_200, "flows_refused": 3}],
+                "pools": [{"name": "lab", "ports_in_use": 7, "ports_total": 129_024,
+                           "blocks_in_use": 0, "retired": false}],
             })
         );
     }
@@ -939,7 +1055,13 @@ mod tests {
              no_session      10\n\
              \n\
              POOL ADDRESS (PORTS IN USE)  TOTAL\n\
-             203.0.113.1                      7\n"
+             203.0.113.1                      7\n\
+             \n\
+             #  SNAT RULE      POOL  SESSIONS OPENED  REFUSED\n\
+             0  100.64.0.0/10  lab             1,200        3\n\
+             \n\
+             POOL  PORTS IN USE       OF  BLOCKS\n\
+             lab              7  129,024       0\n"
         );
         let all = stats_table(
             &stats,
@@ -1037,7 +1159,9 @@ mod tests {
                 by_address: vec![v1::PoolAddress {
                     address: "203.0.113.1".into(),
                     ports_in_use: 3_871,
+                    blocks_in_use: 0,
                 }],
+                blocks_in_use: 0,
                 retired: false,
             }],
         };
@@ -1056,7 +1180,7 @@ mod tests {
         stats.drops.values_mut().for_each(|n| *n = 0);
         stats.ports_by_address.values_mut().for_each(|n| *n = 0);
         let text = stats_table(&stats, StatsTableOptions::default(), None);
-        assert!(text.ends_with("\nNo drops.\n"), "{text}");
+        assert!(text.contains("\nNo drops.\n\n#  SNAT RULE"), "{text}");
     }
 
     #[test]

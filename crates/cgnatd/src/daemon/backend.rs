@@ -109,6 +109,7 @@ impl Backend for DaemonBackend {
                         .collect(),
                 })
                 .collect(),
+            snat_rules: self.policy.snat_rule_stats(),
         }
     }
 

@@ -22,7 +22,7 @@ use config::{Config, ConfigError};
 use dataplane::Control;
 use mgmt::{
     DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, PolicyChange, PolicyError, PolicyOutcome,
-    PolicyRequest, PolicySnapshot, PoolSnapshot,
+    PolicyRequest, PolicySnapshot, PoolSnapshot, SnatRuleStatsSnapshot,
 };
 use nat::{
     BackendCounts, Counters, DnatCounters, DnatIds, DnatTable, OnRemoval, Pool, Rules, Scheduler,
@@ -244,6 +244,53 @@ impl PolicyPlane {
             }
         }
         in_use
+    }
+
+    /// Port blocks held per outside address, summed over workers.
+    fn blocks_in_use(&self) -> HashMap<u32, u64> {
+        let mut held = HashMap::new();
+        for c in &self.wiring.counters {
+            for (a, n) in c.blocks_by_address() {
+                *held.entry(a).or_insert(0) += n;
+            }
+        }
+        held
+    }
+
+    /// The SNAT rules in force with what each opened and refused, summed over workers. Workers
+    /// start their counts over when they take new SNAT rules, so right after a change a rule may
+    /// briefly show the counts of the rule that was at its position.
+    pub fn snat_rule_stats(&self) -> Vec<SnatRuleStatsSnapshot> {
+        let Ok(st) = self.current() else {
+            return Vec::new();
+        };
+        let n = st.config.snat.len();
+        let mut sums = vec![(0u64, 0u64); n];
+        for c in &self.wiring.counters {
+            for (i, (opened, refused)) in c.snat_rules(n).into_iter().enumerate() {
+                sums[i].0 += opened;
+                sums[i].1 += refused;
+            }
+        }
+        st.config
+            .snat
+            .iter()
+            .zip(sums)
+            .map(|(r, (opened, refused))| SnatRuleStatsSnapshot {
+                matches: match r.destination {
+                    Some(d) => format!("{} to {d}", r.prefix),
+                    None => r.prefix.to_string(),
+                },
+                pool: st
+                    .config
+                    .pools
+                    .get(r.pool)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                sessions_opened: opened,
+                flows_refused: refused,
+            })
+            .collect()
     }
 
     /// Validate, and unless it is a dry run, persist and publish a policy change. Nothing changes
@@ -518,9 +565,15 @@ impl PolicyPlane {
             return Vec::new();
         };
         let in_use = self.ports_in_use();
+        let held = self.blocks_in_use();
         let by_address = |addrs: &mut dyn Iterator<Item = Ipv4Addr>| {
             addrs
                 .map(|a| (a, in_use.get(&u32::from(a)).copied().unwrap_or(0)))
+                .collect::<Vec<_>>()
+        };
+        let blocks = |by: &[(Ipv4Addr, u64)]| {
+            by.iter()
+                .map(|(a, _)| held.get(&u32::from(*a)).copied().unwrap_or(0))
                 .collect()
         };
         let mut out: Vec<PoolSnapshot> = st
@@ -548,6 +601,7 @@ impl PolicyPlane {
                     config::Allocation::Deterministic { .. } => "deterministic",
                 },
                 by_address: by_address(&mut p.addresses()),
+                blocks_by_address: Vec::new(),
                 retired: false,
             })
             .collect();
@@ -572,8 +626,12 @@ impl PolicyPlane {
                     nat::PortAllocation::Deterministic { .. } => "deterministic",
                 },
                 by_address: by_address(&mut p.addrs.iter().map(|&a| Ipv4Addr::from(a))),
+                blocks_by_address: Vec::new(),
                 retired: true,
             });
+        }
+        for p in &mut out {
+            p.blocks_by_address = blocks(&p.by_address);
         }
         out
     }
