@@ -211,6 +211,9 @@ pub struct SessionQuery {
     pub outside: Option<EndpointFilter>,
     pub remote: Option<EndpointFilter>,
     pub state: Option<SessionState>,
+    /// Sessions the Nth SNAT rule translates (the daemon's workers check it against the rules in
+    /// force; a destination NAT rule in a filter is resolved to its address, port and protocol).
+    pub snat_rule: Option<u16>,
 }
 
 impl SessionQuery {

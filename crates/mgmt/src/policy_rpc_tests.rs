@@ -370,3 +370,68 @@ async fn changes_need_a_read_write_token_and_are_attributed() {
         requests[0].caller
     );
 }
+
+#[tokio::test]
+async fn sessions_can_be_selected_by_the_rule_that_translates_them() {
+    let (ch, backend, _stop) = serve(Tokens::default()).await;
+    let mut c = CgnatClient::new(ch);
+    let filter = |rule: &str| v1::SessionFilter {
+        rule: rule.into(),
+        ..Default::default()
+    };
+    let list = |f: v1::SessionFilter| v1::ListSessionsRequest { filter: Some(f) };
+    // A destination NAT rule stands for its address, port and protocol.
+    let mut s = c
+        .list_sessions(list(filter("web")))
+        .await
+        .unwrap()
+        .into_inner();
+    while s.message().await.unwrap().is_some() {}
+    let q = *backend.queries.lock().unwrap().last().unwrap();
+    assert_eq!(q.proto, Some(6));
+    assert_eq!(
+        q.outside,
+        Some(("203.0.113.101".parse().unwrap(), Some(80)))
+    );
+    // A SNAT rule by position goes to the workers, which know the rules in force.
+    let mut s = c
+        .list_sessions(list(filter("snat[1]")))
+        .await
+        .unwrap()
+        .into_inner();
+    while s.message().await.unwrap().is_some() {}
+    assert_eq!(
+        backend.queries.lock().unwrap().last().unwrap().snat_rule,
+        Some(1)
+    );
+    // Names that mean nothing are refused, naming the field.
+    for bad in ["nope", "snat[x]"] {
+        let err = c.list_sessions(list(filter(bad))).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert!(
+            err.message().starts_with("filter.rule: "),
+            "{}",
+            err.message()
+        );
+    }
+    let err = c
+        .list_sessions(list(v1::SessionFilter {
+            outside: "203.0.113.1".into(),
+            ..filter("web")
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("filter.rule: "),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .watch_sessions(v1::WatchSessionsRequest {
+            filter: Some(filter("snat[0]")),
+            snapshot: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}

@@ -543,6 +543,7 @@ mod tests {
             outside: outside.into(),
             remote: remote.into(),
             state: state.into(),
+            rule: String::new(),
         }
     }
 

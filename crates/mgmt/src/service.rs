@@ -98,7 +98,11 @@ fn endpoint_filter(field: &str, text: &str) -> Result<Option<EndpointFilter>, St
 }
 
 /// The backend query for a request's filter; errors name the offending field.
-pub(crate) fn session_query(filter: Option<&v1::SessionFilter>) -> Result<SessionQuery, Status> {
+/// The filter of a session call; `dnat` resolves a destination NAT rule named in `filter.rule`.
+pub(crate) fn session_query(
+    filter: Option<&v1::SessionFilter>,
+    dnat: &dyn Fn() -> DnatSnapshot,
+) -> Result<SessionQuery, Status> {
     let Some(f) = filter else {
         return Ok(SessionQuery::default());
     };
@@ -123,13 +127,48 @@ pub(crate) fn session_query(filter: Option<&v1::SessionFilter>) -> Result<Sessio
             )));
         }
     };
-    Ok(SessionQuery {
+    let mut q = SessionQuery {
         proto,
         inside: endpoint_filter("inside", &f.inside)?,
         outside: endpoint_filter("outside", &f.outside)?,
         remote: endpoint_filter("remote", &f.remote)?,
         state,
-    })
+        snat_rule: None,
+    };
+    let rule = f.rule.trim();
+    if rule.is_empty() {
+        return Ok(q);
+    }
+    if let Some(n) = rule.strip_prefix("snat[").and_then(|r| r.strip_suffix(']')) {
+        q.snat_rule = Some(n.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "filter.rule: `{rule}`: a SNAT rule is snat[N], N its position from 0"
+            ))
+        })?);
+        return Ok(q);
+    }
+    let rules = dnat();
+    let Some(r) = rules.rules.iter().find(|r| r.name == rule && !r.retired) else {
+        return Err(Status::invalid_argument(format!(
+            "filter.rule: `{rule}` is neither snat[N] nor a destination NAT rule in force"
+        )));
+    };
+    if q.outside.is_some() {
+        return Err(Status::invalid_argument(
+            "filter.rule: a destination NAT rule names the outside endpoint; leave filter.outside empty",
+        ));
+    }
+    if r.proto != 0 {
+        if q.proto.is_some_and(|p| p != r.proto) {
+            return Err(Status::invalid_argument(format!(
+                "filter.protocol: rule `{rule}` forwards {} only",
+                proto_name(r.proto)
+            )));
+        }
+        q.proto = Some(r.proto);
+    }
+    q.outside = Some((r.address, (r.port != 0).then_some(r.port)));
+    Ok(q)
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -340,8 +379,9 @@ impl<B: Backend> Cgnat for CgnatService<B> {
             outside: r.outside.clone(),
             remote: r.remote.clone(),
             state: String::new(),
+            rule: String::new(),
         };
-        let query = session_query(Some(&filter))?;
+        let query = session_query(Some(&filter), &|| self.backend.dnat())?;
         let exact = |e: Option<EndpointFilter>| e.is_some_and(|(_, p)| p.is_some());
         if query.proto.is_none() {
             return Err(Status::invalid_argument(
@@ -375,7 +415,7 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         &self,
         request: Request<v1::ListSessionsRequest>,
     ) -> Result<Response<Self::ListSessionsStream>, Status> {
-        let query = session_query(request.get_ref().filter.as_ref())?;
+        let query = session_query(request.get_ref().filter.as_ref(), &|| self.backend.dnat())?;
         debug!(rpc = "ListSessions", peer = ?request.remote_addr(), ?query, "gRPC request");
         let rx = self.backend.list_sessions(query).map_err(backend_status)?;
         let stream =
@@ -387,7 +427,7 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         &self,
         request: Request<v1::DeleteSessionsRequest>,
     ) -> Result<Response<v1::DeleteSessionsResponse>, Status> {
-        let query = session_query(request.get_ref().filter.as_ref())?;
+        let query = session_query(request.get_ref().filter.as_ref(), &|| self.backend.dnat())?;
         if query.is_empty() {
             return Err(Status::invalid_argument(
                 "filter: empty; it would delete every session (use FlushSessions for that)",
@@ -702,7 +742,12 @@ impl<B: Backend> CgnatService<B> {
         request: Request<v1::WatchSessionsRequest>,
     ) -> Result<Response<SessionEventStream>, Status> {
         let req = request.get_ref();
-        let query = session_query(req.filter.as_ref())?;
+        let query = session_query(req.filter.as_ref(), &|| self.backend.dnat())?;
+        if query.snat_rule.is_some() {
+            return Err(Status::invalid_argument(
+                "filter.rule: SNAT rules are not supported by WatchSessions (the rules in force decide, and events are matched away from the workers)",
+            ));
+        }
         if query.state.is_some() {
             return Err(Status::invalid_argument(
                 "filter.state: not supported by WatchSessions (events carry no state)",

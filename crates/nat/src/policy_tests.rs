@@ -283,3 +283,58 @@ fn port_blocks_are_reported_per_address() {
     assert_eq!(sh.counters().blocks_by_address(), vec![(A, 0)]);
     assert_eq!(sh.counters().ports_by_address(), vec![(A, 0)]);
 }
+
+#[test]
+fn sessions_are_selected_by_the_snat_rule_in_force() {
+    let sub2_rule = crate::SnatRule {
+        prefix: u32::from(SUB2),
+        len: 32,
+        pool: 1,
+        dst: None,
+    };
+    let rules = Rules::new(
+        vec![pool("a", &[A]), pool("b", &[B])],
+        vec![sub2_rule, subscribers_rule(0)],
+    )
+    .unwrap();
+    let mut sh = Shard::new(
+        ShardConfig {
+            seed: 7,
+            ..ShardConfig::default()
+        },
+        Arc::new(rules),
+        Arc::new(Counters::default()),
+        0,
+    )
+    .unwrap();
+    for (sub, sport) in [(SUB1, 1000), (SUB1, 1001), (SUB2, 2000)] {
+        one(&mut sh, Dir::In2Out, udp(sub, sport, SRV, 53, b"q"), 0);
+    }
+    let listed = |sh: &Shard, rule: u16| {
+        let mut found = Vec::new();
+        let filter = crate::SessionFilter {
+            snat_rule: Some(rule),
+            ..Default::default()
+        };
+        let mut cursor = Some(0);
+        while let Some(c) = cursor {
+            cursor = sh.scan_sessions(c, 1024, u32::MAX, &filter, |r| {
+                found.push((r.session.in_addr, r.session.in_port))
+            });
+        }
+        found.sort_unstable();
+        found
+    };
+    assert_eq!(listed(&sh, 0), vec![(u32::from(SUB2), 2000)]);
+    assert_eq!(
+        listed(&sh, 1),
+        vec![(u32::from(SUB1), 1000), (u32::from(SUB1), 1001)]
+    );
+    let filter = crate::SessionFilter {
+        snat_rule: Some(1),
+        ..Default::default()
+    };
+    let (_, deleted) = sh.delete_sessions(0, u32::MAX, &filter);
+    assert_eq!(deleted, 2);
+    assert_eq!(sh.session_count(), 1, "the other rule's session stays");
+}

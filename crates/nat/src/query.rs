@@ -21,6 +21,9 @@ pub struct SessionFilter {
     pub remote_addr: Option<u32>,
     pub remote_port: Option<u16>,
     pub state: Option<CtState>,
+    /// Source NAT sessions that this SNAT rule (by position) translates under the rules in force:
+    /// the first rule matching their subscriber and remote end.
+    pub snat_rule: Option<u16>,
 }
 
 impl SessionFilter {
@@ -37,6 +40,18 @@ impl SessionFilter {
             && is(self.remote_addr, s.rem_addr)
             && is(self.remote_port, s.rem_port)
             && is(self.state, s.ct_state())
+    }
+}
+
+impl Shard {
+    /// Whether a session matches `filter`, its SNAT rule included.
+    #[inline]
+    fn selects(&self, filter: &SessionFilter, s: &Session) -> bool {
+        filter.matches(s)
+            && filter.snat_rule.is_none_or(|n| {
+                !s.is_dnat()
+                    && self.rules().rule_index_for(s.in_addr, s.rem_addr) == Some(usize::from(n))
+            })
     }
 }
 
@@ -70,7 +85,7 @@ impl Shard {
         let stop = cursor.saturating_add(budget).min(end);
         while slot < stop && found < max {
             let s = self.slot(slot);
-            if s.is_live() && filter.matches(s) {
+            if s.is_live() && self.selects(filter, s) {
                 out(SessionRecord {
                     session: *s,
                     idle: now.saturating_sub(s.last_seen),
@@ -96,8 +111,8 @@ impl Shard {
         let stop = cursor.saturating_add(budget).min(end);
         let mut deleted = 0;
         for slot in cursor..stop {
-            let s = self.slot(slot);
-            if s.is_live() && filter.matches(s) {
+            let s = *self.slot(slot);
+            if s.is_live() && self.selects(filter, &s) {
                 self.delete_slot(slot);
                 deleted += 1;
             }

@@ -229,6 +229,9 @@ struct SessionFilterArgs {
     /// new or established.
     #[arg(long)]
     state: Option<String>,
+    /// The rule that translates them: a DNAT rule's name, or snat[N] (see `cgnatctl rules get`).
+    #[arg(long)]
+    rule: Option<String>,
 }
 
 impl SessionFilterArgs {
@@ -240,6 +243,7 @@ impl SessionFilterArgs {
             outside: f(&self.outside),
             remote: f(&self.remote),
             state: f(&self.state),
+            rule: f(&self.rule),
         }
     }
 }

@@ -58,6 +58,7 @@ fn filter_of(q: &SessionQuery) -> SessionFilter {
             SessionState::New => CtState::New,
             SessionState::Established => CtState::Established,
         }),
+        snat_rule: q.snat_rule,
     }
 }
 
