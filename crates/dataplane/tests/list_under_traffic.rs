@@ -287,6 +287,10 @@ struct Stream {
     last_out: Option<Instant>,
     worst_gap: Duration,
     worst_latency_tsc: u64,
+    /// The longest pass of the test loop itself: a gap no longer than this may be the test
+    /// thread's (descheduled, or busy with replies) rather than the worker's.
+    last_pass: Option<Instant>,
+    worst_pass: Duration,
 }
 
 struct Harness {
@@ -444,6 +448,11 @@ impl Harness {
 
     /// Send the stream packets that are due, in both directions, and drain what came out.
     fn step(&mut self) {
+        let now = Instant::now();
+        if let Some(last) = self.stream.last_pass {
+            self.stream.worst_pass = self.stream.worst_pass.max(now - last);
+        }
+        self.stream.last_pass = Some(now);
         if self.stream.sending {
             self.send_due();
         }
@@ -516,6 +525,8 @@ impl Harness {
         s.last_out = None;
         s.worst_gap = Duration::ZERO;
         s.worst_latency_tsc = 0;
+        s.last_pass = None;
+        s.worst_pass = Duration::ZERO;
     }
 
     fn run_for(&mut self, d: Duration) {

@@ -251,8 +251,10 @@ mod tests {
             outside: Some((Ipv4Addr::new(203, 0, 113, 2), None)),
             remote: None,
             state: Some(SessionState::Established),
+            snat_rule: Some(2),
         };
         let f = filter_of(&q);
+        assert_eq!(f.snat_rule, Some(2));
         assert_eq!(f.proto, Some(17));
         assert_eq!(
             (f.inside_addr, f.inside_port),
