@@ -379,7 +379,10 @@ async fn sessions_can_be_selected_by_the_rule_that_translates_them() {
         rule: rule.into(),
         ..Default::default()
     };
-    let list = |f: v1::SessionFilter| v1::ListSessionsRequest { filter: Some(f) };
+    let list = |f: v1::SessionFilter| v1::ListSessionsRequest {
+        filter: Some(f),
+        limit: 0,
+    };
     // A destination NAT rule stands for its address, port and protocol.
     let mut s = c
         .list_sessions(list(filter("web")))
@@ -434,4 +437,33 @@ async fn sessions_can_be_selected_by_the_rule_that_translates_them() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_listing_can_stop_after_a_limit() {
+    let (ch, _b, _stop) = serve(Tokens::default()).await;
+    let mut c = CgnatClient::new(ch);
+    let count = |limit| {
+        let mut c = c.clone();
+        async move {
+            let mut s = c
+                .list_sessions(v1::ListSessionsRequest {
+                    filter: None,
+                    limit,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut n = 0;
+            while s.message().await.unwrap().is_some() {
+                n += 1;
+            }
+            n
+        }
+    };
+    // The fake table holds three sessions.
+    assert_eq!(count(0).await, 3);
+    assert_eq!(count(2).await, 2);
+    assert_eq!(count(9).await, 3);
+    c.get_info(v1::GetInfoRequest {}).await.unwrap();
 }

@@ -554,7 +554,10 @@ mod tests {
         let mut stream = server
             .client()
             .await
-            .list_sessions(v1::ListSessionsRequest { filter: f })
+            .list_sessions(v1::ListSessionsRequest {
+                filter: f,
+                limit: 0,
+            })
             .await?
             .into_inner();
         let mut out = Vec::new();

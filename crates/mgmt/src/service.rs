@@ -417,9 +417,15 @@ impl<B: Backend> Cgnat for CgnatService<B> {
     ) -> Result<Response<Self::ListSessionsStream>, Status> {
         let query = session_query(request.get_ref().filter.as_ref(), &|| self.backend.dnat())?;
         debug!(rpc = "ListSessions", peer = ?request.remote_addr(), ?query, "gRPC request");
+        let limit = match request.get_ref().limit {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
         let rx = self.backend.list_sessions(query).map_err(backend_status)?;
-        let stream =
-            tokio_stream::StreamExt::map(ReceiverStream::new(rx), |s| Ok(session_to_proto(&s)));
+        let stream = tokio_stream::StreamExt::take(
+            tokio_stream::StreamExt::map(ReceiverStream::new(rx), |s| Ok(session_to_proto(&s))),
+            limit,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -194,7 +194,13 @@ struct ChangeArgs {
 #[derive(Debug, Subcommand)]
 enum SessionsCommand {
     /// List the sessions matching the filters (conntrack -L).
-    List(SessionFilterArgs),
+    List {
+        #[command(flatten)]
+        filter: SessionFilterArgs,
+        /// Show at most this many (which ones come first is not defined).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Show one session (conntrack -G): -p PROTO -d REMOTE:PORT and -s INSIDE:PORT or -n OUTSIDE:PORT.
     Get(SessionFilterArgs),
     /// Delete the sessions matching the filters (conntrack -D); needs at least one filter.
@@ -710,10 +716,13 @@ impl Ctx {
 
 async fn sessions(ctx: &Ctx, mut client: Client, cmd: SessionsCommand) -> Result<()> {
     match cmd {
-        SessionsCommand::List(args) => {
-            let filter = Some(args.filter());
+        SessionsCommand::List { filter, limit } => {
+            let filter = Some(filter.filter());
             let mut stream = ctx
-                .call(client.list_sessions(v1::ListSessionsRequest { filter }))
+                .call(client.list_sessions(v1::ListSessionsRequest {
+                    filter,
+                    limit: limit.unwrap_or(0),
+                }))
                 .await?;
             // A large table takes as long as it takes: only opening the stream is bounded.
             let mut views = Vec::new();
