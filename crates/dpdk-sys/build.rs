@@ -159,4 +159,11 @@ fn main() {
     // libs leave out. Linking it is harmless: EAL's later dlopen of the same
     // file finds it already loaded.
     println!("cargo:rustc-link-lib=dylib=rte_bus_vdev");
+    // rte_eth_from_rings (net_ring ports over application rings) is exported by the ring PMD
+    // itself, which Debian's libdpdk.pc also leaves out of the shared libs (it lists no PMD). As
+    // with the vdev bus, EAL's dlopen of the plugin finds the linked copy already loaded, and
+    // rustc links dylibs as-needed, so binaries that never call it do not even load it.
+    if !libs.iter().any(|f| f == "-lrte_net_ring") {
+        println!("cargo:rustc-link-lib=dylib=rte_net_ring");
+    }
 }

@@ -25,6 +25,8 @@
 #include <rte_ethdev.h>
 #include <rte_flow.h>
 #include <rte_bus_vdev.h>
+/* rte_eth_from_rings: net_ring ports over rings the application owns (librte_net_ring). */
+#include <rte_eth_ring.h>
 
 /*
  * Helpers for things that are macros in C, so neither bindgen nor

@@ -21,7 +21,9 @@
 //! - **Mempools** are `Send + Sync`. A pool is only freed once all its mbufs
 //!   are back; otherwise it is leaked so outstanding mbufs stay valid.
 //! - **Rings**: [`MbufRing`] moves mbufs between cores; its single-producer
-//!   and single-consumer modes are enforced, not just documented.
+//!   and single-consumer modes are enforced, not just documented. A
+//!   `net_ring` port over rings ([`PortId::from_rings`]) holds them until it
+//!   is closed and takes the ends its queues use.
 //! - **Lcores**: [`lcore::launch`] runs a `'static` closure on an EAL worker.
 //!
 //! # Limitations
@@ -188,6 +190,10 @@ mod tests {
         ));
         assert!(matches!(
             PortId::by_name("net_null0"),
+            Err(Error::Eal { .. })
+        ));
+        assert!(matches!(
+            PortId::from_rings("nope", &[], &[]),
             Err(Error::Eal { .. })
         ));
         assert_eq!(PortId::count_avail(), 0);

@@ -8,6 +8,11 @@
 //! `stop`/`close` refuse to run while queue handles exist, so no core can be
 //! inside `rx_burst` while the PMD tears its queues down. When the last
 //! handle goes, the device is stopped and closed.
+//!
+//! A `net_ring` port made by [`PortId::from_rings`] works on rings the
+//! application holds the other ends of. The PMD keeps raw pointers to them, so
+//! the port holds a reference to each until the device is closed (by the
+//! `Port` configured on it), which is when nothing can poll them any more.
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString, c_char};
@@ -19,13 +24,31 @@ use dpdk_sys as sys;
 
 use crate::burst::MbufBurst;
 use crate::eal::Live;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, rte_errno, strerror};
 use crate::mempool::Mempool;
+use crate::ring::{End, LentEnd, MbufRing};
 
 const MAX_PORTS: usize = sys::RTE_MAX_ETHPORTS as usize;
 
 /// Ports currently owned by a `Port` handle (or its queues).
 static CLAIMED: [AtomicBool; MAX_PORTS] = [const { AtomicBool::new(false) }; MAX_PORTS];
+
+/// The rings lent to each `net_ring` port [`PortId::from_rings`] made, until the device is
+/// closed: its PMD holds raw pointers to them.
+static RING_PORTS: Mutex<Vec<RingPort>> = Mutex::new(Vec::new());
+
+#[derive(Debug)]
+struct RingPort {
+    port: u16,
+    /// The vdev's name, to remove the vdev once the port is closed.
+    vdev: CString,
+    _ends: Vec<LentEnd>,
+}
+
+fn ring_ports() -> MutexGuard<'static, Vec<RingPort>> {
+    // Every update is a single push or remove: a panic cannot leave the list half-updated.
+    RING_PORTS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A DPDK ethdev port number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,6 +124,125 @@ impl PortId {
             });
         }
         PortId::by_name(name)
+    }
+
+    /// Create a `net_ring` port over rings the caller holds the other ends of
+    /// (`rte_eth_from_rings`): RX queue `i` dequeues from `rx[i]` and TX queue `i` enqueues to
+    /// `tx[i]`, so mbufs enqueued on an RX ring are what [`RxQueue::rx_burst`] receives, and
+    /// what [`TxQueue::tx_burst`] sends can be dequeued from a TX ring. (A `--vdev net_ring0`
+    /// loops its TX back to its own RX instead.) The device is named `net_ring_<name>`;
+    /// configure it with [`Port::configure`], with up to `rx.len()` RX and `tx.len()` TX queues.
+    ///
+    /// # Lifetime
+    ///
+    /// The PMD keeps raw pointers to the rings, so the port holds a reference to each (a clone
+    /// of the `Arc`) until the device is closed: by [`Port::close`], or when the `Port`
+    /// configured on it and all its queues are dropped. The caller's `Arc`s may go first; a ring
+    /// is freed (with any mbufs still in it) once the caller's references and the port's are all
+    /// gone. A port that is never configured (or whose configuration failed and is not retried)
+    /// keeps its rings, and with them the EAL (cleanup is skipped), until the process exits.
+    ///
+    /// # Ends
+    ///
+    /// Each RX queue is a consumer of its ring and each TX queue a producer; the other ends are
+    /// the caller's. On a single-consumer RX ring (single-producer TX ring) the port's queue must
+    /// be the only consumer (producer), so the port takes that end for itself until it is
+    /// closed: [`MbufRing::dequeue_burst`] on such an RX ring ([`MbufRing::enqueue_burst`] on
+    /// such a TX ring) returns 0 meanwhile, and lending the end a second time (to another queue
+    /// or port) is refused. One ring may be both an RX and a TX ring of a port (a loopback).
+    ///
+    /// Fails if a direction has no ring or more than 16, if `name` is too long for DPDK
+    /// (`net_ring_<name>` within 28 bytes), if a device of that name exists, or if an end is
+    /// taken.
+    pub fn from_rings(name: &str, rx: &[&Arc<MbufRing>], tx: &[&Arc<MbufRing>]) -> Result<PortId> {
+        let _live = Live::acquire()?;
+        let vdev = format!("net_ring_{name}");
+        let (cname, cvdev) = match (CString::new(name), CString::new(vdev.as_str())) {
+            (Ok(n), Ok(v)) => (n, v),
+            _ => {
+                return Err(Error::InvalidArg(format!(
+                    "net_ring name contains NUL: {name:?}"
+                )));
+            }
+        };
+        // The PMD's per-queue state is a fixed array of this many entries per direction, and
+        // rte_eth_from_rings only checks the RX count.
+        let dirs = [
+            ("RX", rx, End::Consumer, sys::RTE_PMD_RING_MAX_RX_RINGS),
+            ("TX", tx, End::Producer, sys::RTE_PMD_RING_MAX_TX_RINGS),
+        ];
+        let mut ends = Vec::with_capacity(rx.len() + tx.len());
+        for (dir, rings, end, max) in dirs {
+            if rings.is_empty() || rings.len() > max as usize {
+                return Err(Error::InvalidArg(format!(
+                    "{vdev}: {} {dir} rings, net_ring takes 1 to {max}",
+                    rings.len()
+                )));
+            }
+            for (i, ring) in rings.iter().enumerate() {
+                let lent = LentEnd::new(ring, end).ok_or_else(|| {
+                    let which = match end {
+                        End::Consumer => "consumer",
+                        End::Producer => "producer",
+                    };
+                    Error::InvalidArg(format!(
+                        "{vdev}: {dir} ring {i} is single-{which} and its {which} end is taken \
+                         (by a queue of a net_ring port, or a call in progress)"
+                    ))
+                })?;
+                ends.push(lent);
+            }
+        }
+        let raw: Vec<*mut sys::rte_ring> = ends.iter().map(LentEnd::raw).collect();
+        let (rx_raw, tx_raw) = raw.split_at(rx.len());
+        // rte_eth_from_rings takes the socket as unsigned; SOCKET_ID_ANY (-1) wraps to the value
+        // DPDK recognises.
+        let socket = rx[0].socket_id() as u32;
+
+        // Held until the device and its rings are on the list, so a port closing meanwhile
+        // cannot take this one's entry for its own (see PortInner::stop_and_close).
+        let mut ring_ports = ring_ports();
+        if PortId::by_name(&vdev).is_ok() {
+            return Err(Error::InvalidArg(format!("a device {vdev} exists already")));
+        }
+        // SAFETY: EAL running; cname is a valid C string DPDK copies; rx_raw and tx_raw hold
+        // rx.len() and tx.len() pointers (1 to the PMD's maximum each, checked above) to live
+        // rings, which `ends` keeps alive and which go on RING_PORTS with the new device for as
+        // long as it exists. The PMD copies both arrays.
+        let rc = unsafe {
+            sys::rte_eth_from_rings(
+                cname.as_ptr(),
+                rx_raw.as_ptr(),
+                rx.len() as u32,
+                tx_raw.as_ptr(),
+                tx.len() as u32,
+                socket,
+            )
+        };
+        if rc >= 0 {
+            // A port number, below RTE_MAX_ETHPORTS.
+            let port = rc as u16;
+            ring_ports.push(RingPort {
+                port,
+                vdev: cvdev,
+                _ends: ends,
+            });
+            return Ok(PortId(port));
+        }
+        let code = rte_errno();
+        // DPDK reports failure after creating the device only if it then cannot find it by
+        // name; should a device exist after all, it holds the pointers, so it keeps the rings.
+        if let Ok(id) = PortId::by_name(&vdev) {
+            ring_ports.push(RingPort {
+                port: id.0,
+                vdev: cvdev,
+                _ends: ends,
+            });
+        }
+        Err(Error::Eal {
+            code,
+            msg: format!("rte_eth_from_rings({vdev}): {}", strerror(code)),
+        })
     }
 
     /// True if DPDK knows this port.
@@ -225,10 +367,23 @@ impl PortInner {
         if rc < 0 {
             return Err(self.port_err("rte_eth_dev_stop", rc));
         }
+        // Held across the close: DPDK may give the port number to a new device as soon as this
+        // one is released, and that device's rings must not be taken for this one's.
+        let mut ring_ports = ring_ports();
         // SAFETY: as above; the device is stopped.
         let rc = unsafe { sys::rte_eth_dev_close(self.id) };
         if rc < 0 {
+            // A net_ring port keeps its rings: the PMD may still hold them.
             return Err(self.port_err("rte_eth_dev_close", rc));
+        }
+        if let Some(i) = ring_ports.iter().position(|p| p.port == self.id) {
+            // The device is released with its queues, so nothing refers to the rings any more.
+            let ring_port = ring_ports.swap_remove(i);
+            // SAFETY: EAL running (self holds a Live token); a valid C string. With the ethdev
+            // gone the PMD's remove only has the vdev to forget, which frees its name.
+            unsafe { sys::rte_vdev_uninit(ring_port.vdev.as_ptr()) };
+            drop(ring_ports);
+            drop(ring_port);
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 
 use std::ffi::{CString, c_void};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use dpdk_sys as sys;
@@ -29,6 +30,11 @@ struct SideLock(AtomicBool);
 /// single-consumer) side, a second thread that calls while another is inside
 /// gets 0, exactly as if the ring were full (or empty), and its mbufs stay
 /// in its burst. The check is one uncontended atomic swap per burst.
+///
+/// A ring can also be one end of a `net_ring` port ([`crate::PortId::from_rings`]): the port's
+/// RX queues dequeue from it, or its TX queues enqueue to it, as another thread would. A
+/// single-consumer RX ring (single-producer TX ring) is the port's alone until the port is
+/// closed: [`MbufRing::dequeue_burst`] ([`MbufRing::enqueue_burst`]) on it returns 0 meanwhile.
 ///
 /// Dropping the ring frees any mbufs still in it.
 #[derive(Debug)]
@@ -165,6 +171,74 @@ impl MbufRing {
     /// True if no mbufs are queued.
     pub fn is_empty(&self) -> bool {
         self.count() == 0
+    }
+
+    /// NUMA socket of the ring's memory (`SOCKET_ID_ANY`, -1, if DPDK does not say).
+    pub(crate) fn socket_id(&self) -> i32 {
+        // SAFETY: ring alive; `memzone` is set by rte_ring_create and immutable afterwards.
+        let mz = unsafe { (*self.raw.as_ptr()).memzone };
+        if mz.is_null() {
+            return sys::SOCKET_ID_ANY;
+        }
+        // SAFETY: the ring's memzone lives as long as the ring.
+        unsafe { (*mz).socket_id }
+    }
+
+    fn side(&self, end: End) -> &Option<SideLock> {
+        match end {
+            End::Consumer => &self.consumer,
+            End::Producer => &self.producer,
+        }
+    }
+}
+
+/// The end of a ring a `net_ring` port's queue works at: an RX queue dequeues, a TX queue
+/// enqueues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    Consumer,
+    Producer,
+}
+
+/// One end of a ring lent to a `net_ring` port for as long as the port exists. It keeps the ring
+/// alive (the PMD holds its raw pointer) and, on a single-consumer (single-producer) end, holds
+/// that end's lock, so the port's one queue on the ring is the end's only user, as
+/// `RING_F_SC_DEQ` (`RING_F_SP_ENQ`) requires. Multi-consumer (multi-producer) ends are
+/// thread-safe in DPDK itself and take no lock.
+#[derive(Debug)]
+pub(crate) struct LentEnd {
+    ring: Arc<MbufRing>,
+    end: End,
+}
+
+impl LentEnd {
+    /// Lend `end` of `ring`; `None` if that end is single-threaded and in use: lent to another
+    /// queue already, or a call on it is in progress in another thread.
+    pub(crate) fn new(ring: &Arc<MbufRing>, end: End) -> Option<LentEnd> {
+        if let Some(lock) = ring.side(end)
+            && lock.0.swap(true, Ordering::Acquire)
+        {
+            return None;
+        }
+        Some(LentEnd {
+            ring: Arc::clone(ring),
+            end,
+        })
+    }
+
+    /// The raw ring, for the PMD. Valid as long as `self` is.
+    pub(crate) fn raw(&self) -> *mut sys::rte_ring {
+        self.ring.raw.as_ptr()
+    }
+}
+
+impl Drop for LentEnd {
+    fn drop(&mut self) {
+        // Release: what the port's queue did with the ring happens-before the next caller of
+        // this end takes the lock.
+        if let Some(lock) = self.ring.side(self.end) {
+            lock.0.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -2,9 +2,11 @@
 //! this is a single test that walks through the API in order, with
 //! `--no-huge` (no hugepages, no root network setup) and two virtual
 //! devices: `net_ring0` (TX loops back to RX through an rte_ring) and
-//! `net_null0` (RX makes up packets, TX drops them).
+//! `net_null0` (RX makes up packets, TX drops them), and `net_ring` ports
+//! made at run time over rings the test holds the other ends of.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dpdk::lcore::{self, LcoreId};
 use dpdk::{
@@ -65,6 +67,7 @@ fn dpdk_api_against_virtual_devices() {
     ring_port_loopback(&pool);
     null_port_and_runtime_vdev(&pool);
     mbuf_ring(&pool);
+    ports_from_rings(&pool);
     launch_on_worker(&pool);
 
     assert_eq!(pool.in_use_count(), 0, "every mbuf went back to the pool");
@@ -585,6 +588,132 @@ fn mbuf_ring(pool: &Mempool) {
     assert_eq!(b.iter().filter(|m| m.data()[0] == 1).count(), 256);
     drop(b);
     drop(ring);
+    assert_eq!(pool.in_use_count(), 0);
+}
+
+fn ports_from_rings(pool: &Mempool) {
+    let ring = |name: &str| Arc::new(MbufRing::new(name, 64, true, true).expect("ring"));
+    let (rx, tx) = (ring("fr_rx"), ring("fr_tx"));
+
+    // Arguments DPDK would choke on are refused before it sees them.
+    let mc = Arc::new(MbufRing::new("fr_mc", 64, false, false).expect("mp/mc ring"));
+    assert!(matches!(
+        PortId::from_rings("fr0", &[], &[&tx]),
+        Err(Error::InvalidArg(_))
+    ));
+    let seventeen = vec![&mc; 17];
+    assert!(matches!(
+        PortId::from_rings("fr0", &seventeen, &[&mc]),
+        Err(Error::InvalidArg(_))
+    ));
+    match PortId::from_rings(&"n".repeat(20), &[&rx], &[&tx]) {
+        Err(Error::Eal { code, .. }) => assert_eq!(code, libc::ENAMETOOLONG),
+        other => panic!("net_ring_<20 bytes> is too long for DPDK, got {other:?}"),
+    }
+    // A failed call gives back the ends it had taken: rx's consumer end is free again.
+    let mut b = MbufBurst::<8>::new();
+    assert!(b.push(tagged(pool, 1, 60)).is_ok());
+    assert_eq!(rx.enqueue_burst(&mut b), 1);
+    assert_eq!(rx.dequeue_burst(&mut b), 1);
+    b.clear();
+
+    let id = PortId::from_rings("fr0", &[&rx], &[&tx]).expect("from_rings");
+    // Single-consumer RX and single-producer TX ends are the port's alone.
+    match PortId::from_rings("fr1", &[&rx], &[&mc]) {
+        Err(Error::InvalidArg(msg)) => assert!(msg.contains("RX ring 0"), "{msg}"),
+        other => panic!("rx's consumer end is taken, got {other:?}"),
+    }
+    assert!(matches!(
+        PortId::from_rings("fr1", &[&mc], &[&tx]),
+        Err(Error::InvalidArg(_))
+    ));
+    assert!(
+        matches!(
+            PortId::from_rings("fr0", &[&mc], &[&mc]),
+            Err(Error::InvalidArg(_))
+        ),
+        "the name is taken"
+    );
+    let port = Port::configure(id, &PortConfig::default(), pool).expect("configure");
+    assert_eq!(port.name(), "net_ring_fr0");
+    assert_eq!(port.driver_name(), "net_ring");
+    port.start().expect("start");
+    let mut rxq = port.rx_queue(0).expect("rx queue");
+    let mut txq = port.tx_queue(0).expect("tx queue");
+
+    // What the test enqueues on the RX ring is what rx_burst receives, in order.
+    let mut b = MbufBurst::<BURST>::new();
+    for tag in 0..8 {
+        assert!(b.push(tagged(pool, tag, 60 + usize::from(tag))).is_ok());
+    }
+    assert_eq!(rx.enqueue_burst(&mut b), 8);
+    assert_eq!(rx.count(), 8);
+    let mut stolen = MbufBurst::<BURST>::new();
+    assert_eq!(
+        rx.dequeue_burst(&mut stolen),
+        0,
+        "the port is rx's consumer"
+    );
+    assert_eq!(rxq.rx_burst(&mut b), 8);
+    assert_eq!(tags(&b), (0..8).collect::<Vec<u8>>());
+    assert!(b.iter().enumerate().all(|(i, m)| m.len() == 60 + i));
+    assert!(rx.is_empty());
+
+    // What tx_burst sends lands on the TX ring, in order.
+    assert_eq!(txq.tx_burst(&mut b), 8);
+    assert!(b.is_empty());
+    assert_eq!(tx.count(), 8);
+    assert!(b.push(tagged(pool, 99, 60)).is_ok());
+    assert_eq!(tx.enqueue_burst(&mut b), 0, "the port is tx's producer");
+    b.clear();
+    assert_eq!(tx.dequeue_burst(&mut b), 8);
+    assert_eq!(tags(&b), (0..8).collect::<Vec<u8>>());
+    assert!(b.iter().enumerate().all(|(i, m)| m.len() == 60 + i));
+    b.clear();
+    let stats = port.stats();
+    assert_eq!((stats.ipackets, stats.opackets), (8, 8), "{stats:?}");
+
+    // The port keeps its rings: the test's handle of rx may go first, with mbufs in the ring.
+    for tag in 0..3 {
+        assert!(b.push(tagged(pool, tag, 60)).is_ok());
+    }
+    assert_eq!(rx.enqueue_burst(&mut b), 3);
+    let rx_left = Arc::downgrade(&rx);
+    drop(rx);
+    assert!(rx_left.upgrade().is_some(), "the port holds rx");
+    assert_eq!(pool.in_use_count(), 3);
+    drop((rxq, txq));
+    port.close().expect("close");
+    assert!(rx_left.upgrade().is_none(), "closing the port let go of rx");
+    assert_eq!(pool.in_use_count(), 0, "rx was freed with its mbufs");
+    // tx's producer end is the test's again, and the name can be used again.
+    assert!(b.push(tagged(pool, 7, 60)).is_ok());
+    assert_eq!(tx.enqueue_burst(&mut b), 1);
+    assert_eq!(tx.dequeue_burst(&mut b), 1);
+    b.clear();
+
+    // One ring as both ends of a port: TX loops back to RX.
+    let lo = ring("fr_lo");
+    let id = PortId::from_rings("fr0", &[&lo], &[&lo]).expect("loopback");
+    let port = Port::configure(id, &PortConfig::default(), pool).expect("configure");
+    port.start().expect("start");
+    let (mut rxq, mut txq) = (port.rx_queue(0).unwrap(), port.tx_queue(0).unwrap());
+    for tag in 0..4 {
+        assert!(b.push(tagged(pool, tag, 60)).is_ok());
+    }
+    assert_eq!(txq.tx_burst(&mut b), 4);
+    assert_eq!(lo.count(), 4);
+    assert_eq!(rxq.rx_burst(&mut b), 4);
+    assert_eq!(tags(&b), vec![0, 1, 2, 3]);
+    b.clear();
+    drop((rxq, txq));
+    port.close().expect("close");
+    assert_eq!(
+        Arc::strong_count(&lo),
+        1,
+        "the closed port let go of its ring"
+    );
+    drop((lo, tx, mc));
     assert_eq!(pool.in_use_count(), 0);
 }
 
