@@ -959,8 +959,11 @@ fn drop_growth(before: &Stats, after: &Stats, reason: &str) -> u64 {
         .saturating_sub(before.drop_count(reason))
 }
 
-/// Well-formed, expected traffic must not be dropped for any of these reasons.
-fn no_drops_for(before: &Stats, after: &Stats, reasons: &[&str], what: &str) -> R {
+/// Well-formed, expected traffic must not be dropped for any of these reasons. The counters are
+/// the daemon's, not the flows': a failure also lists the lab's TCP sockets that are
+/// retransmitting, since a connection an earlier case cut (the NAT forgot it, the host did not)
+/// sends segments now and then that count as tcp_invalid or no_session.
+pub(crate) fn no_drops_for(before: &Stats, after: &Stats, reasons: &[&str], what: &str) -> R {
     let grew: Vec<String> = reasons
         .iter()
         .filter_map(|r| {
@@ -970,12 +973,44 @@ fn no_drops_for(before: &Stats, after: &Stats, reasons: &[&str], what: &str) -> 
         .collect();
     ensure(grew.is_empty(), || {
         format!(
-            "{what}: drop counters grew: {}\nbefore: {}\nafter:  {}",
+            "{what}: drop counters grew: {}\nbefore: {}\nafter:  {}\nTCP sockets retransmitting in the lab now: {}",
             grew.join(", "),
             before.drops_json(),
-            after.drops_json()
+            after.drops_json(),
+            retransmitting_sockets()
         )
     })
+}
+
+/// The TCP sockets of the lab's namespaces that have retransmitted and still are (ss: a
+/// retransmission timer with a non-zero count), or "none".
+fn retransmitting_sockets() -> String {
+    let mut found = Vec::new();
+    for ns in [INET, SUB1, SUB2, FAR] {
+        let Ok(out) = proc::run(
+            &mut proc::netns(ns, &["ss", "-tnoH"]),
+            Duration::from_secs(5),
+        ) else {
+            continue;
+        };
+        for line in out.stdout.lines() {
+            let retrying = line
+                .split("timer:(on,")
+                .nth(1)
+                .and_then(|t| t.split(')').next())
+                .and_then(|t| t.rsplit(',').next())
+                .is_some_and(|n| n.trim() != "0");
+            if retrying {
+                let line: Vec<&str> = line.split_whitespace().collect();
+                found.push(format!("{ns}: {}", line.join(" ")));
+            }
+        }
+    }
+    if found.is_empty() {
+        "none".into()
+    } else {
+        found.join("; ")
+    }
 }
 
 /// A translation counter that grows by at least `at_least`; checked only when cgnatd exports it.

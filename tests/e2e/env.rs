@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -181,6 +182,35 @@ pub fn has_tokens(config: &Path) -> Result<(), String> {
             config.display()
         ))
     }
+}
+
+/// The README's grpcurl examples can run against the config under test exactly as written:
+/// plaintext to 127.0.0.1:50051 without a token, so the API must listen there, without TLS and
+/// without `mgmt.tokens` (config/lab-short.yaml requires tokens).
+pub fn plain_grpc_on_loopback(config: &Path) -> Result<(), String> {
+    let text = fs::read_to_string(config).map_err(|e| format!("read {}: {e}", config.display()))?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| format!("{} is not YAML: {e}", config.display()))?;
+    let mgmt = &v["mgmt"];
+    let listen = mgmt["listen"].as_str().unwrap_or("127.0.0.1:50051");
+    let mut why = Vec::new();
+    if listen != "127.0.0.1:50051" {
+        why.push(format!("mgmt.listen is {listen}"));
+    }
+    if !mgmt["tokens"].is_null() {
+        why.push("mgmt.tokens requires a bearer token".to_string());
+    }
+    if !mgmt["tls"].is_null() {
+        why.push("mgmt.tls requires TLS".to_string());
+    }
+    if why.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the README's grpcurl examples speak plaintext to 127.0.0.1:50051 without a token; in {}: {}",
+        config.display(),
+        why.join(", ")
+    ))
 }
 
 /// The config under test has destination NAT rules (`nat.dnat`, config/lab.yaml and
@@ -361,16 +391,27 @@ impl Paths {
 }
 
 /// The cgnatd under test. Its output goes to a log file so a crash leaves evidence.
+///
+/// [`Env`](crate::Env) holds it by shared reference, and [`Daemon::restart`] replaces the
+/// process, so the process (child, PID, exit status) lives in interior mutability.
 pub struct Daemon {
     child: Mutex<Option<Child>>,
-    pid: u32,
+    /// The running process's PID; [`Daemon::restart`] changes it.
+    pid: AtomicU32,
+    bin: PathBuf,
     pub log: PathBuf,
+    /// Where in [`Daemon::log`] the current process's output begins (0, or where the log was
+    /// when [`Daemon::restart`] started the new process).
+    log_start: AtomicUsize,
     pub prefix: String,
     /// The config file cgnatd runs from: a copy of the config under test in the run's work
     /// directory, so a case may edit it and send SIGHUP ([`Daemon::reload`]), and must put the
     /// original back afterwards. Paths inside the config (tokens) are absolute, so the copy
-    /// works from anywhere.
+    /// works from anywhere. The copy also sets `mgmt.state_file` to [`Daemon::state_file`].
     pub config: PathBuf,
+    /// `mgmt.state_file` of the copy: where cgnatd writes the policy applied through the API, and
+    /// restores it from at start ([`Daemon::restart`] keeps it; [`Daemon::start`] removes it).
+    pub state_file: PathBuf,
     exit: Mutex<Option<ExitStatus>>,
 }
 
@@ -378,18 +419,56 @@ impl Daemon {
     pub fn start(paths: &Paths, prefix: &str) -> Result<Daemon, String> {
         let log = paths.work.join("cgnatd.log");
         let config = paths.work.join("cgnatd.yaml");
-        fs::copy(paths.config(), &config).map_err(|e| {
-            format!(
-                "copy {} to {}: {e}",
-                paths.config().display(),
-                config.display()
-            )
-        })?;
+        let state_file = paths.work.join("policy-state.yaml");
+        // A state file left by an earlier run would be restored over the config's policy: every
+        // run starts from the file's.
+        for stale in [state_file.clone(), state_file.with_extension("yaml.tmp")] {
+            match fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("remove the stale {}: {e}", stale.display()));
+                }
+                _ => {}
+            }
+        }
+        let text = fs::read_to_string(paths.config())
+            .map_err(|e| format!("read {}: {e}", paths.config().display()))?;
+        let mut v: serde_yaml::Value = serde_yaml::from_str(&text)
+            .map_err(|e| format!("{} is not YAML: {e}", paths.config().display()))?;
+        let mgmt = v
+            .as_mapping_mut()
+            .ok_or_else(|| format!("{} is not a mapping", paths.config().display()))?
+            .entry("mgmt".into())
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+        mgmt.as_mapping_mut()
+            .ok_or_else(|| format!("{}: mgmt is not a mapping", paths.config().display()))?
+            .insert(
+                "state_file".into(),
+                state_file.to_string_lossy().into_owned().into(),
+            );
+        let copy = serde_yaml::to_string(&v).map_err(|e| format!("serialize the config: {e}"))?;
+        fs::write(&config, copy).map_err(|e| format!("write {}: {e}", config.display()))?;
         let out = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let child = Self::spawn(&paths.cgnatd(), &config, prefix, out)?;
+        let pid = child.id();
+        proc::register(pid);
+        Ok(Daemon {
+            child: Mutex::new(Some(child)),
+            pid: AtomicU32::new(pid),
+            bin: paths.cgnatd(),
+            log,
+            log_start: AtomicUsize::new(0),
+            prefix: prefix.to_string(),
+            config,
+            state_file,
+            exit: Mutex::new(None),
+        })
+    }
+
+    fn spawn(bin: &Path, config: &Path, prefix: &str, out: File) -> Result<Child, String> {
         let err = out.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(paths.cgnatd())
+        Command::new(bin)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .args([
                 "--file-prefix",
                 prefix,
@@ -402,33 +481,85 @@ impl Daemon {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", paths.cgnatd().display()))?;
-        let pid = child.id();
-        proc::register(pid);
-        Ok(Daemon {
-            child: Mutex::new(Some(child)),
-            pid,
-            log,
-            prefix: prefix.to_string(),
-            config,
-            exit: Mutex::new(None),
-        })
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))
+    }
+
+    /// Stops cgnatd (SIGTERM; it must exit 0 within 15 s), removes its DPDK runtime files, and
+    /// starts it again from the same config copy, state file and file prefix, its output appended
+    /// to the same log. Returns once it forwards again: it has logged `cgnatd forwarding` and
+    /// cgn-sub1 gets a ping through (which also needs ARP both ways).
+    pub fn restart(&self) -> Result<Duration, String> {
+        self.ensure_alive()?;
+        let began = Instant::now();
+        let (status, killed) = self.stop(Duration::from_secs(15));
+        if killed || !status.is_some_and(|s| s.success()) {
+            return Err(format!(
+                "restart: cgnatd did not exit cleanly on SIGTERM ({status:?}, killed: {killed})\n--- cgnatd log tail ---\n{}",
+                self.log_tail()
+            ));
+        }
+        self.remove_runtime_files();
+        let out = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let offset = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0) as usize;
+        {
+            let mut guard = self
+                .child
+                .lock()
+                .map_err(|_| "poisoned daemon lock".to_string())?;
+            let child = Self::spawn(&self.bin, &self.config, &self.prefix, out)?;
+            let pid = child.id();
+            // Registered before anyone can see the new PID, so a Ctrl-C from now on stops it.
+            proc::register(pid);
+            self.pid.store(pid, Ordering::SeqCst);
+            self.log_start.store(offset, Ordering::SeqCst);
+            *guard = Some(child);
+            if let Ok(mut e) = self.exit.lock() {
+                *e = None;
+            }
+        }
+        self.wait_forwarding(Duration::from_secs(30))?;
+        let reached = proc::poll(Duration::from_secs(30), Duration::from_millis(300), || {
+            let out = proc::run(
+                &mut proc::netns(SUB1, &["ping", "-n", "-q", "-c", "1", "-W", "1", SERVER_A]),
+                Duration::from_secs(5),
+            )
+            .ok()?;
+            (out.success() || self.exit_status().is_some()).then_some(())
+        });
+        self.ensure_alive()?;
+        reached.ok_or_else(|| {
+            format!(
+                "restart: cgn-sub1 cannot ping {SERVER_A} through the restarted cgnatd within 30 s\n--- cgnatd log tail ---\n{}",
+                self.log_tail()
+            )
+        })?;
+        Ok(began.elapsed())
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.pid.load(Ordering::SeqCst)
     }
 
-    /// SIGHUP: cgnatd re-reads [`Daemon::config`]. A change confined to `nat.dnat` is applied
-    /// (the generation in `cgnatctl dnat` grows); anything else is logged and refused.
+    /// SIGHUP: cgnatd re-reads [`Daemon::config`] and applies its translation policy (the
+    /// generation in `cgnatctl dnat` and `cgnatctl rules get` grows when it changed anything).
     pub fn reload(&self) -> Result<(), String> {
         self.ensure_alive()?;
-        proc::send_signal(self.pid, "HUP");
+        proc::send_signal(self.pid(), "HUP");
         Ok(())
     }
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the current process has logged (since the last [`Daemon::restart`]).
+    pub fn log_since_start(&self) -> String {
+        let log = self.log_text();
+        let start = self.log_start.load(Ordering::SeqCst);
+        log.get(start..).unwrap_or(&log).to_string()
     }
 
     pub fn log_tail(&self) -> String {
@@ -444,7 +575,7 @@ impl Daemon {
         let child = guard.as_mut()?;
         match child.try_wait() {
             Ok(Some(s)) => {
-                proc::unregister(self.pid);
+                proc::unregister(child.id());
                 if let Ok(mut e) = self.exit.lock() {
                     *e = Some(s);
                 }
@@ -460,16 +591,19 @@ impl Daemon {
             None => Ok(()),
             Some(s) => Err(format!(
                 "cgnatd (pid {}) is not running: {s}\n--- cgnatd log tail ---\n{}",
-                self.pid,
+                self.pid(),
                 self.log_tail()
             )),
         }
     }
 
+    /// Waits until the current process logs `cgnatd forwarding` (a restarted one: after its
+    /// start, not the earlier process's line).
     pub fn wait_forwarding(&self, timeout: Duration) -> Result<Duration, String> {
         let start = Instant::now();
         proc::poll(timeout, Duration::from_millis(100), || {
-            if self.exit_status().is_some() || self.log_text().contains("cgnatd forwarding") {
+            if self.exit_status().is_some() || self.log_since_start().contains("cgnatd forwarding")
+            {
                 Some(())
             } else {
                 None
@@ -491,7 +625,7 @@ impl Daemon {
         if let Some(s) = self.exit_status() {
             return (Some(s), false);
         }
-        proc::send_signal(self.pid, "TERM");
+        proc::send_signal(self.pid(), "TERM");
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(s) = self.exit_status() {
@@ -505,7 +639,7 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        proc::unregister(self.pid);
+        proc::unregister(self.pid());
         (self.exit_status(), true)
     }
 

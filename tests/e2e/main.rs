@@ -15,20 +15,24 @@
 //! release the machine-wide lab lock, default 900).
 //!
 //! cgnatd runs from a copy of the config under test (.lab/e2e/cgnatd.yaml): the destination NAT
-//! cases that reload rules edit that copy, send SIGHUP, and put the original back.
+//! cases that reload rules edit that copy, send SIGHUP, and put the original back. The copy sets
+//! `mgmt.state_file` to .lab/e2e/policy-state.yaml (removed at start, so every run begins with the
+//! file's policy), which the policy restart case relies on.
 //!
 //! The cases in `CONDITIONAL` need something only some lab configs have: short NAT timeouts
 //! and a small port limit (config/lab-short.yaml), ports that pass IPv4 fragments to
-//! cgnatd unchanged (config/lab-pcap.yaml), or destination NAT rules (config/lab.yaml and
-//! lab-2workers.yaml). Under any other config they are reported as
-//! ignored, with the reason, never as passed; `--include-ignored` runs them anyway, and then
-//! they fail naming what is missing.
+//! cgnatd unchanged (config/lab-pcap.yaml), destination NAT rules (config/lab.yaml and
+//! lab-2workers.yaml), or an API that the README's grpcurl examples reach as written (plaintext
+//! on 127.0.0.1:50051 without a token, so not lab-short.yaml). Under any other config they are
+//! reported as ignored, with the reason, never as passed; `--include-ignored` runs them anyway,
+//! and then they fail naming what is missing.
 #![forbid(unsafe_code)]
 
 mod cases;
 mod dnat;
 mod env;
 mod lock;
+mod policy;
 mod proc;
 
 use std::fs;
@@ -102,6 +106,24 @@ const CASES: &[(&str, Case)] = &[
         "masquerade_uses_the_interface_address",
         cases::masquerade_uses_the_interface_address,
     ),
+    // The translation policy changed at run time (tests/e2e/policy.rs). Before the cases that cut
+    // connections (dnat_backend_cut_mid_run, sessions_are_listed_and_deleted): the hosts keep
+    // retransmitting into the NAT for minutes, which these cases' drop-counter checks would count.
+    // Each case puts the policy back as it found it, so the SIGHUP reloads of the destination NAT
+    // cases (which apply the file's whole policy) find the file's policy in force.
+    (
+        "policy_invalid_change_is_refused_whole",
+        policy::policy_invalid_change_is_refused_whole,
+    ),
+    (
+        "policy_new_pool_under_traffic",
+        policy::policy_new_pool_under_traffic,
+    ),
+    (
+        "policy_hundred_applies_without_loss",
+        policy::policy_hundred_applies_without_loss,
+    ),
+    ("readme_grpcurl_examples", policy::readme_grpcurl_examples),
     // Destination NAT (tests/e2e/dnat.rs). The two that reload the config come last.
     ("dnat_port_forwarding", dnat::port_forwarding),
     (
@@ -137,6 +159,12 @@ const CASES: &[(&str, Case)] = &[
         cases::drain_to_zero_after_timeouts,
     ),
     ("workers_share_the_load", cases::workers_share_the_load),
+    // Restarts cgnatd, which empties its tables and counters: after every case that reads
+    // counters accumulated over the run (workers_share_the_load) or waits for state to drain.
+    (
+        "policy_restart_keeps_applied_rules",
+        policy::policy_restart_keeps_applied_rules,
+    ),
     (
         "daemon_survives_and_stops_cleanly",
         cases::daemon_survives_and_stops_cleanly,
@@ -162,6 +190,7 @@ const CONDITIONAL: &[(&str, Requirement)] = &[
     ("dnat_static_one_to_one", env::has_dnat),
     ("dnat_backend_removed_mid_run", env::has_dnat),
     ("dnat_backend_cut_mid_run", env::has_dnat),
+    ("readme_grpcurl_examples", env::plain_grpc_on_loopback),
 ];
 
 /// Why the config under test cannot run case `name`, if it cannot.

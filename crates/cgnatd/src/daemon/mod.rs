@@ -207,6 +207,9 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
     }
     init_logging(&cfg, &o)?;
     info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "cgnatd starting");
+    if let Some(state) = &initial.restored_from {
+        info!(state_file = %state.display(), generation = initial.generation, "restored the applied translation policy");
+    }
     // Before DPDK: a token or TLS file that cannot be read is a configuration error, found at once.
     let mgmt_cfg = mgmt_config(&cfg)?;
 

@@ -81,6 +81,8 @@ pub struct Initial {
     pub generation: u64,
     pub doc: PolicyDoc,
     pub config: Config,
+    /// The state file it came from, when it did (logged once logging is up).
+    pub restored_from: Option<PathBuf>,
 }
 
 /// Load the starting policy. A state file that exists but does not fit the configuration stops
@@ -91,6 +93,7 @@ pub fn initial(base_text: &str, file_cfg: &Config) -> Result<Initial> {
             generation: 1,
             doc: PolicyDoc::from_config_text(base_text).map_err(|e| anyhow!("{e}"))?,
             config: file_cfg.clone(),
+            restored_from: None,
         })
     };
     let Some(path) = &file_cfg.mgmt.state_file else {
@@ -105,11 +108,11 @@ pub fn initial(base_text: &str, file_cfg: &Config) -> Result<Initial> {
                     path.display()
                 )
             })?;
-            info!(state_file = %path.display(), generation = saved.generation, "restored the applied translation policy");
             Ok(Initial {
                 generation: saved.generation,
                 doc: saved.doc,
                 config,
+                restored_from: Some(path.clone()),
             })
         }
     }
