@@ -53,7 +53,21 @@ mod tests {
                 "DeleteSessions",
                 "FlushSessions",
                 "WatchSessions",
-                "ListDnatRules"
+                "ListDnatRules",
+                "GetPolicy",
+                "ApplyPolicy",
+                "AddPool",
+                "UpdatePool",
+                "DeletePool",
+                "AddSnatRule",
+                "UpdateSnatRule",
+                "DeleteSnatRule",
+                "AddExclusion",
+                "UpdateExclusion",
+                "DeleteExclusion",
+                "AddDnatRule",
+                "UpdateDnatRule",
+                "DeleteDnatRule",
             ]
         );
         // Streaming calls are declared as such, so grpcurl prints every message.
