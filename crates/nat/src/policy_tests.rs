@@ -118,9 +118,10 @@ fn a_drained_pool_gives_its_address_back() {
 }
 
 #[test]
-fn an_address_still_in_use_survives_a_premature_vacate() {
+fn a_slot_with_state_here_cannot_be_vacated_or_reused() {
     // The control plane vacates a slot only when all workers report no ports on it; if it ever got
-    // that wrong, the shard keeps the address (freeing, not allocating) instead of stranding flows.
+    // that wrong, the shard refuses, keeping its rules, rather than let the slot's mappings and
+    // subscriber records fall to another pool.
     let mut sh = shard(vec![pool("old", &[A])]);
     let before = round_trip(&mut sh, 5000, 0);
     // A pool in service cannot skip retirement.
@@ -131,9 +132,52 @@ fn an_address_still_in_use_survives_a_premature_vacate() {
         1,
     )
     .unwrap();
-    apply(&mut sh, vec![vacant("old"), pool("new", &[B])], 1).unwrap();
+    for premature in [
+        vec![vacant("old"), pool("new", &[B])],
+        vec![pool("other", &[B2]), pool("new", &[B])],
+    ] {
+        let err = apply(&mut sh, premature, 1).unwrap_err();
+        assert!(matches!(err, NatError::PolicyChange(_)), "{err}");
+    }
     assert_eq!(round_trip(&mut sh, 5000, 1), before);
-    assert_eq!(sh.ports_in_use(), 1);
+    assert!(sh.rules().pools[0].retired && sh.rules().pools[0].addrs == [A]);
+}
+
+#[test]
+fn a_drained_slot_reused_on_the_same_address_takes_the_new_layout() {
+    // Delete a pool, let it drain, give its address to a pool with another port range in the same
+    // slot: the address must be laid out afresh, not keep the old range's bitmap.
+    let mut sh = shard(vec![pool("p", &[A])]);
+    round_trip(&mut sh, 5000, 0);
+    let rules = Rules::new(vec![retired(pool("p", &[A]))], vec![]).unwrap();
+    let params = sh.policy_params();
+    sh.set_policy(Arc::new(rules), params, Arc::new(DnatTable::empty()))
+        .unwrap();
+    sh.flush();
+    let narrower = Pool {
+        port_lo: 40000,
+        port_hi: 40127,
+        ..pool("q", &[A])
+    };
+    apply(&mut sh, vec![narrower], 0).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..128u16 {
+        let (v, out) = one(&mut sh, Dir::In2Out, udp(SUB1, 6000 + i, SRV, 53, b"q"), 2);
+        assert_eq!(v, Verdict::Forward);
+        let (a, p) = src_of(&out);
+        assert_eq!(a, A);
+        assert!(
+            (40000..=40127).contains(&p),
+            "port {p} outside the new range"
+        );
+        assert!(seen.insert(p), "port {p} handed out twice");
+    }
+    let (v, _) = one(&mut sh, Dir::In2Out, udp(SUB1, 7000, SRV, 53, b"q"), 2);
+    assert_eq!(
+        v,
+        Verdict::Drop(DropReason::OutOfPorts),
+        "the new range holds 128 ports"
+    );
 }
 
 #[test]

@@ -100,10 +100,18 @@ pub(crate) struct AddrSpec {
     pub block_size: Option<u16>,
 }
 
+impl AddrSpec {
+    fn shape(&self) -> (u16, u16, Option<u16>) {
+        (self.lo.min(self.hi), self.hi.max(self.lo), self.block_size)
+    }
+}
+
 /// One address's state, as [`PortAllocator`] keeps it spread over parallel vectors.
 struct Entry {
     addr: u32,
     pool: u8,
+    /// The range and block size the entry was laid out for (its template and block table).
+    shape: (u16, u16, Option<u16>),
     maps: [Box<[u64; WORDS]>; 3],
     in_use: u32,
     in_use_p: [u32; 3],
@@ -119,11 +127,23 @@ impl Entry {
         let (lo, hi) = (spec.lo.min(spec.hi), spec.hi.max(spec.lo));
         let mut template = Box::new([u64::MAX; WORDS]);
         let mut n = 0;
-        for port in lo..=hi {
-            if port_owner(port, workers) == worker {
-                template[port as usize / 64] &= !(1u64 << (port % 64));
-                n += 1;
+        // A word is one 64-port block, which belongs to one worker: a word at a time, so that
+        // adding a large pool to a running shard costs microseconds per address, not a loop over
+        // every port.
+        for w in usize::from(lo) / 64..=usize::from(hi) / 64 {
+            if port_owner((w * 64) as u16, workers) != worker {
+                continue;
             }
+            let first = (w * 64).max(usize::from(lo));
+            let last = (w * 64 + 63).min(usize::from(hi));
+            let width = last - first + 1;
+            let bits = if width == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << width) - 1) << (first % 64)
+            };
+            template[w] &= !bits;
+            n += width as u32;
         }
         let pba = spec.block_size.map(|size| {
             let (lane_first, count) = lane_blocks(lo, hi, size, worker, workers);
@@ -138,6 +158,7 @@ impl Entry {
         Entry {
             addr: spec.addr,
             pool: spec.pool,
+            shape: spec.shape(),
             maps: [template.clone(), template.clone(), template],
             in_use: 0,
             in_use_p: [0; 3],
@@ -170,6 +191,8 @@ pub struct PortAllocator {
     addrs: Vec<u32>,
     /// Pool index of each address.
     pool_of: Vec<u8>,
+    /// Per address: the range and block size it was laid out for.
+    shapes: Vec<(u16, u16, Option<u16>)>,
     /// `maps[addr_idx * 3 + proto_idx]`.
     maps: Vec<Box<[u64; WORDS]>>,
     /// Allocated ports per address, all protocols.
@@ -217,6 +240,7 @@ impl PortAllocator {
         let mut pa = PortAllocator {
             addrs: Vec::new(),
             pool_of: Vec::new(),
+            shapes: Vec::new(),
             maps: Vec::new(),
             in_use: Vec::new(),
             in_use_p: Vec::new(),
@@ -239,6 +263,7 @@ impl PortAllocator {
     /// (still freeing, never allocating: no pool offers it) while something is. Runs between bursts,
     /// once per policy change; it allocates only for new addresses.
     pub(crate) fn reconcile(&mut self, specs: &[AddrSpec], worker: u16) {
+        debug_assert!(self.conflicts(specs).is_none());
         let mut wanted = specs.to_vec();
         wanted.sort_by_key(|a| a.addr);
         wanted.dedup_by_key(|a| a.addr);
@@ -252,15 +277,26 @@ impl PortAllocator {
                 }
             }
             match old.next_if(|e| e.addr == spec.addr) {
-                Some(mut e) => {
+                Some(mut e) if e.shape == spec.shape() => {
                     e.pool = spec.pool;
                     out.push(e);
                 }
-                None => out.push(Entry::new(spec, worker, self.workers)),
+                // Laid out for another range or block size, with nothing allocated (the caller
+                // checked, see `conflicts`): start it afresh for its new pool.
+                _ => out.push(Entry::new(spec, worker, self.workers)),
             }
         }
         out.extend(old.filter(|e| e.in_use > 0));
         self.assemble(out);
+    }
+
+    /// An address `specs` gives another range or block size than this allocator laid it out for
+    /// while ports of it are allocated: a change [`PortAllocator::reconcile`] cannot make.
+    pub(crate) fn conflicts(&self, specs: &[AddrSpec]) -> Option<u32> {
+        specs.iter().find_map(|s| {
+            let a = self.addr_index(s.addr)?;
+            (self.shapes[a] != s.shape() && self.in_use[a] > 0).then_some(s.addr)
+        })
     }
 
     fn disassemble(&mut self) -> Vec<Entry> {
@@ -277,6 +313,7 @@ impl PortAllocator {
             out.push(Entry {
                 addr: self.addrs[i],
                 pool: self.pool_of[i],
+                shape: self.shapes[i],
                 maps: [m0, m1, m2],
                 in_use: self.in_use[i],
                 in_use_p: [
@@ -297,6 +334,7 @@ impl PortAllocator {
         let n = entries.len();
         self.addrs = Vec::with_capacity(n);
         self.pool_of = Vec::with_capacity(n);
+        self.shapes = Vec::with_capacity(n);
         self.maps = Vec::with_capacity(n * 3);
         self.in_use = Vec::with_capacity(n);
         self.in_use_p = Vec::with_capacity(n * 3);
@@ -308,6 +346,7 @@ impl PortAllocator {
         for e in entries {
             self.addrs.push(e.addr);
             self.pool_of.push(e.pool);
+            self.shapes.push(e.shape);
             self.maps.extend(e.maps);
             self.in_use.push(e.in_use);
             self.in_use_p.extend(e.in_use_p);
@@ -596,6 +635,24 @@ mod tests {
             "double free must be refused"
         );
         assert_eq!(pa.alloc(0xcb00_7101, ip_proto::UDP), Some(1500));
+    }
+
+    #[test]
+    fn unaligned_ranges_give_exactly_their_ports() {
+        // 1030-1100 covers parts of two 64-port blocks (1024-1087, 1088-1151): each worker gets
+        // exactly the ports of the range whose block it owns.
+        for (worker, workers) in [(0, 1), (0, 2), (1, 2)] {
+            let mut pa = PortAllocator::new(&[(0xcb00_7101, 1030, 1100)], worker, workers, 9);
+            let want: Vec<u16> = (1030..=1100)
+                .filter(|&p| port_owner(p, workers) == worker)
+                .collect();
+            let mut got = Vec::new();
+            while let Some(p) = pa.alloc(0xcb00_7101, ip_proto::UDP) {
+                got.push(p);
+            }
+            got.sort_unstable();
+            assert_eq!(got, want, "worker {worker} of {workers}");
+        }
     }
 
     #[test]

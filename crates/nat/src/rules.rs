@@ -317,7 +317,11 @@ impl Rules {
             let addrs_ok = if matches!(old.allocation, PortAllocation::Deterministic { .. }) {
                 old.addrs == new.addrs
             } else {
-                old.addrs.iter().all(|a| new.addrs.contains(a))
+                // Sorted lookups: pools may hold thousands of addresses, and a shard runs this
+                // between bursts.
+                let mut have = new.addrs.clone();
+                have.sort_unstable();
+                old.addrs.iter().all(|a| have.binary_search(a).is_ok())
             };
             if !same_kind || !addrs_ok {
                 return Err(NatError::PolicyChange(format!(

@@ -363,6 +363,33 @@ pub struct PolicyParams {
     pub udp_inbound_refresh: bool,
 }
 
+/// Whether two pools are the same pool apart from retirement and the addresses it gained.
+fn same_definition(a: &crate::Pool, b: &crate::Pool) -> bool {
+    a.name == b.name
+        && a.port_lo == b.port_lo
+        && a.port_hi == b.port_hi
+        && a.filtering == b.filtering
+        && a.allocation == b.allocation
+        && !b.addrs.is_empty()
+}
+
+/// No pool lets a subscriber hold more port blocks than a subscriber record has room for.
+fn check_block_capacity(rules: &Rules, cap: u16) -> Result<(), NatError> {
+    for pool in &rules.pools {
+        if let PortAllocation::Blocks { max_blocks, .. } = pool.allocation
+            && max_blocks > cap
+        {
+            return Err(NatError::PolicyChange(format!(
+                "pool {:?}: max_blocks {max_blocks} is more than the {cap} blocks per \
+                 subscriber the subscriber table was sized for at start (the largest \
+                 max_blocks of the pools then); restart cgnatd to take it",
+                pool.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Every pool address with its pool's range, index and block size, and the most port blocks any
 /// pool lets a subscriber own.
 fn pool_layout(rules: &Rules) -> (Vec<AddrSpec>, u16) {
@@ -410,26 +437,19 @@ pub fn check_rules(
 ) -> Result<(), NatError> {
     for pool in &rules.pools {
         DetPlan::for_pool(pool, workers)?;
-        if let PortAllocation::Blocks { size, max_blocks } = pool.allocation {
-            if (0..workers).any(|w| {
+        if let PortAllocation::Blocks { size, .. } = pool.allocation
+            && (0..workers).any(|w| {
                 crate::ports::lane_blocks(pool.port_lo, pool.port_hi, size, w, workers).1 == 0
-            }) {
-                return Err(NatError::BadBlockSize {
-                    pool: pool.name.clone(),
-                    size,
-                });
-            }
-            if let Some(cap) = block_capacity
-                && max_blocks > cap
-            {
-                return Err(NatError::PolicyChange(format!(
-                    "pool {:?}: max_blocks {max_blocks} is more than the {cap} blocks per \
-                     subscriber the subscriber table was sized for at start (the largest \
-                     max_blocks of the pools then); restart cgnatd to take it",
-                    pool.name
-                )));
-            }
+            })
+        {
+            return Err(NatError::BadBlockSize {
+                pool: pool.name.clone(),
+                size,
+            });
         }
+    }
+    if let Some(cap) = block_capacity {
+        check_block_capacity(rules, cap)?;
     }
     Ok(())
 }
@@ -555,20 +575,40 @@ impl Shard {
     ) -> Result<(), NatError> {
         let c = &mut self.core;
         c.rules.is_live_successor(&rules)?;
-        check_rules(&rules, c.cfg.workers, Some(c.subs.max_blocks()))?;
+        check_block_capacity(&rules, c.subs.max_blocks())?;
+        // A slot whose pool changes (or empties) must have nothing here any more: its mappings and
+        // subscriber records carry the slot, and would otherwise take the new pool's filtering
+        // and addresses. The control plane only does this to drained pools; this is the local
+        // proof, since only this shard knows its own state exactly.
+        for (i, o) in c.rules.pools.iter().enumerate() {
+            let same = rules.pools.get(i).is_some_and(|n| same_definition(o, n));
+            if !same && let Some(&a) = o.addrs.iter().find(|&&a| c.ports.ports_in_use(a) > 0) {
+                return Err(NatError::PolicyChange(format!(
+                    "pool slot {i} ({:?}) changes while {} still has ports in use on this worker",
+                    o.name,
+                    std::net::Ipv4Addr::from(a)
+                )));
+            }
+        }
+        let (specs, _) = pool_layout(&rules);
+        if let Some(a) = c.ports.conflicts(&specs) {
+            return Err(NatError::PolicyChange(format!(
+                "{} changes its port range or block size while ports of it are in use",
+                std::net::Ipv4Addr::from(a)
+            )));
+        }
         let mut det = Vec::with_capacity(rules.pools.len());
         for (i, p) in rules.pools.iter().enumerate() {
             let same = c
                 .rules
                 .pools
                 .get(i)
-                .is_some_and(|o| o.addrs == p.addrs && o.allocation == p.allocation);
+                .is_some_and(|o| same_definition(o, p) && o.addrs == p.addrs);
             match c.det.get_mut(i) {
                 Some(d) if same => det.push(d.take()),
                 _ => det.push(DetPlan::for_pool(p, c.cfg.workers)?),
             }
         }
-        let (specs, _) = pool_layout(&rules);
         c.ports.reconcile(&specs, c.cfg.worker);
         c.addr_gauges = c.counters.install_addresses(c.ports.usage_by_address());
         if c.rules.snat != rules.snat {
