@@ -62,11 +62,11 @@ pub struct Control {
     pub session_events: std::sync::atomic::AtomicBool,
     /// A new translation policy for the worker to put in force at its next loop (between bursts).
     pub policy: crossbeam::queue::ArrayQueue<Arc<Policy>>,
-    /// Generation of the policy the worker has in force.
-    pub policy_generation: std::sync::atomic::AtomicU64,
-    /// Generation of the last policy the worker's shard refused (0: none). The control plane checks
-    /// a policy against everything the shard checks before publishing it, so this means a bug; it
-    /// is reported rather than waited for.
+    /// Publication sequence number ([`Policy::seq`]) of the policy the worker has in force.
+    pub policy_seq: std::sync::atomic::AtomicU64,
+    /// Sequence number of the last policy the worker's shard refused (0: none); the worker keeps
+    /// the policy it had. The control plane checks a policy against everything the shard checks
+    /// before publishing it, so this means a bug; it is reported rather than waited for.
     pub policy_refused: std::sync::atomic::AtomicU64,
 }
 
@@ -74,6 +74,10 @@ pub struct Control {
 /// whole by each worker between bursts (no lock on the data path; see [`nat::Shard::set_policy`]).
 #[derive(Debug)]
 pub struct Policy {
+    /// Publication sequence number: +1 for every policy handed to the workers, which report the
+    /// one they run ([`Control::policy_seq`]). Not the API's generation, which counts changes to
+    /// the desired state (a publication that only frees drained pool slots keeps it).
+    pub seq: u64,
     pub generation: u64,
     pub rules: Arc<nat::Rules>,
     pub params: nat::PolicyParams,
@@ -95,7 +99,7 @@ impl Control {
             replies: crossbeam::queue::ArrayQueue::new(replies.max(2)),
             session_events: std::sync::atomic::AtomicBool::new(false),
             policy: crossbeam::queue::ArrayQueue::new(4),
-            policy_generation: std::sync::atomic::AtomicU64::new(0),
+            policy_seq: std::sync::atomic::AtomicU64::new(0),
             policy_refused: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -700,9 +704,9 @@ impl Worker {
                         .masquerade
                         .then_some(self.local_addrs[Side::Outside as usize]);
                     self.refusal_icmp = p.refusal_icmp;
-                    ctl.policy_generation.store(p.generation, Ordering::Release);
+                    ctl.policy_seq.store(p.seq, Ordering::Release);
                 }
-                Err(_) => ctl.policy_refused.store(p.generation, Ordering::Release),
+                Err(_) => ctl.policy_refused.store(p.seq, Ordering::Release),
             }
         }
         let watched = ctl.session_events.load(Ordering::Relaxed);

@@ -87,7 +87,7 @@ pub struct PolicyOutcome {
     pub changes: Vec<config::policy::Change>,
 }
 
-/// Why a policy change was refused. Nothing was applied.
+/// Why a policy change was refused (nothing was applied), or did not complete everywhere.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     /// The request or the policy it leads to is invalid; `field` is the path of the first offending
@@ -103,9 +103,16 @@ pub enum PolicyError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
-    /// The daemon could not complete the change (state file, workers).
+    /// The change waits on something that should pass (a pool still draining); retry later.
+    /// Nothing was applied.
+    #[error("{message}")]
+    Precondition { field: String, message: String },
+    /// The daemon could not make the change (state file, a worker behind); nothing was applied.
     #[error("{0}")]
     Failed(String),
+    /// The change is in force and saved, but not on every worker: the message says which.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 /// The destination NAT rules in force for `ListDnatRules`.

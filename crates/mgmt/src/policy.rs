@@ -86,7 +86,9 @@ pub(crate) fn policy_status(e: PolicyError) -> Status {
         PolicyError::Conflict { .. } => Status::aborted(e.to_string()),
         PolicyError::NotFound(_) => Status::not_found(e.to_string()),
         PolicyError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        PolicyError::Precondition { .. } => Status::failed_precondition(e.to_string()),
         PolicyError::Failed(_) => Status::unavailable(e.to_string()),
+        PolicyError::Incomplete(_) => Status::internal(e.to_string()),
     }
 }
 
@@ -140,6 +142,10 @@ pub(crate) async fn change<B: Backend, T>(
     };
     match backend.change_policy(request).await {
         Ok(o) => Ok(Response::new(outcome_to_proto(&o))),
+        Err(e @ PolicyError::Incomplete(_)) => {
+            warn!(rpc, peer = ?req.remote_addr(), error = %e, "policy change incomplete");
+            Err(policy_status(e))
+        }
         Err(e) => {
             warn!(rpc, peer = ?req.remote_addr(), error = %e, "policy change refused, nothing changed");
             Err(policy_status(e))
@@ -246,6 +252,17 @@ mod tests {
                 tonic::Code::AlreadyExists,
             ),
             (PolicyError::Failed("disk".into()), tonic::Code::Unavailable),
+            (
+                PolicyError::Precondition {
+                    field: "pools[0].addresses".into(),
+                    message: "draining".into(),
+                },
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                PolicyError::Incomplete("worker 1".into()),
+                tonic::Code::Internal,
+            ),
         ];
         for (e, code) in codes {
             assert_eq!(policy_status(e).code(), code);

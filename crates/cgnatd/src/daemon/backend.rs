@@ -143,7 +143,17 @@ impl Backend for DaemonBackend {
     fn change_policy(&self, request: mgmt::PolicyRequest) -> mgmt::PolicyFuture {
         let plane = Arc::clone(&self.policy);
         let broker = Arc::clone(&self.sessions);
-        Box::pin(async move { plane.apply(request, &broker).await })
+        // Its own task: a client that goes away (or times out) must not cancel a change half way,
+        // after it is saved and published but before it is logged and its cuts are made.
+        Box::pin(async move {
+            tokio::spawn(async move { plane.apply(request, &broker).await })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(mgmt::PolicyError::Failed(format!(
+                        "policy task failed: {e}"
+                    )))
+                })
+        })
     }
 
     fn ports(&self) -> Vec<PortSnapshot> {

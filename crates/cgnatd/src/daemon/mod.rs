@@ -326,6 +326,16 @@ fn serve(
                 info!(target: "cgnatd::stats", "{}", backend::summary_line(&counters));
             }
         });
+        let drained = {
+            let (plane, broker) = (reload.plane.clone(), broker.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(policy::DRAIN_CHECK);
+                loop {
+                    tick.tick().await;
+                    plane.free_drained_pools(&broker).await;
+                }
+            })
+        };
         let reloader = tokio::spawn(policy::reload_on_hangup(
             reload.path,
             reload.plane,
@@ -361,6 +371,7 @@ fn serve(
         event_log.abort();
         dispatcher.abort();
         reloader.abort();
+        drained.abort();
         // What the workers queued before the signal still reaches the log.
         for (worker, q) in &last_queues {
             for _ in 0..q.len() {

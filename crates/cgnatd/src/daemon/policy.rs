@@ -35,13 +35,21 @@ use super::state_file::{self, Saved};
 /// How long a publication waits for every worker to take the new policy.
 const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
+/// How often retired pools are checked for having drained (their slots and addresses are freed).
+pub const DRAIN_CHECK: Duration = Duration::from_secs(10);
+
 /// The NAT core's pool slots are a byte.
 const MAX_SLOTS: usize = nat::MAX_POOLS;
+
+/// The sequence number of the first publication: the policy the workers start with.
+pub const FIRST_SEQ: u64 = 1;
 
 /// The policy in force.
 #[derive(Clone)]
 struct State {
     generation: u64,
+    /// Sequence number of the last publication to the workers.
+    seq: u64,
     doc: PolicyDoc,
     /// The whole configuration with this policy (validated).
     config: Config,
@@ -139,7 +147,7 @@ pub fn initial_table(
 
 /// What every worker runs for `rules`/`table` under `cfg`.
 pub fn worker_policy(
-    generation: u64,
+    (seq, generation): (u64, u64),
     cfg: &Config,
     rules: &Arc<Rules>,
     table: &Arc<DnatTable>,
@@ -161,6 +169,7 @@ pub fn worker_policy(
     let masquerade = rules.pools.iter().any(|p| p.addrs.contains(&own))
         || table.rules().iter().any(|r| r.rule.addr == own);
     dataplane::Policy {
+        seq,
         generation,
         rules: Arc::clone(rules),
         params: super::setup::policy_params(cfg),
@@ -203,6 +212,7 @@ impl PolicyPlane {
             state_file: initial.config.mgmt.state_file.clone(),
             state: Mutex::new(State {
                 generation: initial.generation,
+                seq: FIRST_SEQ,
                 doc: initial.doc,
                 config: initial.config,
                 rules,
@@ -305,6 +315,22 @@ impl PolicyPlane {
     ) -> Result<PolicyOutcome, PolicyError> {
         let _one_at_a_time = self.apply_lock.lock().await;
         let cur = self.current()?;
+        // Every worker runs the last publication before the next one goes out: the mailbox then
+        // never holds more than one policy (none is ever dropped unseen), and a pool slot retired
+        // by an earlier publication is retired on every worker, so its drained gauges below are
+        // final (no worker can allocate on it any more).
+        if let Some(w) = self
+            .wiring
+            .controls
+            .iter()
+            .position(|c| c.policy_seq.load(Ordering::Acquire) < cur.seq)
+        {
+            return Err(PolicyError::Failed(format!(
+                "worker {w} has not taken the policy published before (generation {}) yet; \
+                 nothing was applied, retry shortly",
+                cur.generation
+            )));
+        }
         if let Some(expected) = req.expected_generation
             && expected != cur.generation
         {
@@ -330,7 +356,14 @@ impl PolicyPlane {
         }
         let changes = config::policy::diff(&cur.config, &config);
         let (rules, vacated) = self.next_rules(&cur, &config)?;
-        let generation = cur.generation + 1;
+        // The generation counts changes to the desired state; a publication that only frees the
+        // slots of drained pools keeps it (a saved `rules get` stays valid).
+        let generation = if changes.is_empty() {
+            cur.generation
+        } else {
+            cur.generation + 1
+        };
+        let seq = cur.seq + 1;
         let mut ids = cur.ids.clone();
         let live_ids = |id: u32| self.dnat_counts(id).sessions_current > 0;
         let dnat_rules = remap_dnat(&config, &rules);
@@ -350,15 +383,21 @@ impl PolicyPlane {
                 changes,
             });
         }
-        if let Some(path) = &self.state_file {
-            state_file::write(
-                path,
-                &Saved {
+        if changes.is_empty() {
+            // Nothing for the state file: it holds the desired state, not slot bookkeeping.
+        } else if let Some(path) = &self.state_file {
+            let (path, saved) = (
+                path.clone(),
+                Saved {
                     generation,
                     doc: doc.clone(),
                 },
-            )
-            .map_err(|e| PolicyError::Failed(format!("{e:#}; nothing was applied")))?;
+            );
+            // fsync blocks: keep it off the runtime thread that serves the API.
+            tokio::task::spawn_blocking(move || state_file::write(&path, &saved))
+                .await
+                .map_err(|e| PolicyError::Failed(format!("state file writer failed: {e}")))?
+                .map_err(|e| PolicyError::Failed(format!("{e:#}; nothing was applied")))?;
         } else if cur.generation == 1 {
             warn!(
                 "mgmt.state_file is not set: policy changes made through the API are lost at restart"
@@ -368,43 +407,32 @@ impl PolicyPlane {
         let table = Arc::new(table);
         let cuts = cuts(&cur.table, &table);
         let published = Arc::new(worker_policy(
-            generation,
+            (seq, generation),
             &config,
             &rules,
             &table,
             self.wiring.outside_addr,
             self.wiring.outside_net,
         ));
-        for c in &self.wiring.controls {
-            // The mailbox holds a few policies; a worker that has not taken the older ones yet only
-            // needs the newest (each is a whole policy, not a delta).
-            while c.policy.push(Arc::clone(&published)).is_err() {
-                let _ = c.policy.pop();
+        for (w, c) in self.wiring.controls.iter().enumerate() {
+            // Cannot be full: every worker took the previous publication (checked above).
+            if c.policy.push(Arc::clone(&published)).is_err() {
+                warn!(
+                    worker = w,
+                    seq, "policy mailbox full; the worker gets this policy late"
+                );
             }
         }
         if let Ok(mut st) = self.state.lock() {
             *st = State {
                 generation,
+                seq,
                 doc,
                 config,
                 rules,
                 table,
                 ids,
             };
-        }
-        self.wait_for_workers(generation).await?;
-        for f in cuts {
-            match broker.delete_matching(f) {
-                Ok(rx) => {
-                    let n = rx.await.unwrap_or(0);
-                    info!(
-                        backend = %format!("{}:{}", Ipv4Addr::from(f.inside_addr.unwrap_or(0)), f.inside_port.unwrap_or(0)),
-                        deleted = n,
-                        "cut the sessions of a removed backend"
-                    );
-                }
-                Err(e) => warn!(error = %e, "cannot cut a removed backend's sessions"),
-            }
         }
         let summary: Vec<String> = changes.iter().map(describe).collect();
         info!(
@@ -414,39 +442,92 @@ impl PolicyPlane {
             vacated_pool_slots = vacated,
             "translation policy applied"
         );
-        Ok(PolicyOutcome {
+        let taken = self.wait_for_workers(seq, generation).await;
+        if taken.is_ok() {
+            for f in cuts {
+                match broker.delete_matching(f) {
+                    Ok(rx) => {
+                        let n = rx.await.unwrap_or(0);
+                        info!(
+                            backend = %format!("{}:{}", Ipv4Addr::from(f.inside_addr.unwrap_or(0)), f.inside_port.unwrap_or(0)),
+                            deleted = n,
+                            "cut the sessions of a removed backend"
+                        );
+                    }
+                    Err(e) => warn!(error = %e, "cannot cut a removed backend's sessions"),
+                }
+            }
+        } else if !cuts.is_empty() {
+            warn!(
+                generation,
+                "removed backends were not cut: not every worker runs the new rules"
+            );
+        }
+        taken.map(|()| PolicyOutcome {
             generation,
             applied: true,
             changes,
         })
     }
 
-    async fn wait_for_workers(&self, generation: u64) -> Result<(), PolicyError> {
+    /// Wait until every worker runs publication `seq`. A worker that refuses it, or does not take
+    /// it in time, makes the change incomplete: it is in force (and saved) on the others.
+    async fn wait_for_workers(&self, seq: u64, generation: u64) -> Result<(), PolicyError> {
         let deadline = Instant::now() + PUBLISH_WAIT;
         loop {
             let controls = &self.wiring.controls;
             if let Some(w) = controls
                 .iter()
-                .position(|c| c.policy_refused.load(Ordering::Acquire) == generation)
+                .position(|c| c.policy_refused.load(Ordering::Acquire) == seq)
             {
-                return Err(PolicyError::Failed(format!(
-                    "worker {w} refused policy generation {generation}; this is a bug, please report it"
+                return Err(PolicyError::Incomplete(format!(
+                    "generation {generation} is applied and saved, but worker {w} refused it and \
+                     keeps the previous policy; this is a bug, please report it with the log"
                 )));
             }
             if controls
                 .iter()
-                .all(|c| c.policy_generation.load(Ordering::Acquire) >= generation)
+                .all(|c| c.policy_seq.load(Ordering::Acquire) >= seq)
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                warn!(
-                    generation,
-                    "a worker has not taken the new policy yet; it will at its next loop"
-                );
-                return Ok(());
+                return Err(PolicyError::Incomplete(format!(
+                    "generation {generation} is applied and saved, but a worker has not taken it \
+                     within {PUBLISH_WAIT:?}; it will at its next loop"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Free the slots of retired pools that have drained, without an operator change: their
+    /// addresses become free for other pools, and ListPools stops showing them. Keeps the
+    /// generation. Run periodically.
+    pub async fn free_drained_pools(&self, broker: &SessionBroker) {
+        let Ok(cur) = self.current() else {
+            return;
+        };
+        let in_use = self.ports_in_use();
+        let drained = cur.rules.pools.iter().any(|p| {
+            p.retired
+                && !p.addrs.is_empty()
+                && p.addrs
+                    .iter()
+                    .all(|a| in_use.get(a).copied().unwrap_or(0) == 0)
+        });
+        if !drained {
+            return;
+        }
+        let req = PolicyRequest {
+            change: PolicyChange::Replace(cur.doc.value().clone()),
+            expected_generation: Some(cur.generation),
+            dry_run: false,
+            caller: "cgnatd (freeing drained pools)".to_owned(),
+        };
+        if let Err(e) = self.apply(req, broker).await {
+            // An operator's change got in first, or a worker lags: the next round retries.
+            tracing::debug!(error = %e, "drained pools not freed this time");
         }
     }
 
@@ -494,21 +575,23 @@ impl PolicyPlane {
             }
             for &a in &p.addrs {
                 if let Some(old) = slots.iter().find(|s| s.retired && s.addrs.contains(&a)) {
-                    return Err(invalid_at(
-                        &format!("pools[{j}].addresses"),
-                        format!(
-                            "{} still belongs to the removed pool {:?}, which is draining ({} port(s) in use by sessions \
+                    let field = format!("pools[{j}].addresses");
+                    let ports: u64 = old
+                        .addrs
+                        .iter()
+                        .map(|x| in_use.get(x).copied().unwrap_or(0))
+                        .sum();
+                    return Err(PolicyError::Precondition {
+                        message: format!(
+                            "{field}: {} still belongs to the removed pool {:?}, which is draining ({ports} port(s) in use by sessions \
                              or held down for nat.hold_down after their sessions ended); retry once it is empty, \
                              or delete its sessions first (cgnatctl sessions delete --outside {}) and wait out the hold-down",
                             Ipv4Addr::from(a),
                             old.name,
-                            old.addrs
-                                .iter()
-                                .map(|x| in_use.get(x).copied().unwrap_or(0))
-                                .sum::<u64>(),
                             Ipv4Addr::from(a)
                         ),
-                    ));
+                        field,
+                    });
                 }
             }
             let free = slots.iter().position(|s| s.retired && s.addrs.is_empty());

@@ -312,7 +312,7 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
     let dnat = super::policy::initial_table(cfg, &rules, generation)?;
     // What the workers start with, exactly as a later policy change would publish it.
     let policy = super::policy::worker_policy(
-        generation,
+        (super::policy::FIRST_SEQ, generation),
         cfg,
         &rules,
         &dnat.0,
@@ -429,8 +429,8 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
         .context("cannot build the session table")?;
         shard.set_dnat(dnat.0.clone());
         control
-            .policy_generation
-            .store(generation, std::sync::atomic::Ordering::Release);
+            .policy_seq
+            .store(policy.seq, std::sync::atomic::Ordering::Release);
         dp.dnat_counters.push(shard.dnat_counters().clone());
         let (slab, index, portmaps) = shard.memory_bytes();
         info!(
