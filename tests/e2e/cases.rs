@@ -97,7 +97,7 @@ fn stats(env: &Env) -> Result<Stats, String> {
     Stats::read(&env.paths)
 }
 
-fn udp_client(
+pub(crate) fn udp_client(
     env: &Env,
     ns: &str,
     server: &str,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::Env;
-use crate::cases::{R, ensure, json_lines, no_drops_for, sessions_json};
+use crate::cases::{R, ensure, json_lines, no_drops_for, sessions_json, udp_client};
 use crate::env::*;
 use crate::proc::{self, Background};
 
@@ -651,31 +651,7 @@ impl TcpStream {
 /// Every reply of a new UDP flow from `ns` (`udp_echo.py client`, `count` datagrams from
 /// `bind_port`): the sources the server saw.
 fn udp_sources(env: &Env, ns: &str, bind_port: u16, count: u32) -> Result<Vec<String>, String> {
-    let out = proc::run(
-        &mut proc::netns(
-            ns,
-            &[
-                &env.paths.python,
-                &env.paths.tool("udp_echo.py"),
-                "client",
-                "--server",
-                SERVER_A,
-                "--port",
-                &UDP_PORT.to_string(),
-                "--bind-port",
-                &bind_port.to_string(),
-                "--count",
-                &count.to_string(),
-                "--timeout",
-                "2",
-                "--message",
-                "policy",
-            ],
-        ),
-        Duration::from_secs(u64::from(count) * 2 + 10),
-    )?;
-    let v: Value = serde_json::from_str(out.stdout.trim())
-        .map_err(|e| format!("udp client output ({e}):\n{}", out.describe()))?;
+    let v = udp_client(env, ns, SERVER_A, bind_port, count)?;
     let seen: Vec<String> = v["replies"]
         .as_array()
         .map(|r| {

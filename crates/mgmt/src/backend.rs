@@ -43,6 +43,38 @@ pub trait Backend: Send + Sync + 'static {
     fn change_policy(&self, request: PolicyRequest) -> PolicyFuture;
 }
 
+/// A policy document or change the config crate refused: `Invalid`, naming the first field.
+impl From<config::ConfigError> for PolicyError {
+    fn from(e: config::ConfigError) -> Self {
+        let field = match &e {
+            config::ConfigError::Invalid { errors } => {
+                errors.first().map(|f| f.path.clone()).unwrap_or_default()
+            }
+            config::ConfigError::Yaml { field, .. } => field.clone(),
+            _ => String::new(),
+        };
+        PolicyError::Invalid {
+            field,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A fine-grained edit that does not fit the document in force.
+impl From<config::policy::EditError> for PolicyError {
+    fn from(e: config::policy::EditError) -> Self {
+        use config::policy::EditError;
+        match e {
+            EditError::NotFound { path } => PolicyError::NotFound(path),
+            EditError::AlreadyExists { path } => PolicyError::AlreadyExists(path),
+            EditError::Invalid { path, message } => PolicyError::Invalid {
+                message: format!("{path}: {message}"),
+                field: path,
+            },
+        }
+    }
+}
+
 /// What [`Backend::change_policy`] returns.
 pub type PolicyFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<PolicyOutcome, PolicyError>> + Send + 'static>,
@@ -405,23 +437,9 @@ pub(crate) mod fake {
 
     pub(crate) const LAB: &str = include_str!("../../../config/lab.yaml");
 
-    fn invalid(e: config::ConfigError) -> PolicyError {
-        let field = match &e {
-            config::ConfigError::Invalid { errors } => {
-                errors.first().map(|f| f.path.clone()).unwrap_or_default()
-            }
-            config::ConfigError::Yaml { field, .. } => field.clone(),
-            _ => String::new(),
-        };
-        PolicyError::Invalid {
-            field,
-            message: e.to_string(),
-        }
-    }
-
     impl FakeBackend {
         fn change_policy_now(&self, request: PolicyRequest) -> Result<PolicyOutcome, PolicyError> {
-            use config::policy::{EditError, PolicyDoc};
+            use config::policy::PolicyDoc;
             self.policy_requests.lock().unwrap().push(request.clone());
             let mut st = self.policy.lock().unwrap();
             if let Some(expected) = request.expected_generation
@@ -433,20 +451,13 @@ pub(crate) mod fake {
                 });
             }
             let doc = match &request.change {
-                PolicyChange::Replace(v) => PolicyDoc::from_value(v.clone()).map_err(invalid)?,
-                PolicyChange::Edit(e) => st.doc.edit(e).map_err(|e| match e {
-                    EditError::NotFound { path } => PolicyError::NotFound(path),
-                    EditError::AlreadyExists { path } => PolicyError::AlreadyExists(path),
-                    EditError::Invalid { path, message } => PolicyError::Invalid {
-                        message: format!("{path}: {message}"),
-                        field: path,
-                    },
-                })?,
+                PolicyChange::Replace(v) => PolicyDoc::from_value(v.clone())?,
+                PolicyChange::Edit(e) => st.doc.edit(e)?,
             };
-            let config = doc.apply_to(LAB).map_err(invalid)?;
+            let config = doc.apply_to(LAB)?;
             let live = config::policy::check_live(&st.config, &config);
             if !live.is_empty() {
-                return Err(invalid(config::ConfigError::Invalid { errors: live }));
+                return Err(config::ConfigError::Invalid { errors: live }.into());
             }
             let changes = config::policy::diff(&st.config, &config);
             if request.dry_run || changes.is_empty() {

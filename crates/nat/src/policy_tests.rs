@@ -254,20 +254,25 @@ fn a_retired_pool_cannot_take_rules() {
     assert!(matches!(err, NatError::UnknownPool { .. }), "{err}");
 }
 
-#[test]
-fn each_snat_rule_counts_what_it_opened_and_refused() {
-    // Rule 0 sends SUB2 to pool "b", rule 1 everyone else to "a"; one session per subscriber.
+/// Rule 0 sends SUB2 to pool "b" (slot 1), rule 1 every other subscriber to "a" (slot 0).
+fn two_rules() -> Rules {
     let sub2_rule = crate::SnatRule {
         prefix: u32::from(SUB2),
         len: 32,
         pool: 1,
         dst: None,
     };
-    let rules = Rules::new(
+    Rules::new(
         vec![pool("a", &[A]), pool("b", &[B])],
         vec![sub2_rule, subscribers_rule(0)],
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn each_snat_rule_counts_what_it_opened_and_refused() {
+    // One session per subscriber.
+    let rules = two_rules();
     let mut sh = Shard::new(
         ShardConfig {
             seed: 7,
@@ -330,17 +335,7 @@ fn port_blocks_are_reported_per_address() {
 
 #[test]
 fn sessions_are_selected_by_the_snat_rule_in_force() {
-    let sub2_rule = crate::SnatRule {
-        prefix: u32::from(SUB2),
-        len: 32,
-        pool: 1,
-        dst: None,
-    };
-    let rules = Rules::new(
-        vec![pool("a", &[A]), pool("b", &[B])],
-        vec![sub2_rule, subscribers_rule(0)],
-    )
-    .unwrap();
+    let rules = two_rules();
     let mut sh = Shard::new(
         ShardConfig {
             seed: 7,

@@ -180,18 +180,6 @@ pub fn worker_policy(
     }
 }
 
-fn invalid(e: ConfigError) -> PolicyError {
-    let field = match &e {
-        ConfigError::Invalid { errors } => errors.first().map(|f| f.path.clone()),
-        ConfigError::Yaml { field, .. } => Some(field.clone()),
-        _ => None,
-    };
-    PolicyError::Invalid {
-        field: field.unwrap_or_default(),
-        message: e.to_string(),
-    }
-}
-
 fn invalid_at(field: &str, message: String) -> PolicyError {
     PolicyError::Invalid {
         field: field.to_owned(),
@@ -340,19 +328,13 @@ impl PolicyPlane {
             });
         }
         let doc = match &req.change {
-            PolicyChange::Replace(v) => PolicyDoc::from_value(v.clone()).map_err(invalid)?,
-            PolicyChange::Edit(e) => cur.doc.edit(e).map_err(|e| match e {
-                config::policy::EditError::NotFound { path } => PolicyError::NotFound(path),
-                config::policy::EditError::AlreadyExists { path } => {
-                    PolicyError::AlreadyExists(path)
-                }
-                config::policy::EditError::Invalid { path, message } => invalid_at(&path, message),
-            })?,
+            PolicyChange::Replace(v) => PolicyDoc::from_value(v.clone())?,
+            PolicyChange::Edit(e) => cur.doc.edit(e)?,
         };
-        let config = doc.apply_to(&self.base_text).map_err(invalid)?;
+        let config = doc.apply_to(&self.base_text)?;
         let live = config::policy::check_live(&cur.config, &config);
         if !live.is_empty() {
-            return Err(invalid(ConfigError::Invalid { errors: live }));
+            return Err(ConfigError::Invalid { errors: live }.into());
         }
         let changes = config::policy::diff(&cur.config, &config);
         let (rules, vacated) = self.next_rules(&cur, &config)?;
@@ -652,58 +634,20 @@ impl PolicyPlane {
         };
         let in_use = self.ports_in_use();
         let held = self.blocks_in_use();
-        let by_address = |addrs: &mut dyn Iterator<Item = Ipv4Addr>| {
-            addrs
-                .map(|a| (a, in_use.get(&u32::from(a)).copied().unwrap_or(0)))
-                .collect::<Vec<_>>()
-        };
-        let blocks = |by: &[(Ipv4Addr, u64)]| {
-            by.iter()
-                .map(|(a, _)| held.get(&u32::from(*a)).copied().unwrap_or(0))
-                .collect()
-        };
-        let mut out: Vec<PoolSnapshot> = st
-            .config
-            .pools
-            .iter()
-            .map(|p| PoolSnapshot {
-                name: p.name.clone(),
-                ranges: p.ranges.clone(),
-                port_lo: p.port_lo,
-                port_hi: p.port_hi,
-                masquerade: p.masquerade,
-                filtering: filtering_name(match p.filtering {
-                    config::Filtering::EndpointIndependent => nat::Filtering::EndpointIndependent,
-                    config::Filtering::AddressDependent => nat::Filtering::AddressDependent,
-                    config::Filtering::AddressAndPortDependent => {
-                        nat::Filtering::AddressAndPortDependent
-                    }
-                }),
-                allocation: match p.allocation {
-                    config::Allocation::Random => "random",
-                    config::Allocation::Preserve => "preserve",
-                    config::Allocation::Parity => "parity",
-                    config::Allocation::Blocks { .. } => "blocks",
-                    config::Allocation::Deterministic { .. } => "deterministic",
-                },
-                by_address: by_address(&mut p.addresses()),
-                blocks_by_address: Vec::new(),
-                retired: false,
-            })
-            .collect();
-        for p in st
-            .rules
-            .pools
-            .iter()
-            .filter(|p| p.retired && !p.addrs.is_empty())
-        {
-            out.push(PoolSnapshot {
+        let own = u32::from(self.wiring.outside_addr);
+        let snapshot = |p: &Pool| {
+            let count = |m: &HashMap<u32, u64>, a: &u32| m.get(a).copied().unwrap_or(0);
+            PoolSnapshot {
                 name: p.name.clone(),
                 ranges: ranges(&p.addrs),
                 port_lo: p.port_lo,
                 port_hi: p.port_hi,
-                masquerade: p.addrs.contains(&u32::from(self.wiring.outside_addr)),
-                filtering: filtering_name(p.filtering),
+                masquerade: p.addrs == [own],
+                filtering: match p.filtering {
+                    nat::Filtering::EndpointIndependent => "endpoint-independent",
+                    nat::Filtering::AddressDependent => "address-dependent",
+                    nat::Filtering::AddressAndPortDependent => "address-and-port-dependent",
+                },
                 allocation: match p.allocation {
                     nat::PortAllocation::Random => "random",
                     nat::PortAllocation::Preserve => "preserve",
@@ -711,15 +655,28 @@ impl PolicyPlane {
                     nat::PortAllocation::Blocks { .. } => "blocks",
                     nat::PortAllocation::Deterministic { .. } => "deterministic",
                 },
-                by_address: by_address(&mut p.addrs.iter().map(|&a| Ipv4Addr::from(a))),
-                blocks_by_address: Vec::new(),
-                retired: true,
-            });
-        }
-        for p in &mut out {
-            p.blocks_by_address = blocks(&p.by_address);
-        }
-        out
+                by_address: p
+                    .addrs
+                    .iter()
+                    .map(|a| (Ipv4Addr::from(*a), count(&in_use, a)))
+                    .collect(),
+                blocks_by_address: p.addrs.iter().map(|a| count(&held, a)).collect(),
+                retired: p.retired,
+            }
+        };
+        // The policy's pools in its order (each is in its slot), then the retired ones draining.
+        let active = st.config.pools.iter().filter_map(|c| {
+            st.rules
+                .pools
+                .iter()
+                .find(|p| !p.retired && p.name == c.name)
+        });
+        let retired = st
+            .rules
+            .pools
+            .iter()
+            .filter(|p| p.retired && !p.addrs.is_empty());
+        active.chain(retired).map(snapshot).collect()
     }
 
     /// The destination NAT rules in force with their counters.
@@ -803,14 +760,6 @@ fn remap_dnat(cfg: &Config, rules: &Rules) -> Vec<nat::DnatRule> {
             ..r.clone()
         })
         .collect()
-}
-
-fn filtering_name(f: nat::Filtering) -> &'static str {
-    match f {
-        nat::Filtering::EndpointIndependent => "endpoint-independent",
-        nat::Filtering::AddressDependent => "address-dependent",
-        nat::Filtering::AddressAndPortDependent => "address-and-port-dependent",
-    }
 }
 
 /// Sorted addresses as inclusive ranges.
