@@ -76,7 +76,10 @@
 //!
 //! # Limitations
 //!
-//! Pools and SNAT rules are fixed for the life of a shard (destination NAT rules are not). Two
+//! A running shard takes a new policy ([`Shard::set_policy`]), but a pool keeps its index (slot) and
+//! its shape (ports, filtering, allocation; it may gain addresses) while the shard has state for it;
+//! subscriber records hold at most the start-time `max_blocks`, and the index was sized at start
+//! for two or three keys per session. Two
 //! destination NAT rules sharing a backend cannot both take a flow from the same client endpoint at
 //! the same time (`dnat_conflict`: the replies would be indistinguishable; a finished TCP
 //! connection gives way to a new SYN; there is no source-port remapping). An ICMP error from a third party about

@@ -2,7 +2,8 @@
 //!
 //! A thin binary: parse the command line, then hand over to [`daemon::run`], which loads the config,
 //! starts DPDK, launches one worker per configured lcore and serves the management API until SIGINT or
-//! SIGTERM. Limitations: one inside and one outside port; rules are fixed at start (no live apply yet).
+//! SIGTERM. The translation policy changes live (management API, or SIGHUP for the file's); the rest
+//! of the configuration needs a restart. Limitations: one inside and one outside port.
 #![forbid(unsafe_code)]
 
 #[path = "../daemon/mod.rs"]
