@@ -53,7 +53,9 @@ fn ipv4_error(e: WireError) -> DropReason {
 ///
 /// `later` is what virtual reassembly ([`crate::Reassembly`]) knows of a later fragment: the identifiers
 /// its first fragment carried. A later fragment without them is refused.
-#[inline]
+// Always inlined into the burst loop (its only data-path caller): returned through memory, the
+// parsed fields were read back narrower than they were written, a store-forwarding stall per packet.
+#[inline(always)]
 pub fn parse(pkt: &[u8], dir: Dir, later: Option<L4Ids>) -> Result<Parsed, DropReason> {
     let ip = Ipv4Packet::new_checked(pkt).map_err(ipv4_error)?;
     if !ip.verify_checksum() {
