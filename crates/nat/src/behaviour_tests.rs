@@ -684,6 +684,52 @@ fn udp_hairpin_shows_the_senders_outside_endpoint() {
 }
 
 #[test]
+fn flows_opened_earlier_in_a_burst_are_seen_by_the_rest_of_it() {
+    // A new flow's outside keys are stored at the end of its burst (their buckets prefetched
+    // meanwhile). Within the burst they must already work: a hairpin to the endpoint just mapped,
+    // the same flow's next packet, and a refusal that has to undo a mapping made a moment before.
+    let p = pool_with(1024, 65535);
+    let mut sh = shard_of(
+        vec![pool(
+            Filtering::EndpointIndependent,
+            PortAllocation::Preserve,
+        )],
+        ShardConfig {
+            max_sessions: 4,
+            ..ShardConfig::default()
+        },
+    );
+    let (a, b) = subscribers_on_two_addresses();
+    let a_out = paired_address(&p, a.into());
+    let mut burst = vec![
+        udp(a, 5000, SRV, 3478, b"bind"),
+        udp(b, 6000, ip(a_out), 5000, b"to a"),
+        udp(a, 5000, SRV, 3478, b"again"),
+        udp(b, 6001, SRV, 53, b"q1"),
+        udp(b, 6002, SRV, 53, b"q2"),
+    ];
+    let v = run(&mut sh, Dir::In2Out, &mut burst, 0);
+    assert_eq!(v[0], Verdict::Forward);
+    assert_eq!(src_of(&burst[0]), (a_out, 5000), "the port is preserved");
+    assert_eq!(v[1], Verdict::Hairpin, "the mapping made by packet 0 is found");
+    assert_eq!(dst_of(&burst[1]), (a.into(), 5000));
+    assert_eq!(v[2], Verdict::Forward);
+    assert_eq!(src_of(&burst[2]), (a_out, 5000));
+    // Sessions: a→SRV, b→a (its two halves: b's outbound and a's inbound), b:6001: the table is
+    // full, so b:6002's new mapping is undone again.
+    assert_eq!(v[3], Verdict::Forward);
+    assert_eq!(v[4], Verdict::Drop(DropReason::TableFull));
+    assert_eq!(sh.session_count(), 4);
+    assert_eq!(sh.mapping_count(), 3);
+    // The stored keys answer from outside, and everything drains to nothing.
+    let (v, back) = one(&mut sh, Dir::Out2In, udp(SRV, 3478, ip(a_out), 5000, b"r"), 1);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(dst_of(&back), (a.into(), 5000));
+    assert_eq!(sh.flush(), 4);
+    assert_empty(&sh);
+}
+
+#[test]
 fn tcp_hairpin_connects_both_subscribers() {
     let mut sh = eif();
     let (a, b) = subscribers_on_two_addresses();

@@ -7,6 +7,14 @@
 //! share a cache line, so a lookup is one bucket fetch plus one session fetch, and the burst API can
 //! prefetch both. Linear probing with backward-shift deletion keeps the table free of tombstones however
 //! much churn there is; the table is sized so the load factor stays at or below one half.
+//!
+//! **Deferred inserts.** A new session's outside key (and a new mapping's) hashes a port that was
+//! only just chosen, so its bucket cannot have been prefetched with the lookups and inserting it at
+//! once waits for DRAM: on a large table that was most of the cost of a new session.
+//! [`Index::insert_later`] prefetches the bucket and queues the entry; [`Index::flush`] (the
+//! shard calls it at the end of every burst) stores the queue, by which time the buckets of all the
+//! burst's new flows have arrived together. Until then lookups also search the queue, and a removal
+//! flushes it first, so a queued entry behaves exactly like a stored one.
 
 /// Marks an unused entry.
 const EMPTY: u32 = u32::MAX;
@@ -21,12 +29,27 @@ pub const KIND_BITS: u32 = OUT_BIT | ADF_BIT;
 /// outside match (the client is outside).
 pub const XIN_BITS: u32 = OUT_BIT | ADF_BIT;
 
+/// One index entry (opaque outside this module; exposed so a prefetch function can take it).
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
-struct Entry {
+pub struct Entry {
     hash: u32,
     slot: u32,
 }
+
+/// How [`Index::insert_later`] prefetches a bucket: the shard passes the data plane's prefetch
+/// (see [`prefetch_with`]), tests and control-plane callers one that does nothing.
+pub type PrefetchFn = fn(&Entry);
+
+/// The [`PrefetchFn`] for a [`crate::Prefetch`] implementation.
+pub fn prefetch_with<P: crate::Prefetch>(e: &Entry) {
+    P::prefetch(e);
+}
+
+/// Inserts held back by [`Index::insert_later`] before the queue is stored anyway. Two keys of
+/// each new flow of a 32-packet burst (a session's and its mapping's outside key are in separate
+/// indexes; an address-filtering pool adds a third key) fit.
+pub const DEFERRED: usize = 64;
 
 const EMPTY_ENTRY: Entry = Entry {
     hash: 0,
@@ -36,7 +59,11 @@ const EMPTY_ENTRY: Entry = Entry {
 pub struct Index {
     entries: Vec<Entry>,
     mask: usize,
+    /// Keys held, the queued ones included.
     len: usize,
+    /// Inserts queued by [`Index::insert_later`]; lookups see them at positions `mask + 1 + j`.
+    deferred: [Entry; DEFERRED],
+    n_deferred: usize,
 }
 
 impl Index {
@@ -61,6 +88,8 @@ impl Index {
             entries,
             mask: size - 1,
             len: 0,
+            deferred: [EMPTY_ENTRY; DEFERRED],
+            n_deferred: 0,
         }
     }
 
@@ -74,7 +103,7 @@ impl Index {
 
     /// Bytes of memory the index occupies.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.len() * std::mem::size_of::<Entry>()
+        (self.entries.len() + DEFERRED) * std::mem::size_of::<Entry>()
     }
 
     /// The entry a lookup for `hash` starts at; prefetch it before probing.
@@ -90,18 +119,54 @@ impl Index {
         self.find_from(hash, hash as usize & self.mask)
     }
 
-    /// Continue probing from position `pos` (inclusive).
+    /// Continue probing from position `pos` (inclusive): the table's probe run, then the queue of
+    /// deferred inserts.
     #[inline]
     pub fn find_from(&self, hash: u32, mut pos: usize) -> Option<(usize, u32)> {
-        loop {
-            let e = self.entries[pos];
-            if e.slot == EMPTY {
+        if pos <= self.mask {
+            loop {
+                let e = self.entries[pos];
+                if e.slot == EMPTY {
+                    break;
+                }
+                if e.hash == hash {
+                    return Some((pos, e.slot));
+                }
+                pos = (pos + 1) & self.mask;
+            }
+            if self.n_deferred == 0 {
                 return None;
             }
-            if e.hash == hash {
-                return Some((pos, e.slot));
-            }
-            pos = (pos + 1) & self.mask;
+            pos = self.mask + 1;
+        }
+        self.find_deferred(hash, pos - (self.mask + 1))
+    }
+
+    /// The first queued entry at or after queue position `from` whose hash matches. The compare
+    /// runs over the whole (fixed-size) queue into a bit mask, which vectorises; a queue is at most
+    /// [`DEFERRED`] entries and exists only within a burst that created flows.
+    fn find_deferred(&self, hash: u32, from: usize) -> Option<(usize, u32)> {
+        let mut hits = 0u64;
+        for (j, e) in self.deferred.iter().enumerate() {
+            hits |= u64::from(e.hash == hash) << j;
+        }
+        hits &= low_bits(self.n_deferred) & !low_bits(from);
+        if hits == 0 {
+            return None;
+        }
+        let j = hits.trailing_zeros() as usize;
+        Some((self.mask + 1 + j, self.deferred[j].slot))
+    }
+
+    /// The position after `pos` in probe order (the table wraps; the queue follows it).
+    #[inline]
+    fn next_pos(&self, pos: usize) -> usize {
+        if pos < self.mask {
+            pos + 1
+        } else if pos == self.mask {
+            0
+        } else {
+            pos + 1
         }
     }
 
@@ -114,7 +179,7 @@ impl Index {
             if is_key(slot) {
                 return Some((p, slot));
             }
-            pos = (p + 1) & self.mask;
+            pos = self.next_pos(p);
         }
     }
 
@@ -124,17 +189,52 @@ impl Index {
         if self.len >= self.mask {
             return false;
         }
+        self.store(hash, slot);
+        self.len += 1;
+        true
+    }
+
+    /// As [`Index::insert`], but only prefetch the entry's bucket now and store it at the next
+    /// [`Index::flush`] (or when the queue is full). Lookups find it meanwhile.
+    #[inline]
+    pub fn insert_later(&mut self, hash: u32, slot: u32, prefetch: PrefetchFn) -> bool {
+        if self.len >= self.mask {
+            return false;
+        }
+        if self.n_deferred == DEFERRED {
+            self.flush();
+        }
+        prefetch(&self.entries[hash as usize & self.mask]);
+        self.deferred[self.n_deferred] = Entry { hash, slot };
+        self.n_deferred += 1;
+        self.len += 1;
+        true
+    }
+
+    /// Store the deferred inserts, in the order they were made.
+    #[inline]
+    pub fn flush(&mut self) {
+        for j in 0..self.n_deferred {
+            let e = self.deferred[j];
+            self.store(e.hash, e.slot);
+        }
+        self.n_deferred = 0;
+    }
+
+    /// Put an entry in the first free position of its probe run (`len` is the caller's).
+    #[inline]
+    fn store(&mut self, hash: u32, slot: u32) {
         let mut pos = hash as usize & self.mask;
         while self.entries[pos].slot != EMPTY {
             pos = (pos + 1) & self.mask;
         }
         self.entries[pos] = Entry { hash, slot };
-        self.len += 1;
-        true
     }
 
     /// Remove the entry for (`hash`, `slot`) if present.
     pub fn remove(&mut self, hash: u32, slot: u32) -> bool {
+        // Positions are table positions only once the queue is stored.
+        self.flush();
         match self.find(hash, |s| s == slot) {
             Some((pos, _)) => {
                 self.remove_at(pos);
@@ -166,6 +266,12 @@ impl Index {
         self.entries[hole] = EMPTY_ENTRY;
         self.len -= 1;
     }
+}
+
+/// The `n` lowest bits set (`n` up to 64).
+#[inline]
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
 }
 
 #[cfg(test)]
@@ -217,6 +323,78 @@ mod tests {
         );
     }
 
+    fn no_prefetch(_: &Entry) {}
+
+    #[test]
+    fn deferred_inserts_behave_like_stored_ones() {
+        // The same churn against a model, with most inserts deferred and the queue stored at random
+        // moments (or when full): every lookup and removal must see queued entries as stored ones,
+        // including duplicates of a hash that sit partly in the table and partly in the queue.
+        let mut idx = Index::with_capacity(256);
+        let mut model: HashMap<u32, u32> = HashMap::new();
+        let mut rng = Rng(0x5eed_1234);
+        for round in 0..200_000u32 {
+            let r = rng.next();
+            let slot = (r % 300) as u32;
+            if let Some(h) = model.remove(&slot) {
+                assert!(idx.remove(h, slot), "round {round}: slot {slot} missing");
+                assert_eq!(idx.n_deferred, 0, "a removal stores the queue first");
+            } else if model.len() < 256 {
+                let h = (rng.next() as u32 & 0xffff_ff3f) | 0x3f;
+                let ok = if r & 0x300 != 0 {
+                    idx.insert_later(h, slot, no_prefetch)
+                } else {
+                    idx.insert(h, slot)
+                };
+                assert!(ok);
+                model.insert(slot, h);
+            }
+            assert_eq!(idx.len(), model.len());
+            if round % 37 == 0 {
+                for (&s, &h) in &model {
+                    assert_eq!(
+                        idx.find(h, |x| x == s).map(|(_, x)| x),
+                        Some(s),
+                        "round {round}: slot {s} not found ({} queued)",
+                        idx.n_deferred
+                    );
+                }
+            }
+            if r & 0xf000 == 0 {
+                idx.flush();
+            }
+        }
+        idx.flush();
+        for (&s, &h) in &model {
+            assert!(idx.remove(h, s));
+        }
+        assert!(idx.is_empty());
+        assert!(idx.entries.iter().all(|e| e.slot == EMPTY));
+    }
+
+    #[test]
+    fn a_full_queue_is_stored_and_the_table_never_overfills() {
+        let mut idx = Index::with_capacity(100); // 256 entries: room for 255 keys
+        for s in 0..255u32 {
+            assert!(idx.insert_later(s.wrapping_mul(0x9e37_79b9), s, no_prefetch));
+            assert!(idx.n_deferred <= DEFERRED);
+        }
+        assert!(
+            !idx.insert_later(7, 999, no_prefetch),
+            "no room is refused, not queued"
+        );
+        assert!(!idx.insert(7, 999));
+        for s in 0..255u32 {
+            assert_eq!(
+                idx.find(s.wrapping_mul(0x9e37_79b9), |x| x == s)
+                    .map(|x| x.1),
+                Some(s)
+            );
+        }
+        idx.flush();
+        assert_eq!(idx.len(), 255);
+    }
+
     #[test]
     fn find_skips_false_hash_matches() {
         let mut idx = Index::with_capacity(16);
@@ -234,6 +412,6 @@ mod tests {
     fn sized_for_half_load() {
         let idx = Index::with_capacity(1000);
         assert_eq!(idx.entries.len(), 2048);
-        assert_eq!(idx.memory_bytes(), 2048 * 8);
+        assert_eq!(idx.memory_bytes(), (2048 + DEFERRED) * 8);
     }
 }

@@ -209,6 +209,18 @@ pub struct PortAllocator {
     blocks_used: u64,
     workers: u16,
     rng: u64,
+    /// Per address and protocol: the random draw its next [`PortAllocator::alloc_random`] starts
+    /// from. It is drawn one allocation early so the bitmap word it names can be prefetched then:
+    /// on a large pool that word is otherwise a cache miss on every new mapping. The sequence of
+    /// draws is the same generator's, so ports are exactly as unpredictable.
+    draws: Vec<u64>,
+    /// How that word is prefetched: the running burst's prefetch (set by the shard), else nothing.
+    pub(crate) prefetch: fn(&u64),
+}
+
+/// The prefetch of a bitmap word for a [`crate::Prefetch`] implementation.
+pub(crate) fn prefetch_word<P: crate::Prefetch>(w: &u64) {
+    P::prefetch(w);
 }
 
 impl PortAllocator {
@@ -251,6 +263,8 @@ impl PortAllocator {
             blocks_used: 0,
             workers,
             rng: seed | 1,
+            draws: Vec::new(),
+            prefetch: |_| {},
         };
         pa.assemble(entries);
         pa
@@ -358,6 +372,7 @@ impl PortAllocator {
             }
             self.pba.push(e.pba);
         }
+        self.draws = (0..n * 3).map(|_| self.next_rand()).collect();
     }
 
     /// Index of an outside address, if this allocator manages it.
@@ -470,7 +485,9 @@ impl PortAllocator {
         let p = proto_index(proto)?;
         let (first_word, last_word) = self.spans[a];
         let span = last_word - first_word + 1;
-        let r = self.next_rand();
+        let next = self.next_rand();
+        let r = std::mem::replace(&mut self.draws[a * 3 + p], next);
+        (self.prefetch)(&self.maps[a * 3 + p][first_word + (next % span as u64) as usize]);
         let start = (r % span as u64) as usize;
         let rot = ((r >> 32) % 64) as u32;
         let mask = parity_mask(parity);

@@ -12,10 +12,11 @@ use crate::counters::{Counter, Counters, DropReason};
 use crate::deterministic::DetPlan;
 use crate::dnat::{DnatCounters, DnatTable, Picker, RuleEntry, subscriber_owner};
 use crate::events::{Event, EventKind, EventRing, Limit, MappingInfo, SessionInfo};
-use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, XIN_BITS};
+use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, PrefetchFn, XIN_BITS, prefetch_with};
 use crate::key::FlowKey;
 use crate::lb::{Affinity, flow_hash};
 use crate::mapping::{self, HoldStep, MapTable, Mapping};
+use crate::ports::prefetch_word;
 use crate::ports::{AddrSpec, PortAllocator, port_owner};
 use crate::rewrite::{
     End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
@@ -198,6 +199,9 @@ struct Core {
     affinity: Affinity,
     /// xorshift state for weighted random scheduling.
     rng: u64,
+    /// How deferred index inserts prefetch their bucket: the running burst's [`Prefetch`] (set by
+    /// [`Shard::process`]); outside a burst, nothing.
+    prefetch: PrefetchFn,
 }
 
 #[inline]
@@ -530,6 +534,7 @@ impl Shard {
                 rr: Vec::new(),
                 affinity: Affinity::new(AFFINITY_ENTRIES, cfg.seed.rotate_left(29)),
                 rng: cfg.seed | 1,
+                prefetch: |_| {},
                 rules,
                 counters,
                 cfg,
@@ -838,6 +843,8 @@ impl Shard {
         let slab = &mut self.slab;
         let seed = core.cfg.seed;
         core.now = now;
+        core.prefetch = prefetch_with::<P>;
+        core.ports.prefetch = prefetch_word::<P>;
         // Packet counters are updated once per burst, not per packet.
         let (mut forwarded, mut hairpinned, mut untranslated) = (0u64, 0u64, 0u64);
         let (mut icmp_errors, mut fragments) = (0u64, 0u64);
@@ -938,6 +945,11 @@ impl Shard {
                 }
             }
         }
+        // The new flows' outside keys, queued with their buckets prefetched, are stored now.
+        core.index.flush();
+        core.maps.flush();
+        core.prefetch = |_| {};
+        core.ports.prefetch = |_| {};
         let c = &core.counters;
         c.add(
             match dir {
@@ -1550,10 +1562,12 @@ impl Core {
         let out_addr = self.subs.get(sub).out_addr;
         self.publish_ports(out_addr);
         let m = Mapping::new(in_addr, in_port, out_addr, port, proto, pi as u8, sub);
-        let Some(ms) = self
-            .maps
-            .insert(m, h_in, mapping::out_hash(seed, out_addr, port, proto))
-        else {
+        let Some(ms) = self.maps.insert(
+            m,
+            h_in,
+            mapping::out_hash(seed, out_addr, port, proto),
+            self.prefetch,
+        ) else {
             self.free_port(sub, out_addr, proto, port, now);
             return Err(DropReason::TableFull);
         };
@@ -1667,13 +1681,19 @@ impl Core {
         };
         let seed = self.cfg.seed;
         // The index is sized for every key of every slab slot, so these cannot fail while the slab has
-        // room.
+        // room. For an outbound flow the inside key's bucket is the one the missed lookup prefetched; the outside and
+        // filtering keys name a port just chosen, so their inserts wait for the end of the burst
+        // with their buckets prefetched (a lookup finds them meanwhile).
+        let pf = self.prefetch;
         let mut ok = self.index.insert(in_key(&s).hash(seed), slot | in_kind(&s))
-            && self.index.insert(out_key(&s).hash(seed), slot | OUT_BIT);
+            && self
+                .index
+                .insert_later(out_key(&s).hash(seed), slot | OUT_BIT, pf);
         if self.adf[pi] {
-            ok &= self.index.insert(
+            ok &= self.index.insert_later(
                 adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
                 slot | ADF_BIT,
+                pf,
             );
         }
         debug_assert!(ok);
