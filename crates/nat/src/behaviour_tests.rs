@@ -711,7 +711,11 @@ fn flows_opened_earlier_in_a_burst_are_seen_by_the_rest_of_it() {
     let v = run(&mut sh, Dir::In2Out, &mut burst, 0);
     assert_eq!(v[0], Verdict::Forward);
     assert_eq!(src_of(&burst[0]), (a_out, 5000), "the port is preserved");
-    assert_eq!(v[1], Verdict::Hairpin, "the mapping made by packet 0 is found");
+    assert_eq!(
+        v[1],
+        Verdict::Hairpin,
+        "the mapping made by packet 0 is found"
+    );
     assert_eq!(dst_of(&burst[1]), (a.into(), 5000));
     assert_eq!(v[2], Verdict::Forward);
     assert_eq!(src_of(&burst[2]), (a_out, 5000));
@@ -722,7 +726,12 @@ fn flows_opened_earlier_in_a_burst_are_seen_by_the_rest_of_it() {
     assert_eq!(sh.session_count(), 4);
     assert_eq!(sh.mapping_count(), 3);
     // The stored keys answer from outside, and everything drains to nothing.
-    let (v, back) = one(&mut sh, Dir::Out2In, udp(SRV, 3478, ip(a_out), 5000, b"r"), 1);
+    let (v, back) = one(
+        &mut sh,
+        Dir::Out2In,
+        udp(SRV, 3478, ip(a_out), 5000, b"r"),
+        1,
+    );
     assert_eq!(v, Verdict::Forward);
     assert_eq!(dst_of(&back), (a.into(), 5000));
     assert_eq!(sh.flush(), 4);
