@@ -249,6 +249,11 @@ pub struct Worker {
     ipv4_first: [Option<FragKey>; BURST],
     /// Whether `ipv4_later`/`ipv4_first` hold anything for the burst being gathered.
     burst_has_fragments: bool,
+    /// Per egress side: the next hop last resolved to a known MAC in the burst being routed. The
+    /// neighbour table cannot change while a translated burst is routed (ARP is handled before
+    /// translation, and `now` is the burst's), so a resolution holds for the rest of the burst and
+    /// the table is looked up once per next hop and burst, not per packet. Cleared per burst.
+    resolved: [Option<(u32, EthernetAddress)>; 2],
     /// Virtual reassembly per side (a datagram's fragments all arrive on one side).
     reasm: [Reassembly<Mbuf>; 2],
     /// Fragments released by their first fragment, waiting to be dispatched right after it.
@@ -357,6 +362,7 @@ impl Worker {
             ipv4_later: [None; BURST],
             ipv4_first: [None; BURST],
             burst_has_fragments: false,
+            resolved: [None; 2],
             reasm: [
                 // Keyed like the session table (random per worker): outside hosts choose the keys, and
                 // datagrams that collide on purpose could fill a probe window.
@@ -618,6 +624,7 @@ impl Worker {
             self.ipv4_first = [None; BURST];
             self.burst_has_fragments = false;
         }
+        self.resolved = [None; 2];
         for (m, v) in ipv4.drain(..).zip(verdicts) {
             match v {
                 Verdict::Forward | Verdict::ForwardUntranslated => self.route(side.other(), m, now),
@@ -1016,8 +1023,16 @@ impl Worker {
             self.counters.count_drop(DropReason::NoRoute);
             return;
         };
+        if let Some((ip, mac)) = self.resolved[e]
+            && ip == nh
+        {
+            return self.send_to(egress, m, mac);
+        }
         match self.ports[e].neigh.resolve(nh, now) {
-            Resolution::Known(mac) => self.send_to(egress, m, mac),
+            Resolution::Known(mac) => {
+                self.resolved[e] = Some((nh, mac));
+                self.send_to(egress, m, mac)
+            }
             Resolution::KnownRefresh(mac) => {
                 self.send_to(egress, m, mac);
                 self.arp_request(egress, nh);
