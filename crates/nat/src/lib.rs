@@ -9,7 +9,8 @@
 //! [`ShardConfig`] up front). A burst is processed in stages (parse and hash every packet, prefetch the
 //! index buckets, probe and prefetch the sessions — or, for a likely new flow, the mapping bucket — then
 //! verify and rewrite), so the cache misses of up to 32 packets overlap instead of being paid one after
-//! another.
+//! another. New flows' outside keys, whose buckets depend on a port chosen in the last stage, are
+//! queued with their buckets prefetched and stored at the end of the burst (the `index` module).
 //!
 //! # Behaviour
 //!
