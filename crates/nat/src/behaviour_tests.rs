@@ -685,57 +685,84 @@ fn udp_hairpin_shows_the_senders_outside_endpoint() {
 
 #[test]
 fn flows_opened_earlier_in_a_burst_are_seen_by_the_rest_of_it() {
-    // A new flow's outside keys are stored at the end of its burst (their buckets prefetched
-    // meanwhile). Within the burst they must already work: a hairpin to the endpoint just mapped,
-    // the same flow's next packet, and a refusal that has to undo a mapping made a moment before.
+    // A new flow's outside keys (its session's, its mapping's, its address-filtering key) are
+    // stored at the end of its burst, their buckets prefetched meanwhile. Within the burst they
+    // must already work exactly as stored keys.
     let p = pool_with(1024, 65535);
-    let mut sh = shard_of(
-        vec![pool(
-            Filtering::EndpointIndependent,
-            PortAllocation::Preserve,
-        )],
-        ShardConfig {
-            max_sessions: 4,
-            ..ShardConfig::default()
-        },
-    );
+    let preserve = |filtering| {
+        shard_of(
+            vec![pool(filtering, PortAllocation::Preserve)],
+            ShardConfig {
+                max_sessions: 8,
+                ..ShardConfig::default()
+            },
+        )
+    };
     let (a, b) = subscribers_on_two_addresses();
-    let a_out = paired_address(&p, a.into());
+    let (a_out, b_out) = (paired_address(&p, a.into()), paired_address(&p, b.into()));
+
+    // The mapping's outside key: a hairpin to the endpoint packet 0 just mapped finds it.
+    let mut sh = preserve(Filtering::EndpointIndependent);
     let mut burst = vec![
         udp(a, 5000, SRV, 3478, b"bind"),
         udp(b, 6000, ip(a_out), 5000, b"to a"),
-        udp(a, 5000, SRV, 3478, b"again"),
         udp(b, 6001, SRV, 53, b"q1"),
-        udp(b, 6002, SRV, 53, b"q2"),
     ];
     let v = run(&mut sh, Dir::In2Out, &mut burst, 0);
     assert_eq!(v[0], Verdict::Forward);
     assert_eq!(src_of(&burst[0]), (a_out, 5000), "the port is preserved");
+    assert_eq!(v[1], Verdict::Hairpin, "packet 0's mapping is found");
+    assert_eq!(dst_of(&burst[1]), (a.into(), 5000));
+    assert_eq!(v[2], Verdict::Forward);
+    // a→SRV, b→a and its inbound half on a's mapping, b:6001→SRV.
+    assert_eq!(sh.session_count(), 4);
+
+    // A session's outside key: the second packet of a flow opened from outside in the same burst
+    // is that session's, not another one.
+    let mut burst = vec![
+        udp(SRV2, 7000, ip(a_out), 5000, b"in 1"),
+        udp(SRV2, 7000, ip(a_out), 5000, b"in 2"),
+    ];
+    let v = run(&mut sh, Dir::Out2In, &mut burst, 1);
+    assert_eq!(v, [Verdict::Forward, Verdict::Forward]);
+    assert_eq!(dst_of(&burst[1]), (a.into(), 5000));
+    assert_eq!(sh.session_count(), 5, "one session for the inbound flow");
+    let c = sh.counters();
+    assert_eq!(c.get(Counter::InboundSessionsCreated), 2);
+    // The table is full at 8: a refusal in a burst leaves the burst's earlier flows alone.
+    let mut burst: Vec<Vec<u8>> = (0..4u16).map(|i| udp(b, 6100 + i, SRV, 53, b"q")).collect();
+    let v = run(&mut sh, Dir::In2Out, &mut burst, 1);
+    assert_eq!(v[..3], [Verdict::Forward; 3]);
+    assert_eq!(v[3], Verdict::Drop(DropReason::TableFull));
+    let (v, back) = one(&mut sh, Dir::Out2In, udp(SRV, 53, ip(b_out), 6102, b"r"), 2);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(dst_of(&back), (b.into(), 6102));
+    assert_eq!(sh.flush(), 8);
+    assert_empty(&sh);
+
+    // The address-filtering key: under ADF, b's mapping may be reached from a's address only
+    // once b has sent to it; b does so in packet 0, and a's packet 1 of the same burst, from
+    // another port (no session matches it exactly, only the filter can let it in), is let in.
+    let mut sh = preserve(Filtering::AddressDependent);
+    let mut first = vec![udp(a, 5000, SRV, 3478, b"bind")];
+    assert_eq!(run(&mut sh, Dir::In2Out, &mut first, 0), [Verdict::Forward]);
+    let mut burst = vec![
+        udp(b, 6000, ip(a_out), 5000, b"b to a"),
+        udp(a, 5001, ip(b_out), 6000, b"a to b"),
+    ];
+    let v = run(&mut sh, Dir::In2Out, &mut burst, 1);
+    assert_eq!(
+        v[0],
+        Verdict::Drop(DropReason::Filtered),
+        "a has not sent to b's address"
+    );
     assert_eq!(
         v[1],
         Verdict::Hairpin,
-        "the mapping made by packet 0 is found"
+        "b has sent to a's address (packet 0)"
     );
-    assert_eq!(dst_of(&burst[1]), (a.into(), 5000));
-    assert_eq!(v[2], Verdict::Forward);
-    assert_eq!(src_of(&burst[2]), (a_out, 5000));
-    // Sessions: a→SRV, b→a (its two halves: b's outbound and a's inbound), b:6001: the table is
-    // full, so b:6002's new mapping is undone again.
-    assert_eq!(v[3], Verdict::Forward);
-    assert_eq!(v[4], Verdict::Drop(DropReason::TableFull));
-    assert_eq!(sh.session_count(), 4);
-    assert_eq!(sh.mapping_count(), 3);
-    // The stored keys answer from outside, and everything drains to nothing.
-    let (v, back) = one(
-        &mut sh,
-        Dir::Out2In,
-        udp(SRV, 3478, ip(a_out), 5000, b"r"),
-        1,
-    );
-    assert_eq!(v, Verdict::Forward);
-    assert_eq!(dst_of(&back), (a.into(), 5000));
-    assert_eq!(sh.flush(), 4);
-    assert_empty(&sh);
+    assert_eq!(dst_of(&burst[1]), (b.into(), 6000));
+    assert_eq!(src_of(&burst[1]), (a_out, 5001));
 }
 
 #[test]

@@ -113,7 +113,8 @@ impl Index {
     }
 
     /// First slot (with direction bit) whose hash matches, starting at the home entry; the caller checks the
-    /// real key and continues with [`Index::find_from`] on a false match.
+    /// real key and, on a false match, continues with [`Index::find_from`] at [`Index::next_pos`]
+    /// (or looks up again with [`Index::find`]).
     #[inline]
     pub fn find_first(&self, hash: u32) -> Option<(usize, u32)> {
         self.find_from(hash, hash as usize & self.mask)
@@ -158,9 +159,10 @@ impl Index {
         Some((self.mask + 1 + j, self.deferred[j].slot))
     }
 
-    /// The position after `pos` in probe order (the table wraps; the queue follows it).
+    /// The position after `pos` in probe order (the table wraps; the queue follows it). A position
+    /// is only meaningful until the index next changes.
     #[inline]
-    fn next_pos(&self, pos: usize) -> usize {
+    pub fn next_pos(&self, pos: usize) -> usize {
         if pos < self.mask {
             pos + 1
         } else if pos == self.mask {
@@ -327,21 +329,45 @@ mod tests {
 
     #[test]
     fn deferred_inserts_behave_like_stored_ones() {
-        // The same churn against a model, with most inserts deferred and the queue stored at random
-        // moments (or when full): every lookup and removal must see queued entries as stored ones,
-        // including duplicates of a hash that sit partly in the table and partly in the queue.
-        let mut idx = Index::with_capacity(256);
-        let mut model: HashMap<u32, u32> = HashMap::new();
+        // Churn against a model with most inserts deferred and removals rare, so the queue often
+        // fills (and is stored because it is full) and otherwise is stored at random moments. The
+        // hashes are 24 values whose homes straddle the end of the table: long runs that wrap to
+        // position 0, and many keys sharing a hash, some stored and some queued, so lookups must
+        // continue past false matches in the table and in the queue.
+        let mut idx = Index::with_capacity(256); // 512 entries
+        let mut model: HashMap<u32, u32> = HashMap::new(); // slot -> hash
         let mut rng = Rng(0x5eed_1234);
-        for round in 0..200_000u32 {
+        let mut full_flushes = 0;
+        for round in 0..100_000u32 {
             let r = rng.next();
-            let slot = (r % 300) as u32;
-            if let Some(h) = model.remove(&slot) {
-                assert!(idx.remove(h, slot), "round {round}: slot {slot} missing");
+            if round % 512 == 511 {
+                // Remove about half the keys (the queue is stored once), so that the refill queues
+                // up until the queue is full.
+                let odd = (round / 512) % 2;
+                let victims: Vec<(u32, u32)> = model
+                    .iter()
+                    .filter(|&(&s, _)| s % 2 == odd)
+                    .map(|(&s, &h)| (s, h))
+                    .collect();
+                for (s, h) in victims {
+                    model.remove(&s);
+                    assert!(idx.remove(h, s), "round {round}: slot {s} missing");
+                }
                 assert_eq!(idx.n_deferred, 0, "a removal stores the queue first");
-            } else if model.len() < 256 {
-                let h = (rng.next() as u32 & 0xffff_ff3f) | 0x3f;
-                let ok = if r & 0x300 != 0 {
+            }
+            let slot = (r % 300) as u32;
+            if let Some(&h) = model.get(&slot) {
+                if r & 0x7f00 == 0 {
+                    model.remove(&slot);
+                    assert!(idx.remove(h, slot), "round {round}: slot {slot} missing");
+                    assert_eq!(idx.n_deferred, 0, "a removal stores the queue first");
+                }
+            } else if model.len() < 200 {
+                let h = (0x1f8 + rng.next() % 24) as u32;
+                let ok = if r & 0x3000 != 0 {
+                    if idx.n_deferred == DEFERRED {
+                        full_flushes += 1;
+                    }
                     idx.insert_later(h, slot, no_prefetch)
                 } else {
                     idx.insert(h, slot)
@@ -350,7 +376,7 @@ mod tests {
                 model.insert(slot, h);
             }
             assert_eq!(idx.len(), model.len());
-            if round % 37 == 0 {
+            if round % 97 == 0 {
                 for (&s, &h) in &model {
                     assert_eq!(
                         idx.find(h, |x| x == s).map(|(_, x)| x),
@@ -359,11 +385,14 @@ mod tests {
                         idx.n_deferred
                     );
                 }
+                // A key that is not there is not found, however long the runs.
+                assert_eq!(idx.find(0x1f8, |x| x == 999), None);
             }
-            if r & 0xf000 == 0 {
+            if r & 0xfff_0000 == 0 {
                 idx.flush();
             }
         }
+        assert!(full_flushes > 10, "the queue filled {full_flushes} times");
         idx.flush();
         for (&s, &h) in &model {
             assert!(idx.remove(h, s));
