@@ -16,8 +16,7 @@ use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, PrefetchFn, XIN_BITS, pre
 use crate::key::FlowKey;
 use crate::lb::{Affinity, flow_hash};
 use crate::mapping::{self, HoldStep, MapTable, Mapping};
-use crate::ports::prefetch_word;
-use crate::ports::{AddrSpec, PortAllocator, port_owner};
+use crate::ports::{AddrSpec, PortAllocator, port_owner, prefetch_word};
 use crate::rewrite::{
     End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
 };
@@ -1681,9 +1680,9 @@ impl Core {
         };
         let seed = self.cfg.seed;
         // The index is sized for every key of every slab slot, so these cannot fail while the slab has
-        // room. For an outbound flow the inside key's bucket is the one the missed lookup prefetched; the outside and
-        // filtering keys name a port just chosen, so their inserts wait for the end of the burst
-        // with their buckets prefetched (a lookup finds them meanwhile).
+        // room. For an outbound flow the inside key's bucket is the one the missed lookup
+        // prefetched; the outside and filtering keys name a port just chosen, so their inserts wait
+        // for the end of the burst with their buckets prefetched (a lookup finds them meanwhile).
         let pf = self.prefetch;
         let mut ok = self.index.insert(in_key(&s).hash(seed), slot | in_kind(&s))
             && self
