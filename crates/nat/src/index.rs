@@ -41,9 +41,10 @@ pub struct Entry {
 /// (see [`prefetch_with`]), tests and control-plane callers one that does nothing.
 pub type PrefetchFn = fn(&Entry);
 
-/// The [`PrefetchFn`] for a [`crate::Prefetch`] implementation.
-pub fn prefetch_with<P: crate::Prefetch>(e: &Entry) {
-    P::prefetch(e);
+/// A [`crate::Prefetch`] implementation as a function pointer (for an index entry: a
+/// [`PrefetchFn`]; for a port bitmap word: the allocator's).
+pub fn prefetch_with<P: crate::Prefetch, T>(r: &T) {
+    P::prefetch(r);
 }
 
 /// Inserts held back by [`Index::insert_later`] before the queue is stored anyway. Two keys of

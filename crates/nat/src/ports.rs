@@ -218,11 +218,6 @@ pub struct PortAllocator {
     pub(crate) prefetch: fn(&u64),
 }
 
-/// The prefetch of a bitmap word for a [`crate::Prefetch`] implementation.
-pub(crate) fn prefetch_word<P: crate::Prefetch>(w: &u64) {
-    P::prefetch(w);
-}
-
 impl PortAllocator {
     /// `addrs` lists every outside address of every pool with its pool's usable range `lo..=hi`; all
     /// allocate at random. An address listed twice keeps its first range.

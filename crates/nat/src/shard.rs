@@ -16,7 +16,7 @@ use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, PrefetchFn, XIN_BITS, pre
 use crate::key::FlowKey;
 use crate::lb::{Affinity, flow_hash};
 use crate::mapping::{self, HoldStep, MapTable, Mapping};
-use crate::ports::{AddrSpec, PortAllocator, port_owner, prefetch_word};
+use crate::ports::{AddrSpec, PortAllocator, port_owner};
 use crate::rewrite::{
     End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
 };
@@ -842,8 +842,8 @@ impl Shard {
         let slab = &mut self.slab;
         let seed = core.cfg.seed;
         core.now = now;
-        core.prefetch = prefetch_with::<P>;
-        core.ports.prefetch = prefetch_word::<P>;
+        core.prefetch = prefetch_with::<P, _>;
+        core.ports.prefetch = prefetch_with::<P, u64>;
         // Packet counters are updated once per burst, not per packet.
         let (mut forwarded, mut hairpinned, mut untranslated) = (0u64, 0u64, 0u64);
         let (mut icmp_errors, mut fragments) = (0u64, 0u64);
