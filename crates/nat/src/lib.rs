@@ -7,8 +7,8 @@
 //! One [`Shard`] belongs to one worker core and is never shared: no locks, no atomics beyond the
 //! single-writer [`Counters`], no allocation after construction (every table is sized from
 //! [`ShardConfig`] up front). A burst is processed in stages (parse and hash every packet, prefetch the
-//! index buckets, probe and prefetch the sessions — or, for a likely new flow, the mapping bucket — then
-//! verify and rewrite), so the cache misses of up to 32 packets overlap instead of being paid one after
+//! index buckets, probe and prefetch the sessions — or, for a likely new flow, the mapping bucket and
+//! then the subscriber and mapping records the slow path reads — then verify and rewrite), so the cache misses of up to 32 packets overlap instead of being paid one after
 //! another. New flows' outside keys, whose buckets depend on a port chosen in the last stage, are
 //! queued with their buckets prefetched and stored at the end of the burst (the `index` module).
 //!

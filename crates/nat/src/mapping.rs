@@ -215,6 +215,14 @@ impl MapTable {
         self.index.home_ref(hash)
     }
 
+    /// The mapping the first index entry matching `hash` names, if any (for a prefetch once the
+    /// entry's line is cached; the real lookup compares the key).
+    #[inline]
+    pub fn candidate(&self, hash: u32) -> Option<&Mapping> {
+        let (_, slot) = self.index.find_first(hash)?;
+        self.slots.get((slot & !OUT_BIT) as usize)
+    }
+
     /// The live or held mapping of an inside endpoint in a pool.
     #[inline]
     pub fn find_in(&self, hash: u32, addr: u32, port: u16, proto: u8, pool: u8) -> Option<u32> {

@@ -186,9 +186,67 @@ pub(crate) fn lane_blocks(lo: u16, hi: u16, size: u16, worker: u16, workers: u16
     (lane_first as u16, (lane / runs) as u16)
 }
 
+/// Outside address → its position in [`PortAllocator`]'s sorted list, in one load. A new flow asks
+/// this several times (is the destination one of ours? which bitmaps does the subscriber's address
+/// use?), and a binary search over a pool of hundreds of addresses is a chain of dependent loads
+/// each time. Pools are prefixes or ranges in practice, so the table covers the span from the
+/// lowest to the highest address; when that span is much larger than the list (scattered
+/// addresses), the table is left empty and lookups search the list instead.
+#[derive(Debug, Default)]
+struct AddrTable {
+    base: u32,
+    /// Position + 1 for each address of the span, 0 for an address in it that is not listed.
+    pos: Vec<u16>,
+}
+
+/// What [`AddrTable::get`] knows.
+enum Lookup {
+    Found(usize),
+    Absent,
+    /// No table: search the sorted list.
+    Search,
+}
+
+impl AddrTable {
+    /// Spans up to this many addresses get a table whatever their density (1 KiB of it).
+    const SMALL_SPAN: u64 = 512;
+    /// Larger spans get one if at least one address in this many is listed: then the table is at
+    /// most twice the size of the list it replaces (2-byte entries for 4-byte addresses, ×4).
+    const SPARSEST: u64 = 4;
+
+    fn new(sorted: &[u32]) -> AddrTable {
+        let (Some(&lo), Some(&hi)) = (sorted.first(), sorted.last()) else {
+            return AddrTable::default();
+        };
+        let span = u64::from(hi - lo) + 1;
+        let n = sorted.len() as u64;
+        if n >= u64::from(u16::MAX) || (span > Self::SMALL_SPAN && span > n * Self::SPARSEST) {
+            return AddrTable::default();
+        }
+        let mut pos = vec![0u16; span as usize];
+        for (i, &a) in sorted.iter().enumerate() {
+            pos[(a - lo) as usize] = i as u16 + 1;
+        }
+        AddrTable { base: lo, pos }
+    }
+
+    #[inline]
+    fn get(&self, addr: u32) -> Lookup {
+        if self.pos.is_empty() {
+            return Lookup::Search;
+        }
+        match self.pos.get(addr.wrapping_sub(self.base) as usize) {
+            Some(&p) if p != 0 => Lookup::Found(usize::from(p) - 1),
+            _ => Lookup::Absent,
+        }
+    }
+}
+
 pub struct PortAllocator {
     /// Sorted outside addresses this shard allocates from.
     addrs: Vec<u32>,
+    /// `addrs` as a direct table, when they span few enough addresses (see [`AddrTable`]).
+    table: AddrTable,
     /// Pool index of each address.
     pool_of: Vec<u8>,
     /// Per address: the range and block size it was laid out for.
@@ -246,6 +304,7 @@ impl PortAllocator {
             .collect();
         let mut pa = PortAllocator {
             addrs: Vec::new(),
+            table: AddrTable::default(),
             pool_of: Vec::new(),
             shapes: Vec::new(),
             maps: Vec::new(),
@@ -368,12 +427,17 @@ impl PortAllocator {
             self.pba.push(e.pba);
         }
         self.draws = (0..n * 3).map(|_| self.next_rand()).collect();
+        self.table = AddrTable::new(&self.addrs);
     }
 
     /// Index of an outside address, if this allocator manages it.
     #[inline]
     pub fn addr_index(&self, addr: u32) -> Option<usize> {
-        self.addrs.binary_search(&addr).ok()
+        match self.table.get(addr) {
+            Lookup::Found(i) => Some(i),
+            Lookup::Absent => None,
+            Lookup::Search => self.addrs.binary_search(&addr).ok(),
+        }
     }
 
     #[inline]
@@ -627,6 +691,37 @@ fn parity_mask(parity: Option<u16>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_addresses_are_recognised_in_dense_and_scattered_pools() {
+        // A /23 with holes (direct table), a scattered set (sorted-list search), one address,
+        // and addresses at the ends of the 32-bit space (no wrap-around past the span).
+        let dense: Vec<u32> = (0xcb00_7000..0xcb00_7200u32)
+            .filter(|a| a % 3 != 0)
+            .collect();
+        let scattered = vec![0x0a00_0001, 0x5000_0000, 0xcb00_7101, 0xfe00_0000];
+        let single = vec![0xc633_6401];
+        let ends = vec![0, 1, u32::MAX - 1, u32::MAX];
+        for (name, addrs) in [
+            ("dense", dense),
+            ("scattered", scattered),
+            ("single", single),
+            ("ends", ends),
+        ] {
+            let specs: Vec<(u32, u16, u16)> = addrs.iter().map(|&a| (a, 1024, 2047)).collect();
+            let pa = PortAllocator::new(&specs, 0, 1, 7);
+            let mut probes: Vec<u32> = addrs
+                .iter()
+                .flat_map(|&a| [a.wrapping_sub(1), a, a.wrapping_add(1)])
+                .collect();
+            probes.extend([0, u32::MAX, 0xcb00_6fff, 0xcb00_7200, 0x6440_0001]);
+            for a in probes {
+                let want = addrs.iter().position(|&x| x == a);
+                let got = pa.addr_index(a).map(|i| pa.addrs[i]);
+                assert_eq!(got, want.map(|i| addrs[i]), "{name}: address {a:#x}");
+            }
+        }
+    }
 
     #[test]
     fn allocates_every_port_in_range_once_then_runs_out() {

@@ -46,11 +46,13 @@ impl Subscriber {
     }
 }
 
+/// Hash of a subscriber record's key. The pool is not hashed (the burst pipeline prefetches the
+/// record before the rule lookup names the pool); it is compared, and an address is in few pools.
 #[inline]
-pub fn sub_hash(seed: u64, addr: u32, pool: u8) -> u32 {
+pub fn sub_hash(seed: u64, addr: u32) -> u32 {
     FlowKey {
         src: addr,
-        dst: u32::from(pool),
+        dst: 0,
         sport: 0,
         dport: 0,
         proto: 0,
@@ -118,6 +120,20 @@ impl SubTable {
     #[inline]
     pub fn get_mut(&mut self, slot: u32) -> &mut Subscriber {
         &mut self.slots[slot as usize]
+    }
+
+    /// The index entry a lookup of `hash` reads first (for a prefetch).
+    #[inline]
+    pub fn home_ref(&self, hash: u32) -> &impl Sized {
+        self.index.home_ref(hash)
+    }
+
+    /// The record the first index entry matching `hash` names, if any (for a prefetch: the caller
+    /// has the entry's line cached and wants the record's on its way before the real lookup).
+    #[inline]
+    pub fn candidate(&self, hash: u32) -> Option<&Subscriber> {
+        let (_, slot) = self.index.find_first(hash)?;
+        self.slots.get(slot as usize)
     }
 
     pub fn find(&self, hash: u32, addr: u32, pool: u8) -> Option<u32> {
@@ -211,7 +227,7 @@ mod tests {
     #[test]
     fn records_are_found_per_pool_and_recycled() {
         let mut t = SubTable::new(2, 0);
-        let h = |a, p| sub_hash(7, a, p);
+        let h = |a, _p| sub_hash(7, a);
         let a = t.insert(h(10, 0), 10, 0, 99).unwrap();
         let b = t.insert(h(10, 1), 10, 1, 98).unwrap();
         assert_eq!(t.find(h(10, 0), 10, 0), Some(a));
@@ -226,7 +242,7 @@ mod tests {
     #[test]
     fn block_lists_are_bounded() {
         let mut t = SubTable::new(2, 2);
-        let s = t.insert(sub_hash(1, 5, 0), 5, 0, 1).unwrap();
+        let s = t.insert(sub_hash(1, 5), 5, 0, 1).unwrap();
         assert!(t.add_block(s, 7) && t.add_block(s, 9));
         assert!(!t.add_block(s, 11));
         assert_eq!(t.blocks_of(s), &[7, 9]);
