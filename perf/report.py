@@ -41,7 +41,8 @@ def main():
     ap.add_argument("--system", required=True)
     ap.add_argument("--flows", type=int, required=True)
     ap.add_argument("--subscribers", type=int, required=True)
-    ap.add_argument("--stats", required=True)
+    ap.add_argument("--stats", nargs=2, required=True, metavar=("PCAP", "FLOWGEN"),
+                    help="cgnatd's stats at the end of the last round with each generator")
     ap.add_argument("--commands", required=True)
     ap.add_argument("--cpu", required=True)
     ap.add_argument("--load", required=True)
@@ -50,9 +51,12 @@ def main():
     doc = json.load(open(a.pipeline))
     cfg = doc["config"]
     pipe = {r["sessions"]: r for r in doc["pipeline"]}
-    stats = json.load(open(a.stats))
-    drops = ", ".join(f"{k}={v}" for k, v in stats["drops"].items() if v) or "none"
-    sessions = stats["totals"].get("sessions_current", 0)
+    def end_state(path):
+        s = json.load(open(path))
+        drops = ", ".join(f"{k}={v}" for k, v in s["drops"].items() if v) or "none"
+        return s["totals"].get("sessions_current", 0), drops
+
+    (sessions, drops), (fg_sessions, fg_drops) = end_state(a.stats[0]), end_state(a.stats[1])
     # The reference that touches L3/L4, measured before and after the pipeline benchmark.
     five = sum(a.five_l4) / 2
     rounds = [l.split() for l in open(a.system).read().splitlines() if l.strip()]
@@ -68,9 +72,12 @@ def main():
         # The round where the device under test forwarded most, and what its generator delivered.
         return max(sysfig.get(kind, [(float("nan"), float("nan"))]), key=lambda x: x[0])
 
-    nat_pps, io_pcap, io_flowgen = med("cgnatd", 0), med("io-pcap", 0), med("io-flowgen", 0)
-    best_nat, best_io_pcap, best_io_flowgen = best("cgnatd"), best("io-pcap"), best("io-flowgen")
+    nat_pps, nat_fg, io_pcap, io_flowgen = (med(k, 0) for k in ("cgnatd-pcap", "cgnatd-flowgen",
+                                                                 "io-pcap", "io-flowgen"))
+    best_nat, best_nat_fg, best_io_pcap, best_io_flowgen = (best(k) for k in (
+        "cgnatd-pcap", "cgnatd-flowgen", "io-pcap", "io-flowgen"))
     best_io = max(best_io_pcap[0], best_io_flowgen[0])
+    best_dut = max(best_nat[0], best_nat_fg[0])
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L = []
@@ -130,6 +137,43 @@ def main():
         w(f"| {size_name(n)} | {e['in2out_mpps']:.2f} | {e['in2out_ns_per_packet']:.1f} ({e['nat_only_ns']['in2out']:.1f}) "
           f"| {e['out2in_mpps']:.2f} | {e['out2in_ns_per_packet']:.1f} ({e['nat_only_ns']['out2in']:.1f}) | {npf_s} |")
     w("")
+    probe = doc.get("memory_probe") or []
+    if probe:
+        stands = {1 << 20: "the tables at 1K-64K sessions (cache)", 128 << 20: "the tables at 1M sessions",
+                  2 << 30: "the tables at 16M sessions"}
+        w("This machine's memory (`cgnat-bench --memory-probe`): random 64-byte reads in a buffer about")
+        w("the size of the tables, advised for transparent huge pages as they are. *Dependent*: each")
+        w("address is computed from the value read before, so the reads cannot overlap (the latency the")
+        w("pipeline must hide). *Batched*: bursts of 32 independent reads, all prefetched before any is")
+        w("used, as the pipeline does (what the memory system delivers with as many misses in flight as")
+        w("it allows).")
+        w("")
+        w("| buffer | about the size of | dependent read | batched read |")
+        w("|---:|---|---:|---:|")
+        for p in probe:
+            w(f"| {p['bytes'] >> 20} MiB | {stands.get(p['bytes'], '-')} | {p['dependent_ns']:.1f} ns "
+              f"| {p['batched_ns']:.1f} ns |")
+        w("")
+        by = {p["bytes"]: p["batched_ns"] for p in probe}
+        small = pipe.get(1024)
+        rows = [(n, b) for n, b in ((1 << 20, 128 << 20), (16 << 20, 2 << 30)) if n in pipe and b in by]
+        if small and (1 << 20) in by and rows:
+            w("A packet of an established flow reads two random lines (its index bucket and its session), so")
+            w("twice the batched read, less the same in cache, is what memory adds to a packet at that size;")
+            w("compare it with what a packet costs there beyond its cost at 1K sessions (NAT only):")
+            w("")
+            base = small["established"]["nat_only_ns"]
+            for n, b in rows:
+                e = pipe[n]["established"]["nat_only_ns"]
+                floor = 2 * (by[b] - by[1 << 20])
+                w(f"- {size_name(n)}: in2out {e['in2out'] - base['in2out']:+.1f} ns, out2in "
+                  f"{e['out2in'] - base['out2in']:+.1f} ns; memory's share {floor:.1f} ns.")
+            w("")
+            w("Where the two agree, the pipeline already hides the latency and is bounded by how many")
+            w("misses the memory system keeps in flight: fewer lines per packet, not more prefetching, is")
+            w("what would make it faster. The samples are short, so on a busy machine noise can exceed")
+            w("the difference.")
+            w("")
     w("New sessions: a shard with room for N + N/8 flows is filled with N flows, then N/8 new flows")
     w(f"(another subscriber range, shuffled) are created in {cfg['new_session_chunks']} chunks, each")
     w("timed; the table holds 100-112.5 % of N meanwhile. Every new flow is a new inside endpoint, so")
@@ -168,33 +212,39 @@ def main():
         w(f"  - {a.five_l4_nohuge / 1e6:.2f} Mpps with `--tx-first` but `--no-huge` (mbufs on 4 KiB pages):")
         w("    what the reference would be on a machine without hugepages, shown for comparison only.")
     w("")
-    w(f"System benchmark: {len(sysfig.get('cgnatd', []))} interleaved rounds. The pcap generator is")
-    w(f"dpdk-testpmd replaying {a.flows} UDP flows from {a.subscribers} subscribers in 100.64.0.0/10")
-    w("(perf/mkpcap.py, net_pcap with infinite_rx) into net_memif; the device under test receives")
-    w("on the other end of the memif link and transmits to a net_null sink. *Delivered* is what the")
-    w("generator got onto the link (memif applies back-pressure: never more than its peer takes).")
-    w("On this VM the same test swings between rounds by up to 3× (CPU placement and neighbours on")
-    w("the host), so each figure is given as the **best round** (the capacity seen when least")
-    w("disturbed, used for the goal) and the median.")
+    w(f"System benchmark: {len(sysfig.get('cgnatd-pcap', []))} interleaved rounds, two generators, each")
+    w("dpdk-testpmd on its own CPU sending into net_memif; the device under test (cgnatd with 1")
+    w("worker, or testpmd io-forward in its place) receives on the other end of the memif link and")
+    w("transmits to a net_null sink. The *pcap* generator replays")
+    w(f"{a.flows} UDP flows from {a.subscribers} subscribers in 100.64.0.0/10 (perf/mkpcap.py, net_pcap with")
+    w(f"infinite_rx). *flowgen* is testpmd's own generator: {a.flows} UDP flows from one source")
+    w("(10.254.0.0:1000: one subscriber, one mapping) to as many destinations; it builds frames")
+    w("rather than copying them, so it can deliver more. *Delivered* is what the generator got onto")
+    w("the link (memif applies back-pressure: never more than its peer takes). On this VM the same")
+    w("test swings between rounds by up to 3× (CPU placement and neighbours on the host), so each")
+    w("figure is given as the **best round** (the capacity seen when least disturbed, used for the")
+    w("goal) and the median.")
     w("")
-    w(f"- **cgnatd, 1 worker: {best_nat[0] / 1e6:.2f} Mpps** best, {nat_pps / 1e6:.2f} Mpps median, translated")
-    w(f"  and transmitted (its `tx_packets` growth over the window); {sessions} sessions; drops: {drops}.")
-    w(f"- testpmd io-forward in cgnatd's place, same generator, link and CPUs: **{best_io_pcap[0] / 1e6:.2f} Mpps**")
-    w(f"  best, {io_pcap / 1e6:.2f} Mpps median.")
-    w(f"- testpmd io-forward fed by testpmd `flowgen` ({a.flows} flows from one source): "
-      f"**{best_io_flowgen[0] / 1e6:.2f} Mpps**")
-    w(f"  best, {io_flowgen / 1e6:.2f} Mpps median. flowgen builds its frames instead of copying them from")
-    w("  a replay buffer; the higher io-forward figure is taken as the link's io-forward capacity, in")
-    w("  case the pcap replay limits the other.")
+    w(f"- **cgnatd, 1 worker, pcap: {best_nat[0] / 1e6:.2f} Mpps** best, {nat_pps / 1e6:.2f} Mpps median,")
+    w(f"  translated and transmitted (its `tx_packets` growth over the window); {sessions} sessions;")
+    w(f"  drops: {drops}.")
+    w(f"- **cgnatd, 1 worker, flowgen: {best_nat_fg[0] / 1e6:.2f} Mpps** best, {nat_fg / 1e6:.2f} Mpps median;")
+    w(f"  {fg_sessions} sessions; drops: {fg_drops}.")
+    w(f"- testpmd io-forward in cgnatd's place, same link and CPUs: pcap **{best_io_pcap[0] / 1e6:.2f} Mpps**")
+    w(f"  best ({io_pcap / 1e6:.2f} median), flowgen **{best_io_flowgen[0] / 1e6:.2f} Mpps** best "
+      f"({io_flowgen / 1e6:.2f} median).")
     w("")
-    w("| round | cgnatd Mpps (delivered) | io-forward, pcap Mpps (delivered) | io-forward, flowgen Mpps (delivered) |")
-    w("|---:|---:|---:|---:|")
+    w("| round | cgnatd, pcap | cgnatd, flowgen | io-forward, pcap | io-forward, flowgen |")
+    w("|---:|---:|---:|---:|---:|")
     by_round = {}
     for r, kind, dut, gen in rounds:
         by_round.setdefault(r, {})[kind] = f"{float(dut) / 1e6:.2f} ({float(gen) / 1e6:.2f})"
     for r in sorted(by_round, key=int):
         x = by_round[r]
-        w(f"| {r} | {x.get('cgnatd', '-')} | {x.get('io-pcap', '-')} | {x.get('io-flowgen', '-')} |")
+        w(f"| {r} | " + " | ".join(x.get(k, "-") for k in ("cgnatd-pcap", "cgnatd-flowgen", "io-pcap",
+                                                             "io-flowgen")) + " |")
+    w("")
+    w("Mpps forwarded by the device under test (delivered by the generator in brackets).")
     w("")
 
     g1m, g16m, g64k = pipe.get(1 << 20), pipe.get(16 << 20), pipe.get(64 << 10)
@@ -224,12 +274,11 @@ def main():
                      f"(with the EIM mapping table)",
                      "≤ 64 B", "session table only" if round(p["session_table"], 1) <= 64 < p["all_in"] else
                      ("yes" if round(p["all_in"], 1) <= 64 else "no")))
-    sys_best = ratio(best_nat[0], best_io)
-    sys_med = ratio(nat_pps, io_pcap)
+    sys_best = ratio(best_dut, best_io)
     rows.append(("system: cgnatd ÷ testpmd io-forward, same link and CPUs",
-                 f"**{sys_best:.2f} ×** best round ÷ the link's best io-forward "
-                 f"({best_nat[0] / 1e6:.2f} ÷ {best_io / 1e6:.2f} Mpps); {sys_med:.2f} × median ÷ median "
-                 f"with the same pcap generator",
+                 f"**{sys_best:.2f} ×** cgnatd's best round ÷ io-forward's best, either generator "
+                 f"({best_dut / 1e6:.2f} ÷ {best_io / 1e6:.2f} Mpps); medians with the same generator: "
+                 f"pcap {ratio(nat_pps, io_pcap):.2f} ×, flowgen {ratio(nat_fg, io_flowgen):.2f} ×",
                  "≥ 0.5 ×", "yes" if sys_best >= 0.5 else "no"))
     w("## Ratios and goals (issue #6)")
     w("")
@@ -241,13 +290,14 @@ def main():
     w("When a generator delivers about what the device under test forwards, the figure may be bounded")
     w("by the generator rather than the device: compare each system figure with what its generator")
     w("delivered. memif applies back-pressure, so a generator never delivers more than its peer takes.")
-    if best_io_pcap[1] > 1.2 * best_nat[0]:
-        w(f"In this run the pcap generator delivered up to {best_io_pcap[1] / 1e6:.2f} Mpps into io-forward, so")
-        w(f"cgnatd's best {best_nat[0] / 1e6:.2f} Mpps is cgnatd's own limit on this link and CPU, not the generator's.")
+    gen_best = max(best_io_pcap[1], best_io_flowgen[1])
+    if gen_best > 1.2 * best_dut:
+        w(f"In this run a generator delivered up to {gen_best / 1e6:.2f} Mpps into io-forward, so cgnatd's")
+        w(f"best {best_dut / 1e6:.2f} Mpps is cgnatd's own limit on this link and CPU, not the generator's.")
     else:
-        w("In this run the pcap generator never delivered much more into io-forward than into cgnatd,")
-        w("so the system figures may be bounded by the generator, and the ratio only says how well")
-        w("cgnatd kept up with it.")
+        w("In this run neither generator delivered much more into io-forward than into cgnatd, so the")
+        w("system figures may be bounded by the generators, and the ratio only says how well cgnatd")
+        w("kept up with them.")
     w("")
     w("## Exact commands")
     w("")

@@ -206,7 +206,7 @@ FIVE_L4_BEFORE=$(fivetswap l4 l4-before)
 quiet pipeline
 echo "bench: pipeline on CPU $CPU ($SIZES)"
 logged taskset -c "$CPU" target/release/cgnat-bench --sizes "$SIZES" --seconds "$SECS" \
-    --repeat "$REPEAT" --no-prefetch-too >"$OUT/pipeline.json"
+    --repeat "$REPEAT" --no-prefetch-too --memory-probe >"$OUT/pipeline.json"
 
 echo "bench: testpmd 5tswap on net_null, again"
 FIVE_L4_AFTER=$(fivetswap l4 l4-after)
@@ -216,7 +216,9 @@ FIVE_L4_NOHUGE=0
 [ "$MODE" = hugepages ] && FIVE_L4_NOHUGE=$(fivetswap l4 l4-nohuge --no-huge -m 256)
 
 # --- 3. system over memif ------------------------------------------------------------------------
-DUT_MAC=02:00:00:00:0a:02
+# testpmd's flowgen (DPDK 22.11) always sends to 00:01:02:03:04:01, so that is cgnatd's inside MAC
+# (configs/memif.yaml) and where the pcap's frames go too.
+DUT_MAC=00:01:02:03:04:01
 SUBS=4096
 PPS=16
 FLOWS=$(logged "$PY" perf/mkpcap.py --out "$RUN/flows.pcap" --subscribers $SUBS \
@@ -231,8 +233,9 @@ pcap_generator() { # launcher log seconds
         --forward-mode=io --port-topology=paired --nb-cores=1 \
         --total-num-mbufs=$((2 * FLOWS + 32768)) --stats-period 1
 }
-# flowgen: testpmd's own generator (one source, $FLOWS destinations); fine for io-forward, which
-# does not care what the frames contain.
+# flowgen: testpmd's own generator: $FLOWS UDP flows from one source (10.254.0.0:1000, one
+# subscriber in cgnatd's config) to as many destinations. It builds frames instead of copying
+# them from a replay, so it can deliver more than the pcap generator.
 flowgen_generator() { # launcher log seconds
     "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@1,1@1 --no-pci \
         --vdev "net_memif0,role=client,id=0,socket=$RUN/dut.sock" -- \
@@ -240,15 +243,10 @@ flowgen_generator() { # launcher log seconds
         --total-num-mbufs=32768 --stats-period 1
 }
 
-# Counters of cgnatd over the measurement window.
-window_stats() {
-    echo "$CGNATCTL --server 127.0.0.1:50061 -o json stats  # twice, $WINDOW s apart" >>"$CMDS"
-    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-a.json"
-    T0=$(date +%s.%N)
-    sleep "$WINDOW"
-    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-b.json"
-    T1=$(date +%s.%N)
-    "$CGNATCTL" --server 127.0.0.1:50061 ports >"$OUT/ports.txt" || true
+# Ports whose TX the generator's testpmd reports: the pcap replay's two (it io-forwards both ways;
+# the pcap port never transmits) or flowgen's one.
+gen_ports() { # generator
+    if [ "$1" = flowgen_generator ]; then echo 1; else echo 2; fi
 }
 
 cfg="$OUT/memif.yaml"
@@ -258,11 +256,12 @@ else
     cp perf/configs/memif.yaml "$cfg"
 fi
 
-# One cgnatd measurement: start it, attach the pcap generator, let the sessions be created, then
-# read its counters over $WINDOW seconds of steady state.
-system_cgnatd() { # round
-    local r=$1 log=$OUT/cgnatd-$1.log
-    quiet "system-cgnatd-$r"
+# One cgnatd measurement: start it, attach a generator, let the sessions be created, then read its
+# counters over $WINDOW seconds of steady state.
+system_cgnatd() { # round generator
+    local r=$1 kind=cgnatd-${2%_generator}
+    local log=$OUT/$kind-$r.log
+    quiet "system-$kind-$r"
     echo "$CGNATD --config $cfg --log-format json &" >>"$CMDS"
     setsid "$CGNATD" --config "$cfg" --log-format json >"$log" 2>&1 &
     local dut=$!
@@ -273,30 +272,30 @@ system_cgnatd() { # round
         sleep 0.2
     done
     grep -q 'cgnatd forwarding' "$log" || { echo "bench: cgnatd did not start:"; cat "$log"; exit 1; }
-    pcap_generator testpmd_bg "$OUT/gen-cgnatd-$r.log" $((WINDOW + 7))
+    "$2" testpmd_bg "$OUT/gen-$kind-$r.log" $((WINDOW + 7))
     local gen=$BG
     sleep 4
     echo "$CGNATCTL --server 127.0.0.1:50061 -o json stats  # twice, $WINDOW s apart" >>"$CMDS"
-    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-$r-a.json"
+    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-$kind-$r-a.json"
     local t0 t1
     t0=$(date +%s.%N)
     sleep "$WINDOW"
-    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-$r-b.json"
+    "$CGNATCTL" --server 127.0.0.1:50061 -o json stats >"$OUT/stats-$kind-$r-b.json"
     t1=$(date +%s.%N)
-    "$CGNATCTL" --server 127.0.0.1:50061 ports >"$OUT/ports-$r.txt" || true
+    "$CGNATCTL" --server 127.0.0.1:50061 ports >"$OUT/ports-$kind-$r.txt" || true
     wait "$gen" || true
     kill -TERM "$dut"
     wait "$dut" || true
     PIDS=()
     rm -rf /var/run/dpdk/"$PREFIX"-dut /var/run/dpdk/"$PREFIX"-gen "$RUN/dut.sock"
     local pps
-    pps=$("$PY" - "$OUT/stats-$r-a.json" "$OUT/stats-$r-b.json" "$t0" "$t1" <<'PY'
+    pps=$("$PY" - "$OUT/stats-$kind-$r-a.json" "$OUT/stats-$kind-$r-b.json" "$t0" "$t1" <<'PY'
 import json, sys
 a, b = (json.load(open(p))["totals"] for p in sys.argv[1:3])
 print(int((b["tx_packets"] - a["tx_packets"]) / (float(sys.argv[4]) - float(sys.argv[3]))))
 PY
 )
-    echo "$r cgnatd $pps $(tx_pps_median "$OUT/gen-cgnatd-$r.log" 2)" >>"$OUT/system.txt"
+    echo "$r $kind $pps $(tx_pps_median "$OUT/gen-$kind-$r.log" "$(gen_ports "$2")")" >>"$OUT/system.txt"
 }
 
 # The reference: testpmd io-forward in cgnatd's place (memif server in, net_null out, CPU 0, as
@@ -314,16 +313,15 @@ system_io() { # round generator
     wait "$io" || true
     PIDS=()
     rm -rf /var/run/dpdk/"$PREFIX"-io /var/run/dpdk/"$PREFIX"-gen "$RUN/dut.sock"
-    local gen_ports=2
-    [ "$2" = flowgen_generator ] && gen_ports=1
-    echo "$r $kind $(tx_pps_median "$log" 2) $(tx_pps_median "$log.gen" $gen_ports)" >>"$OUT/system.txt"
+    echo "$r $kind $(tx_pps_median "$log" 2) $(tx_pps_median "$log.gen" "$(gen_ports "$2")")" >>"$OUT/system.txt"
 }
 
-# Interleaved rounds, so that the machine's speed drifting over minutes affects all three alike.
+# Interleaved rounds, so that the machine's speed drifting over minutes affects all four alike.
 : >"$OUT/system.txt"
 for r in $(seq "$ROUNDS"); do
     echo "bench: system round $r/$ROUNDS: cgnatd, then testpmd io-forward (pcap and flowgen generators)"
-    system_cgnatd "$r"
+    system_cgnatd "$r" pcap_generator
+    system_cgnatd "$r" flowgen_generator
     system_io "$r" pcap_generator
     system_io "$r" flowgen_generator
 done
@@ -331,5 +329,5 @@ done
 "$PY" perf/report.py --out perf/RESULTS.md --pipeline "$OUT/pipeline.json" --mode "$MODE" \
     --huge-reserved "$HUGE_RESERVE" --five-l2 "$FIVE_L2" --five-l4 "$FIVE_L4_BEFORE" "$FIVE_L4_AFTER" \
     --five-l4-nohuge "$FIVE_L4_NOHUGE" --system "$OUT/system.txt" --flows "$FLOWS" --subscribers $SUBS \
-    --stats "$OUT/stats-$ROUNDS-b.json" --commands "$CMDS" --cpu "$CPU" --load "$OUT/load.txt"
+    --stats "$OUT/stats-cgnatd-pcap-$ROUNDS-b.json" "$OUT/stats-cgnatd-flowgen-$ROUNDS-b.json" --commands "$CMDS" --cpu "$CPU" --load "$OUT/load.txt"
 echo "bench: wrote perf/RESULTS.md (raw outputs in $OUT/)"

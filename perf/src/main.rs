@@ -12,7 +12,11 @@
 //!   N/8 more flows from another subscriber range are created in 4 successive chunks (shuffled
 //!   order), each chunk timed: the table holds 100 % to 112.5 % of the stated size meanwhile;
 //! * **memory per session**: `Shard::memory()` of the first shard (sized for exactly N) divided by N,
-//!   all tables included, and the growth of the process RSS while it was built and filled.
+//!   all tables included, and the growth of the process RSS while it was built and filled;
+//! * with `--memory-probe`, first, **the machine's memory**: random 64-byte reads in buffers of about
+//!   the tables' size at each scale, one after another (latency) and in prefetched bursts of 32
+//!   (what the memory system delivers to a burst pipeline), so the NAT's figures can be read
+//!   against what the machine allows.
 //!
 //! The translator rewrites packets in place, so each burst's 32 packets are written into the buffers
 //! before the call, from a per-direction tuple list laid out in visiting order (read sequentially, so
@@ -82,6 +86,10 @@ struct Cli {
     /// Do not ask for transparent huge pages for the tables (cgnatd always asks).
     #[arg(long)]
     no_thp: bool,
+    /// First measure this machine's memory: random 64-byte reads in buffers about the size of the
+    /// tables (dependent: the latency; batched with prefetch: what a burst pipeline can reach).
+    #[arg(long)]
+    memory_probe: bool,
 }
 
 /// `rte_prefetch0`, through the dpdk crate (needs no EAL): what the data plane's prefetch does.
@@ -253,6 +261,58 @@ fn shard(capacity: u32, subscribers: u32, thp: bool) -> Result<Shard> {
         0,
         advise,
     )?)
+}
+
+/// Buffers of the memory probe: about the footprint of the tables at 1K-64K (cache), 1M and 16M
+/// sessions (129 B each all-in).
+const PROBE_BYTES: [usize; 3] = [1 << 20, 128 << 20, 2 << 30];
+
+/// Random 64-byte reads in a buffer of `bytes`, advised for transparent huge pages like the tables:
+/// `dependent_ns`, each address computed from the value read before (the load-to-use latency the
+/// pipeline hides), and `batched_ns`, bursts of 32 independent reads all prefetched before any is
+/// used (the pipeline's access pattern: what the memory system delivers with as many misses in
+/// flight as it allows). The NAT's figures at 1M and 16M sessions are bounded by these.
+fn memory_probe(bytes: usize, thp: bool) -> Value {
+    let words = bytes / 8;
+    // A power of two (PROBE_BYTES), so that a mask, not a division, picks the line.
+    let mask = (words / 8 - 1) as u64;
+    let mut buf: Vec<u64> = Vec::with_capacity(words);
+    if thp {
+        dpdk::advise_hugepages(buf.as_ptr() as usize, bytes);
+    }
+    // Written, not just allocated: untouched pages would all read the kernel's one zero page.
+    buf.resize(words, 1);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    const BATCHES: usize = 1 << 16;
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for _ in 0..BATCHES {
+        let mut at = [0usize; BURST];
+        for a in at.iter_mut() {
+            *a = (next() & mask) as usize * 8;
+            Prefetch0::prefetch(&buf[*a]);
+        }
+        for a in at {
+            sum = sum.wrapping_add(buf[a]);
+        }
+    }
+    let batched = t.elapsed().as_secs_f64() * 1e9 / (BATCHES * BURST) as f64;
+    const STEPS: usize = 1 << 19;
+    let t = Instant::now();
+    let mut at = 0usize;
+    for _ in 0..STEPS {
+        // The next address depends on the value just read, so the reads cannot overlap.
+        at = ((next().wrapping_add(buf[at]) & mask) * 8) as usize;
+    }
+    let dependent = t.elapsed().as_secs_f64() * 1e9 / STEPS as f64;
+    black_box((sum, at));
+    json!({ "bytes": bytes, "dependent_ns": dependent, "batched_ns": batched })
 }
 
 /// Create sessions for the flows `ids` of `flows` (bursts of 32, in2out), failing on any drop.
@@ -492,6 +552,19 @@ fn main() -> Result<()> {
     if cli.flows_per_subscriber == 0 || cli.flows_per_subscriber > 4096 {
         bail!("--flows-per-subscriber must be 1 .. 4096 (the default per-subscriber port limit)");
     }
+    let mut probe = Vec::new();
+    if cli.memory_probe {
+        for bytes in PROBE_BYTES {
+            let p = memory_probe(bytes, !cli.no_thp);
+            eprintln!(
+                "memory {:>5} MiB: dependent {:6.1} ns, batched {:5.1} ns per read",
+                bytes >> 20,
+                p["dependent_ns"].as_f64().unwrap_or(f64::NAN),
+                p["batched_ns"].as_f64().unwrap_or(f64::NAN)
+            );
+            probe.push(p);
+        }
+    }
     let mut results = Vec::new();
     for s in &cli.sizes {
         let n = parse_size(s)?;
@@ -517,6 +590,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::to_string_pretty(&json!({
             "pipeline": results,
+            "memory_probe": probe,
             "config": {
                 "burst": BURST, "frame_bytes": FRAME + 4, "buffer_bytes": BUF, "l3_offset": L3,
                 "flows_per_subscriber": cli.flows_per_subscriber, "seconds": cli.seconds,
