@@ -698,7 +698,11 @@ impl Worker {
         let Some(ctl) = &self.control else {
             return;
         };
-        if let Some(p) = ctl.policy.pop() {
+        // `is_empty` first: an empty `pop` costs a full memory fence, on every loop otherwise (the
+        // worker is the only consumer, so a queue seen non-empty stays so until it pops).
+        if !ctl.policy.is_empty()
+            && let Some(p) = ctl.policy.pop()
+        {
             match self
                 .shard
                 .set_policy(Arc::clone(&p.rules), p.params, Arc::clone(&p.dnat))
@@ -722,6 +726,9 @@ impl Worker {
             self.shard.set_log_sessions(watched);
         }
         if self.active.is_none() {
+            if ctl.commands.is_empty() {
+                return;
+            }
             match ctl.commands.pop() {
                 Some(cmd) => {
                     self.active = Some(Active {
