@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# make bench: every local benchmark in one bounded run (about 5 minutes), results in perf/RESULTS.md.
+# make bench: every local benchmark in one bounded run (about 6 minutes), results in perf/RESULTS.md.
 #
 #   1. reference:  dpdk-testpmd 5tswap forwarding on two net_null ports (no state), before and after
 #                  the pipeline benchmark;
-#   2. pipeline:   cgnat-bench, the NAT core (nat::Shard::process) on one CPU over 1K..16M sessions;
-#   3. system:     dpdk-testpmd replaying subscriber UDP (perf/mkpcap.py) --memif--> cgnatd (1 worker)
-#                  --> net_null sink; the same generator and link into dpdk-testpmd io-forward; and
-#                  io-forward fed by testpmd's own flowgen (in case the pcap replay is the limit).
-#                  Three interleaved rounds.
+#   2. pipeline:   cgnat-bench, the NAT core (nat::Shard::process) on one CPU over 1K..16M sessions,
+#                  after its probe of the machine's memory;
+#   3. system:     a dpdk-testpmd generator --memif--> cgnatd (1 worker) --> net_null sink, and the
+#                  same with dpdk-testpmd io-forward in cgnatd's place; each with two generators, a
+#                  replay of subscriber UDP (perf/mkpcap.py) and testpmd's own flowgen (one
+#                  subscriber, which can deliver more). Three interleaved rounds.
 #
 # Environment: BENCH_SIZES (1K,64K,1M,16M), BENCH_SECONDS per established-rate sample (1),
 # BENCH_REPEAT samples per pipeline figure (3), BENCH_WINDOW seconds per system measurement (4),
