@@ -8,7 +8,7 @@
 #   3. system:     a dpdk-testpmd generator --memif--> cgnatd (1 worker) --> net_null sink, and the
 #                  same with dpdk-testpmd io-forward in cgnatd's place; each with two generators, a
 #                  replay of subscriber UDP (perf/mkpcap.py) and testpmd's own flowgen (one
-#                  subscriber, which can deliver more). Three interleaved rounds.
+#                  subscriber; it builds its frames). Three interleaved rounds.
 #
 # Environment: BENCH_SIZES (1K,64K,1M,16M), BENCH_SECONDS per established-rate sample (1),
 # BENCH_REPEAT samples per pipeline figure (3), BENCH_WINDOW seconds per system measurement (4),
@@ -236,7 +236,7 @@ pcap_generator() { # launcher log seconds
 }
 # flowgen: testpmd's own generator: $FLOWS UDP flows from one source (10.254.0.0:1000, one
 # subscriber in cgnatd's config) to as many destinations. It builds frames instead of copying
-# them from a replay, so it can deliver more than the pcap generator.
+# them from a replay, which may let it deliver more than the pcap generator.
 flowgen_generator() { # launcher log seconds
     "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@1,1@1 --no-pci \
         --vdev "net_memif0,role=client,id=0,socket=$RUN/dut.sock" -- \

@@ -263,66 +263,77 @@ fn shard(capacity: u32, subscribers: u32, thp: bool) -> Result<Shard> {
     )?)
 }
 
-/// Buffers of the memory probe: about the footprint of the tables at 1K-64K (cache), 1M and 16M
-/// sessions (129 B each all-in).
-const PROBE_BYTES: [usize; 3] = [1 << 20, 128 << 20, 2 << 30];
+/// Buffers of the memory probe, each with the smallest table size it stands for: cache-resident
+/// tables (about 8K sessions all-in); 1M sessions (129 MiB all-in, of which an established packet
+/// touches the 64 MiB slab and index); 16M sessions (2.1 GiB all-in, 1 GiB slab and index).
+const PROBE_BYTES: [(usize, u32); 3] = [(1 << 20, 0), (128 << 20, 1 << 20), (2 << 30, 16 << 20)];
 
-/// Random 64-byte reads in a buffer of `bytes`, advised for transparent huge pages like the tables:
-/// `dependent_ns`, each address computed from the value read before (the load-to-use latency the
-/// pipeline hides), and `batched_ns`, bursts of 32 independent reads all prefetched before any is
-/// used (the pipeline's access pattern: what the memory system delivers with as many misses in
-/// flight as it allows). Medians of short samples. The NAT's figures at 1M and 16M sessions can
-/// be read against these.
-fn memory_probe(bytes: usize, thp: bool) -> Value {
+/// The line a probe read picks: a finaliser of a counter, so that no address waits for the one
+/// before it (a serial random-number chain would be a latency of its own).
+#[inline(always)]
+fn probe_line(i: u64, mask: u64) -> usize {
+    let mut k = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    k ^= k >> 29;
+    k = k.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    k ^= k >> 32;
+    (k & mask) as usize * 8
+}
+
+/// Random 64-byte reads in a buffer of `bytes` (advised for transparent huge pages like the
+/// tables, which covers every buffer but the 1 MiB one): `dependent_ns`, each address computed from
+/// the value read before (the load-to-use latency the pipeline must hide), and `batched_ns`, bursts
+/// of 32 independent reads all prefetched before any is used (the pipeline's access pattern: what
+/// the memory system delivers with as many misses in flight as it allows). Reads only: the NAT also
+/// writes a session's `last_seen` on every in2out packet. Medians of short samples.
+fn memory_probe(bytes: usize, thp: bool) -> Result<Value> {
     let words = bytes / 8;
     // A power of two (PROBE_BYTES), so that a mask, not a division, picks the line.
     let mask = (words / 8 - 1) as u64;
-    let mut buf: Vec<u64> = Vec::with_capacity(words);
+    let mut buf: Vec<u64> = Vec::new();
+    buf.try_reserve_exact(words)
+        .with_context(|| format!("memory probe: {} MiB buffer", bytes >> 20))?;
     if thp {
         dpdk::advise_hugepages(buf.as_ptr() as usize, bytes);
     }
     // Written, not just allocated: untouched pages would all read the kernel's one zero page.
     buf.resize(words, 1);
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    const BATCHES: usize = 1 << 15;
-    const STEPS: usize = 1 << 17;
+    const BATCHES: u64 = 1 << 15;
+    const STEPS: u64 = 1 << 17;
     // Short samples, the median of several: one disturbed moment on a shared machine must not
     // become the figure.
     const SAMPLES: usize = 7;
     let (mut batched, mut dependent) = (Vec::new(), Vec::new());
-    let mut sum = 0u64;
+    let mut i = 0u64;
     let mut at = 0usize;
     for _ in 0..SAMPLES {
         let t = Instant::now();
+        let mut sum = 0u64;
         for _ in 0..BATCHES {
             let mut burst = [0usize; BURST];
             for a in burst.iter_mut() {
-                *a = (next() & mask) as usize * 8;
+                *a = probe_line(i, mask);
+                i += 1;
                 Prefetch0::prefetch(&buf[*a]);
             }
             for a in burst {
                 sum = sum.wrapping_add(buf[a]);
             }
         }
-        batched.push(t.elapsed().as_secs_f64() * 1e9 / (BATCHES * BURST) as f64);
+        black_box(sum);
+        batched.push(t.elapsed().as_secs_f64() * 1e9 / (BATCHES * BURST as u64) as f64);
         let t = Instant::now();
         for _ in 0..STEPS {
             // The next address depends on the value just read, so the reads cannot overlap.
-            at = ((next().wrapping_add(buf[at]) & mask) * 8) as usize;
+            at = probe_line(i.wrapping_add(buf[at]), mask);
+            i += 1;
         }
+        black_box(at);
         dependent.push(t.elapsed().as_secs_f64() * 1e9 / STEPS as f64);
     }
-    black_box((sum, at));
-    json!({
+    Ok(json!({
         "bytes": bytes, "samples": SAMPLES,
         "dependent_ns": median(dependent), "batched_ns": median(batched),
-    })
+    }))
 }
 
 /// Create sessions for the flows `ids` of `flows` (bursts of 32, in2out), failing on any drop.
@@ -562,10 +573,16 @@ fn main() -> Result<()> {
     if cli.flows_per_subscriber == 0 || cli.flows_per_subscriber > 4096 {
         bail!("--flows-per-subscriber must be 1 .. 4096 (the default per-subscriber port limit)");
     }
+    let mut sizes = Vec::new();
+    for s in &cli.sizes {
+        sizes.push(parse_size(s)?);
+    }
+    let largest = sizes.iter().copied().max().unwrap_or(0);
     let mut probe = Vec::new();
     if cli.memory_probe {
-        for bytes in PROBE_BYTES {
-            let p = memory_probe(bytes, !cli.no_thp);
+        // Only the buffers standing for table sizes this run measures.
+        for (bytes, _) in PROBE_BYTES.into_iter().filter(|&(_, n)| n <= largest) {
+            let p = memory_probe(bytes, !cli.no_thp)?;
             eprintln!(
                 "memory {:>5} MiB: dependent {:6.1} ns, batched {:5.1} ns per read",
                 bytes >> 20,
@@ -576,8 +593,7 @@ fn main() -> Result<()> {
         }
     }
     let mut results = Vec::new();
-    for s in &cli.sizes {
-        let n = parse_size(s)?;
+    for n in sizes {
         let est = measure_established(&cli, n)?;
         let new = measure_new(&cli, n)?;
         eprintln!(
