@@ -145,9 +145,10 @@ def main():
     w("")
     probe = doc.get("memory_probe") or []
     if probe:
-        stands = {1 << 20: "cache-resident tables (about 8K sessions)",
-                  128 << 20: "1M sessions all-in (slab and index: 64 MiB)",
-                  2 << 30: "16M sessions all-in (slab and index: 1 GiB)"}
+        def stands(p):
+            n = p.get("stands_for_sessions", 0)
+            return f"the tables at {size_name(n)} sessions, all-in" if n else "cache-resident tables"
+
         w("This machine's memory (`cgnat-bench --memory-probe`): random 64-byte reads in a buffer about")
         w("the size of the tables, advised for transparent huge pages as they are (but for 1 MiB).")
         w("*Dependent*: each address is computed from the value read before, so the reads cannot")
@@ -158,22 +159,22 @@ def main():
         w("| buffer | about the size of | dependent read | batched read |")
         w("|---:|---|---:|---:|")
         for p in probe:
-            w(f"| {p['bytes'] >> 20} MiB | {stands.get(p['bytes'], '-')} | {p['dependent_ns']:.1f} ns "
+            w(f"| {p['bytes'] >> 20} MiB | {stands(p)} | {p['dependent_ns']:.1f} ns "
               f"| {p['batched_ns']:.1f} ns |")
         w("")
-        by = {p["bytes"]: p["batched_ns"] for p in probe}
+        by = {p.get("stands_for_sessions", 0): p["batched_ns"] for p in probe}
         small = pipe.get(1024)
-        rows = [(n, b) for n, b in ((1 << 20, 128 << 20), (16 << 20, 2 << 30)) if n in pipe and b in by]
+        rows = [(n, by[n]) for n in sorted(by) if n and n in pipe]
         if small and rows:
             w("A packet of an established flow reads two random lines (its index bucket and its session),")
             w("so two batched reads are what its misses cost with nothing else to do. Beside them, what a")
             w("packet costs at that size beyond its cost at 1K sessions (NAT only):")
             w("")
             base = small["established"]["nat_only_ns"]
-            for n, b in rows:
+            for n, batched in rows:
                 e = pipe[n]["established"]["nat_only_ns"]
                 w(f"- {size_name(n)}: in2out {e['in2out'] - base['in2out']:+.1f} ns, out2in "
-                  f"{e['out2in'] - base['out2in']:+.1f} ns; two batched reads {2 * by[b]:.1f} ns.")
+                  f"{e['out2in'] - base['out2in']:+.1f} ns; two batched reads {2 * batched:.1f} ns.")
             w("")
             w("An extra cost near the two reads means the misses are paid on top of the packets'")
             w("computation rather than overlapped with it; well below, they overlap. The in2out path also")
