@@ -41,7 +41,7 @@ use nat::{
     Verdict,
 };
 use serde_json::{Value, json};
-use wire::{Ipv4Addr, Ipv4Packet, UdpPacket, ip_proto};
+use wire::{Ipv4Addr, Ipv4Packet, UdpPacket, checksum, ip_proto};
 
 const BURST: usize = 32;
 /// Where the IPv4 header starts in a frame (after the Ethernet header), as in an mbuf.
@@ -143,9 +143,29 @@ impl PacketBatch for Bufs {
 
 /// Write a 64-byte UDP frame (src → dst) into `buf`, with a full IPv4 header checksum and no UDP
 /// checksum (as many generators send), which is what the translator then updates incrementally.
+///
+/// The header checksum is summed from the field values, not read back from the buffer: reading
+/// eight bytes that several narrower stores have just written defeats store-to-load forwarding,
+/// and the load then waits for the store buffer to drain, which after a burst of NAT rewrites
+/// is full. That stall cost about 20 ns per packet inside the measured loop (but not in the loop
+/// without the NAT that measures this function alone), so it inflated "NAT only". A NIC's DMA
+/// has no such stall.
 #[inline]
 fn write_udp(buf: &mut [u8], src: u32, sport: u16, dst: u32, dport: u16) {
     let ip_len = FRAME - L3;
+    // The 16-bit words of the header as written below, checksum field zero.
+    let words = [
+        0x4500u32,
+        ip_len as u32,
+        0,
+        0,
+        (64 << 8) | u32::from(ip_proto::UDP),
+        src >> 16,
+        src & 0xffff,
+        dst >> 16,
+        dst & 0xffff,
+    ];
+    let ip_checksum = checksum::finish(words.iter().sum());
     buf[12] = 0x08;
     buf[13] = 0x00;
     let mut ip = Ipv4Packet::new_unchecked(&mut buf[L3..FRAME]);
@@ -159,7 +179,7 @@ fn write_udp(buf: &mut [u8], src: u32, sport: u16, dst: u32, dport: u16) {
     ip.set_protocol(ip_proto::UDP);
     ip.set_src_addr(Ipv4Addr::from(src));
     ip.set_dst_addr(Ipv4Addr::from(dst));
-    ip.fill_checksum();
+    ip.set_checksum(ip_checksum);
     let mut u = UdpPacket::new_unchecked(&mut buf[L3 + 20..FRAME]);
     u.set_src_port(sport);
     u.set_dst_port(dport);
@@ -643,6 +663,27 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("64M").is_err());
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn written_frames_are_valid_udp_over_ipv4() {
+        // The header checksum is summed from the field values; it must equal one computed over
+        // the bytes, or the translator would be fed (and count) bad packets.
+        let mut buf = vec![0u8; BUF];
+        for (src, dst) in [
+            (0x6440_0001, SERVER),
+            (SERVER, 0xffff_fffe),
+            (0, 0xc0a8_0101),
+        ] {
+            write_udp(&mut buf, src, 40000, dst, 53);
+            let ip = Ipv4Packet::new_checked(&buf[L3..FRAME]).unwrap();
+            assert!(ip.verify_checksum(), "{src:#x} -> {dst:#x}");
+            assert_eq!(u32::from(ip.src_addr()), src);
+            assert_eq!(u32::from(ip.dst_addr()), dst);
+            assert_eq!(ip.protocol(), ip_proto::UDP);
+            let u = UdpPacket::new_checked(ip.payload()).unwrap();
+            assert_eq!((u.src_port(), u.dst_port()), (40000, 53));
+        }
     }
 
     #[test]
