@@ -260,6 +260,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         {
             return checksum::verify20(h);
         }
+        self.verify_checksum_with_options()
+    }
+
+    /// The general case of [`Self::verify_checksum`], out of line so that the common one inlines.
+    #[inline(never)]
+    fn verify_checksum_with_options(&self) -> bool {
         checksum::checksum(self.header()) == 0
     }
 
