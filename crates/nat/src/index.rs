@@ -452,7 +452,7 @@ mod tests {
             assert!(idx.insert(s * 7, s));
         }
         let queued: Vec<(u32, u32)> = (0..DEFERRED as u32)
-            .map(|j| ((j * 4) << 24 | (j % 10) * 7, 1000 + j))
+            .map(|j| (((j * 4) << 24) | ((j % 10) * 7), 1000 + j))
             .collect();
         for &(h, s) in &queued {
             assert!(idx.insert_later(h, s, no_prefetch));
