@@ -446,8 +446,9 @@ mod tests {
     #[test]
     fn the_queue_filter_never_hides_a_queued_key() {
         let mut idx = Index::with_capacity(1024);
-        // Stored keys, then queued ones with every top byte (every filter bit) and some sharing
-        // their low bits (their table runs) with stored keys.
+        // Stored keys, then queued ones whose top bytes fall in all four filter words, and whose
+        // low bits (their table runs) are those of stored keys; the first has a stored key's
+        // whole hash.
         for s in 0..100u32 {
             assert!(idx.insert(s * 7, s));
         }
