@@ -75,8 +75,8 @@ pub struct Index {
 /// Words of [`Index::filter`]: 256 bits, so a full burst's 64 queued keys set about a fifth.
 const FILTER_WORDS: usize = 4;
 
-/// The filter bit of `hash`: its top eight bits, which the table position (the low bits) uses
-/// only in tables of more than 2^24 entries.
+/// The filter bit of `hash`: its top eight bits. A lookup that reaches the queue and the queued
+/// entries have unrelated hashes, so any eight well-mixed bits would do.
 #[inline]
 fn filter_bit(hash: u32) -> (usize, u64) {
     let b = hash >> 24;

@@ -291,7 +291,9 @@ pub fn rewrite(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16, dec_t
         ip_proto::TCP => 18,
         _ => 8,
     };
-    if l4_off < 20 || pkt.len() < l4_off + l4_needed {
+    let fits = l4_off >= 20 && pkt.len() >= l4_off + l4_needed;
+    debug_assert!(fits, "rewrite of a packet parse would have refused");
+    if !fits {
         return;
     }
     let (hdr, l4) = pkt.split_at_mut(l4_off);
@@ -833,7 +835,7 @@ mod tests {
             r ^= r << 17;
             r
         };
-        let mut zero_udp = 0;
+        let (mut zero_udp, mut with_options) = (0, 0);
         for round in 0..20_000u32 {
             let (src, dst) = (Ipv4Addr::from(next() as u32), Ipv4Addr::from(next() as u32));
             let (sport, dport) = (next() as u16, next() as u16);
@@ -849,6 +851,18 @@ mod tests {
                 b[27] = 0;
                 zero_udp += 1;
             }
+            // Every fifth packet carries IPv4 options (three NOPs and an end of list), which
+            // move the transport header and take the general header-checksum path.
+            let l4 = if round % 5 == 4 { 24 } else { 20 };
+            if l4 == 24 {
+                b.splice(20..20, [1, 1, 1, 0]);
+                let total = b.len() as u16;
+                let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+                ip.set_header_len(24);
+                ip.set_total_len(total);
+                ip.fill_checksum();
+                with_options += 1;
+            }
             let len = b.len();
             b.extend_from_slice(&[0xaa; 6]);
             let orig = b.clone();
@@ -863,7 +877,7 @@ mod tests {
             assert!(checksums_valid(&b[..len]), "round {round}: {b:02x?}");
             let ip = Ipv4Packet::new_checked(&b[..len]).unwrap();
             assert_eq!(ip.ttl(), if dec { 63 } else { 64 });
-            let l4 = 20;
+            assert_eq!(usize::from(ip.header_len()), l4);
             let (addr_at, port_at) = match (end, round % 3) {
                 (_, 2) => (if end == End::Source { 12 } else { 16 }, l4 + 4),
                 (End::Source, _) => (12, l4),
@@ -897,6 +911,7 @@ mod tests {
             }
         }
         assert!(zero_udp > 300);
+        assert!(with_options > 3000);
     }
 
     #[test]
