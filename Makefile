@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR ?= never
 PYTHON ?= /usr/bin/python3
 KEEP ?= 0
 
-.PHONY: help deps build demo test unit e2e lint-scripts lab-up lab-down fmt fmt-check clippy clean bench
+.PHONY: help deps build demo test unit e2e lint-scripts lab-up lab-down fmt fmt-check clippy clean bench bench-instr
 
 help: ## Show this help
 	@echo "Targets:"
@@ -61,6 +61,9 @@ lint-scripts: ## Syntax-check the shell scripts and python helpers
 
 bench: deps ## Local benchmarks (pipeline, testpmd references, system over memif) -> perf/RESULTS.md
 	perf/run.sh
+
+bench-instr: deps ## Instructions per packet, cgnatd vs testpmd io-forward (callgrind) -> perf/INSTRUCTIONS.md
+	perf/instr.sh
 
 lab-up: deps build ## Create the lab and leave cgnatd running in the background
 	scripts/lab.sh up

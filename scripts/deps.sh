@@ -16,6 +16,8 @@ PACKAGES=(
     iproute2 ethtool
     # Traffic and observation in the lab, demo and end-to-end tests.
     iputils-ping iperf3 python3 python3-pip python3-scapy tcpdump curl traceroute netcat-openbsd procps
+    # Instruction counts per packet (make bench-instr).
+    valgrind
 )
 
 missing=()
