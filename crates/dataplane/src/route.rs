@@ -36,7 +36,6 @@ fn mask(len: u8) -> u32 {
     }
 }
 
-/// Where a packet goes next on a port.
 /// One row of a [`RouteTable`]: the prefix with its mask worked out once, and where it leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Row {
@@ -46,8 +45,10 @@ struct Row {
     via: Option<u32>,
 }
 
+/// Where a packet goes next on a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTable {
+    /// The port's own subnet: destinations in it are on-link.
     connected: Prefix,
     /// The connected subnet and every route, longest prefix first; at equal length the connected
     /// subnet comes first. Each packet that leaves the port looks its next hop up here, so the masks
@@ -83,6 +84,8 @@ impl RouteTable {
         RouteTable { connected, rows }
     }
 
+    /// Next-hop address for `dst`, or `None` when nothing routes it. A static route more specific than the
+    /// connected subnet wins over it, as in any router.
     #[inline]
     pub fn next_hop(&self, dst: u32) -> Option<u32> {
         self.rows
