@@ -184,18 +184,19 @@ print(f"| cgnatd, 1 worker | {nat_tx:,} | **{nat_pp:.0f}** | {nat_pp / io_pp:.2f
 print(f"| dpdk-testpmd io-forward | {io_tx:,} | **{io_pp:.0f}** | 1 |")
 print(f"\nio-forward's instructions per packet ÷ cgnatd's: **{io_pp / nat_pp:.2f}** (the system benchmark's"
       " ratio, had every instruction the same cost).")
-print("\ncgnatd's worker by function (self cost, inlined code counted in its caller), per packet:\n")
-print("| function | instructions |")
-print("|---|---:|")
-for name, n in functions(nat_file).most_common(12):
-    if n / nat_tx >= 1:
-        print(f"| `{name}` | {n / nat_tx:.1f} |")
-print("\ntestpmd's forwarding thread by function, per packet:\n")
-print("| function | instructions |")
-print("|---|---:|")
-for name, n in functions(io_file).most_common(8):
-    if n / io_tx >= 1:
-        print(f"| `{name}` | {n / io_tx:.1f} |")
+
+
+def breakdown(title, path, packets, rows):
+    print(f"\n{title}, per packet:\n")
+    print("| function | instructions |")
+    print("|---|---:|")
+    for name, n in functions(path).most_common(rows):
+        if n / packets >= 1:
+            print(f"| `{name}` | {n / packets:.1f} |")
+
+
+breakdown("cgnatd's worker by function (self cost, inlined code counted in its caller)", nat_file, nat_tx, 12)
+breakdown("testpmd's forwarding thread by function", io_file, io_tx, 8)
 print("\nCommands:\n")
 print("```")
 print(f"valgrind --tool=callgrind --separate-threads=yes target/release/cgnatd --config {out}/cgnatd.yaml")
