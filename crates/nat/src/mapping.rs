@@ -14,7 +14,7 @@
 //! sized to the slab, can never overflow; a mapping freed while its slot still has a FIFO entry keeps the
 //! slot out of the free list until that entry is popped.
 
-use crate::index::{Index, OUT_BIT, PrefetchFn};
+use crate::index::{Index, OUT_BIT};
 use crate::key::FlowKey;
 use crate::session::NIL;
 use crate::{MemAdvice, advised_vec};
@@ -173,10 +173,11 @@ impl MapTable {
         }
     }
 
-    /// Store the index inserts deferred by [`MapTable::insert`] (end of a burst).
+    /// Store the index inserts deferred by [`MapTable::insert`] (end of a burst), prefetching
+    /// their buckets with `P` first.
     #[inline]
-    pub fn flush(&mut self) {
-        self.index.flush();
+    pub fn flush<P: crate::Prefetch>(&mut self) {
+        self.index.flush::<P>();
     }
 
     /// Live and held mappings.
@@ -252,13 +253,7 @@ impl MapTable {
     /// Store a new mapping (with no sessions yet) and index it. `None` when the slab is full. The
     /// outside key's insert is deferred (see [`Index::insert_later`]): its port was just chosen, so
     /// its bucket is not in cache; the inside key's bucket was prefetched by the lookup that missed.
-    pub fn insert(
-        &mut self,
-        m: Mapping,
-        in_h: u32,
-        out_h: u32,
-        prefetch: PrefetchFn,
-    ) -> Option<u32> {
+    pub fn insert(&mut self, m: Mapping, in_h: u32, out_h: u32) -> Option<u32> {
         let slot = self.free_head;
         if slot == NIL {
             return None;
@@ -270,8 +265,7 @@ impl MapTable {
             ..m
         };
         // Sized for two keys per slot: cannot fail while the slab had room.
-        let ok = self.index.insert(in_h, slot)
-            && self.index.insert_later(out_h, slot | OUT_BIT, prefetch);
+        let ok = self.index.insert(in_h, slot) && self.index.insert_later(out_h, slot | OUT_BIT);
         debug_assert!(ok);
         self.live += 1;
         Some(slot)
@@ -434,7 +428,6 @@ mod tests {
             m,
             in_hash(SEED, 1, port, 17),
             out_hash(SEED, 9, port + 1000, 17),
-            |_| {},
         )
         .unwrap()
     }
@@ -482,8 +475,7 @@ mod tests {
             t.insert(
                 Mapping::new(1, 3, 9, 3, 17, 0, 0),
                 in_hash(SEED, 1, 3, 17),
-                out_hash(SEED, 9, 3, 17),
-                |_| {}
+                out_hash(SEED, 9, 3, 17)
             )
             .is_none()
         );

@@ -12,7 +12,7 @@ use crate::counters::{Counter, Counters, DropReason};
 use crate::deterministic::DetPlan;
 use crate::dnat::{DnatCounters, DnatTable, Picker, RuleEntry, subscriber_owner};
 use crate::events::{Event, EventKind, EventRing, Limit, MappingInfo, SessionInfo};
-use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, PrefetchFn, XIN_BITS, prefetch_with};
+use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, XIN_BITS, prefetch_with};
 use crate::key::FlowKey;
 use crate::lb::{Affinity, flow_hash};
 use crate::mapping::{self, HoldStep, MapTable, Mapping};
@@ -202,9 +202,6 @@ struct Core {
     /// burst's missed probes. Kept here rather than in `Meta` or on the stack so that a burst of
     /// established flows neither copies nor clears it.
     missed: Box<[(u32, u32); MAX_BURST]>,
-    /// How deferred index inserts prefetch their bucket: the running burst's [`Prefetch`] (set by
-    /// [`Shard::process`]); outside a burst, nothing.
-    prefetch: PrefetchFn,
 }
 
 #[inline]
@@ -538,7 +535,6 @@ impl Shard {
                 affinity: Affinity::new(AFFINITY_ENTRIES, cfg.seed.rotate_left(29)),
                 rng: cfg.seed | 1,
                 missed: Box::new([(0, 0); MAX_BURST]),
-                prefetch: |_| {},
                 rules,
                 counters,
                 cfg,
@@ -844,7 +840,6 @@ impl Shard {
         let slab = &mut self.slab;
         let seed = core.cfg.seed;
         core.now = now;
-        core.prefetch = prefetch_with::<P, _>;
         core.ports.prefetch = prefetch_with::<P, u64>;
         // Packet counters are updated once per burst, not per packet.
         let (mut forwarded, mut hairpinned, mut untranslated) = (0u64, 0u64, 0u64);
@@ -952,10 +947,10 @@ impl Shard {
                 }
             }
         }
-        // The new flows' outside keys, queued with their buckets prefetched, are stored now.
-        core.index.flush();
-        core.maps.flush();
-        core.prefetch = |_| {};
+        // The new flows' outside keys, queued in stage 3, are stored now: their buckets are
+        // prefetched together first (see the index module).
+        core.index.flush::<P>();
+        core.maps.flush::<P>();
         core.ports.prefetch = |_| {};
         let c = &core.counters;
         c.add(
@@ -1604,12 +1599,10 @@ impl Core {
         let out_addr = self.subs.get(sub).out_addr;
         self.publish_ports(out_addr);
         let m = Mapping::new(in_addr, in_port, out_addr, port, proto, pi as u8, sub);
-        let Some(ms) = self.maps.insert(
-            m,
-            h_in,
-            mapping::out_hash(seed, out_addr, port, proto),
-            self.prefetch,
-        ) else {
+        let Some(ms) = self
+            .maps
+            .insert(m, h_in, mapping::out_hash(seed, out_addr, port, proto))
+        else {
             self.free_port(sub, out_addr, proto, port, now);
             return Err(DropReason::TableFull);
         };
@@ -1725,17 +1718,16 @@ impl Core {
         // The index is sized for every key of every slab slot, so these cannot fail while the slab has
         // room. For an outbound flow the inside key's bucket is the one the missed lookup
         // prefetched; the outside and filtering keys name a port just chosen, so their inserts wait
-        // for the end of the burst with their buckets prefetched (a lookup finds them meanwhile).
-        let pf = self.prefetch;
+        // for the end of the burst, where their buckets are prefetched together (a lookup finds
+        // them meanwhile).
         let mut ok = self.index.insert(in_key(&s).hash(seed), slot | in_kind(&s))
             && self
                 .index
-                .insert_later(out_key(&s).hash(seed), slot | OUT_BIT, pf);
+                .insert_later(out_key(&s).hash(seed), slot | OUT_BIT);
         if self.adf[pi] {
             ok &= self.index.insert_later(
                 adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
                 slot | ADF_BIT,
-                pf,
             );
         }
         debug_assert!(ok);
