@@ -17,7 +17,7 @@ pub mod frag_pos {
 }
 
 /// What the fast path needs to know about a packet after parsing.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Parsed {
     /// The packet's tuple as on the wire (see [`FlowKey`] for ICMP). For an ICMP error, the key of the
     /// session its quoted packet belongs to, in this direction's orientation; for a later fragment, the
@@ -57,6 +57,71 @@ fn ipv4_error(e: WireError) -> DropReason {
 // parsed fields were read back narrower than they were written, a store-forwarding stall per packet.
 #[inline(always)]
 pub fn parse(pkt: &[u8], dir: Dir, later: Option<L4Ids>) -> Result<Parsed, DropReason> {
+    match parse_simple(pkt) {
+        Some(p) => Ok(p),
+        None => parse_general(pkt, dir, later),
+    }
+}
+
+/// [`parse`] for nearly every packet: a whole TCP segment or UDP datagram under a 20-byte IPv4
+/// header, valid by every check [`parse_general`] makes. It reads the headers through one
+/// fixed-size view, one bounds check instead of one per field: callgrind counted about 110
+/// instructions per packet for the general parse of such a packet.
+///
+/// `None` for anything else (options, fragments, ICMP, TTL 1, a bad length or checksum, other
+/// protocols), which [`parse_general`] then accepts or refuses with its reason. For a packet
+/// this accepts, the general parse returns the same [`Parsed`]; a test compares the two on
+/// mutated and truncated packets.
+#[inline(always)]
+fn parse_simple(pkt: &[u8]) -> Option<Parsed> {
+    // IPv4 header and the first 8 bytes of the transport header.
+    let h = pkt.first_chunk::<28>()?;
+    let total_len = u16::from_be_bytes([h[2], h[3]]);
+    let total = usize::from(total_len);
+    // Version 4 with IHL 5; MF clear and offset 0 (DF and the reserved bit do not matter); TTL
+    // above 1; the datagram within the buffer.
+    if h[0] != 0x45 || h[6] & 0x3f != 0 || h[7] != 0 || h[8] <= 1 || total > pkt.len() {
+        return None;
+    }
+    let tcp_flags = match h[9] {
+        // The UDP length must be the whole IP payload, at least a UDP header.
+        ip_proto::UDP
+            if total >= 28 && usize::from(u16::from_be_bytes([h[24], h[25]])) == total - 20 =>
+        {
+            0
+        }
+        ip_proto::TCP => {
+            // A TCP header of data offset ≥ 5 words, all of it inside the IP payload.
+            let t = pkt.get(20..total)?.first_chunk::<20>()?;
+            let off = usize::from(t[12] >> 4) * 4;
+            if off < 20 || off > total - 20 {
+                return None;
+            }
+            t[13]
+        }
+        _ => return None,
+    };
+    if !checksum::verify20(h.first_chunk::<20>()?) {
+        return None;
+    }
+    Some(Parsed {
+        key: FlowKey {
+            src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+            dst: u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+            sport: u16::from_be_bytes([h[20], h[21]]),
+            dport: u16::from_be_bytes([h[22], h[23]]),
+            proto: h[9],
+        },
+        l4_off: 20,
+        total_len,
+        tcp_flags,
+        ..Parsed::default()
+    })
+}
+
+/// [`parse`] for any packet.
+#[inline(never)]
+fn parse_general(pkt: &[u8], dir: Dir, later: Option<L4Ids>) -> Result<Parsed, DropReason> {
     let ip = Ipv4Packet::new_checked(pkt).map_err(ipv4_error)?;
     if !ip.verify_checksum() {
         return Err(DropReason::Ipv4BadChecksum);
@@ -673,6 +738,110 @@ mod tests {
         assert_eq!((p.key.sport, p.key.dport), (0, 77));
         let p = parse(&tcp(SUB, 4000, SRV, 80, tcp_flags::SYN), Dir::In2Out, None).unwrap();
         assert_eq!(p.tcp_flags, tcp_flags::SYN);
+    }
+
+    /// Whatever the fast parse accepts, the general parse accepts with the same result: the fast
+    /// path may decline a packet (the general one then decides), never decide differently. Random
+    /// byte changes in the headers, with the IPv4 checksum made valid again half of the time so
+    /// that the other checks are reached, and truncations.
+    #[test]
+    fn the_fast_parse_agrees_with_the_general_one() {
+        let mut tcp_opts = tcp(SUB, 4000, SRV, 80, tcp_flags::SYN | tcp_flags::ACK);
+        tcp_opts[32] = 0x60; // data offset 6: a 4-byte option (the "data" bytes)
+        let mut ip_opts = udp(SUB, 5000, SRV, 53, b"hello");
+        ip_opts[0] = 0x46; // a 4-byte IP option (the UDP header's first bytes)
+        let seeds = [
+            udp(SUB, 5000, SRV, 53, b"hello"),
+            udp(SUB, 5000, SRV, 53, b""),
+            tcp(SUB, 4000, SRV, 80, tcp_flags::SYN),
+            tcp_opts,
+            tcp_payload(SUB, 4000, SRV, 80, &[7u8; 300]),
+            icmp_echo(SUB, SRV, icmp_type::ECHO_REQUEST, 77),
+            ip_opts,
+        ];
+        for s in &seeds[..5] {
+            assert!(
+                parse_simple(s).is_some(),
+                "a plain TCP or UDP packet takes the fast path"
+            );
+        }
+        // Edges the random changes rarely reach: each is refused by the general parse, so the
+        // fast one must decline it.
+        let refix = |mut b: Vec<u8>| {
+            b[10..12].fill(0);
+            let c = checksum::checksum(&b[..20]);
+            b[10..12].copy_from_slice(&c.to_be_bytes());
+            b
+        };
+        let edit = |s: &[u8], at: usize, v: &[u8]| {
+            let mut b = s.to_vec();
+            b[at..at + v.len()].copy_from_slice(v);
+            refix(b)
+        };
+        let (u, t) = (&seeds[1], &seeds[2]);
+        let edges = [
+            edit(u, 8, &[1]),                         // TTL 1
+            edit(u, 2, &[0, 27]), // total length shorter than IP + UDP headers...
+            edit(&edit(u, 2, &[0, 27]), 24, &[0, 7]), // ...with a UDP length to match
+            edit(u, 24, &[0, 9]), // UDP length beyond the datagram
+            edit(u, 2, &[0, 29]), // total length beyond the buffer
+            edit(u, 6, &[0x20, 0]), // MF
+            edit(u, 6, &[0, 1]),  // fragment offset 8
+            edit(t, 32, &[0x40]), // TCP data offset 4
+            edit(t, 32, &[0x70]), // TCP header longer than the segment
+            edit(t, 2, &[0, 39]), // TCP segment shorter than its header
+        ];
+        for b in &edges {
+            assert!(parse_general(b, Dir::In2Out, None).is_err(), "{b:02x?}");
+            assert_eq!(parse_simple(b), None, "{b:02x?}");
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (mut fast, mut declined) = (0, 0);
+        for seed in &seeds {
+            for _ in 0..5000 {
+                let mut b = seed.clone();
+                for _ in 0..1 + next() % 3 {
+                    // Edge values as often as random ones: TTL 1, a length off by one, a zero.
+                    let at = (next() % 48) as usize % b.len();
+                    b[at] = match next() % 5 {
+                        0 => 0,
+                        1 => 1,
+                        2 => b[at].wrapping_add(1),
+                        3 => b[at].wrapping_sub(1),
+                        _ => next() as u8,
+                    };
+                }
+                if next() % 2 == 0 && b.len() >= 20 {
+                    b[10] = 0;
+                    b[11] = 0;
+                    let c = checksum::checksum(&b[..20]);
+                    b[10..12].copy_from_slice(&c.to_be_bytes());
+                }
+                if next() % 8 == 0 {
+                    b.truncate((next() % 64) as usize);
+                }
+                for dir in [Dir::In2Out, Dir::Out2In] {
+                    match parse_simple(&b) {
+                        Some(p) => {
+                            assert_eq!(parse_general(&b, dir, None), Ok(p), "{b:02x?}");
+                            fast += 1;
+                        }
+                        None => declined += 1,
+                    }
+                }
+            }
+        }
+        // Both outcomes were exercised, not just one.
+        assert!(
+            fast > 1000 && declined > 1000,
+            "fast {fast}, declined {declined}"
+        );
     }
 
     #[test]
