@@ -168,6 +168,10 @@ struct Meta {
 pub struct Shard {
     slab: Slab,
     core: Core,
+    /// [`Shard::process`]'s per-packet scratch, kept here so that a burst neither clears nor
+    /// copies it (callgrind: about 6 instructions per packet on the stack). Stage 1 writes every
+    /// entry of the burst before anything reads it.
+    meta: Box<[Meta; MAX_BURST]>,
 }
 
 /// Everything but the session slab, so that expiry can walk the slab while updating the rest.
@@ -515,6 +519,7 @@ impl Shard {
         let keys_per_session = if adf.iter().any(|&a| a) { 3 } else { 2 };
         let shard = Shard {
             slab: Slab::new_advised(cfg.max_sessions, now, advise),
+            meta: Box::new([Meta::default(); MAX_BURST]),
             core: Core {
                 index: Index::with_capacity_advised(
                     cfg.max_sessions as usize * keys_per_session,
@@ -749,7 +754,7 @@ impl Shard {
     /// Delete the session in `slot` (control plane: `conntrack -D`), ending its mapping if it was the
     /// last one, through the hold-down as for an expiry.
     pub(crate) fn delete_slot(&mut self, slot: u32) {
-        let Shard { slab, core } = self;
+        let Shard { slab, core, .. } = self;
         let now = core.now;
         core.delete_session(slab, slot, now, false);
         core.gauges(slab);
@@ -835,7 +840,7 @@ impl Shard {
         now: u32,
     ) {
         let n = batch.len().min(verdicts.len()).min(MAX_BURST);
-        let mut meta = [Meta::default(); MAX_BURST];
+        let meta = &mut *self.meta;
         let core = &mut self.core;
         let slab = &mut self.slab;
         let seed = core.cfg.seed;
@@ -876,6 +881,7 @@ impl Shard {
                         Verdict::Drop(r) => core.counters.count_drop(r),
                         _ => untranslated += 1,
                     }
+                    meta[i].ok = false;
                 }
             }
         }
@@ -905,7 +911,7 @@ impl Shard {
         }
         // Stage 3: confirm the key against the session and rewrite; misses take the slow path.
         for i in 0..n {
-            let m = meta[i];
+            let m = &meta[i];
             if !m.ok {
                 continue;
             }
@@ -977,7 +983,7 @@ impl Shard {
     /// Expire idle sessions and end hold-downs, looking at no more than `budget` sessions and `budget`
     /// hold-down entries. Returns how many sessions were deleted.
     pub fn expire(&mut self, now: u32, budget: u32) -> u32 {
-        let Shard { slab, core } = self;
+        let Shard { slab, core, .. } = self;
         core.now = now;
         let timeouts = core.cfg.timeouts;
         let mut deleted = 0;
@@ -1007,7 +1013,7 @@ impl Shard {
     /// Delete every session, mapping (hold-down included: an operator's flush starts over), subscriber
     /// record and port block (control plane). Returns how many sessions were deleted.
     pub fn flush(&mut self) -> u32 {
-        let Shard { slab, core } = self;
+        let Shard { slab, core, .. } = self;
         let now = core.now;
         let slots: Vec<u32> = slab.iter().map(|(i, _)| i).collect();
         for &slot in &slots {
