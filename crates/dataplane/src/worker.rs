@@ -496,6 +496,10 @@ impl Worker {
     ) {
         let now_ms = (now - self.start_tsc) / self.tsc_per_ms;
         for m in rx.drain(..) {
+            if !from_peer && self.plain_ipv4(side, &m) {
+                self.admit_whole(side, m, false, now, now_s);
+                continue;
+            }
             match self.classify(side, &m, from_peer) {
                 Class::Ipv4 => self.admit_ipv4(side, m, from_peer, now, now_s, now_ms),
                 Class::Arp => {
@@ -509,6 +513,27 @@ impl Worker {
             }
         }
         self.translate(side, now, now_s);
+    }
+
+    /// Whether a frame from the wire is the common case, decided from one fixed-size view of its
+    /// first 34 bytes rather than field by field: unicast to this port's MAC, in one segment, IPv4
+    /// not addressed to the appliance itself, a whole datagram no larger than the smaller MTU. For
+    /// such a frame [`Worker::classify`] says [`Class::Ipv4`] and [`Worker::admit_ipv4`] takes its
+    /// inline path, so [`Worker::dispatch`] goes straight to [`Worker::admit_whole`]; any other
+    /// frame takes those two (which may still accept it, e.g. a reply to the masquerade address).
+    #[inline(always)]
+    fn plain_ipv4(&self, side: Side, m: &Mbuf) -> bool {
+        let Some(h) = m.data().first_chunk::<{ L3 + 20 }>() else {
+            return false;
+        };
+        let dst = u32::from_be_bytes([h[L3 + 16], h[L3 + 17], h[L3 + 18], h[L3 + 19]]);
+        h[..6] == self.ports[side as usize].mac.0
+            && h[12..14] == [0x08, 0x00]
+            && u16::from_be_bytes([h[L3 + 2], h[L3 + 3]]) <= self.min_mtu
+            && h[L3 + 6] & 0x3f == 0
+            && h[L3 + 7] == 0
+            && m.is_contiguous()
+            && !self.local_addrs.contains(&dst)
     }
 
     /// An IPv4 frame for translation, to its owner here or over the handoff ring.
@@ -536,6 +561,13 @@ impl Worker {
         if !whole_and_fits {
             return self.admit_ipv4_full(side, m, from_peer, now, now_s, now_ms);
         }
+        self.admit_whole(side, m, from_peer, now, now_s);
+    }
+
+    /// A whole datagram that fits the port it leaves by: to the burst being gathered, or to the
+    /// worker that owns its flow.
+    #[inline(always)]
+    fn admit_whole(&mut self, side: Side, m: Mbuf, from_peer: bool, now: u64, now_s: u32) {
         let owner = if from_peer || self.workers == 1 {
             self.me
         } else {
@@ -1100,9 +1132,14 @@ impl Worker {
     #[inline]
     fn send_to(&mut self, egress: Side, mut m: Mbuf, mac: EthernetAddress) {
         let src = self.ports[egress as usize].mac;
-        let mut eth = EthernetFrame::new_unchecked(m.data_mut());
-        eth.set_dst_addr(mac);
-        eth.set_src_addr(src);
+        // Both addresses through one fixed-size view. Every frame sent here was parsed as IPv4 or
+        // ARP, so it has an Ethernet header.
+        let Some(h) = m.data_mut().first_chunk_mut::<12>() else {
+            self.counters.count_drop(DropReason::FrameTruncated);
+            return;
+        };
+        h[..6].copy_from_slice(&mac.0);
+        h[6..].copy_from_slice(&src.0);
         self.enqueue(egress, m);
     }
 
