@@ -546,12 +546,15 @@ impl PortAllocator {
         let span = last_word - first_word + 1;
         let next = self.next_rand();
         let r = std::mem::replace(&mut self.draws[a * 3 + p], next);
-        (self.prefetch)(&self.maps[a * 3 + p][first_word + (next % span as u64) as usize]);
-        let start = (r % span as u64) as usize;
-        let rot = ((r >> 32) % 64) as u32;
+        (self.prefetch)(&self.maps[a * 3 + p][first_word + scale(next, span)]);
+        let start = scale(r, span);
+        // The low bits: `scale` used the high ones.
+        let rot = (r % 64) as u32;
         let mask = parity_mask(parity);
-        for i in 0..span {
-            let w = first_word + (start + i) % span;
+        let mut k = start;
+        for _ in 0..span {
+            let w = first_word + k;
+            k = if k + 1 == span { 0 } else { k + 1 };
             let free = !self.maps[a * 3 + p][w] & mask;
             if free == 0 {
                 continue;
@@ -582,10 +585,11 @@ impl PortAllocator {
             return None;
         }
         let r = self.next_rand();
-        let start = (r % u64::from(runs)) as u32;
-        let rot = ((r >> 32) % 64) as u32;
-        for i in 0..runs {
-            let w = set.word((start + i) % runs);
+        let mut k = scale(r, runs as usize) as u32;
+        let rot = (r % 64) as u32;
+        for _ in 0..runs {
+            let w = set.word(k);
+            k = if k + 1 == runs { 0 } else { k + 1 };
             let Some(&word) = self.maps[a * 3 + p].get(w) else {
                 continue;
             };
@@ -675,6 +679,14 @@ impl PortAllocator {
             stride: self.workers,
         }
     }
+}
+
+/// A random draw scaled to `0..n` by its high bits (Lemire's multiply-shift): no division on the
+/// new-mapping path, where a 64-bit `%` by a variable is tens of cycles; the bias, at most
+/// `n / 2^64`, is immaterial.
+#[inline]
+fn scale(draw: u64, n: usize) -> usize {
+    ((u128::from(draw) * n as u128) >> 64) as usize
 }
 
 /// Bits of a bitmap word whose ports have the given parity (word bases are multiples of 64, so bit
