@@ -53,9 +53,12 @@ const BUF: usize = 2048;
 const SERVER: u32 = 0xc633_640a; // 198.51.100.10
 const SERVER_PORT: u16 = 53;
 /// Subscribers of the pre-filled flows start at 100.64.0.0, those of the new flows at 100.96.0.0:
-/// both inside the SNAT rule's 100.64.0.0/10, never the same endpoints.
+/// both inside the SNAT rule's 100.64.0.0/10, never the same endpoints ([`check_ranges`] refuses
+/// sizes whose subscribers would not fit).
 const BASE_FILL: u32 = 0x6440_0000;
 const BASE_NEW: u32 = 0x6460_0000;
+/// The end of 100.64.0.0/10.
+const BASE_END: u32 = 0x6480_0000;
 const FIRST_PORT: u16 = 1024;
 /// Ports handed out per pool address (1024-65535).
 const PORTS_PER_ADDR: u64 = 64512;
@@ -587,6 +590,25 @@ fn measure_new(cli: &Cli, n: u32) -> Result<Value> {
     }))
 }
 
+/// The pre-filled flows' subscribers (100.64.0.0 up) must end before the new flows' (100.96.0.0
+/// up), and those before the end of 100.64.0.0/10: with too few flows per subscriber the "new"
+/// flows of a large table would be flows already in it, and the new-session rate would measure
+/// established packets.
+fn check_ranges(largest: u32, per_sub: u32) -> Result<()> {
+    let fill = largest.div_ceil(per_sub);
+    let new = (largest / 8).max(1024).div_ceil(per_sub);
+    if fill > BASE_NEW - BASE_FILL || new > BASE_END - BASE_NEW {
+        bail!(
+            "--flows-per-subscriber {per_sub} is too few for {largest} sessions: the table's {fill} \
+             subscribers (100.64.0.0 up) and the new flows' {new} (100.96.0.0 up) must each fit in \
+             {} addresses; use at least {}",
+            BASE_NEW - BASE_FILL,
+            largest.div_ceil(BASE_NEW - BASE_FILL)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.flows_per_subscriber == 0 || cli.flows_per_subscriber > 4096 {
@@ -597,6 +619,7 @@ fn main() -> Result<()> {
         sizes.push(parse_size(s)?);
     }
     let largest = sizes.iter().copied().max().unwrap_or(0);
+    check_ranges(largest, cli.flows_per_subscriber)?;
     let mut probe = Vec::new();
     if cli.memory_probe {
         // Only the buffers standing for table sizes this run measures.
@@ -662,6 +685,21 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("64M").is_err());
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn subscriber_ranges_that_would_overlap_are_refused() {
+        // The default and every size up to 16M fit; 4 flows per subscriber at 16M would make the
+        // "new" flows existing ones.
+        assert!(check_ranges(16 << 20, 256).is_ok());
+        assert!(check_ranges(16 << 20, 8).is_ok());
+        let e = check_ranges(16 << 20, 4).unwrap_err().to_string();
+        assert!(
+            e.contains("--flows-per-subscriber 4") && e.contains("at least 8"),
+            "{e}"
+        );
+        assert!(check_ranges(1 << 20, 1).is_ok());
+        assert!(check_ranges(4 << 20, 1).is_err());
     }
 
     #[test]
