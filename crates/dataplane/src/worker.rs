@@ -529,11 +529,20 @@ impl Worker {
         let dst = u32::from_be_bytes([h[L3 + 16], h[L3 + 17], h[L3 + 18], h[L3 + 19]]);
         h[..6] == self.ports[side as usize].mac.0
             && h[12..14] == [0x08, 0x00]
-            && u16::from_be_bytes([h[L3 + 2], h[L3 + 3]]) <= self.min_mtu
-            && h[L3 + 6] & 0x3f == 0
-            && h[L3 + 7] == 0
+            && h[L3..]
+                .first_chunk::<8>()
+                .is_some_and(|ip| self.whole_and_fits(ip, false))
             && m.is_contiguous()
             && !self.local_addrs.contains(&dst)
+    }
+
+    /// Whether an IPv4 header's first 8 bytes describe a whole datagram (MF clear, offset 0) that
+    /// fits the smaller MTU (a peer's frame was checked by the worker that received it).
+    #[inline(always)]
+    fn whole_and_fits(&self, ip: &[u8; 8], from_peer: bool) -> bool {
+        (from_peer || u16::from_be_bytes([ip[2], ip[3]]) <= self.min_mtu)
+            && ip[6] & 0x3f == 0
+            && ip[7] == 0
     }
 
     /// An IPv4 frame for translation, to its owner here or over the handoff ring.
@@ -553,11 +562,11 @@ impl Worker {
         now_s: u32,
         now_ms: u64,
     ) {
-        let whole_and_fits = m.data().get(L3..L3 + 8).is_some_and(|h| {
-            (from_peer || u16::from_be_bytes([h[2], h[3]]) <= self.min_mtu)
-                && h[6] & 0x3f == 0
-                && h[7] == 0
-        });
+        let whole_and_fits = m
+            .data()
+            .get(L3..)
+            .and_then(|ip| ip.first_chunk::<8>())
+            .is_some_and(|ip| self.whole_and_fits(ip, from_peer));
         if !whole_and_fits {
             return self.admit_ipv4_full(side, m, from_peer, now, now_s, now_ms);
         }
