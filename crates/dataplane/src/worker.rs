@@ -241,8 +241,11 @@ pub struct Worker {
     start_tsc: u64,
     /// TSC ticks per millisecond, for fragment deadlines.
     tsc_per_ms: u64,
-    rx: MbufBurst<BURST>,
-    ipv4: MbufBurst<BURST>,
+    /// The burst being gathered for translation, and an empty one to swap in while it is
+    /// translated. Boxed so that the swap moves two pointers: moving the 264-byte bursts in and out
+    /// of the worker cost a memcpy call each way (callgrind: about 3 instructions per packet).
+    ipv4: Box<MbufBurst<BURST>>,
+    spare: Option<Box<MbufBurst<BURST>>>,
     /// For each frame of `ipv4`: the transport identifiers of a later fragment, or the datagram of a
     /// first fragment (forgotten again if the translator refuses it).
     ipv4_later: [Option<L4Ids>; BURST],
@@ -259,6 +262,9 @@ pub struct Worker {
     /// Fragments released by their first fragment, waiting to be dispatched right after it.
     released: Vec<Mbuf>,
     local_addrs: [u32; 2],
+    /// Each port's MAC as the low 48 bits of a little-endian word: [`Worker::plain_ipv4`] checks a
+    /// frame's destination with one load and compare (as bytes: about 11 instructions per packet).
+    mac_words: [u64; 2],
     /// The outside address when it doubles as the pool (MASQUERADE).
     masq_addr: Option<u32>,
     /// The smaller of the two ports' MTUs: anything no larger fits whichever port it leaves by.
@@ -282,6 +288,25 @@ pub struct Worker {
     idle_sleep: Duration,
     idle_polls: u32,
     idle: u32,
+}
+
+/// The 48 bits of a MAC address in a little-endian word.
+const MAC_BITS: u64 = (1 << 48) - 1;
+
+/// `mac` as the low 48 bits of a little-endian word, as [`Worker::plain_ipv4`] reads a frame's
+/// destination address (its first 8 bytes, masked to 6).
+fn mac_word(mac: &[u8; 6]) -> u64 {
+    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+}
+
+/// Whether a frame's destination MAC is the one `mac_word` ([`mac_word`]) holds. The frame's first
+/// 8 bytes are read as one word, of which the top two (the source MAC's start) are masked off.
+#[inline(always)]
+fn addressed_to(frame: &[u8; L3 + 20], mac_word: u64) -> bool {
+    let first: [u8; 8] = [
+        frame[0], frame[1], frame[2], frame[3], frame[4], frame[5], frame[6], frame[7],
+    ];
+    u64::from_le_bytes(first) & MAC_BITS == mac_word
 }
 
 /// Whether an IPv4 packet (from its header on) is an unfragmented ICMP echo request.
@@ -339,6 +364,7 @@ impl Worker {
         let inside = mk(cfg.inside);
         let outside = mk(cfg.outside);
         let local_addrs = [inside.addr, outside.addr];
+        let mac_words = [mac_word(&inside.mac.0), mac_word(&outside.mac.0)];
         let (inside_mtu, outside_mtu) = (inside.mtu, outside.mtu);
         let port_ids = [inside.rx.port().0, outside.rx.port().0];
         let workers = cfg.workers.max(1);
@@ -357,8 +383,8 @@ impl Worker {
             tsc_hz,
             start_tsc: dpdk::time::tsc(),
             tsc_per_ms: (tsc_hz / 1000).max(1),
-            rx: MbufBurst::new(),
-            ipv4: MbufBurst::new(),
+            ipv4: Box::new(MbufBurst::new()),
+            spare: Some(Box::new(MbufBurst::new())),
             ipv4_later: [None; BURST],
             ipv4_first: [None; BURST],
             burst_has_fragments: false,
@@ -372,6 +398,7 @@ impl Worker {
             // Never grows: at most every held fragment is released at once.
             released: Vec::with_capacity(cfg.fragments.max_held as usize),
             local_addrs,
+            mac_words,
             masq_addr: cfg
                 .masquerade
                 .then_some(local_addrs[Side::Outside as usize]),
@@ -396,13 +423,16 @@ impl Worker {
 
     /// Poll until the stop flag is raised. Returns the shard so the caller can inspect it afterwards.
     pub fn run(mut self) -> Shard {
+        // The receive burst lives here rather than in the worker, so that polling hands it down
+        // by reference instead of moving it out of `self` and back (a memcpy call each way).
+        let mut rx = MbufBurst::<BURST>::new();
         while !self.stop.load(Ordering::Relaxed) {
             let now = dpdk::time::tsc();
             let now_s = ((now - self.start_tsc) / self.tsc_hz) as u32;
-            let mut busy = self.poll(Side::Inside, now, now_s);
-            busy += self.poll(Side::Outside, now, now_s);
+            let mut busy = self.poll(Side::Inside, &mut rx, now, now_s);
+            busy += self.poll(Side::Outside, &mut rx, now, now_s);
             if !self.from_peer.is_empty() {
-                busy += self.poll_peers(now, now_s);
+                busy += self.poll_peers(&mut rx, now, now_s);
                 self.flush_handoff();
             }
             self.flush(Side::Inside);
@@ -436,33 +466,30 @@ impl Worker {
     }
 
     #[inline]
-    fn poll(&mut self, side: Side, now: u64, now_s: u32) -> usize {
-        let n = self.ports[side as usize].rx.rx_burst(&mut self.rx);
+    fn poll(&mut self, side: Side, rx: &mut MbufBurst<BURST>, now: u64, now_s: u32) -> usize {
+        let n = self.ports[side as usize].rx.rx_burst(rx);
         if n == 0 {
             return 0;
         }
         self.counters.add(Counter::RxPackets, n as u64);
-        for m in self.rx.iter() {
+        for m in rx.iter() {
             m.prefetch_data();
         }
-        let mut rx = std::mem::take(&mut self.rx);
-        self.dispatch(side, &mut rx, false, now, now_s);
-        self.rx = rx;
+        self.dispatch(side, rx, false, now, now_s);
         n
     }
 
     /// Frames other workers received for flows this worker owns.
-    fn poll_peers(&mut self, now: u64, now_s: u32) -> usize {
+    fn poll_peers(&mut self, inside: &mut MbufBurst<BURST>, now: u64, now_s: u32) -> usize {
         let mut total = 0;
         for r in 0..self.from_peer.len() {
-            let n = self.from_peer[r].dequeue_burst(&mut self.rx);
+            let n = self.from_peer[r].dequeue_burst(inside);
             if n == 0 {
                 continue;
             }
             total += n;
             self.counters.add(Counter::HandoffIn, n as u64);
             // Split by the port the frame arrived on; each side is one translation direction.
-            let mut inside = std::mem::take(&mut self.rx);
             let mut outside: MbufBurst<BURST> = MbufBurst::new();
             let mut i = 0;
             while i < inside.len() {
@@ -476,9 +503,8 @@ impl Worker {
                     i += 1;
                 }
             }
-            self.dispatch(Side::Inside, &mut inside, true, now, now_s);
+            self.dispatch(Side::Inside, inside, true, now, now_s);
             self.dispatch(Side::Outside, &mut outside, true, now, now_s);
-            self.rx = inside;
         }
         total
     }
@@ -527,7 +553,7 @@ impl Worker {
             return false;
         };
         let dst = u32::from_be_bytes([h[L3 + 16], h[L3 + 17], h[L3 + 18], h[L3 + 19]]);
-        h[..6] == self.ports[side as usize].mac.0
+        addressed_to(h, self.mac_words[side as usize])
             && h[12..14] == [0x08, 0x00]
             && h[L3..]
                 .first_chunk::<8>()
@@ -686,7 +712,12 @@ impl Worker {
             Side::Outside => Dir::Out2In,
         };
         let mut verdicts = [Verdict::Forward; BURST];
-        let mut ipv4 = std::mem::take(&mut self.ipv4);
+        // The spare is always here: routing never admits frames, so no translation runs inside
+        // another.
+        let Some(empty) = self.spare.take() else {
+            return;
+        };
+        let mut ipv4 = std::mem::replace(&mut self.ipv4, empty);
         self.shard.process::<_, DpdkPrefetch>(
             dir,
             &mut L3Batch(&mut ipv4, &self.ipv4_later),
@@ -706,8 +737,8 @@ impl Worker {
             self.burst_has_fragments = false;
         }
         self.resolved = [None; 2];
-        for (m, v) in ipv4.drain(..).zip(verdicts) {
-            match v {
+        for (i, m) in ipv4.drain(..).enumerate() {
+            match verdicts[i] {
                 Verdict::Forward | Verdict::ForwardUntranslated => self.route(side.other(), m, now),
                 // Both ends translated: back out of the inside port, to the target subscriber.
                 Verdict::Hairpin => self.route(Side::Inside, m, now),
@@ -740,7 +771,8 @@ impl Worker {
                 Verdict::Drop(_) => {}
             }
         }
-        self.ipv4 = ipv4;
+        // Drained: it is the spare now.
+        self.spare = Some(ipv4);
     }
 
     /// Whether the frame's IPv4 source is still an inside address (not one the translator wrote).
@@ -1352,7 +1384,34 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use super::is_echo_request;
+    use super::{L3, addressed_to, is_echo_request, mac_word};
+
+    #[test]
+    fn the_fast_path_takes_frames_for_the_port_mac_and_no_other() {
+        let mac = [0x02, 0x00, 0x5e, 0x10, 0x20, 0x31];
+        let word = mac_word(&mac);
+        let mut frame = [0u8; L3 + 20];
+        frame[..6].copy_from_slice(&mac);
+        // Whatever the source MAC: only the first six bytes are the destination.
+        for src in [[0u8; 6], [0xff; 6], [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc]] {
+            frame[6..12].copy_from_slice(&src);
+            assert!(addressed_to(&frame, word), "source {src:02x?}");
+        }
+        for i in 0..6 {
+            let mut other = frame;
+            other[i] ^= 0x01;
+            assert!(
+                !addressed_to(&other, word),
+                "destination differs in byte {i}"
+            );
+        }
+        let mut broadcast = frame;
+        broadcast[..6].fill(0xff);
+        assert!(
+            !addressed_to(&broadcast, word),
+            "broadcast is not the fast path"
+        );
+    }
 
     fn icmp(ty: u8, flags: [u8; 2]) -> Vec<u8> {
         let mut b = vec![0u8; 28];
