@@ -108,7 +108,9 @@ PGID=$!
 wait "$PGID" || true
 PGID=
 
-"$PY" - "$OUT" "$N" "$SECS" "${IO[*]}" <<'PY' >perf/INSTRUCTIONS.md
+# Written beside the raw output first: redirecting into perf/INSTRUCTIONS.md would truncate it
+# before the report asks git whether the tree is clean, and so always call it dirty.
+"$PY" - "$OUT" "$N" "$SECS" "${IO[*]}" <<'PY' >"$OUT/INSTRUCTIONS.md"
 import collections, glob, json, os, platform, re, subprocess, sys
 
 out, flows, secs, io_cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -207,4 +209,5 @@ print(f"valgrind --tool=callgrind --separate-threads=yes target/release/cgnatd -
 print(f"valgrind --tool=callgrind --separate-threads=yes {io_cmd}")
 print("```")
 PY
+mv "$OUT/INSTRUCTIONS.md" perf/INSTRUCTIONS.md
 echo "bench-instr: wrote perf/INSTRUCTIONS.md"
