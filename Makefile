@@ -56,8 +56,8 @@ e2e: ## End-to-end tests through the namespace lab, once per lab config (root; n
 	done
 
 lint-scripts: ## Syntax-check the shell scripts and python helpers
-	for f in scripts/*.sh .ci/run; do bash -n "$$f"; done
-	$(PYTHON) -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' tests/tools/*.py
+	for f in scripts/*.sh perf/*.sh .ci/run; do bash -n "$$f"; done
+	$(PYTHON) -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' tests/tools/*.py perf/*.py
 
 bench: deps ## Local benchmarks (pipeline, testpmd references, system over memif) -> perf/RESULTS.md
 	perf/run.sh
