@@ -2,6 +2,7 @@
 
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use dpdk_sys as sys;
 
@@ -25,21 +26,32 @@ pub const SOCKET_ID_ANY: i32 = sys::SOCKET_ID_ANY;
 /// per-lcore cache, which relies on DPDK's rule that one lcore id is used by
 /// one thread at a time.
 ///
-/// Dropping the pool frees it only if every mbuf has come back. If mbufs
-/// are still out (held by the application, queued in a ring, or sitting in a
-/// port's RX descriptors), the pool is deliberately leaked, so those mbufs
-/// stay valid; the leaked pool also keeps the EAL from being cleaned up.
-#[derive(Debug)]
+/// A `Mempool` is a counted handle: clones share the one pool, and every
+/// [`crate::Port`] configured with a pool keeps a clone until the device is
+/// closed, because its PMD allocates from the pool on every receive burst
+/// (net_null, af_packet and pcap hold no mbufs between bursts, so the count
+/// of mbufs out says nothing about whether the pool is still in use).
+///
+/// When the last handle goes, the pool is freed only if every mbuf has come
+/// back. If mbufs are still out (held by the application or queued in a
+/// ring), the pool is deliberately leaked, so those mbufs stay valid; the
+/// leaked pool also keeps the EAL from being cleaned up.
+#[derive(Debug, Clone)]
 pub struct Mempool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
     raw: NonNull<sys::rte_mempool>,
     live: Option<Live>,
 }
 
 // SAFETY: the pool is a DPDK shared-memory object whose operations are
 // thread-safe (MP/MC ring handler); the handle has no thread affinity.
-unsafe impl Send for Mempool {}
-// SAFETY: as above; &Mempool only exposes thread-safe operations.
-unsafe impl Sync for Mempool {}
+unsafe impl Send for PoolInner {}
+// SAFETY: as above; &PoolInner only exposes thread-safe operations.
+unsafe impl Sync for PoolInner {}
 
 impl Mempool {
     /// Create a pool of `n` mbufs, each with `data_room` bytes of buffer
@@ -68,8 +80,10 @@ impl Mempool {
             unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket) };
         match NonNull::new(raw) {
             Some(raw) => Ok(Mempool {
-                raw,
-                live: Some(live),
+                inner: Arc::new(PoolInner {
+                    raw,
+                    live: Some(live),
+                }),
             }),
             None => {
                 let code = rte_errno();
@@ -85,33 +99,33 @@ impl Mempool {
     pub fn name(&self) -> String {
         // SAFETY: the pool is alive; its name is a NUL-terminated array
         // inside the pool header.
-        let name = unsafe { CStr::from_ptr((*self.raw.as_ptr()).name.as_ptr()) };
+        let name = unsafe { CStr::from_ptr((*self.inner.raw.as_ptr()).name.as_ptr()) };
         name.to_string_lossy().into_owned()
     }
 
     /// Total number of mbufs in the pool.
     pub fn capacity(&self) -> u32 {
         // SAFETY: the pool is alive; `size` is immutable after creation.
-        unsafe { (*self.raw.as_ptr()).size }
+        unsafe { (*self.inner.raw.as_ptr()).size }
     }
 
     /// Mbufs currently available for allocation (including lcore caches).
     pub fn avail_count(&self) -> u32 {
         // SAFETY: the pool is alive; the count is a read-only snapshot.
-        unsafe { sys::rte_mempool_avail_count(self.raw.as_ptr()) }
+        unsafe { sys::rte_mempool_avail_count(self.inner.raw.as_ptr()) }
     }
 
     /// Mbufs currently allocated (held by the application, rings or ports).
     pub fn in_use_count(&self) -> u32 {
         // SAFETY: the pool is alive; the count is a read-only snapshot.
-        unsafe { sys::rte_mempool_in_use_count(self.raw.as_ptr()) }
+        unsafe { sys::rte_mempool_in_use_count(self.inner.raw.as_ptr()) }
     }
 
     /// One reset mbuf (empty, default headroom), or `None` if the pool is
     /// exhausted.
     pub fn alloc(&self) -> Option<Mbuf> {
         // SAFETY: the pool is alive and is a pktmbuf pool (created above).
-        let m = unsafe { sys::rte_pktmbuf_alloc(self.raw.as_ptr()) };
+        let m = unsafe { sys::rte_pktmbuf_alloc(self.inner.raw.as_ptr()) };
         // SAFETY: a non-null result is a freshly allocated mbuf we now own.
         NonNull::new(m).map(|m| unsafe { Mbuf::from_raw(m) })
     }
@@ -131,8 +145,9 @@ impl Mempool {
         };
         // SAFETY: the pool is alive; the burst's spare slots have room for n
         // pointers, which the call fills only on success.
-        let rc =
-            unsafe { sys::rte_pktmbuf_alloc_bulk(self.raw.as_ptr(), burst.spare_ptr(), count) };
+        let rc = unsafe {
+            sys::rte_pktmbuf_alloc_bulk(self.inner.raw.as_ptr(), burst.spare_ptr(), count)
+        };
         if rc != 0 {
             return false;
         }
@@ -144,15 +159,19 @@ impl Mempool {
     /// The underlying `rte_mempool`, for calls this layer does not wrap
     /// (e.g. queue setup with other DPDK APIs). Valid while `self` lives.
     pub fn as_raw(&self) -> *mut sys::rte_mempool {
-        self.raw.as_ptr()
+        self.inner.raw.as_ptr()
     }
 }
 
-impl Drop for Mempool {
+impl Drop for PoolInner {
     fn drop(&mut self) {
-        if self.in_use_count() == 0 {
-            // SAFETY: every mbuf is back in the pool, so nothing refers into
-            // its memory; the pool is freed exactly once.
+        // SAFETY: the pool is alive until freed just below.
+        let in_use = unsafe { sys::rte_mempool_in_use_count(self.raw.as_ptr()) };
+        if in_use == 0 {
+            // SAFETY: this is the last handle, so no port that allocates
+            // from the pool is left (each holds a handle until it is
+            // closed), and every mbuf is back in the pool, so nothing refers
+            // into its memory; the pool is freed exactly once.
             unsafe { sys::rte_mempool_free(self.raw.as_ptr()) };
         } else if let Some(live) = self.live.take() {
             // Outstanding mbufs still point into this pool: keep it, and

@@ -339,6 +339,10 @@ struct PortInner {
     driver: String,
     claims: Mutex<QueueClaims>,
     closed: AtomicBool,
+    /// Handles on the RX queues' pools: the PMD allocates from them on every receive burst, so
+    /// they must not be freed before the device is closed. Dropped after [`Drop::drop`] has
+    /// closed it (fields drop after the body), or never if the close failed.
+    pools: Vec<Mempool>,
     _live: Live,
 }
 
@@ -393,7 +397,12 @@ impl Drop for PortInner {
     fn drop(&mut self) {
         // The last handle is gone: nothing can poll the queues any more.
         // Closing returns the mbufs parked in RX descriptors to their pools.
-        let _ = self.stop_and_close();
+        if self.stop_and_close().is_err() {
+            // The device may still refer to its pools: never free them.
+            for p in self.pools.drain(..) {
+                std::mem::forget(p);
+            }
+        }
         CLAIMED[usize::from(self.id)].store(false, Ordering::Release);
     }
 }
@@ -430,9 +439,9 @@ impl Port {
 
     /// Configure the device and set up its queues (not started).
     ///
-    /// `pools` has one pool for all RX queues or one per RX queue. The pools
-    /// must outlive the port for buffers to be recycled; if one is dropped
-    /// first it is kept alive (leaked) because the port still holds mbufs.
+    /// `pools` has one pool for all RX queues or one per RX queue. The port
+    /// keeps a handle on each until the device is closed, so the caller may
+    /// drop its own handles at any time.
     /// Queue counts must be within the device's limits; descriptor counts
     /// are clamped to them. RSS is requested as documented on
     /// [`PortConfig::rss`].
@@ -493,6 +502,7 @@ impl Port {
                 tx: vec![false; usize::from(conf.tx_queues)],
             }),
             closed: AtomicBool::new(true),
+            pools: pools.iter().map(|&p| p.clone()).collect(),
             _live: live,
         };
 

@@ -522,8 +522,20 @@ fn null_port_and_runtime_vdev(pool: &Mempool) {
 
     let id = PortId::create_vdev("net_null1", "size=128").expect("runtime vdev");
     assert_eq!(PortId::all(), vec![id]);
-    let port = Port::configure(id, &PortConfig::default(), pool).expect("configure net_null1");
+    // A port keeps its pool alive: net_null allocates from it on every receive burst and holds
+    // no mbuf in between, so a pool freed when the caller's handle goes (no mbuf out) would be
+    // used after free by the next burst.
+    let own = Mempool::new_pktmbuf("own_pool", 63, 0, DEFAULT_DATA_ROOM, SOCKET_ID_ANY)
+        .expect("own pool");
+    let port = Port::configure(id, &PortConfig::default(), &own).expect("configure net_null1");
     port.start().expect("start");
+    let handles = dpdk::live_handles();
+    drop(own);
+    assert_eq!(
+        dpdk::live_handles(),
+        handles,
+        "the running port still holds its pool"
+    );
     let mut rx = port.rx_queue(0).expect("rx");
     let mut b = MbufBurst::<4>::new();
     assert_eq!(rx.rx_burst(&mut b), 4);
@@ -531,6 +543,11 @@ fn null_port_and_runtime_vdev(pool: &Mempool) {
     drop(b);
     drop(rx);
     port.close().expect("close");
+    assert_eq!(
+        dpdk::live_handles(),
+        handles - 2,
+        "closing the port released it and freed its pool"
+    );
 }
 
 fn mbuf_ring(pool: &Mempool) {
