@@ -9,6 +9,7 @@
 //! workers. A full ring drops the packet and counts it rather than waiting.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use dpdk::MbufRing;
 use wire::{icmp_type, ip_proto};
@@ -98,6 +99,10 @@ pub struct Links {
     pub to: Vec<Option<Arc<MbufRing>>>,
     /// Rings other workers produce into for this worker.
     pub from: Vec<Arc<MbufRing>>,
+    /// Workers of the mesh that have stopped and sent their last handoffs (shared by all): once
+    /// every one has, what is left in a ring will never be read, and its consumer frees and
+    /// counts it.
+    pub stopped: Arc<AtomicUsize>,
 }
 
 impl Links {
@@ -106,16 +111,19 @@ impl Links {
         Links {
             to: vec![None],
             from: Vec::new(),
+            stopped: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
 
 /// Build the full mesh for `workers` workers: `workers * (workers - 1)` SPSC rings of `capacity`.
 pub fn mesh(workers: usize, capacity: u32) -> dpdk::Result<Vec<Links>> {
+    let stopped = Arc::new(AtomicUsize::new(0));
     let mut links: Vec<Links> = (0..workers)
         .map(|_| Links {
             to: (0..workers).map(|_| None).collect(),
             from: Vec::new(),
+            stopped: stopped.clone(),
         })
         .collect();
     for i in 0..workers {

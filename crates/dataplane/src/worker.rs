@@ -9,8 +9,8 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use dpdk::{BURST, Mbuf, MbufBurst, MbufRing, Mempool, RxQueue, TxQueue};
 use nat::{
@@ -285,6 +285,8 @@ pub struct Worker {
     workers: usize,
     to_peer: Vec<Option<Arc<MbufRing>>>,
     from_peer: Vec<Arc<MbufRing>>,
+    /// Workers of the mesh that have stopped (see [`Links::stopped`]).
+    peers_stopped: Arc<AtomicUsize>,
     /// Frames waiting to be enqueued to each peer, flushed once per iteration.
     handoff_out: Vec<MbufBurst<BURST>>,
     idle_sleep: Duration,
@@ -416,6 +418,7 @@ impl Worker {
             workers,
             to_peer: cfg.links.to,
             from_peer: cfg.links.from,
+            peers_stopped: cfg.links.stopped,
             handoff_out: (0..workers).map(|_| MbufBurst::new()).collect(),
             idle_sleep: cfg.idle_sleep,
             idle_polls: cfg.idle_polls.max(1),
@@ -461,10 +464,51 @@ impl Worker {
         for side in [Side::Inside, Side::Outside] {
             self.flush(side);
         }
+        // What is still waiting will never be sent: count it, so that a stopped worker's
+        // counters account for every frame it received.
+        let mut left = 0;
+        for p in &mut self.ports {
+            left += p.held.len();
+            p.held.clear();
+        }
         for r in &mut self.reasm {
-            r.clear(drop);
+            r.clear(|f| {
+                left += 1;
+                drop(f);
+            });
+        }
+        left += self.drain_peers_at_stop();
+        if left > 0 {
+            self.counters.count_drops(DropReason::Shutdown, left as u64);
         }
         self.shard
+    }
+
+    /// At stop, once every worker of the mesh has sent its last handoffs (or after a grace
+    /// period, should one of them never get there): free what is left in the rings towards this
+    /// worker, which no one will poll again. Returns how many frames that was.
+    fn drain_peers_at_stop(&mut self) -> usize {
+        if self.from_peer.is_empty() {
+            return 0;
+        }
+        self.peers_stopped.fetch_add(1, Ordering::AcqRel);
+        let grace = Instant::now() + Duration::from_millis(200);
+        while self.peers_stopped.load(Ordering::Acquire) < self.workers && Instant::now() < grace {
+            std::thread::yield_now();
+        }
+        let mut burst = MbufBurst::<BURST>::new();
+        let mut n = 0;
+        for r in &self.from_peer {
+            loop {
+                let k = r.dequeue_burst(&mut burst);
+                if k == 0 {
+                    break;
+                }
+                n += k;
+                burst.clear();
+            }
+        }
+        n
     }
 
     #[inline]
@@ -1020,22 +1064,47 @@ impl Worker {
 
     /// Every worker keeps its own neighbour table, so an ARP frame one worker receives is copied to
     /// the others (rare, control traffic: the copy's allocation is fine here).
+    ///
+    /// Only well-formed ARP is copied: a malformed frame teaches nothing and is counted once, by
+    /// [`Worker::arp`], not once per worker. A copy goes straight onto the peer's ring, not into
+    /// the handoff burst with real frames, so that a copy that cannot be made or delivered is
+    /// counted `arp_copies_lost` instead of as the drop of a packet (the original was handled);
+    /// that peer learns the neighbour from a later ARP instead.
     fn share_arp(&mut self, side: Side, m: &Mbuf) {
+        if ArpPacket::new_checked(&m.data()[L3..]).is_err() {
+            return;
+        }
+        let mut lost = 0;
         for j in 0..self.workers {
             if j == self.me {
                 continue;
             }
+            let Some(ring) = self.to_peer.get(j).and_then(|r| r.as_ref()) else {
+                lost += 1;
+                continue;
+            };
             let Some(mut c) = self.pool.alloc() else {
-                self.counters.count_drop(DropReason::NoMbuf);
-                return;
+                lost += 1;
+                continue;
             };
             let src = m.data();
             let Some(dst) = c.append(src.len()) else {
-                self.counters.count_drop(DropReason::NoMbuf);
-                return;
+                lost += 1;
+                continue;
             };
             dst.copy_from_slice(src);
-            self.handoff(j, side, c);
+            c.set_port(self.port_ids[side as usize]);
+            let mut one = MbufBurst::<1>::new();
+            let _ = one.push(c);
+            // A copy the ring refuses is freed with `one`.
+            if ring.enqueue_burst(&mut one) == 1 {
+                self.counters.add(Counter::HandoffOut, 1);
+            } else {
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            self.counters.add(Counter::ArpCopiesLost, lost);
         }
     }
 
@@ -1236,10 +1305,12 @@ impl Worker {
         let Some(mac) = p.neigh.lookup(ip) else {
             return;
         };
+        // In arrival order: a flow's frames waiting for one neighbour must leave as they came
+        // (swap_remove would send the last first). At most HOLD_MAX frames, on a rare path.
         let mut i = 0;
         while i < self.ports[side as usize].held.len() {
             if self.ports[side as usize].held[i].0 == ip {
-                let (_, _, m) = self.ports[side as usize].held.swap_remove(i);
+                let (_, _, m) = self.ports[side as usize].held.remove(i);
                 self.send_to(side, m, mac);
             } else {
                 i += 1;

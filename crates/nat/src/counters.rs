@@ -92,10 +92,13 @@ pub enum DropReason {
     /// A new destination NAT flow whose backend already has a session with the same tuple (the same
     /// client port towards two rules that share a backend): the replies could not be told apart.
     DnatConflict,
+    /// Still waiting when the data plane stopped: for a neighbour's ARP reply, for its datagram's
+    /// first fragment, or in a handoff ring that its worker no longer polled.
+    Shutdown,
 }
 
 impl DropReason {
-    pub const COUNT: usize = DropReason::DnatConflict as usize + 1;
+    pub const COUNT: usize = DropReason::Shutdown as usize + 1;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::FrameTruncated,
         DropReason::UnsupportedEthertype,
@@ -134,6 +137,7 @@ impl DropReason {
         DropReason::MtuExceeded,
         DropReason::NoBackend,
         DropReason::DnatConflict,
+        DropReason::Shutdown,
     ];
 
     /// Stable snake_case name used by the management API and `cgnatctl`.
@@ -176,6 +180,7 @@ impl DropReason {
             DropReason::MtuExceeded => "mtu_exceeded",
             DropReason::NoBackend => "no_backend",
             DropReason::DnatConflict => "dnat_conflict",
+            DropReason::Shutdown => "shutdown",
         }
     }
 }
@@ -240,10 +245,14 @@ pub enum Counter {
     FragmentsHeld,
     /// Fragments this appliance made of packets larger than the egress MTU (DF clear).
     FragmentsCreated,
+    /// Copies of a received ARP frame that another worker did not get (no mbuf for the copy, or
+    /// that worker's handoff ring full). Not a packet drop: the frame itself was handled; that
+    /// worker learns the neighbour from a later ARP.
+    ArpCopiesLost,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::FragmentsCreated as usize + 1;
+    pub const COUNT: usize = Counter::ArpCopiesLost as usize + 1;
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::RxPackets,
         Counter::TxPackets,
@@ -284,6 +293,7 @@ impl Counter {
         Counter::FragmentsTranslated,
         Counter::FragmentsHeld,
         Counter::FragmentsCreated,
+        Counter::ArpCopiesLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -327,6 +337,7 @@ impl Counter {
             Counter::FragmentsTranslated => "fragments_translated",
             Counter::FragmentsHeld => "fragments_held",
             Counter::FragmentsCreated => "fragments_created",
+            Counter::ArpCopiesLost => "arp_copies_lost",
         }
     }
 }

@@ -1,0 +1,385 @@
+//! The worker loop's rarer paths on a real DPDK lcore: frames waiting for a neighbour's ARP reply,
+//! ARP shared between workers, and what a worker does with frames still waiting when it stops.
+//!
+//! The ports are `net_ring` ports built from rings the test holds the other end of
+//! ([`PortId::from_rings`]): the test enqueues frames where the worker's `rx_burst` finds them and
+//! dequeues what its `tx_burst` sent. EAL runs in-process with `--no-huge` and its own file prefix;
+//! DPDK allows one EAL per process, hence one test function walking through the cases.
+//!
+//! What an operator would see is checked: the order a flow's frames leave in, and that the drop
+//! counters account for every frame exactly once.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dataplane::handoff::{self, Links};
+use dataplane::local::{self, L3};
+use dataplane::route::{Prefix, RouteTable};
+use dataplane::{PortSetup, Worker, WorkerConfig};
+use dpdk::lcore::{self, LcoreId};
+use dpdk::{Eal, Mbuf, MbufBurst, MbufRing, Mempool, Port, PortConfig, PortId, SOCKET_ID_ANY};
+use nat::{Counter, Counters, DropReason, Pool, Rules, Shard, ShardConfig, SnatRule};
+use wire::{EthernetAddress, EthernetFrame, Ipv4Packet, UdpPacket, ethertype, ip_proto};
+
+const INSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The inside router, a static neighbour: subscribers are behind it.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const ROUTER_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 2]);
+const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The outside gateway, learnt by ARP: translated frames wait for it.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+const GATEWAY_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xfe]);
+const POOL_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const SUBSCRIBER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 5);
+/// How long the worker gets to handle what the test enqueued (it polls continuously).
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Removes this test's DPDK runtime directory however the test ends.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A UDP datagram of one flow from the subscriber, its sequence number `tag` in the IP
+/// identification and the first payload bytes.
+fn udp_frame(pool: &Mempool, dst_mac: EthernetAddress, tag: u16) -> Mbuf {
+    let mut m = pool.alloc().expect("mbuf");
+    let buf = m.append(60).expect("room");
+    buf.fill(0);
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.set_dst_addr(dst_mac);
+    eth.set_src_addr(ROUTER_MAC);
+    eth.set_ethertype(ethertype::IPV4);
+    let dst = Ipv4Addr::new(198, 18, 0, 1);
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[L3..L3 + 44]);
+    ip.set_version(4);
+    ip.set_header_len(20);
+    ip.set_total_len(44);
+    ip.set_ident(tag);
+    ip.set_ttl(64);
+    ip.set_protocol(ip_proto::UDP);
+    ip.set_src_addr(SUBSCRIBER);
+    ip.set_dst_addr(dst);
+    ip.fill_checksum();
+    buf[L3 + 28..L3 + 30].copy_from_slice(&tag.to_be_bytes());
+    let mut udp = UdpPacket::new_unchecked(&mut buf[L3 + 20..L3 + 44]);
+    udp.set_src_port(20000);
+    udp.set_dst_port(10000);
+    udp.set_len(24);
+    udp.fill_checksum(SUBSCRIBER, dst);
+    m
+}
+
+fn tag_of(m: &Mbuf) -> u16 {
+    u16::from_be_bytes([m.data()[L3 + 28], m.data()[L3 + 29]])
+}
+
+fn drain(r: &MbufRing) -> Vec<Mbuf> {
+    let mut out = Vec::new();
+    let mut b = MbufBurst::<32>::new();
+    while r.dequeue_burst(&mut b) > 0 {
+        out.extend(b.drain(..));
+    }
+    out
+}
+
+fn put(r: &MbufRing, frames: Vec<Mbuf>) {
+    let mut b = MbufBurst::<32>::new();
+    for f in frames {
+        assert!(b.push(f).is_ok(), "at most 32 frames at a time");
+    }
+    let n = b.len();
+    assert_eq!(r.enqueue_burst(&mut b), n, "the ring has room");
+}
+
+/// Two `net_ring` ports (inside, outside) with `queues` queue pairs each.
+struct Rig {
+    /// Per queue, [inside, outside]: the test enqueues, the worker receives.
+    rx: Vec<[Arc<MbufRing>; 2]>,
+    /// Per queue, [inside, outside]: the worker transmits, the test dequeues.
+    tx: Vec<[Arc<MbufRing>; 2]>,
+    ports: Vec<Port>,
+}
+
+fn rig(tag: &str, queues: usize, pool: &Mempool) -> Rig {
+    let ring = |n: String| Arc::new(MbufRing::new(&n, 1024, true, true).expect("ring"));
+    let rx: Vec<_> = (0..queues)
+        .map(|q| [ring(format!("{tag}ir{q}")), ring(format!("{tag}or{q}"))])
+        .collect();
+    let tx: Vec<_> = (0..queues)
+        .map(|q| [ring(format!("{tag}it{q}")), ring(format!("{tag}ot{q}"))])
+        .collect();
+    let mut ports = Vec::new();
+    for side in 0..2 {
+        let r: Vec<&Arc<MbufRing>> = rx.iter().map(|x| &x[side]).collect();
+        let t: Vec<&Arc<MbufRing>> = tx.iter().map(|x| &x[side]).collect();
+        let id = PortId::from_rings(&format!("{tag}{side}"), &r, &t).expect("ring port");
+        let conf = PortConfig {
+            rx_queues: queues as u16,
+            tx_queues: queues as u16,
+            ..PortConfig::default()
+        };
+        let port = Port::configure(id, &conf, pool).expect("configure");
+        port.start().expect("start");
+        ports.push(port);
+    }
+    Rig { rx, tx, ports }
+}
+
+/// Worker `q` of `workers`, on queue `q` of both ports. The outside gateway is not a static
+/// neighbour: its MAC is learnt by ARP.
+fn worker(
+    rig: &Rig,
+    q: u16,
+    workers: usize,
+    links: Links,
+    pool: &Arc<Mempool>,
+    stop: &Arc<AtomicBool>,
+) -> (Worker, Arc<Counters>) {
+    let setup = |p: &Port, addr, routes, statics| PortSetup {
+        rx: p.rx_queue(q).expect("rx queue"),
+        tx: p.tx_queue(q).expect("tx queue"),
+        mac: EthernetAddress(p.mac_addr()),
+        addr,
+        mtu: 1500,
+        routes,
+        proxy_arp: Vec::new(),
+        static_neighbours: statics,
+    };
+    let rules = Rules::new(
+        vec![Pool::new("p", vec![u32::from(POOL_ADDR)], 1024, 65535)],
+        vec![SnatRule {
+            prefix: u32::from(Ipv4Addr::new(100, 64, 0, 0)),
+            len: 10,
+            pool: 0,
+            dst: None,
+        }],
+    )
+    .expect("rules");
+    let counters = Arc::new(Counters::default());
+    let shard = Shard::new(
+        ShardConfig {
+            max_sessions: 4096,
+            worker: q,
+            workers: workers as u16,
+            event_ring: 0,
+            ..ShardConfig::default()
+        },
+        Arc::new(rules),
+        counters.clone(),
+        0,
+    )
+    .expect("shard");
+    let inside_routes = RouteTable::new(
+        Prefix::new(INSIDE_ADDR, 24),
+        None,
+        &[(Prefix::new(Ipv4Addr::new(100, 64, 0, 0), 10), ROUTER)],
+    );
+    let outside_routes = RouteTable::new(Prefix::new(OUTSIDE_ADDR, 24), Some(GATEWAY), &[]);
+    let cfg = WorkerConfig {
+        inside: setup(
+            &rig.ports[0],
+            INSIDE_ADDR,
+            inside_routes,
+            vec![(ROUTER, ROUTER_MAC)],
+        ),
+        outside: setup(&rig.ports[1], OUTSIDE_ADDR, outside_routes, vec![]),
+        neighbour_reachable_s: 3600,
+        neighbour_retransmit_ms: 10_000,
+        icmp_errors_per_s: 1000,
+        refusal_icmp: false,
+        worker: q as usize,
+        workers,
+        links,
+        idle_sleep: Duration::from_micros(200),
+        idle_polls: 64,
+        fragments: nat::FragConfig::default(),
+        events: None,
+        control: None,
+        masquerade: false,
+    };
+    (
+        Worker::new(cfg, shard, pool.clone(), stop.clone()),
+        counters,
+    )
+}
+
+fn launch(lcore: u32, w: Worker) {
+    lcore::launch(LcoreId(lcore), move || {
+        w.run();
+        0
+    })
+    .expect("launch");
+}
+
+fn all_drops(c: &Counters) -> u64 {
+    DropReason::ALL.iter().map(|r| c.drops(*r)).sum()
+}
+
+#[test]
+fn neighbour_waits_arp_sharing_and_stopping() {
+    let prefix = format!("cgnat-neigh-stop-{}", std::process::id());
+    let args = [
+        "neighbours-and-stop",
+        "--no-huge",
+        "-m",
+        "128",
+        "--no-pci",
+        "--file-prefix",
+        &prefix,
+        "--log-level=*:warning",
+        // Main lcore 0 is the test thread; two workers share the other CPU (they mostly idle).
+        "--lcores",
+        "0@0,1@1,2@1",
+    ];
+    let _run_dir = RunDir(Path::new("/var/run/dpdk").join(&prefix));
+    let _eal = Eal::init(&args).expect("EAL init");
+    let pool = Arc::new(
+        Mempool::new_pktmbuf("nas_pool", 8191, 0, 2048 + dpdk::HEADROOM, SOCKET_ID_ANY)
+            .expect("pool"),
+    );
+
+    frames_held_for_arp_leave_in_order(&pool);
+    malformed_arp_is_counted_once_and_good_arp_is_shared(&pool);
+    frames_waiting_at_stop_are_counted(&pool);
+    assert_eq!(pool.in_use_count(), 0, "every mbuf went back to the pool");
+}
+
+/// A flow's frames that wait for the gateway's MAC leave, once it answers, in the order they came.
+fn frames_held_for_arp_leave_in_order(pool: &Arc<Mempool>) {
+    let rig = rig("a", 1, pool);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (w, counters) = worker(&rig, 0, 1, Links::none(), pool, &stop);
+    launch(1, w);
+    let in_mac = EthernetAddress(rig.ports[0].mac_addr());
+    put(
+        &rig.rx[0][0],
+        (1..=6).map(|t| udp_frame(pool, in_mac, t)).collect(),
+    );
+    std::thread::sleep(SETTLE);
+    let requests = drain(&rig.tx[0][1]);
+    assert_eq!(requests.len(), 1, "one ARP request for the gateway");
+    let mut reply = pool.alloc().expect("mbuf");
+    reply
+        .append(requests[0].len())
+        .expect("room")
+        .copy_from_slice(requests[0].data());
+    local::arp_reply_in_place(reply.data_mut(), GATEWAY_MAC, GATEWAY);
+    drop(requests);
+    put(&rig.rx[0][1], vec![reply]);
+    std::thread::sleep(SETTLE);
+    let out = drain(&rig.tx[0][1]);
+    stop.store(true, Ordering::Relaxed);
+    lcore::wait(LcoreId(1));
+    let tags: Vec<u16> = out.iter().map(tag_of).collect();
+    assert_eq!(tags, vec![1, 2, 3, 4, 5, 6], "released in arrival order");
+    assert!(
+        out.iter()
+            .all(|m| EthernetFrame::new_checked(m.data()).map(|e| e.dst_addr()) == Ok(GATEWAY_MAC)),
+        "sent to the learnt MAC"
+    );
+    assert_eq!(all_drops(&counters), 0, "nothing dropped");
+}
+
+/// With two workers, a malformed ARP frame is one drop, not one per worker; a good one reaches
+/// the other worker, and a copy that cannot be delivered is not counted as a packet drop.
+fn malformed_arp_is_counted_once_and_good_arp_is_shared(pool: &Arc<Mempool>) {
+    let rig = rig("b", 2, pool);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut links = handoff::mesh(2, 256).expect("mesh");
+    let l1 = links.pop().expect("links 1");
+    let l0 = links.pop().expect("links 0");
+    let (w0, c0) = worker(&rig, 0, 2, l0, pool, &stop);
+    let (w1, c1) = worker(&rig, 1, 2, l1, pool, &stop);
+    launch(1, w0);
+    launch(2, w1);
+
+    let arp = |hlen: u8| {
+        let mut m = pool.alloc().expect("mbuf");
+        let b = m.append(60).expect("room");
+        b.fill(0);
+        local::arp_request(b, ROUTER_MAC, ROUTER, INSIDE_ADDR);
+        b[L3 + 4] = hlen;
+        m
+    };
+    // Hardware length 8: not Ethernet/IPv4 ARP.
+    put(&rig.rx[0][0], vec![arp(8)]);
+    std::thread::sleep(SETTLE);
+    let sum = |c: &dyn Fn(&Counters) -> u64| c(&c0) + c(&c1);
+    assert_eq!(sum(&|c| c.get(Counter::RxPackets)), 1);
+    assert_eq!(
+        sum(&|c| c.drops(DropReason::ArpMalformed)),
+        1,
+        "one malformed frame, one drop"
+    );
+    assert_eq!(sum(&|c| all_drops(c)), 1, "and no other drop");
+    assert_eq!(sum(&|c| c.get(Counter::HandoffOut)), 0, "not copied");
+
+    // A good request for our address: answered by the worker that got it, copied to the other.
+    put(&rig.rx[0][0], vec![arp(6)]);
+    std::thread::sleep(SETTLE);
+    let replies = drain(&rig.tx[0][0]);
+    stop.store(true, Ordering::Relaxed);
+    lcore::wait(LcoreId(1));
+    lcore::wait(LcoreId(2));
+    assert_eq!(replies.len(), 1, "one ARP reply");
+    assert_eq!(c0.get(Counter::ArpRepliesSent), 1);
+    assert_eq!(c0.get(Counter::HandoffOut), 1, "one copy for worker 1");
+    assert_eq!(c1.get(Counter::HandoffIn), 1, "worker 1 got it");
+    assert_eq!(
+        c1.get(Counter::ArpRepliesSent),
+        0,
+        "a copy is never answered"
+    );
+    assert_eq!(sum(&|c| c.get(Counter::ArpCopiesLost)), 0);
+    assert_eq!(sum(&|c| all_drops(c)), 1, "still only the malformed frame");
+}
+
+/// Frames still waiting when a worker stops are freed and counted `shutdown`: for an ARP reply,
+/// and in the handoff ring towards a worker that no longer polls.
+fn frames_waiting_at_stop_are_counted(pool: &Arc<Mempool>) {
+    let rig = rig("c", 2, pool);
+    let in_mac = EthernetAddress(rig.ports[0].mac_addr());
+
+    // Waiting for the gateway's MAC, which never comes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (w, counters) = worker(&rig, 0, 1, Links::none(), pool, &stop);
+    launch(1, w);
+    put(
+        &rig.rx[0][0],
+        (1..=4).map(|t| udp_frame(pool, in_mac, t)).collect(),
+    );
+    std::thread::sleep(SETTLE);
+    stop.store(true, Ordering::Relaxed);
+    lcore::wait(LcoreId(1));
+    assert_eq!(drain(&rig.tx[0][1]).len(), 1, "only the ARP request left");
+    assert_eq!(counters.get(Counter::RxPackets), 4);
+    assert_eq!(counters.drops(DropReason::Shutdown), 4);
+    assert_eq!(all_drops(&counters), 4, "each frame counted once");
+
+    // Worker 0 of 2 stops before it ever polls; worker 1 (played by the test) had handed it 3
+    // frames and stops too. Worker 0 frees and counts them.
+    let mut links = handoff::mesh(2, 256).expect("mesh");
+    let l1 = links.pop().expect("links 1");
+    let l0 = links.pop().expect("links 0");
+    let towards_0 = l0.from[0].clone();
+    put(
+        &towards_0,
+        (1..=3).map(|t| udp_frame(pool, in_mac, t)).collect(),
+    );
+    l1.stopped.fetch_add(1, Ordering::AcqRel);
+    let stop = Arc::new(AtomicBool::new(true));
+    let (w, counters) = worker(&rig, 0, 2, l0, pool, &stop);
+    launch(1, w);
+    lcore::wait(LcoreId(1));
+    assert_eq!(counters.get(Counter::HandoffIn), 0, "never polled");
+    assert_eq!(counters.drops(DropReason::Shutdown), 3);
+    assert_eq!(all_drops(&counters), 3);
+    assert_eq!(towards_0.count(), 0, "the ring was emptied");
+}
