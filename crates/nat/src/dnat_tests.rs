@@ -620,7 +620,11 @@ fn a_full_nat_client_whose_backend_was_cut_opens_a_new_flow() {
         ..SessionFilter::default()
     };
     let (_, n) = sh.delete_sessions(0, u32::MAX, &filter);
-    assert_eq!(n, 1, "the cut removes the backend half");
+    assert_eq!(
+        n, 2,
+        "the cut removes the backend half, and the client half with it"
+    );
+    assert_eq!(sh.session_count(), 0);
     // The client's next datagram, same source port: a fresh flow to the remaining backend.
     let (v, pkt) = one(&mut sh, Dir::Out2In, udp(CLIENT, 5000, VIP, 53, b"q"), 1);
     assert_eq!(v, Verdict::Forward);
@@ -725,4 +729,195 @@ fn a_finished_connection_gives_way_when_the_client_reuses_its_port_towards_anoth
         "the reply belongs to the new connection"
     );
     assert_eq!(sh.session_count(), 1);
+}
+
+/// A full-NAT UDP service `VIP:53 → B3:5353` whose clients take ports from one pool address with
+/// 64 ports, so that a freed port is soon handed out again.
+fn small_full_nat() -> Shard {
+    let mut sh = shard_of(
+        vec![crate::Pool::new("p", vec![POOL[0]], 1024, 1087)],
+        ShardConfig::default(),
+    );
+    let mut r = service("dns", 53, vec![backend(B3, 5353, 1)], Scheduler::default());
+    r.proto = Some(ip_proto::UDP);
+    r.snat_pool = Some(0);
+    Plane::new().publish(&mut sh, vec![r]);
+    sh
+}
+
+/// A full-NAT flow from CLIENT:40000 that the backend has answered; the client's pool endpoint.
+fn answered_full_nat_flow(sh: &mut Shard) -> (u32, u16) {
+    let (v, q) = one(sh, Dir::Out2In, udp(CLIENT, 40000, VIP, 53, b"q"), 0);
+    assert_eq!(v, Verdict::Forward);
+    let (x, p) = src_of(&q);
+    let (v, _) = one(
+        sh,
+        Dir::In2Out,
+        udp(B3, 5353, Ipv4Addr::from(x), p, b"r"),
+        0,
+    );
+    assert_eq!(v, Verdict::Forward);
+    (x, p)
+}
+
+/// Subscriber SUB1 takes ports until it gets `want`.
+fn take_port(sh: &mut Shard, want: (u32, u16), now: u32) {
+    for p in 0..64u16 {
+        let (v, o) = one(sh, Dir::In2Out, udp(SUB1, 2000 + p, SRV, 53, b"x"), now);
+        assert_eq!(v, Verdict::Forward);
+        if src_of(&o) == want {
+            return;
+        }
+    }
+    panic!("port {want:?} never handed out again");
+}
+
+#[test]
+fn the_halves_of_a_full_nat_flow_are_deleted_together() {
+    let mut sh = small_full_nat();
+    let (_, q) = one(&mut sh, Dir::Out2In, udp(CLIENT, 40000, VIP, 53, b"q"), 0);
+    let (x, p) = src_of(&q);
+    assert_eq!(sh.session_count(), 2);
+    // conntrack -D -s CLIENT selects only the client half; the backend half goes with it.
+    let f = SessionFilter {
+        inside_addr: Some(a(CLIENT)),
+        ..SessionFilter::default()
+    };
+    assert_eq!(sh.delete_sessions(0, u32::MAX, &f).1, 2, "both halves");
+    assert_eq!(sh.session_count(), 0);
+    assert_eq!(backend_counts(&sh, "dns", B3).sessions_current, 0);
+    assert_eq!(sh.held_count(), 1, "the client's port is held");
+    // The backend keeps sending to the client's pool endpoint, past the hold-down, and the port
+    // goes to subscriber SUB1: nothing reaches SUB1 under the rule's address.
+    for t in (50..=250).step_by(50) {
+        let (v, _) = one(
+            &mut sh,
+            Dir::In2Out,
+            udp(B3, 5353, Ipv4Addr::from(x), p, b"s"),
+            t,
+        );
+        assert_ne!(v, Verdict::Forward, "t={t}: the client half is gone");
+        tick(&mut sh, t - 49, t);
+    }
+    take_port(&mut sh, (x, p), 250);
+    let (v, out) = one(
+        &mut sh,
+        Dir::In2Out,
+        udp(B3, 5353, Ipv4Addr::from(x), p, b"for the client"),
+        251,
+    );
+    assert!(
+        v != Verdict::Hairpin || src_of(&out) != (a(VIP), 53),
+        "SUB1 got the backend's datagram for the client as if from the service"
+    );
+}
+
+#[test]
+fn a_full_nat_flow_expires_whole_even_when_the_budget_splits_its_halves() {
+    let mut sh = small_full_nat();
+    answered_full_nat_flow(&mut sh);
+    for now in 1..300 {
+        sh.expire(now, u32::MAX);
+    }
+    // Both halves are due at 300; a budget of one looks at one of them.
+    assert_eq!(sh.expire(300, 1), 2, "the other half went with it");
+    assert_eq!(sh.session_count(), 0);
+    assert_eq!(sh.held_count(), 1, "the client's port is held");
+    tick(&mut sh, 301, 300 + 121);
+    assert_eq!((sh.held_count(), sh.ports_in_use()), (0, 0));
+    assert_eq!(sh.index_residue(), 0, "nothing left behind");
+}
+
+#[test]
+fn a_failed_full_nat_open_puts_a_revived_mapping_back_into_hold_down() {
+    let mut sh = small_full_nat();
+    let (x, p) = answered_full_nat_flow(&mut sh);
+    // Both halves idle out at 300; the client's port X:P is held until 420.
+    tick(&mut sh, 1, 301);
+    assert_eq!((sh.session_count(), sh.held_count()), (0, 1));
+    // A late datagram of the backend to X:P: as a subscriber, B3 opens its own session to it
+    // (refused at the held mapping, but the session stays).
+    let (v, _) = one(
+        &mut sh,
+        Dir::In2Out,
+        udp(B3, 5353, Ipv4Addr::from(x), p, b"late"),
+        310,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoSession));
+    // The client is back from the same port: its held mapping is revived, and the new backend
+    // half clashes with B3's session.
+    let (v, _) = one(
+        &mut sh,
+        Dir::Out2In,
+        udp(CLIENT, 40000, VIP, 53, b"q2"),
+        320,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::DnatConflict));
+    assert_eq!(sh.held_count(), 1, "X:P is held again, not freed");
+    // Nobody else gets X:P before a full hold-down has passed.
+    for p2 in 0..63u16 {
+        let (v, o) = one(
+            &mut sh,
+            Dir::In2Out,
+            udp(SUB1, 2000 + p2, SRV, 53, b"x"),
+            321,
+        );
+        if v == Verdict::Forward {
+            assert_ne!(src_of(&o), (x, p), "X:P handed out during its hold-down");
+        }
+    }
+}
+
+#[test]
+fn a_subscriber_answering_a_rule_address_is_hairpinned_after_its_session_expired() {
+    let mut r = service(
+        "svc",
+        5353,
+        vec![backend(SUB1, 5353, 1)],
+        Scheduler::default(),
+    );
+    r.proto = Some(ip_proto::UDP);
+    let (mut sh, _) = dnat_shard(vec![r]);
+    // SUB2:7000 asks the service once (hairpinned to SUB1) and keeps its mapping busy with
+    // another flow from the same port.
+    let (v, q) = one(
+        &mut sh,
+        Dir::In2Out,
+        udp(SUB2, 7000, VIP, 5353, b"subscribe"),
+        0,
+    );
+    assert_eq!(v, Verdict::Hairpin);
+    let (x, p) = src_of(&q);
+    // The backend streams to it for ten minutes: inbound UDP does not refresh, so SUB2's own
+    // session to the rule expires and the stream reopens one on SUB2's mapping.
+    for t in (20..=600).step_by(20) {
+        let (v, _) = one(
+            &mut sh,
+            Dir::In2Out,
+            udp(SUB1, 5353, Ipv4Addr::from(x), p, b"d"),
+            t,
+        );
+        assert_eq!(v, Verdict::Hairpin, "t={t}");
+        one(
+            &mut sh,
+            Dir::In2Out,
+            udp(SUB2, 7000, SRV, 53, b"keepalive"),
+            t,
+        );
+        tick(&mut sh, t - 19, t);
+    }
+    // SUB2 answers the service: back inside to the backend, as its first packet was.
+    let (v, out) = one(
+        &mut sh,
+        Dir::In2Out,
+        udp(SUB2, 7000, VIP, 5353, b"ack"),
+        601,
+    );
+    assert_eq!(
+        v,
+        Verdict::Hairpin,
+        "left outside towards {:?}",
+        dst_of(&out)
+    );
+    assert_eq!(dst_of(&out), (a(SUB1), 5353));
 }

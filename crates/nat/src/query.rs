@@ -113,8 +113,7 @@ impl Shard {
         for slot in cursor..stop {
             let s = *self.slot(slot);
             if s.is_live() && self.selects(filter, &s) {
-                self.delete_slot(slot);
-                deleted += 1;
+                deleted += self.delete_slot(slot);
             }
         }
         ((stop < end).then_some(stop), deleted)

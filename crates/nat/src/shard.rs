@@ -236,6 +236,24 @@ fn out_key(s: &Session) -> FlowKey {
     }
 }
 
+/// The out2in key from a destination NAT session's outside endpoint to its remote endpoint, by
+/// which either half of a flow finds the other: a full-NAT client half its backend half (from the
+/// client's pool endpoint to the rule's address), and a backend half the session of its client
+/// when that client is one of ours (from the rule's address to the client's pool endpoint, as
+/// [`Core::hairpin`] looks it up for the backend's replies). For ICMP the identifier, which the
+/// echo carries as both "ports", is the outside one.
+#[inline]
+fn other_half_key(s: &Session) -> FlowKey {
+    let icmp = s.proto == ip_proto::ICMP;
+    FlowKey {
+        src: s.out_addr,
+        dst: s.rem_addr,
+        sport: if icmp { 0 } else { s.out_port },
+        dport: if icmp { s.out_port } else { s.rem_port },
+        proto: s.proto,
+    }
+}
+
 #[inline]
 fn adf_hash(seed: u64, rem: u32, out_addr: u32, out_port: u16, proto: u8) -> u32 {
     FlowKey {
@@ -752,12 +770,14 @@ impl Shard {
     }
 
     /// Delete the session in `slot` (control plane: `conntrack -D`), ending its mapping if it was the
-    /// last one, through the hold-down as for an expiry.
-    pub(crate) fn delete_slot(&mut self, slot: u32) {
+    /// last one, through the hold-down as for an expiry. Returns how many sessions that deleted: 2
+    /// for either half of a full-NAT flow whose other half was still there.
+    pub(crate) fn delete_slot(&mut self, slot: u32) -> u32 {
         let Shard { slab, core, .. } = self;
         let now = core.now;
-        core.delete_session(slab, slot, now, false);
+        let n = core.delete_session(slab, slot, now, false);
         core.gauges(slab);
+        n
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
@@ -988,8 +1008,7 @@ impl Shard {
         let timeouts = core.cfg.timeouts;
         let mut deleted = 0;
         slab.advance(now, budget, &timeouts, |slab, slot| {
-            core.delete_session(slab, slot, now, false);
-            deleted += 1;
+            deleted += core.delete_session(slab, slot, now, false);
         });
         let mut work = 0;
         let mut released = 0;
@@ -1017,7 +1036,10 @@ impl Shard {
         let now = core.now;
         let slots: Vec<u32> = slab.iter().map(|(i, _)| i).collect();
         for &slot in &slots {
-            core.delete_session(slab, slot, now, true);
+            // The other half of a full-NAT flow goes with the first.
+            if slab.get(slot).is_live() {
+                core.delete_session(slab, slot, now, true);
+            }
         }
         for ms in core.maps.held_slots() {
             core.release_mapping(ms, now);
@@ -1489,8 +1511,8 @@ impl Core {
             self.release_subscriber_if_idle(sub);
             return Err(Verdict::Drop(DropReason::QuotaExceeded));
         }
-        let ms = match self.mapping_for(pi, sub, k.src, k.sport, k.proto, now) {
-            Ok(ms) => ms,
+        let (ms, made) = match self.mapping_for(pi, sub, k.src, k.sport, k.proto, now) {
+            Ok(got) => got,
             Err(r) => {
                 self.release_subscriber_if_idle(sub);
                 self.gauges(slab);
@@ -1518,7 +1540,7 @@ impl Core {
             last_seen: now,
             ..Session::default()
         };
-        self.insert_session(slab, s, ms, pi, now)
+        self.insert_session(slab, s, ms, made, pi, now)
             .map_err(Verdict::Drop)
     }
 
@@ -1569,6 +1591,10 @@ impl Core {
 
     /// The subscriber's mapping for an inside endpoint: the live one, the held one revived (the same
     /// endpoint gets its port back, exempt from the hold-down), or a new one.
+    /// The live mapping of an inside endpoint, made (with a new port) if it has none, or revived
+    /// if it is in hold-down; `true` with it when it was just made. A flow that fails after this
+    /// frees a mapping it made at once (its port never carried a packet), but puts one it found
+    /// back into hold-down (RFC 6888 REQ-8: the port was used).
     fn mapping_for(
         &mut self,
         pi: usize,
@@ -1577,7 +1603,7 @@ impl Core {
         in_port: u16,
         proto: u8,
         now: u32,
-    ) -> Result<u32, DropReason> {
+    ) -> Result<(u32, bool), DropReason> {
         let seed = self.cfg.seed;
         let h_in = mapping::in_hash(seed, in_addr, in_port, proto);
         let lim = self.cfg.limits.max_ports_per_subscriber;
@@ -1592,7 +1618,7 @@ impl Core {
                 r.held -= 1;
                 r.mappings += 1;
             }
-            return Ok(ms);
+            return Ok((ms, false));
         }
         if lim != 0 && self.subs.get(sub).mappings >= lim {
             self.quota_event(sub, Limit::Ports, now);
@@ -1615,7 +1641,7 @@ impl Core {
         self.subs.get_mut(sub).mappings += 1;
         self.counters.add(Counter::MappingsCreated, 1);
         self.event(now, EventKind::MappingCreated(mapping_info(&m)));
-        Ok(ms)
+        Ok((ms, true))
     }
 
     /// Choose an outside port for a new mapping of `sub` by its pool's allocation mode.
@@ -1706,17 +1732,20 @@ impl Core {
     }
 
     /// Store a session on mapping `ms` and index it.
+    /// Store session `s` of mapping `ms` and index it. `made`: the mapping was made for this
+    /// session (see [`Core::mapping_for`]), so a failure frees its port without a hold-down.
     fn insert_session(
         &mut self,
         slab: &mut Slab,
         s: Session,
         ms: u32,
+        made: bool,
         pi: usize,
         now: u32,
     ) -> Result<u32, DropReason> {
         let Some(slot) = slab.insert(s, &self.cfg.timeouts) else {
             if self.maps.get(ms).sessions() == 0 {
-                self.end_mapping(ms, true, now);
+                self.end_mapping(ms, made, now);
             }
             return Err(DropReason::TableFull);
         };
@@ -1827,7 +1856,10 @@ impl Core {
         if k.proto == ip_proto::TCP {
             s.state |= tcp_state::SYN_RCVD;
         }
-        if self.ports.addr_index(k.src).is_some() {
+        // From one of our own addresses, as for an outbound flow: a pool address, or a destination
+        // NAT rule's (its backend's packets, hairpinned here). The subscriber's answers go back
+        // inside, not out of the outside port to our own address.
+        if self.ports.addr_index(k.src).is_some() || self.dnat.is_vip(k.src) {
             s.state |= HAIRPIN;
         }
         // The inside endpoint may already talk to this remote through a mapping of another pool (SNAT
@@ -1844,7 +1876,7 @@ impl Core {
             self.quota_event(m.subscriber, Limit::Sessions, now);
             return Verdict::Drop(DropReason::QuotaExceeded);
         }
-        match self.insert_session(slab, s, ms, pi, now) {
+        match self.insert_session(slab, s, ms, false, pi, now) {
             Ok(slot) => self.forward(slab, slot, Dir::Out2In, p, pkt, now),
             Err(r) => Verdict::Drop(r),
         }
@@ -1877,21 +1909,7 @@ impl Core {
             return Verdict::Drop(DropReason::TcpInvalid);
         }
         let p2 = Parsed {
-            key: FlowKey {
-                src: s.out_addr,
-                dst: p.key.dst,
-                sport: if s.proto == ip_proto::ICMP {
-                    0
-                } else {
-                    s.out_port
-                },
-                dport: if s.proto == ip_proto::ICMP {
-                    s.out_port
-                } else {
-                    p.key.dport
-                },
-                proto: s.proto,
-            },
+            key: other_half_key(&s),
             ..*p
         };
         let h = p2.key.hash(self.cfg.seed);
@@ -1995,9 +2013,9 @@ impl Core {
         let mut client_slot = None;
         if let Some(pi) = full {
             match self.open_fullnat_client(slab, pi, &k, now) {
-                Ok((slot, addr, port)) => {
+                Ok((slot, addr, port, made)) => {
                     client = (addr, port);
-                    client_slot = Some(slot);
+                    client_slot = Some((slot, made));
                 }
                 Err(v) => return v,
             }
@@ -2028,14 +2046,16 @@ impl Core {
         let slot = match self.insert_dnat(slab, s, b.id, now) {
             Ok(slot) => slot,
             Err(reason) => {
-                if let Some(cs) = client_slot {
-                    self.delete_session(slab, cs, now, true);
+                // A mapping made for this flow is freed at once; a revived one goes back into
+                // hold-down.
+                if let Some((cs, made)) = client_slot {
+                    self.delete_session(slab, cs, now, made);
                     self.gauges(slab);
                 }
                 return Verdict::Drop(reason);
             }
         };
-        if let Some(cs) = client_slot {
+        if let Some((cs, _)) = client_slot {
             let c = *slab.get(cs);
             rewrite(pkt, p, End::Source, c.out_addr, c.out_port, false);
         }
@@ -2062,7 +2082,7 @@ impl Core {
         pi: usize,
         k: &FlowKey,
         now: u32,
-    ) -> Result<(u32, u32, u16), Verdict> {
+    ) -> Result<(u32, u32, u16, bool), Verdict> {
         if self.det[pi].is_some() {
             return Err(Verdict::Drop(DropReason::NoSnatRule));
         }
@@ -2076,8 +2096,8 @@ impl Core {
         // ICMP: the identifier is the client's "port" (it arrived as the destination port).
         let icmp = k.proto == ip_proto::ICMP;
         let cport = if icmp { k.dport } else { k.sport };
-        let ms = match self.mapping_for(pi, sub, k.src, cport, k.proto, now) {
-            Ok(ms) => ms,
+        let (ms, made) = match self.mapping_for(pi, sub, k.src, cport, k.proto, now) {
+            Ok(got) => got,
             Err(r) => {
                 self.release_subscriber_if_idle(sub);
                 self.gauges(slab);
@@ -2104,9 +2124,9 @@ impl Core {
             ..Session::default()
         };
         let slot = self
-            .insert_session(slab, s, ms, pi, now)
+            .insert_session(slab, s, ms, made, pi, now)
             .map_err(Verdict::Drop)?;
-        Ok((slot, m.out_addr, m.out_port))
+        Ok((slot, m.out_addr, m.out_port, made))
     }
 
     /// Slow path: a new outbound flow of the inside host of a 1:1 rule: its source becomes the rule's
@@ -2198,12 +2218,33 @@ impl Core {
     }
 
     /// Remove a session and its index entries; end its mapping if it was the last session. `force`
-    /// skips the hold-down (flush).
-    fn delete_session(&mut self, slab: &mut Slab, slot: u32, now: u32, force: bool) {
+    /// skips the hold-down (flush). Returns how many sessions were deleted.
+    ///
+    /// The two halves of a full-NAT flow are deleted together, whichever goes first (expiry,
+    /// `conntrack -D`, a cut backend). Left alone, a backend half would keep answering, under the
+    /// rule's address, a pool port whose mapping is about to end: refreshed by the backend's own
+    /// packets it would outlive the hold-down, and once the port was handed to another subscriber
+    /// deliver the client's traffic to that subscriber.
+    fn delete_session(&mut self, slab: &mut Slab, slot: u32, now: u32, force: bool) -> u32 {
         let s = slab.remove(slot);
         let seed = self.cfg.seed;
         self.index.remove(in_key(&s).hash(seed), slot | in_kind(&s));
         self.index.remove(out_key(&s).hash(seed), slot | OUT_BIT);
+        let mut deleted = 1;
+        if s.is_fullnat_client() || s.is_dnat() {
+            let k = other_half_key(&s);
+            if let Some(o) = self.lookup(slab, Dir::Out2In, &k, k.hash(seed)) {
+                let other = slab.get(o);
+                let halves = if s.is_fullnat_client() {
+                    other.is_dnat()
+                } else {
+                    other.is_fullnat_client()
+                };
+                if halves {
+                    deleted += self.delete_session(slab, o, now, force);
+                }
+            }
+        }
         let pi = self
             .ports
             .addr_index(s.out_addr)
@@ -2236,7 +2277,7 @@ impl Core {
             {
                 self.dnat_counters.closed(id);
             }
-            return;
+            return deleted;
         }
         let h = mapping::in_hash(seed, s.in_addr, s.in_port, s.proto);
         let Some(ms) = self
@@ -2244,7 +2285,7 @@ impl Core {
             .find_in(h, s.in_addr, s.in_port, s.proto, pi as u8)
         else {
             debug_assert!(false, "session without a mapping");
-            return;
+            return deleted;
         };
         let sub = self.maps.get(ms).subscriber;
         let r = self.subs.get_mut(sub);
@@ -2252,6 +2293,7 @@ impl Core {
         if self.maps.remove_session(ms) == 0 {
             self.end_mapping(ms, force || s.closed_cleanly(), now);
         }
+        deleted
     }
 
     /// A mapping lost its last session: free its port now, or hold it (RFC 6888 REQ-8).
@@ -2426,7 +2468,7 @@ pub(crate) mod testkit {
     /// Run expiry as a worker loop would, one second at a time with a small budget, until `until`.
     pub fn tick(sh: &mut Shard, from: u32, until: u32) {
         for now in from..=until {
-            while sh.expire(now, 64) == 64 {}
+            while sh.expire(now, 64) >= 64 {}
             // Hold-down releases are budgeted too; drain them for this second.
             sh.expire(now, 64);
         }
