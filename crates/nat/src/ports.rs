@@ -265,6 +265,9 @@ pub struct PortAllocator {
     /// Running totals, so the gauges cost nothing however many addresses there are.
     total: u64,
     blocks_used: u64,
+    /// This allocator's worker and the worker count: a port is ours to hand out (and so to free)
+    /// only if [`port_owner`] gives it to `worker`.
+    worker: u16,
     workers: u16,
     rng: u64,
     /// Per address and protocol: the random draw its next [`PortAllocator::alloc_random`] starts
@@ -315,6 +318,7 @@ impl PortAllocator {
             pba: Vec::new(),
             total: 0,
             blocks_used: 0,
+            worker,
             workers,
             rng: seed | 1,
             draws: Vec::new(),
@@ -332,6 +336,7 @@ impl PortAllocator {
     /// once per policy change; it allocates only for new addresses.
     pub(crate) fn reconcile(&mut self, specs: &[AddrSpec], worker: u16) {
         debug_assert!(self.conflicts(specs).is_none());
+        self.worker = worker;
         let mut wanted = specs.to_vec();
         wanted.sort_by_key(|a| a.addr);
         wanted.dedup_by_key(|a| a.addr);
@@ -613,6 +618,12 @@ impl PortAllocator {
     /// `block` is the port block that this emptied, if any.
     pub(crate) fn release(&mut self, a: usize, proto: u8, port: u16) -> Option<Option<u16>> {
         let p = proto_index(proto)?;
+        // Outside the range, or another worker's: its bit is set to keep it out of allocation,
+        // not because it is allocated, and must stay set.
+        let (lo, hi, _) = *self.shapes.get(a)?;
+        if port < lo || port > hi || port_owner(port, self.workers) != self.worker {
+            return None;
+        }
         let w = port as usize / 64;
         let m = 1u64 << (port % 64);
         let map = &mut self.maps[a * 3 + p];
@@ -733,6 +744,32 @@ mod tests {
                 assert_eq!(got, want.map(|i| addrs[i]), "{name}: address {a:#x}");
             }
         }
+    }
+
+    #[test]
+    fn freeing_a_port_that_was_never_ours_changes_nothing() {
+        // Worker 0 of 2 owns the even 64-port words of 1024..=2047.
+        let addr = 0xcb00_7101;
+        let mut pa = PortAllocator::new(&[(addr, 1024, 2047)], 0, 2, 7);
+        let held = pa.alloc(addr, ip_proto::UDP).unwrap();
+        // Below the range, above it, and in worker 1's words: refused, counts untouched.
+        for port in [80, 1023, 2048, 65535, 1024 + 64, 1024 + 64 * 3 + 5] {
+            assert!(!pa.free(addr, ip_proto::UDP, port), "port {port}");
+            assert_eq!(pa.ports_in_use(addr), 1, "port {port}");
+        }
+        // Nothing outside the worker's own ports became allocatable.
+        let mut n = 1;
+        while let Some(p) = pa.alloc(addr, ip_proto::UDP) {
+            assert!(
+                (1024..=2047).contains(&p) && port_owner(p, 2) == 0,
+                "port {p}"
+            );
+            n += 1;
+        }
+        assert_eq!(n, 512, "exactly the worker's half of the range");
+        assert!(pa.free(addr, ip_proto::UDP, held));
+        assert!(!pa.free(addr, ip_proto::UDP, held), "not twice");
+        assert_eq!(pa.ports_in_use(addr), 511);
     }
 
     #[test]
