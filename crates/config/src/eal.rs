@@ -93,7 +93,8 @@ pub(crate) fn parse_lcores(s: &str) -> Result<Vec<u32>, String> {
         if let Some(c) = cpus {
             // The CPU set is validated for syntax only: which CPUs exist is a property of the
             // machine, and reading it would give loading a dependency on the host.
-            parse_set(c, u32::MAX).map_err(|e| format!("in cpu set `{c}`: {e}"))?;
+            parse_set(c, crate::limits::CPU_ID_MAX)
+                .map_err(|e| format!("in cpu set `{c}`: {e}"))?;
         }
         for id in parse_set(lcores, MAX_LCORE - 1)? {
             if ids.contains(&id) {
@@ -267,5 +268,14 @@ mod tests {
         );
         assert_eq!(has_option(&v(&["--file-prefixes"]), "--file-prefix"), None);
         assert_eq!(has_option(&v(&["-m512"]), "-m"), Some(0));
+    }
+
+    #[test]
+    fn a_cpu_set_beyond_the_cpu_id_limit_is_refused_without_building_it() {
+        // Before the limit this built a list of four billion ids (16 GiB) to check the syntax.
+        let err = parse_lcores("0@(0-4294967295)").unwrap_err();
+        assert!(err.contains("cpu set"), "{err}");
+        assert!(parse_lcores("0@(0-1023)").is_ok());
+        assert!(parse_lcores("0@(1024)").is_err());
     }
 }

@@ -71,9 +71,11 @@ fn at(location: &Option<Location>) -> String {
 fn list(errors: &[FieldError]) -> String {
     match errors {
         [one] => one.to_string(),
+        // The first error's path leads, as for a single error, so that the message starts with
+        // the field it is about; the count follows at the end.
         many => {
             let items: Vec<String> = many.iter().map(ToString::to_string).collect();
-            format!("{} configuration errors: {}", many.len(), items.join("; "))
+            format!("{} ({} configuration errors)", items.join("; "), many.len())
         }
     }
 }
@@ -178,7 +180,7 @@ mod tests {
                 },
             ],
         };
-        assert_eq!(two.to_string(), "2 configuration errors: a: x; b[0]: y");
+        assert_eq!(two.to_string(), "a: x; b[0]: y (2 configuration errors)");
         assert_eq!(two.fields(), vec!["a", "b[0]"]);
     }
 

@@ -56,3 +56,14 @@ pub const DNAT_NAME_MAX_LEN: usize = 64;
 /// Backends over all rules together: the NAT core keeps counters for at most 16384 (rule,
 /// backend) pairs.
 pub const DNAT_BACKENDS_TOTAL_MAX: usize = 16384;
+/// Pool addresses over all pools: at most 65536 (a /16). Each address takes three 8 KiB port
+/// bitmaps (TCP, UDP, ICMP) per worker, so a /16 is already 1.5 GiB per worker; a pool larger
+/// than that is a typing error far more often than a plan.
+pub const POOL_ADDRESSES_MAX: u64 = 1 << 16;
+/// Source NAT rules and no-NAT exclusions: at most 1024 each. A policy change diffs the old list
+/// against the new one (quadratic in the length), and packets of new flows scan the lists in
+/// order; operators' lists number in the tens.
+pub const SNAT_RULES_MAX: usize = 1024;
+pub const EXCLUSIONS_MAX: usize = 1024;
+/// CPU ids in an lcore's CPU set: below 1024, the size of the `cpu_set_t` DPDK pins with.
+pub const CPU_ID_MAX: u32 = 1023;

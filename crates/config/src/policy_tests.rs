@@ -844,7 +844,7 @@ fn live_deterministic_pools_keep_their_addresses_exactly() {
     assert_eq!(check_live(&old, &det("[198.51.100.64/28]")), vec![]);
     let new = update_pool(
         "det",
-        "{ addresses: [198.51.100.64/28], allocation: { mode: deterministic, inside: 100.64.0.0/25 } }",
+        "{ addresses: [198.51.100.64/28], allocation: { mode: deterministic, inside: 100.64.0.0/23 } }",
     );
     let errs = check_live(&old, &new);
     assert_eq!(errs.len(), 1, "{errs:?}");

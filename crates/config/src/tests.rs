@@ -1002,7 +1002,8 @@ fn several_errors_are_reported_together() {
     let err = Config::from_yaml_str(&yaml).unwrap_err();
     assert_eq!(err.fields(), vec!["ports[1].gateway", "snat[0].pool"]);
     assert!(
-        err.to_string().starts_with("2 configuration errors: "),
+        err.to_string().starts_with("ports[1].gateway: ")
+            && err.to_string().ends_with(" (2 configuration errors)"),
         "{err}"
     );
 }
@@ -1436,7 +1437,12 @@ fn carrier_grade_nat_options_are_validated_by_field() {
         "pools[0].allocation.ports_per_subscriber",
         "multiple of 64",
     );
-    let cfg = Config::from_yaml_str(&pool_with("    allocation: { mode: deterministic, inside: 100.64.0.0/24, ports_per_subscriber: 256 }\n")).unwrap();
+    // The SNAT rule to a deterministic pool must lie within its inside prefix.
+    let cfg = Config::from_yaml_str(
+        &pool_with("    allocation: { mode: deterministic, inside: 100.64.0.0/24, ports_per_subscriber: 256 }\n")
+            .replace("  - match: 100.64.0.0/10\n", "  - match: 100.64.0.0/24\n"),
+    )
+    .unwrap();
     assert_eq!(
         cfg.pools[0].allocation,
         Allocation::Deterministic {
@@ -2270,4 +2276,98 @@ fn reload_policy_takes_only_the_translation_policy() {
         reload_policy(&old, &text).unwrap()
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_pool_beyond_the_address_limit_is_refused_before_anything_is_built() {
+    // A typing error (/2 for /22) would mean 2^30 addresses and terabytes of port bitmaps.
+    let err = rejects(
+        &edit(
+            "addresses: [\"203.0.113.0/29\"]",
+            "addresses: [\"128.0.0.0/2\"]",
+        ),
+        "pools[0].addresses[0]",
+        "at most 65536",
+    );
+    assert_eq!(err.fields(), vec!["pools[0].addresses[0]"]);
+    // A /16 is still fine.
+    Config::from_yaml_str(&edit(
+        "addresses: [\"203.0.113.0/29\"]",
+        "addresses: [\"198.18.0.0/16\"]",
+    ))
+    .expect("a /16 pool");
+}
+
+#[test]
+fn rule_and_exclusion_lists_have_a_size_limit() {
+    let mut many = MINIMAL.to_owned();
+    many.push_str("exclusions:\n");
+    for i in 0..1025u32 {
+        let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        many.push_str(&format!("  - destination: {a}/32\n"));
+    }
+    rejects(&many, "exclusions", "at most 1024");
+    let rules: String = (0..1025u32)
+        .map(|i| {
+            let a = std::net::Ipv4Addr::from(0x6440_0000 + i);
+            format!("  - match: {a}/32\n    pool: public\n")
+        })
+        .collect();
+    rejects(
+        &edit(
+            "snat:\n  - match: 100.64.0.0/10\n    pool: public\n",
+            &format!("snat:\n{rules}"),
+        ),
+        "snat",
+        "at most 1024",
+    );
+}
+
+#[test]
+fn a_rule_shadowed_by_an_earlier_one_with_a_wider_destination_is_refused() {
+    let rule =
+        |dst: &str| format!("  - match: 100.64.0.0/10\n    destination: {dst}\n    pool: public\n");
+    let snat = |a: &str, b: &str| {
+        edit(
+            "snat:\n  - match: 100.64.0.0/10\n    pool: public\n",
+            &format!("snat:\n{}{}", rule(a), rule(b)),
+        )
+    };
+    rejects(
+        &snat("198.51.100.0/24", "198.51.100.0/24"),
+        "snat[1].match",
+        "never matches",
+    );
+    rejects(
+        &snat("198.51.0.0/16", "198.51.100.0/24"),
+        "snat[1].match",
+        "never matches",
+    );
+    // Narrower first, or disjoint: both can match.
+    Config::from_yaml_str(&snat("198.51.100.0/24", "198.51.0.0/16")).expect("narrower first");
+    Config::from_yaml_str(&snat("198.51.100.0/24", "203.0.113.0/24")).expect("disjoint");
+}
+
+#[test]
+fn a_rule_to_a_deterministic_pool_must_stay_inside_its_prefix() {
+    let yaml = edit(
+        "addresses: [\"203.0.113.0/29\"]\n",
+        "addresses: [\"203.0.113.0/29\"]\n    allocation: { mode: deterministic, inside: 100.64.1.0/24 }\n",
+    );
+    rejects(&yaml, "snat[0].match", "deterministic pool `public`");
+    let inside = yaml.replace("  - match: 100.64.0.0/10\n", "  - match: 100.64.1.0/24\n");
+    Config::from_yaml_str(&inside).expect("a rule within the prefix");
+}
+
+#[test]
+fn a_pool_routed_on_the_inside_is_refused() {
+    let yaml = edit(
+        "    address: 100.64.0.1/24\n",
+        "    address: 100.64.0.1/24\n    routes: [{prefix: 100.64.1.0/24, via: 100.64.0.254}]\n",
+    )
+    .replace(
+        "addresses: [\"203.0.113.0/29\"]",
+        "addresses: [\"100.64.1.0/29\"]",
+    );
+    rejects(&yaml, "pools[0].addresses[0]", "routed on the inside");
 }

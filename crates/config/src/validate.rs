@@ -865,6 +865,7 @@ fn check_pools(errs: &mut Errors, raw: &[RawPool], ports: Option<&[PortCfg]>) ->
         }
         check_allocation(errs, i, pool);
     }
+    check_pool_sizes(errs, raw);
     check_pool_overlaps(errs, raw);
 
     if errs.0.len() != before {
@@ -909,6 +910,23 @@ fn check_pool_range_against_ports(
             );
             continue;
         }
+        // Nor may it be reached through the inside: an address routed there is a subscriber's.
+        if port.role == Role::Inside
+            && let Some((j, rt)) = port
+                .routes
+                .iter()
+                .enumerate()
+                .find(|(_, rt)| r.overlaps_net(&rt.prefix))
+        {
+            errs.push(
+                path,
+                format!(
+                    "{r} overlaps {}, routed on the inside by ports[{k}].routes[{j}]",
+                    rt.prefix
+                ),
+            );
+            continue;
+        }
         // Pool addresses may sit in the outside subnet (we then answer ARP for them), but
         // none may be an address some neighbour or we ourselves already use.
         let mut used = vec![(port.address, "address".to_owned())];
@@ -938,6 +956,29 @@ fn check_pool_range_against_ports(
                         port.name
                     ),
                 );
+            }
+        }
+    }
+}
+
+/// The pools' addresses together stay within [`lim::POOL_ADDRESSES_MAX`]: reported at the entry
+/// that goes over, before anything builds per-address state.
+fn check_pool_sizes(errs: &mut Errors, raw: &[RawPool]) {
+    let mut total: u64 = 0;
+    for (i, pool) in raw.iter().enumerate() {
+        for (j, r) in pool.addresses.iter().enumerate() {
+            let n = u64::from(u32::from(r.last)) - u64::from(u32::from(r.first)) + 1;
+            total += n;
+            if total > lim::POOL_ADDRESSES_MAX {
+                errs.push(
+                    format!("pools[{i}].addresses[{j}]"),
+                    format!(
+                        "{r} ({n} addresses) brings the pools to {total} addresses; at most {} are \
+                         supported in all (each takes 24 KiB of port bitmaps per worker)",
+                        lim::POOL_ADDRESSES_MAX
+                    ),
+                );
+                return;
             }
         }
     }
@@ -1103,6 +1144,17 @@ fn allocation(a: &crate::raw::RawAllocation) -> Allocation {
 }
 
 fn check_exclusions(errs: &mut Errors, raw: &[crate::raw::RawExclusion]) -> Vec<Exclusion> {
+    if raw.len() > lim::EXCLUSIONS_MAX {
+        errs.push(
+            "exclusions",
+            format!(
+                "{} exclusions, at most {} are supported",
+                raw.len(),
+                lim::EXCLUSIONS_MAX
+            ),
+        );
+        return Vec::new();
+    }
     let mut out = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
         for (f, net) in [("destination", Some(e.destination)), ("source", e.source)] {
@@ -1125,6 +1177,17 @@ fn check_exclusions(errs: &mut Errors, raw: &[crate::raw::RawExclusion]) -> Vec<
 
 fn check_snat(errs: &mut Errors, raw: &[RawSnat], pools: &[RawPool]) -> Option<Vec<SnatRule>> {
     let before = errs.0.len();
+    if raw.len() > lim::SNAT_RULES_MAX {
+        errs.push(
+            "snat",
+            format!(
+                "{} rules, at most {} are supported",
+                raw.len(),
+                lim::SNAT_RULES_MAX
+            ),
+        );
+        return None;
+    }
     let mut rules = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         if !r.prefix.is_network() {
@@ -1136,10 +1199,16 @@ fn check_snat(errs: &mut Errors, raw: &[RawSnat], pools: &[RawPool]) -> Option<V
                     r.prefix.trunc()
                 ),
             );
-        } else if let Some(k) = raw[..i]
-            .iter()
-            .position(|o| o.prefix.covers(&r.prefix) && o.destination.is_none())
-        {
+        } else if let Some(k) = raw[..i].iter().position(|o| {
+            // An earlier rule takes every packet of this one if it matches all its sources and
+            // all its destinations.
+            o.prefix.covers(&r.prefix)
+                && match (o.destination, r.destination) {
+                    (None, _) => true,
+                    (Some(od), Some(rd)) => od.covers(&rd),
+                    (Some(_), None) => false,
+                }
+        }) {
             errs.push(
                 format!("snat[{i}].match"),
                 format!(
@@ -1157,11 +1226,27 @@ fn check_snat(errs: &mut Errors, raw: &[RawSnat], pools: &[RawPool]) -> Option<V
             );
         }
         match pools.iter().position(|p| p.name == r.pool) {
-            Some(pool) => rules.push(SnatRule {
-                prefix: r.prefix,
-                destination: r.destination,
-                pool,
-            }),
+            Some(pool) => {
+                // Deterministic ranges exist only for the pool's inside prefix: a source outside
+                // it would have no ports.
+                if let (AllocationMode::Deterministic, Some(inside)) =
+                    (pools[pool].allocation.mode, pools[pool].allocation.inside)
+                    && !inside.covers(&r.prefix)
+                {
+                    errs.push(
+                        format!("snat[{i}].match"),
+                        format!(
+                            "{} is not inside {inside}, the inside prefix of deterministic pool `{}`",
+                            r.prefix, r.pool
+                        ),
+                    );
+                }
+                rules.push(SnatRule {
+                    prefix: r.prefix,
+                    destination: r.destination,
+                    pool,
+                });
+            }
             None => {
                 let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
                 errs.push(
@@ -1285,6 +1370,10 @@ fn check_dnat(
                 lim::DNAT_BACKENDS_TOTAL_MAX
             ),
         );
+    }
+    // Over a limit, the rule-against-rule checks below (quadratic) would only take time.
+    if errs.0.len() != before {
+        return None;
     }
     let mut kinds: Vec<Option<DnatKind>> = Vec::with_capacity(raw.len());
     let mut rules = Vec::with_capacity(raw.len());

@@ -467,3 +467,27 @@ async fn a_listing_can_stop_after_a_limit() {
     assert_eq!(count(9).await, 3);
     c.get_info(v1::GetInfoRequest {}).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_refusal_with_several_errors_still_starts_with_a_field_path() {
+    let (ch, _b, _stop) = serve(Tokens::default()).await;
+    let mut c = CgnatClient::new(ch);
+    // A bad name and a block size missing for block allocation: two errors.
+    let err = c
+        .add_pool(put(
+            "name: Bad\naddresses: [\"203.0.113.9\"]\nports: \"1024-1024\"\nallocation: {mode: blocks}\n",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("pools[2].name: "),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().ends_with("(2 configuration errors)"),
+        "{}",
+        err.message()
+    );
+}
