@@ -1393,16 +1393,18 @@ fn check_dnat(
         for k in 0..j {
             let Some(kk) = kinds[k] else { continue };
             let a = &raw[k];
-            let other = format!("nat.dnat[{k}] (`{}`)", a.name);
+            // Formatted only for an error: this runs for every pair of rules.
+            let other = || format!("nat.dnat[{k}] (`{}`)", a.name);
             if a.address == b.address {
                 match (kk, kj) {
                     (DnatKind::Port(pa, qa), DnatKind::Port(pb, qb)) if (pa, qa) == (pb, qb) => {
                         errs.push(
                             p("port"),
                             format!(
-                                "{who}: {} {}:{qb} is already forwarded by {other}",
+                                "{who}: {} {}:{qb} is already forwarded by {}",
                                 pb.name(),
-                                b.address
+                                b.address,
+                                other()
                             ),
                         );
                         break;
@@ -1412,8 +1414,9 @@ fn check_dnat(
                         errs.push(
                             p("address"),
                             format!(
-                                "{who}: an address-only rule takes every protocol and port of {}, which {other} also uses",
-                                b.address
+                                "{who}: an address-only rule takes every protocol and port of {}, which {} also uses",
+                                b.address,
+                                other()
                             ),
                         );
                         break;
@@ -1422,8 +1425,9 @@ fn check_dnat(
                         errs.push(
                             p("address"),
                             format!(
-                                "{who}: {} belongs to address-only rule {other}, which takes every protocol and port of it",
-                                b.address
+                                "{who}: {} belongs to address-only rule {}, which takes every protocol and port of it",
+                                b.address,
+                                other()
                             ),
                         );
                         break;
@@ -1437,8 +1441,9 @@ fn check_dnat(
                 errs.push(
                     p("backends[0].address"),
                     format!(
-                        "{who}: {} is already the backend of address-only rule {other}; its own traffic can leave under only one address",
-                        bb.address
+                        "{who}: {} is already the backend of address-only rule {}; its own traffic can leave under only one address",
+                        bb.address,
+                        other()
                     ),
                 );
                 break;
