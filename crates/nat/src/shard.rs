@@ -1590,11 +1590,10 @@ impl Core {
     }
 
     /// The subscriber's mapping for an inside endpoint: the live one, the held one revived (the same
-    /// endpoint gets its port back, exempt from the hold-down), or a new one.
-    /// The live mapping of an inside endpoint, made (with a new port) if it has none, or revived
-    /// if it is in hold-down; `true` with it when it was just made. A flow that fails after this
-    /// frees a mapping it made at once (its port never carried a packet), but puts one it found
-    /// back into hold-down (RFC 6888 REQ-8: the port was used).
+    /// endpoint gets its port back, exempt from the hold-down), or a new one; `true` with it when
+    /// it was just made. A flow that fails after this frees a mapping it made at once (its port
+    /// never carried a packet), but puts one it found back into hold-down (RFC 6888 REQ-8: the
+    /// port was used).
     fn mapping_for(
         &mut self,
         pi: usize,
@@ -1731,9 +1730,8 @@ impl Core {
         }
     }
 
-    /// Store a session on mapping `ms` and index it.
-    /// Store session `s` of mapping `ms` and index it. `made`: the mapping was made for this
-    /// session (see [`Core::mapping_for`]), so a failure frees its port without a hold-down.
+    /// Store a session on mapping `ms` and index it. `made`: the mapping was made for this session
+    /// (see [`Core::mapping_for`]), so a failure frees its port without a hold-down.
     fn insert_session(
         &mut self,
         slab: &mut Slab,
@@ -2043,7 +2041,7 @@ impl Core {
             last_seen: now,
             ..Session::default()
         };
-        let slot = match self.insert_dnat(slab, s, b.id, now) {
+        let slot = match self.insert_dnat(slab, s, b.id, client_slot.map(|(cs, _)| cs), now) {
             Ok(slot) => slot,
             Err(reason) => {
                 // A mapping made for this flow is freed at once; a revived one goes back into
@@ -2162,18 +2160,22 @@ impl Core {
             last_seen: now,
             ..Session::default()
         };
-        match self.insert_dnat(slab, s, e.backends[0].id, now) {
+        match self.insert_dnat(slab, s, e.backends[0].id, None, now) {
             Ok(slot) => self.forward(slab, slot, Dir::In2Out, p, pkt, now),
             Err(reason) => Verdict::Drop(reason),
         }
     }
 
     /// Store a destination NAT session (no mapping, no subscriber) and index it.
+    /// Store the backend half `s` of a destination NAT flow for backend counter `id`. `client`:
+    /// the full-NAT client half just made for it, which a session giving way here must not take
+    /// with it.
     fn insert_dnat(
         &mut self,
         slab: &mut Slab,
         s: Session,
         id: u32,
+        client: Option<u32>,
         now: u32,
     ) -> Result<u32, DropReason> {
         let seed = self.cfg.seed;
@@ -2188,7 +2190,7 @@ impl Core {
                 if s.proto != ip_proto::TCP || o.proto != ip_proto::TCP || !finished {
                     return Err(DropReason::DnatConflict);
                 }
-                self.delete_session(slab, old, now, false);
+                self.delete_pair(slab, old, now, false, client);
             }
         }
         let Some(slot) = slab.insert(s, &self.cfg.timeouts) else {
@@ -2226,6 +2228,18 @@ impl Core {
     /// packets it would outlive the hold-down, and once the port was handed to another subscriber
     /// deliver the client's traffic to that subscriber.
     fn delete_session(&mut self, slab: &mut Slab, slot: u32, now: u32, force: bool) -> u32 {
+        self.delete_pair(slab, slot, now, force, None)
+    }
+
+    /// [`Core::delete_session`], but never taking session `keep` along as the other half.
+    fn delete_pair(
+        &mut self,
+        slab: &mut Slab,
+        slot: u32,
+        now: u32,
+        force: bool,
+        keep: Option<u32>,
+    ) -> u32 {
         let s = slab.remove(slot);
         let seed = self.cfg.seed;
         self.index.remove(in_key(&s).hash(seed), slot | in_kind(&s));
@@ -2233,7 +2247,9 @@ impl Core {
         let mut deleted = 1;
         if s.is_fullnat_client() || s.is_dnat() {
             let k = other_half_key(&s);
-            if let Some(o) = self.lookup(slab, Dir::Out2In, &k, k.hash(seed)) {
+            if let Some(o) = self.lookup(slab, Dir::Out2In, &k, k.hash(seed))
+                && Some(o) != keep
+            {
                 let other = slab.get(o);
                 let halves = if s.is_fullnat_client() {
                     other.is_dnat()
