@@ -771,6 +771,13 @@ async fn sessions(ctx: &Ctx, mut client: Client, cmd: SessionsCommand) -> Result
                 let view = SessionEventView::from(&e);
                 emit(&ctx.render(&view, session_event_line, true)?)?;
             }
+            // The server never ends a watch on its own but when it shuts down: a failure for a
+            // pipeline that restarts the watch, as for `stats --watch`.
+            return Err(Status::unavailable(format!(
+                "{} ended the session event stream (daemon shutting down?)",
+                ctx.server
+            ))
+            .into());
         }
         SessionsCommand::Flush => {
             let reply = ctx

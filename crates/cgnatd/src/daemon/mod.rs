@@ -26,10 +26,22 @@ pub struct Overrides {
     pub file_prefix: Option<String>,
 }
 
-/// `cgnatd --check-config FILE`.
+/// `cgnatd --check-config FILE`: what a start with FILE would run, the translation policy saved
+/// in `mgmt.state_file` (if there is one) included, since a start restores it over the file's.
 pub fn check_config(path: &Path) -> ExitCode {
+    let mut restored = None;
     match Config::load(path)
         .map_err(|e| e.to_string())
+        .and_then(|file_cfg| {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            let initial = policy::initial(&text, &file_cfg)
+                .map_err(|e| format!("{}: {e:#}", path.display()))?;
+            if let Some(state) = &initial.restored_from {
+                restored = Some((state.clone(), initial.generation));
+            }
+            Ok(initial.config)
+        })
         .and_then(|cfg| {
             // The NAT core's own checks (deterministic pools, port blocks), for the real worker count.
             let rules = setup::nat_rules(&cfg).map_err(|e| format!("{}: {e:#}", path.display()))?;
@@ -62,6 +74,12 @@ pub fn check_config(path: &Path) -> ExitCode {
                 cfg.worker_count(),
                 cfg.worker_lcores()
             );
+            if let Some((state, generation)) = restored {
+                println!(
+                    "with the translation policy a start restores from state file {} (generation {generation})",
+                    state.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -513,5 +531,36 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `--check-config` checks what a start would run: a saved policy (mgmt.state_file) that no
+    /// longer fits the file fails the check, as it would fail the start.
+    #[test]
+    fn check_config_checks_the_saved_policy_a_start_restores() {
+        let dir = std::env::temp_dir().join(format!("cgnatd-check-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state.yaml");
+        let text = include_str!("../../../../config/lab.yaml").replace(
+            "mgmt:\n",
+            &format!("mgmt:\n  state_file: {}\n", state.display()),
+        );
+        let file = dir.join("cfg.yaml");
+        std::fs::write(&file, &text).unwrap();
+        // No state file yet: the file's own policy.
+        assert_eq!(check_config(&file), ExitCode::SUCCESS);
+        // A saved policy whose rule names a pool the file does not have.
+        std::fs::write(
+            &state,
+            "generation: 3\npolicy:\n  pools:\n    - name: a\n      addresses: [203.0.113.1]\n  snat:\n    - match: 100.64.0.0/10\n      pool: nosuch\n",
+        )
+        .unwrap();
+        let file_cfg = Config::from_yaml_str(&text).unwrap();
+        assert!(
+            policy::initial(&text, &file_cfg).is_err(),
+            "a start refuses it"
+        );
+        let check = check_config(&file);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(check, ExitCode::from(2), "and so does --check-config");
     }
 }

@@ -233,16 +233,27 @@ fn route_table(p: &PortCfg) -> RouteTable {
 
 /// Enough mbufs for every RX and TX ring, the per-lcore caches and what workers hold in flight.
 fn pool_size(cfg: &Config, workers: u32) -> u32 {
-    let rings: u32 = cfg
+    let w = u64::from(workers);
+    let rings: u64 = cfg
         .ports
         .iter()
-        .map(|p| u32::from(p.rx_desc) + u32::from(p.tx_desc))
-        .sum::<u32>()
-        * workers;
+        .map(|p| u64::from(p.rx_desc) + u64::from(p.tx_desc))
+        .sum::<u64>()
+        * w;
     // Bursts, frames held for ARP (64 per port) and out-of-order fragments (per side).
-    let in_flight = workers * (4 * dpdk::BURST as u32 + 2 * 64 + 2 * cfg.nat.fragments.max_held);
-    let caches = (workers + 1) * 256;
-    (rings + in_flight + caches + 1024).next_power_of_two() - 1
+    let in_flight =
+        w * (4 * dpdk::BURST as u64 + 2 * 64 + 2 * u64::from(cfg.nat.fragments.max_held));
+    // Every handoff ring full, with each worker's burst per peer: a worker that falls behind
+    // holds that many in its incoming rings, and they must not starve the RX refill of every
+    // other queue.
+    let handoff = if workers > 1 {
+        w * (w - 1) * (u64::from(cfg.dataplane.handoff_ring) + dpdk::BURST as u64)
+    } else {
+        0
+    };
+    let caches = (w + 1) * 256;
+    let n = (rings + in_flight + handoff + caches + 1024).next_power_of_two() - 1;
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<DataPlane> {
@@ -469,4 +480,31 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
         dp.workers.push((lc, counters));
     }
     Ok(dp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mbuf_pool_covers_every_descriptor_and_every_handoff_ring_full() {
+        let cfg = Config::from_yaml_str(include_str!("../../../../config/lab-2workers.yaml"))
+            .expect("lab-2workers.yaml");
+        for (workers, ring) in [(1u32, 1024u32), (2, 1024), (8, 1024), (4, 16384)] {
+            let mut c = cfg.clone();
+            c.dataplane.handoff_ring = ring;
+            let descriptors: u32 = c
+                .ports
+                .iter()
+                .map(|p| u32::from(p.rx_desc) + u32::from(p.tx_desc))
+                .sum::<u32>()
+                * workers;
+            let rings = workers * (workers - 1) * ring;
+            assert!(
+                pool_size(&c, workers) >= descriptors + rings,
+                "{workers} workers, rings of {ring}: pool {} < {descriptors} descriptors + {rings} in rings",
+                pool_size(&c, workers)
+            );
+        }
+    }
 }

@@ -55,13 +55,20 @@ pub fn write(path: &Path, saved: &Saved) -> Result<()> {
         .with_context(|| format!("{}: cannot write {}", what(), tmp.display()))?;
     drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", what()))?;
+    // From here the new policy is the file's: refusing the change now would leave the daemon
+    // running the old policy while the next start restores the new one. A directory that cannot
+    // be flushed only makes the rename less durable across a power loss; say so and go on.
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("{}: cannot flush directory {}", what(), dir.display()))?;
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(
+            state_file = %path.display(),
+            error = %e,
+            "state file replaced, but its directory could not be flushed: the change may not survive a power loss"
+        );
+    }
     Ok(())
 }
 
