@@ -481,6 +481,20 @@ impl Worker {
         if left > 0 {
             self.counters.count_drops(DropReason::Shutdown, left as u64);
         }
+        // The last events (mapping and port block records among them) go to the control plane,
+        // which drains its queues once every worker has stopped; what its queue has no room
+        // for is counted lost.
+        loop {
+            let pending = self.shard.pending_events();
+            self.export_events();
+            if pending == 0 || self.shard.pending_events() == pending {
+                break;
+            }
+        }
+        let lost = self.shard.pending_events();
+        if lost > 0 && self.events.is_some() {
+            self.counters.add(Counter::EventsDropped, lost as u64);
+        }
         self.shard
     }
 

@@ -211,8 +211,42 @@ fn mgmt_config(cfg: &Config) -> Result<mgmt::ServerConfig> {
     Ok(server)
 }
 
+/// SIGTERM, SIGINT and SIGHUP, caught from the first instruction of [`run`]: start-up (EAL,
+/// hugepages, tables of millions of sessions) takes seconds, and a signal's default action in
+/// that time would kill the process (a `systemctl reload` right after start included) and leave
+/// DPDK's runtime directory behind.
+struct Signals {
+    /// A termination signal came: stop (at the next step of start-up, or the running daemon).
+    stop: Arc<AtomicBool>,
+    /// A SIGHUP came; it is applied once the daemon serves (see [`policy::reload_on_hangup`]).
+    hangup: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let stop = Arc::new(AtomicBool::new(false));
+        let hangup = Arc::new(AtomicBool::new(false));
+        for sig in [SIGTERM, SIGINT] {
+            // Registered before the flag: a second termination signal, while a shutdown is
+            // under way (and perhaps stuck), ends the process at once with status 1.
+            signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+                .context("cannot catch termination signals")?;
+            signal_hook::flag::register(sig, stop.clone())
+                .context("cannot catch termination signals")?;
+        }
+        signal_hook::flag::register(SIGHUP, hangup.clone()).context("cannot catch SIGHUP")?;
+        Ok(Signals { stop, hangup })
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
 /// Run until SIGINT/SIGTERM.
 pub fn run(path: &Path, o: Overrides) -> Result<()> {
+    let signals = Signals::install()?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read config file {}: {e}", path.display()))?;
     let file_cfg = Config::from_yaml_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -232,12 +266,23 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
     let mgmt_cfg = mgmt_config(&cfg)?;
 
     let started_at = SystemTime::now();
+    if signals.stopping() {
+        info!("termination signal received during start-up, not starting");
+        return Ok(());
+    }
     let eal_args = cfg.eal_args("cgnatd");
     info!(args = ?eal_args, "initialising DPDK EAL");
     let eal = dpdk::Eal::init(&eal_args).context("DPDK EAL initialisation failed")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let outcome = setup::start(&cfg, initial.generation, stop.clone()).and_then(|mut dp| {
+        if signals.stopping() {
+            info!("termination signal received during start-up, stopping");
+            stop.store(true, Ordering::Relaxed);
+            let summary = dp.shutdown();
+            info!(%summary, "data plane stopped");
+            return Ok(());
+        }
         let table = dp
             .dnat
             .take()
@@ -264,7 +309,7 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
             path: path.to_path_buf(),
             plane,
         };
-        let served = serve(&cfg, backend, &dp, mgmt_cfg, reload);
+        let served = serve(&cfg, backend, &dp, mgmt_cfg, reload, &signals, &stop);
         // Whatever happened to the control plane, the workers stop and the ports go down cleanly.
         stop.store(true, Ordering::Relaxed);
         let summary = dp.shutdown();
@@ -293,6 +338,8 @@ fn serve(
     dp: &setup::DataPlane,
     mgmt_cfg: mgmt::ServerConfig,
     reload: Reload,
+    signals: &Signals,
+    workers_stop: &AtomicBool,
 ) -> Result<()> {
     // The control plane gets a small runtime on the main lcore's CPU.
     // EAL has pinned this (main lcore) thread; pin the runtime's threads to the same CPUs
@@ -358,6 +405,7 @@ fn serve(
             reload.path,
             reload.plane,
             broker.clone(),
+            signals.hangup.clone(),
         ));
         let dispatcher = tokio::spawn(broker.run());
         let event_log = tokio::spawn(async move {
@@ -383,14 +431,21 @@ fn serve(
                 }
             }
         });
-        wait_for_signal().await?;
+        wait_for_signal(&signals.stop).await;
         info!("termination signal received, shutting down");
         stats.abort();
         event_log.abort();
         dispatcher.abort();
         reloader.abort();
         drained.abort();
-        // What the workers queued before the signal still reaches the log.
+        // Stop the workers first: they translate new flows until they stop, and the mapping and
+        // port block events of those flows (the record of who held an outside address and port
+        // when) must reach the log too. Each exports its last events as it stops.
+        workers_stop.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + WORKER_STOP_WAIT;
+        while dp.workers_running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         for (worker, q) in &last_queues {
             for _ in 0..q.len() {
                 if let Some(e) = q.pop() {
@@ -406,16 +461,21 @@ fn serve(
     })
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// Until SIGTERM or SIGINT has raised `stop` (see [`Signals`]); polled, so that a signal that
+/// came during start-up counts too.
+async fn wait_for_signal(stop: &AtomicBool) {
+    let mut tick = tokio::time::interval(SIGNAL_POLL);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
     }
-    Ok(())
 }
+
+/// How long the control plane waits for the workers to leave their loops at shutdown (they
+/// do within one iteration) before it drains their event queues anyway.
+const WORKER_STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// How often the control plane looks at the signal flags.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {

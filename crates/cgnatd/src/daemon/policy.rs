@@ -12,11 +12,11 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use config::policy::{Change, PolicyDoc};
 use config::{Config, ConfigError};
 use dataplane::Control;
@@ -833,10 +833,16 @@ pub async fn reload_on_hangup(
     path: PathBuf,
     plane: Arc<PolicyPlane>,
     broker: Arc<SessionBroker>,
+    hangup: Arc<AtomicBool>,
 ) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    while hup.recv().await.is_some() {
+    // The flag is raised by the handler installed at start (a SIGHUP during start-up is applied
+    // now, once); polled, as the termination flag is.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if !hangup.swap(false, Ordering::Relaxed) {
+            continue;
+        }
         info!(config = %path.display(), "SIGHUP: reloading the translation policy");
         let running = match plane.current() {
             Ok(s) => s.config,
@@ -867,5 +873,4 @@ pub async fn reload_on_hangup(
             Err(e) => warn!(error = %e, "reload refused, nothing changed"),
         }
     }
-    Ok(())
 }

@@ -52,6 +52,11 @@ impl DataPlane {
 
     /// Wait for the workers (the caller has raised the stop flag), stop and close the ports, free the
     /// mbuf pool. Returns a one-line summary of the final counters.
+    /// Whether any worker is still in its loop (after the stop flag, until it has returned).
+    pub fn workers_running(&self) -> bool {
+        self.workers.iter().any(|(l, _)| lcore::is_busy(*l))
+    }
+
     pub fn shutdown(mut self) -> String {
         for (lcore, _) in &self.workers {
             let rc = lcore::wait(*lcore);
