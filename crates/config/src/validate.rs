@@ -967,7 +967,7 @@ fn check_pool_sizes(errs: &mut Errors, raw: &[RawPool]) {
     let mut total: u64 = 0;
     for (i, pool) in raw.iter().enumerate() {
         for (j, r) in pool.addresses.iter().enumerate() {
-            let n = u64::from(u32::from(r.last)) - u64::from(u32::from(r.first)) + 1;
+            let n = r.len();
             total += n;
             if total > lim::POOL_ADDRESSES_MAX {
                 errs.push(

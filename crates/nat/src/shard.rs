@@ -2245,7 +2245,9 @@ impl Core {
         self.index.remove(in_key(&s).hash(seed), slot | in_kind(&s));
         self.index.remove(out_key(&s).hash(seed), slot | OUT_BIT);
         let mut deleted = 1;
-        if s.is_fullnat_client() || s.is_dnat() {
+        // A backend half can only have a client half of ours if it is hairpinned (full NAT sets
+        // the flag too): plain port forwards, most DNAT sessions, skip the lookup.
+        if s.is_fullnat_client() || (s.is_dnat() && s.state & HAIRPIN != 0) {
             let k = other_half_key(&s);
             if let Some(o) = self.lookup(slab, Dir::Out2In, &k, k.hash(seed))
                 && Some(o) != keep

@@ -30,11 +30,12 @@ pub struct Overrides {
 /// in `mgmt.state_file` (if there is one) included, since a start restores it over the file's.
 pub fn check_config(path: &Path) -> ExitCode {
     let mut restored = None;
-    match Config::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|file_cfg| {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    // Read once, as a start does: the text is also the base the saved policy applies to.
+    match std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))
+        .and_then(|text| {
+            let file_cfg =
+                Config::from_yaml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             let initial = policy::initial(&text, &file_cfg)
                 .map_err(|e| format!("{}: {e:#}", path.display()))?;
             if let Some(state) = &initial.restored_from {
