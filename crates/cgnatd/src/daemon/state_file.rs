@@ -171,17 +171,22 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
-    /// The writer half of the kill test: rewrite the file forever, alternating two states.
+    /// The writer half of the kill test: rewrite the file forever, alternating two states, with
+    /// generations counting up from `CGNATD_STATE_FIRST`.
     #[test]
     #[ignore = "child process of state_survives_kill_at_any_moment"]
     fn writer_child() {
         let Some(path) = std::env::var_os("CGNATD_STATE_WRITER") else {
             return;
         };
+        let first: u64 = std::env::var("CGNATD_STATE_FIRST")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         let path = PathBuf::from(path);
         let (a, b) = (doc(200), doc(400));
-        for generation in 1.. {
-            let doc = if generation % 2 == 0 {
+        for generation in first.. {
+            let doc = if generation.is_multiple_of(2) {
                 a.clone()
             } else {
                 b.clone()
@@ -190,14 +195,20 @@ mod tests {
         }
     }
 
+    /// A writer killed at any moment of its loop leaves the last state it renamed into place,
+    /// whole: never a torn file, never a mix of two. Each round's writer starts at its own
+    /// generation and is killed only once it has saved one (how long a write takes depends on the
+    /// disk, so a fixed delay could kill every writer before it wrote anything), then a little
+    /// later each round, so the kill lands at different points of the write.
     #[test]
     fn state_survives_kill_at_any_moment() {
         let d = dir("kill");
         let path = d.join("state.yaml");
         let (a, b) = (doc(200), doc(400));
         let exe = std::env::current_exe().unwrap();
-        let mut seen_generations = std::collections::BTreeSet::new();
+        let mut later_writes = 0;
         for round in 0..30u64 {
+            let first = (round + 1) * 1_000_000;
             let mut child = std::process::Command::new(&exe)
                 .args([
                     "--exact",
@@ -206,27 +217,46 @@ mod tests {
                     "--nocapture",
                 ])
                 .env("CGNATD_STATE_WRITER", &path)
+                .env("CGNATD_STATE_FIRST", first.to_string())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            // Kill it at a different point of its write loop each round.
-            std::thread::sleep(std::time::Duration::from_millis(40 + (round * 7) % 50));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while read(&path)
+                .ok()
+                .flatten()
+                .is_none_or(|s| s.generation < first)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: the writer saved nothing in 10 s"
+                );
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            std::thread::sleep(std::time::Duration::from_millis((round * 7) % 23));
             child.kill().unwrap();
             child.wait().unwrap();
-            let Some(saved) = read(&path).unwrap() else {
-                continue; // killed before its first rename
+            let saved = read(&path)
+                .unwrap_or_else(|e| panic!("round {round}: {e:#}"))
+                .unwrap_or_else(|| panic!("round {round}: the state file is gone"));
+            assert!(saved.generation >= first, "round {round}: an older state");
+            let want = if saved.generation.is_multiple_of(2) {
+                &a
+            } else {
+                &b
             };
-            let want = if saved.generation % 2 == 0 { &a } else { &b };
             assert_eq!(
                 &saved.doc, want,
                 "round {round}: a torn or mixed state file"
             );
-            seen_generations.insert(saved.generation);
+            if saved.generation > first {
+                later_writes += 1;
+            }
         }
         assert!(
-            seen_generations.len() > 5,
-            "the writer must have been caught at many different generations: {seen_generations:?}"
+            later_writes > 0,
+            "no writer was ever killed after its second save: the kills did not land mid-loop"
         );
         std::fs::remove_dir_all(&d).unwrap();
     }
