@@ -45,9 +45,9 @@ pub use error::{ConfigError, FieldError, Location};
 pub use net::{AddressRange, Ipv4Net, MacAddr, ParseError, PortRange};
 pub use policy::PolicyDoc;
 pub use types::{
-    Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Filtering, FragmentsCfg, Limits,
-    LogFormat, LoggingCfg, MgmtCfg, MgmtTls, NatCfg, NeighbourCfg, Pool, PortCfg, Role, Route,
-    SnatRule, StaticNeighbour, Timeouts, Workers,
+    Allocation, AllocationMode, DataplaneCfg, Device, Exclusion, Filtering, FragmentsCfg,
+    InjectPanic, Limits, LogFormat, LoggingCfg, MgmtCfg, MgmtTls, NatCfg, NeighbourCfg, Pool,
+    PortCfg, Role, Route, SnatRule, StaticNeighbour, Timeouts, Workers,
 };
 
 /// A validated cgnatd configuration.
@@ -216,10 +216,7 @@ impl Config {
 
     /// Number of workers.
     pub fn worker_count(&self) -> usize {
-        match &self.workers {
-            Workers::Count(n) => usize::from(*n),
-            Workers::Lcores(ids) => ids.len(),
-        }
+        self.workers.len()
     }
 
     /// Replaces `eal.file_prefix`, with the same validation as the file. Tests and parallel

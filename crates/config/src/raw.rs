@@ -200,12 +200,13 @@ fn mac<'de, D: Deserializer<'de>>(deserializer: D) -> Result<MacAddr, D::Error> 
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "the dataplane mapping (idle_sleep_us, idle_polls, handoff_ring)"
+    expecting = "the dataplane mapping (idle_sleep_us, idle_polls, handoff_ring, inject_panic)"
 )]
 pub(crate) struct RawDataplane {
     pub idle_sleep_us: u32,
     pub idle_polls: u32,
     pub handoff_ring: u32,
+    pub inject_panic: Option<RawInjectPanic>,
 }
 
 impl Default for RawDataplane {
@@ -214,8 +215,19 @@ impl Default for RawDataplane {
             idle_sleep_us: d::IDLE_SLEEP_US,
             idle_polls: d::IDLE_POLLS,
             handoff_ring: d::HANDOFF_RING,
+            inject_panic: None,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "the inject_panic mapping (worker, after_ms)"
+)]
+pub(crate) struct RawInjectPanic {
+    pub worker: u32,
+    pub after_ms: u32,
 }
 
 fn mtu() -> u16 {

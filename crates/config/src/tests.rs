@@ -155,6 +155,7 @@ fn lab_config_describes_the_standard_lab() {
             idle_sleep: Duration::from_micros(50),
             idle_polls: 1024,
             handoff_ring: 1024,
+            inject_panic: None,
         }
     );
     assert!(inside.neighbours.is_empty() && outside.neighbours.is_empty());
@@ -264,6 +265,7 @@ fn defaults_are_applied() {
             idle_sleep: Duration::ZERO,
             idle_polls: 1024,
             handoff_ring: 1024,
+            inject_panic: None,
         },
         "default: pure busy polling"
     );
@@ -1109,6 +1111,7 @@ fn dataplane_values_and_limits() {
             idle_sleep: Duration::from_millis(10),
             idle_polls: 1_000_000,
             handoff_ring: 65536,
+            inject_panic: None,
         }
     );
     let c = Config::from_yaml_str(&dp("idle_polls: 1, handoff_ring: 64")).unwrap();
@@ -1150,6 +1153,39 @@ fn dataplane_values_and_limits() {
         &dp("idle_sleep: 50"),
         "dataplane.idle_sleep",
         "unknown field `idle_sleep`",
+    );
+}
+
+/// The testing aid that makes a worker panic names a worker that exists, and both its fields.
+#[test]
+fn inject_panic_names_an_existing_worker() {
+    let dp = |body: &str| format!("{MINIMAL}dataplane: {{ inject_panic: {{ {body} }} }}\n");
+    let c = Config::from_yaml_str(&dp("worker: 0, after_ms: 1500")).unwrap();
+    assert_eq!(
+        c.dataplane.inject_panic,
+        Some(InjectPanic {
+            worker: 0,
+            after: Duration::from_millis(1500)
+        })
+    );
+    assert_eq!(
+        Config::from_yaml_str(MINIMAL)
+            .unwrap()
+            .dataplane
+            .inject_panic,
+        None,
+        "off unless asked for"
+    );
+    // MINIMAL runs one worker.
+    rejects(
+        &dp("worker: 1, after_ms: 10"),
+        "dataplane.inject_panic.worker",
+        "1 is not a worker (workers are numbered 0..1)",
+    );
+    rejects(
+        &dp("worker: 0"),
+        "dataplane.inject_panic.after_ms",
+        "missing field `after_ms`",
     );
 }
 

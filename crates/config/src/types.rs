@@ -88,6 +88,18 @@ pub struct DataplaneCfg {
     pub idle_polls: u32,
     /// Capacity of each inter-worker handoff ring (packets).
     pub handoff_ring: u32,
+    /// Testing only: make one worker panic this long after it starts, to check that monitoring
+    /// and failover notice a stopped worker.
+    pub inject_panic: Option<InjectPanic>,
+}
+
+/// `dataplane.inject_panic`: which worker panics, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectPanic {
+    /// Worker index (0-based).
+    pub worker: u16,
+    /// Time from the worker's start.
+    pub after: Duration,
 }
 
 impl Default for DataplaneCfg {
@@ -96,6 +108,7 @@ impl Default for DataplaneCfg {
             idle_sleep: Duration::from_micros(u64::from(d::IDLE_SLEEP_US)),
             idle_polls: d::IDLE_POLLS,
             handoff_ring: d::HANDOFF_RING,
+            inject_panic: None,
         }
     }
 }
@@ -404,6 +417,20 @@ pub enum Workers {
     Count(u16),
     /// Exactly these lcore ids.
     Lcores(Vec<u32>),
+}
+
+impl Workers {
+    /// How many workers run.
+    pub fn len(&self) -> usize {
+        match self {
+            Workers::Count(n) => usize::from(*n),
+            Workers::Lcores(ids) => ids.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub(crate) fn secs(s: u32) -> Duration {

@@ -60,7 +60,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     );
     let neighbour = check_neighbour(&mut errs, &raw.neighbour);
     let logging = check_logging(&mut errs, raw.logging);
-    let dataplane = check_dataplane(&mut errs, &raw.dataplane);
+    let dataplane = check_dataplane(&mut errs, &raw.dataplane, workers.as_ref());
     let mgmt = check_mgmt(&mut errs, &raw.mgmt);
     if raw.stats_interval > lim::STATS_INTERVAL_MAX_SECS {
         errs.push(
@@ -601,7 +601,11 @@ fn check_port(errs: &mut Errors, i: usize, raw: &RawPort) -> Option<PortCfg> {
     })
 }
 
-fn check_dataplane(errs: &mut Errors, raw: &crate::raw::RawDataplane) -> DataplaneCfg {
+fn check_dataplane(
+    errs: &mut Errors,
+    raw: &crate::raw::RawDataplane,
+    workers: Option<&Workers>,
+) -> DataplaneCfg {
     if raw.idle_sleep_us > lim::IDLE_SLEEP_US_MAX {
         errs.push(
             "dataplane.idle_sleep_us",
@@ -631,10 +635,29 @@ fn check_dataplane(errs: &mut Errors, raw: &crate::raw::RawDataplane) -> Datapla
             ),
         );
     }
+    let inject_panic = raw.inject_panic.as_ref().and_then(|p| {
+        let n_workers = workers.map(Workers::len);
+        match n_workers {
+            Some(n) if p.worker as usize >= n => {
+                errs.push(
+                    "dataplane.inject_panic.worker",
+                    format!("{} is not a worker (workers are numbered 0..{n})", p.worker),
+                );
+                None
+            }
+            // An invalid `workers` is reported on its own.
+            None => None,
+            Some(_) => Some(crate::types::InjectPanic {
+                worker: p.worker as u16,
+                after: std::time::Duration::from_millis(u64::from(p.after_ms)),
+            }),
+        }
+    });
     DataplaneCfg {
         idle_sleep: std::time::Duration::from_micros(u64::from(raw.idle_sleep_us)),
         idle_polls: raw.idle_polls,
         handoff_ring: raw.handoff_ring,
+        inject_panic,
     }
 }
 
@@ -753,10 +776,7 @@ fn check_eal_against_ports(errs: &mut Errors, eal: &Eal, ports: &[PortCfg]) {
 /// Only net_af_packet is checked: it is the one vdev whose queue option we know (`qpairs`,
 /// default 1).
 fn check_queues(errs: &mut Errors, workers: &Workers, ports: &[PortCfg]) {
-    let n_workers = match workers {
-        Workers::Count(n) => usize::from(*n),
-        Workers::Lcores(ids) => ids.len(),
-    };
+    let n_workers = workers.len();
     for (i, p) in ports.iter().enumerate() {
         let Device::Vdev { spec } = &p.device else {
             continue;

@@ -178,6 +178,10 @@ pub struct WorkerConfig {
     /// forwards ports of it). Packets to it are translated like any pool address, except ICMP echo
     /// requests, which the appliance answers itself.
     pub masquerade: bool,
+    /// Testing only (`dataplane.inject_panic`): panic this long after the worker is built, so that
+    /// what notices a stopped worker (the daemon's watchdog, an operator's monitoring) can be
+    /// tried on a real one.
+    pub panic_after: Option<Duration>,
 }
 
 struct PortCtx {
@@ -241,6 +245,9 @@ pub struct Worker {
     start_tsc: u64,
     /// TSC ticks per millisecond, for fragment deadlines.
     tsc_per_ms: u64,
+    /// TSC at which the worker panics on purpose ([`WorkerConfig::panic_after`]); `u64::MAX`:
+    /// never. One compare per loop, not per packet.
+    panic_at: u64,
     /// The burst being gathered for translation, and an empty one to swap in while it is
     /// translated. Boxed so that the swap moves two pointers: moving the 264-byte bursts in and out
     /// of the worker cost a memcpy call each way (callgrind, with the receive burst's moves: about
@@ -339,6 +346,7 @@ impl Worker {
         stop: Arc<AtomicBool>,
     ) -> Worker {
         let tsc_hz = dpdk::time::tsc_hz().max(1);
+        let start_tsc = dpdk::time::tsc();
         let counters = shard.counters().clone();
         let frag_seed = shard.config().seed ^ 0x6672_6167_0000_0000;
         let mk = |p: PortSetup| {
@@ -385,8 +393,15 @@ impl Worker {
                 tsc_hz,
             ),
             tsc_hz,
-            start_tsc: dpdk::time::tsc(),
+            start_tsc,
             tsc_per_ms: (tsc_hz / 1000).max(1),
+            panic_at: cfg.panic_after.map_or(u64::MAX, |d| {
+                let ticks = u64::try_from(d.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(tsc_hz)
+                    / 1_000_000;
+                start_tsc.saturating_add(ticks)
+            }),
             ipv4: Box::new(MbufBurst::new()),
             spare: Some(Box::new(MbufBurst::new())),
             ipv4_later: [None; BURST],
@@ -433,6 +448,9 @@ impl Worker {
         let mut rx = MbufBurst::<BURST>::new();
         while !self.stop.load(Ordering::Relaxed) {
             let now = dpdk::time::tsc();
+            if now >= self.panic_at {
+                self.injected_panic();
+            }
             let now_s = ((now - self.start_tsc) / self.tsc_hz) as u32;
             let mut busy = self.poll(Side::Inside, &mut rx, now, now_s);
             busy += self.poll(Side::Outside, &mut rx, now, now_s);
@@ -496,6 +514,15 @@ impl Worker {
             self.counters.add(Counter::EventsDropped, lost as u64);
         }
         self.shard
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn injected_panic(&self) -> ! {
+        panic!(
+            "worker {} panics as dataplane.inject_panic asks (a test of what notices)",
+            self.me
+        );
     }
 
     /// At stop, once every worker of the mesh has sent its last handoffs (or after a grace

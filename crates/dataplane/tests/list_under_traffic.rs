@@ -881,6 +881,7 @@ fn listing_a_million_sessions_does_not_stall_forwarding() {
         events: None,
         control: Some(control.clone()),
         masquerade: false,
+        panic_after: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let worker = Worker::new(cfg, shard, pool.clone(), stop.clone());

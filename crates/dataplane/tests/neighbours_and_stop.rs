@@ -203,6 +203,7 @@ fn worker(
         events: None,
         control: None,
         masquerade: false,
+        panic_after: None,
     };
     (
         Worker::new(cfg, shard, pool.clone(), stop.clone()),

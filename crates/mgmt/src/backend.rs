@@ -25,15 +25,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Every pool, in configuration order, with its usage.
     fn pools(&self) -> Vec<PoolSnapshot>;
     /// Start listing the sessions matching `query` on every worker. The sessions arrive on the
-    /// receiver, which closes when every worker has finished its walk.
-    fn list_sessions(
-        &self,
-        query: SessionQuery,
-    ) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError>;
-    /// Start deleting the sessions matching `query` on every worker; the receiver gets how many.
-    fn delete_sessions(&self, query: SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError>;
+    /// receiver, which closes when every worker has finished its walk. A listing that cannot
+    /// finish (a worker stopped during it) ends with an error item instead, so a client never
+    /// takes a partial listing for a whole one.
+    fn list_sessions(&self, query: SessionQuery) -> Result<SessionListing, BackendError>;
+    /// Start deleting the sessions matching `query` on every worker; the receiver gets how many,
+    /// or why not every worker could answer.
+    fn delete_sessions(&self, query: SessionQuery) -> Result<SessionDeletion, BackendError>;
     /// Session events from now on. Workers record them while at least one receiver exists.
-    fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot>;
+    /// Refused when the workers record no events at all (`nat.event_ring: 0`).
+    fn watch_sessions(&self) -> Result<broadcast::Receiver<SessionEventSnapshot>, BackendError>;
     /// The destination NAT rules in force with their per-backend counters (summed over workers).
     fn dnat(&self) -> DnatSnapshot;
     /// The translation policy in force (the desired state) and its generation.
@@ -230,12 +231,34 @@ pub struct PoolSnapshot {
     pub retired: bool,
 }
 
-/// Why the backend cannot take a request.
+/// The sessions of a listing as they arrive; see [`Backend::list_sessions`].
+pub type SessionListing = mpsc::Receiver<Result<SessionSnapshot, BackendError>>;
+/// The outcome of a deletion; see [`Backend::delete_sessions`].
+pub type SessionDeletion = oneshot::Receiver<Result<u64, BackendError>>;
+
+/// Why the backend cannot take (or finish) a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
     /// Every worker's command queue is full: too many queries at once.
     #[error("too many session queries in progress; retry shortly")]
     Busy,
+    /// A worker left its loop (it panicked): its sessions can be neither listed nor deleted, and
+    /// its subscribers' packets are dropped, until the daemon is restarted.
+    #[error(
+        "worker {worker} (lcore {lcore}) has stopped ({why}); its sessions cannot be reached \
+         until cgnatd is restarted"
+    )]
+    WorkerFailed {
+        worker: u32,
+        lcore: u32,
+        why: String,
+    },
+    /// The workers were configured to record no session events.
+    #[error(
+        "nat.event_ring: 0, so the workers record no session events and there is nothing to \
+         watch; set it above 0 (it takes a restart) to watch sessions"
+    )]
+    EventsDisabled,
 }
 
 /// An endpoint filter: an address, optionally with a port.
@@ -352,6 +375,8 @@ pub struct WorkerStatsSnapshot {
     pub drops: Vec<(&'static str, u64)>,
     /// Ports in use per pool address (dotted quad), every address listed.
     pub ports_by_address: Vec<(String, u64)>,
+    /// Why the worker is no longer in its loop (e.g. "panicked"); `None` while it runs.
+    pub failed: Option<String>,
 }
 
 /// Which side of the NAT a port faces.
@@ -420,7 +445,13 @@ pub(crate) mod fake {
         /// The session table the session RPCs work on, and the queries they received.
         pub(crate) sessions: Mutex<Vec<SessionSnapshot>>,
         pub(crate) queries: Mutex<Vec<SessionQuery>>,
-        pub(crate) busy: bool,
+        /// What the session queries (list and delete) fail with, if anything.
+        pub(crate) refuse: Option<BackendError>,
+        /// What the session queries end with after their answer, as when a worker stops while
+        /// they run.
+        pub(crate) interrupt: Option<BackendError>,
+        /// Whether `watch_sessions` is refused as with `nat.event_ring: 0`.
+        pub(crate) events_disabled: bool,
         /// Tests send session events through this.
         pub(crate) events: broadcast::Sender<SessionEventSnapshot>,
         pub(crate) policy: Mutex<FakePolicy>,
@@ -525,7 +556,9 @@ pub(crate) mod fake {
                     ),
                 ]),
                 queries: Mutex::new(Vec::new()),
-                busy: false,
+                refuse: None,
+                interrupt: None,
+                events_disabled: false,
                 events: broadcast::channel(4).0,
                 policy: Mutex::new(FakePolicy {
                     generation: 1,
@@ -564,6 +597,7 @@ pub(crate) mod fake {
                             ("203.0.113.1".into(), 3),
                             ("203.0.113.2".into(), 0),
                         ],
+                        failed: None,
                     },
                     WorkerStatsSnapshot {
                         worker: 1,
@@ -578,6 +612,7 @@ pub(crate) mod fake {
                             ("203.0.113.1".into(), 1),
                             ("203.0.113.2".into(), 4),
                         ],
+                        failed: None,
                     },
                 ],
                 snat_rules: vec![SnatRuleStatsSnapshot {
@@ -589,12 +624,9 @@ pub(crate) mod fake {
             }
         }
 
-        fn list_sessions(
-            &self,
-            query: SessionQuery,
-        ) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError> {
-            if self.busy {
-                return Err(BackendError::Busy);
+        fn list_sessions(&self, query: SessionQuery) -> Result<SessionListing, BackendError> {
+            if let Some(e) = &self.refuse {
+                return Err(e.clone());
             }
             self.queries.lock().unwrap().push(query);
             let found: Vec<_> = self
@@ -605,31 +637,39 @@ pub(crate) mod fake {
                 .filter(|s| matches(&query, s))
                 .cloned()
                 .collect();
-            let (tx, rx) = mpsc::channel(found.len().max(1));
+            let (tx, rx) = mpsc::channel(found.len() + 1);
             for s in found {
-                tx.try_send(s).unwrap();
+                tx.try_send(Ok(s)).unwrap();
+            }
+            if let Some(e) = &self.interrupt {
+                tx.try_send(Err(e.clone())).unwrap();
             }
             Ok(rx)
         }
 
-        fn delete_sessions(
-            &self,
-            query: SessionQuery,
-        ) -> Result<oneshot::Receiver<u64>, BackendError> {
-            if self.busy {
-                return Err(BackendError::Busy);
+        fn delete_sessions(&self, query: SessionQuery) -> Result<SessionDeletion, BackendError> {
+            if let Some(e) = &self.refuse {
+                return Err(e.clone());
             }
             self.queries.lock().unwrap().push(query);
             let mut table = self.sessions.lock().unwrap();
             let before = table.len();
             table.retain(|s| !matches(&query, s));
             let (tx, rx) = oneshot::channel();
-            let _ = tx.send((before - table.len()) as u64);
+            let _ = tx.send(match &self.interrupt {
+                Some(e) => Err(e.clone()),
+                None => Ok((before - table.len()) as u64),
+            });
             Ok(rx)
         }
 
-        fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot> {
-            self.events.subscribe()
+        fn watch_sessions(
+            &self,
+        ) -> Result<broadcast::Receiver<SessionEventSnapshot>, BackendError> {
+            if self.events_disabled {
+                return Err(BackendError::EventsDisabled);
+            }
+            Ok(self.events.subscribe())
         }
 
         /// A load-balanced TCP service with one retired backend, a retired full-NAT UDP rule and

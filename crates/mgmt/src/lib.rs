@@ -44,10 +44,12 @@ pub use backend::{
     Backend, BackendError, DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, EndpointFilter,
     InfoSnapshot, PolicyChange, PolicyError, PolicyFuture, PolicyOutcome, PolicyRequest,
     PolicySnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
-    SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, SnatRuleStatsSnapshot,
-    StatsSnapshot, WorkerStatsSnapshot,
+    SessionDeletion, SessionEventSnapshot, SessionListing, SessionQuery, SessionSnapshot,
+    SessionState, SnatRuleStatsSnapshot, StatsSnapshot, WorkerStatsSnapshot,
 };
 pub use error::MgmtError;
-pub use server::{BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, ServerConfig, bind, serve};
+pub use server::{
+    BoundServer, DEFAULT_LISTEN, DRAIN_TIMEOUT, HealthSwitch, ServerConfig, bind, serve,
+};
 pub use service::{DEFAULT_WATCH_INTERVAL, MIN_WATCH_INTERVAL};
 pub use tls::{HANDSHAKE_TIMEOUT, TlsConfig, TlsError, client_tls_config};

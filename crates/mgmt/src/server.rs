@@ -143,10 +143,43 @@ pub async fn bind<B: Backend>(
     })
 }
 
+/// Turns the server's health service NOT_SERVING, for the whole server and the cgnat service,
+/// while it goes on answering (see [`BoundServer::health_switch`]).
+#[derive(Clone)]
+pub struct HealthSwitch {
+    health: HealthReporter,
+}
+
+impl HealthSwitch {
+    pub async fn set_not_serving(&self) {
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_service_status(cgnat_server::SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+    }
+}
+
+impl fmt::Debug for HealthSwitch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthSwitch").finish_non_exhaustive()
+    }
+}
+
 impl BoundServer {
     /// The address actually bound (differs from the configured one for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle that reports NOT_SERVING before shutdown: the daemon uses it when part of the
+    /// data plane has stopped, so health probes and orchestrators see it while the API stays up
+    /// for diagnosis.
+    pub fn health_switch(&self) -> HealthSwitch {
+        HealthSwitch {
+            health: self.health.clone(),
+        }
     }
 
     /// Serves until `shutdown` completes, then stops accepting, reports
@@ -169,12 +202,7 @@ impl BoundServer {
         let signal = async move {
             shutdown.await;
             info!(%local_addr, "gRPC server shutting down");
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(cgnat_server::SERVICE_NAME, ServingStatus::NotServing)
-                .await;
+            HealthSwitch { health }.set_not_serving().await;
             // Ignore the error: it only means no stream is listening.
             let _ = stopping.send(true);
         };
@@ -213,6 +241,7 @@ pub async fn serve<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BackendError;
     use crate::backend::fake::FakeBackend;
     use cgnat::v1;
     use cgnat::v1::cgnat_client::CgnatClient;
@@ -246,7 +275,10 @@ mod tests {
                 tokens,
                 tls,
             };
-            let bound = bind(cfg, Arc::new(backend)).await.unwrap();
+            Running::serving(bind(cfg, Arc::new(backend)).await.unwrap())
+        }
+
+        fn serving(bound: BoundServer) -> Running {
             let addr = bound.local_addr();
             assert_ne!(addr.port(), 0, "port 0 must resolve to the real port");
             let (stop, stopped) = oneshot::channel::<()>();
@@ -447,6 +479,50 @@ mod tests {
                 "service {service:?}"
             );
         }
+        server.stop().await.unwrap();
+    }
+
+    /// The daemon's switch (used when a worker stops): health turns NOT_SERVING for the server
+    /// and the service, and the API goes on answering for diagnosis.
+    #[tokio::test]
+    async fn the_health_switch_reports_not_serving_while_the_api_answers() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus as S;
+        use tonic_health::pb::health_client::HealthClient;
+        let cfg = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tokens: Tokens::default(),
+            tls: None,
+        };
+        let bound = bind(cfg, Arc::new(FakeBackend::new())).await.unwrap();
+        let switch = bound.health_switch();
+        let server = Running::serving(bound);
+        let health = HealthClient::new(server.channel().await);
+        let status = |service: &'static str| {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status()
+            }
+        };
+        assert_eq!(status("").await, S::Serving);
+        switch.set_not_serving().await;
+        assert_eq!(status("").await, S::NotServing);
+        assert_eq!(status("cgnat.v1.Cgnat").await, S::NotServing);
+        let info = server
+            .client()
+            .await
+            .get_info(v1::GetInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.workers, 2, "the API still answers");
         server.stop().await.unwrap();
     }
 
@@ -704,7 +780,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_data_plane_is_resource_exhausted() {
         let mut backend = FakeBackend::new();
-        backend.busy = true;
+        backend.refuse = Some(BackendError::Busy);
         let server = Running::with(backend).await;
         let err = list(&server, None).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
@@ -715,6 +791,121 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        server.stop().await.unwrap();
+    }
+
+    fn stopped_worker() -> BackendError {
+        BackendError::WorkerFailed {
+            worker: 1,
+            lcore: 3,
+            why: "panicked".into(),
+        }
+    }
+
+    /// With a stopped worker, session queries say so (UNAVAILABLE, naming the worker) instead of
+    /// answering for the other workers only.
+    #[tokio::test]
+    async fn session_queries_with_a_stopped_worker_are_unavailable() {
+        let mut backend = FakeBackend::new();
+        backend.refuse = Some(stopped_worker());
+        let server = Running::with(backend).await;
+        let err = list(&server, None).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            err.message()
+                .starts_with("worker 1 (lcore 3) has stopped (panicked)"),
+            "{}",
+            err.message()
+        );
+        let mut client = server.client().await;
+        let err = client
+            .flush_sessions(v1::FlushSessionsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        let err = client
+            .watch_sessions(v1::WatchSessionsRequest {
+                filter: None,
+                snapshot: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        server.stop().await.unwrap();
+    }
+
+    /// A worker that stops while a query runs: the listing ends with an error after what it got,
+    /// never as a clean end of stream, and the deletion reports the error, not a count.
+    #[tokio::test]
+    async fn a_query_cut_short_by_a_stopped_worker_ends_in_an_error() {
+        let mut backend = FakeBackend::new();
+        backend.interrupt = Some(stopped_worker());
+        let server = Running::with(backend).await;
+        let mut client = server.client().await;
+        let mut stream = client
+            .list_sessions(v1::ListSessionsRequest {
+                filter: None,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = 0;
+        let end = loop {
+            match stream.message().await {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => panic!("the listing ended as if complete after {got} sessions"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, 3, "the sessions before the error arrive");
+        assert_eq!(end.code(), tonic::Code::Unavailable);
+        let mut watch = client
+            .watch_sessions(v1::WatchSessionsRequest {
+                filter: None,
+                snapshot: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..3 {
+            let ev = watch.message().await.unwrap().unwrap();
+            assert_eq!(ev.r#type, v1::SessionEventType::Snapshot as i32);
+        }
+        let err = watch.message().await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        let err = client
+            .flush_sessions(v1::FlushSessionsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("worker 1"), "{}", err.message());
+        server.stop().await.unwrap();
+    }
+
+    /// `nat.event_ring: 0`: a watch is refused naming the field, rather than accepted and silent.
+    #[tokio::test]
+    async fn watch_sessions_without_an_event_ring_names_the_field() {
+        let mut backend = FakeBackend::new();
+        backend.events_disabled = true;
+        let server = Running::with(backend).await;
+        let err = server
+            .client()
+            .await
+            .watch_sessions(v1::WatchSessionsRequest {
+                filter: None,
+                snapshot: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message().starts_with("nat.event_ring: 0"),
+            "{}",
+            err.message()
+        );
+        // Listing does not need events and still works.
+        assert_eq!(list(&server, None).await.unwrap().len(), 3);
         server.stop().await.unwrap();
     }
 

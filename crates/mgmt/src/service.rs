@@ -70,6 +70,10 @@ fn event_to_proto(e: &SessionEventSnapshot) -> v1::SessionEvent {
 fn backend_status(e: BackendError) -> Status {
     match e {
         BackendError::Busy => Status::resource_exhausted(e.to_string()),
+        // Retrying will not help until the daemon is restarted, but UNAVAILABLE is what a
+        // client's retry and failover logic expects of a server that cannot serve.
+        BackendError::WorkerFailed { .. } => Status::unavailable(e.to_string()),
+        BackendError::EventsDisabled => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -404,7 +408,8 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         let mut rx = self.backend.list_sessions(query).map_err(backend_status)?;
         // One session at most matches a full tuple; take it and let the walk finish on its own.
         match rx.recv().await {
-            Some(s) => Ok(Response::new(session_to_proto(&s))),
+            Some(Ok(s)) => Ok(Response::new(session_to_proto(&s))),
+            Some(Err(e)) => Err(backend_status(e)),
             None => Err(Status::not_found("no such session")),
         }
     }
@@ -423,7 +428,10 @@ impl<B: Backend> Cgnat for CgnatService<B> {
         };
         let rx = self.backend.list_sessions(query).map_err(backend_status)?;
         let stream = tokio_stream::StreamExt::take(
-            tokio_stream::StreamExt::map(ReceiverStream::new(rx), |s| Ok(session_to_proto(&s))),
+            tokio_stream::StreamExt::map(ReceiverStream::new(rx), |s| match s {
+                Ok(s) => Ok(session_to_proto(&s)),
+                Err(e) => Err(backend_status(e)),
+            }),
             limit,
         );
         Ok(Response::new(Box::pin(stream)))
@@ -761,7 +769,7 @@ impl<B: Backend> CgnatService<B> {
         }
         debug!(rpc = "WatchSessions", peer = ?request.remote_addr(), ?query, "gRPC request");
         // Subscribe before the snapshot, so nothing falls between the two.
-        let mut events = self.backend.watch_sessions();
+        let mut events = self.backend.watch_sessions().map_err(backend_status)?;
         let snapshot = if req.snapshot {
             Some(self.backend.list_sessions(query).map_err(backend_status)?)
         } else {
@@ -772,6 +780,13 @@ impl<B: Backend> CgnatService<B> {
         tokio::spawn(async move {
             if let Some(mut snap) = snapshot {
                 while let Some(s) = snap.recv().await {
+                    let s = match s {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(backend_status(e))).await;
+                            return;
+                        }
+                    };
                     let ev = v1::SessionEvent {
                         r#type: v1::SessionEventType::Snapshot as i32,
                         session: Some(session_to_proto(&s)),
@@ -815,7 +830,8 @@ impl<B: Backend> CgnatService<B> {
             .delete_sessions(query)
             .map_err(backend_status)?;
         rx.await
-            .map_err(|_| Status::unavailable("the data plane stopped before answering"))
+            .map_err(|_| Status::unavailable("the data plane stopped before answering"))?
+            .map_err(backend_status)
     }
 }
 
@@ -882,6 +898,8 @@ pub(crate) fn stats_to_proto(stats: &StatsSnapshot, pools: &[PoolSnapshot]) -> v
                 counters: to_map(&w.counters),
                 drops: to_map(&w.drops),
                 ports_by_address: by_addr,
+                failed: w.failed.is_some(),
+                failure: w.failed.clone().unwrap_or_default(),
             }
         })
         .collect();
@@ -1017,6 +1035,7 @@ mod tests {
             counters: vec![("rx_packets", u64::MAX - 1)],
             drops: vec![],
             ports_by_address: vec![],
+            failed: None,
         };
         let stats = stats_to_proto(
             &StatsSnapshot {
@@ -1026,6 +1045,17 @@ mod tests {
             &[],
         );
         assert_eq!(stats.totals["rx_packets"], u64::MAX);
+    }
+
+    #[test]
+    fn a_stopped_worker_is_marked_in_the_stats() {
+        let mut stats = FakeBackend::new().stats();
+        stats.workers[1].failed = Some("panicked".into());
+        let proto = stats_to_proto(&stats, &[]);
+        assert!(!proto.workers[0].failed);
+        assert_eq!(proto.workers[0].failure, "");
+        assert!(proto.workers[1].failed);
+        assert_eq!(proto.workers[1].failure, "panicked");
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct WorkerView {
     pub drops: BTreeMap<String, u64>,
     /// Ports in use per pool address.
     pub ports_by_address: BTreeMap<String, u64>,
+    /// Why the worker stopped, once it has (absent while it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl From<&v1::Stats> for StatsView {
@@ -136,6 +139,7 @@ impl From<&v1::Stats> for StatsView {
                 counters: sorted(&w.counters),
                 drops: sorted(&w.drops),
                 ports_by_address: sorted(&w.ports_by_address),
+                failed: w.failed.then(|| w.failure.clone()),
             })
             .collect();
         workers.sort_by_key(|w| w.worker);
@@ -214,7 +218,23 @@ impl Rates {
 /// Renders `stats` as two tables, counters then drops (non-zero only unless
 /// `all_drops`), optionally with a column per worker and a rate column.
 pub fn stats_table(stats: &StatsView, opts: StatsTableOptions, rates: Option<&Rates>) -> String {
-    let mut out = section(
+    // First, where nobody can miss it: a stopped worker's counters stand still while its traffic
+    // is dropped.
+    let mut out: String = stats
+        .workers
+        .iter()
+        .filter_map(|w| {
+            let why = w.failed.as_deref()?;
+            Some(format!(
+                "WORKER {} (lcore {}) HAS STOPPED ({why}): the traffic it owns is dropped; restart cgnatd\n",
+                w.worker, w.lcore
+            ))
+        })
+        .collect();
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out += &section(
         "COUNTER",
         &stats.totals,
         |w| &w.counters,
@@ -987,6 +1007,7 @@ mod tests {
                     counters: map(&[("rx_packets", 234_567), ("tx_packets", 500)]),
                     drops: map(&[("no_session", 4), ("out_of_ports", 0)]),
                     ports_by_address: map(&[("203.0.113.1", 2), ("203.0.113.2", 0)]),
+                    ..Default::default()
                 },
                 v1::WorkerStats {
                     worker: 0,
@@ -994,6 +1015,7 @@ mod tests {
                     counters: map(&[("rx_packets", 1_000_000), ("tx_packets", 1_000)]),
                     drops: map(&[("no_session", 6), ("out_of_ports", 0)]),
                     ports_by_address: map(&[("203.0.113.1", 5), ("203.0.113.2", 0)]),
+                    ..Default::default()
                 },
             ],
             snat_rules: vec![v1::SnatRuleStats {
@@ -1011,6 +1033,32 @@ mod tests {
                 retired: false,
             }],
         }
+    }
+
+    /// A stopped worker is named in JSON (only then: the shape of a healthy daemon's stats does
+    /// not change) and heads the table.
+    #[test]
+    fn a_stopped_worker_is_shown_first() {
+        let mut stats = sample_stats();
+        stats.workers[0].failed = true;
+        stats.workers[0].failure = "panicked".into();
+        let view = StatsView::from(&stats);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["workers"][1]["failed"], "panicked");
+        assert!(json["workers"][0].get("failed").is_none());
+        let table = stats_table(&view, StatsTableOptions::default(), None);
+        assert!(
+            table.starts_with(
+                "WORKER 1 (lcore 3) HAS STOPPED (panicked): the traffic it owns is dropped; restart cgnatd\n\n"
+            ),
+            "{table}"
+        );
+        let healthy = stats_table(
+            &StatsView::from(&sample_stats()),
+            StatsTableOptions::default(),
+            None,
+        );
+        assert!(!healthy.contains("STOPPED"));
     }
 
     /// The JSON shape is a contract with scripts and the end-to-end tests.

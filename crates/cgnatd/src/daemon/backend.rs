@@ -6,17 +6,18 @@ use std::time::SystemTime;
 use config::{Device, Role};
 use mgmt::{
     Backend, BackendError, InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole,
-    PortSnapshot, SessionEventSnapshot, SessionQuery, SessionSnapshot, StatsSnapshot,
-    WorkerStatsSnapshot,
+    PortSnapshot, SessionDeletion, SessionEventSnapshot, SessionListing, SessionQuery,
+    StatsSnapshot, WorkerStatsSnapshot,
 };
 use nat::{Counter, Counters, DropReason};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::broadcast;
 
 /// Session events buffered for each watcher.
 const WATCH_BUFFER: usize = 8192;
 
 use super::sessions::SessionBroker;
 use super::setup::DataPlane;
+use super::workers::WorkerStatus;
 
 struct PortInfo {
     name: String,
@@ -39,6 +40,9 @@ pub struct DaemonBackend {
     /// Session events for `WatchSessions` (the event router sends, each watcher subscribes).
     pub session_events: broadcast::Sender<SessionEventSnapshot>,
     policy: Arc<super::policy::PolicyPlane>,
+    status: Arc<WorkerStatus>,
+    /// Whether the workers record session events at all (`nat.event_ring` above 0).
+    records_events: bool,
 }
 
 impl DaemonBackend {
@@ -73,7 +77,9 @@ impl DaemonBackend {
             workers: dp.workers.iter().map(|(l, c)| (l.0, c.clone())).collect(),
             ports,
             handles: dp.ports.iter().map(|p| p.port.clone()).collect(),
-            sessions: Arc::new(SessionBroker::new(dp.controls.clone())),
+            sessions: Arc::new(SessionBroker::new(dp.controls.clone(), dp.status.clone())),
+            status: dp.status.clone(),
+            records_events: !dp.events.is_empty(),
             // A watcher that falls this far behind is told how many events it missed.
             session_events: broadcast::channel(WATCH_BUFFER).0,
         }
@@ -107,25 +113,26 @@ impl Backend for DaemonBackend {
                         .into_iter()
                         .map(|(a, n)| (std::net::Ipv4Addr::from(a).to_string(), n))
                         .collect(),
+                    failed: self.status.failure(i).map(str::to_owned),
                 })
                 .collect(),
             snat_rules: self.policy.snat_rule_stats(),
         }
     }
 
-    fn list_sessions(
-        &self,
-        query: SessionQuery,
-    ) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError> {
+    fn list_sessions(&self, query: SessionQuery) -> Result<SessionListing, BackendError> {
         self.sessions.list(&query)
     }
 
-    fn delete_sessions(&self, query: SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError> {
+    fn delete_sessions(&self, query: SessionQuery) -> Result<SessionDeletion, BackendError> {
         self.sessions.delete(&query)
     }
 
-    fn watch_sessions(&self) -> broadcast::Receiver<SessionEventSnapshot> {
-        self.session_events.subscribe()
+    fn watch_sessions(&self) -> Result<broadcast::Receiver<SessionEventSnapshot>, BackendError> {
+        if !self.records_events {
+            return Err(BackendError::EventsDisabled);
+        }
+        Ok(self.session_events.subscribe())
     }
 
     fn dnat(&self) -> mgmt::DnatSnapshot {

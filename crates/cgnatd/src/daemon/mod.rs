@@ -6,6 +6,7 @@ mod policy;
 mod sessions;
 mod setup;
 mod state_file;
+mod workers;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use config::{Config, LogFormat};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use backend::DaemonBackend;
 
@@ -245,6 +246,17 @@ impl Signals {
     }
 }
 
+/// Panics (a worker's included: the lcore launcher catches them, so the process goes on) reach
+/// the log as well as stderr, with the thread they happened on.
+fn log_panics() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        error!(thread = thread.name().unwrap_or("unnamed"), "{info}");
+        default_hook(info);
+    }));
+}
+
 /// Run until SIGINT/SIGTERM.
 pub fn run(path: &Path, o: Overrides) -> Result<()> {
     let signals = Signals::install()?;
@@ -259,6 +271,7 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
             .map_err(|e| anyhow!("--file-prefix: {e}"))?;
     }
     init_logging(&cfg, &o)?;
+    log_panics();
     info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "cgnatd starting");
     if let Some(state) = &initial.restored_from {
         info!(state_file = %state.display(), generation = initial.generation, "restored the applied translation policy");
@@ -297,6 +310,7 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
             outside_net: outside.prefix,
             workers: u16::try_from(dp.controls.len()).unwrap_or(u16::MAX),
             block_capacity: dp.block_capacity,
+            status: dp.status.clone(),
         };
         let plane = Arc::new(policy::PolicyPlane::new(
             initial,
@@ -313,9 +327,19 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
         let served = serve(&cfg, backend, &dp, mgmt_cfg, reload, &signals, &stop);
         // Whatever happened to the control plane, the workers stop and the ports go down cleanly.
         stop.store(true, Ordering::Relaxed);
+        let failed = dp.status.first_error();
         let summary = dp.shutdown();
         info!(%summary, "data plane stopped");
-        served
+        // A daemon that lost a worker did not run as configured: say so in the exit status too.
+        match (served, failed) {
+            (
+                Ok(()),
+                Some(mgmt::BackendError::WorkerFailed { worker, lcore, why }),
+            ) => Err(anyhow!(
+                "worker {worker} (lcore {lcore}) had stopped ({why}) before the daemon was told to stop"
+            )),
+            (served, _) => served,
+        }
     });
     if let Err(e) = eal.try_cleanup() {
         warn!(error = %e, "EAL cleanup failed");
@@ -376,6 +400,7 @@ fn serve(
             .await
             .with_context(|| format!("management API cannot listen on {listen}"))?;
         info!(listen = %bound.local_addr(), "management API listening");
+        let health = bound.health_switch();
         info!("cgnatd forwarding");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(bound.serve(async move {
@@ -432,7 +457,22 @@ fn serve(
                 }
             }
         });
-        wait_for_signal(&signals.stop).await;
+        // Until a termination signal: look at the workers meanwhile (see `workers`).
+        let mut tick = tokio::time::interval(SIGNAL_POLL);
+        while !signals.stopping() {
+            tick.tick().await;
+            let stopping = || workers_stop.load(Ordering::Acquire) || signals.stopping();
+            for (w, why) in workers::look(&dp.status, stopping, |w| dp.worker_ended(w)) {
+                error!(
+                    worker = w,
+                    lcore = dp.workers[w].0.0,
+                    reason = %why,
+                    "worker stopped: the traffic it owns is dropped and its sessions cannot be \
+                     listed; health is NOT_SERVING; restart cgnatd"
+                );
+                health.set_not_serving().await;
+            }
+        }
         info!("termination signal received, shutting down");
         stats.abort();
         event_log.abort();
@@ -462,20 +502,12 @@ fn serve(
     })
 }
 
-/// Until SIGTERM or SIGINT has raised `stop` (see [`Signals`]); polled, so that a signal that
-/// came during start-up counts too.
-async fn wait_for_signal(stop: &AtomicBool) {
-    let mut tick = tokio::time::interval(SIGNAL_POLL);
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-    }
-}
-
 /// How long the control plane waits for the workers to leave their loops at shutdown (they
 /// do within one iteration) before it drains their event queues anyway.
 const WORKER_STOP_WAIT: Duration = Duration::from_secs(2);
 
-/// How often the control plane looks at the signal flags.
+/// How often the control plane looks at the signal flags (polled, so that a signal that came
+/// during start-up counts too) and at the workers.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
@@ -592,6 +624,48 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The child half of the signal test: catch signals as the daemon does, then take two
+    /// SIGTERMs.
+    #[test]
+    #[ignore = "child process of a_second_termination_signal_ends_the_process_at_once"]
+    fn signals_child() {
+        if std::env::var_os("CGNATD_SIGNALS_CHILD").is_none() {
+            return;
+        }
+        let signals = Signals::install().unwrap();
+        signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
+        assert!(signals.stopping(), "the first SIGTERM asks for a stop");
+        println!("first SIGTERM caught, still running");
+        signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        println!("survived the second SIGTERM");
+    }
+
+    /// A shutdown that hangs (a stuck worker, a port that will not close) can still be cut short:
+    /// the first SIGTERM or SIGINT asks for a clean stop, the second ends the process at once
+    /// with status 1.
+    #[test]
+    fn a_second_termination_signal_ends_the_process_at_once() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "daemon::tests::signals_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CGNATD_SIGNALS_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("first SIGTERM caught, still running"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("survived"), "{stdout}");
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
     }
 
     /// `--check-config` checks what a start would run: a saved policy (mgmt.state_file) that no

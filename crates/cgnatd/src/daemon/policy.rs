@@ -70,6 +70,8 @@ pub struct Wiring {
     pub workers: u16,
     /// Port blocks per subscriber record, fixed when the shards were built.
     pub block_capacity: u16,
+    /// Which workers still run: a stopped one can take no policy.
+    pub status: Arc<super::workers::WorkerStatus>,
 }
 
 /// The daemon's translation policy.
@@ -365,6 +367,12 @@ impl PolicyPlane {
                 changes,
             });
         }
+        // A stopped worker would never take the change: saving it would put a policy on record
+        // that part of the data plane does not run. (A dry run above changes nothing, so it is
+        // still answered.)
+        if let Some(e) = self.wiring.status.first_error() {
+            return Err(PolicyError::Failed(format!("{e}; nothing was applied")));
+        }
         if changes.is_empty() {
             // Nothing for the state file: it holds the desired state, not slot bookkeeping.
         } else if let Some(path) = &self.state_file {
@@ -427,16 +435,20 @@ impl PolicyPlane {
         let taken = self.wait_for_workers(seq, generation).await;
         if taken.is_ok() {
             for f in cuts {
-                match broker.delete_matching(f) {
-                    Ok(rx) => {
-                        let n = rx.await.unwrap_or(0);
-                        info!(
-                            backend = %format!("{}:{}", Ipv4Addr::from(f.inside_addr.unwrap_or(0)), f.inside_port.unwrap_or(0)),
-                            deleted = n,
-                            "cut the sessions of a removed backend"
-                        );
+                let backend = format!(
+                    "{}:{}",
+                    Ipv4Addr::from(f.inside_addr.unwrap_or(0)),
+                    f.inside_port.unwrap_or(0)
+                );
+                let deleted = match broker.delete_matching(f) {
+                    Ok(rx) => rx.await.unwrap_or(Ok(0)),
+                    Err(e) => Err(e),
+                };
+                match deleted {
+                    Ok(n) => info!(%backend, deleted = n, "cut the sessions of a removed backend"),
+                    Err(e) => {
+                        warn!(%backend, error = %e, "cannot cut a removed backend's sessions")
                     }
-                    Err(e) => warn!(error = %e, "cannot cut a removed backend's sessions"),
                 }
             }
         } else if !cuts.is_empty() {

@@ -6,6 +6,10 @@
 //! dispatcher drains even the replies of queries whose client went away, so a worker never waits on a
 //! reader that is gone; a slow reader holds up the dispatcher, and through it only the listing work of
 //! the workers (they pause their walk while their reply queue is full), never their forwarding.
+//!
+//! A worker that has stopped (see [`super::workers`]) answers nothing more: a query started then
+//! is refused, and one under way ends with the error once the worker's last replies are routed,
+//! so no client waits forever or takes a partial listing for a whole one.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -18,6 +22,8 @@ use mgmt::{BackendError, SessionQuery, SessionSnapshot, SessionState};
 use nat::{CtState, SessionFilter, SessionRecord, tcp_state};
 use tokio::sync::{mpsc, oneshot};
 
+use super::workers::WorkerStatus;
+
 /// Commands queued per worker; a query takes one slot on each worker.
 pub const COMMAND_QUEUE: usize = 16;
 /// Records a worker may have waiting for the dispatcher.
@@ -25,12 +31,16 @@ pub const REPLY_QUEUE: usize = 4096;
 /// Records buffered towards one listing's gRPC stream.
 const STREAM_BUFFER: usize = 1024;
 
+type ListSender = mpsc::Sender<Result<SessionSnapshot, BackendError>>;
+
 enum Waiting {
-    List(Option<mpsc::Sender<SessionSnapshot>>),
-    Delete(Option<oneshot::Sender<u64>>),
+    List(Option<ListSender>),
+    Delete(Option<oneshot::Sender<Result<u64, BackendError>>>),
 }
 
 struct Pending {
+    /// Per worker: it has not sent `Done` yet.
+    waiting_on: Vec<bool>,
     /// Workers that have not sent `Done` yet.
     remaining: usize,
     count: u64,
@@ -39,6 +49,7 @@ struct Pending {
 
 pub struct SessionBroker {
     controls: Vec<Arc<Control>>,
+    status: Arc<WorkerStatus>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
 }
@@ -108,9 +119,10 @@ pub fn snapshot(worker: usize, r: &SessionRecord) -> SessionSnapshot {
 }
 
 impl SessionBroker {
-    pub fn new(controls: Vec<Arc<Control>>) -> SessionBroker {
+    pub fn new(controls: Vec<Arc<Control>>, status: Arc<WorkerStatus>) -> SessionBroker {
         SessionBroker {
             controls,
+            status,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
@@ -121,6 +133,10 @@ impl SessionBroker {
         make: impl FnOnce(u64) -> Command,
         waiting: Waiting,
     ) -> Result<(), BackendError> {
+        // A stopped worker would never answer.
+        if let Some(e) = self.status.first_error() {
+            return Err(e);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cmd = make(id);
         // Room on every worker first, so a query is never half-started.
@@ -131,6 +147,7 @@ impl SessionBroker {
             p.insert(
                 id,
                 Pending {
+                    waiting_on: vec![true; self.controls.len()],
                     remaining: self.controls.len(),
                     count: 0,
                     waiting,
@@ -144,14 +161,14 @@ impl SessionBroker {
         Ok(())
     }
 
-    pub fn list(&self, q: &SessionQuery) -> Result<mpsc::Receiver<SessionSnapshot>, BackendError> {
+    pub fn list(&self, q: &SessionQuery) -> Result<mgmt::SessionListing, BackendError> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let filter = filter_of(q);
         self.start(|id| Command::List { id, filter }, Waiting::List(Some(tx)))?;
         Ok(rx)
     }
 
-    pub fn delete(&self, q: &SessionQuery) -> Result<oneshot::Receiver<u64>, BackendError> {
+    pub fn delete(&self, q: &SessionQuery) -> Result<mgmt::SessionDeletion, BackendError> {
         self.delete_matching(filter_of(q))
     }
 
@@ -159,7 +176,7 @@ impl SessionBroker {
     pub fn delete_matching(
         &self,
         filter: nat::SessionFilter,
-    ) -> Result<oneshot::Receiver<u64>, BackendError> {
+    ) -> Result<mgmt::SessionDeletion, BackendError> {
         let (tx, rx) = oneshot::channel();
         self.start(
             |id| Command::Delete { id, filter },
@@ -168,7 +185,7 @@ impl SessionBroker {
         Ok(rx)
     }
 
-    fn sender_for(&self, id: u64) -> Option<mpsc::Sender<SessionSnapshot>> {
+    fn sender_for(&self, id: u64) -> Option<ListSender> {
         let p = self.pending.lock().ok()?;
         match &p.get(&id)?.waiting {
             Waiting::List(tx) => tx.clone(),
@@ -176,23 +193,61 @@ impl SessionBroker {
         }
     }
 
-    fn done(&self, id: u64, count: u64) {
+    fn done(&self, worker: usize, id: u64, count: u64) {
         let Ok(mut map) = self.pending.lock() else {
             return;
         };
         let Some(p) = map.get_mut(&id) else {
             return;
         };
-        p.remaining = p.remaining.saturating_sub(1);
+        if let Some(w) = p.waiting_on.get_mut(worker)
+            && *w
+        {
+            *w = false;
+            p.remaining = p.remaining.saturating_sub(1);
+        }
         p.count += count;
         if p.remaining == 0
             && let Some(mut p) = map.remove(&id)
             && let Waiting::Delete(tx) = &mut p.waiting
             && let Some(tx) = tx.take()
         {
-            let _ = tx.send(p.count);
+            let _ = tx.send(Ok(p.count));
         }
         // A finished listing drops its sender here, which ends the client's stream.
+    }
+
+    /// End every query still waiting for a worker that has stopped, with the error naming it.
+    /// Called once the replies that worker sent before it stopped have been routed.
+    async fn fail_stopped(&self, stopped: &[usize]) {
+        let failed: Vec<(Waiting, BackendError)> = {
+            let Ok(mut map) = self.pending.lock() else {
+                return;
+            };
+            let ids: Vec<(u64, usize)> = map
+                .iter()
+                .filter_map(|(id, p)| {
+                    stopped
+                        .iter()
+                        .find(|&&w| p.waiting_on.get(w).copied().unwrap_or(false))
+                        .map(|&w| (*id, w))
+                })
+                .collect();
+            ids.into_iter()
+                .filter_map(|(id, w)| Some((map.remove(&id)?.waiting, self.status.error(w)?)))
+                .collect()
+        };
+        for (waiting, e) in failed {
+            match waiting {
+                Waiting::List(Some(tx)) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+                Waiting::Delete(Some(tx)) => {
+                    let _ = tx.send(Err(e));
+                }
+                Waiting::List(None) | Waiting::Delete(None) => {}
+            }
+        }
     }
 
     fn client_gone(&self, id: u64) {
@@ -209,19 +264,27 @@ impl SessionBroker {
             let busy = self.pending.lock().map(|p| !p.is_empty()).unwrap_or(false);
             // Quick while queries run, lazy when idle.
             tokio::time::sleep(Duration::from_millis(if busy { 1 } else { 20 })).await;
+            // Read before the replies are drained: a worker seen stopped here sent its last
+            // reply before, so once they are routed nothing more will come from it.
+            let stopped: Vec<usize> = (0..self.controls.len())
+                .filter(|&w| self.status.is_failed(w))
+                .collect();
             for (w, ctl) in self.controls.iter().enumerate() {
                 while let Some(r) = ctl.replies.pop() {
                     match r {
                         Reply::Session { id, record } => {
                             if let Some(tx) = self.sender_for(id)
-                                && tx.send(snapshot(w, &record)).await.is_err()
+                                && tx.send(Ok(snapshot(w, &record))).await.is_err()
                             {
                                 self.client_gone(id);
                             }
                         }
-                        Reply::Done { id, count } => self.done(id, count),
+                        Reply::Done { id, count } => self.done(w, id, count),
                     }
                 }
+            }
+            if busy && !stopped.is_empty() {
+                self.fail_stopped(&stopped).await;
             }
         }
     }
@@ -270,7 +333,7 @@ mod tests {
         let controls: Vec<_> = (0..2)
             .map(|_| Arc::new(Control::new(COMMAND_QUEUE, REPLY_QUEUE)))
             .collect();
-        let broker = Arc::new(SessionBroker::new(controls.clone()));
+        let broker = Arc::new(SessionBroker::new(controls.clone(), running(2)));
         let mut rx = broker.list(&SessionQuery::default()).unwrap();
         let deleting = broker
             .delete(&SessionQuery {
@@ -303,13 +366,94 @@ mod tests {
         }
         let mut got = Vec::new();
         while let Some(s) = rx.recv().await {
-            got.push(s);
+            got.push(s.unwrap());
         }
         got.sort_by_key(|s| s.worker);
         assert_eq!(got.len(), 2, "the stream ends once both workers are done");
         assert_eq!(got[1].inside.to_string(), "100.64.0.11:5001");
         assert_eq!(got[0].expires_in, Duration::from_secs(298));
-        assert_eq!(deleting.await.unwrap(), 6);
+        assert_eq!(deleting.await.unwrap(), Ok(6));
+    }
+
+    fn running(n: u32) -> Arc<WorkerStatus> {
+        Arc::new(WorkerStatus::new(1..=n))
+    }
+
+    fn one_session(id: u64, port: u16) -> Reply {
+        let mut session = nat::Session::default();
+        session.proto = 17;
+        session.in_port = port;
+        Reply::Session {
+            id,
+            record: SessionRecord {
+                session,
+                idle: 0,
+                timeout: 30,
+            },
+        }
+    }
+
+    /// Worker 1 stops (panics) in the middle of a listing and of a deletion: what it sent before
+    /// still arrives, then both end with the error naming it instead of waiting forever; new
+    /// queries are refused at once.
+    #[tokio::test]
+    async fn a_worker_that_stops_ends_its_queries_with_the_reason() {
+        let controls: Vec<_> = (0..2)
+            .map(|_| Arc::new(Control::new(COMMAND_QUEUE, REPLY_QUEUE)))
+            .collect();
+        let status = running(2);
+        let broker = Arc::new(SessionBroker::new(controls.clone(), status.clone()));
+        let mut rx = broker.list(&SessionQuery::default()).unwrap();
+        let deleting = broker.delete(&SessionQuery::default()).unwrap();
+        tokio::spawn(broker.clone().run());
+        let ids: Vec<u64> = (0..2)
+            .map(|_| match controls[0].commands.pop() {
+                Some(Command::List { id, .. } | Command::Delete { id, .. }) => id,
+                _ => panic!("query not queued"),
+            })
+            .collect();
+        // Worker 0 finishes both; worker 1 sends one session of the listing, then stops.
+        controls[0].replies.push(one_session(ids[0], 1)).unwrap();
+        controls[0]
+            .replies
+            .push(Reply::Done {
+                id: ids[0],
+                count: 1,
+            })
+            .unwrap();
+        controls[0]
+            .replies
+            .push(Reply::Done {
+                id: ids[1],
+                count: 4,
+            })
+            .unwrap();
+        controls[1].replies.push(one_session(ids[0], 2)).unwrap();
+        assert!(status.mark_failed(1, "panicked".into()));
+        let mut got = Vec::new();
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(Ok(s))) => got.push(s.inside.port()),
+                Ok(Some(Err(e))) => break e,
+                Ok(None) => panic!("the listing ended as if complete: {got:?}"),
+                Err(_) => panic!("the listing still waits for the stopped worker"),
+            }
+        };
+        got.sort();
+        assert_eq!(got, vec![1, 2], "every session sent before the stop");
+        let stopped = BackendError::WorkerFailed {
+            worker: 1,
+            lcore: 2,
+            why: "panicked".into(),
+        };
+        assert_eq!(end, stopped);
+        assert!(rx.recv().await.is_none(), "nothing after the error");
+        assert_eq!(deleting.await.unwrap(), Err(stopped.clone()));
+        assert_eq!(broker.list(&SessionQuery::default()).unwrap_err(), stopped);
+        assert!(
+            controls[0].commands.is_empty(),
+            "a refused query is not queued on the running worker either"
+        );
     }
 
     #[test]
@@ -318,7 +462,7 @@ mod tests {
             Arc::new(Control::new(1, REPLY_QUEUE)),
             Arc::new(Control::new(1, REPLY_QUEUE)),
         ];
-        let broker = SessionBroker::new(controls.clone());
+        let broker = SessionBroker::new(controls.clone(), running(2));
         broker.list(&SessionQuery::default()).unwrap();
         assert_eq!(
             broker.list(&SessionQuery::default()).unwrap_err(),

@@ -15,6 +15,8 @@ use nat::{Counters, Pool, Rules, Shard, ShardConfig, SnatRule, Timeouts};
 use tracing::{error, info, warn};
 use wire::EthernetAddress;
 
+use super::workers::WorkerStatus;
+
 /// ICMP errors (time exceeded) each worker may originate per second.
 const ICMP_ERRORS_PER_S: u64 = 1000;
 
@@ -42,6 +44,8 @@ pub struct DataPlane {
     pub rules: Arc<Rules>,
     /// Port blocks a subscriber record holds, fixed when the shards were built.
     pub block_capacity: u16,
+    /// Which workers are still in their loops (see [`super::workers`]).
+    pub status: Arc<WorkerStatus>,
     pool: Option<Arc<Mempool>>,
 }
 
@@ -50,17 +54,24 @@ impl DataPlane {
         self.workers.iter().map(|(_, c)| c.clone()).collect()
     }
 
-    /// Wait for the workers (the caller has raised the stop flag), stop and close the ports, free the
-    /// mbuf pool. Returns a one-line summary of the final counters.
     /// Whether any worker is still in its loop (after the stop flag, until it has returned).
     pub fn workers_running(&self) -> bool {
         self.workers.iter().any(|(l, _)| lcore::is_busy(*l))
     }
 
+    /// The return code of worker `w` if it has left its loop, `None` while it runs.
+    pub fn worker_ended(&self, w: usize) -> Option<i32> {
+        let (l, _) = self.workers.get(w)?;
+        (!lcore::is_busy(*l)).then(|| lcore::wait(*l))
+    }
+
+    /// Wait for the workers (the caller has raised the stop flag), stop and close the ports, free the
+    /// mbuf pool. Returns a one-line summary of the final counters.
     pub fn shutdown(mut self) -> String {
-        for (lcore, _) in &self.workers {
+        for (w, (lcore, _)) in self.workers.iter().enumerate() {
             let rc = lcore::wait(*lcore);
-            if rc != 0 {
+            // One the watchdog found stopped has been reported already.
+            if rc != 0 && !self.status.is_failed(w) {
                 error!(%lcore, rc, "worker ended abnormally");
             }
         }
@@ -352,6 +363,14 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
     } else {
         vec![Links::none()]
     };
+    if let Some(p) = cfg.dataplane.inject_panic {
+        warn!(
+            worker = p.worker,
+            after = ?p.after,
+            "dataplane.inject_panic is set: this worker will panic on purpose (a testing aid, \
+             never for production)"
+        );
+    }
     let seeds = RandomState::new();
     let mut workers = Vec::new();
     let mut dp = DataPlane {
@@ -364,6 +383,7 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
         dnat: None,
         rules: rules.clone(),
         block_capacity,
+        status: Arc::new(WorkerStatus::new(lcores.iter().map(|l| l.0))),
         pool: None,
     };
     if n_workers > 1 {
@@ -424,6 +444,11 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
             // Packets to the outside address go to the translator too when it is a pool address or
             // a destination NAT rule forwards ports of it (NodePort style).
             masquerade: policy.masquerade,
+            panic_after: cfg
+                .dataplane
+                .inject_panic
+                .filter(|p| usize::from(p.worker) == i)
+                .map(|p| p.after),
             fragments: nat::FragConfig {
                 max_datagrams: cfg.nat.fragments.max_datagrams,
                 max_held: cfg.nat.fragments.max_held,
