@@ -396,11 +396,9 @@ impl Worker {
             start_tsc,
             tsc_per_ms: (tsc_hz / 1000).max(1),
             panic_at: cfg.panic_after.map_or(u64::MAX, |d| {
-                let ticks = u64::try_from(d.as_micros())
-                    .unwrap_or(u64::MAX)
-                    .saturating_mul(tsc_hz)
-                    / 1_000_000;
-                start_tsc.saturating_add(ticks)
+                // In u128: microseconds times a GHz clock overflow u64 after about 1.7 hours.
+                let ticks = d.as_micros().saturating_mul(u128::from(tsc_hz)) / 1_000_000;
+                start_tsc.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
             }),
             ipv4: Box::new(MbufBurst::new()),
             spare: Some(Box::new(MbufBurst::new())),

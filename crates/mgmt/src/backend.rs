@@ -253,6 +253,18 @@ pub enum BackendError {
         lcore: u32,
         why: String,
     },
+    /// A deletion under way when a worker stopped: the running workers deleted their matching
+    /// sessions, the stopped one could not.
+    #[error(
+        "deleted {deleted} session(s) on the running workers, but worker {worker} (lcore {lcore}) \
+         has stopped ({why}) and its sessions cannot be reached until cgnatd is restarted"
+    )]
+    DeletionCut {
+        deleted: u64,
+        worker: u32,
+        lcore: u32,
+        why: String,
+    },
     /// The workers were configured to record no session events.
     #[error(
         "nat.event_ring: 0, so the workers record no session events and there is nothing to \

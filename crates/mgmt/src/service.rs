@@ -72,7 +72,9 @@ fn backend_status(e: BackendError) -> Status {
         BackendError::Busy => Status::resource_exhausted(e.to_string()),
         // Retrying will not help until the daemon is restarted, but UNAVAILABLE is what a
         // client's retry and failover logic expects of a server that cannot serve.
-        BackendError::WorkerFailed { .. } => Status::unavailable(e.to_string()),
+        BackendError::WorkerFailed { .. } | BackendError::DeletionCut { .. } => {
+            Status::unavailable(e.to_string())
+        }
         BackendError::EventsDisabled => Status::failed_precondition(e.to_string()),
     }
 }

@@ -251,8 +251,12 @@ impl Signals {
 fn log_panics() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        // DPDK starts its lcore threads itself, so they have no Rust name: name the lcore.
         let thread = std::thread::current();
-        error!(thread = thread.name().unwrap_or("unnamed"), "{info}");
+        match dpdk::lcore::current() {
+            Some(lcore) => error!(lcore = lcore.0, "{info}"),
+            None => error!(thread = thread.name().unwrap_or("unnamed"), "{info}"),
+        }
         default_hook(info);
     }));
 }
@@ -327,17 +331,13 @@ pub fn run(path: &Path, o: Overrides) -> Result<()> {
         let served = serve(&cfg, backend, &dp, mgmt_cfg, reload, &signals, &stop);
         // Whatever happened to the control plane, the workers stop and the ports go down cleanly.
         stop.store(true, Ordering::Relaxed);
-        let failed = dp.status.first_error();
+        let status = dp.status.clone();
         let summary = dp.shutdown();
         info!(%summary, "data plane stopped");
-        // A daemon that lost a worker did not run as configured: say so in the exit status too.
-        match (served, failed) {
-            (
-                Ok(()),
-                Some(mgmt::BackendError::WorkerFailed { worker, lcore, why }),
-            ) => Err(anyhow!(
-                "worker {worker} (lcore {lcore}) had stopped ({why}) before the daemon was told to stop"
-            )),
+        // A daemon that lost a worker (while running, or on its way out: shutdown records that
+        // too) did not run as configured: say so in the exit status.
+        match (served, status.first_stopped()) {
+            (Ok(()), Some(stopped)) => Err(anyhow!("{stopped}: the data plane did not run whole")),
             (served, _) => served,
         }
     });
@@ -461,7 +461,9 @@ fn serve(
         let mut tick = tokio::time::interval(SIGNAL_POLL);
         while !signals.stopping() {
             tick.tick().await;
-            let stopping = || workers_stop.load(Ordering::Acquire) || signals.stopping();
+            // Only the workers' own stop flag: a signal does not stop them, so a worker found
+            // stopped in the tick a signal arrives has failed all the same.
+            let stopping = || workers_stop.load(Ordering::Acquire);
             for (w, why) in workers::look(&dp.status, stopping, |w| dp.worker_ended(w)) {
                 error!(
                     worker = w,

@@ -305,15 +305,28 @@ impl PolicyPlane {
     ) -> Result<PolicyOutcome, PolicyError> {
         let _one_at_a_time = self.apply_lock.lock().await;
         let cur = self.current()?;
+        // A stopped worker would never take the change: saving it would put a policy on record
+        // that part of the data plane does not run. A dry run changes nothing and is answered.
+        let stopped = self.wiring.status.first_stopped();
+        if let Some(stopped) = &stopped
+            && !req.dry_run
+        {
+            return Err(PolicyError::Failed(format!(
+                "{stopped}, and no policy change can be put in force until cgnatd is restarted; \
+                 nothing was applied"
+            )));
+        }
         // Every worker runs the last publication before the next one goes out: the mailbox then
         // never holds more than one policy (none is ever dropped unseen), and a pool slot retired
         // by an earlier publication is retired on every worker, so its drained gauges below are
-        // final (no worker can allocate on it any more).
-        if let Some(w) = self
-            .wiring
-            .controls
-            .iter()
-            .position(|c| c.policy_seq.load(Ordering::Acquire) < cur.seq)
+        // final (no worker can allocate on it any more). (A stopped worker never catches up;
+        // only dry runs get past the check above then.)
+        if stopped.is_none()
+            && let Some(w) = self
+                .wiring
+                .controls
+                .iter()
+                .position(|c| c.policy_seq.load(Ordering::Acquire) < cur.seq)
         {
             return Err(PolicyError::Failed(format!(
                 "worker {w} has not taken the policy published before (generation {}) yet; \
@@ -366,12 +379,6 @@ impl PolicyPlane {
                 applied: false,
                 changes,
             });
-        }
-        // A stopped worker would never take the change: saving it would put a policy on record
-        // that part of the data plane does not run. (A dry run above changes nothing, so it is
-        // still answered.)
-        if let Some(e) = self.wiring.status.first_error() {
-            return Err(PolicyError::Failed(format!("{e}; nothing was applied")));
         }
         if changes.is_empty() {
             // Nothing for the state file: it holds the desired state, not slot bookkeeping.
@@ -484,6 +491,17 @@ impl PolicyPlane {
                 .all(|c| c.policy_seq.load(Ordering::Acquire) >= seq)
             {
                 return Ok(());
+            }
+            // A worker that stopped before taking it never will.
+            if let Some(stopped) = controls.iter().enumerate().find_map(|(w, c)| {
+                (c.policy_seq.load(Ordering::Acquire) < seq)
+                    .then(|| self.wiring.status.describe(w))
+                    .flatten()
+            }) {
+                return Err(PolicyError::Incomplete(format!(
+                    "generation {generation} is applied and saved, but {stopped} and will never \
+                     run it; restart cgnatd (with mgmt.state_file set, it starts on this policy)"
+                )));
             }
             if Instant::now() > deadline {
                 return Err(PolicyError::Incomplete(format!(

@@ -217,32 +217,44 @@ impl SessionBroker {
         // A finished listing drops its sender here, which ends the client's stream.
     }
 
-    /// End every query still waiting for a worker that has stopped, with the error naming it.
-    /// Called once the replies that worker sent before it stopped have been routed.
+    /// End every query still waiting for a worker that has stopped, with the error naming it (a
+    /// deletion also says how many sessions the other workers deleted). Called once the replies
+    /// that worker sent before it stopped have been routed.
     async fn fail_stopped(&self, stopped: &[usize]) {
-        let failed: Vec<(Waiting, BackendError)> = {
+        let failed: Vec<(Pending, BackendError)> = {
             let Ok(mut map) = self.pending.lock() else {
                 return;
             };
-            let ids: Vec<(u64, usize)> = map
+            let cut: Vec<(u64, BackendError)> = map
                 .iter()
                 .filter_map(|(id, p)| {
-                    stopped
+                    let w = *stopped
                         .iter()
-                        .find(|&&w| p.waiting_on.get(w).copied().unwrap_or(false))
-                        .map(|&w| (*id, w))
+                        .find(|&&w| p.waiting_on.get(w).copied().unwrap_or(false))?;
+                    Some((*id, self.status.error(w)?))
                 })
                 .collect();
-            ids.into_iter()
-                .filter_map(|(id, w)| Some((map.remove(&id)?.waiting, self.status.error(w)?)))
+            cut.into_iter()
+                .filter_map(|(id, e)| Some((map.remove(&id)?, e)))
                 .collect()
         };
-        for (waiting, e) in failed {
-            match waiting {
+        for (p, e) in failed {
+            match p.waiting {
                 Waiting::List(Some(tx)) => {
                     let _ = tx.send(Err(e)).await;
                 }
                 Waiting::Delete(Some(tx)) => {
+                    let e = match e {
+                        BackendError::WorkerFailed { worker, lcore, why } => {
+                            BackendError::DeletionCut {
+                                deleted: p.count,
+                                worker,
+                                lcore,
+                                why,
+                            }
+                        }
+                        other => other,
+                    };
                     let _ = tx.send(Err(e));
                 }
                 Waiting::List(None) | Waiting::Delete(None) => {}
@@ -393,6 +405,10 @@ mod tests {
         }
     }
 
+    fn done(id: u64, count: u64) -> Reply {
+        Reply::Done { id, count }
+    }
+
     /// Worker 1 stops (panics) in the middle of a listing and of a deletion: what it sent before
     /// still arrives, then both end with the error naming it instead of waiting forever; new
     /// queries are refused at once.
@@ -405,29 +421,21 @@ mod tests {
         let broker = Arc::new(SessionBroker::new(controls.clone(), status.clone()));
         let mut rx = broker.list(&SessionQuery::default()).unwrap();
         let deleting = broker.delete(&SessionQuery::default()).unwrap();
+        let mut finished = broker.list(&SessionQuery::default()).unwrap();
         tokio::spawn(broker.clone().run());
-        let ids: Vec<u64> = (0..2)
+        let ids: Vec<u64> = (0..3)
             .map(|_| match controls[0].commands.pop() {
                 Some(Command::List { id, .. } | Command::Delete { id, .. }) => id,
                 _ => panic!("query not queued"),
             })
             .collect();
+        // The third query worker 1 answered in full before it stopped; worker 0 answers later.
+        controls[1].replies.push(one_session(ids[2], 7)).unwrap();
+        controls[1].replies.push(done(ids[2], 1)).unwrap();
         // Worker 0 finishes both; worker 1 sends one session of the listing, then stops.
         controls[0].replies.push(one_session(ids[0], 1)).unwrap();
-        controls[0]
-            .replies
-            .push(Reply::Done {
-                id: ids[0],
-                count: 1,
-            })
-            .unwrap();
-        controls[0]
-            .replies
-            .push(Reply::Done {
-                id: ids[1],
-                count: 4,
-            })
-            .unwrap();
+        controls[0].replies.push(done(ids[0], 1)).unwrap();
+        controls[0].replies.push(done(ids[1], 4)).unwrap();
         controls[1].replies.push(one_session(ids[0], 2)).unwrap();
         assert!(status.mark_failed(1, "panicked".into()));
         let mut got = Vec::new();
@@ -448,7 +456,31 @@ mod tests {
         };
         assert_eq!(end, stopped);
         assert!(rx.recv().await.is_none(), "nothing after the error");
-        assert_eq!(deleting.await.unwrap(), Err(stopped.clone()));
+        assert_eq!(
+            deleting.await.unwrap(),
+            Err(BackendError::DeletionCut {
+                deleted: 4,
+                worker: 1,
+                lcore: 2,
+                why: "panicked".into()
+            }),
+            "what worker 0 deleted is reported"
+        );
+        // The query the stopped worker had finished is not failed: it ends normally once
+        // worker 0 is done too.
+        assert_eq!(
+            finished.recv().await.unwrap().unwrap().inside.port(),
+            7,
+            "what worker 1 sent before it stopped"
+        );
+        controls[0].replies.push(done(ids[2], 0)).unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), finished.recv())
+                .await
+                .expect("the finished query completes")
+                .is_none(),
+            "and ends cleanly"
+        );
         assert_eq!(broker.list(&SessionQuery::default()).unwrap_err(), stopped);
         assert!(
             controls[0].commands.is_empty(),

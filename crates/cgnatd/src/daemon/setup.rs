@@ -70,9 +70,10 @@ impl DataPlane {
     pub fn shutdown(mut self) -> String {
         for (w, (lcore, _)) in self.workers.iter().enumerate() {
             let rc = lcore::wait(*lcore);
-            // One the watchdog found stopped has been reported already.
-            if rc != 0 && !self.status.is_failed(w) {
-                error!(%lcore, rc, "worker ended abnormally");
+            // One the watchdog found stopped has been reported already; one that failed on its
+            // way out (or in the tick the daemon stopped) is recorded here, for the exit status.
+            if rc != 0 && self.status.mark_failed(w, super::workers::reason(rc)) {
+                error!(%lcore, rc, reason = %super::workers::reason(rc), "worker ended abnormally");
             }
         }
         let summary = super::backend::summary_line(&self.counters());

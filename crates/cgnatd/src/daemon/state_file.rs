@@ -197,16 +197,16 @@ mod tests {
 
     /// A writer killed at any moment of its loop leaves the last state it renamed into place,
     /// whole: never a torn file, never a mix of two. Each round's writer starts at its own
-    /// generation and is killed only once it has saved one (how long a write takes depends on the
-    /// disk, so a fixed delay could kill every writer before it wrote anything), then a little
-    /// later each round, so the kill lands at different points of the write.
+    /// generation and is killed only once it has saved one to three states (how long a write
+    /// takes depends on the disk, so a fixed delay could kill every writer before it wrote
+    /// anything, or before its second write), then a little later each round, so the kill lands
+    /// at different points of a write.
     #[test]
     fn state_survives_kill_at_any_moment() {
         let d = dir("kill");
         let path = d.join("state.yaml");
         let (a, b) = (doc(200), doc(400));
         let exe = std::env::current_exe().unwrap();
-        let mut later_writes = 0;
         for round in 0..30u64 {
             let first = (round + 1) * 1_000_000;
             let mut child = std::process::Command::new(&exe)
@@ -222,15 +222,16 @@ mod tests {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
+            let saved_at_least = first + round % 3;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while read(&path)
                 .ok()
                 .flatten()
-                .is_none_or(|s| s.generation < first)
+                .is_none_or(|s| s.generation < saved_at_least)
             {
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "round {round}: the writer saved nothing in 10 s"
+                    "round {round}: the writer did not save generation {saved_at_least} in 10 s"
                 );
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
@@ -240,7 +241,10 @@ mod tests {
             let saved = read(&path)
                 .unwrap_or_else(|e| panic!("round {round}: {e:#}"))
                 .unwrap_or_else(|| panic!("round {round}: the state file is gone"));
-            assert!(saved.generation >= first, "round {round}: an older state");
+            assert!(
+                saved.generation >= saved_at_least,
+                "round {round}: an older state"
+            );
             let want = if saved.generation.is_multiple_of(2) {
                 &a
             } else {
@@ -250,14 +254,7 @@ mod tests {
                 &saved.doc, want,
                 "round {round}: a torn or mixed state file"
             );
-            if saved.generation > first {
-                later_writes += 1;
-            }
         }
-        assert!(
-            later_writes > 0,
-            "no writer was ever killed after its second save: the kills did not land mid-loop"
-        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

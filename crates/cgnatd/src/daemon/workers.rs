@@ -73,14 +73,30 @@ impl WorkerStatus {
     pub fn first_error(&self) -> Option<BackendError> {
         (0..self.slots.len()).find_map(|w| self.error(w))
     }
+
+    /// "worker 1 (lcore 2) has stopped (panicked)", for the first stopped worker, if any.
+    pub fn first_stopped(&self) -> Option<String> {
+        (0..self.slots.len()).find_map(|w| self.describe(w))
+    }
+
+    /// "worker 1 (lcore 2) has stopped (panicked)", if worker `w` has stopped.
+    pub fn describe(&self, w: usize) -> Option<String> {
+        let s = self.slots.get(w)?;
+        let why = s.failed.get()?;
+        Some(format!(
+            "worker {w} (lcore {}) has stopped ({why})",
+            s.lcore
+        ))
+    }
 }
 
 /// What the watchdog does on each look: `ended(w)` says whether worker `w` has left its loop and
 /// with what return code (`None` while it runs). Each worker found stopped for the first time is
 /// recorded and returned, with the reason, so the caller can log it and report NOT_SERVING.
 /// Workers leave their loops at shutdown on purpose, so a worker found stopped after
-/// `stopping()` has turned true is not a failure. `stopping` is asked after the worker was seen
-/// stopped: a worker that stopped because the daemon told it to was told before it stopped.
+/// `stopping()` (the workers' stop flag) has turned true is not a failure. `stopping` is asked
+/// after the worker was seen stopped: a worker that stopped because the daemon told it to was
+/// told before it stopped.
 pub fn look(
     status: &WorkerStatus,
     stopping: impl Fn() -> bool,
@@ -95,17 +111,22 @@ pub fn look(
             if stopping() {
                 break;
             }
-            let why = if rc == dpdk::lcore::PANICKED {
-                "panicked".to_owned()
-            } else {
-                format!("left its loop with status {rc}")
-            };
+            let why = reason(rc);
             if status.mark_failed(w, why.clone()) {
                 found.push((w, why));
             }
         }
     }
     found
+}
+
+/// What a worker's return code says about how it stopped.
+pub fn reason(rc: i32) -> String {
+    if rc == dpdk::lcore::PANICKED {
+        "panicked".to_owned()
+    } else {
+        format!("left its loop with status {rc}")
+    }
 }
 
 #[cfg(test)]
