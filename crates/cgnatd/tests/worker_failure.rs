@@ -100,6 +100,18 @@ stats_interval: 0
             .unwrap()
     }
 
+    /// cgnatctl in the background (for a stream), its output captured.
+    fn spawn_ctl(&self, args: &[&str]) -> Child {
+        Command::new(CGNATCTL)
+            .args(["--server", &self.server, "--timeout", "3s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("cgnatd.log")).unwrap_or_default()
     }
@@ -177,6 +189,20 @@ fn seconds_of_day(line: &str) -> Option<f64> {
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
+/// The child's output if it exits within `within`; otherwise it is killed and `None`.
+fn exit_within(mut child: Child, within: Duration) -> Option<Output> {
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().ok()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -186,6 +212,19 @@ fn a_panicking_worker_is_reported_at_once_and_nothing_waits_for_it() {
     // Long enough after start for SERVING to be seen first even on a loaded machine.
     let mut d = Daemon::start("  inject_panic: { worker: 1, after_ms: 5000 }");
     d.wait_health("SERVING", Duration::from_secs(30));
+    // A session watch open before the panic: it must end with the reason, not go on silently
+    // with the other worker's events only.
+    let mut watch = d.spawn_ctl(&["sessions", "watch"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        watch.try_wait().unwrap().is_none(),
+        "the watch was refused before the panic"
+    );
+    assert_eq!(
+        text(&d.ctl(&["health"]).stdout).trim(),
+        "SERVING",
+        "the worker panicked before the watch was open: too slow a machine for this test"
+    );
     d.wait_health("NOT_SERVING", Duration::from_secs(20));
     // Noticed at once: the watchdog looks every 50 ms. Measured in the daemon's own log, from
     // the panic to the watchdog's report.
@@ -219,7 +258,8 @@ fn a_panicking_worker_is_reported_at_once_and_nothing_waits_for_it() {
     let json = d.ctl(&["-o", "json", "stats"]);
     assert!(json.status.success(), "{}", text(&json.stderr));
     let stats: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(stats["workers"][1]["failed"], "panicked", "{stats}");
+    assert_eq!(stats["workers"][1]["failed"], true, "{stats}");
+    assert_eq!(stats["workers"][1]["failure"], "panicked", "{stats}");
     assert!(stats["workers"][0].get("failed").is_none(), "{stats}");
     let table = text(&d.ctl(&["stats"]).stdout);
     assert!(
@@ -257,6 +297,23 @@ fn a_panicking_worker_is_reported_at_once_and_nothing_waits_for_it() {
             t.elapsed()
         );
     }
+
+    // The watch ended at once (the watchdog tells open streams), and a new one is refused.
+    let ended = exit_within(watch, Duration::from_secs(2))
+        .expect("the session watch went on after the worker stopped");
+    assert!(!ended.status.success());
+    let err = text(&ended.stderr);
+    assert!(
+        err.contains("UNAVAILABLE") && err.contains("worker 1 (lcore 2) has stopped (panicked)"),
+        "{err}"
+    );
+    let again = exit_within(d.spawn_ctl(&["sessions", "watch"]), Duration::from_secs(5))
+        .expect("a new session watch was accepted with a worker stopped");
+    let err = text(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("worker 1 (lcore 2) has stopped"),
+        "{err}"
+    );
 
     // A policy change is refused and nothing changes; a dry run is still answered.
     let before = text(&d.ctl(&["-o", "json", "rules", "get"]).stdout);

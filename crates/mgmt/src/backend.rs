@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Source of everything the management API reports.
 ///
@@ -33,8 +33,9 @@ pub trait Backend: Send + Sync + 'static {
     /// or why not every worker could answer.
     fn delete_sessions(&self, query: SessionQuery) -> Result<SessionDeletion, BackendError>;
     /// Session events from now on. Workers record them while at least one receiver exists.
-    /// Refused when the workers record no events at all (`nat.event_ring: 0`).
-    fn watch_sessions(&self) -> Result<broadcast::Receiver<SessionEventSnapshot>, BackendError>;
+    /// Refused when the workers record no events at all (`nat.event_ring: 0`), and when a worker
+    /// has stopped (its sessions' events could no longer come).
+    fn watch_sessions(&self) -> Result<SessionWatch, BackendError>;
     /// The destination NAT rules in force with their per-backend counters (summed over workers).
     fn dnat(&self) -> DnatSnapshot;
     /// The translation policy in force (the desired state) and its generation.
@@ -235,6 +236,16 @@ pub struct PoolSnapshot {
 pub type SessionListing = mpsc::Receiver<Result<SessionSnapshot, BackendError>>;
 /// The outcome of a deletion; see [`Backend::delete_sessions`].
 pub type SessionDeletion = oneshot::Receiver<Result<u64, BackendError>>;
+
+/// A session event subscription; see [`Backend::watch_sessions`].
+pub struct SessionWatch {
+    /// The events, from the moment of subscription.
+    pub events: broadcast::Receiver<SessionEventSnapshot>,
+    /// Turns to the error naming a worker when one stops. A watch must then end with it: the
+    /// stream would otherwise go on with the other workers' events, and a client could not tell
+    /// that the stopped worker's sessions are missing from it.
+    pub failure: watch::Receiver<Option<BackendError>>,
+}
 
 /// Why the backend cannot take (or finish) a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -466,6 +477,8 @@ pub(crate) mod fake {
         pub(crate) events_disabled: bool,
         /// Tests send session events through this.
         pub(crate) events: broadcast::Sender<SessionEventSnapshot>,
+        /// Tests stop a worker under open watches through this.
+        pub(crate) failure: watch::Sender<Option<BackendError>>,
         pub(crate) policy: Mutex<FakePolicy>,
         /// Every change request received, applied or not.
         pub(crate) policy_requests: Mutex<Vec<PolicyRequest>>,
@@ -572,6 +585,7 @@ pub(crate) mod fake {
                 interrupt: None,
                 events_disabled: false,
                 events: broadcast::channel(4).0,
+                failure: watch::channel(None).0,
                 policy: Mutex::new(FakePolicy {
                     generation: 1,
                     doc: config::policy::PolicyDoc::from_config_text(LAB).unwrap(),
@@ -675,13 +689,17 @@ pub(crate) mod fake {
             Ok(rx)
         }
 
-        fn watch_sessions(
-            &self,
-        ) -> Result<broadcast::Receiver<SessionEventSnapshot>, BackendError> {
+        fn watch_sessions(&self) -> Result<SessionWatch, BackendError> {
             if self.events_disabled {
                 return Err(BackendError::EventsDisabled);
             }
-            Ok(self.events.subscribe())
+            if let Some(e) = self.failure.borrow().clone() {
+                return Err(e);
+            }
+            Ok(SessionWatch {
+                events: self.events.subscribe(),
+                failure: self.failure.subscribe(),
+            })
         }
 
         /// A load-balanced TCP service with one retired backend, a retired full-NAT UDP rule and

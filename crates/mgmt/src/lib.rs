@@ -45,7 +45,7 @@ pub use backend::{
     InfoSnapshot, PolicyChange, PolicyError, PolicyFuture, PolicyOutcome, PolicyRequest,
     PolicySnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
     SessionDeletion, SessionEventSnapshot, SessionListing, SessionQuery, SessionSnapshot,
-    SessionState, SnatRuleStatsSnapshot, StatsSnapshot, WorkerStatsSnapshot,
+    SessionState, SessionWatch, SnatRuleStatsSnapshot, StatsSnapshot, WorkerStatsSnapshot,
 };
 pub use error::MgmtError;
 pub use server::{

@@ -1070,6 +1070,51 @@ mod tests {
         server.stop().await.unwrap();
     }
 
+    /// A worker that stops under an open watch: the stream delivers what came before, then ends
+    /// with UNAVAILABLE naming the worker instead of going on silently without its sessions; a
+    /// new watch is refused the same way.
+    #[tokio::test]
+    async fn an_open_watch_ends_when_a_worker_stops() {
+        use crate::backend::SessionChange::Created;
+        let backend = FakeBackend::new();
+        let events = backend.events.clone();
+        let failure = backend.failure.clone();
+        let server = Running::with(backend).await;
+        let mut client = server.client().await;
+        let mut stream = client
+            .watch_sessions(v1::WatchSessionsRequest {
+                filter: None,
+                snapshot: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        events.send(event(Created, "100.64.0.11:6000")).unwrap();
+        let ev = stream.message().await.unwrap().unwrap();
+        assert_eq!(ev.r#type, v1::SessionEventType::Created as i32);
+        failure.send_replace(Some(stopped_worker()));
+        let err = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the stream ends at once")
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            err.message().contains("worker 1 (lcore 3)"),
+            "{}",
+            err.message()
+        );
+        let err = client
+            .watch_sessions(v1::WatchSessionsRequest {
+                filter: None,
+                snapshot: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("worker 1"), "{}", err.message());
+        server.stop().await.unwrap();
+    }
+
     #[tokio::test]
     async fn watch_sessions_refuses_a_state_filter() {
         let server = Running::start().await;

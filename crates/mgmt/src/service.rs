@@ -21,7 +21,7 @@ use config::policy::Section;
 use crate::backend::{
     Backend, BackendError, DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, EndpointFilter,
     InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
-    SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, StatsSnapshot,
+    SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, SessionWatch, StatsSnapshot,
 };
 
 /// Smallest accepted `WatchStats` interval. Reading all counters is cheap, but
@@ -771,7 +771,10 @@ impl<B: Backend> CgnatService<B> {
         }
         debug!(rpc = "WatchSessions", peer = ?request.remote_addr(), ?query, "gRPC request");
         // Subscribe before the snapshot, so nothing falls between the two.
-        let mut events = self.backend.watch_sessions().map_err(backend_status)?;
+        let SessionWatch {
+            mut events,
+            mut failure,
+        } = self.backend.watch_sessions().map_err(backend_status)?;
         let snapshot = if req.snapshot {
             Some(self.backend.list_sessions(query).map_err(backend_status)?)
         } else {
@@ -801,9 +804,21 @@ impl<B: Backend> CgnatService<B> {
             }
             loop {
                 let ev = tokio::select! {
-                    r = events.recv() => r,
+                    r = events.recv() => Ok(r),
                     () = tx.closed() => break,
                     _ = stopping.wait_for(|stop| *stop) => break,
+                    f = failure.wait_for(Option::is_some) => Err(f.ok().and_then(|f| f.clone())),
+                };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    // A stopped worker's sessions send no more events: end the stream with why,
+                    // so the client knows it is no longer seeing every session.
+                    Err(failed) => {
+                        if let Some(e) = failed {
+                            let _ = tx.send(Err(backend_status(e))).await;
+                        }
+                        break;
+                    }
                 };
                 let msg = match ev {
                     Ok(e) if query.matches(e.proto, e.inside, e.outside, e.remote, None) => {

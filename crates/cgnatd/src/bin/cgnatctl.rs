@@ -771,8 +771,9 @@ async fn sessions(ctx: &Ctx, mut client: Client, cmd: SessionsCommand) -> Result
                 let view = SessionEventView::from(&e);
                 emit(&ctx.render(&view, session_event_line, true)?)?;
             }
-            // The server never ends a watch on its own but when it shuts down: a failure for a
-            // pipeline that restarts the watch, as for `stats --watch`.
+            // The server ends a watch only when it shuts down (or, with an error the `?` above
+            // reports, when a worker stops): a failure for a pipeline that restarts the watch,
+            // as for `stats --watch`.
             return Err(Status::unavailable(format!(
                 "{} ended the session event stream (daemon shutting down?)",
                 ctx.server

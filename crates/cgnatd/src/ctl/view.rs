@@ -120,9 +120,12 @@ pub struct WorkerView {
     pub drops: BTreeMap<String, u64>,
     /// Ports in use per pool address.
     pub ports_by_address: BTreeMap<String, u64>,
-    /// Why the worker stopped, once it has (absent while it runs).
+    /// Whether the worker has stopped, and why (`failure`), as `WorkerStats` has them; both
+    /// absent while it runs, so a healthy daemon's stats keep their shape.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed: Option<String>,
+    pub failure: Option<String>,
 }
 
 impl From<&v1::Stats> for StatsView {
@@ -139,7 +142,8 @@ impl From<&v1::Stats> for StatsView {
                 counters: sorted(&w.counters),
                 drops: sorted(&w.drops),
                 ports_by_address: sorted(&w.ports_by_address),
-                failed: w.failed.then(|| w.failure.clone()),
+                failed: w.failed,
+                failure: w.failed.then(|| w.failure.clone()),
             })
             .collect();
         workers.sort_by_key(|w| w.worker);
@@ -224,7 +228,7 @@ pub fn stats_table(stats: &StatsView, opts: StatsTableOptions, rates: Option<&Ra
         .workers
         .iter()
         .filter_map(|w| {
-            let why = w.failed.as_deref()?;
+            let why = w.failure.as_deref().filter(|_| w.failed)?;
             Some(format!(
                 "WORKER {} (lcore {}) HAS STOPPED ({why}): the traffic it owns is dropped; restart cgnatd\n",
                 w.worker, w.lcore
@@ -1044,8 +1048,10 @@ mod tests {
         stats.workers[0].failure = "panicked".into();
         let view = StatsView::from(&stats);
         let json = serde_json::to_value(&view).unwrap();
-        assert_eq!(json["workers"][1]["failed"], "panicked");
+        assert_eq!(json["workers"][1]["failed"], true);
+        assert_eq!(json["workers"][1]["failure"], "panicked");
         assert!(json["workers"][0].get("failed").is_none());
+        assert!(json["workers"][0].get("failure").is_none());
         let table = stats_table(&view, StatsTableOptions::default(), None);
         assert!(
             table.starts_with(

@@ -7,7 +7,7 @@ use config::{Device, Role};
 use mgmt::{
     Backend, BackendError, InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole,
     PortSnapshot, SessionDeletion, SessionEventSnapshot, SessionListing, SessionQuery,
-    StatsSnapshot, WorkerStatsSnapshot,
+    SessionWatch, StatsSnapshot, WorkerStatsSnapshot,
 };
 use nat::{Counter, Counters, DropReason};
 use tokio::sync::broadcast;
@@ -128,11 +128,20 @@ impl Backend for DaemonBackend {
         self.sessions.delete(&query)
     }
 
-    fn watch_sessions(&self) -> Result<broadcast::Receiver<SessionEventSnapshot>, BackendError> {
+    fn watch_sessions(&self) -> Result<SessionWatch, BackendError> {
         if !self.records_events {
             return Err(BackendError::EventsDisabled);
         }
-        Ok(self.session_events.subscribe())
+        // Subscribe to failures first: a worker stopping between the check and the subscription
+        // is then still seen by the stream.
+        let failure = self.status.subscribe();
+        if let Some(e) = self.status.first_error() {
+            return Err(e);
+        }
+        Ok(SessionWatch {
+            events: self.session_events.subscribe(),
+            failure,
+        })
     }
 
     fn dnat(&self) -> mgmt::DnatSnapshot {

@@ -13,6 +13,7 @@
 use std::sync::OnceLock;
 
 use mgmt::BackendError;
+use tokio::sync::watch;
 
 struct Slot {
     lcore: u32,
@@ -24,6 +25,9 @@ struct Slot {
 /// everything that must not wait for a stopped worker (which reads it).
 pub struct WorkerStatus {
     slots: Vec<Slot>,
+    /// The first stopped worker's error, for those who must act the moment it is known (open
+    /// `WatchSessions` streams end with it).
+    first: watch::Sender<Option<BackendError>>,
 }
 
 impl WorkerStatus {
@@ -37,6 +41,7 @@ impl WorkerStatus {
                     failed: OnceLock::new(),
                 })
                 .collect(),
+            first: watch::channel(None).0,
         }
     }
 
@@ -47,7 +52,22 @@ impl WorkerStatus {
     /// Record that worker `w` stopped. Returns false if it was already recorded (the first
     /// reason stays).
     pub fn mark_failed(&self, w: usize, why: String) -> bool {
-        self.slots.get(w).is_some_and(|s| s.failed.set(why).is_ok())
+        let new = self.slots.get(w).is_some_and(|s| s.failed.set(why).is_ok());
+        if new {
+            self.first.send_if_modified(|first| {
+                let was_none = first.is_none();
+                if was_none {
+                    *first = self.error(w);
+                }
+                was_none
+            });
+        }
+        new
+    }
+
+    /// Follows [`WorkerStatus::first_error`]: `None` until a worker is found stopped.
+    pub fn subscribe(&self) -> watch::Receiver<Option<BackendError>> {
+        self.first.subscribe()
     }
 
     /// Why worker `w` stopped, if it has.
@@ -136,9 +156,11 @@ mod tests {
     #[test]
     fn a_stopped_worker_is_found_once_with_its_reason() {
         let status = WorkerStatus::new([1, 3]);
+        let mut watcher = status.subscribe();
         let mut ended: [Option<i32>; 2] = [None, None];
         assert!(look(&status, || false, |w| ended[w]).is_empty());
         assert!(status.first_error().is_none());
+        assert!(!watcher.has_changed().unwrap());
 
         ended[1] = Some(dpdk::lcore::PANICKED);
         assert_eq!(
@@ -153,6 +175,9 @@ mod tests {
                 why: "panicked".into()
             })
         );
+        // Open watches are told at once, with the same error.
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(*watcher.borrow_and_update(), status.first_error());
         // Reported once, not at every look.
         assert!(look(&status, || false, |w| ended[w]).is_empty());
 
@@ -162,6 +187,9 @@ mod tests {
             vec![(0, "left its loop with status 7".to_owned())]
         );
         assert_eq!(status.failure(1), Some("panicked"));
+        // The watches keep the first worker found stopped.
+        assert!(!watcher.has_changed().unwrap());
+        assert!(format!("{:?}", *watcher.borrow()).contains("worker: 1"));
     }
 
     #[test]
