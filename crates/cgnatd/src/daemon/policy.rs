@@ -904,3 +904,119 @@ pub async fn reload_on_hangup(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::workers::WorkerStatus;
+    use super::*;
+
+    const LAB: &str = include_str!("../../../../config/lab.yaml");
+
+    /// A policy plane over the lab configuration and two workers that exist only as their
+    /// control blocks: the test plays the workers' part (taking a publication, or not).
+    fn plane() -> (
+        Arc<PolicyPlane>,
+        Arc<SessionBroker>,
+        Vec<Arc<Control>>,
+        Arc<WorkerStatus>,
+    ) {
+        let cfg = Config::from_yaml_str(LAB).unwrap();
+        let init = initial(LAB, &cfg).unwrap();
+        let rules = Arc::new(rules_of(&init.config).unwrap());
+        let table = initial_table(&init.config, &rules, init.generation).unwrap();
+        let controls: Vec<Arc<Control>> = (0..2).map(|_| Arc::new(Control::new(4, 4))).collect();
+        for c in &controls {
+            c.policy_seq.store(FIRST_SEQ, Ordering::Release);
+        }
+        let status = Arc::new(WorkerStatus::new([1, 2]));
+        let outside = cfg.outside_port();
+        let wiring = Wiring {
+            controls: controls.clone(),
+            dnat_counters: (0..2).map(|_| Arc::new(DnatCounters::default())).collect(),
+            counters: (0..2).map(|_| Arc::new(Counters::default())).collect(),
+            outside_addr: outside.address,
+            outside_net: outside.prefix,
+            workers: 2,
+            block_capacity: 0,
+            status: status.clone(),
+        };
+        let plane = Arc::new(PolicyPlane::new(init, rules, table, LAB.to_owned(), wiring));
+        let broker = Arc::new(SessionBroker::new(controls.clone(), status.clone()));
+        (plane, broker, controls, status)
+    }
+
+    fn add_pool(name: &str, addr: &str) -> PolicyRequest {
+        PolicyRequest {
+            change: PolicyChange::Edit(config::policy::Edit::Add {
+                section: config::policy::Section::Pools,
+                item: serde_yaml::from_str(&format!("{{name: {name}, addresses: [{addr}]}}"))
+                    .unwrap(),
+                position: None,
+            }),
+            expected_generation: None,
+            dry_run: false,
+            caller: "test".to_owned(),
+        }
+    }
+
+    /// A worker that stops while a change waits for it: the change ends at once (not after the
+    /// publication timeout), saying it is saved but that worker will never run it; the next
+    /// change is refused with nothing applied.
+    #[tokio::test]
+    async fn a_change_waiting_for_a_worker_that_stops_ends_at_once() {
+        let (plane, broker, controls, status) = plane();
+        let apply = {
+            let (plane, broker) = (plane.clone(), broker.clone());
+            tokio::spawn(async move {
+                plane
+                    .apply(add_pool("extra", "198.51.100.9"), &broker)
+                    .await
+            })
+        };
+        // Worker 0 takes the publication; worker 1 never will.
+        let published = loop {
+            if let Some(p) = controls[0].policy.pop() {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        controls[0]
+            .policy_seq
+            .store(published.seq, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!apply.is_finished(), "the change waits for worker 1");
+        let t = Instant::now();
+        status.mark_failed(1, "panicked".to_owned());
+        let err = apply.await.unwrap().unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "took {:?} after the worker stopped",
+            t.elapsed()
+        );
+        match &err {
+            PolicyError::Incomplete(m) => assert!(
+                m.contains("worker 1 (lcore 2) has stopped (panicked)")
+                    && m.contains("will never run it"),
+                "{m}"
+            ),
+            e => panic!("not Incomplete: {e:?}"),
+        }
+        // The change is in force on worker 0 and on record.
+        assert_eq!(plane.generation(), 2);
+        // From now on nothing is applied; a dry run is still answered.
+        let refused = plane
+            .apply(add_pool("more", "198.51.100.10"), &broker)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, PolicyError::Failed(m) if m.contains("nothing was applied")),
+            "{refused:?}"
+        );
+        assert_eq!(plane.generation(), 2);
+        let mut dry = add_pool("more", "198.51.100.10");
+        dry.dry_run = true;
+        let answer = plane.apply(dry, &broker).await.unwrap();
+        assert!(!answer.applied && !answer.changes.is_empty(), "{answer:?}");
+        assert_eq!(plane.generation(), 2);
+    }
+}
