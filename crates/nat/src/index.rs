@@ -2,11 +2,31 @@
 //!
 //! Each session has two entries (its inside and its outside key), both in this one table, and a third
 //! (its remote address with its outside endpoint) when its pool filters by address. An entry is 8 bytes:
-//! the full 32-bit hash and the slot number with the key kind in the top two bits. Mappings and
-//! subscribers use their own instances. Eight entries
-//! share a cache line, so a lookup is one bucket fetch plus one session fetch, and the burst API can
-//! prefetch both. Linear probing with backward-shift deletion keeps the table free of tombstones however
-//! much churn there is; the table is sized so the load factor stays at or below one half.
+//! 23 bits of the hash (the tag) and the slot number with the key kind in the top two bits. Mappings
+//! and subscribers use their own instances.
+//!
+//! **Buckets of one cache line.** The table is an array of 64-byte buckets of eight entries, each
+//! bucket aligned to its line. A key's hash picks its home bucket; the key lives there unless the
+//! bucket is full, and then in the first later bucket with room. A lookup compares all eight tags of
+//! a bucket at once, without a branch per entry, and moves on to the next bucket only if the
+//! bucket's *overflow count* (kept in the top byte of its first tag) says that some key passed it
+//! full. At a load of one half a bucket rarely overflows (nine or more of a Poisson(4) number of
+//! keys: about 2 %), so nearly every lookup, hit or miss, is one line, the line the burst pipeline
+//! prefetched, and a removal only clears its entry and lowers the counts of the buckets its key
+//! passed: no shifting, no tombstones, however much churn there is.
+//!
+//! This replaced linear probing entry by entry, whose run length varies from key to key: measured
+//! on the pipeline benchmark, the new-session rate fell by a quarter between a load of 0.25 and
+//! 0.44 (every miss ended on a mispredicted branch, later the fuller the table), and a group
+//! compare over eight entries that did not start on a line boundary read two lines, cutting the
+//! 1M-session established rate by a quarter.
+//!
+//! **Sizing.** The table has as many buckets as [`MAX_LOAD`] needs for the keys it must hold, not
+//! the next power of two: the home bucket is the hash's high bits scaled to the bucket count
+//! (multiply-shift), so any count works. With a power of two, a capacity just above one (a shard
+//! for 17M sessions) paid for a table twice as large as it needed, and the load factor, and with it
+//! the memory per session and the speed of a new session, depended on where the configured
+//! capacity fell between two powers.
 //!
 //! **Deferred inserts.** A new session's outside key (and a new mapping's) hashes a port that was
 //! only just chosen, so its bucket cannot have been prefetched with the lookups and inserting it at
@@ -20,6 +40,16 @@
 //! measured on the pipeline benchmark at 16M sessions (KVM guest), a prefetch issued in the middle
 //! of a new flow's slow path stalled it (a quarter of all samples sat on that one instruction),
 //! and moving them to the flush raised the new-session rate by 10-25 %, at 1M by about 7 %.
+//!
+//! Limitation: an overflow count saturates at 255 and then stays there (lookups through that
+//! bucket always continue to the next one). At the loads the table is sized for, no bucket comes
+//! near it.
+
+/// Highest load factor the table is sized for, as a fraction: a full table holds this many keys
+/// per entry. Fuller tables were measured (pipeline benchmark, 2026-12-06): at ⅝ the memory per
+/// session fell from 129 to 116 B all-in and at ¾ to 108 B, but new sessions at 1M fell by a fifth
+/// and by a third, as more buckets overflowed and more misses read a second line.
+pub const MAX_LOAD: (usize, usize) = (1, 2);
 
 /// Marks an unused entry.
 const EMPTY: u32 = u32::MAX;
@@ -34,12 +64,91 @@ pub const KIND_BITS: u32 = OUT_BIT | ADF_BIT;
 /// outside match (the client is outside).
 pub const XIN_BITS: u32 = OUT_BIT | ADF_BIT;
 
-/// One index entry.
+/// A queued insert: the whole hash and the slot.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 struct Entry {
     hash: u32,
     slot: u32,
+}
+
+/// The bits of a hash an entry keeps and compares: the low 24, the lowest forced to one so that
+/// a used entry's tag is never zero, the mark of an unused one. The home bucket comes from the
+/// high bits, so these are the ones that tell apart keys of one bucket.
+const TAG: u32 = 0x00ff_ffff;
+/// Where a bucket's overflow count sits in its first tag word.
+const OVERFLOW_SHIFT: u32 = 24;
+/// An overflow count that has reached this stays (see the module's limitation).
+const OVERFLOW_MAX: u32 = 0xff;
+
+/// Entries per bucket: a cache line's worth.
+const WIDTH: usize = 8;
+
+/// The tag `hash` has in the table.
+#[inline]
+fn tag_of(hash: u32) -> u32 {
+    (hash & TAG) | 1
+}
+
+/// A cache line of entries, tags and slots apart so that the eight tags compare as two vectors.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Bucket {
+    /// [`tag_of`] the key's hash, 0 if unused; the first word's top byte is the bucket's
+    /// overflow count, the others' is zero.
+    tags: [u32; WIDTH],
+    /// The slot number with its kind bits.
+    slots: [u32; WIDTH],
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+
+impl Bucket {
+    /// Bit `i` set when entry `i` holds a key with `hash`'s tag: eight compares, no branch.
+    #[inline]
+    fn hits(&self, hash: u32) -> u32 {
+        self.mask_of(tag_of(hash))
+    }
+
+    /// Bit `i` set when entry `i` is unused.
+    #[inline]
+    fn empties(&self) -> u32 {
+        self.mask_of(0)
+    }
+
+    /// Only the first tag word carries the overflow byte, so only it is masked: the compiler
+    /// turns the other seven compares into vector compares (two fewer instructions each).
+    #[inline]
+    fn mask_of(&self, tag: u32) -> u32 {
+        let mut m = ((self.tags[0] & TAG) == tag) as u32;
+        for i in 1..WIDTH {
+            m |= ((self.tags[i] == tag) as u32) << i;
+        }
+        m
+    }
+
+    /// Keys that passed this bucket full and live in a later one.
+    #[inline]
+    fn overflow(&self) -> u32 {
+        self.tags[0] >> OVERFLOW_SHIFT
+    }
+
+    fn set_overflow(&mut self, n: u32) {
+        self.tags[0] = (self.tags[0] & TAG) | (n << OVERFLOW_SHIFT);
+    }
+
+    /// Put a key in entry `i`, keeping the overflow byte.
+    #[inline]
+    fn put(&mut self, i: usize, hash: u32, slot: u32) {
+        self.tags[i] = (self.tags[i] & !TAG) | tag_of(hash);
+        self.slots[i] = slot;
+    }
+
+    /// Empty entry `i`, keeping the overflow byte.
+    fn clear(&mut self, i: usize) {
+        self.tags[i] &= !TAG;
+        self.slots[i] = EMPTY;
+    }
 }
 
 /// A [`crate::Prefetch`] implementation as a function pointer (the port allocator's, for a bitmap
@@ -58,12 +167,20 @@ const EMPTY_ENTRY: Entry = Entry {
     slot: EMPTY,
 };
 
+const EMPTY_BUCKET: Bucket = Bucket {
+    tags: [0; WIDTH],
+    slots: [EMPTY; WIDTH],
+};
+
+/// A position is a table entry (bucket `pos / WIDTH`, entry `pos % WIDTH`) below `entries`, and
+/// queue entry `pos - entries` from there.
 pub struct Index {
-    entries: Vec<Entry>,
-    mask: usize,
+    buckets: Vec<Bucket>,
+    /// Entries in the table: `buckets.len() * WIDTH`.
+    entries: usize,
     /// Keys held, the queued ones included.
     len: usize,
-    /// Inserts queued by [`Index::insert_later`]; lookups see them at positions `mask + 1 + j`.
+    /// Inserts queued by [`Index::insert_later`]; lookups see them at positions `entries + j`.
     deferred: [Entry; DEFERRED],
     n_deferred: usize,
     /// One bit per value of [`filter_bit`] among the queued hashes. A lookup whose bit is clear
@@ -76,16 +193,16 @@ pub struct Index {
 /// Words of [`Index::filter`]: 256 bits, so a full burst's 64 queued keys set about a fifth.
 const FILTER_WORDS: usize = 4;
 
-/// The filter bit of `hash`: its top eight bits. A lookup that reaches the queue and the queued
-/// entries have unrelated hashes, so any eight well-mixed bits would do.
+/// The filter bit of `hash`: its low eight bits. The home bucket comes from the high bits, so
+/// queued keys that share a bucket still spread over the filter.
 #[inline]
 fn filter_bit(hash: u32) -> (usize, u64) {
-    let b = hash >> 24;
+    let b = hash & 0xff;
     ((b >> 6) as usize, 1u64 << (b & 63))
 }
 
 impl Index {
-    /// An index that can hold `max_keys` keys at a load factor of at most 1/2.
+    /// An index that can hold `max_keys` keys at a load factor of at most [`MAX_LOAD`].
     pub fn with_capacity(max_keys: usize) -> Index {
         Index::with_capacity_advised(max_keys, None)
     }
@@ -93,22 +210,42 @@ impl Index {
     /// As [`Index::with_capacity`], passing the table's memory to `advise` before it is first
     /// written.
     pub fn with_capacity_advised(max_keys: usize, advise: Option<crate::MemAdvice>) -> Index {
-        let size = (max_keys.max(8) * 2).next_power_of_two();
-        let mut entries: Vec<Entry> = Vec::with_capacity(size);
+        let n = Index::buckets_for(max_keys);
+        let mut buckets: Vec<Bucket> = Vec::with_capacity(n);
         if let Some(advise) = advise {
-            advise(
-                entries.as_ptr() as usize,
-                size * std::mem::size_of::<Entry>(),
-            );
+            advise(buckets.as_ptr() as usize, n * std::mem::size_of::<Bucket>());
         }
-        entries.resize(size, EMPTY_ENTRY);
+        buckets.resize(n, EMPTY_BUCKET);
         Index {
-            entries,
-            mask: size - 1,
+            buckets,
+            entries: n * WIDTH,
             len: 0,
             deferred: [EMPTY_ENTRY; DEFERRED],
             n_deferred: 0,
             filter: [0; FILTER_WORDS],
+        }
+    }
+
+    /// Buckets a table for `max_keys` keys has: enough entries for [`MAX_LOAD`], and at least two
+    /// buckets.
+    fn buckets_for(max_keys: usize) -> usize {
+        let (num, den) = MAX_LOAD;
+        (max_keys.max(8) * den).div_ceil(num).div_ceil(WIDTH).max(2)
+    }
+
+    /// The home bucket of `hash`: its high bits scaled to the table (multiply-shift).
+    #[inline]
+    fn home(&self, hash: u32) -> usize {
+        ((hash as u64 * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    /// The bucket after `b`, wrapping.
+    #[inline]
+    fn succ(&self, b: usize) -> usize {
+        if b + 1 == self.buckets.len() {
+            0
+        } else {
+            b + 1
         }
     }
 
@@ -122,44 +259,73 @@ impl Index {
 
     /// Bytes of memory the index occupies.
     pub fn memory_bytes(&self) -> usize {
-        (self.entries.len() + DEFERRED) * std::mem::size_of::<Entry>()
+        self.buckets.len() * std::mem::size_of::<Bucket>() + DEFERRED * std::mem::size_of::<Entry>()
     }
 
-    /// The entry a lookup for `hash` starts at; prefetch it before probing.
+    /// The cache line a lookup for `hash` starts at; prefetch it before probing.
     #[inline]
     pub fn home_ref(&self, hash: u32) -> &impl Sized {
-        &self.entries[hash as usize & self.mask]
+        &self.buckets[self.home(hash)]
     }
 
-    /// First slot (with direction bit) whose hash matches, starting at the home entry; the caller checks the
-    /// real key and, on a false match, continues with [`Index::find_from`] at [`Index::next_pos`]
-    /// (or looks up again with [`Index::find`]).
-    #[inline]
+    /// First slot (with direction bit) whose hash matches, starting at the home bucket; the caller
+    /// checks the real key and, on a false match, continues with [`Index::find_from`] at
+    /// [`Index::next_pos`] (or looks up again with [`Index::find`]).
+    ///
+    /// The home bucket is tested here, inline in the burst pipeline: that is where nearly every
+    /// lookup ends. The rest (an overflowed bucket, a queue) is [`Index::find_from`]'s, out of line.
+    #[inline(always)]
     pub fn find_first(&self, hash: u32) -> Option<(usize, u32)> {
-        self.find_from(hash, hash as usize & self.mask)
+        let b = self.home(hash);
+        let bucket = &self.buckets[b];
+        let hits = bucket.hits(hash);
+        if hits != 0 {
+            let i = hits.trailing_zeros() as usize;
+            return Some((b * WIDTH + i, bucket.slots[i]));
+        }
+        if bucket.overflow() == 0 && self.n_deferred == 0 {
+            return None;
+        }
+        self.find_beyond(hash, b)
     }
 
-    /// Continue probing from position `pos` (inclusive): the table's probe run, then the queue of
-    /// deferred inserts.
+    /// [`Index::find_first`] after a miss in home bucket `b`.
+    #[inline(never)]
+    fn find_beyond(&self, hash: u32, b: usize) -> Option<(usize, u32)> {
+        if self.buckets[b].overflow() != 0 {
+            self.find_from(hash, self.succ(b) * WIDTH)
+        } else {
+            self.find_deferred(hash, 0)
+        }
+    }
+
+    /// Continue probing from position `pos` (inclusive): the rest of its bucket, the later buckets
+    /// while the overflow counts say keys went on, then the queue of deferred inserts.
     #[inline]
-    pub fn find_from(&self, hash: u32, mut pos: usize) -> Option<(usize, u32)> {
-        if pos <= self.mask {
-            loop {
-                let e = self.entries[pos];
-                if e.slot == EMPTY {
+    pub fn find_from(&self, hash: u32, pos: usize) -> Option<(usize, u32)> {
+        if pos < self.entries {
+            let mut b = pos / WIDTH;
+            let mut m = !0u32 << (pos % WIDTH);
+            // Bounded by the table, for a table in which every bucket has overflowed.
+            for _ in 0..self.buckets.len() {
+                let bucket = &self.buckets[b];
+                let hits = bucket.hits(hash) & m;
+                if hits != 0 {
+                    let i = hits.trailing_zeros() as usize;
+                    return Some((b * WIDTH + i, bucket.slots[i]));
+                }
+                if bucket.overflow() == 0 {
                     break;
                 }
-                if e.hash == hash {
-                    return Some((pos, e.slot));
-                }
-                pos = (pos + 1) & self.mask;
+                b = self.succ(b);
+                m = !0;
             }
             if self.n_deferred == 0 {
                 return None;
             }
-            pos = self.mask + 1;
+            return self.find_deferred(hash, 0);
         }
-        self.find_deferred(hash, pos - (self.mask + 1))
+        self.find_deferred(hash, pos - self.entries)
     }
 
     /// The first queued entry at or after queue position `from` whose hash matches. A queue is at
@@ -174,39 +340,45 @@ impl Index {
         let n = self.n_deferred;
         (from..n)
             .find(|&j| self.deferred[j].hash == hash)
-            .map(|j| (self.mask + 1 + j, self.deferred[j].slot))
+            .map(|j| (self.entries + j, self.deferred[j].slot))
     }
 
-    /// The position after `pos` in probe order (the table wraps; the queue follows it). A position
-    /// is only meaningful until the index next changes.
+    /// The position a lookup continues at after a false match at `pos`: the next entry, or, after
+    /// a bucket's last entry, the next bucket if keys overflowed it and the queue if not. A
+    /// position is only meaningful until the index next changes.
     #[inline]
     pub fn next_pos(&self, pos: usize) -> usize {
-        if pos < self.mask {
-            pos + 1
-        } else if pos == self.mask {
-            0
+        if pos >= self.entries || !(pos + 1).is_multiple_of(WIDTH) {
+            return pos + 1;
+        }
+        let b = pos / WIDTH;
+        if self.buckets[b].overflow() == 0 {
+            self.entries
         } else {
-            pos + 1
+            self.succ(b) * WIDTH
         }
     }
 
     /// Find the entry for `hash` whose slot satisfies `is_key` (the caller compares the real key).
     #[inline]
     pub fn find(&self, hash: u32, mut is_key: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
-        let mut pos = hash as usize & self.mask;
-        loop {
+        let mut pos = self.home(hash) * WIDTH;
+        // Each round moves past one matching entry; the bound only matters for a table in which
+        // every bucket has overflowed, where probing could otherwise circle.
+        for _ in 0..=self.entries + DEFERRED {
             let (p, slot) = self.find_from(hash, pos)?;
             if is_key(slot) {
                 return Some((p, slot));
             }
             pos = self.next_pos(p);
         }
+        None
     }
 
     /// Insert without a duplicate check: the caller has just missed on the same key.
     /// Returns false only if the table is completely full, which sizing prevents.
     pub fn insert(&mut self, hash: u32, slot: u32) -> bool {
-        if self.len >= self.mask {
+        if self.len + 1 >= self.entries {
             return false;
         }
         self.store(hash, slot);
@@ -218,7 +390,7 @@ impl Index {
     /// is full). Lookups find it meanwhile.
     #[inline]
     pub fn insert_later(&mut self, hash: u32, slot: u32) -> bool {
-        if self.len >= self.mask {
+        if self.len + 1 >= self.entries {
             return false;
         }
         if self.n_deferred == DEFERRED {
@@ -240,7 +412,7 @@ impl Index {
             return;
         }
         for e in &self.deferred[..self.n_deferred] {
-            P::prefetch(&self.entries[e.hash as usize & self.mask]);
+            P::prefetch(&self.buckets[self.home(e.hash)]);
         }
         for j in 0..self.n_deferred {
             let e = self.deferred[j];
@@ -250,50 +422,47 @@ impl Index {
         self.filter = [0; FILTER_WORDS];
     }
 
-    /// Put an entry in the first free position of its probe run (`len` is the caller's).
+    /// Put an entry in the first bucket with room from its home on, counting it in the overflow of
+    /// every full bucket it passes (`len` is the caller's, and leaves room somewhere).
     #[inline]
     fn store(&mut self, hash: u32, slot: u32) {
-        let mut pos = hash as usize & self.mask;
-        while self.entries[pos].slot != EMPTY {
-            pos = (pos + 1) & self.mask;
+        let mut b = self.home(hash);
+        loop {
+            let bucket = &mut self.buckets[b];
+            let empties = bucket.empties();
+            if empties != 0 {
+                bucket.put(empties.trailing_zeros() as usize, hash, slot);
+                return;
+            }
+            let n = bucket.overflow();
+            if n < OVERFLOW_MAX {
+                bucket.set_overflow(n + 1);
+            }
+            b = self.succ(b);
         }
-        self.entries[pos] = Entry { hash, slot };
     }
 
     /// Remove the entry for (`hash`, `slot`) if present.
     pub fn remove(&mut self, hash: u32, slot: u32) -> bool {
         // Positions are table positions only once the queue is stored.
         self.flush::<crate::NoPrefetch>();
-        match self.find(hash, |s| s == slot) {
-            Some((pos, _)) => {
-                self.remove_at(pos);
-                true
+        let Some((pos, _)) = self.find(hash, |s| s == slot) else {
+            return false;
+        };
+        let at = pos / WIDTH;
+        self.buckets[at].clear(pos % WIDTH);
+        // The buckets the key passed on its way no longer have it beyond them. (Each counted it
+        // when it was stored, so a count that has not saturated is at least one here.)
+        let mut b = self.home(hash);
+        while b != at {
+            let n = self.buckets[b].overflow();
+            if n < OVERFLOW_MAX {
+                self.buckets[b].set_overflow(n.saturating_sub(1));
             }
-            None => false,
+            b = self.succ(b);
         }
-    }
-
-    /// Backward-shift deletion: pull later entries of the same probe run back so no lookup ever needs a
-    /// tombstone to keep going.
-    fn remove_at(&mut self, mut hole: usize) {
-        let mut pos = (hole + 1) & self.mask;
-        loop {
-            let e = self.entries[pos];
-            if e.slot == EMPTY {
-                break;
-            }
-            let home = e.hash as usize & self.mask;
-            // Move e into the hole if its home is not cyclically within (hole, pos].
-            let dist_home = pos.wrapping_sub(home) & self.mask;
-            let dist_hole = pos.wrapping_sub(hole) & self.mask;
-            if dist_home >= dist_hole {
-                self.entries[hole] = e;
-                hole = pos;
-            }
-            pos = (pos + 1) & self.mask;
-        }
-        self.entries[hole] = EMPTY_ENTRY;
         self.len -= 1;
+        true
     }
 }
 
@@ -313,11 +482,38 @@ mod tests {
         }
     }
 
+    impl Index {
+        /// A hash whose home is bucket `b` and whose low byte (its queue-filter bit and part of its
+        /// tag) is `low`.
+        fn hash_at(&self, b: usize, low: u8) -> u32 {
+            let n = self.buckets.len() as u64;
+            let base = ((b as u64) << 32).div_ceil(n);
+            let mut h = (base & !0xff) | low as u64;
+            if h < base {
+                h += 0x100;
+            }
+            let h = h as u32;
+            assert_eq!(self.home(h), b, "test hash for bucket {b}");
+            h
+        }
+
+        /// Nothing stored and no overflow count left anywhere.
+        fn is_clean(&self) -> bool {
+            self.buckets.iter().all(|b| {
+                b.empties() == 0xff
+                    && b.tags.iter().all(|&t| t == 0)
+                    && b.slots.iter().all(|&s| s == EMPTY)
+            })
+        }
+    }
+
     #[test]
     fn matches_a_hashmap_under_heavy_churn() {
-        // Small table, deliberately colliding hashes (only 6 distinct low bits) to exercise long runs,
-        // wrap-around and backward shifts.
+        // Small table, deliberately colliding hashes (eight distinct homes, the last one the
+        // table's last bucket, and few distinct tags) so that buckets overflow far, runs wrap
+        // around and lookups meet false tag matches.
         let mut idx = Index::with_capacity(256);
+        let n = idx.buckets.len();
         let mut model: HashMap<u32, u32> = HashMap::new(); // slot -> hash
         let mut rng = Rng(0x9e37_79b9);
         for round in 0..200_000u32 {
@@ -325,7 +521,8 @@ mod tests {
             if let Some(h) = model.remove(&slot) {
                 assert!(idx.remove(h, slot), "round {round}: slot {slot} missing");
             } else if model.len() < 256 {
-                let h = (rng.next() as u32 & 0xffff_ff3f) | 0x3f;
+                let home = (rng.next() % 8) as usize * (n / 8) + n / 8 - 1;
+                let h = idx.hash_at(home, (rng.next() % 4) as u8);
                 assert!(idx.insert(h, slot));
                 model.insert(slot, h);
             }
@@ -340,20 +537,21 @@ mod tests {
             assert!(idx.remove(h, s));
         }
         assert!(idx.is_empty());
-        assert!(
-            idx.entries.iter().all(|e| e.slot == EMPTY),
-            "no residue after removing everything"
-        );
+        assert!(idx.is_clean(), "no residue after removing everything");
     }
 
     #[test]
     fn deferred_inserts_behave_like_stored_ones() {
         // Churn against a model with most inserts deferred and removals rare, so the queue often
         // fills (and is stored because it is full) and otherwise is stored at random moments. The
-        // hashes are 24 values whose homes straddle the end of the table: long runs that wrap to
-        // position 0, and many keys sharing a hash, some stored and some queued, so lookups must
-        // continue past false matches in the table and in the queue.
-        let mut idx = Index::with_capacity(256); // 512 entries
+        // hashes are 24 values homed in the table's last two buckets: 200 keys overflow them and
+        // wrap to the first buckets, and many keys share a hash, some stored and some queued, so
+        // lookups must continue past false matches in the table and in the queue.
+        let mut idx = Index::with_capacity(256);
+        let n = idx.buckets.len();
+        let hashes: Vec<u32> = (0..24u32)
+            .map(|d| idx.hash_at(n - 2 + (d % 2) as usize, (d * 11) as u8))
+            .collect();
         let mut model: HashMap<u32, u32> = HashMap::new(); // slot -> hash
         let mut rng = Rng(0x5eed_1234);
         let mut full_flushes = 0;
@@ -382,9 +580,7 @@ mod tests {
                     assert_eq!(idx.n_deferred, 0, "a removal stores the queue first");
                 }
             } else if model.len() < 200 {
-                // Three values of the top byte: the queue filter lets some lookups skip the
-                // queue and sends others through it.
-                let h = (0x1f8 + rng.next() % 24) as u32 | ((rng.next() % 3) as u32) << 24;
+                let h = hashes[(rng.next() % 24) as usize];
                 let ok = if r & 0x3000 != 0 {
                     if idx.n_deferred == DEFERRED {
                         full_flushes += 1;
@@ -406,8 +602,8 @@ mod tests {
                         idx.n_deferred
                     );
                 }
-                // A key that is not there is not found, however long the runs.
-                assert_eq!(idx.find(0x1f8, |x| x == 999), None);
+                // A key that is not there is not found, however far the buckets overflowed.
+                assert_eq!(idx.find(hashes[0], |x| x == 999), None);
             }
             if r & 0xfff_0000 == 0 {
                 idx.flush::<crate::NoPrefetch>();
@@ -419,19 +615,20 @@ mod tests {
             assert!(idx.remove(h, s));
         }
         assert!(idx.is_empty());
-        assert!(idx.entries.iter().all(|e| e.slot == EMPTY));
+        assert!(idx.is_clean());
     }
 
     #[test]
     fn a_full_queue_is_stored_and_the_table_never_overfills() {
-        let mut idx = Index::with_capacity(100); // 256 entries: room for 255 keys
-        for s in 0..255u32 {
+        let mut idx = Index::with_capacity(100);
+        let room = idx.entries as u32 - 1;
+        for s in 0..room {
             assert!(idx.insert_later(s.wrapping_mul(0x9e37_79b9), s));
             assert!(idx.n_deferred <= DEFERRED);
         }
         assert!(!idx.insert_later(7, 999), "no room is refused, not queued");
         assert!(!idx.insert(7, 999));
-        for s in 0..255u32 {
+        for s in 0..room {
             assert_eq!(
                 idx.find(s.wrapping_mul(0x9e37_79b9), |x| x == s)
                     .map(|x| x.1),
@@ -439,20 +636,53 @@ mod tests {
             );
         }
         idx.flush::<crate::NoPrefetch>();
-        assert_eq!(idx.len(), 255);
+        assert_eq!(idx.len(), room as usize);
+        assert_eq!(
+            idx.find(7, |_| true),
+            None,
+            "a full table still answers a miss"
+        );
+    }
+
+    #[test]
+    fn a_lookup_ends_when_every_bucket_has_overflowed() {
+        // Two buckets, each of which a key passed full (the first's count from a key homed in it,
+        // the second's from one that wrapped around to the first), each with a free entry again
+        // afterwards: the overflow counts alone would send a miss round in circles.
+        let mut idx = Index::with_capacity(8);
+        assert_eq!(idx.buckets.len(), 2);
+        let h0: Vec<u32> = (0..9).map(|i| idx.hash_at(0, 0x10 + i)).collect();
+        let h1: Vec<u32> = (0..8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
+        let mut keys: Vec<(u32, u32)> = (0..9).map(|i| (h0[i], i as u32)).collect(); // 8 fill bucket 0
+        keys.extend((0..6).map(|i| (h1[i], 100 + i as u32))); // bucket 1: the ninth above and these 6
+        for &(h, s) in &keys {
+            assert!(idx.insert(h, s));
+        }
+        assert!(idx.remove(keys[0].0, keys[0].1));
+        assert!(idx.insert(h1[6], 106), "bucket 1's last entry");
+        assert!(idx.remove(keys[1].0, keys[1].1));
+        assert!(
+            idx.insert(h1[7], 107),
+            "passes bucket 1 full, wraps to bucket 0"
+        );
+        assert!(idx.buckets.iter().all(|b| b.overflow() > 0));
+        assert_eq!(idx.find(idx.hash_at(0, 0xee), |_| true), None);
+        assert_eq!(idx.find(h1[6], |s| s == 999), None);
+        for &(h, s) in keys[2..].iter().chain(&[(h1[6], 106), (h1[7], 107)]) {
+            assert_eq!(idx.find(h, |x| x == s).map(|x| x.1), Some(s));
+        }
     }
 
     #[test]
     fn the_queue_filter_never_hides_a_queued_key() {
         let mut idx = Index::with_capacity(1024);
-        // Stored keys, then queued ones whose top bytes fall in all four filter words, and whose
-        // low bits (their table runs) are those of stored keys; the first has a stored key's
-        // whole hash.
+        // Stored keys, then queued ones whose low bytes fall in all four filter words, and whose
+        // homes are those of stored keys; the first has a stored key's whole hash.
         for s in 0..100u32 {
-            assert!(idx.insert(s * 7, s));
+            assert!(idx.insert(idx.hash_at((s % 10) as usize, (s * 7) as u8), s));
         }
         let queued: Vec<(u32, u32)> = (0..DEFERRED as u32)
-            .map(|j| (((j * 4) << 24) | ((j % 10) * 7), 1000 + j))
+            .map(|j| (idx.hash_at((j % 10) as usize, (j * 4) as u8), 1000 + j))
             .collect();
         for &(h, s) in &queued {
             assert!(idx.insert_later(h, s));
@@ -461,11 +691,14 @@ mod tests {
             assert_eq!(idx.find(h, |x| x == s).map(|x| x.1), Some(s), "{h:#x}");
         }
         for s in 0..100u32 {
-            assert_eq!(idx.find(s * 7, |x| x == s).map(|x| x.1), Some(s));
+            let h = idx.hash_at((s % 10) as usize, (s * 7) as u8);
+            assert_eq!(idx.find(h, |x| x == s).map(|x| x.1), Some(s));
         }
-        // Absent hashes: with a filter bit no queued key has, and with one that some have.
-        assert_eq!(idx.find(0x0100_0003, |_| true), None);
-        assert_eq!(idx.find(0x0400_0003, |_| true), None);
+        // Absent hashes, with a filter bit no queued key has and with one that some have: no
+        // queued key answers them. (Stored keys may: the buckets overflowed into one another, and
+        // their tags repeat.)
+        assert_eq!(idx.find(idx.hash_at(3, 3), |s| s >= 1000), None);
+        assert_eq!(idx.find(idx.hash_at(5, 4), |s| s >= 1000), None);
         idx.flush::<crate::NoPrefetch>();
         assert_eq!(
             idx.filter, [0; FILTER_WORDS],
@@ -486,13 +719,30 @@ mod tests {
             Some(2 | OUT_BIT)
         );
         assert_eq!(idx.find(42, |s| s == 3), None);
-        assert_eq!(idx.find(43, |_| true), None);
+        assert_eq!(idx.find(44, |_| true), None);
     }
 
     #[test]
-    fn sized_for_half_load() {
+    fn sized_for_the_load_factor_not_the_next_power_of_two() {
+        let (num, den) = MAX_LOAD;
+        for keys in [1000, 1 << 20, (1 << 20) + 1, 17_000_000] {
+            let n = Index::buckets_for(keys);
+            let need = keys * den / num;
+            assert!(n * WIDTH >= need, "{keys} keys: {n} buckets");
+            assert!(
+                n * WIDTH < need + WIDTH,
+                "{keys} keys: {n} buckets, no more than needed"
+            );
+        }
         let idx = Index::with_capacity(1000);
-        assert_eq!(idx.entries.len(), 2048);
-        assert_eq!(idx.memory_bytes(), (2048 + DEFERRED) * 8);
+        assert_eq!(
+            idx.memory_bytes(),
+            Index::buckets_for(1000) * 64 + DEFERRED * 8
+        );
+        assert_eq!(
+            idx.buckets.as_ptr() as usize % 64,
+            0,
+            "buckets start on a cache line"
+        );
     }
 }

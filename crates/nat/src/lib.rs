@@ -68,8 +68,9 @@
 //! Per session: a 32-byte record plus two 8-byte index entries at a load of at most ½ (three with
 //! address-dependent filtering) = **64 B** (96 B). Per mapping: a 24-byte record, two index entries
 //! (32 B) and an 8-byte hold-down FIFO slot = **64 B**. Per subscriber: 28 B (aligned to 32) plus one
-//! index entry (16 B) = **48 B**, plus 2 B × the largest `max_blocks` of any port-block pool. Indexes round up to a
-//! power of two, so these are lower bounds (at most twice that for the index part). Tables are sized
+//! index entry (16 B) = **48 B**, plus 2 B × the largest `max_blocks` of any port-block pool. Indexes are
+//! sized for their capacity exactly (to within one 64-byte bucket), not rounded up to a power of
+//! two, so these figures hold for any configured capacity. Tables are sized
 //! for `max_sessions`, `max_mappings` and `max_subscribers` (both default to `max_sessions`), so the
 //! default worst case is 176 B per session of capacity; set the other two lower when the number of
 //! subscribers or the sessions per mapping are known (with port blocks, `max_subscribers` matters

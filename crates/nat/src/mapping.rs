@@ -210,7 +210,7 @@ impl MapTable {
         &self.slots[slot as usize]
     }
 
-    /// The index entry a lookup for `hash` starts at; prefetch it before looking up.
+    /// The index bucket (one cache line) a lookup for `hash` starts at; prefetch it before looking up.
     #[inline]
     pub fn home_ref(&self, hash: u32) -> &impl Sized {
         self.index.home_ref(hash)

@@ -124,7 +124,7 @@ impl SubTable {
         &mut self.slots[slot as usize]
     }
 
-    /// The index entry a lookup of `hash` reads first (for a prefetch).
+    /// The index bucket (one cache line) a lookup of `hash` reads first, for a prefetch.
     #[inline]
     pub fn home_ref(&self, hash: u32) -> &impl Sized {
         self.index.home_ref(hash)
