@@ -39,6 +39,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--pipeline", required=True)
+    ap.add_argument("--pipeline-shared", help="cgnat-bench --remotes output (sessions sharing mappings)")
     ap.add_argument("--mode", required=True)
     ap.add_argument("--huge-reserved", type=int, required=True)
     ap.add_argument("--five-l2", type=float, required=True)
@@ -210,6 +211,30 @@ def main():
         w(f"| {size_name(n)} | {p['session_table']:.1f} B | {p['mappings']:.1f} B | {p['subscribers']:.2f} B "
           f"| {p['port_maps']:.2f} B | {p['events']:.2f} B | **{p['all_in']:.1f} B** | {p['rss_growth']:.1f} B |")
     w("")
+    if a.pipeline_shared:
+        shared_doc = json.load(open(a.pipeline_shared))
+        remotes = shared_doc["config"]["remotes"]
+        w(f"### Sessions sharing a mapping ({remotes} per inside endpoint)")
+        w("")
+        w(f"The same benchmark (`--remotes {remotes}`), but each inside endpoint talks to {remotes} servers, so")
+        w(f"a mapping carries {remotes} sessions; above, every flow has a mapping of its own. `max_mappings`")
+        w("is sized for the endpoints, as an operator who knows the ratio would set it. Most new sessions")
+        w(f"here ({remotes - 1} in {remotes}) are further sessions of a mapping that exists: no port choice and no")
+        w("mapping insert. The 1:1 figures of the same size from the tables above are in the last column.")
+        w("")
+        w("| sessions | mappings | in2out Mpps | out2in Mpps | new sessions/s | all-in per session | 1:1: in2out, new, all-in |")
+        w("|---:|---:|---:|---:|---:|---:|---:|")
+        for r in sorted(shared_doc["pipeline"], key=lambda r: r["sessions"]):
+            n, e, ns = r["sessions"], r["established"], r["new_sessions"]
+            one = pipe.get(n)
+            base = "-"
+            if one:
+                base = (f"{one['established']['in2out_mpps']:.2f} Mpps, "
+                        f"{one['new_sessions']['sessions_per_s'] / 1e6:.2f} M/s, "
+                        f"{one['established']['memory']['per_session']['all_in']:.1f} B")
+            w(f"| {size_name(n)} | {e['memory']['mappings']} | {e['in2out_mpps']:.2f} | {e['out2in_mpps']:.2f} "
+              f"| {ns['sessions_per_s'] / 1e6:.2f} M | {e['memory']['per_session']['all_in']:.1f} B | {base} |")
+        w("")
 
     w("## References and system benchmark (same run)")
     w("")

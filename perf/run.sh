@@ -4,14 +4,16 @@
 #   1. reference:  dpdk-testpmd 5tswap forwarding on two net_null ports (no state), before and after
 #                  the pipeline benchmark;
 #   2. pipeline:   cgnat-bench, the NAT core (nat::Shard::process) on one CPU over 1K..16M sessions,
-#                  after its probe of the machine's memory;
+#                  after its probe of the machine's memory; then again at 1M and 16M with 16
+#                  sessions per mapping (each inside endpoint talking to 16 servers);
 #   3. system:     a dpdk-testpmd generator --memif--> cgnatd (1 worker) --> net_null sink, and the
 #                  same with dpdk-testpmd io-forward in cgnatd's place; each with two generators, a
 #                  replay of subscriber UDP (perf/mkpcap.py) and testpmd's own flowgen (one
 #                  subscriber; it builds its frames). Three interleaved rounds.
 #
 # Environment: BENCH_SIZES (1K,64K,1M,16M), BENCH_SECONDS per established-rate sample (1),
-# BENCH_REPEAT samples per pipeline figure (3), BENCH_WINDOW seconds per system measurement (4),
+# BENCH_REPEAT samples per pipeline figure (3), BENCH_SHARED_SIZES for the shared-mapping
+# pipeline run (1M,16M; empty skips it), BENCH_WINDOW seconds per system measurement (4),
 # BENCH_ROUNDS of the system benchmark (3), BENCH_CPU for the pipeline and the 5tswap forwarding
 # lcore (1), BENCH_HUGEPAGES: number of 2 MiB hugepages to reserve for this run only, 0 for none;
 # default "auto" reserves what is missing for 2.5 GiB when at least 6.5 GiB of memory is available
@@ -25,6 +27,7 @@ cd "$(dirname "$0")/.."
 OUT=perf/out
 RUN=/run/cgnat-bench
 SIZES=${BENCH_SIZES:-1K,64K,1M,16M}
+SHARED_SIZES=${BENCH_SHARED_SIZES-1M,16M}
 SECS=${BENCH_SECONDS:-1}
 REPEAT=${BENCH_REPEAT:-3}
 WINDOW=${BENCH_WINDOW:-4}
@@ -208,6 +211,13 @@ quiet pipeline
 echo "bench: pipeline on CPU $CPU ($SIZES)"
 logged taskset -c "$CPU" target/release/cgnat-bench --sizes "$SIZES" --seconds "$SECS" \
     --repeat "$REPEAT" --no-prefetch-too --memory-probe >"$OUT/pipeline.json"
+SHARED_ARGS=()
+if [ -n "$SHARED_SIZES" ]; then
+    echo "bench: pipeline with 16 sessions per mapping ($SHARED_SIZES)"
+    logged taskset -c "$CPU" target/release/cgnat-bench --sizes "$SHARED_SIZES" --seconds "$SECS" \
+        --repeat "$REPEAT" --remotes 16 >"$OUT/pipeline-shared.json"
+    SHARED_ARGS=(--pipeline-shared "$OUT/pipeline-shared.json")
+fi
 
 echo "bench: testpmd 5tswap on net_null, again"
 FIVE_L4_AFTER=$(fivetswap l4 l4-after)
@@ -327,7 +337,7 @@ for r in $(seq "$ROUNDS"); do
     system_io "$r" flowgen_generator
 done
 
-"$PY" perf/report.py --out perf/RESULTS.md --pipeline "$OUT/pipeline.json" --mode "$MODE" \
+"$PY" perf/report.py --out perf/RESULTS.md --pipeline "$OUT/pipeline.json" "${SHARED_ARGS[@]}" --mode "$MODE" \
     --huge-reserved "$HUGE_RESERVE" --five-l2 "$FIVE_L2" --five-l4 "$FIVE_L4_BEFORE" "$FIVE_L4_AFTER" \
     --five-l4-nohuge "$FIVE_L4_NOHUGE" --system "$OUT/system.txt" --flows "$FLOWS" --subscribers $SUBS \
     --stats "$OUT/stats-cgnatd-pcap-$ROUNDS-b.json" "$OUT/stats-cgnatd-flowgen-$ROUNDS-b.json" --commands "$CMDS" --cpu "$CPU" --load "$OUT/load.txt"

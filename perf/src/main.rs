@@ -13,6 +13,8 @@
 //!   order), each chunk timed: the table holds 100 % to 112.5 % of the stated size meanwhile;
 //! * **memory per session**: `Shard::memory()` of the first shard (sized for exactly N) divided by N,
 //!   all tables included, and the growth of the process RSS while it was built and filled;
+//! * with `--remotes R`, all of the above with each inside endpoint talking to R servers, so that a
+//!   mapping carries R sessions (by default every flow is a mapping of its own);
 //! * with `--memory-probe`, first, **the machine's memory**: random 64-byte reads in buffers of about
 //!   the tables' size at each scale, one after another (latency) and in prefetched bursts of 32
 //!   (what the memory system delivers to a burst pipeline), so the NAT's figures can be read
@@ -80,9 +82,14 @@ struct Cli {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Flows (source ports) per subscriber address.
+    /// Flows (sessions) per subscriber address.
     #[arg(long, default_value_t = 256)]
     flows_per_subscriber: u32,
+    /// Remote endpoints per inside endpoint: each of a subscriber's source ports talks to this
+    /// many servers, so that every mapping carries this many sessions. 1 (the default) makes
+    /// every flow a mapping of its own, the case the goals are stated for.
+    #[arg(long, default_value_t = 1)]
+    remotes: u32,
     /// Also measure with `nat::NoPrefetch`, to show what the pipeline's prefetching buys.
     #[arg(long)]
     no_prefetch_too: bool,
@@ -189,25 +196,55 @@ fn write_udp(buf: &mut [u8], src: u32, sport: u16, dst: u32, dport: u16) {
     u.set_checksum(0);
 }
 
-/// The workload: flow `i` of a range is subscriber `base + i / per_sub`, source port
-/// `FIRST_PORT + i % per_sub`, to SERVER:SERVER_PORT.
+/// The workload: flow `i` of a range is subscriber `base + i / per_sub`; its `k = i % per_sub`-th
+/// flow goes from source port `FIRST_PORT + k / remotes` to server `SERVER + k % remotes`, port
+/// SERVER_PORT. So a subscriber has `per_sub / remotes` inside endpoints (mappings), each with
+/// `remotes` sessions.
 #[derive(Clone, Copy)]
 struct Flows {
     base: u32,
     per_sub: u32,
+    remotes: u32,
 }
 
 impl Flows {
+    fn new(base: u32, cli: &Cli) -> Flows {
+        Flows {
+            base,
+            per_sub: cli.flows_per_subscriber,
+            remotes: cli.remotes,
+        }
+    }
+
     #[inline]
     fn inside(&self, i: u32) -> (u32, u16) {
         (
             self.base + i / self.per_sub,
-            FIRST_PORT + (i % self.per_sub) as u16,
+            FIRST_PORT + (i % self.per_sub / self.remotes) as u16,
         )
+    }
+
+    #[inline]
+    fn remote(&self, i: u32) -> u32 {
+        SERVER + i % self.per_sub % self.remotes
+    }
+
+    /// The flow with this inside endpoint and server, if it is one of the range's.
+    fn index(&self, addr: u32, port: u16, server: u32) -> Option<u32> {
+        let sub = addr.checked_sub(self.base)?;
+        let ep = u32::from(port.checked_sub(FIRST_PORT)?);
+        let r = server.checked_sub(SERVER)?;
+        (ep < self.per_sub / self.remotes && r < self.remotes)
+            .then(|| sub * self.per_sub + ep * self.remotes + r)
     }
 
     fn subscribers(&self, n: u32) -> u32 {
         n.div_ceil(self.per_sub)
+    }
+
+    /// Inside endpoints (mappings) of the range's first `n` flows.
+    fn mappings(&self, n: u32) -> u32 {
+        n.div_ceil(self.remotes)
     }
 }
 
@@ -243,10 +280,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A shard for `capacity` flows of `subscribers` subscribers, its pool large enough that every
-/// address stays about half used at capacity (so port allocation never runs dry and rarely retries),
-/// with one mapping per flow (each flow is a new inside endpoint).
-fn shard(capacity: u32, subscribers: u32, thp: bool) -> Result<Shard> {
+/// A shard for `capacity` flows of `subscribers` subscribers and `mappings` inside endpoints (as
+/// an operator who knows the ratio sets `max_mappings`), its pool large enough that every address
+/// stays about half used at capacity (so port allocation never runs dry and rarely retries).
+fn shard(capacity: u32, subscribers: u32, mappings: u32, thp: bool) -> Result<Shard> {
     let addrs = (capacity as u64 * 2).div_ceil(PORTS_PER_ADDR).max(4) as u32;
     let pool = Pool::new(
         "bench",
@@ -265,7 +302,7 @@ fn shard(capacity: u32, subscribers: u32, thp: bool) -> Result<Shard> {
     )?;
     let cfg = ShardConfig {
         max_sessions: capacity,
-        max_mappings: capacity,
+        max_mappings: mappings,
         // Paired pooling may move a subscriber whose address is full; a little slack for that.
         max_subscribers: subscribers + subscribers / 8 + 16,
         seed: 0x5eed_1234_abcd_ef01,
@@ -372,7 +409,7 @@ fn create<P: Prefetch>(
         bufs.0.truncate(chunk.len());
         for (j, &f) in chunk.iter().enumerate() {
             let (s, p) = flows.inside(f);
-            write_udp(&mut bufs.0[j], s, p, SERVER, SERVER_PORT);
+            write_udp(&mut bufs.0[j], s, p, flows.remote(f), SERVER_PORT);
         }
         let t = Instant::now();
         sh.process::<_, P>(Dir::In2Out, bufs, &mut verdicts[..chunk.len()], 0);
@@ -395,13 +432,13 @@ fn create<P: Prefetch>(
 }
 
 /// Packets per second over `secs`, visiting `seq` (one tuple per packet, in order, wrapping):
-/// in2out packets come from the tuple to the server, out2in packets from the server to the tuple.
-/// With `nat == false` only the packet writing runs.
+/// in2out packets come from the tuple's endpoint to its server, out2in packets from the server to
+/// the endpoint. With `nat == false` only the packet writing runs.
 fn established<P: Prefetch>(
     sh: &mut Shard,
     bufs: &mut Bufs,
     dir: Dir,
-    seq: &[(u32, u16)],
+    seq: &[(u32, u16, u32)],
     secs: f64,
     nat: bool,
 ) -> Result<f64> {
@@ -415,14 +452,14 @@ fn established<P: Prefetch>(
         // 256 bursts between clock reads.
         for _ in 0..256 {
             for buf in bufs.0.iter_mut() {
-                let (a, p) = seq[pos];
+                let (a, p, server) = seq[pos];
                 pos += 1;
                 if pos == seq.len() {
                     pos = 0;
                 }
                 match dir {
-                    Dir::In2Out => write_udp(buf, a, p, SERVER, SERVER_PORT),
-                    Dir::Out2In => write_udp(buf, SERVER, SERVER_PORT, a, p),
+                    Dir::In2Out => write_udp(buf, a, p, server, SERVER_PORT),
+                    Dir::Out2In => write_udp(buf, server, SERVER_PORT, a, p),
                 }
             }
             if nat {
@@ -446,12 +483,9 @@ fn established<P: Prefetch>(
 
 /// Established-flow rates and memory for a table of exactly `n` flows.
 fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
-    let flows = Flows {
-        base: BASE_FILL,
-        per_sub: cli.flows_per_subscriber,
-    };
+    let flows = Flows::new(BASE_FILL, cli);
     let rss0 = rss_bytes();
-    let mut sh = shard(n, flows.subscribers(n), !cli.no_thp)?;
+    let mut sh = shard(n, flows.subscribers(n), flows.mappings(n), !cli.no_thp)?;
     let mut bufs = Bufs::new(BURST);
     let all: Vec<u32> = (0..n).collect();
     let t = Instant::now();
@@ -462,12 +496,12 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
     let mem = sh.memory();
 
     // Per-direction tuples in visiting order. The outside tuple of each flow comes from its session.
-    let mut outside = vec![(0u32, 0u16); n as usize];
+    let mut outside = vec![(0u32, 0u16, 0u32); n as usize];
     let mut seen = 0u32;
     for s in sh.sessions() {
-        let i = (s.in_addr - flows.base) * flows.per_sub + u32::from(s.in_port - FIRST_PORT);
-        if let Some(slot) = outside.get_mut(i as usize) {
-            *slot = (s.out_addr, s.out_port);
+        let i = flows.index(s.in_addr, s.in_port, s.rem_addr);
+        if let Some(slot) = i.and_then(|i| outside.get_mut(i as usize)) {
+            *slot = (s.out_addr, s.out_port, s.rem_addr);
             seen += 1;
         }
     }
@@ -475,8 +509,14 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
         bail!("{seen} sessions found after filling {n}");
     }
     let order = permutation(n, 0x9E37_79B9_7F4A_7C15);
-    let seq_in: Vec<(u32, u16)> = order.iter().map(|&f| flows.inside(f)).collect();
-    let seq_out: Vec<(u32, u16)> = order.iter().map(|&f| outside[f as usize]).collect();
+    let seq_in: Vec<(u32, u16, u32)> = order
+        .iter()
+        .map(|&f| {
+            let (a, p) = flows.inside(f);
+            (a, p, flows.remote(f))
+        })
+        .collect();
+    let seq_out: Vec<(u32, u16, u32)> = order.iter().map(|&f| outside[f as usize]).collect();
     drop((order, outside));
 
     let mut fig = |dir: Dir, nat: bool, prefetch: bool| -> Result<f64> {
@@ -552,20 +592,15 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
 fn measure_new(cli: &Cli, n: u32) -> Result<Value> {
     let extra = (n / 8).max(1024);
     let chunk = extra / CHUNKS;
-    let old = Flows {
-        base: BASE_FILL,
-        per_sub: cli.flows_per_subscriber,
-    };
-    let new = Flows {
-        base: BASE_NEW,
-        per_sub: cli.flows_per_subscriber,
-    };
+    let old = Flows::new(BASE_FILL, cli);
+    let new = Flows::new(BASE_NEW, cli);
     let fills = if n <= 1 << 20 { cli.repeat.max(1) } else { 1 };
     let mut rates = Vec::new();
     for _ in 0..fills {
         let mut sh = shard(
             n + extra,
             old.subscribers(n) + new.subscribers(extra),
+            old.mappings(n) + new.mappings(extra),
             !cli.no_thp,
         )?;
         let mut bufs = Bufs::new(BURST);
@@ -613,6 +648,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.flows_per_subscriber == 0 || cli.flows_per_subscriber > 4096 {
         bail!("--flows-per-subscriber must be 1 .. 4096 (the default per-subscriber port limit)");
+    }
+    // Servers are SERVER + 0 .. remotes - 1, within one /24.
+    if !(1..=128).contains(&cli.remotes) || cli.flows_per_subscriber % cli.remotes != 0 {
+        bail!(
+            "--remotes must be 1 .. 128 and divide --flows-per-subscriber ({})",
+            cli.flows_per_subscriber
+        );
     }
     let mut sizes = Vec::new();
     for s in &cli.sizes {
@@ -664,7 +706,8 @@ fn main() -> Result<()> {
             "memory_probe": probe,
             "config": {
                 "burst": BURST, "frame_bytes": FRAME + 4, "buffer_bytes": BUF, "l3_offset": L3,
-                "flows_per_subscriber": cli.flows_per_subscriber, "seconds": cli.seconds,
+                "flows_per_subscriber": cli.flows_per_subscriber, "remotes": cli.remotes,
+                "seconds": cli.seconds,
                 "repeat": cli.repeat, "thp_requested": !cli.no_thp, "thp_sysfs": thp,
                 "new_session_chunks": CHUNKS,
             },
@@ -746,12 +789,40 @@ mod tests {
     }
 
     #[test]
+    fn many_remotes_share_their_endpoints_mappings() {
+        let cli = Cli::parse_from([
+            "cgnat-bench",
+            "--seconds",
+            "0.01",
+            "--repeat",
+            "1",
+            "--remotes",
+            "16",
+        ]);
+        let flows = Flows::new(BASE_FILL, &cli);
+        // Every flow is a distinct (endpoint, server) pair, and index() inverts the numbering.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..4096 {
+            let (a, p) = flows.inside(i);
+            assert!(seen.insert((a, p, flows.remote(i))));
+            assert_eq!(flows.index(a, p, flows.remote(i)), Some(i));
+        }
+        let est = measure_established(&cli, 2048).unwrap();
+        assert!(est["in2out_mpps"].as_f64().unwrap() > 0.0);
+        assert!(est["out2in_mpps"].as_f64().unwrap() > 0.0);
+        assert_eq!(est["memory"]["mappings"].as_u64().unwrap(), 2048 / 16);
+        let new = measure_new(&cli, 2048).unwrap();
+        assert!(new["sessions_per_s"].as_f64().unwrap() > 0.0);
+    }
+
+    #[test]
     fn translated_packet_is_valid_and_comes_back() {
         let flows = Flows {
             base: BASE_FILL,
             per_sub: 4,
+            remotes: 1,
         };
-        let mut sh = shard(64, 16, false).unwrap();
+        let mut sh = shard(64, 16, 64, false).unwrap();
         let mut bufs = Bufs::new(BURST);
         create::<NoPrefetch>(&mut sh, &mut bufs, flows, &[5]).unwrap();
         let s = *sh.sessions().next().unwrap();
