@@ -2,7 +2,8 @@
 //!
 //! Each session has two entries (its inside and its outside key), both in this one table, and a third
 //! (its remote address with its outside endpoint) when its pool filters by address. An entry is 8 bytes:
-//! 23 bits of the hash (the tag) and the slot number with the key kind in the top two bits. Mappings
+//! the low 24 bits of the hash, the lowest forced to one (the tag), and the slot number with the
+//! key kind in the top two bits. Mappings
 //! and subscribers use their own instances.
 //!
 //! **Buckets of one cache line.** The table is an array of 64-byte buckets of eight entries, each
@@ -23,7 +24,7 @@
 //!
 //! **Sizing.** The table has as many buckets as [`MAX_LOAD`] needs for the keys it must hold, not
 //! the next power of two: the home bucket is the hash's high bits scaled to the bucket count
-//! (multiply-shift), so any count works. With a power of two, a capacity just above one (a shard
+//! (multiply-shift), so any count works. With a power of two, a capacity just above a power (a shard
 //! for 17M sessions) paid for a table twice as large as it needed, and the load factor, and with it
 //! the memory per session and the speed of a new session, depended on where the configured
 //! capacity fell between two powers.
@@ -268,12 +269,13 @@ impl Index {
         &self.buckets[self.home(hash)]
     }
 
-    /// First slot (with direction bit) whose hash matches, starting at the home bucket; the caller
-    /// checks the real key and, on a false match, continues with [`Index::find_from`] at
-    /// [`Index::next_pos`] (or looks up again with [`Index::find`]).
+    /// First slot (with direction bit) whose hash matches, starting at the home bucket: a
+    /// candidate to prefetch. The caller checks the real key and, on a false match, looks up
+    /// again with [`Index::find`].
     ///
     /// The home bucket is tested here, inline in the burst pipeline: that is where nearly every
-    /// lookup ends. The rest (an overflowed bucket, a queue) is [`Index::find_from`]'s, out of line.
+    /// lookup ends. The rest (an overflowed bucket, a queue) is [`Index::find_beyond`]'s, out of
+    /// line.
     #[inline(always)]
     pub fn find_first(&self, hash: u32) -> Option<(usize, u32)> {
         let b = self.home(hash);
@@ -293,31 +295,33 @@ impl Index {
     #[inline(never)]
     fn find_beyond(&self, hash: u32, b: usize) -> Option<(usize, u32)> {
         if self.buckets[b].overflow() != 0 {
-            self.find_from(hash, self.succ(b) * WIDTH)
+            self.find_from(hash, self.succ(b) * WIDTH, b)
         } else {
             self.find_deferred(hash, 0)
         }
     }
 
-    /// Continue probing from position `pos` (inclusive): the rest of its bucket, the later buckets
-    /// while the overflow counts say keys went on, then the queue of deferred inserts.
+    /// Continue probing from position `pos` (inclusive) of the probe for `hash`, whose home bucket
+    /// is `home`: the rest of its bucket, the later buckets while the overflow counts say keys
+    /// went on (never past the last bucket before `home`, which a probe would otherwise circle
+    /// back to when every bucket has overflowed), then the queue of deferred inserts.
     #[inline]
-    pub fn find_from(&self, hash: u32, pos: usize) -> Option<(usize, u32)> {
+    fn find_from(&self, hash: u32, pos: usize, home: usize) -> Option<(usize, u32)> {
         if pos < self.entries {
             let mut b = pos / WIDTH;
             let mut m = !0u32 << (pos % WIDTH);
-            // Bounded by the table, for a table in which every bucket has overflowed.
-            for _ in 0..self.buckets.len() {
+            loop {
                 let bucket = &self.buckets[b];
                 let hits = bucket.hits(hash) & m;
                 if hits != 0 {
                     let i = hits.trailing_zeros() as usize;
                     return Some((b * WIDTH + i, bucket.slots[i]));
                 }
-                if bucket.overflow() == 0 {
+                let next = self.succ(b);
+                if bucket.overflow() == 0 || next == home {
                     break;
                 }
-                b = self.succ(b);
+                b = next;
                 m = !0;
             }
             if self.n_deferred == 0 {
@@ -343,40 +347,43 @@ impl Index {
             .map(|j| (self.entries + j, self.deferred[j].slot))
     }
 
-    /// The position a lookup continues at after a false match at `pos`: the next entry, or, after
-    /// a bucket's last entry, the next bucket if keys overflowed it and the queue if not. A
-    /// position is only meaningful until the index next changes.
+    /// The position the probe of a key homed in bucket `home` continues at after a false match at
+    /// `pos`: the next entry, or, after a bucket's last entry, the next bucket if keys overflowed
+    /// it (and it is not `home` again), the queue if not. A position is only meaningful until the
+    /// index next changes.
     #[inline]
-    pub fn next_pos(&self, pos: usize) -> usize {
+    fn next_pos(&self, pos: usize, home: usize) -> usize {
         if pos >= self.entries || !(pos + 1).is_multiple_of(WIDTH) {
             return pos + 1;
         }
         let b = pos / WIDTH;
-        if self.buckets[b].overflow() == 0 {
+        let next = self.succ(b);
+        if self.buckets[b].overflow() == 0 || next == home {
             self.entries
         } else {
-            self.succ(b) * WIDTH
+            next * WIDTH
         }
     }
 
     /// Find the entry for `hash` whose slot satisfies `is_key` (the caller compares the real key).
     #[inline]
     pub fn find(&self, hash: u32, mut is_key: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
-        let mut pos = self.home(hash) * WIDTH;
-        // Each round moves past one matching entry; the bound only matters for a table in which
-        // every bucket has overflowed, where probing could otherwise circle.
-        for _ in 0..=self.entries + DEFERRED {
-            let (p, slot) = self.find_from(hash, pos)?;
+        let home = self.home(hash);
+        let mut pos = home * WIDTH;
+        // Each round moves past one matching entry, through each bucket at most once, then the
+        // queue: it ends.
+        loop {
+            let (p, slot) = self.find_from(hash, pos, home)?;
             if is_key(slot) {
                 return Some((p, slot));
             }
-            pos = self.next_pos(p);
+            pos = self.next_pos(p, home);
         }
-        None
     }
 
     /// Insert without a duplicate check: the caller has just missed on the same key.
-    /// Returns false only if the table is completely full, which sizing prevents.
+    /// Returns false when the table holds all the keys it can (one entry always stays free, so
+    /// that a store finds room), which sizing prevents.
     pub fn insert(&mut self, hash: u32, slot: u32) -> bool {
         if self.len + 1 >= self.entries {
             return false;
@@ -442,7 +449,9 @@ impl Index {
         }
     }
 
-    /// Remove the entry for (`hash`, `slot`) if present.
+    /// Remove the entry for (`hash`, `slot`) if present. The entry is found by its tag and its slot
+    /// value, so slot values (with their kind bits) must be unique within an index, as every
+    /// caller's are.
     pub fn remove(&mut self, hash: u32, slot: u32) -> bool {
         // Positions are table positions only once the queue is stored.
         self.flush::<crate::NoPrefetch>();
@@ -671,6 +680,48 @@ mod tests {
         for &(h, s) in keys[2..].iter().chain(&[(h1[6], 106), (h1[7], 107)]) {
             assert_eq!(idx.find(h, |x| x == s).map(|x| x.1), Some(s));
         }
+    }
+
+    #[test]
+    fn a_queued_key_is_found_when_every_bucket_has_overflowed() {
+        // Found in review: with both buckets' overflow counts up and false matches for the
+        // queued key's hash in both (stored keys with the same hash), a probe that continued past
+        // them went round the table again instead of on to the queue.
+        let mut idx = Index::with_capacity(8);
+        let h0: Vec<u32> = (0..9).map(|i| idx.hash_at(0, 0x10 + i)).collect();
+        let h1: Vec<u32> = (0..8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
+        let hq = h0[8];
+        for i in 0..8u32 {
+            assert!(idx.insert(if i == 3 { hq } else { h0[i as usize] }, i));
+        }
+        assert!(
+            idx.insert(hq, 8),
+            "passes bucket 0 full, stored in bucket 1"
+        );
+        for i in 0..6u32 {
+            assert!(idx.insert(h1[i as usize], 100 + i));
+        }
+        assert!(idx.remove(h0[0], 0));
+        assert!(idx.insert(h1[6], 106));
+        assert!(idx.remove(h0[1], 1));
+        assert!(
+            idx.insert(h1[7], 107),
+            "passes bucket 1 full, wraps to bucket 0"
+        );
+        assert!(idx.remove(h0[2], 2));
+        assert!(idx.buckets.iter().all(|b| b.overflow() > 0));
+        assert!(idx.insert_later(hq, 999));
+        assert_eq!(idx.find(hq, |s| s == 999).map(|x| x.1), Some(999));
+        for s in [3, 8] {
+            assert_eq!(idx.find(hq, |x| x == s).map(|x| x.1), Some(s));
+        }
+        assert_eq!(
+            idx.find(hq, |s| s == 12345),
+            None,
+            "an absent key still ends"
+        );
+        idx.flush::<crate::NoPrefetch>();
+        assert_eq!(idx.find(hq, |s| s == 999).map(|x| x.1), Some(999));
     }
 
     #[test]
