@@ -294,91 +294,73 @@ impl Index {
     /// [`Index::find_first`] after a miss in home bucket `b`.
     #[inline(never)]
     fn find_beyond(&self, hash: u32, b: usize) -> Option<(usize, u32)> {
-        if self.buckets[b].overflow() != 0 {
-            self.find_from(hash, self.succ(b) * WIDTH, b)
-        } else {
-            self.find_deferred(hash, 0)
-        }
-    }
-
-    /// Continue probing from position `pos` (inclusive) of the probe for `hash`, whose home bucket
-    /// is `home`: the rest of its bucket, the later buckets while the overflow counts say keys
-    /// went on (never past the last bucket before `home`, which a probe would otherwise circle
-    /// back to when every bucket has overflowed), then the queue of deferred inserts.
-    #[inline]
-    fn find_from(&self, hash: u32, pos: usize, home: usize) -> Option<(usize, u32)> {
-        if pos < self.entries {
-            let mut b = pos / WIDTH;
-            let mut m = !0u32 << (pos % WIDTH);
-            loop {
-                let bucket = &self.buckets[b];
-                let hits = bucket.hits(hash) & m;
-                if hits != 0 {
-                    let i = hits.trailing_zeros() as usize;
-                    return Some((b * WIDTH + i, bucket.slots[i]));
-                }
-                let next = self.succ(b);
-                if bucket.overflow() == 0 || next == home {
-                    break;
-                }
-                b = next;
-                m = !0;
-            }
-            if self.n_deferred == 0 {
-                return None;
-            }
-            return self.find_deferred(hash, 0);
-        }
-        self.find_deferred(hash, pos - self.entries)
-    }
-
-    /// The first queued entry at or after queue position `from` whose hash matches. A queue is at
-    /// most [`DEFERRED`] entries and exists only within a burst that created flows; the filter
-    /// answers most lookups without reading it.
-    #[inline]
-    fn find_deferred(&self, hash: u32, from: usize) -> Option<(usize, u32)> {
-        let (w, bit) = filter_bit(hash);
-        if self.filter[w] & bit == 0 {
-            return None;
-        }
-        let n = self.n_deferred;
-        (from..n)
-            .find(|&j| self.deferred[j].hash == hash)
-            .map(|j| (self.entries + j, self.deferred[j].slot))
-    }
-
-    /// The position the probe of a key homed in bucket `home` continues at after a false match at
-    /// `pos`: the next entry, or, after a bucket's last entry, the next bucket if keys overflowed
-    /// it (and it is not `home` again), the queue if not. A position is only meaningful until the
-    /// index next changes.
-    #[inline]
-    fn next_pos(&self, pos: usize, home: usize) -> usize {
-        if pos >= self.entries || !(pos + 1).is_multiple_of(WIDTH) {
-            return pos + 1;
-        }
-        let b = pos / WIDTH;
-        let next = self.succ(b);
-        if self.buckets[b].overflow() == 0 || next == home {
-            self.entries
-        } else {
-            next * WIDTH
-        }
+        self.probe(hash, b, b, true, |_| true)
     }
 
     /// Find the entry for `hash` whose slot satisfies `is_key` (the caller compares the real key).
     #[inline]
-    pub fn find(&self, hash: u32, mut is_key: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
+    pub fn find(&self, hash: u32, is_key: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
         let home = self.home(hash);
-        let mut pos = home * WIDTH;
-        // Each round moves past one matching entry, through each bucket at most once, then the
-        // queue: it ends.
+        self.probe(hash, home, home, false, is_key)
+    }
+
+    /// The first entry for `hash` whose slot satisfies `is_key`, in probe order: the buckets from
+    /// `from` on (all of `from` unless `skip_from`, which [`Index::find_first`] has searched),
+    /// while the overflow counts say keys went on and never past the last bucket before `home`
+    /// (a probe would otherwise circle back to it when every bucket has overflowed); then the
+    /// queue of deferred inserts. Positions are as [`Index`] describes them.
+    #[inline]
+    fn probe(
+        &self,
+        hash: u32,
+        home: usize,
+        from: usize,
+        skip_from: bool,
+        mut is_key: impl FnMut(u32) -> bool,
+    ) -> Option<(usize, u32)> {
+        let mut b = from;
+        let mut skip = skip_from;
         loop {
-            let (p, slot) = self.find_from(hash, pos, home)?;
-            if is_key(slot) {
-                return Some((p, slot));
+            let bucket = &self.buckets[b];
+            let mut hits = if skip { 0 } else { bucket.hits(hash) };
+            skip = false;
+            while hits != 0 {
+                let i = hits.trailing_zeros() as usize;
+                if is_key(bucket.slots[i]) {
+                    return Some((b * WIDTH + i, bucket.slots[i]));
+                }
+                hits &= hits - 1;
             }
-            pos = self.next_pos(p, home);
+            let next = self.succ(b);
+            if bucket.overflow() == 0 || next == home {
+                break;
+            }
+            b = next;
         }
+        self.find_deferred(hash, is_key)
+    }
+
+    /// The first queued entry with `hash` whose slot satisfies `is_key`. A queue is at most
+    /// [`DEFERRED`] entries and exists only within a burst that created flows; the filter answers
+    /// most lookups without reading it.
+    #[inline]
+    fn find_deferred(
+        &self,
+        hash: u32,
+        mut is_key: impl FnMut(u32) -> bool,
+    ) -> Option<(usize, u32)> {
+        if self.n_deferred == 0 {
+            return None;
+        }
+        let (w, bit) = filter_bit(hash);
+        if self.filter[w] & bit == 0 {
+            return None;
+        }
+        self.deferred[..self.n_deferred]
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.hash == hash && is_key(e.slot))
+            .map(|(j, e)| (self.entries + j, e.slot))
     }
 
     /// Insert without a duplicate check: the caller has just missed on the same key.
