@@ -211,6 +211,23 @@ def main():
         w(f"| {size_name(n)} | {p['session_table']:.1f} B | {p['mappings']:.1f} B | {p['subscribers']:.2f} B "
           f"| {p['port_maps']:.2f} B | {p['events']:.2f} B | **{p['all_in']:.1f} B** | {p['rss_growth']:.1f} B |")
     w("")
+    if all("expiry" in r["established"] for r in pipe.values()):
+        w("Expiry, on the same shard once its rates are measured, driven as cgnatd's worker drives it")
+        w("(`Shard::expire` with a budget of 256 slots per call, each tick until its quota is spent). The")
+        w("sweeps over the session and mapping slabs make a full pass of each every *pass* seconds (1 s")
+        w("up to 4 Mi slots), so a session ends at most that long after its timeout. *Idle*: one pass")
+        w("with nothing due, per slot looked at, and the share of one core the sweeps take at their pace.")
+        w("Then every session is left idle past the UDP timeout (ended per second of expiry work; their")
+        w("mappings go into hold-down), and then the hold-downs end (mappings released per second).")
+        w("")
+        w("| sessions | pass | idle ns/slot | idle share of a core | sessions ended/s | mappings released/s |")
+        w("|---:|---:|---:|---:|---:|---:|")
+        for n, r in sorted(pipe.items()):
+            x = r["established"]["expiry"]
+            w(f"| {size_name(n)} | {x['pass_seconds']} s | {x['idle_ns_per_slot']:.2f} "
+              f"| {100 * x['idle_core_share']:.2f} % | {x['sessions_ended_per_s'] / 1e6:.2f} M "
+              f"| {x['mappings_released_per_s'] / 1e6:.2f} M |")
+        w("")
     if a.pipeline_shared:
         shared_doc = json.load(open(a.pipeline_shared))
         remotes = shared_doc["config"]["remotes"]

@@ -13,6 +13,10 @@
 //!   order), each chunk timed: the table holds 100 % to 112.5 % of the stated size meanwhile;
 //! * **memory per session**: `Shard::memory()` of the first shard (sized for exactly N) divided by N,
 //!   all tables included, and the growth of the process RSS while it was built and filled;
+//! * **expiry**, on that shard once the rates are measured: what the expiry sweeps cost per slot
+//!   while nothing is due (and so what share of a core they take at their pace), then how fast the
+//!   whole table's sessions are ended once idle, and their mappings released after the hold-down,
+//!   driven as cgnatd's worker drives them (`nat::EXPIRY_BUDGET` slots per call);
 //! * with `--remotes R`, all of the above with each inside endpoint talking to R servers, so that a
 //!   mapping carries R sessions (by default every flow is a mapping of its own);
 //! * with `--memory-probe`, first, **the machine's memory**: random 64-byte reads in buffers of about
@@ -551,7 +555,7 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
     let per = |b: usize| b as f64 / n as f64;
     let all_in =
         mem.sessions + mem.session_index + mem.mappings + mem.subscribers + mem.ports + mem.events;
-    Ok(json!({
+    let mut out = json!({
         "in2out_mpps": in2out / 1e6,
         "out2in_mpps": out2in / 1e6,
         "in2out_ns_per_packet": 1e9 / in2out,
@@ -584,6 +588,71 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
             "subscribers": sh.subscriber_count(),
             "mappings": sh.mapping_count(),
         },
+    });
+    // Last: it ends every flow of the table.
+    out["expiry"] = measure_expiry(&mut sh, n)?;
+    Ok(out)
+}
+
+/// Run the shard's expiry as a worker does, at every tick of `ticks` while it has quota, timing only
+/// the calls. Returns the time and the sessions deleted.
+fn sweep_ticks(sh: &mut Shard, ticks: std::ops::RangeInclusive<u32>) -> (Duration, u64) {
+    let mut spent = Duration::ZERO;
+    let mut deleted = 0u64;
+    for now in ticks {
+        let t = Instant::now();
+        while sh.expiry_due(now) {
+            deleted += u64::from(sh.expire(now, nat::EXPIRY_BUDGET));
+        }
+        spent += t.elapsed();
+    }
+    (spent, deleted)
+}
+
+/// The expiry sweeps on a table of `n` live flows (created at tick 0), which this ends:
+/// * an idle pass (nothing due): time per slot looked at, and the share of a core the sweeps take
+///   at their pace (a full pass of each slab every [`Shard::expiry_lag_seconds`]);
+/// * every session idle past its timeout: sessions ended per second of expiry work;
+/// * their mappings' hold-downs over: mappings released per second.
+fn measure_expiry(sh: &mut Shard, n: u32) -> Result<Value> {
+    let lag = sh.expiry_lag_seconds();
+    let udp = sh.config().timeouts.udp;
+    let hold = sh.config().hold_down_s;
+    if udp <= 2 * lag {
+        bail!("the UDP timeout ({udp} s) must outlast two sweep passes ({lag} s each)");
+    }
+    // The pass that tick 0 granted, then one whole pass with nothing due.
+    sweep_ticks(sh, 0..=0);
+    let (idle, gone) = sweep_ticks(sh, 1..=lag);
+    if gone != 0 || sh.session_count() != n {
+        bail!("{gone} sessions expired before their timeout");
+    }
+    // Each tick granted the sweeps their pace, sessions' and mappings' slabs together.
+    let pace = sh.expiry_pace() as f64;
+    let per_slot = idle.as_secs_f64() / (pace * f64::from(lag));
+    let core_share = per_slot * pace;
+    let (ended, deleted) = sweep_ticks(sh, udp..=udp + lag);
+    if deleted != u64::from(n) || sh.session_count() != 0 {
+        bail!(
+            "{deleted} of {n} idle sessions ended within one pass of their timeout ({} left)",
+            sh.session_count()
+        );
+    }
+    let held = sh.held_count();
+    let (released, _) = sweep_ticks(sh, udp + hold..=udp + hold + lag);
+    if sh.mapping_count() != 0 {
+        bail!(
+            "{} of {held} held mappings left one pass after the hold-down",
+            sh.mapping_count()
+        );
+    }
+    Ok(json!({
+        "pass_seconds": lag,
+        "idle_ns_per_slot": per_slot * 1e9,
+        "idle_core_share": core_share,
+        "sessions_ended_per_s": f64::from(n) / ended.as_secs_f64().max(1e-9),
+        "mappings_held": held,
+        "mappings_released_per_s": f64::from(held) / released.as_secs_f64().max(1e-9),
     }))
 }
 
@@ -783,6 +852,12 @@ mod tests {
         let per = &est["memory"]["per_session"];
         assert!(per["all_in"].as_f64().unwrap() >= per["session_table"].as_f64().unwrap());
         assert_eq!(est["memory"]["mappings"].as_u64().unwrap(), 2048);
+        // Every session ended and every mapping was held, then released (measure_expiry checks
+        // both and fails otherwise).
+        let exp = &est["expiry"];
+        assert_eq!(exp["mappings_held"].as_u64().unwrap(), 2048);
+        assert!(exp["sessions_ended_per_s"].as_f64().unwrap() > 0.0);
+        assert!(exp["idle_core_share"].as_f64().unwrap() > 0.0);
         let new = measure_new(&cli, 2048).unwrap();
         assert_eq!(new["samples"].as_u64().unwrap(), u64::from(CHUNKS));
         assert!(new["sessions_per_s"].as_f64().unwrap() > 0.0);

@@ -24,9 +24,6 @@ use crate::local::{self, L3, RateLimit};
 use crate::neighbour::{NeighbourTable, Resolution};
 use crate::route::RouteTable;
 
-/// Sessions looked at per iteration by the expiry walk: enough to keep up with a million sessions
-/// expiring over minutes, small enough (a few microseconds) never to delay a burst noticeably.
-const EXPIRY_BUDGET: u32 = 256;
 /// Packets held per port while their next hop is being resolved.
 const HOLD_MAX: usize = 64;
 /// Events moved from the shard's ring to the control plane per iteration at most.
@@ -458,7 +455,9 @@ impl Worker {
             }
             self.flush(Side::Inside);
             self.flush(Side::Outside);
-            self.shard.expire(now_s, EXPIRY_BUDGET);
+            if self.shard.expiry_due(now_s) {
+                self.shard.expire(now_s, nat::EXPIRY_BUDGET);
+            }
             self.expire_held(now);
             self.expire_fragments(now);
             self.export_events();

@@ -66,13 +66,13 @@
 //! # Memory
 //!
 //! Per session: a 32-byte record plus two 8-byte index entries at a load of at most ½ (three with
-//! address-dependent filtering) = **64 B** (96 B). Per mapping: a 24-byte record, two index entries
-//! (32 B) and an 8-byte hold-down FIFO slot = **64 B**. Per subscriber: 28 B (aligned to 32) plus one
+//! address-dependent filtering) = **64 B** (96 B). Per mapping: a 24-byte record and two index
+//! entries (32 B) = **56 B**. Per subscriber: 28 B (aligned to 32) plus one
 //! index entry (16 B) = **48 B**, plus 2 B × the largest `max_blocks` of any port-block pool. Indexes are
 //! sized for their capacity exactly (to within one 64-byte bucket), not rounded up to a power of
 //! two, so these figures hold for any configured capacity. Tables are sized
 //! for `max_sessions`, `max_mappings` and `max_subscribers` (both default to `max_sessions`), so the
-//! default worst case is 176 B per session of capacity; set the other two lower when the number of
+//! default worst case is 168 B per session of capacity; set the other two lower when the number of
 //! subscribers or the sessions per mapping are known (with port blocks, `max_subscribers` matters
 //! most). Port maps: 24 KiB per pool address; the event ring 32 B per entry.
 //!
@@ -120,6 +120,7 @@ mod rules;
 mod session;
 mod shard;
 mod subscriber;
+mod sweep;
 
 #[cfg(test)]
 mod behaviour_tests;
@@ -155,6 +156,14 @@ pub use shard::{
     Dir, Limits, MAX_BURST, Memory, PolicyParams, Shard, ShardConfig, Verdict, check_rules,
 };
 pub use subscriber::Subscriber;
+pub use sweep::SLOTS_PER_SECOND as EXPIRY_SLOTS_PER_SECOND;
+
+/// Slab slots a worker's [`Shard::expire`] call looks at at most (each of the two sweeps: sessions,
+/// mappings). The sweeps' pace is set by the clock (a full pass of up to
+/// [`EXPIRY_SLOTS_PER_SECOND`] slots per second), so a worker calling once per poll loop spends a
+/// second's quota in a few milliseconds of its second, a fraction of a microsecond per call: never
+/// enough to delay a burst noticeably.
+pub const EXPIRY_BUDGET: u32 = 256;
 
 /// A hint about a large allocation, called with its address and length before the memory is first
 /// written: the data plane passes `dpdk::advise_hugepages` so the session slab, the indexes and the

@@ -9,18 +9,18 @@
 //! A mapping lives while it has sessions. When the last one goes it either frees its port at once (a
 //! TCP connection closed by FIN both ways, a deterministic port, or no hold-down configured) or is
 //! *held* (RFC 6888 REQ-8): it stays in the index, so the same inside endpoint coming back gets the
-//! same port again, but nothing else can take the port until the hold-down ends. Held mappings wait in a
-//! FIFO processed with a budget. Each slot is in the FIFO at most once (a flag says so), so the FIFO,
-//! sized to the slab, can never overflow; a mapping freed while its slot still has a FIFO entry keeps the
-//! slot out of the free list until that entry is popped.
+//! same port again, but nothing else can take the port until the hold-down ends. A paced sweep over
+//! the slab ([`crate::sweep`]) finds held mappings whose hold-down is over, so a hold-down ends
+//! between its due tick and one pass after it (one second up to 4 Mi mappings), never before; nothing
+//! but the record itself (its due tick in `count`) remembers that it is held.
 
 use crate::index::{Index, OUT_BIT};
 use crate::key::FlowKey;
 use crate::session::NIL;
+use crate::sweep::Sweep;
 use crate::{MemAdvice, advised_vec};
 
 const HELD: u8 = 1;
-const IN_FIFO: u8 = 2;
 
 /// Hash tweaks so that inside and outside keys of equal value land apart.
 const IN_TWEAK: u64 = 0x6d61_7069_6e00_0001;
@@ -38,7 +38,7 @@ pub struct Mapping {
     count: u32,
     /// Slot of the subscriber record.
     pub subscriber: u32,
-    /// Protocol; 0 marks a free (or released but not yet recycled) slot.
+    /// Protocol; 0 marks a free slot.
     pub proto: u8,
     pub pool: u8,
     flags: u8,
@@ -121,17 +121,6 @@ pub fn out_hash(seed: u64, addr: u32, port: u16, proto: u8) -> u32 {
     .hash(seed ^ OUT_TWEAK)
 }
 
-/// What one step of hold-down processing did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HoldStep {
-    /// This held mapping's hold-down is over: release it.
-    Release(u32),
-    /// Looked at an entry that needed no release (revived, recycled, or re-filed).
-    Skipped,
-    /// Nothing is due.
-    Idle,
-}
-
 pub struct MapTable {
     slots: Vec<Mapping>,
     free_head: u32,
@@ -139,20 +128,19 @@ pub struct MapTable {
     live: u32,
     held: u32,
     index: Index,
-    /// Hold-down FIFO of (slot, due tick), a ring sized to the slab.
-    fifo: Vec<(u32, u32)>,
-    fifo_head: usize,
-    fifo_len: usize,
+    /// Finds held mappings whose hold-down is over.
+    sweep: Sweep,
 }
 
 impl MapTable {
     #[cfg(test)]
     pub fn new(capacity: u32) -> MapTable {
-        MapTable::new_advised(capacity, None)
+        MapTable::new_advised(capacity, 0, None)
     }
 
-    /// A table for `capacity` mappings, its slab and index handed to `advise` before first use.
-    pub fn new_advised(capacity: u32, advise: Option<MemAdvice>) -> MapTable {
+    /// A table for `capacity` mappings whose clock starts at tick `now`, its slab and index handed to
+    /// `advise` before first use.
+    pub fn new_advised(capacity: u32, now: u32, advise: Option<MemAdvice>) -> MapTable {
         let mut slots = advised_vec(capacity as usize, Mapping::default(), advise);
         for (i, m) in slots.iter_mut().enumerate() {
             m.count = if i + 1 < capacity as usize {
@@ -167,9 +155,7 @@ impl MapTable {
             live: 0,
             held: 0,
             index: Index::with_capacity_advised(capacity as usize * 2, advise),
-            fifo: vec![(NIL, 0); capacity as usize],
-            fifo_head: 0,
-            fifo_len: 0,
+            sweep: Sweep::new(capacity, now),
         }
     }
 
@@ -189,10 +175,10 @@ impl MapTable {
         self.held
     }
 
-    /// Index entries plus FIFO entries (tests: nothing may be left behind).
+    /// Index entries (tests: nothing may be left behind).
     #[cfg(test)]
     pub fn residue(&self) -> usize {
-        self.index.len() + self.fifo_len
+        self.index.len()
     }
 
     pub fn is_full(&self) -> bool {
@@ -200,9 +186,7 @@ impl MapTable {
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<Mapping>()
-            + self.index.memory_bytes()
-            + self.fifo.len() * 8
+        self.slots.len() * std::mem::size_of::<Mapping>() + self.index.memory_bytes()
     }
 
     #[inline]
@@ -294,14 +278,10 @@ impl MapTable {
         m.flags |= HELD;
         m.count = until;
         self.held += 1;
-        if m.flags & IN_FIFO == 0 {
-            m.flags |= IN_FIFO;
-            self.fifo_push(slot, until);
-        }
     }
 
     /// The same inside endpoint is back during the hold-down: the mapping is live again (with no
-    /// sessions yet). Its FIFO entry, if any, is discarded when it comes up.
+    /// sessions yet).
     pub fn revive(&mut self, slot: u32) {
         let m = &mut self.slots[slot as usize];
         debug_assert!(m.is_held());
@@ -320,68 +300,34 @@ impl MapTable {
             self.held -= 1;
         }
         self.live -= 1;
-        let s = &mut self.slots[slot as usize];
-        if m.flags & IN_FIFO != 0 {
-            // Still referenced by a FIFO entry: recycled when that entry comes up.
-            *s = Mapping {
-                flags: IN_FIFO,
-                ..Mapping::default()
-            };
-        } else {
-            self.recycle(slot);
-        }
-        m
-    }
-
-    fn recycle(&mut self, slot: u32) {
         self.slots[slot as usize] = Mapping {
             count: self.free_head,
             ..Mapping::default()
         };
         self.free_head = slot;
+        m
     }
 
-    fn fifo_push(&mut self, slot: u32, due: u32) {
-        let cap = self.fifo.len();
-        debug_assert!(self.fifo_len < cap, "one entry per slot at most");
-        if self.fifo_len < cap {
-            self.fifo[(self.fifo_head + self.fifo_len) % cap] = (slot, due);
-            self.fifo_len += 1;
-        }
+    /// The hold-down sweep's position and pace (a hold-down ends at most one pass late).
+    #[inline]
+    pub fn sweep_state(&self) -> &Sweep {
+        &self.sweep
     }
 
-    /// Look at the oldest FIFO entry if it is due at `now`.
-    ///
-    /// Entries are pushed in the order mappings are held, with due times that only grow, except for a
-    /// mapping revived and held again: its entry comes up at the first due time and is re-filed at the
-    /// back with the later one. So a release is never early, and at most one hold-down period late.
-    pub fn hold_step(&mut self, now: u32) -> HoldStep {
-        if self.fifo_len == 0 {
-            return HoldStep::Idle;
-        }
-        let (slot, due) = self.fifo[self.fifo_head];
-        if due > now {
-            return HoldStep::Idle;
-        }
-        self.fifo_head = (self.fifo_head + 1) % self.fifo.len();
-        self.fifo_len -= 1;
-        let m = self.slots[slot as usize];
-        if !m.is_held() {
-            if m.proto == 0 {
-                // Released while waiting here: the slot can be reused now.
-                self.recycle(slot);
-            } else {
-                // Revived: live again.
-                self.slots[slot as usize].flags &= !IN_FIFO;
-            }
-            return HoldStep::Skipped;
-        }
-        if m.count > now {
-            self.fifo_push(slot, m.count);
-            return HoldStep::Skipped;
-        }
-        self.slots[slot as usize].flags &= !IN_FIFO;
-        HoldStep::Release(slot)
+    /// How many slots of the sweep to look at now (at most `budget`); take them with
+    /// [`MapTable::sweep_step`].
+    #[inline]
+    pub fn sweep_grant(&mut self, now: u32, budget: u32) -> u32 {
+        self.sweep.grant(now, budget)
+    }
+
+    /// Look at the sweep's next slot: `Some(slot)` if it holds a mapping whose hold-down is over at
+    /// `now`, which the caller then releases.
+    #[inline]
+    pub fn sweep_step(&mut self, now: u32) -> Option<u32> {
+        let slot = self.sweep.next();
+        let m = &self.slots[slot as usize];
+        (m.is_live() && m.is_held() && m.count <= now).then_some(slot)
     }
 
     /// Slots of every held mapping (control plane: O(capacity)).
@@ -389,21 +335,6 @@ impl MapTable {
         (0..self.slots.len() as u32)
             .filter(|&s| self.slots[s as usize].is_live() && self.slots[s as usize].is_held())
             .collect()
-    }
-
-    /// Empty the FIFO, recycling slots that were only waiting for it (control plane).
-    pub fn clear_fifo(&mut self) {
-        while self.fifo_len > 0 {
-            let (slot, _) = self.fifo[self.fifo_head];
-            self.fifo_head = (self.fifo_head + 1) % self.fifo.len();
-            self.fifo_len -= 1;
-            let m = self.slots[slot as usize];
-            if m.proto == 0 {
-                self.recycle(slot);
-            } else {
-                self.slots[slot as usize].flags &= !IN_FIFO;
-            }
-        }
     }
 
     /// Live and held mappings with their slots (control plane: O(capacity)).
@@ -483,6 +414,23 @@ mod tests {
         assert_eq!(put(&mut t, 4), a);
     }
 
+    /// Sweep at every tick from `from` to `until` as a worker would, releasing what is due; returns
+    /// the (slot, tick) of each release.
+    fn sweep(t: &mut MapTable, from: u32, until: u32) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for now in from..=until {
+            while t.sweep_state().due(now) {
+                for _ in 0..t.sweep_grant(now, 3) {
+                    if let Some(slot) = t.sweep_step(now) {
+                        out.push((slot, now));
+                        drop_it(t, slot);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn hold_down_releases_on_time_and_revival_cancels_it() {
         let mut t = MapTable::new(4);
@@ -491,14 +439,13 @@ mod tests {
         t.hold(a, 120);
         t.hold(b, 125);
         assert_eq!(t.held(), 2);
-        assert_eq!(t.hold_step(119), HoldStep::Idle);
-        assert_eq!(t.hold_step(120), HoldStep::Release(a));
-        drop_it(&mut t, a);
-        // b is revived before its time: its entry is discarded, it is not released.
+        assert!(sweep(&mut t, 0, 119).is_empty());
+        assert_eq!(sweep(&mut t, 120, 120), vec![(a, 120)]);
+        // b is revived before its time: it is not released.
         t.revive(b);
-        assert_eq!(t.hold_step(200), HoldStep::Skipped);
-        assert_eq!(t.hold_step(200), HoldStep::Idle);
+        assert!(sweep(&mut t, 121, 200).is_empty());
         assert!(t.get(b).is_live() && !t.get(b).is_held());
+        assert_eq!(t.held(), 0);
     }
 
     #[test]
@@ -508,26 +455,24 @@ mod tests {
         t.hold(a, 120);
         t.revive(a);
         t.hold(a, 200);
-        assert_eq!(
-            t.hold_step(120),
-            HoldStep::Skipped,
-            "re-filed, not released"
-        );
-        assert_eq!(t.hold_step(199), HoldStep::Idle);
-        assert_eq!(t.hold_step(200), HoldStep::Release(a));
+        assert!(sweep(&mut t, 0, 199).is_empty(), "not at the first time");
+        assert_eq!(sweep(&mut t, 200, 200), vec![(a, 200)]);
     }
 
     #[test]
-    fn a_slot_waiting_in_the_fifo_is_not_reused_before_it_comes_up() {
+    fn a_released_slot_is_reused_at_once() {
         let mut t = MapTable::new(1);
         let a = put(&mut t, 1);
         t.hold(a, 120);
         t.revive(a);
-        // Freed at once (e.g. a clean TCP close) while its FIFO entry is still queued.
+        // Freed at once (e.g. a clean TCP close) after a hold-down that was cancelled.
         drop_it(&mut t, a);
-        assert!(t.is_full(), "slot still referenced by the FIFO");
-        assert_eq!(t.hold_step(120), HoldStep::Skipped);
         assert!(!t.is_full());
-        put(&mut t, 2);
+        assert_eq!(put(&mut t, 2), a);
+        assert!(
+            sweep(&mut t, 0, 300).is_empty(),
+            "the new mapping is live, not held"
+        );
+        assert_eq!(t.residue(), 2);
     }
 }

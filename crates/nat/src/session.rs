@@ -1,20 +1,19 @@
-//! The session record, its preallocated slab and the timer wheel that expires it.
+//! The session record, its preallocated slab and the sweep that expires it.
 //!
 //! Sessions are 32 bytes and live in one `Vec` allocated at start: creating one pops a free slot, never
-//! allocates. Expiry uses a hashed timer wheel of one-second ticks whose lists are threaded through the
-//! sessions themselves (`next`/`prev`), so the hot path only stamps `last_seen`; when a wheel slot comes
-//! due each session in it is either expired or re-filed at its real deadline. Every session is therefore
-//! looked at about once per timeout period, and the work per call is bounded by a budget.
+//! allocates. The hot path only stamps `last_seen`; a paced sweep over the slab ([`crate::sweep`])
+//! ends every session whose idle timeout has passed, looking at each slot at least once per pass (one
+//! second up to 4 Mi sessions, proportionally longer above), so a session ends between its deadline
+//! and one pass after it, never before. Nothing links sessions together: creating or deleting one
+//! writes its own line only, and a state change that shortens its timeout (FIN, RST) needs no
+//! re-filing, since the sweep reads the deadline from the session itself.
 
+use crate::sweep::Sweep;
 use crate::{MemAdvice, Timeouts};
 use wire::ip_proto;
 
 /// Slab index meaning "none".
 pub const NIL: u32 = u32::MAX;
-
-/// Wheel size in one-second ticks. Deadlines further away are filed at the far edge and re-filed when
-/// that slot comes due.
-pub const WHEEL_SLOTS: u32 = 1024;
 
 /// TCP state bits kept in [`Session::state`].
 pub mod tcp_state {
@@ -67,8 +66,8 @@ pub(crate) const FLAGS: u8 = HAIRPIN | INBOUND | DNAT;
 
 /// One translation: inside endpoint ↔ outside endpoint, towards one remote endpoint.
 ///
-/// Aligned to its size, so that no session straddles two cache lines: the burst pipeline prefetches
-/// one line per session. (Without it the slab starts wherever the allocator puts it, typically 16
+/// Aligned to 32 bytes, so that no session straddles two cache lines: the burst pipeline prefetches
+/// one line per session. The fields take 24 of the 32 bytes. (Without it the slab starts wherever the allocator puts it, typically 16
 /// bytes into a page, and every other session spans two lines, the second never prefetched.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(32))]
@@ -83,10 +82,9 @@ pub struct Session {
     /// Protocol state: for TCP the bits of [`tcp_state`], otherwise 0; plus the [`HAIRPIN`] and
     /// [`INBOUND`] flags.
     pub state: u8,
-    /// Wheel tick (seconds) of the last packet that refreshed the session.
+    /// Tick (seconds) of the last packet that refreshed the session. In a free slot: the next free
+    /// slot.
     pub last_seen: u32,
-    pub(crate) next: u32,
-    pub(crate) prev: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Session>() == 32);
@@ -167,16 +165,13 @@ impl Session {
     }
 }
 
-/// Slab of sessions plus wheel sentinels. Slots `0..capacity` are sessions; slots
-/// `capacity..capacity+WHEEL_SLOTS` are the list heads of the wheel, so unlinking never needs to know
-/// which list a session is on.
+/// Slab of sessions, with the sweep that expires them.
 pub struct Slab {
     slots: Vec<Session>,
     capacity: u32,
     free_head: u32,
     live: u32,
-    /// Next wheel tick to process.
-    cursor: u32,
+    sweep: Sweep,
 }
 
 impl Slab {
@@ -188,7 +183,7 @@ impl Slab {
     /// As [`Slab::new`], passing the slab's memory to `advise` before it is first written (the
     /// data plane uses it to ask for transparent huge pages).
     pub fn new_advised(capacity: u32, now: u32, advise: Option<MemAdvice>) -> Slab {
-        let total = capacity as usize + WHEEL_SLOTS as usize;
+        let total = capacity as usize;
         let mut slots: Vec<Session> = Vec::with_capacity(total);
         if let Some(advise) = advise {
             advise(
@@ -197,21 +192,17 @@ impl Slab {
             );
         }
         slots.resize(total, Session::default());
-        // Free list threaded through `next`, in ascending order so early sessions are dense in memory.
+        // Free list threaded through `last_seen`, in ascending order so early sessions are dense in
+        // memory.
         for i in 0..capacity {
-            slots[i as usize].next = if i + 1 < capacity { i + 1 } else { NIL };
-        }
-        for w in 0..WHEEL_SLOTS {
-            let s = capacity + w;
-            slots[s as usize].next = s;
-            slots[s as usize].prev = s;
+            slots[i as usize].last_seen = if i + 1 < capacity { i + 1 } else { NIL };
         }
         Slab {
             slots,
             capacity,
             free_head: if capacity > 0 { 0 } else { NIL },
             live: 0,
-            cursor: now,
+            sweep: Sweep::new(capacity, now),
         }
     }
 
@@ -237,27 +228,23 @@ impl Slab {
         &mut self.slots[slot as usize]
     }
 
-    /// Store a new session and file it on the wheel. `None` when the slab is full.
-    pub fn insert(&mut self, mut s: Session, t: &Timeouts) -> Option<u32> {
+    /// Store a new session. `None` when the slab is full.
+    pub fn insert(&mut self, s: Session) -> Option<u32> {
         let slot = self.free_head;
         if slot == NIL {
             return None;
         }
-        self.free_head = self.slots[slot as usize].next;
-        s.next = NIL;
-        s.prev = NIL;
+        self.free_head = self.slots[slot as usize].last_seen;
         self.slots[slot as usize] = s;
         self.live += 1;
-        self.file(slot, t);
         Some(slot)
     }
 
-    /// Unlink from the wheel and return the slot to the free list.
+    /// Return the slot to the free list.
     pub fn remove(&mut self, slot: u32) -> Session {
-        self.unlink(slot);
         let s = self.slots[slot as usize];
         self.slots[slot as usize] = Session {
-            next: self.free_head,
+            last_seen: self.free_head,
             ..Session::default()
         };
         self.free_head = slot;
@@ -265,76 +252,37 @@ impl Slab {
         s
     }
 
-    /// Re-file a session after a change that shortened its deadline (FIN, RST), so it does not wait for a
-    /// slot filed under the longer timeout.
-    pub fn refile(&mut self, slot: u32, t: &Timeouts) {
-        self.unlink(slot);
-        self.file(slot, t);
+    /// The expiry sweep's position and pace (a session ends at most one pass late).
+    #[inline]
+    pub fn sweep_state(&self) -> &Sweep {
+        &self.sweep
     }
 
-    fn file(&mut self, slot: u32, t: &Timeouts) {
-        let deadline = self.slots[slot as usize].deadline(t);
-        // Never into the slot being processed (or an earlier one), never beyond one turn of the wheel.
-        let tick = deadline.clamp(
-            self.cursor.wrapping_add(1),
-            self.cursor.wrapping_add(WHEEL_SLOTS - 1),
-        );
-        let head = self.capacity + (tick % WHEEL_SLOTS);
-        let first = self.slots[head as usize].next;
-        self.slots[slot as usize].next = first;
-        self.slots[slot as usize].prev = head;
-        self.slots[first as usize].prev = slot;
-        self.slots[head as usize].next = slot;
-    }
-
-    fn unlink(&mut self, slot: u32) {
-        let Session { next, prev, .. } = self.slots[slot as usize];
-        if next == NIL {
-            return;
-        }
-        self.slots[prev as usize].next = next;
-        self.slots[next as usize].prev = prev;
-        self.slots[slot as usize].next = NIL;
-        self.slots[slot as usize].prev = NIL;
-    }
-
-    /// Walk due wheel slots up to `now`, looking at no more than `budget` sessions. Sessions past their
-    /// deadline are handed to `expire` (which must call [`Slab::remove`]); others are re-filed.
-    /// Returns how many sessions were looked at.
-    pub fn advance(
+    /// Go on with the sweep, looking at no more than `budget` slots (and no more than the ticks up to
+    /// `now` grant). Sessions past their deadline are handed to `expire`, which must remove them
+    /// (and may remove others too). Returns how many slots were looked at.
+    pub fn sweep(
         &mut self,
         now: u32,
         budget: u32,
         t: &Timeouts,
         mut expire: impl FnMut(&mut Slab, u32),
     ) -> u32 {
-        let mut seen = 0;
-        while self.cursor <= now && seen < budget {
-            let head = self.capacity + (self.cursor % WHEEL_SLOTS);
-            let first = self.slots[head as usize].next;
-            if first == head {
-                self.cursor = self.cursor.wrapping_add(1);
-                continue;
-            }
-            seen += 1;
-            if self.slots[first as usize].deadline(t) <= now {
-                expire(self, first);
-                // The callback must have removed it; make sure it is at least off this list so the loop
-                // cannot spin on it.
-                if self.slots[head as usize].next == first {
-                    self.unlink(first);
-                }
-            } else {
-                self.unlink(first);
-                self.file(first, t);
+        let n = self.sweep.grant(now, budget);
+        for _ in 0..n {
+            let slot = self.sweep.next();
+            let s = &self.slots[slot as usize];
+            if s.is_live() && s.deadline(t) <= now {
+                expire(self, slot);
+                debug_assert!(!self.slots[slot as usize].is_live());
             }
         }
-        seen
+        n
     }
 
     /// Iterate over live sessions with their slot numbers (control-plane use: O(capacity)).
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
-        self.slots[..self.capacity as usize]
+        self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.is_live())
@@ -397,36 +345,43 @@ mod tests {
     #[test]
     fn full_slab_refuses_then_reuses_freed_slot() {
         let mut s = Slab::new(3, 0);
-        let a = s.insert(udp(0, 1), &t()).unwrap();
-        s.insert(udp(0, 2), &t()).unwrap();
-        s.insert(udp(0, 3), &t()).unwrap();
-        assert_eq!(s.insert(udp(0, 4), &t()), None);
+        let a = s.insert(udp(0, 1)).unwrap();
+        s.insert(udp(0, 2)).unwrap();
+        s.insert(udp(0, 3)).unwrap();
+        assert_eq!(s.insert(udp(0, 4)), None);
         s.remove(a);
-        assert_eq!(s.insert(udp(0, 5), &t()), Some(a));
+        assert_eq!(s.insert(udp(0, 5)), Some(a));
         assert_eq!(s.live(), 3);
+    }
+
+    /// Sweep at every tick from `from` to `until` as a worker would (small budget, many calls per
+    /// second), removing what expires; returns the tick each expired slot went at.
+    fn run(s: &mut Slab, tm: &Timeouts, from: u32, until: u32) -> Vec<(u32, u32)> {
+        let mut gone = Vec::new();
+        for now in from..=until {
+            while s.sweep_state().due(now) {
+                s.sweep(now, 7, tm, |sl, slot| {
+                    gone.push((slot, now));
+                    sl.remove(slot);
+                });
+            }
+        }
+        gone
     }
 
     #[test]
     fn expires_exactly_at_deadline_not_before() {
         let tm = t();
         let mut s = Slab::new(16, 0);
-        s.insert(udp(0, 1), &tm).unwrap();
-        let mut expired = Vec::new();
-        s.advance(299, u32::MAX, &tm, |sl, slot| {
-            expired.push(slot);
-            sl.remove(slot);
-        });
-        assert!(expired.is_empty());
-        s.advance(300, u32::MAX, &tm, |sl, slot| {
-            expired.push(slot);
-            sl.remove(slot);
-        });
-        assert_eq!(expired.len(), 1);
+        let a = s.insert(udp(0, 1)).unwrap();
+        let b = s.insert(udp(10, 2)).unwrap();
+        assert!(run(&mut s, &tm, 0, 299).is_empty());
+        assert_eq!(run(&mut s, &tm, 300, 310), vec![(a, 300), (b, 310)]);
         assert_eq!(s.live(), 0);
     }
 
     #[test]
-    fn refreshed_session_survives_and_long_timeouts_wrap_the_wheel() {
+    fn refreshed_session_survives_and_long_timeouts_are_kept() {
         let tm = t();
         let mut s = Slab::new(16, 0);
         let tcp = Session {
@@ -434,46 +389,28 @@ mod tests {
             state: tcp_state::ESTABLISHED,
             ..udp(0, 9)
         };
-        let slot = s.insert(tcp, &tm).unwrap();
-        let mut expired = 0;
-        // Refresh at 5000 s: the 7440 s deadline moves to 12440.
-        for now in 0..=12_440u32 {
-            if now == 5000 {
-                s.get_mut(slot).last_seen = 5000;
-            }
-            s.advance(now, u32::MAX, &tm, |sl, x| {
-                expired += 1;
-                assert_eq!(now, 12_440, "expired early at {now}");
-                sl.remove(x);
-            });
-        }
-        assert_eq!(expired, 1);
+        let slot = s.insert(tcp).unwrap();
+        assert!(run(&mut s, &tm, 0, 4999).is_empty());
+        // Refreshed at 5000 s: the 7440 s deadline moves to 12440.
+        s.get_mut(slot).last_seen = 5000;
+        assert!(run(&mut s, &tm, 5000, 12_439).is_empty());
+        assert_eq!(run(&mut s, &tm, 12_440, 12_440), vec![(slot, 12_440)]);
     }
 
     #[test]
-    fn refile_applies_a_shorter_timeout_promptly() {
+    fn a_shorter_timeout_applies_without_refiling() {
         let tm = t();
         let mut s = Slab::new(4, 0);
         let slot = s
-            .insert(
-                Session {
-                    proto: ip_proto::TCP,
-                    state: tcp_state::ESTABLISHED,
-                    ..udp(0, 1)
-                },
-                &tm,
-            )
+            .insert(Session {
+                proto: ip_proto::TCP,
+                state: tcp_state::ESTABLISHED,
+                ..udp(0, 1)
+            })
             .unwrap();
+        assert!(run(&mut s, &tm, 0, 100).is_empty());
         s.get_mut(slot).state = tcp_state::ESTABLISHED | tcp_state::RST;
-        s.refile(slot, &tm);
-        let mut when = None;
-        for now in 0..1000 {
-            s.advance(now, u32::MAX, &tm, |sl, x| {
-                when = Some(now);
-                sl.remove(x);
-            });
-        }
-        assert_eq!(when, Some(240));
+        assert_eq!(run(&mut s, &tm, 101, 1000), vec![(slot, 240)]);
     }
 
     #[test]
@@ -481,20 +418,49 @@ mod tests {
         let tm = t();
         let mut s = Slab::new(1000, 0);
         for i in 0..1000 {
-            s.insert(udp(0, i as u16), &tm).unwrap();
+            s.insert(udp(0, i as u16)).unwrap();
         }
         let mut n = 0;
-        let seen = s.advance(400, 100, &tm, |sl, x| {
+        let seen = s.sweep(400, 100, &tm, |sl, x| {
             n += 1;
             sl.remove(x);
         });
         assert_eq!(seen, 100);
         assert_eq!(n, 100);
-        while s.live() > 0 {
-            s.advance(400, 100, &tm, |sl, x| {
+        while s.sweep_state().due(400) {
+            s.sweep(400, 100, &tm, |sl, x| {
                 sl.remove(x);
             });
         }
+        assert_eq!(s.live(), 0);
         assert_eq!(s.iter().count(), 0);
+        // Every slot went back to the free list.
+        for i in 0..1000 {
+            assert!(s.insert(udp(400, i as u16)).is_some());
+        }
+        assert!(s.insert(udp(400, 0)).is_none());
+    }
+
+    #[test]
+    fn a_session_removed_with_another_is_not_expired_twice() {
+        // A full-NAT flow's halves go together: the callback removes the next slot as well.
+        let tm = t();
+        let mut s = Slab::new(8, 0);
+        let a = s.insert(udp(0, 1)).unwrap();
+        let b = s.insert(udp(0, 2)).unwrap();
+        let mut calls = Vec::new();
+        for now in 300..302 {
+            while s.sweep_state().due(now) {
+                s.sweep(now, 3, &tm, |sl, x| {
+                    calls.push(x);
+                    sl.remove(x);
+                    if x == a {
+                        sl.remove(b);
+                    }
+                });
+            }
+        }
+        assert_eq!(calls, vec![a]);
+        assert_eq!(s.live(), 0);
     }
 }

@@ -15,7 +15,7 @@ use crate::events::{Event, EventKind, EventRing, Limit, MappingInfo, SessionInfo
 use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, XIN_BITS, prefetch_with};
 use crate::key::FlowKey;
 use crate::lb::{Affinity, flow_hash};
-use crate::mapping::{self, HoldStep, MapTable, Mapping};
+use crate::mapping::{self, MapTable, Mapping};
 use crate::ports::{AddrSpec, PortAllocator, port_owner};
 use crate::rewrite::{
     End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
@@ -343,10 +343,10 @@ fn session_info(s: &Session) -> SessionInfo {
     }
 }
 
-/// Advance the TCP state; returns true when the idle timeout got shorter (the session must be re-filed
-/// on the timer wheel so the shorter deadline is honoured).
+/// Advance the TCP state. A change that shortens the idle timeout (FIN, RST) needs nothing more: the
+/// expiry sweep reads the deadline from the session.
 #[inline]
-fn track_tcp(s: &mut Session, dir: Dir, flags: u8) -> bool {
+fn track_tcp(s: &mut Session, dir: Dir, flags: u8) {
     let keep = s.state & FLAGS;
     let before = s.state & !FLAGS;
     let mut state = before;
@@ -377,7 +377,6 @@ fn track_tcp(s: &mut Session, dir: Dir, flags: u8) -> bool {
         }
     }
     s.state = state | keep;
-    before == tcp_state::ESTABLISHED && state != tcp_state::ESTABLISHED
 }
 
 /// The parts of a [`ShardConfig`] that a policy change may replace on a running shard.
@@ -543,7 +542,7 @@ impl Shard {
                     cfg.max_sessions as usize * keys_per_session,
                     advise,
                 ),
-                maps: MapTable::new_advised(max_mappings, advise),
+                maps: MapTable::new_advised(max_mappings, now, advise),
                 subs: SubTable::new(max_subscribers, max_blocks),
                 ports,
                 addr_gauges,
@@ -593,8 +592,9 @@ impl Shard {
     /// nothing changed, when `rules` does not fit this shard (a successor check, per-worker layout,
     /// port blocks beyond what the subscriber table was sized for at start).
     ///
-    /// Timeouts apply to existing sessions when their timer next comes due (within the wheel's
-    /// 1024 s period), and to new ones at once. Allocates only for pools and addresses that are new.
+    /// Timeouts apply to new sessions at once, and to existing ones when the expiry sweep next looks
+    /// at them (within [`Shard::expiry_lag_seconds`]): the sweep reads each deadline from the
+    /// session's `last_seen` and the timeouts in force. Allocates only for pools and addresses that are new.
     pub fn set_policy(
         &mut self,
         rules: Arc<Rules>,
@@ -823,7 +823,7 @@ impl Shard {
             .map(|s| c.maps.get(s))
     }
 
-    /// Entries left in the session, mapping and subscriber indexes and the hold-down FIFO.
+    /// Entries left in the session, mapping and subscriber indexes.
     #[cfg(test)]
     pub(crate) fn index_residue(&self) -> usize {
         self.core.index.len() + self.core.maps.residue() + self.core.subs.residue()
@@ -1000,33 +1000,51 @@ impl Shard {
         }
     }
 
-    /// Expire idle sessions and end hold-downs, looking at no more than `budget` sessions and `budget`
-    /// hold-down entries. Returns how many sessions were deleted.
+    /// Expire idle sessions and end hold-downs: go on with the sweeps of the session and mapping
+    /// slabs, looking at no more than `budget` slots of each, and no more than the ticks up to `now`
+    /// grant (see [`crate::sweep`]: a full pass of each slab per second up to 4 Mi slots). Call it
+    /// often; [`Shard::expiry_due`] says whether a call would do anything. Returns how many sessions
+    /// were deleted.
     pub fn expire(&mut self, now: u32, budget: u32) -> u32 {
         let Shard { slab, core, .. } = self;
         core.now = now;
         let timeouts = core.cfg.timeouts;
         let mut deleted = 0;
-        slab.advance(now, budget, &timeouts, |slab, slot| {
+        slab.sweep(now, budget, &timeouts, |slab, slot| {
             deleted += core.delete_session(slab, slot, now, false);
         });
-        let mut work = 0;
         let mut released = 0;
-        while work < budget {
-            match core.maps.hold_step(now) {
-                HoldStep::Release(ms) => {
-                    core.release_mapping(ms, now);
-                    released += 1;
-                }
-                HoldStep::Skipped => {}
-                HoldStep::Idle => break,
+        for _ in 0..core.maps.sweep_grant(now, budget) {
+            if let Some(ms) = core.maps.sweep_step(now) {
+                core.release_mapping(ms, now);
+                released += 1;
             }
-            work += 1;
         }
         if deleted > 0 || released > 0 {
             core.gauges(slab);
         }
         deleted
+    }
+
+    /// Whether [`Shard::expire`] at `now` would look at anything (its sweeps have quota left).
+    #[inline]
+    pub fn expiry_due(&self, now: u32) -> bool {
+        self.slab.sweep_state().due(now) || self.core.maps.sweep_state().due(now)
+    }
+
+    /// The longest a sweep pass takes, in seconds: a session ends at most this long after its idle
+    /// timeout, and a hold-down at most this long after it is over.
+    pub fn expiry_lag_seconds(&self) -> u32 {
+        self.slab
+            .sweep_state()
+            .pass_seconds()
+            .max(self.core.maps.sweep_state().pass_seconds())
+    }
+
+    /// Slab slots the expiry sweeps look at per second, sessions and mappings together.
+    pub fn expiry_pace(&self) -> u64 {
+        u64::from(self.slab.sweep_state().per_tick())
+            + u64::from(self.core.maps.sweep_state().per_tick())
     }
 
     /// Delete every session, mapping (hold-down included: an operator's flush starts over), subscriber
@@ -1044,7 +1062,6 @@ impl Shard {
         for ms in core.maps.held_slots() {
             core.release_mapping(ms, now);
         }
-        core.maps.clear_fifo();
         core.gauges(slab);
         slots.len() as u32
     }
@@ -1237,9 +1254,7 @@ impl Core {
             Dir::Out2In => (End::Destination, s.in_addr, s.in_port),
         };
         if s.proto == ip_proto::TCP {
-            if track_tcp(s, dir, p.tcp_flags) {
-                slab.refile(slot, &self.cfg.timeouts);
-            }
+            track_tcp(s, dir, p.tcp_flags);
         } else if s.state & REPLIED == 0 && (dir == Dir::Out2In) != (s.state & INBOUND != 0) {
             // Written once, not per packet: out2in UDP otherwise leaves the session line clean.
             s.state |= REPLIED;
@@ -1264,9 +1279,7 @@ impl Core {
         }
         s.last_seen = now;
         if s.proto == ip_proto::TCP {
-            if track_tcp(s, Dir::In2Out, p.tcp_flags) {
-                slab.refile(slot, &self.cfg.timeouts);
-            }
+            track_tcp(s, Dir::In2Out, p.tcp_flags);
         } else if s.state & (INBOUND | REPLIED) == INBOUND {
             // The answer of a session opened from the other end (a backend's reply).
             s.state |= REPLIED;
@@ -1538,7 +1551,6 @@ impl Core {
             proto: k.proto,
             state,
             last_seen: now,
-            ..Session::default()
         };
         self.insert_session(slab, s, ms, made, pi, now)
             .map_err(Verdict::Drop)
@@ -1741,7 +1753,7 @@ impl Core {
         pi: usize,
         now: u32,
     ) -> Result<u32, DropReason> {
-        let Some(slot) = slab.insert(s, &self.cfg.timeouts) else {
+        let Some(slot) = slab.insert(s) else {
             if self.maps.get(ms).sessions() == 0 {
                 self.end_mapping(ms, made, now);
             }
@@ -1849,7 +1861,6 @@ impl Core {
             proto: k.proto,
             state: INBOUND,
             last_seen: now,
-            ..Session::default()
         };
         if k.proto == ip_proto::TCP {
             s.state |= tcp_state::SYN_RCVD;
@@ -1920,8 +1931,8 @@ impl Core {
         };
         let c = slab.get_mut(slot);
         c.last_seen = now;
-        if c.proto == ip_proto::TCP && track_tcp(c, Dir::In2Out, p.tcp_flags) {
-            slab.refile(slot, &self.cfg.timeouts);
+        if c.proto == ip_proto::TCP {
+            track_tcp(c, Dir::In2Out, p.tcp_flags);
         }
         rewrite(pkt, p, End::Source, s.out_addr, s.out_port, false);
         self.forward(slab, s2, Dir::Out2In, &p2, pkt, now)
@@ -2039,7 +2050,6 @@ impl Core {
             proto: k.proto,
             state,
             last_seen: now,
-            ..Session::default()
         };
         let slot = match self.insert_dnat(slab, s, b.id, client_slot.map(|(cs, _)| cs), now) {
             Ok(slot) => slot,
@@ -2119,7 +2129,6 @@ impl Core {
                     0
                 },
             last_seen: now,
-            ..Session::default()
         };
         let slot = self
             .insert_session(slab, s, ms, made, pi, now)
@@ -2158,7 +2167,6 @@ impl Core {
                     0
                 },
             last_seen: now,
-            ..Session::default()
         };
         match self.insert_dnat(slab, s, e.backends[0].id, None, now) {
             Ok(slot) => self.forward(slab, slot, Dir::In2Out, p, pkt, now),
@@ -2193,7 +2201,7 @@ impl Core {
                 self.delete_pair(slab, old, now, false, client);
             }
         }
-        let Some(slot) = slab.insert(s, &self.cfg.timeouts) else {
+        let Some(slot) = slab.insert(s) else {
             return Err(DropReason::TableFull);
         };
         let ins = self.index.insert(ik.hash(seed), slot)
@@ -2486,9 +2494,9 @@ pub(crate) mod testkit {
     /// Run expiry as a worker loop would, one second at a time with a small budget, until `until`.
     pub fn tick(sh: &mut Shard, from: u32, until: u32) {
         for now in from..=until {
-            while sh.expire(now, 64) >= 64 {}
-            // Hold-down releases are budgeted too; drain them for this second.
-            sh.expire(now, 64);
+            while sh.expiry_due(now) {
+                sh.expire(now, 64);
+            }
         }
     }
 }
@@ -2862,14 +2870,17 @@ mod tests {
             );
         }
         assert_eq!(sh.session_count(), 300);
-        // Bounded work per call; keep calling as a worker loop would.
+        // Bounded work per call; keep calling as a worker loop would (many calls per second).
         let mut now = 0;
         while sh.session_count() > 0 {
             now += 1;
-            assert!(sh.expire(now, 64) <= 64);
+            while sh.expiry_due(now) {
+                assert!(sh.expire(now, 64) <= 64);
+            }
             assert!(now < 700, "sessions never drained");
         }
-        assert!(now >= 300 + 299, "expired before the UDP timeout: {now}");
+        // The last session was created at 299: not one second early, not one second late.
+        assert_eq!(now, 300 + 299, "drained at the wrong time");
         assert_eq!(sh.counters().get(Counter::SessionsCurrent), 0);
         assert_eq!(sh.counters().get(Counter::SessionsDeleted), 300);
         assert_eq!(sh.counters().get(Counter::UdpSessionsDeleted), 300);
@@ -2877,10 +2888,10 @@ mod tests {
         assert!(sh.ports_in_use() > 0, "ports reused before the hold-down");
         while sh.ports_in_use() > 0 {
             now += 1;
-            sh.expire(now, 64);
+            tick(&mut sh, now, now);
             assert!(now < 300 + 299 + 130, "ports never came back");
         }
-        assert!(now >= 300 + 299 + 120, "hold-down cut short: {now}");
+        assert_eq!(now, 300 + 299 + 120, "hold-down cut short or overrun");
         assert_eq!(sh.counters().get(Counter::PortsInUse), 0);
         assert_eq!(sh.counters().get(Counter::MappingsCurrent), 0);
         assert_eq!(sh.counters().get(Counter::SubscribersCurrent), 0);

@@ -359,10 +359,12 @@ mod tests {
             let Some(Command::List { id, .. }) = c.commands.pop() else {
                 panic!("listing not queued on worker {w}");
             };
-            let mut session = nat::Session::default();
-            session.proto = 17;
-            session.in_addr = 0x6440_000b;
-            session.in_port = 5000 + w as u16;
+            let session = nat::Session {
+                proto: 17,
+                in_addr: 0x6440_000b,
+                in_port: 5000 + w as u16,
+                ..Default::default()
+            };
             let record = SessionRecord {
                 session,
                 idle: 2,
@@ -392,9 +394,11 @@ mod tests {
     }
 
     fn one_session(id: u64, port: u16) -> Reply {
-        let mut session = nat::Session::default();
-        session.proto = 17;
-        session.in_port = port;
+        let session = nat::Session {
+            proto: 17,
+            in_port: port,
+            ..Default::default()
+        };
         Reply::Session {
             id,
             record: SessionRecord {
