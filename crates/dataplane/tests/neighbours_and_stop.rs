@@ -1,5 +1,6 @@
 //! The worker loop's rarer paths on a real DPDK lcore: frames waiting for a neighbour's ARP reply,
-//! ARP shared between workers, and what a worker does with frames still waiting when it stops.
+//! ARP shared between workers, what a worker does with frames still waiting when it stops, and
+//! expiry of a large table by a worker that naps when idle.
 //!
 //! The ports are `net_ring` ports built from rings the test holds the other end of
 //! ([`PortId::from_rings`]): the test enqueues frames where the worker's `rx_burst` finds them and
@@ -132,6 +133,23 @@ fn rig(tag: &str, queues: usize, pool: &Mempool) -> Rig {
     Rig { rx, tx, ports }
 }
 
+/// What [`worker`] may change from the defaults.
+struct Tables {
+    max_sessions: u32,
+    udp_timeout: u32,
+    idle_sleep: Duration,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            max_sessions: 4096,
+            udp_timeout: nat::Timeouts::default().udp,
+            idle_sleep: Duration::from_micros(200),
+        }
+    }
+}
+
 /// Worker `q` of `workers`, on queue `q` of both ports. The outside gateway is not a static
 /// neighbour: its MAC is learnt by ARP.
 fn worker(
@@ -141,6 +159,7 @@ fn worker(
     links: Links,
     pool: &Arc<Mempool>,
     stop: &Arc<AtomicBool>,
+    tables: Tables,
 ) -> (Worker, Arc<Counters>) {
     let setup = |p: &Port, addr, routes, statics| PortSetup {
         rx: p.rx_queue(q).expect("rx queue"),
@@ -165,7 +184,11 @@ fn worker(
     let counters = Arc::new(Counters::default());
     let shard = Shard::new(
         ShardConfig {
-            max_sessions: 4096,
+            max_sessions: tables.max_sessions,
+            timeouts: nat::Timeouts {
+                udp: tables.udp_timeout,
+                ..nat::Timeouts::default()
+            },
             worker: q,
             workers: workers as u16,
             event_ring: 0,
@@ -197,7 +220,7 @@ fn worker(
         worker: q as usize,
         workers,
         links,
-        idle_sleep: Duration::from_micros(200),
+        idle_sleep: tables.idle_sleep,
         idle_polls: 64,
         fragments: nat::FragConfig::default(),
         events: None,
@@ -249,6 +272,7 @@ fn neighbour_waits_arp_sharing_and_stopping() {
     frames_held_for_arp_leave_in_order(&pool);
     malformed_arp_is_counted_once_and_good_arp_is_shared(&pool);
     frames_waiting_at_stop_are_counted(&pool);
+    an_idle_worker_sweeps_a_large_table_on_time(&pool);
     assert_eq!(pool.in_use_count(), 0, "every mbuf went back to the pool");
 }
 
@@ -256,7 +280,7 @@ fn neighbour_waits_arp_sharing_and_stopping() {
 fn frames_held_for_arp_leave_in_order(pool: &Arc<Mempool>) {
     let rig = rig("a", 1, pool);
     let stop = Arc::new(AtomicBool::new(false));
-    let (w, counters) = worker(&rig, 0, 1, Links::none(), pool, &stop);
+    let (w, counters) = worker(&rig, 0, 1, Links::none(), pool, &stop, Tables::default());
     launch(1, w);
     let in_mac = EthernetAddress(rig.ports[0].mac_addr());
     put(
@@ -296,8 +320,8 @@ fn malformed_arp_is_counted_once_and_good_arp_is_shared(pool: &Arc<Mempool>) {
     let mut links = handoff::mesh(2, 256).expect("mesh");
     let l1 = links.pop().expect("links 1");
     let l0 = links.pop().expect("links 0");
-    let (w0, c0) = worker(&rig, 0, 2, l0, pool, &stop);
-    let (w1, c1) = worker(&rig, 1, 2, l1, pool, &stop);
+    let (w0, c0) = worker(&rig, 0, 2, l0, pool, &stop, Tables::default());
+    let (w1, c1) = worker(&rig, 1, 2, l1, pool, &stop, Tables::default());
     launch(1, w0);
     launch(2, w1);
 
@@ -350,7 +374,7 @@ fn frames_waiting_at_stop_are_counted(pool: &Arc<Mempool>) {
 
     // Waiting for the gateway's MAC, which never comes.
     let stop = Arc::new(AtomicBool::new(false));
-    let (w, counters) = worker(&rig, 0, 1, Links::none(), pool, &stop);
+    let (w, counters) = worker(&rig, 0, 1, Links::none(), pool, &stop, Tables::default());
     launch(1, w);
     put(
         &rig.rx[0][0],
@@ -376,11 +400,52 @@ fn frames_waiting_at_stop_are_counted(pool: &Arc<Mempool>) {
     );
     l1.stopped.fetch_add(1, Ordering::AcqRel);
     let stop = Arc::new(AtomicBool::new(true));
-    let (w, counters) = worker(&rig, 0, 2, l0, pool, &stop);
+    let (w, counters) = worker(&rig, 0, 2, l0, pool, &stop, Tables::default());
     launch(1, w);
     lcore::wait(LcoreId(1));
     assert_eq!(counters.get(Counter::HandoffIn), 0, "never polled");
     assert_eq!(counters.drops(DropReason::Shutdown), 3);
     assert_eq!(all_drops(&counters), 3);
     assert_eq!(towards_0.count(), 0, "the ring was emptied");
+}
+
+/// A worker that naps when idle still ends an idle session of a large table on time: its sweeps
+/// look at 256 slots per loop, so a pass over a million sessions and a million mappings takes
+/// thousands of loops, and a worker napping 5 ms between them would need about 20 s for it.
+fn an_idle_worker_sweeps_a_large_table_on_time(pool: &Arc<Mempool>) {
+    let rig = rig("d", 1, pool);
+    let in_mac = EthernetAddress(rig.ports[0].mac_addr());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tables = Tables {
+        max_sessions: 1 << 20,
+        udp_timeout: 1,
+        idle_sleep: Duration::from_millis(5),
+    };
+    let (w, counters) = worker(&rig, 0, 1, Links::none(), pool, &stop, tables);
+    launch(1, w);
+    put(&rig.rx[0][0], vec![udp_frame(pool, in_mac, 1)]);
+    let start = std::time::Instant::now();
+    while counters.get(Counter::SessionsCreated) == 0 && start.elapsed() < SETTLE * 10 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(counters.get(Counter::SessionsCreated), 1, "the flow opened");
+    // Idle from here on: the 1 s timeout, plus up to a second to the tick the sweep sees it at,
+    // plus the pass.
+    while counters.get(Counter::SessionsCurrent) != 0 && start.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    lcore::wait(LcoreId(1));
+    drop(drain(&rig.tx[0][1]));
+    assert_eq!(
+        counters.get(Counter::SessionsCurrent),
+        0,
+        "the idle session was still there after {took:?}"
+    );
+    assert_eq!(counters.get(Counter::SessionsDeleted), 1);
+    assert!(
+        counters.get(Counter::IdleSleeps) > 0,
+        "the worker did nap while idle"
+    );
 }

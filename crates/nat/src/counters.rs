@@ -204,7 +204,10 @@ pub enum Counter {
     ArpRepliesSent,
     IcmpErrorsSent,
     LocalEchoReplies,
+    /// Iterations of the worker loop.
     Loops,
+    /// Iterations that received a packet, or left expiry work for the next one (the worker never
+    /// naps after these).
     BusyLoops,
     /// Packets passed to the worker that owns their flow.
     HandoffOut,

@@ -819,9 +819,16 @@ fn a_full_nat_flow_expires_whole_even_when_the_budget_splits_its_halves() {
     for now in 1..300 {
         sh.expire(now, u32::MAX);
     }
-    // Both halves are due at 300; a budget of one looks at one of them.
-    assert_eq!(sh.expire(300, 1), 2, "the other half went with it");
+    // Both halves are due at 300; a budget of one slot looks at one of them at most.
+    let mut calls = Vec::new();
+    while sh.expiry_due(300) && sh.session_count() > 0 {
+        calls.push(sh.expire(300, 1));
+    }
     assert_eq!(sh.session_count(), 0);
+    assert!(
+        calls.iter().all(|&d| d == 0 || d == 2) && calls.contains(&2),
+        "the other half went with the first: {calls:?}"
+    );
     assert_eq!(sh.held_count(), 1, "the client's port is held");
     tick(&mut sh, 301, 300 + 121);
     assert_eq!((sh.held_count(), sh.ports_in_use()), (0, 0));
