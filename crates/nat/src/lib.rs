@@ -66,13 +66,13 @@
 //! # Memory
 //!
 //! Per session: a 32-byte record plus two 8-byte index entries at a load of at most ½ (three with
-//! address-dependent filtering) = **64 B** (96 B). Per mapping: a 24-byte record and two index
-//! entries (32 B) = **56 B**. Per subscriber: 28 B (aligned to 32) plus one
+//! address-dependent filtering) = **64 B** (96 B). Per mapping: a 20-byte record and two index
+//! entries (32 B) = **52 B**. Per subscriber: 28 B (aligned to 32) plus one
 //! index entry (16 B) = **48 B**, plus 2 B × the largest `max_blocks` of any port-block pool. Indexes are
 //! sized for their capacity exactly (to within one 64-byte bucket), not rounded up to a power of
 //! two, so these figures hold for any configured capacity. Tables are sized
 //! for `max_sessions`, `max_mappings` and `max_subscribers` (both default to `max_sessions`), so the
-//! default worst case is 168 B per session of capacity; set the other two lower when the number of
+//! default worst case is 164 B per session of capacity; set the other two lower when the number of
 //! subscribers or the sessions per mapping are known (with port blocks, `max_subscribers` matters
 //! most). Port maps: 24 KiB per pool address; the event ring 32 B per entry.
 //!

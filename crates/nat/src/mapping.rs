@@ -1,10 +1,10 @@
 //! Endpoint-independent mappings (RFC 4787 REQ-1, RFC 5382 REQ-1): inside address:port ↔ outside
 //! address:port per protocol and pool, shared by every session of that inside endpoint.
 //!
-//! The store mirrors the session store: a slab of 24-byte records allocated once, a free list threaded
+//! The store mirrors the session store: a slab of 20-byte records allocated once, a free list threaded
 //! through it, and an [`Index`] with two 8-byte entries per mapping (its inside key and its outside key)
-//! at a load of at most one half. A lookup is one bucket line and one record line, both of which the
-//! burst pipeline can prefetch.
+//! at a load of at most one half. A lookup is one bucket line and the record's line (a quarter of the
+//! records straddle two), which the burst pipeline prefetches.
 //!
 //! A mapping lives while it has sessions. When the last one goes it either frees its port at once (a
 //! TCP connection closed by FIN both ways, a deterministic port, or no hold-down configured) or is
@@ -36,16 +36,15 @@ pub struct Mapping {
     pub out_port: u16,
     /// Live: number of sessions. Held: tick the hold-down ends. Free: next free slot.
     count: u32,
-    /// Slot of the subscriber record.
-    pub subscriber: u32,
-    /// Protocol; 0 marks a free slot.
+    /// Protocol; 0 marks a free slot. (The subscriber record is found from the inside address and
+    /// the pool: the flow record this table is to become has no room for its slot.)
     pub proto: u8,
     pub pool: u8,
     flags: u8,
     _pad: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<Mapping>() == 24);
+const _: () = assert!(std::mem::size_of::<Mapping>() == 20);
 
 impl Mapping {
     pub fn new(
@@ -55,7 +54,6 @@ impl Mapping {
         out_port: u16,
         proto: u8,
         pool: u8,
-        subscriber: u32,
     ) -> Mapping {
         Mapping {
             in_addr,
@@ -63,7 +61,6 @@ impl Mapping {
             in_port,
             out_port,
             count: 0,
-            subscriber,
             proto,
             pool,
             flags: 0,
@@ -354,7 +351,7 @@ mod tests {
     const SEED: u64 = 42;
 
     fn put(t: &mut MapTable, port: u16) -> u32 {
-        let m = Mapping::new(1, port, 9, port + 1000, 17, 0, 0);
+        let m = Mapping::new(1, port, 9, port + 1000, 17, 0);
         t.insert(
             m,
             in_hash(SEED, 1, port, 17),
@@ -373,8 +370,8 @@ mod tests {
     }
 
     #[test]
-    fn mapping_is_24_bytes() {
-        assert_eq!(std::mem::size_of::<Mapping>(), 24);
+    fn mapping_is_20_bytes() {
+        assert_eq!(std::mem::size_of::<Mapping>(), 20);
     }
 
     #[test]
@@ -404,7 +401,7 @@ mod tests {
         assert!(t.is_full());
         assert!(
             t.insert(
-                Mapping::new(1, 3, 9, 3, 17, 0, 0),
+                Mapping::new(1, 3, 9, 3, 17, 0),
                 in_hash(SEED, 1, 3, 17),
                 out_hash(SEED, 9, 3, 17)
             )

@@ -1552,7 +1552,7 @@ impl Core {
             state,
             last_seen: now,
         };
-        self.insert_session(slab, s, ms, made, pi, now)
+        self.insert_session(slab, s, ms, made, sub, now)
             .map_err(Verdict::Drop)
     }
 
@@ -1641,7 +1641,7 @@ impl Core {
         let port = self.alloc_port(pi, sub, in_port, proto, now)?;
         let out_addr = self.subs.get(sub).out_addr;
         self.publish_ports(out_addr);
-        let m = Mapping::new(in_addr, in_port, out_addr, port, proto, pi as u8, sub);
+        let m = Mapping::new(in_addr, in_port, out_addr, port, proto, pi as u8);
         let Some(ms) = self
             .maps
             .insert(m, h_in, mapping::out_hash(seed, out_addr, port, proto))
@@ -1742,20 +1742,21 @@ impl Core {
         }
     }
 
-    /// Store a session on mapping `ms` and index it. `made`: the mapping was made for this session
-    /// (see [`Core::mapping_for`]), so a failure frees its port without a hold-down.
+    /// Store a session on mapping `ms` of subscriber `sub` and index it. `made`: the mapping was
+    /// made for this session (see [`Core::mapping_for`]), so a failure frees its port without a
+    /// hold-down.
     fn insert_session(
         &mut self,
         slab: &mut Slab,
         s: Session,
         ms: u32,
         made: bool,
-        pi: usize,
+        sub: u32,
         now: u32,
     ) -> Result<u32, DropReason> {
         let Some(slot) = slab.insert(s) else {
             if self.maps.get(ms).sessions() == 0 {
-                self.end_mapping(ms, made, now);
+                self.end_mapping(ms, sub, made, now);
             }
             return Err(DropReason::TableFull);
         };
@@ -1769,7 +1770,7 @@ impl Core {
             && self
                 .index
                 .insert_later(out_key(&s).hash(seed), slot | OUT_BIT);
-        if self.adf[pi] {
+        if self.adf[usize::from(self.maps.get(ms).pool)] {
             ok &= self.index.insert_later(
                 adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
                 slot | ADF_BIT,
@@ -1777,7 +1778,6 @@ impl Core {
         }
         debug_assert!(ok);
         self.maps.add_session(ms);
-        let sub = self.maps.get(ms).subscriber;
         self.subs.get_mut(sub).sessions += 1;
         self.session_created(slab, &s, now);
         Ok(slot)
@@ -1880,12 +1880,16 @@ impl Core {
         if slab.live() >= slab.capacity() {
             return Verdict::Drop(DropReason::TableFull);
         }
+        let Some(sub) = self.subscriber_of(&m) else {
+            debug_assert!(false, "a live mapping without its subscriber");
+            return Verdict::Drop(DropReason::NoSession);
+        };
         let lim = self.cfg.limits.max_sessions_per_subscriber;
-        if lim != 0 && self.subs.get(m.subscriber).sessions >= lim {
-            self.quota_event(m.subscriber, Limit::Sessions, now);
+        if lim != 0 && self.subs.get(sub).sessions >= lim {
+            self.quota_event(sub, Limit::Sessions, now);
             return Verdict::Drop(DropReason::QuotaExceeded);
         }
-        match self.insert_session(slab, s, ms, false, pi, now) {
+        match self.insert_session(slab, s, ms, false, sub, now) {
             Ok(slot) => self.forward(slab, slot, Dir::Out2In, p, pkt, now),
             Err(r) => Verdict::Drop(r),
         }
@@ -2131,7 +2135,7 @@ impl Core {
             last_seen: now,
         };
         let slot = self
-            .insert_session(slab, s, ms, made, pi, now)
+            .insert_session(slab, s, ms, made, sub, now)
             .map_err(Verdict::Drop)?;
         Ok((slot, m.out_addr, m.out_port, made))
     }
@@ -2313,32 +2317,52 @@ impl Core {
             debug_assert!(false, "session without a mapping");
             return deleted;
         };
-        let sub = self.maps.get(ms).subscriber;
+        let Some(sub) = self.subscriber_of(self.maps.get(ms)) else {
+            debug_assert!(false, "a live mapping without its subscriber");
+            return deleted;
+        };
         let r = self.subs.get_mut(sub);
         r.sessions = r.sessions.saturating_sub(1);
         if self.maps.remove_session(ms) == 0 {
-            self.end_mapping(ms, force || s.closed_cleanly(), now);
+            self.end_mapping(ms, sub, force || s.closed_cleanly(), now);
         }
         deleted
     }
 
-    /// A mapping lost its last session: free its port now, or hold it (RFC 6888 REQ-8).
-    fn end_mapping(&mut self, ms: u32, bypass: bool, now: u32) {
+    /// The subscriber record a mapping belongs to: that of its inside address in its pool (which
+    /// lives while the subscriber has a mapping, live or held).
+    #[inline]
+    fn subscriber_of(&self, m: &Mapping) -> Option<u32> {
+        self.subs
+            .find(sub_hash(self.cfg.seed, m.in_addr), m.in_addr, m.pool)
+    }
+
+    /// A mapping of subscriber `sub` lost its last session: free its port now, or hold it (RFC
+    /// 6888 REQ-8).
+    fn end_mapping(&mut self, ms: u32, sub: u32, bypass: bool, now: u32) {
         let m = *self.maps.get(ms);
-        let r = self.subs.get_mut(m.subscriber);
+        let r = self.subs.get_mut(sub);
         r.mappings = r.mappings.saturating_sub(1);
         // Deterministic ports belong to one subscriber for good (REQ-8 b): nobody else can get them.
         let skip = bypass || self.cfg.hold_down_s == 0 || self.det[m.pool as usize].is_some();
         if skip {
-            self.release_mapping(ms, now);
+            self.release_mapping_of(ms, sub, now);
         } else {
             self.maps.hold(ms, now.saturating_add(self.cfg.hold_down_s));
-            self.subs.get_mut(m.subscriber).held += 1;
+            self.subs.get_mut(sub).held += 1;
         }
     }
 
     /// Remove a mapping with no sessions and free its port (and its port block, if now empty).
     fn release_mapping(&mut self, ms: u32, now: u32) {
+        match self.subscriber_of(self.maps.get(ms)) {
+            Some(sub) => self.release_mapping_of(ms, sub, now),
+            None => debug_assert!(false, "a mapping without its subscriber"),
+        }
+    }
+
+    /// [`Core::release_mapping`] for a mapping whose subscriber record is known to be `sub`.
+    fn release_mapping_of(&mut self, ms: u32, sub: u32, now: u32) {
         let m = *self.maps.get(ms);
         let seed = self.cfg.seed;
         self.maps.remove(
@@ -2347,13 +2371,13 @@ impl Core {
             mapping::out_hash(seed, m.out_addr, m.out_port, m.proto),
         );
         if m.is_held() {
-            let r = self.subs.get_mut(m.subscriber);
+            let r = self.subs.get_mut(sub);
             r.held = r.held.saturating_sub(1);
         }
         self.counters.add(Counter::MappingsDeleted, 1);
         self.event(now, EventKind::MappingDeleted(mapping_info(&m)));
-        self.free_port(m.subscriber, m.out_addr, m.proto, m.out_port, now);
-        self.release_subscriber_if_idle(m.subscriber);
+        self.free_port(sub, m.out_addr, m.proto, m.out_port, now);
+        self.release_subscriber_if_idle(sub);
     }
 
     /// Publish how many ports of `out_addr` are in use (for the control plane; on port changes only).
