@@ -606,7 +606,7 @@ fn sweep_ticks(
     for now in ticks {
         let t = Instant::now();
         while sh.expiry_due(now) {
-            deleted += u64::from(sh.expire(now, nat::EXPIRY_BUDGET));
+            deleted += u64::from(sh.expire_with::<Prefetch0>(now, nat::EXPIRY_BUDGET));
             if done(sh) {
                 return (spent + t.elapsed(), deleted);
             }

@@ -458,7 +458,8 @@ impl Worker {
             self.flush(Side::Inside);
             self.flush(Side::Outside);
             if self.shard.expiry_due(now_s) {
-                self.shard.expire(now_s, nat::EXPIRY_BUDGET);
+                self.shard
+                    .expire_with::<DpdkPrefetch>(now_s, nat::EXPIRY_BUDGET);
                 // A sweep with quota left is work to do: never nap before it is done (a worker
                 // sleeping between calls would look at 256 slots per nap, and a pass of a large
                 // table would take minutes instead of a second).

@@ -813,6 +813,24 @@ fn the_halves_of_a_full_nat_flow_are_deleted_together() {
 }
 
 #[test]
+fn a_full_nat_flow_whose_halves_expire_in_one_batch_is_deleted_once() {
+    let mut sh = small_full_nat();
+    answered_full_nat_flow(&mut sh);
+    for now in 1..300 {
+        sh.expire(now, u32::MAX);
+    }
+    // Both halves are due at 300 and the sweep finds them in the same batch: the first one's
+    // deletion takes the other along, which the batch then skips.
+    assert_eq!(sh.expire(300, u32::MAX), 2);
+    assert_eq!(sh.session_count(), 0);
+    assert_eq!(sh.counters().get(crate::Counter::SessionsDeleted), 2);
+    assert_eq!(sh.held_count(), 1, "the client's port is held");
+    tick(&mut sh, 301, 300 + 121);
+    assert_eq!((sh.held_count(), sh.ports_in_use()), (0, 0));
+    assert_eq!(sh.index_residue(), 0, "nothing left behind");
+}
+
+#[test]
 fn a_full_nat_flow_expires_whole_even_when_the_budget_splits_its_halves() {
     let mut sh = small_full_nat();
     answered_full_nat_flow(&mut sh);

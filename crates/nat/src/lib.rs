@@ -166,6 +166,10 @@ pub use sweep::SLOTS_PER_SECOND as EXPIRY_SLOTS_PER_SECOND;
 /// of microseconds, which only mass expiry (a table going idle at once) asks for.
 pub const EXPIRY_BUDGET: u32 = 256;
 
+/// Sessions (or held mappings) [`Shard::expire_with`] ends together, the lines their deletions
+/// touch prefetched first: one burst's worth, as in [`Shard::process`].
+pub const EXPIRY_BATCH: usize = 32;
+
 /// A hint about a large allocation, called with its address and length before the memory is first
 /// written: the data plane passes `dpdk::advise_hugepages` so the session slab, the indexes and the
 /// mapping table are backed by transparent huge pages. This crate stays free of `unsafe` and of DPDK.

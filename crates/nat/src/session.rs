@@ -258,9 +258,26 @@ impl Slab {
         &self.sweep
     }
 
-    /// Go on with the sweep, looking at no more than `budget` slots (and no more than the ticks up to
-    /// `now` grant). Sessions past their deadline are handed to `expire`, which must remove them
-    /// (and may remove others too). Returns how many slots were looked at.
+    /// How many slots of the sweep to look at now: at most `budget`, and no more than the ticks up
+    /// to `now` grant. Take them with [`Slab::sweep_step`].
+    #[inline]
+    pub fn sweep_grant(&mut self, now: u32, budget: u32) -> u32 {
+        self.sweep.grant(now, budget)
+    }
+
+    /// Look at the sweep's next slot: `Some(slot)` if it holds a session past its deadline at
+    /// `now`, which the caller then deletes.
+    #[inline]
+    pub fn sweep_step(&mut self, now: u32, t: &Timeouts) -> Option<u32> {
+        let slot = self.sweep.next();
+        let s = &self.slots[slot as usize];
+        (s.is_live() && s.deadline(t) <= now).then_some(slot)
+    }
+
+    /// Go on with the sweep ([`Slab::sweep_grant`], [`Slab::sweep_step`]), handing each session
+    /// past its deadline to `expire`, which must remove it (and may remove others too). Returns
+    /// how many slots were looked at.
+    #[cfg(test)]
     pub fn sweep(
         &mut self,
         now: u32,
@@ -268,13 +285,11 @@ impl Slab {
         t: &Timeouts,
         mut expire: impl FnMut(&mut Slab, u32),
     ) -> u32 {
-        let n = self.sweep.grant(now, budget);
+        let n = self.sweep_grant(now, budget);
         for _ in 0..n {
-            let slot = self.sweep.next();
-            let s = &self.slots[slot as usize];
-            if s.is_live() && s.deadline(t) <= now {
+            if let Some(slot) = self.sweep_step(now, t) {
                 expire(self, slot);
-                debug_assert!(!self.slots[slot as usize].is_live());
+                assert!(!self.slots[slot as usize].is_live());
             }
         }
         n

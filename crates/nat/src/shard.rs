@@ -1004,22 +1004,47 @@ impl Shard {
     /// slabs, looking at no more than `budget` slots of each, and no more than the ticks up to `now`
     /// grant (see [`crate::sweep`]: a full pass of each slab per second up to 4 Mi slots). Call it
     /// often; [`Shard::expiry_due`] says whether a call would do anything. Returns how many sessions
-    /// were deleted.
+    /// were deleted. Without prefetching: the data plane calls [`Shard::expire_with`].
     pub fn expire(&mut self, now: u32, budget: u32) -> u32 {
+        self.expire_with::<crate::NoPrefetch>(now, budget)
+    }
+
+    /// [`Shard::expire`], prefetching with `P`. What the sweeps find due is ended in batches of up
+    /// to [`crate::EXPIRY_BATCH`]: first the index buckets (and subscriber buckets) every deletion of the
+    /// batch will touch are prefetched together, then the deletions run. Each ending touches
+    /// several random lines (its index entries, its mapping's, its subscriber); one after another
+    /// they were a DRAM latency each when a large table goes idle at once.
+    pub fn expire_with<P: Prefetch>(&mut self, now: u32, budget: u32) -> u32 {
         let Shard { slab, core, .. } = self;
         core.now = now;
         let timeouts = core.cfg.timeouts;
+        let mut batch = [0u32; crate::EXPIRY_BATCH];
+        let mut k = 0;
         let mut deleted = 0;
-        slab.sweep(now, budget, &timeouts, |slab, slot| {
-            deleted += core.delete_session(slab, slot, now, false);
-        });
-        let mut released = 0;
-        for _ in 0..core.maps.sweep_grant(now, budget) {
-            if let Some(ms) = core.maps.sweep_step(now) {
-                core.release_mapping(ms, now);
-                released += 1;
+        for _ in 0..slab.sweep_grant(now, budget) {
+            if let Some(slot) = slab.sweep_step(now, &timeouts) {
+                batch[k] = slot;
+                k += 1;
+                if k == crate::EXPIRY_BATCH {
+                    deleted += core.end_sessions::<P>(slab, &batch, now);
+                    k = 0;
+                }
             }
         }
+        deleted += core.end_sessions::<P>(slab, &batch[..k], now);
+        let mut released = 0;
+        k = 0;
+        for _ in 0..core.maps.sweep_grant(now, budget) {
+            if let Some(ms) = core.maps.sweep_step(now) {
+                batch[k] = ms;
+                k += 1;
+                if k == crate::EXPIRY_BATCH {
+                    released += core.end_holds::<P>(&batch, now);
+                    k = 0;
+                }
+            }
+        }
+        released += core.end_holds::<P>(&batch[..k], now);
         if deleted > 0 || released > 0 {
             core.gauges(slab);
         }
@@ -1068,6 +1093,57 @@ impl Shard {
 }
 
 impl Core {
+    /// Delete the sessions of `slots` (found past their deadline by the sweep), prefetching first
+    /// the index buckets each deletion touches: its two keys, its mapping's inside key and its
+    /// subscriber. A slot an earlier deletion of the
+    /// batch already removed (the other half of a full-NAT flow) is skipped.
+    fn end_sessions<P: Prefetch>(&mut self, slab: &mut Slab, slots: &[u32], now: u32) -> u32 {
+        let seed = self.cfg.seed;
+        for &slot in slots {
+            let s = slab.get(slot);
+            P::prefetch(self.index.home_ref(in_key(s).hash(seed)));
+            P::prefetch(self.index.home_ref(out_key(s).hash(seed)));
+            if !s.is_dnat() {
+                P::prefetch(
+                    self.maps
+                        .home_ref(mapping::in_hash(seed, s.in_addr, s.in_port, s.proto)),
+                );
+                P::prefetch(self.subs.home_ref(sub_hash(seed, s.in_addr)));
+            }
+        }
+        let t = self.cfg.timeouts;
+        let mut deleted = 0;
+        for &slot in slots {
+            let s = slab.get(slot);
+            if s.is_live() && s.deadline(&t) <= now {
+                deleted += self.delete_session(slab, slot, now, false);
+            }
+        }
+        deleted
+    }
+
+    /// Release the held mappings of `slots` (found due by the sweep), prefetching first the
+    /// buckets of their two index keys and of their subscriber. Returns how many were released.
+    fn end_holds<P: Prefetch>(&mut self, slots: &[u32], now: u32) -> u32 {
+        let seed = self.cfg.seed;
+        for &ms in slots {
+            let m = self.maps.get(ms);
+            P::prefetch(
+                self.maps
+                    .home_ref(mapping::in_hash(seed, m.in_addr, m.in_port, m.proto)),
+            );
+            P::prefetch(
+                self.maps
+                    .home_ref(mapping::out_hash(seed, m.out_addr, m.out_port, m.proto)),
+            );
+            P::prefetch(self.subs.home_ref(sub_hash(seed, m.in_addr)));
+        }
+        for &ms in slots {
+            self.release_mapping(ms, now);
+        }
+        slots.len() as u32
+    }
+
     /// After stage 2 of [`Shard::process`], for a burst with missed probes: a miss is most likely a
     /// new flow, whose slow path looks up a mapping (stage 2 prefetched its bucket) and, outbound, a
     /// subscriber. Prefetch the subscriber buckets, then the records both name. Without this a new
