@@ -11,6 +11,9 @@
 //! * **new-session rate**: a second shard with room for N + N/8 flows is pre-filled with N, then
 //!   N/8 more flows from another subscriber range are created in 4 successive chunks (shuffled
 //!   order), each chunk timed: the table holds 100 % to 112.5 % of the stated size meanwhile;
+//! * **sustained new sessions at a full table**: a third shard sized for exactly N holds N flows,
+//!   an eighth of them idle past their timeout; as many new flows are created while the expiry
+//!   sweep ends the idle ones, as a worker interleaves them (creation and expiry timed together);
 //! * **memory per session**: `Shard::memory()` of the first shard (sized for exactly N) divided by N,
 //!   all tables included, and the growth of the process RSS while it was built and filled;
 //! * **expiry**, on that shard once the rates are measured: what the expiry sweeps cost per slot
@@ -406,6 +409,7 @@ fn create<P: Prefetch>(
     bufs: &mut Bufs,
     flows: Flows,
     ids: &[u32],
+    now: u32,
 ) -> Result<Duration> {
     let mut verdicts = [Verdict::Forward; BURST];
     let mut spent = Duration::ZERO;
@@ -416,7 +420,7 @@ fn create<P: Prefetch>(
             write_udp(&mut bufs.0[j], s, p, flows.remote(f), SERVER_PORT);
         }
         let t = Instant::now();
-        sh.process::<_, P>(Dir::In2Out, bufs, &mut verdicts[..chunk.len()], 0);
+        sh.process::<_, P>(Dir::In2Out, bufs, &mut verdicts[..chunk.len()], now);
         spent += t.elapsed();
         if let Some((j, v)) = verdicts[..chunk.len()]
             .iter()
@@ -493,7 +497,7 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
     let mut bufs = Bufs::new(BURST);
     let all: Vec<u32> = (0..n).collect();
     let t = Instant::now();
-    let fill_time = create::<Prefetch0>(&mut sh, &mut bufs, flows, &all)?;
+    let fill_time = create::<Prefetch0>(&mut sh, &mut bufs, flows, &all, 0)?;
     let fill_wall = t.elapsed();
     drop(all);
     let rss = rss_bytes().saturating_sub(rss0);
@@ -686,11 +690,11 @@ fn measure_new(cli: &Cli, n: u32) -> Result<Value> {
         )?;
         let mut bufs = Bufs::new(BURST);
         let prefill: Vec<u32> = (0..n).collect();
-        create::<Prefetch0>(&mut sh, &mut bufs, old, &prefill)?;
+        create::<Prefetch0>(&mut sh, &mut bufs, old, &prefill, 0)?;
         drop(prefill);
         let order = permutation(extra, 0xC2B2_AE3D_27D4_EB4F);
         for c in order.chunks(chunk as usize).take(CHUNKS as usize) {
-            let t = create::<Prefetch0>(&mut sh, &mut bufs, new, c)?;
+            let t = create::<Prefetch0>(&mut sh, &mut bufs, new, c, 0)?;
             rates.push(c.len() as f64 / t.as_secs_f64().max(1e-9));
         }
     }
@@ -704,6 +708,112 @@ fn measure_new(cli: &Cli, n: u32) -> Result<Value> {
         "created": extra,
         "chunk": chunk,
     }))
+}
+
+/// Sustained new sessions at a full table: a shard sized for exactly `n` sessions holds `n` flows,
+/// an eighth of them (in bursts scattered over the slab) idle past the UDP timeout; as many new
+/// flows are created while the sweep ends the idle ones, as a worker does: before each burst of
+/// new flows, expiry calls (`nat::EXPIRY_BUDGET` slots each) until the burst fits. The rate is new
+/// sessions per second of the whole loop, creation and expiry together. The mapping table has room
+/// for the ended flows' mappings, which stay held (the hold-down) meanwhile. Median over fresh fills
+/// for tables up to 1M, as for [`measure_new`].
+fn measure_churn(cli: &Cli, n: u32) -> Result<Value> {
+    let fills = if n <= 1 << 20 { cli.repeat.max(1) } else { 1 };
+    let mut rates = Vec::new();
+    let mut replaced = 0;
+    for _ in 0..fills {
+        let (rate, r) = churn_once(cli, n)?;
+        rates.push(rate);
+        replaced = r;
+    }
+    Ok(json!({
+        "sessions_per_s": median(rates.clone()),
+        "samples": rates,
+        "replaced": replaced,
+    }))
+}
+
+/// One fill of [`measure_churn`]: the rate and the number of sessions replaced.
+fn churn_once(cli: &Cli, n: u32) -> Result<(f64, u32)> {
+    let replaced = (n / 8).max(1024).min(n);
+    let old = Flows::new(BASE_FILL, cli);
+    let new = Flows::new(BASE_NEW, cli);
+    let mut sh = shard(
+        n,
+        old.subscribers(n) + new.subscribers(replaced),
+        old.mappings(n) + new.mappings(replaced),
+        !cli.no_thp,
+    )?;
+    let udp = sh.config().timeouts.udp;
+    let mut bufs = Bufs::new(BURST);
+    // Fill by bursts, an eighth of them (chosen at random) at tick 0, the rest at tick 10: from the
+    // UDP timeout on only the first are due (for the sweep's pass of up to 10 s), spread over the
+    // slab 32 sessions at a time.
+    let ids: Vec<u32> = (0..n).collect();
+    let bursts = ids.chunks(BURST).count() as u32;
+    let idle_bursts = replaced.div_ceil(BURST as u32).min(bursts);
+    let mut idle = vec![false; bursts as usize];
+    for &b in permutation(bursts, 0x2545_F491_4F6C_DD1D)
+        .iter()
+        .take(idle_bursts as usize)
+    {
+        idle[b as usize] = true;
+    }
+    let mut due = 0u32;
+    for (b, chunk) in ids.chunks(BURST).enumerate() {
+        let tick = if idle[b] { 0 } else { 10 };
+        create::<Prefetch0>(&mut sh, &mut bufs, old, chunk, tick)?;
+        if idle[b] {
+            due += chunk.len() as u32;
+        }
+    }
+    drop(ids);
+    let order = permutation(due, 0x9E6C_63D0_676A_9A99);
+    let mut verdicts = [Verdict::Forward; BURST];
+    // The clock moves on whenever the sweep has spent its quota (a pass of a large slab takes
+    // several seconds), compressed: only the work is timed.
+    let mut now = udp;
+    let start = Instant::now();
+    for chunk in order.chunks(BURST) {
+        while sh.session_count() as usize + chunk.len() > n as usize {
+            if !sh.expiry_due(now) {
+                now += 1;
+                if now >= udp + 10 {
+                    bail!(
+                        "churn: the table is full and a whole pass found nothing ({} sessions)",
+                        sh.session_count()
+                    );
+                }
+                continue;
+            }
+            sh.expire_with::<Prefetch0>(now, nat::EXPIRY_BUDGET);
+        }
+        bufs.0.truncate(chunk.len());
+        for (j, &f) in chunk.iter().enumerate() {
+            let (a, p) = new.inside(f);
+            write_udp(&mut bufs.0[j], a, p, new.remote(f), SERVER_PORT);
+        }
+        sh.process::<_, Prefetch0>(Dir::In2Out, &mut bufs, &mut verdicts[..chunk.len()], now);
+        if let Some(v) = verdicts[..chunk.len()]
+            .iter()
+            .find(|v| **v != Verdict::Forward)
+        {
+            bail!(
+                "churn: a new flow got {v:?} ({} sessions)",
+                sh.session_count()
+            );
+        }
+    }
+    let spent = start.elapsed();
+    // Whole bursts of flows ended; a burst holds whole mappings when `--remotes` divides 32.
+    let ended_mappings = due / cli.remotes.max(1);
+    if (BURST as u32).is_multiple_of(cli.remotes.max(1)) && sh.held_count() < ended_mappings {
+        bail!(
+            "churn: {} of the {ended_mappings} ended flows' mappings are held",
+            sh.held_count()
+        );
+    }
+    Ok((f64::from(due) / spent.as_secs_f64().max(1e-9), due))
 }
 
 /// The pre-filled flows' subscribers (100.64.0.0 up) must end before the new flows' (100.96.0.0
@@ -763,7 +873,8 @@ fn main() -> Result<()> {
     let mut results = Vec::new();
     for n in sizes {
         let est = measure_established(&cli, n)?;
-        let new = measure_new(&cli, n)?;
+        let mut new = measure_new(&cli, n)?;
+        new["churn"] = measure_churn(&cli, n)?;
         eprintln!(
             "{n:>9} sessions: in2out {:6.2} Mpps ({:5.1} ns), out2in {:6.2} Mpps ({:5.1} ns), new {:5.2} M/s, {:.1} B/session all-in",
             est["in2out_mpps"].as_f64().unwrap_or(f64::NAN),
@@ -872,6 +983,11 @@ mod tests {
         assert!(exp["idle_core_share"].as_f64().unwrap() > 0.0);
         let new = measure_new(&cli, 2048).unwrap();
         assert_eq!(new["samples"].as_u64().unwrap(), u64::from(CHUNKS));
+        // An eighth of the table (at least 1024) replaced while it stays full; churn_once checks
+        // that every new flow was forwarded and every ended flow's mapping held.
+        let churn = measure_churn(&cli, 2048).unwrap();
+        assert_eq!(churn["replaced"].as_u64().unwrap(), 1024);
+        assert!(churn["sessions_per_s"].as_f64().unwrap() > 0.0);
         assert!(new["sessions_per_s"].as_f64().unwrap() > 0.0);
     }
 
@@ -911,7 +1027,7 @@ mod tests {
         };
         let mut sh = shard(64, 16, 64, false).unwrap();
         let mut bufs = Bufs::new(BURST);
-        create::<NoPrefetch>(&mut sh, &mut bufs, flows, &[5]).unwrap();
+        create::<NoPrefetch>(&mut sh, &mut bufs, flows, &[5], 0).unwrap();
         let s = *sh.sessions().next().unwrap();
         assert_eq!((s.in_addr, s.in_port), flows.inside(5));
         // A reply to the outside endpoint is translated back to the subscriber, checksum intact.
