@@ -1725,7 +1725,7 @@ impl Core {
             .maps
             .insert(m, h_in, mapping::out_hash(seed, out_addr, port, proto))
         else {
-            self.free_port(sub, out_addr, proto, port, now);
+            self.free_port(Some(sub), in_addr, out_addr, proto, port, now);
             return Err(DropReason::TableFull);
         };
         self.subs.get_mut(sub).mappings += 1;
@@ -1835,7 +1835,7 @@ impl Core {
     ) -> Result<u32, DropReason> {
         let Some(slot) = slab.insert(s) else {
             if self.maps.get(ms).sessions() == 0 {
-                self.end_mapping(ms, sub, made, now);
+                self.end_mapping(ms, Some(sub), made, now);
             }
             return Err(DropReason::TableFull);
         };
@@ -2396,12 +2396,14 @@ impl Core {
             debug_assert!(false, "session without a mapping");
             return deleted;
         };
-        let Some(sub) = self.subscriber_of(self.maps.get(ms)) else {
-            debug_assert!(false, "a live mapping without its subscriber");
-            return deleted;
-        };
-        let r = self.subs.get_mut(sub);
-        r.sessions = r.sessions.saturating_sub(1);
+        // A live mapping's subscriber record lives while it does; were it ever missing, the
+        // mapping still ends (its port must not leak), only the subscriber's counts are skipped.
+        let sub = self.subscriber_of(self.maps.get(ms));
+        debug_assert!(sub.is_some(), "a live mapping without its subscriber");
+        if let Some(sub) = sub {
+            let r = self.subs.get_mut(sub);
+            r.sessions = r.sessions.saturating_sub(1);
+        }
         if self.maps.remove_session(ms) == 0 {
             self.end_mapping(ms, sub, force || s.closed_cleanly(), now);
         }
@@ -2416,32 +2418,35 @@ impl Core {
             .find(sub_hash(self.cfg.seed, m.in_addr), m.in_addr, m.pool)
     }
 
-    /// A mapping of subscriber `sub` lost its last session: free its port now, or hold it (RFC
-    /// 6888 REQ-8).
-    fn end_mapping(&mut self, ms: u32, sub: u32, bypass: bool, now: u32) {
+    /// A mapping of subscriber `sub` (its record, `None` only were the table inconsistent) lost
+    /// its last session: free its port now, or hold it (RFC 6888 REQ-8).
+    fn end_mapping(&mut self, ms: u32, sub: Option<u32>, bypass: bool, now: u32) {
         let m = *self.maps.get(ms);
-        let r = self.subs.get_mut(sub);
-        r.mappings = r.mappings.saturating_sub(1);
+        if let Some(sub) = sub {
+            let r = self.subs.get_mut(sub);
+            r.mappings = r.mappings.saturating_sub(1);
+        }
         // Deterministic ports belong to one subscriber for good (REQ-8 b): nobody else can get them.
         let skip = bypass || self.cfg.hold_down_s == 0 || self.det[m.pool as usize].is_some();
         if skip {
             self.release_mapping_of(ms, sub, now);
         } else {
             self.maps.hold(ms, now.saturating_add(self.cfg.hold_down_s));
-            self.subs.get_mut(sub).held += 1;
+            if let Some(sub) = sub {
+                self.subs.get_mut(sub).held += 1;
+            }
         }
     }
 
     /// Remove a mapping with no sessions and free its port (and its port block, if now empty).
     fn release_mapping(&mut self, ms: u32, now: u32) {
-        match self.subscriber_of(self.maps.get(ms)) {
-            Some(sub) => self.release_mapping_of(ms, sub, now),
-            None => debug_assert!(false, "a mapping without its subscriber"),
-        }
+        let sub = self.subscriber_of(self.maps.get(ms));
+        debug_assert!(sub.is_some(), "a mapping without its subscriber");
+        self.release_mapping_of(ms, sub, now);
     }
 
     /// [`Core::release_mapping`] for a mapping whose subscriber record is known to be `sub`.
-    fn release_mapping_of(&mut self, ms: u32, sub: u32, now: u32) {
+    fn release_mapping_of(&mut self, ms: u32, sub: Option<u32>, now: u32) {
         let m = *self.maps.get(ms);
         let seed = self.cfg.seed;
         self.maps.remove(
@@ -2449,14 +2454,18 @@ impl Core {
             mapping::in_hash(seed, m.in_addr, m.in_port, m.proto),
             mapping::out_hash(seed, m.out_addr, m.out_port, m.proto),
         );
-        if m.is_held() {
+        if m.is_held()
+            && let Some(sub) = sub
+        {
             let r = self.subs.get_mut(sub);
             r.held = r.held.saturating_sub(1);
         }
         self.counters.add(Counter::MappingsDeleted, 1);
         self.event(now, EventKind::MappingDeleted(mapping_info(&m)));
-        self.free_port(sub, m.out_addr, m.proto, m.out_port, now);
-        self.release_subscriber_if_idle(sub);
+        self.free_port(sub, m.in_addr, m.out_addr, m.proto, m.out_port, now);
+        if let Some(sub) = sub {
+            self.release_subscriber_if_idle(sub);
+        }
     }
 
     /// Publish how many ports of `out_addr` are in use (for the control plane; on port changes only).
@@ -2472,7 +2481,17 @@ impl Core {
         }
     }
 
-    fn free_port(&mut self, sub: u32, out_addr: u32, proto: u8, port: u16, now: u32) {
+    /// Free a port of subscriber `sub` (its record; the address `sub_addr`), and its port block if
+    /// now empty.
+    fn free_port(
+        &mut self,
+        sub: Option<u32>,
+        sub_addr: u32,
+        out_addr: u32,
+        proto: u8,
+        port: u16,
+        now: u32,
+    ) {
         let Some(a) = self.ports.addr_index(out_addr) else {
             return;
         };
@@ -2480,15 +2499,14 @@ impl Core {
         if let Some(Some(j)) = released {
             // The block is empty (nothing mapped or held in it): give it back.
             let set = self.ports.block_set(a, j);
-            let owned = self.subs.remove_block(sub, j);
+            let owned = sub.is_some_and(|sub| self.subs.remove_block(sub, j));
             debug_assert!(owned, "emptied block {j} not owned by its subscriber");
             self.ports.put_block(a, j);
             self.counters.add(Counter::BlocksReleased, 1);
-            let subscriber = self.subs.get(sub).addr;
             self.event(
                 now,
                 EventKind::BlockReleased {
-                    subscriber,
+                    subscriber: sub_addr,
                     block: set,
                 },
             );
