@@ -482,6 +482,8 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
             slab_mib = slab >> 20,
             index_mib = index >> 20,
             portmaps_kib = portmaps >> 10,
+            // How late past its idle timeout a session may end (one sweep pass).
+            expiry_lag_s = shard.expiry_lag_seconds(),
             "session table allocated"
         );
         workers.push((*lc, counters, wcfg, shard));
