@@ -1094,11 +1094,12 @@ impl Shard {
 
 impl Core {
     /// Delete the sessions of `slots` (found past their deadline by the sweep), prefetching first
-    /// the index buckets each deletion touches: its two keys, its mapping's inside key and its
-    /// subscriber. A slot an earlier deletion of the batch already removed (the other half of a
+    /// the index buckets each deletion touches: its two keys (three in an address-dependent
+    /// pool), its mapping's inside key and its subscriber. A slot an earlier deletion of the batch already removed (the other half of a
     /// full-NAT flow) is skipped.
     fn end_sessions<P: Prefetch>(&mut self, slab: &mut Slab, slots: &[u32], now: u32) -> u32 {
         let seed = self.cfg.seed;
+        let any_adf = self.adf.iter().any(|&a| a);
         for &slot in slots {
             let s = slab.get(slot);
             P::prefetch(self.index.home_ref(in_key(s).hash(seed)));
@@ -1109,6 +1110,18 @@ impl Core {
                         .home_ref(mapping::in_hash(seed, s.in_addr, s.in_port, s.proto)),
                 );
                 P::prefetch(self.subs.home_ref(sub_hash(seed, s.in_addr)));
+                // An address-dependent pool's filtering key, the third entry the deletion removes.
+                if any_adf
+                    && let Some(a) = self.ports.addr_index(s.out_addr)
+                    && self
+                        .adf
+                        .get(self.ports.pool_of(a))
+                        .copied()
+                        .unwrap_or(false)
+                {
+                    let h = adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto);
+                    P::prefetch(self.index.home_ref(h));
+                }
             }
         }
         let t = self.cfg.timeouts;
