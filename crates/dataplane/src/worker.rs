@@ -6,8 +6,7 @@
 //! flushed at the end of the iteration; what the NIC does not take is freed and counted. Idle-session
 //! expiry (256 slots of each of the shard's sweeps, while the second's quota lasts) and neighbour
 //! upkeep run with a bounded budget every iteration; a worker does not nap while a sweep has quota
-//! left. Nothing here allocates, locks,
-//! makes a system call or logs per packet.
+//! left. Nothing here allocates, locks, makes a system call or logs per packet.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

@@ -67,8 +67,9 @@ pub(crate) const FLAGS: u8 = HAIRPIN | INBOUND | DNAT;
 /// One translation: inside endpoint ↔ outside endpoint, towards one remote endpoint.
 ///
 /// Aligned to 32 bytes, so that no session straddles two cache lines: the burst pipeline prefetches
-/// one line per session. The fields take 24 of the 32 bytes. (Without it the slab starts wherever the allocator puts it, typically 16
-/// bytes into a page, and every other session spans two lines, the second never prefetched.)
+/// one line per session. (Without it the slab starts wherever the allocator puts it, typically 16
+/// bytes into a page, and every other session spans two lines, the second never prefetched.) The
+/// fields take 24 of the 32 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(32))]
 pub struct Session {
