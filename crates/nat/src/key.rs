@@ -23,19 +23,19 @@ impl FlowKey {
         let b = ((self.sport as u64) << 48) | ((self.dport as u64) << 32) | self.proto as u64;
         let h = (a ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ (b ^ seed.rotate_left(29)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        fmix64(h) as u32
+        fold(h)
     }
 }
 
-/// MurmurHash3's 64-bit finaliser: every input bit affects every output bit.
+/// The 32 bits of the hash from the 64 of the two products. A product's low bits depend only on
+/// the low bits of its input, its high bits on all of them: folding the high half onto the low one
+/// and keeping the high half of one more product makes every output bit depend on every input
+/// bit. The index takes its home bucket from the high bits and its tag from the low ones, so both
+/// ends must be mixed. This replaced MurmurHash3's finaliser (three shifts and two products),
+/// about eight instructions less on every packet with the same spread (see the tests).
 #[inline]
-fn fmix64(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^= k >> 33;
-    k
+fn fold(h: u64) -> u32 {
+    ((h ^ (h >> 32)).wrapping_mul(0xff51_afd7_ed55_8ccd) >> 32) as u32
 }
 
 #[cfg(test)]
@@ -61,6 +61,79 @@ mod tests {
         let min = *buckets.iter().min().unwrap();
         // Expected 64 per bucket; a sound hash stays within a few standard deviations (sigma = 8).
         assert!(max < 64 + 48 && min > 64 - 48, "min {min} max {max}");
+    }
+
+    /// Chi-square of `n` keys over `bins` bins, each key's bin from `bin_of(hash)`.
+    fn chi_square(keys: &[FlowKey], seed: u64, bins: usize, bin_of: impl Fn(u32) -> usize) -> f64 {
+        let mut count = vec![0u32; bins];
+        for k in keys {
+            count[bin_of(k.hash(seed))] += 1;
+        }
+        let e = keys.len() as f64 / bins as f64;
+        count.iter().map(|&c| (f64::from(c) - e).powi(2) / e).sum()
+    }
+
+    #[test]
+    fn both_ends_of_the_hash_spread_structured_keys() {
+        // The index's home bucket comes from the high bits (multiply-shift) and its tag from the
+        // low 24: both must spread keys that differ in only a few bits. Four families: source
+        // ports of one subscriber, subscribers of one /16 on one port, servers of one subscriber
+        // port, and the endpoint keys mappings use (no remote).
+        let mut families: Vec<Vec<FlowKey>> = Vec::new();
+        let base = FlowKey {
+            src: 0x6440_0000,
+            dst: 0xc633_640a,
+            sport: 1024,
+            dport: 443,
+            proto: 6,
+        };
+        families.push(
+            (0..65536u32)
+                .map(|p| FlowKey {
+                    sport: p as u16,
+                    ..base
+                })
+                .collect(),
+        );
+        families.push(
+            (0..65536u32)
+                .map(|i| FlowKey {
+                    src: base.src + i,
+                    ..base
+                })
+                .collect(),
+        );
+        families.push(
+            (0..65536u32)
+                .map(|i| FlowKey {
+                    dst: base.dst + i,
+                    ..base
+                })
+                .collect(),
+        );
+        families.push(
+            (0..65536u32)
+                .map(|i| FlowKey {
+                    src: 0xcb00_7100 + (i >> 10),
+                    dst: 0,
+                    sport: (i & 1023) as u16 + 1024,
+                    dport: 0,
+                    proto: 17,
+                })
+                .collect(),
+        );
+        // 1023 degrees of freedom: mean 1023, sigma about 45; 1300 is six sigma.
+        for (f, keys) in families.iter().enumerate() {
+            for seed in [0x1234_5678_9abc_def0u64, 0, u64::MAX] {
+                let high = chi_square(keys, seed, 1024, |h| ((u64::from(h) * 1024) >> 32) as usize);
+                let low = chi_square(keys, seed, 1024, |h| (h & 1023) as usize);
+                let tag = chi_square(keys, seed, 1024, |h| ((h >> 14) & 1023) as usize);
+                assert!(
+                    high < 1300.0 && low < 1300.0 && tag < 1300.0,
+                    "family {f} seed {seed:#x}: chi-square high {high:.0} low {low:.0} tag {tag:.0}"
+                );
+            }
+        }
     }
 
     #[test]
