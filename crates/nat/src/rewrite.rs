@@ -1036,6 +1036,13 @@ mod tests {
                 ip.fill_checksum();
                 with_options += 1;
             }
+            // Any TTL the translator forwards (it refuses 0 and 1 before a rewrite).
+            let ttl = 2 + (next() % 254) as u8;
+            {
+                let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+                ip.set_ttl(ttl);
+                ip.fill_checksum();
+            }
             let len = b.len();
             b.extend_from_slice(&[0xaa; 6]);
             let orig = b.clone();
@@ -1049,7 +1056,7 @@ mod tests {
             rewrite(&mut b, &p, end, addr, port, dec);
             assert!(checksums_valid(&b[..len]), "round {round}: {b:02x?}");
             let ip = Ipv4Packet::new_checked(&b[..len]).unwrap();
-            assert_eq!(ip.ttl(), if dec { 63 } else { 64 });
+            assert_eq!(ip.ttl(), if dec { ttl - 1 } else { ttl });
             assert_eq!(usize::from(ip.header_len()), l4);
             let (addr_at, port_at) = match (end, round % 3) {
                 (_, 2) => (if end == End::Source { 12 } else { 16 }, l4 + 4),
