@@ -1341,7 +1341,6 @@ impl Core {
         if s.state & DNAT != 0 && s.is_dnat() {
             self.dnat_packet(&*s, p);
         }
-        let s = slab.get_mut(slot);
         let (end, addr, port) = match dir {
             Dir::In2Out => (End::Source, s.out_addr, s.out_port),
             Dir::Out2In => (End::Destination, s.in_addr, s.in_port),
