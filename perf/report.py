@@ -130,7 +130,8 @@ def main():
 
     w("## Pipeline: `nat::Shard::process` on one core (cgnat-bench)")
     w("")
-    w(f"64-byte UDP frames in {cfg['buffer_bytes']}-byte buffers (IPv4 at offset {cfg['l3_offset']}), "
+    w(f"64-byte UDP frames with valid IPv4 and UDP checksums (both updated on every packet) in "
+      f"{cfg['buffer_bytes']}-byte buffers (IPv4 at offset {cfg['l3_offset']}), "
       f"bursts of {cfg['burst']}, {cfg['flows_per_subscriber']} flows per subscriber.")
     w("Established flows: each burst takes the next 32 flows of a random permutation of **all** N")
     w("flows (uniform over the whole table, every flow once per pass). *ns/pkt* is the whole loop,")
