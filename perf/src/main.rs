@@ -371,12 +371,28 @@ fn probe_line(i: u64, mask: u64) -> usize {
     (k & mask) as usize * 8
 }
 
+/// The next burst of the memory probe: the word positions of 32 random lines (from counter `i`
+/// on), each prefetched.
+#[inline(always)]
+fn prefetched_burst(buf: &[u64], i: &mut u64, mask: u64) -> [usize; BURST] {
+    let mut burst = [0usize; BURST];
+    for a in burst.iter_mut() {
+        *a = probe_line(*i, mask);
+        *i += 1;
+        Prefetch0::prefetch(&buf[*a]);
+    }
+    burst
+}
+
 /// Random 64-byte reads in a buffer of `bytes` (advised for transparent huge pages like the
 /// tables, which covers every buffer but the 1 MiB one): `dependent_ns`, each address computed from
 /// the value read before (the load-to-use latency the pipeline must hide), and `batched_ns`, bursts
 /// of 32 independent reads all prefetched before any is used (the pipeline's access pattern: what
-/// the memory system delivers with as many misses in flight as it allows). Reads only: the NAT also
-/// writes a session's `last_seen` on every in2out packet. Medians of short samples.
+/// the memory system delivers with as many misses in flight as it allows). `batched_write_ns` is
+/// the same with every line also written: a dirtied line is written back when it is evicted, so
+/// it costs the memory system a second transfer. That is what an index insert or a new session
+/// does to a line no packet brought into cache (an established packet only writes its session's
+/// `last_seen`). Medians of short samples.
 fn memory_probe(bytes: usize, thp: bool) -> Result<Value> {
     let words = bytes / 8;
     // A power of two (PROBE_BYTES), so that a mask, not a division, picks the line.
@@ -394,25 +410,27 @@ fn memory_probe(bytes: usize, thp: bool) -> Result<Value> {
     // Short samples, the median of several: one disturbed moment on a shared machine must not
     // become the figure.
     const SAMPLES: usize = 7;
-    let (mut batched, mut dependent) = (Vec::new(), Vec::new());
+    let (mut batched, mut written, mut dependent) = (Vec::new(), Vec::new(), Vec::new());
     let mut i = 0u64;
     let mut at = 0usize;
     for _ in 0..SAMPLES {
         let t = Instant::now();
         let mut sum = 0u64;
         for _ in 0..BATCHES {
-            let mut burst = [0usize; BURST];
-            for a in burst.iter_mut() {
-                *a = probe_line(i, mask);
-                i += 1;
-                Prefetch0::prefetch(&buf[*a]);
-            }
-            for a in burst {
+            for a in prefetched_burst(&buf, &mut i, mask) {
                 sum = sum.wrapping_add(buf[a]);
             }
         }
         black_box(sum);
         batched.push(t.elapsed().as_secs_f64() * 1e9 / (BATCHES * BURST as u64) as f64);
+        let t = Instant::now();
+        for _ in 0..BATCHES {
+            for a in prefetched_burst(&buf, &mut i, mask) {
+                buf[a] = buf[a].wrapping_add(1);
+            }
+        }
+        black_box(&buf);
+        written.push(t.elapsed().as_secs_f64() * 1e9 / (BATCHES * BURST as u64) as f64);
         let t = Instant::now();
         for _ in 0..STEPS {
             // The next address depends on the value just read, so the reads cannot overlap.
@@ -425,6 +443,7 @@ fn memory_probe(bytes: usize, thp: bool) -> Result<Value> {
     Ok(json!({
         "bytes": bytes, "samples": SAMPLES,
         "dependent_ns": median(dependent), "batched_ns": median(batched),
+        "batched_write_ns": median(written),
     }))
 }
 
@@ -883,10 +902,12 @@ fn main() -> Result<()> {
             // copy of PROBE_BYTES.
             p["stands_for_sessions"] = json!(stands_for);
             eprintln!(
-                "memory {:>5} MiB: dependent {:6.1} ns, batched {:5.1} ns per read",
+                "memory {:>5} MiB: dependent {:6.1} ns, batched {:5.1} ns per read, {:5.1} ns per \
+                 read and write",
                 bytes >> 20,
                 p["dependent_ns"].as_f64().unwrap_or(f64::NAN),
-                p["batched_ns"].as_f64().unwrap_or(f64::NAN)
+                p["batched_ns"].as_f64().unwrap_or(f64::NAN),
+                p["batched_write_ns"].as_f64().unwrap_or(f64::NAN)
             );
             probe.push(p);
         }
