@@ -467,16 +467,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    /// A deterministic PRNG for tests (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-    }
+    use crate::TestRng as Rng;
 
     impl Index {
         /// A hash whose home is bucket `b` and whose low byte (its queue-filter bit and part of its

@@ -129,6 +129,28 @@ mod dnat_tests;
 #[cfg(test)]
 mod icmp_frag_tests;
 #[cfg(test)]
+mod model_tests;
+
+/// A deterministic PRNG for tests (xorshift64*): seeded runs that are reproducible and differ from
+/// each other.
+#[cfg(test)]
+pub(crate) struct TestRng(pub u64);
+
+#[cfg(test)]
+impl TestRng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A draw in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+#[cfg(test)]
 mod policy_tests;
 
 pub use counters::{Counter, Counters, DropReason, SNAT_RULE_COUNTERS};
