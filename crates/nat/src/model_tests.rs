@@ -13,7 +13,9 @@
 //! * outbound packets keep a session alive, inbound ones do not (REQ-6, the default);
 //! * a session ends no earlier than its idle timeout and no later than one sweep pass after it,
 //!   and a hold-down likewise; the counts the control plane reads follow, and everything drains
-//!   to zero with no index entry left behind.
+//!   to zero with no index entry left behind;
+//! * in a table that is full, a new session is refused and counted (`table_full`) while every
+//!   established one goes on both ways (as RFC 6888 REQ-11 asks: no eviction).
 //!
 //! Expiry is the one place where the contract allows a range (a pass of the sweep), so the model
 //! reads the shard's state for exactly the sessions and hold-downs inside that range, checks that
@@ -95,22 +97,29 @@ fn remote_ep(r: &mut Rng) -> Ep {
 /// A packet of a burst and what the model expects of it.
 enum Expect {
     /// Outbound from `inside` to `remote`, translated to this outside endpoint (`None`: a new
-    /// mapping, whose port the shard chooses).
+    /// mapping, whose port the shard chooses), or refused as a new session in a full table.
     Out {
         inside: Ep,
         remote: Ep,
         out: Option<Ep>,
+        full: bool,
     },
-    /// Inbound from `remote` to `out`: delivered to `inside`, or dropped.
+    /// Inbound from `remote` to `out`: delivered to `inside`, or dropped (no live mapping, or a
+    /// new session in a full table).
     In {
         remote: Ep,
         out: Ep,
         inside: Option<Ep>,
+        full: bool,
     },
 }
 
 struct Run {
     sh: crate::Shard,
+    /// Session capacity: a new session beyond it is refused, and nothing else changes.
+    max: usize,
+    /// New sessions the model expected refused for it.
+    refused: u64,
     model: Model,
     now: u32,
     /// How late a sweep may end a session or a hold-down (one pass, and the tick it runs in).
@@ -119,11 +128,11 @@ struct Run {
 }
 
 impl Run {
-    fn new(seed: u64) -> Run {
+    fn new(seed: u64, max_sessions: u32) -> Run {
         let sh = shard_of(
             vec![pool_with(PORT_LO, PORT_HI)],
             ShardConfig {
-                max_sessions: 4096,
+                max_sessions,
                 timeouts: Timeouts {
                     udp: UDP_TIMEOUT,
                     ..Timeouts::default()
@@ -135,6 +144,8 @@ impl Run {
         let lag = sh.expiry_lag_seconds() + 1;
         Run {
             sh,
+            max: max_sessions as usize,
+            refused: 0,
             model: Model::default(),
             now: 0,
             lag,
@@ -146,6 +157,17 @@ impl Run {
     /// it (packets of a burst take effect one after the other).
     fn plan_outbound(&mut self, inside: Ep, remote: Ep) -> Expect {
         let now = self.now;
+        let full = self.model.sessions.len() >= self.max
+            && !self.model.sessions.contains_key(&(inside, remote));
+        if full {
+            // Refused before anything is looked up: a held mapping stays held.
+            return Expect::Out {
+                inside,
+                remote,
+                out: None,
+                full,
+            };
+        }
         let out = self.model.maps.get_mut(&inside).map(|m| {
             // Revived if held: the same endpoint gets its port back.
             m.held_until = None;
@@ -157,6 +179,7 @@ impl Run {
             inside,
             remote,
             out,
+            full,
         }
     }
 
@@ -166,14 +189,21 @@ impl Run {
             .model
             .owner_of(out)
             .filter(|i| self.model.maps[i].held_until.is_none());
+        let mut full = false;
         if let Some(i) = inside {
-            // A new inbound session starts now; an existing one is not refreshed from outside.
-            self.model.sessions.entry((i, remote)).or_insert(now);
+            if self.model.sessions.contains_key(&(i, remote)) {
+                // Not refreshed from outside.
+            } else if self.model.sessions.len() >= self.max {
+                full = true;
+            } else {
+                self.model.sessions.insert((i, remote), now);
+            }
         }
         Expect::In {
             remote,
             out,
             inside,
+            full,
         }
     }
 
@@ -219,10 +249,17 @@ impl Run {
                 inside,
                 remote,
                 out,
+                full,
             } = e
             else {
                 unreachable!()
             };
+            if full {
+                let d = Verdict::Drop(DropReason::TableFull);
+                assert_eq!(v, d, "t={} {inside:?} -> {remote:?}: table full", self.now);
+                self.refused += 1;
+                continue;
+            }
             assert_eq!(
                 v,
                 Verdict::Forward,
@@ -258,11 +295,17 @@ impl Run {
                 remote,
                 out,
                 inside,
+                full,
             } = e
             else {
                 unreachable!()
             };
             match inside {
+                Some(_) if full => {
+                    let d = Verdict::Drop(DropReason::TableFull);
+                    assert_eq!(v, d, "t={} {remote:?} -> {out:?}: table full", self.now);
+                    self.refused += 1;
+                }
                 Some(i) => {
                     assert_eq!(v, Verdict::Forward, "t={} {remote:?} -> {out:?}", self.now);
                     assert_eq!(dst_of(p), i, "t={}: to the mapping's endpoint", self.now);
@@ -385,10 +428,18 @@ fn ip(a: u32) -> Ipv4Addr {
     Ipv4Addr::from(a)
 }
 
+/// `max_sessions` 4096: the table never fills (24 inside endpoints × 10 remotes at most). 48: it is
+/// full much of the time, so new sessions are refused while the established ones go on.
 #[test]
 fn random_subscribers_remotes_and_clock_follow_the_snat_contract() {
-    for seed in [1u64, 0x5eed, 0xdead_beef, 42_4242] {
-        let mut r = Run::new(seed);
+    for (max, seed) in [
+        (4096, 1u64),
+        (4096, 0x5eed),
+        (4096, 0xdead_beef),
+        (48, 42_4242),
+        (48, 7),
+    ] {
+        let mut r = Run::new(seed, max);
         for _ in 0..1500 {
             match r.rng.below(10) {
                 0..=6 => r.burst(),
@@ -405,6 +456,13 @@ fn random_subscribers_remotes_and_clock_follow_the_snat_contract() {
         }
         // Let everything go: sessions, then their hold-downs.
         r.advance(UDP_TIMEOUT + HOLD_DOWN + 3 * r.lag);
+        // Every refusal was counted under its reason, and the small table did fill.
+        let counted = r.sh.counters().drops(DropReason::TableFull);
+        assert_eq!(counted, r.refused, "seed {seed}: table_full drops");
+        assert!(
+            max > 1000 || r.refused > 100,
+            "seed {seed}: the small table never filled"
+        );
         assert_eq!(r.sh.session_count(), 0, "seed {seed}");
         assert_eq!(r.sh.mapping_count(), 0, "seed {seed}");
         assert_eq!(r.sh.ports_in_use(), 0, "seed {seed}");
