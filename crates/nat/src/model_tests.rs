@@ -1,15 +1,16 @@
 //! The shard against a model of its SNAT contract, over long random runs.
 //!
 //! The behaviour tests pin down one RFC rule each. This one lets random subscribers, remotes and
-//! the clock drive an endpoint-independent pool for thousands of steps, in bursts of mixed
-//! directions, and checks after every packet that the shard did what the contract says:
+//! the clock drive a pool for thousands of steps, in bursts of mixed directions, under each
+//! filtering behaviour and with a roomy and a small table, and checks after every packet that
+//! the shard did what the contract says:
 //!
 //! * one outside endpoint per inside endpoint while its mapping lives or is held (RFC 4787
 //!   REQ-1), revived for the same endpoint during its hold-down, never shared between two inside
 //!   endpoints, and never reused before the hold-down is over (RFC 6888 REQ-8);
-//! * inbound packets reach the mapping's inside endpoint from any remote (REQ-8, endpoint
-//!   independent filtering) and nothing else gets in: not to a held port, not to a port no
-//!   mapping has;
+//! * inbound packets reach the mapping's inside endpoint, and open sessions only as the pool's
+//!   filter allows (RFC 4787 section 5: any remote, a remote address the mapping has a session
+//!   with, or none new); nothing gets in to a held port or to a port no mapping has;
 //! * outbound packets keep a session alive, inbound ones do not (REQ-6, the default);
 //! * a session ends no earlier than its idle timeout and no later than one sweep pass after it,
 //!   and a hold-down likewise; the counts the control plane reads follow, and everything drains
@@ -29,7 +30,9 @@ use std::collections::{HashMap, HashSet};
 
 use crate::rewrite::testpkt::*;
 use crate::shard::testkit::*;
-use crate::{Dir, DropReason, FlowKey, ShardConfig, TestRng as Rng, Timeouts, Verdict};
+use crate::{
+    Dir, DropReason, Filtering, FlowKey, Pool, ShardConfig, TestRng as Rng, Timeouts, Verdict,
+};
 use wire::{Ipv4Addr, ip_proto};
 
 type Ep = (u32, u16);
@@ -104,18 +107,18 @@ enum Expect {
         out: Option<Ep>,
         full: bool,
     },
-    /// Inbound from `remote` to `out`: delivered to `inside`, or dropped (no live mapping, or a
-    /// new session in a full table).
+    /// Inbound from `remote` to `out`: delivered to this inside endpoint, or dropped for this
+    /// reason (no live mapping, the pool's filter, a new session in a full table).
     In {
         remote: Ep,
         out: Ep,
-        inside: Option<Ep>,
-        full: bool,
+        to: Result<Ep, DropReason>,
     },
 }
 
 struct Run {
     sh: crate::Shard,
+    filtering: Filtering,
     /// Session capacity: a new session beyond it is refused, and nothing else changes.
     max: usize,
     /// New sessions the model expected refused for it.
@@ -128,9 +131,12 @@ struct Run {
 }
 
 impl Run {
-    fn new(seed: u64, max_sessions: u32) -> Run {
+    fn new(seed: u64, max_sessions: u32, filtering: Filtering) -> Run {
         let sh = shard_of(
-            vec![pool_with(PORT_LO, PORT_HI)],
+            vec![Pool {
+                filtering,
+                ..pool_with(PORT_LO, PORT_HI)
+            }],
             ShardConfig {
                 max_sessions,
                 timeouts: Timeouts {
@@ -144,6 +150,7 @@ impl Run {
         let lag = sh.expiry_lag_seconds() + 1;
         Run {
             sh,
+            filtering,
             max: max_sessions as usize,
             refused: 0,
             model: Model::default(),
@@ -185,25 +192,37 @@ impl Run {
 
     fn plan_inbound(&mut self, remote: Ep, out: Ep) -> Expect {
         let now = self.now;
-        let inside = self
-            .model
-            .owner_of(out)
-            .filter(|i| self.model.maps[i].held_until.is_none());
-        let mut full = false;
-        if let Some(i) = inside {
-            if self.model.sessions.contains_key(&(i, remote)) {
-                // Not refreshed from outside.
-            } else if self.model.sessions.len() >= self.max {
-                full = true;
-            } else {
-                self.model.sessions.insert((i, remote), now);
+        let to = match self.model.owner_of(out) {
+            // Nobody uses a port during its hold-down.
+            Some(i) if self.model.maps[&i].held_until.is_none() => {
+                if self.model.sessions.contains_key(&(i, remote)) {
+                    // Established: not refreshed from outside, whatever the filter.
+                    Ok(i)
+                } else if !self.admits(i, remote) {
+                    Err(DropReason::Filtered)
+                } else if self.model.sessions.len() >= self.max {
+                    Err(DropReason::TableFull)
+                } else {
+                    self.model.sessions.insert((i, remote), now);
+                    Ok(i)
+                }
             }
-        }
-        Expect::In {
-            remote,
-            out,
-            inside,
-            full,
+            _ => Err(DropReason::NoSession),
+        };
+        Expect::In { remote, out, to }
+    }
+
+    /// Whether the pool's filter lets `remote` open a session on `inside`'s mapping (RFC 4787
+    /// section 5): anyone, a remote address the mapping has a session with, or nobody new.
+    fn admits(&self, inside: Ep, remote: Ep) -> bool {
+        match self.filtering {
+            Filtering::EndpointIndependent => true,
+            Filtering::AddressDependent => self
+                .model
+                .sessions
+                .keys()
+                .any(|&(i, r)| i == inside && r.0 == remote.0),
+            Filtering::AddressAndPortDependent => false,
         }
     }
 
@@ -291,32 +310,22 @@ impl Run {
         let (mut pkts, expects): (Vec<_>, Vec<_>) = burst.into_iter().unzip();
         let v = run(&mut self.sh, Dir::Out2In, &mut pkts, self.now);
         for ((p, e), v) in pkts.iter().zip(expects).zip(v) {
-            let Expect::In {
-                remote,
-                out,
-                inside,
-                full,
-            } = e
-            else {
+            let Expect::In { remote, out, to } = e else {
                 unreachable!()
             };
-            match inside {
-                Some(_) if full => {
-                    let d = Verdict::Drop(DropReason::TableFull);
-                    assert_eq!(v, d, "t={} {remote:?} -> {out:?}: table full", self.now);
-                    self.refused += 1;
+            match to {
+                Err(r) => {
+                    let d = Verdict::Drop(r);
+                    assert_eq!(v, d, "t={} {remote:?} -> {out:?}", self.now);
+                    if r == DropReason::TableFull {
+                        self.refused += 1;
+                    }
                 }
-                Some(i) => {
+                Ok(i) => {
                     assert_eq!(v, Verdict::Forward, "t={} {remote:?} -> {out:?}", self.now);
                     assert_eq!(dst_of(p), i, "t={}: to the mapping's endpoint", self.now);
                     assert_eq!(src_of(p), remote, "t={}: source kept", self.now);
                 }
-                None => assert_eq!(
-                    v,
-                    Verdict::Drop(DropReason::NoSession),
-                    "t={} {remote:?} -> {out:?}: no live mapping",
-                    self.now
-                ),
             }
         }
     }
@@ -429,17 +438,20 @@ fn ip(a: u32) -> Ipv4Addr {
 }
 
 /// `max_sessions` 4096: the table never fills (24 inside endpoints × 10 remotes at most). 48: it is
-/// full much of the time, so new sessions are refused while the established ones go on.
+/// full much of the time, so new sessions are refused while the established ones go on. Each
+/// filtering behaviour of RFC 4787 section 5 in turn.
 #[test]
 fn random_subscribers_remotes_and_clock_follow_the_snat_contract() {
-    for (max, seed) in [
-        (4096, 1u64),
-        (4096, 0x5eed),
-        (4096, 0xdead_beef),
-        (48, 42_4242),
-        (48, 7),
+    use Filtering::*;
+    for (max, seed, filtering) in [
+        (4096, 1u64, EndpointIndependent),
+        (4096, 0x5eed, EndpointIndependent),
+        (4096, 0xdead_beef, AddressDependent),
+        (4096, 99, AddressAndPortDependent),
+        (48, 42_4242, EndpointIndependent),
+        (48, 7, AddressDependent),
     ] {
-        let mut r = Run::new(seed, max);
+        let mut r = Run::new(seed, max, filtering);
         for _ in 0..1500 {
             match r.rng.below(10) {
                 0..=6 => r.burst(),
