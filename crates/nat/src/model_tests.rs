@@ -1,13 +1,17 @@
 //! The shard against a model of its SNAT contract, over long random runs.
 //!
 //! The behaviour tests pin down one RFC rule each. This one lets random subscribers, remotes and
-//! the clock drive a pool for thousands of steps, in bursts of mixed directions, under each
-//! filtering behaviour and with a roomy and a small table, and checks after every packet that
-//! the shard did what the contract says:
+//! the clock drive two pools (an SNAT rule by destination picks the second for two of the
+//! remotes) for thousands of steps, in bursts of mixed directions, under each filtering behaviour
+//! and with a roomy and a small table, and checks after every packet that the shard did what the
+//! contract says:
 //!
-//! * one outside endpoint per inside endpoint while its mapping lives or is held (RFC 4787
-//!   REQ-1), revived for the same endpoint during its hold-down, never shared between two inside
-//!   endpoints, and never reused before the hold-down is over (RFC 6888 REQ-8);
+//! * one outside endpoint per inside endpoint and pool while its mapping lives or is held (RFC
+//!   4787 REQ-1), revived for the same endpoint during its hold-down, never shared between two
+//!   mappings, and never reused before the hold-down is over (RFC 6888 REQ-8);
+//! * one session per inside tuple: an outbound packet follows its session's mapping whatever
+//!   pool its rule names now, and an inbound one cannot open a second session for a tuple that
+//!   already has one through the other pool;
 //! * inbound packets reach the mapping's inside endpoint, and open sessions only as the pool's
 //!   filter allows (RFC 4787 section 5: any remote, a remote address the mapping has a session
 //!   with, or none new); nothing gets in to a held port or to a port no mapping has;
@@ -23,19 +27,23 @@
 //! what it reads is allowed, and adopts it. Everywhere else it predicts. It exists for the table
 //! redesign planned in perf/README.md, which moves a mapping's first session into its mapping's
 //! record: the transitions it exercises most (a mapping's sessions ending in any order while
-//! others go on, inbound sessions on an outbound mapping, revival during the hold-down) are the
-//! ones that redesign must get right.
+//! others go on, inbound sessions on an outbound mapping, revival during the hold-down, two
+//! mappings of one inside endpoint) are the ones that redesign must get right.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::rewrite::testpkt::*;
 use crate::shard::testkit::*;
 use crate::{
-    Dir, DropReason, Filtering, FlowKey, Pool, ShardConfig, TestRng as Rng, Timeouts, Verdict,
+    Counters, Dir, DropReason, Filtering, FlowKey, Pool, Prefix, Rules, Shard, ShardConfig,
+    SnatRule, TestRng as Rng, Timeouts, Verdict,
 };
 use wire::{Ipv4Addr, ip_proto};
 
 type Ep = (u32, u16);
+/// A mapping's identity: its inside endpoint and its pool.
+type MapKey = (Ep, usize);
 
 const UDP_TIMEOUT: u32 = 30;
 const HOLD_DOWN: u32 = 20;
@@ -43,7 +51,19 @@ const PORT_LO: u16 = 1024;
 const PORT_HI: u16 = 1100;
 const SUBSCRIBERS: u32 = 6;
 const PORTS_PER_SUBSCRIBER: u16 = 4;
+/// 198.51.100.1-5; an SNAT rule sends flows to 198.51.100.4/30 (the last two) to pool 1.
 const REMOTES: u32 = 5;
+const REMOTE_BASE: u32 = 0xc633_6401;
+const POOL_B: [u32; 2] = [0xcb00_7180, 0xcb00_7181];
+
+fn pool_addrs(pool: usize) -> [u32; 2] {
+    if pool == 0 { POOL } else { POOL_B }
+}
+
+/// The pool the SNAT rules give a new flow to `remote`.
+fn pool_for(remote: Ep) -> usize {
+    usize::from(Prefix::new(0xc633_6404, 30).contains(remote.0))
+}
 
 #[derive(Debug, Clone, Copy)]
 struct MapState {
@@ -52,24 +72,34 @@ struct MapState {
     held_until: Option<u32>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Sess {
+    /// Tick of the last packet that refreshed it.
+    last: u32,
+    /// The pool of the mapping it belongs to.
+    pool: usize,
+}
+
 #[derive(Default)]
 struct Model {
-    /// By inside endpoint.
-    maps: HashMap<Ep, MapState>,
-    /// (inside endpoint, remote endpoint) → tick of the last packet that refreshed it.
-    sessions: HashMap<(Ep, Ep), u32>,
+    maps: HashMap<MapKey, MapState>,
+    /// By (inside endpoint, remote endpoint): one session per inside tuple.
+    sessions: HashMap<(Ep, Ep), Sess>,
 }
 
 impl Model {
-    fn sessions_of(&self, inside: Ep) -> usize {
-        self.sessions.keys().filter(|(i, _)| *i == inside).count()
+    fn sessions_of(&self, m: MapKey) -> usize {
+        self.sessions
+            .iter()
+            .filter(|((i, _), s)| (*i, s.pool) == m)
+            .count()
     }
 
-    fn owner_of(&self, out: Ep) -> Option<Ep> {
+    fn owner_of(&self, out: Ep) -> Option<MapKey> {
         self.maps
             .iter()
             .find(|(_, m)| m.out == out)
-            .map(|(&inside, _)| inside)
+            .map(|(&k, _)| k)
     }
 }
 
@@ -92,23 +122,26 @@ fn inside_ep(r: &mut Rng) -> Ep {
 
 fn remote_ep(r: &mut Rng) -> Ep {
     (
-        0xc633_6401 + r.below(u64::from(REMOTES)) as u32,
+        REMOTE_BASE + r.below(u64::from(REMOTES)) as u32,
         53 + r.below(2) as u16,
     )
 }
 
 /// A packet of a burst and what the model expects of it.
 enum Expect {
-    /// Outbound from `inside` to `remote`, translated to this outside endpoint (`None`: a new
-    /// mapping, whose port the shard chooses), or refused as a new session in a full table.
+    /// Outbound from `inside` to `remote` on mapping (`inside`, `pool`), translated to this
+    /// outside endpoint (`None`: a new mapping, whose port the shard chooses), or refused as a new
+    /// session in a full table.
     Out {
         inside: Ep,
         remote: Ep,
+        pool: usize,
         out: Option<Ep>,
         full: bool,
     },
     /// Inbound from `remote` to `out`: delivered to this inside endpoint, or dropped for this
-    /// reason (no live mapping, the pool's filter, a new session in a full table).
+    /// reason (no live mapping, the pool's filter or the tuple's session in the other pool, a new
+    /// session in a full table).
     In {
         remote: Ep,
         out: Ep,
@@ -117,7 +150,7 @@ enum Expect {
 }
 
 struct Run {
-    sh: crate::Shard,
+    sh: Shard,
     filtering: Filtering,
     /// Session capacity: a new session beyond it is refused, and nothing else changes.
     max: usize,
@@ -132,21 +165,32 @@ struct Run {
 
 impl Run {
     fn new(seed: u64, max_sessions: u32, filtering: Filtering) -> Run {
-        let sh = shard_of(
-            vec![Pool {
-                filtering,
-                ..pool_with(PORT_LO, PORT_HI)
-            }],
-            ShardConfig {
-                max_sessions,
-                timeouts: Timeouts {
-                    udp: UDP_TIMEOUT,
-                    ..Timeouts::default()
+        let pool = |name: &str, addrs: [u32; 2]| Pool {
+            filtering,
+            ..Pool::new(name, addrs.to_vec(), PORT_LO, PORT_HI)
+        };
+        let rules = Rules::new(
+            vec![pool("a", POOL), pool("b", POOL_B)],
+            vec![
+                SnatRule {
+                    dst: Some(Prefix::new(0xc633_6404, 30)),
+                    ..subscribers_rule(1)
                 },
-                hold_down_s: HOLD_DOWN,
-                ..ShardConfig::default()
+                subscribers_rule(0),
+            ],
+        )
+        .unwrap();
+        let cfg = ShardConfig {
+            max_sessions,
+            timeouts: Timeouts {
+                udp: UDP_TIMEOUT,
+                ..Timeouts::default()
             },
-        );
+            hold_down_s: HOLD_DOWN,
+            seed: seed.rotate_left(7),
+            ..ShardConfig::default()
+        };
+        let sh = Shard::new(cfg, Arc::new(rules), Arc::new(Counters::default()), 0).unwrap();
         let lag = sh.expiry_lag_seconds() + 1;
         Run {
             sh,
@@ -164,27 +208,33 @@ impl Run {
     /// it (packets of a burst take effect one after the other).
     fn plan_outbound(&mut self, inside: Ep, remote: Ep) -> Expect {
         let now = self.now;
-        let full = self.model.sessions.len() >= self.max
-            && !self.model.sessions.contains_key(&(inside, remote));
+        let existing = self.model.sessions.get(&(inside, remote)).map(|s| s.pool);
+        // An existing session keeps its mapping (an inbound one may be on the other pool's).
+        let pool = existing.unwrap_or_else(|| pool_for(remote));
+        let full = existing.is_none() && self.model.sessions.len() >= self.max;
         if full {
             // Refused before anything is looked up: a held mapping stays held.
             return Expect::Out {
                 inside,
                 remote,
+                pool,
                 out: None,
                 full,
             };
         }
-        let out = self.model.maps.get_mut(&inside).map(|m| {
+        let out = self.model.maps.get_mut(&(inside, pool)).map(|m| {
             // Revived if held: the same endpoint gets its port back.
             m.held_until = None;
             m.out
         });
         // Outbound packets refresh their session, new or not.
-        self.model.sessions.insert((inside, remote), now);
+        self.model
+            .sessions
+            .insert((inside, remote), Sess { last: now, pool });
         Expect::Out {
             inside,
             remote,
+            pool,
             out,
             full,
         }
@@ -194,17 +244,21 @@ impl Run {
         let now = self.now;
         let to = match self.model.owner_of(out) {
             // Nobody uses a port during its hold-down.
-            Some(i) if self.model.maps[&i].held_until.is_none() => {
-                if self.model.sessions.contains_key(&(i, remote)) {
+            Some(k) if self.model.maps[&k].held_until.is_none() => {
+                let (i, pool) = k;
+                match self.model.sessions.get(&(i, remote)) {
                     // Established: not refreshed from outside, whatever the filter.
-                    Ok(i)
-                } else if !self.admits(i, remote) {
-                    Err(DropReason::Filtered)
-                } else if self.model.sessions.len() >= self.max {
-                    Err(DropReason::TableFull)
-                } else {
-                    self.model.sessions.insert((i, remote), now);
-                    Ok(i)
+                    Some(s) if s.pool == pool => Ok(i),
+                    // The tuple has its session through the other pool: one tuple, one session.
+                    Some(_) => Err(DropReason::Filtered),
+                    None if !self.admits(k, remote) => Err(DropReason::Filtered),
+                    None if self.model.sessions.len() >= self.max => Err(DropReason::TableFull),
+                    None => {
+                        self.model
+                            .sessions
+                            .insert((i, remote), Sess { last: now, pool });
+                        Ok(i)
+                    }
                 }
             }
             _ => Err(DropReason::NoSession),
@@ -212,16 +266,16 @@ impl Run {
         Expect::In { remote, out, to }
     }
 
-    /// Whether the pool's filter lets `remote` open a session on `inside`'s mapping (RFC 4787
-    /// section 5): anyone, a remote address the mapping has a session with, or nobody new.
-    fn admits(&self, inside: Ep, remote: Ep) -> bool {
+    /// Whether the pool's filter lets `remote` open a session on mapping `m` (RFC 4787 section
+    /// 5): anyone, a remote address the mapping has a session with, or nobody new.
+    fn admits(&self, m: MapKey, remote: Ep) -> bool {
         match self.filtering {
             Filtering::EndpointIndependent => true,
             Filtering::AddressDependent => self
                 .model
                 .sessions
-                .keys()
-                .any(|&(i, r)| i == inside && r.0 == remote.0),
+                .iter()
+                .any(|(&(i, r), s)| (i, s.pool) == m && r.0 == remote.0),
             Filtering::AddressAndPortDependent => false,
         }
     }
@@ -249,7 +303,7 @@ impl Run {
                     live[self.rng.below(live.len() as u64) as usize]
                 } else {
                     (
-                        POOL[self.rng.below(2) as usize],
+                        pool_addrs(self.rng.below(2) as usize)[self.rng.below(2) as usize],
                         PORT_LO + self.rng.below(u64::from(PORT_HI - PORT_LO + 1)) as u16,
                     )
                 };
@@ -263,10 +317,12 @@ impl Run {
     fn check_outbound(&mut self, burst: Vec<(Vec<u8>, Expect)>) {
         let (mut pkts, expects): (Vec<_>, Vec<_>) = burst.into_iter().unzip();
         let v = run(&mut self.sh, Dir::In2Out, &mut pkts, self.now);
+        let now = self.now;
         for ((p, e), v) in pkts.iter().zip(expects).zip(v) {
             let Expect::Out {
                 inside,
                 remote,
+                pool,
                 out,
                 full,
             } = e
@@ -275,137 +331,146 @@ impl Run {
             };
             if full {
                 let d = Verdict::Drop(DropReason::TableFull);
-                assert_eq!(v, d, "t={} {inside:?} -> {remote:?}: table full", self.now);
+                assert_eq!(v, d, "t={now} {inside:?} -> {remote:?}: table full");
                 self.refused += 1;
                 continue;
             }
-            assert_eq!(
-                v,
-                Verdict::Forward,
-                "t={} {inside:?} -> {remote:?}",
-                self.now
-            );
-            assert_eq!(dst_of(p), remote, "t={}: destination kept", self.now);
+            assert_eq!(v, Verdict::Forward, "t={now} {inside:?} -> {remote:?}");
+            assert_eq!(dst_of(p), remote, "t={now}: destination kept");
             let got = src_of(p);
             match out {
-                Some(o) => assert_eq!(got, o, "t={} {inside:?}: its outside endpoint", self.now),
+                Some(o) => assert_eq!(got, o, "t={now} {inside:?}: its outside endpoint"),
                 None => {
-                    // A new mapping: a pool port of ours that no other mapping, live or held, has.
-                    assert!(POOL.contains(&got.0) && (PORT_LO..=PORT_HI).contains(&got.1));
+                    // A new mapping: a port of its pool that no other mapping, live or held, has.
+                    assert!(
+                        pool_addrs(pool).contains(&got.0) && (PORT_LO..=PORT_HI).contains(&got.1),
+                        "t={now} {inside:?} -> {remote:?}: {got:?} not of pool {pool}"
+                    );
                     if let Some(other) = self.model.owner_of(got) {
-                        assert_eq!(other, inside, "t={}: {got:?} given twice", self.now);
+                        assert_eq!(other, (inside, pool), "t={now}: {got:?} given twice");
                     }
                 }
             }
             // Later packets of the burst expect it (the first outbound packet made it).
-            let m = self.model.maps.entry(inside).or_insert(MapState {
+            let m = self.model.maps.entry((inside, pool)).or_insert(MapState {
                 out: got,
                 held_until: None,
             });
-            assert_eq!(m.out, got, "t={} {inside:?}", self.now);
+            assert_eq!(m.out, got, "t={now} {inside:?}");
         }
     }
 
     fn check_inbound(&mut self, burst: Vec<(Vec<u8>, Expect)>) {
         let (mut pkts, expects): (Vec<_>, Vec<_>) = burst.into_iter().unzip();
         let v = run(&mut self.sh, Dir::Out2In, &mut pkts, self.now);
+        let now = self.now;
         for ((p, e), v) in pkts.iter().zip(expects).zip(v) {
             let Expect::In { remote, out, to } = e else {
                 unreachable!()
             };
             match to {
                 Err(r) => {
-                    let d = Verdict::Drop(r);
-                    assert_eq!(v, d, "t={} {remote:?} -> {out:?}", self.now);
+                    assert_eq!(v, Verdict::Drop(r), "t={now} {remote:?} -> {out:?}");
                     if r == DropReason::TableFull {
                         self.refused += 1;
                     }
                 }
                 Ok(i) => {
-                    assert_eq!(v, Verdict::Forward, "t={} {remote:?} -> {out:?}", self.now);
-                    assert_eq!(dst_of(p), i, "t={}: to the mapping's endpoint", self.now);
-                    assert_eq!(src_of(p), remote, "t={}: source kept", self.now);
+                    assert_eq!(v, Verdict::Forward, "t={now} {remote:?} -> {out:?}");
+                    assert_eq!(dst_of(p), i, "t={now}: to the mapping's endpoint");
+                    assert_eq!(src_of(p), remote, "t={now}: source kept");
                 }
             }
         }
     }
 
     /// Let `secs` pass with expiry running as a worker runs it, then bring the model up to date:
-    /// what must have ended is checked gone, what must live is checked present, and what is inside
-    /// the sweep's allowance is read from the shard (checked allowed) and adopted.
+    /// what must have ended is checked gone, what must live is checked present (on its mapping),
+    /// and what is inside the sweep's allowance is read from the shard (checked allowed) and
+    /// adopted.
     fn advance(&mut self, secs: u32) {
         let from = self.now + 1;
         self.now += secs;
         tick(&mut self.sh, from, self.now);
         let now = self.now;
-        let mut ended: Vec<(Ep, Ep, u32)> = Vec::new();
-        for (&(i, r), &last) in &self.model.sessions {
-            let deadline = last + UDP_TIMEOUT;
-            let present = self.sh.find(Dir::In2Out, &key(i, r)).is_some();
-            if now < deadline {
-                assert!(present, "t={now}: {i:?} -> {r:?} ended before {deadline}");
-            } else if now >= deadline + self.lag {
-                assert!(!present, "t={now}: {i:?} -> {r:?} outlived {deadline}");
+        let mut ended: Vec<(Ep, Ep, MapKey, u32)> = Vec::new();
+        for (&(i, r), s) in &self.model.sessions {
+            let deadline = s.last + UDP_TIMEOUT;
+            let found = self.sh.find(Dir::In2Out, &key(i, r));
+            if let Some(f) = found {
+                let m = self.model.maps[&(i, s.pool)];
+                assert_eq!((f.out_addr, f.out_port), m.out, "t={now}: {i:?} -> {r:?}");
             }
-            if !present {
-                ended.push((i, r, deadline));
+            if now < deadline {
+                assert!(
+                    found.is_some(),
+                    "t={now}: {i:?} -> {r:?} ended before {deadline}"
+                );
+            } else if now >= deadline + self.lag {
+                assert!(
+                    found.is_none(),
+                    "t={now}: {i:?} -> {r:?} outlived {deadline}"
+                );
+            }
+            if found.is_none() {
+                ended.push((i, r, (i, s.pool), deadline));
             }
         }
-        for &(i, r, _) in &ended {
+        for &(i, r, _, _) in &ended {
             self.model.sessions.remove(&(i, r));
         }
         // Mappings whose last session just ended: held from the end of that session, which the
         // sweep placed somewhere in its allowance.
-        let mut last_end: HashMap<Ep, u32> = HashMap::new();
-        for &(i, _, deadline) in &ended {
-            let e = last_end.entry(i).or_insert(deadline);
+        let mut last_end: HashMap<MapKey, u32> = HashMap::new();
+        for &(_, _, m, deadline) in &ended {
+            let e = last_end.entry(m).or_insert(deadline);
             *e = (*e).max(deadline);
         }
-        for (i, deadline) in last_end {
-            if self.model.sessions_of(i) > 0 {
+        for (k, deadline) in last_end {
+            if self.model.sessions_of(k) > 0 {
                 continue;
             }
-            let Some(m) = self.model.maps.get_mut(&i) else {
-                panic!("t={now}: session of {i:?} without a mapping in the model");
+            let Some(m) = self.model.maps.get_mut(&k) else {
+                panic!("t={now}: session of {k:?} without a mapping in the model");
             };
             // The hold-down runs from when the sweep ended the session.
             m.held_until = Some(deadline + HOLD_DOWN);
         }
         let lag = self.lag;
         let mut released = Vec::new();
-        for (&i, m) in self.model.maps.iter_mut() {
+        for (&k, m) in self.model.maps.iter_mut() {
+            let ((ia, ip_), pool) = k;
+            let got = self
+                .sh
+                .find_mapping(m.out.0, m.out.1, ip_proto::UDP)
+                .filter(|g| (g.in_addr, g.in_port, usize::from(g.pool)) == (ia, ip_, pool));
             let Some(earliest) = m.held_until else {
-                let got = self.sh.find_mapping(m.out.0, m.out.1, ip_proto::UDP);
                 assert!(
-                    got.is_some_and(|g| (g.in_addr, g.in_port) == i && !g.is_held()),
-                    "t={now}: live mapping {i:?} -> {:?}",
+                    got.is_some_and(|g| !g.is_held()),
+                    "t={now}: live mapping {k:?} -> {:?}",
                     m.out
                 );
                 continue;
             };
-            let got = self
-                .sh
-                .find_mapping(m.out.0, m.out.1, ip_proto::UDP)
-                .filter(|g| (g.in_addr, g.in_port) == i);
             match got {
                 Some(g) => {
                     let until = g.held_until();
                     assert!(
                         until.is_some_and(|u| u >= earliest && u < earliest + lag),
-                        "t={now}: {i:?} held until {until:?}, expected from {earliest} within {lag} s"
+                        "t={now}: {k:?} held until {until:?}, expected from {earliest} within {lag} s"
                     );
                     let u = until.unwrap_or(earliest);
-                    assert!(now < u + lag, "t={now}: hold-down of {i:?} outlived {u}");
+                    assert!(now < u + lag, "t={now}: hold-down of {k:?} outlived {u}");
                     m.held_until = until;
                 }
                 None => {
-                    assert!(now >= earliest, "t={now}: {i:?} released before {earliest}");
-                    released.push(i);
+                    assert!(now >= earliest, "t={now}: {k:?} released before {earliest}");
+                    released.push(k);
                 }
             }
         }
-        for i in released {
-            self.model.maps.remove(&i);
+        for k in released {
+            self.model.maps.remove(&k);
         }
         assert_eq!(
             self.sh.session_count() as usize,
