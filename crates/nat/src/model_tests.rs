@@ -20,7 +20,9 @@
 //!   and a hold-down likewise; the counts the control plane reads follow, and everything drains
 //!   to zero with no index entry left behind;
 //! * in a table that is full, a new session is refused and counted (`table_full`) while every
-//!   established one goes on both ways (as RFC 6888 REQ-11 asks: no eviction).
+//!   established one goes on both ways (as RFC 6888 REQ-11 asks: no eviction);
+//! * the control plane's deletions (by subscriber, remote address or outside endpoint) end
+//!   exactly the sessions they select, and a mapping that loses its last one is held from then.
 //!
 //! Expiry is the one place where the contract allows a range (a pass of the sweep), so the model
 //! reads the shard's state for exactly the sessions and hold-downs inside that range, checks that
@@ -36,8 +38,8 @@ use std::sync::Arc;
 use crate::rewrite::testpkt::*;
 use crate::shard::testkit::*;
 use crate::{
-    Counters, Dir, DropReason, Filtering, FlowKey, Pool, Prefix, Rules, Shard, ShardConfig,
-    SnatRule, TestRng as Rng, Timeouts, Verdict,
+    Counters, Dir, DropReason, Filtering, FlowKey, Pool, Prefix, Rules, SessionFilter, Shard,
+    ShardConfig, SnatRule, TestRng as Rng, Timeouts, Verdict,
 };
 use wire::{Ipv4Addr, ip_proto};
 
@@ -384,6 +386,58 @@ impl Run {
         }
     }
 
+    /// The control plane deletes the sessions of a subscriber, of a remote address or of an
+    /// outside endpoint, in steps as a worker runs a command; mappings whose last session goes
+    /// enter their hold-down now. Call it at the tick of the last burst (the shard's clock).
+    fn delete(&mut self) {
+        let now = self.now;
+        let mut filter = SessionFilter {
+            proto: Some(ip_proto::UDP),
+            ..SessionFilter::default()
+        };
+        let outs: Vec<Ep> = self.model.maps.values().map(|m| m.out).collect();
+        match self.rng.below(3) {
+            0 => filter.inside_addr = Some(inside_ep(&mut self.rng).0),
+            1 => filter.remote_addr = Some(remote_ep(&mut self.rng).0),
+            _ if !outs.is_empty() => {
+                let o = outs[self.rng.below(outs.len() as u64) as usize];
+                filter.outside_addr = Some(o.0);
+                filter.outside_port = Some(o.1);
+            }
+            _ => return,
+        }
+        let doomed: Vec<((Ep, Ep), usize)> = self
+            .model
+            .sessions
+            .iter()
+            .filter(|&(&(i, r), sess)| {
+                let o = self.model.maps[&(i, sess.pool)].out;
+                filter.inside_addr.is_none_or(|a| a == i.0)
+                    && filter.remote_addr.is_none_or(|a| a == r.0)
+                    && filter.outside_addr.is_none_or(|a| a == o.0)
+                    && filter.outside_port.is_none_or(|p| p == o.1)
+            })
+            .map(|(&k, sess)| (k, sess.pool))
+            .collect();
+        let (mut cursor, mut deleted) = (Some(0), 0);
+        while let Some(c) = cursor {
+            let (next, n) = self.sh.delete_sessions(c, 64, &filter);
+            cursor = next;
+            deleted += n as usize;
+        }
+        assert_eq!(deleted, doomed.len(), "t={now}: deleted by {filter:?}");
+        for &(k, _) in &doomed {
+            self.model.sessions.remove(&k);
+        }
+        for ((i, _), pool) in doomed {
+            if self.model.sessions_of((i, pool)) == 0
+                && let Some(m) = self.model.maps.get_mut(&(i, pool))
+            {
+                m.held_until = Some(now + HOLD_DOWN);
+            }
+        }
+    }
+
     /// Let `secs` pass with expiry running as a worker runs it, then bring the model up to date:
     /// what must have ended is checked gone, what must live is checked present (on its mapping),
     /// and what is inside the sweep's allowance is read from the shard (checked allowed) and
@@ -518,9 +572,13 @@ fn random_subscribers_remotes_and_clock_follow_the_snat_contract() {
     ] {
         let mut r = Run::new(seed, max, filtering);
         for _ in 0..1500 {
-            match r.rng.below(10) {
-                0..=6 => r.burst(),
-                7 | 8 => {
+            match r.rng.below(20) {
+                0..=12 => r.burst(),
+                13 => {
+                    r.burst();
+                    r.delete();
+                }
+                14..=17 => {
                     let s = r.rng.below(8) as u32;
                     r.advance(s);
                 }
