@@ -2,9 +2,9 @@
 //!
 //! The behaviour tests pin down one RFC rule each. This one lets random subscribers, remotes and
 //! the clock drive two pools (an SNAT rule by destination picks the second for two of the
-//! remotes) for thousands of steps, in bursts of mixed directions, under each filtering behaviour
-//! and with a roomy and a small table, and checks after every packet that the shard did what the
-//! contract says:
+//! remotes) for thousands of steps, in bursts of mixed directions, under each filtering behaviour,
+//! with a roomy and a small table, over UDP and over TCP, and checks after every packet that the
+//! shard did what the contract says:
 //!
 //! * one outside endpoint per inside endpoint and pool while its mapping lives or is held (RFC
 //!   4787 REQ-1), revived for the same endpoint during its hold-down, never shared between two
@@ -15,18 +15,27 @@
 //! * inbound packets reach the mapping's inside endpoint, and open sessions only as the pool's
 //!   filter allows (RFC 4787 section 5: any remote, a remote address the mapping has a session
 //!   with, or none new); nothing gets in to a held port or to a port no mapping has;
-//! * outbound packets keep a session alive, inbound ones do not (REQ-6, the default);
+//! * outbound packets keep a UDP session alive, inbound ones do not (REQ-6, the default); TCP
+//!   segments refresh both ways;
+//! * only a SYN opens a TCP session (RFC 5382), from inside, or from outside where the filter
+//!   lets it; only a connection both sides took part in, untouched by FIN or RST, gets the long
+//!   timeout; and a mapping whose last connection closed with a FIN each way and no RST frees
+//!   its port without a hold-down (RFC 6888 REQ-8 a, RFC 7857 section 2.2);
 //! * a session ends no earlier than its idle timeout and no later than one sweep pass after it,
 //!   and a hold-down likewise; the counts the control plane reads follow, and everything drains
 //!   to zero with no index entry left behind;
-//! * in a table that is full, a new session is refused and counted (`table_full`) while every
-//!   established one goes on both ways (as RFC 6888 REQ-11 asks: no eviction);
+//! * in a table that is full (sessions, or mappings with the held ones), a new session is refused
+//!   and counted (`table_full`) while every established one goes on both ways (as RFC 6888
+//!   REQ-11 asks: no eviction);
 //! * the control plane's deletions (by subscriber, remote address or outside endpoint) end
-//!   exactly the sessions they select, and a mapping that loses its last one is held from then.
+//!   exactly the sessions they select, and a mapping that loses its last one is held from then
+//!   (or freed, after a clean close).
 //!
-//! Expiry is the one place where the contract allows a range (a pass of the sweep), so the model
-//! reads the shard's state for exactly the sessions and hold-downs inside that range, checks that
-//! what it reads is allowed, and adopts it. Everywhere else it predicts. It exists for the table
+//! The contract allows a range in two places: expiry (a pass of the sweep), and which of several
+//! sessions ending together went last (whose close decides the hold-down). There the model reads
+//! the shard's state, checks that it is one the contract allows, and adopts it. Everywhere else
+//! it predicts. HashMap order differs from process to process, so every random pick is made from
+//! a sorted list: a seed replays the same run. It exists for the table
 //! redesign planned in perf/README.md, which moves a mapping's first session into its mapping's
 //! record: the transitions it exercises most (a mapping's sessions ending in any order while
 //! others go on, inbound sessions on an outbound mapping, revival during the hold-down, two
@@ -41,13 +50,15 @@ use crate::{
     Counters, Dir, DropReason, Filtering, FlowKey, Pool, Prefix, Rules, SessionFilter, Shard,
     ShardConfig, SnatRule, TestRng as Rng, Timeouts, Verdict,
 };
-use wire::{Ipv4Addr, ip_proto};
+use wire::{Ipv4Addr, ip_proto, tcp_flags as F};
 
 type Ep = (u32, u16);
 /// A mapping's identity: its inside endpoint and its pool.
 type MapKey = (Ep, usize);
 
 const UDP_TIMEOUT: u32 = 30;
+const TCP_ESTABLISHED: u32 = 60;
+const TCP_TRANSITORY: u32 = 15;
 const HOLD_DOWN: u32 = 20;
 const PORT_LO: u16 = 1024;
 const PORT_HI: u16 = 1100;
@@ -72,6 +83,98 @@ struct MapState {
     out: Ep,
     /// `None` while the mapping has sessions; the tick its hold-down ends once it has none.
     held_until: Option<u32>,
+    /// Just lost its last session, and which of its sessions went last is not known: whether
+    /// that one closed cleanly (its port is freed at once) or not (the port is held).
+    may_free: bool,
+    may_hold: bool,
+}
+
+impl MapState {
+    fn live(out: Ep) -> MapState {
+        MapState {
+            out,
+            held_until: None,
+            may_free: false,
+            may_hold: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Opened by an inside SYN, not answered yet.
+    SynSent,
+    /// Opened by an outside SYN the filter let through, not answered yet.
+    SynRcvd,
+    Established,
+}
+
+/// A TCP session's state as RFC 5382 and RFC 7857 describe it: only an answered connection that
+/// no FIN or RST has touched gets the long timeout, and only a FIN from each side without a RST
+/// lets its port skip the hold-down.
+#[derive(Debug, Clone, Copy)]
+struct Tcp {
+    phase: Phase,
+    fin_in: bool,
+    fin_out: bool,
+    rst: bool,
+}
+
+impl Tcp {
+    fn opened(dir: Dir) -> Tcp {
+        Tcp {
+            phase: if dir == Dir::In2Out {
+                Phase::SynSent
+            } else {
+                Phase::SynRcvd
+            },
+            fin_in: false,
+            fin_out: false,
+            rst: false,
+        }
+    }
+
+    fn on(&mut self, dir: Dir, flags: u8) {
+        if flags & F::RST != 0 {
+            self.rst = true;
+        } else if flags & F::SYN != 0 && flags & F::ACK == 0 {
+            // A new connection on a closed or closing tuple; a repeated SYN changes nothing.
+            if self.rst || self.fin_in || self.fin_out {
+                *self = Tcp::opened(dir);
+            }
+        } else {
+            // The side that did not open answers: the connection is up.
+            let answer = match dir {
+                Dir::Out2In => Phase::SynSent,
+                Dir::In2Out => Phase::SynRcvd,
+            };
+            if flags & F::ACK != 0 && self.phase == answer {
+                self.phase = Phase::Established;
+            }
+            if flags & F::FIN != 0 {
+                match dir {
+                    Dir::In2Out => self.fin_in = true,
+                    Dir::Out2In => self.fin_out = true,
+                }
+            }
+        }
+    }
+
+    fn timeout(&self) -> u32 {
+        if self.phase == Phase::Established && !(self.fin_in || self.fin_out || self.rst) {
+            TCP_ESTABLISHED
+        } else {
+            TCP_TRANSITORY
+        }
+    }
+
+    fn clean(&self) -> bool {
+        self.fin_in && self.fin_out && !self.rst
+    }
+}
+
+fn bare_syn(flags: u8) -> bool {
+    flags & (F::SYN | F::ACK | F::RST | F::FIN) == F::SYN
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +183,19 @@ struct Sess {
     last: u32,
     /// The pool of the mapping it belongs to.
     pool: usize,
+    /// TCP only.
+    tcp: Option<Tcp>,
+}
+
+impl Sess {
+    fn deadline(&self) -> u32 {
+        self.last + self.tcp.map_or(UDP_TIMEOUT, |t| t.timeout())
+    }
+
+    /// Whether its mapping, should it be the last session, frees its port at once.
+    fn clean(&self) -> bool {
+        self.tcp.is_some_and(|t| t.clean())
+    }
 }
 
 #[derive(Default)]
@@ -105,13 +221,13 @@ impl Model {
     }
 }
 
-fn key(inside: Ep, remote: Ep) -> FlowKey {
+fn key(inside: Ep, remote: Ep, proto: u8) -> FlowKey {
     FlowKey {
         src: inside.0,
         dst: remote.0,
         sport: inside.1,
         dport: remote.1,
-        proto: ip_proto::UDP,
+        proto,
     }
 }
 
@@ -132,18 +248,18 @@ fn remote_ep(r: &mut Rng) -> Ep {
 /// A packet of a burst and what the model expects of it.
 enum Expect {
     /// Outbound from `inside` to `remote` on mapping (`inside`, `pool`), translated to this
-    /// outside endpoint (`None`: a new mapping, whose port the shard chooses), or refused as a new
-    /// session in a full table.
+    /// outside endpoint (`None`: a new mapping, whose port the shard chooses), or refused for
+    /// this reason (a TCP segment other than a SYN cannot open a session; a full table).
     Out {
         inside: Ep,
         remote: Ep,
         pool: usize,
         out: Option<Ep>,
-        full: bool,
+        refused: Option<DropReason>,
     },
     /// Inbound from `remote` to `out`: delivered to this inside endpoint, or dropped for this
-    /// reason (no live mapping, the pool's filter or the tuple's session in the other pool, a new
-    /// session in a full table).
+    /// reason (no live mapping, the pool's filter or the tuple's session in the other pool, a TCP
+    /// segment other than a SYN, a new session in a full table).
     In {
         remote: Ep,
         out: Ep,
@@ -153,11 +269,15 @@ enum Expect {
 
 struct Run {
     sh: Shard,
+    /// UDP or TCP: every flow of a run has the one protocol (their port spaces are apart).
+    proto: u8,
     filtering: Filtering,
     /// Session capacity: a new session beyond it is refused, and nothing else changes.
     max: usize,
     /// New sessions the model expected refused for it.
     refused: u64,
+    /// Mappings the outbound packets planned so far in this burst make.
+    made: HashSet<MapKey>,
     model: Model,
     now: u32,
     /// How late a sweep may end a session or a hold-down (one pass, and the tick it runs in).
@@ -166,7 +286,7 @@ struct Run {
 }
 
 impl Run {
-    fn new(seed: u64, max_sessions: u32, filtering: Filtering) -> Run {
+    fn new(seed: u64, max_sessions: u32, filtering: Filtering, proto: u8) -> Run {
         let pool = |name: &str, addrs: [u32; 2]| Pool {
             filtering,
             ..Pool::new(name, addrs.to_vec(), PORT_LO, PORT_HI)
@@ -186,6 +306,8 @@ impl Run {
             max_sessions,
             timeouts: Timeouts {
                 udp: UDP_TIMEOUT,
+                tcp_established: TCP_ESTABLISHED,
+                tcp_transitory: TCP_TRANSITORY,
                 ..Timeouts::default()
             },
             hold_down_s: HOLD_DOWN,
@@ -196,9 +318,11 @@ impl Run {
         let lag = sh.expiry_lag_seconds() + 1;
         Run {
             sh,
+            proto,
             filtering,
             max: max_sessions as usize,
             refused: 0,
+            made: HashSet::new(),
             model: Model::default(),
             now: 0,
             lag,
@@ -208,20 +332,37 @@ impl Run {
 
     /// What the model expects of the next packet, applied to the model as the shard should apply
     /// it (packets of a burst take effect one after the other).
-    fn plan_outbound(&mut self, inside: Ep, remote: Ep) -> Expect {
+    fn plan_outbound(&mut self, inside: Ep, remote: Ep, flags: u8) -> Expect {
         let now = self.now;
-        let existing = self.model.sessions.get(&(inside, remote)).map(|s| s.pool);
+        let tcp = self.proto == ip_proto::TCP;
+        let existing = self.model.sessions.get(&(inside, remote)).copied();
         // An existing session keeps its mapping (an inbound one may be on the other pool's).
-        let pool = existing.unwrap_or_else(|| pool_for(remote));
-        let full = existing.is_none() && self.model.sessions.len() >= self.max;
-        if full {
-            // Refused before anything is looked up: a held mapping stays held.
+        let pool = existing.map_or_else(|| pool_for(remote), |s| s.pool);
+        // Refused before anything is looked up: a held mapping stays held.
+        // The mapping table has the session table's capacity (`max_mappings` 0), and held
+        // mappings take their place in it. Mappings an earlier packet of this burst makes are
+        // in the model only once the burst is checked: counted from `made`.
+        let needs_mapping =
+            !self.model.maps.contains_key(&(inside, pool)) && !self.made.contains(&(inside, pool));
+        let refused = match existing {
+            Some(_) => None,
+            None if tcp && !bare_syn(flags) => Some(DropReason::TcpInvalid),
+            None if self.model.sessions.len() >= self.max => Some(DropReason::TableFull),
+            None if needs_mapping && self.model.maps.len() + self.made.len() >= self.max => {
+                Some(DropReason::TableFull)
+            }
+            None => None,
+        };
+        if needs_mapping && refused.is_none() {
+            self.made.insert((inside, pool));
+        }
+        if refused.is_some() {
             return Expect::Out {
                 inside,
                 remote,
                 pool,
                 out: None,
-                full,
+                refused,
             };
         }
         let out = self.model.maps.get_mut(&(inside, pool)).map(|m| {
@@ -230,35 +371,68 @@ impl Run {
             m.out
         });
         // Outbound packets refresh their session, new or not.
-        self.model
-            .sessions
-            .insert((inside, remote), Sess { last: now, pool });
+        let tcp = match existing.and_then(|s| s.tcp) {
+            Some(mut t) => {
+                t.on(Dir::In2Out, flags);
+                Some(t)
+            }
+            None => tcp.then(|| Tcp::opened(Dir::In2Out)),
+        };
+        self.model.sessions.insert(
+            (inside, remote),
+            Sess {
+                last: now,
+                pool,
+                tcp,
+            },
+        );
         Expect::Out {
             inside,
             remote,
             pool,
             out,
-            full,
+            refused,
         }
     }
 
-    fn plan_inbound(&mut self, remote: Ep, out: Ep) -> Expect {
+    fn plan_inbound(&mut self, remote: Ep, out: Ep, flags: u8) -> Expect {
         let now = self.now;
+        let tcp = self.proto == ip_proto::TCP;
         let to = match self.model.owner_of(out) {
             // Nobody uses a port during its hold-down.
             Some(k) if self.model.maps[&k].held_until.is_none() => {
                 let (i, pool) = k;
-                match self.model.sessions.get(&(i, remote)) {
-                    // Established: not refreshed from outside, whatever the filter.
-                    Some(s) if s.pool == pool => Ok(i),
-                    // The tuple has its session through the other pool: one tuple, one session.
+                let admits = self.admits(k, remote);
+                let full = self.model.sessions.len() >= self.max;
+                let existing = self.model.sessions.get(&(i, remote)).copied();
+                match existing {
+                    Some(mut s) if s.pool == pool => {
+                        // Established, whatever the filter. UDP is not refreshed from outside;
+                        // TCP is, and follows the connection.
+                        if let Some(t) = &mut s.tcp {
+                            t.on(Dir::Out2In, flags);
+                            s.last = now;
+                        }
+                        self.model.sessions.insert((i, remote), s);
+                        Ok(i)
+                    }
+                    // Only a SYN the filter lets through may open a session, and the tuple has
+                    // its session through the other pool: one tuple, one session.
+                    Some(_) if tcp && admits && !bare_syn(flags) => Err(DropReason::TcpInvalid),
                     Some(_) => Err(DropReason::Filtered),
-                    None if !self.admits(k, remote) => Err(DropReason::Filtered),
-                    None if self.model.sessions.len() >= self.max => Err(DropReason::TableFull),
+                    None if !admits => Err(DropReason::Filtered),
+                    None if tcp && !bare_syn(flags) => Err(DropReason::TcpInvalid),
+                    None if full => Err(DropReason::TableFull),
                     None => {
-                        self.model
-                            .sessions
-                            .insert((i, remote), Sess { last: now, pool });
+                        let tcp = tcp.then(|| Tcp::opened(Dir::Out2In));
+                        self.model.sessions.insert(
+                            (i, remote),
+                            Sess {
+                                last: now,
+                                pool,
+                                tcp,
+                            },
+                        );
                         Ok(i)
                     }
                 }
@@ -266,6 +440,61 @@ impl Run {
             _ => Err(DropReason::NoSession),
         };
         Expect::In { remote, out, to }
+    }
+
+    /// TCP flags for a segment in `dir` of the tuple (inside, remote) if known; 0 for UDP. Three
+    /// times in four the segment a well-behaved peer sends next (so that connections open, get
+    /// answered and close cleanly, both ways), else any segment, resets included.
+    fn flags(&mut self, dir: Dir, tuple: Option<(Ep, Ep)>) -> u8 {
+        if self.proto != ip_proto::TCP {
+            return 0;
+        }
+        if self.rng.below(4) > 0 {
+            let state = tuple
+                .and_then(|k| self.model.sessions.get(&k))
+                .and_then(|s| s.tcp);
+            let fin_sent = |t: &Tcp| match dir {
+                Dir::In2Out => t.fin_in,
+                Dir::Out2In => t.fin_out,
+            };
+            return match state.map(|t| (t.phase, t)) {
+                None => F::SYN,
+                Some((Phase::SynSent, _)) if dir == Dir::Out2In => F::SYN | F::ACK,
+                Some((Phase::SynRcvd, _)) if dir == Dir::In2Out => F::SYN | F::ACK,
+                Some((_, t)) if t.rst || fin_sent(&t) => F::ACK,
+                Some((Phase::Established, _)) if self.rng.below(2) == 0 => F::FIN | F::ACK,
+                Some(_) => F::ACK,
+            };
+        }
+        let choices: &[u8] = match dir {
+            Dir::In2Out => &[
+                F::SYN,
+                F::SYN,
+                F::SYN,
+                F::ACK,
+                F::ACK,
+                F::FIN | F::ACK,
+                F::RST,
+            ],
+            Dir::Out2In => &[
+                F::SYN | F::ACK,
+                F::SYN | F::ACK,
+                F::ACK,
+                F::ACK,
+                F::FIN | F::ACK,
+                F::SYN,
+                F::RST,
+            ],
+        };
+        choices[self.rng.below(choices.len() as u64) as usize]
+    }
+
+    fn packet(&self, src: Ep, dst: Ep, flags: u8) -> Vec<u8> {
+        if self.proto == ip_proto::TCP {
+            tcp(ip(src.0), src.1, ip(dst.0), dst.1, flags)
+        } else {
+            udp(ip(src.0), src.1, ip(dst.0), dst.1, b"payload")
+        }
     }
 
     /// Whether the pool's filter lets `remote` open a session on mapping `m` (RFC 4787 section
@@ -292,25 +521,51 @@ impl Run {
         for _ in 0..n {
             if self.rng.below(3) > 0 {
                 let (i, r) = (inside_ep(&mut self.rng), remote_ep(&mut self.rng));
-                let e = self.plan_outbound(i, r);
-                outs.push((udp(ip(i.0), i.1, ip(r.0), r.1, b"out"), e));
+                let flags = self.flags(Dir::In2Out, Some((i, r)));
+                let e = self.plan_outbound(i, r, flags);
+                outs.push((self.packet(i, r, flags), e));
             }
         }
         self.check_outbound(outs);
+        self.made.clear();
         for _ in 0..n {
             if self.rng.below(2) == 0 {
-                let r = remote_ep(&mut self.rng);
+                // Half the time the remote end of a session answers it; else a random remote
+                // tries a mapping, or a port that may have none.
+                let mut sessions: Vec<(Ep, Ep)> = Vec::new();
+                if self.rng.below(2) == 0 {
+                    sessions = self
+                        .model
+                        .sessions
+                        .iter()
+                        .map(|(&(i, r), s)| (r, self.model.maps[&(i, s.pool)].out))
+                        .collect();
+                    // HashMap order is not seeded by the run: sort for reproducible runs.
+                    sessions.sort_unstable();
+                }
                 let live: Vec<Ep> = self.model.maps.values().map(|m| m.out).collect();
-                let out = if !live.is_empty() && self.rng.below(4) > 0 {
-                    live[self.rng.below(live.len() as u64) as usize]
+                let (r, out) = if !sessions.is_empty() {
+                    sessions[self.rng.below(sessions.len() as u64) as usize]
+                } else if !live.is_empty() && self.rng.below(4) > 0 {
+                    let mut live = live;
+                    live.sort_unstable();
+                    (
+                        remote_ep(&mut self.rng),
+                        live[self.rng.below(live.len() as u64) as usize],
+                    )
                 } else {
                     (
-                        pool_addrs(self.rng.below(2) as usize)[self.rng.below(2) as usize],
-                        PORT_LO + self.rng.below(u64::from(PORT_HI - PORT_LO + 1)) as u16,
+                        remote_ep(&mut self.rng),
+                        (
+                            pool_addrs(self.rng.below(2) as usize)[self.rng.below(2) as usize],
+                            PORT_LO + self.rng.below(u64::from(PORT_HI - PORT_LO + 1)) as u16,
+                        ),
                     )
                 };
-                let e = self.plan_inbound(r, out);
-                ins.push((udp(ip(r.0), r.1, ip(out.0), out.1, b"in"), e));
+                let tuple = self.model.owner_of(out).map(|(i, _)| (i, r));
+                let flags = self.flags(Dir::Out2In, tuple);
+                let e = self.plan_inbound(r, out, flags);
+                ins.push((self.packet(r, out, flags), e));
             }
         }
         self.check_inbound(ins);
@@ -326,15 +581,16 @@ impl Run {
                 remote,
                 pool,
                 out,
-                full,
+                refused,
             } = e
             else {
                 unreachable!()
             };
-            if full {
-                let d = Verdict::Drop(DropReason::TableFull);
-                assert_eq!(v, d, "t={now} {inside:?} -> {remote:?}: table full");
-                self.refused += 1;
+            if let Some(r) = refused {
+                assert_eq!(v, Verdict::Drop(r), "t={now} {inside:?} -> {remote:?}");
+                if r == DropReason::TableFull {
+                    self.refused += 1;
+                }
                 continue;
             }
             assert_eq!(v, Verdict::Forward, "t={now} {inside:?} -> {remote:?}");
@@ -354,10 +610,11 @@ impl Run {
                 }
             }
             // Later packets of the burst expect it (the first outbound packet made it).
-            let m = self.model.maps.entry((inside, pool)).or_insert(MapState {
-                out: got,
-                held_until: None,
-            });
+            let m = self
+                .model
+                .maps
+                .entry((inside, pool))
+                .or_insert(MapState::live(got));
             assert_eq!(m.out, got, "t={now} {inside:?}");
         }
     }
@@ -387,15 +644,17 @@ impl Run {
     }
 
     /// The control plane deletes the sessions of a subscriber, of a remote address or of an
-    /// outside endpoint, in steps as a worker runs a command; mappings whose last session goes
-    /// enter their hold-down now. Call it at the tick of the last burst (the shard's clock).
+    /// outside endpoint, in steps as a worker runs a command; a mapping whose last session goes
+    /// enters its hold-down now, or frees its port if that session closed cleanly. Call it at the
+    /// tick of the last burst (the shard's clock).
     fn delete(&mut self) {
         let now = self.now;
         let mut filter = SessionFilter {
-            proto: Some(ip_proto::UDP),
+            proto: Some(self.proto),
             ..SessionFilter::default()
         };
-        let outs: Vec<Ep> = self.model.maps.values().map(|m| m.out).collect();
+        let mut outs: Vec<Ep> = self.model.maps.values().map(|m| m.out).collect();
+        outs.sort_unstable();
         match self.rng.below(3) {
             0 => filter.inside_addr = Some(inside_ep(&mut self.rng).0),
             1 => filter.remote_addr = Some(remote_ep(&mut self.rng).0),
@@ -406,7 +665,7 @@ impl Run {
             }
             _ => return,
         }
-        let doomed: Vec<((Ep, Ep), usize)> = self
+        let doomed: Vec<(Ep, Ep)> = self
             .model
             .sessions
             .iter()
@@ -417,7 +676,7 @@ impl Run {
                     && filter.outside_addr.is_none_or(|a| a == o.0)
                     && filter.outside_port.is_none_or(|p| p == o.1)
             })
-            .map(|(&k, sess)| (k, sess.pool))
+            .map(|(&k, _)| k)
             .collect();
         let (mut cursor, mut deleted) = (Some(0), 0);
         while let Some(c) = cursor {
@@ -426,15 +685,88 @@ impl Run {
             deleted += n as usize;
         }
         assert_eq!(deleted, doomed.len(), "t={now}: deleted by {filter:?}");
-        for &(k, _) in &doomed {
-            self.model.sessions.remove(&k);
+        // They all end now; which of a mapping's went last is the slab's order.
+        let ended: Vec<((Ep, Ep), Sess, u32)> = doomed
+            .into_iter()
+            .filter_map(|k| self.model.sessions.remove(&k).map(|s| (k, s, now)))
+            .collect();
+        self.mappings_after(&ended);
+        self.check_mappings();
+    }
+
+    /// Mappings that lost their last session among `ended` ((key, session, tick it ended at the
+    /// earliest)): held from when the last of them ended, or freed at once if that one closed
+    /// cleanly. Which went last is known only when their earliest ends are far enough apart, so
+    /// the model allows every outcome of the sessions that may have been last.
+    fn mappings_after(&mut self, ended: &[((Ep, Ep), Sess, u32)]) {
+        let mut by_map: HashMap<MapKey, Vec<(Sess, u32)>> = HashMap::new();
+        for &((i, _), s, at) in ended {
+            by_map.entry((i, s.pool)).or_default().push((s, at));
         }
-        for ((i, _), pool) in doomed {
-            if self.model.sessions_of((i, pool)) == 0
-                && let Some(m) = self.model.maps.get_mut(&(i, pool))
-            {
-                m.held_until = Some(now + HOLD_DOWN);
+        let lag = self.lag;
+        for (k, ends) in by_map {
+            if self.model.sessions_of(k) > 0 {
+                continue;
             }
+            let Some(m) = self.model.maps.get_mut(&k) else {
+                panic!(
+                    "t={}: session of {k:?} without a mapping in the model",
+                    self.now
+                );
+            };
+            let latest = ends.iter().map(|&(_, at)| at).max().unwrap_or(self.now);
+            let last = ends.iter().filter(|&&(_, at)| at + lag > latest);
+            m.may_free = last.clone().any(|(s, _)| s.clean());
+            m.may_hold = last.clone().any(|(s, _)| !s.clean());
+            // The hold-down runs from when the last session ended.
+            m.held_until = Some(latest + HOLD_DOWN);
+        }
+    }
+
+    /// Every mapping of the model against the shard's: a live one live, a held one held for as
+    /// long as its hold-down allows, a freed one gone. What the sweep's allowance or an unknown
+    /// order left open is read from the shard, checked allowed, and adopted.
+    fn check_mappings(&mut self) {
+        let (now, lag) = (self.now, self.lag);
+        let mut released = Vec::new();
+        for (&k, m) in self.model.maps.iter_mut() {
+            let ((ia, ip_), pool) = k;
+            let got = self
+                .sh
+                .find_mapping(m.out.0, m.out.1, self.proto)
+                .filter(|g| (g.in_addr, g.in_port, usize::from(g.pool)) == (ia, ip_, pool));
+            let Some(earliest) = m.held_until else {
+                assert!(
+                    got.is_some_and(|g| !g.is_held()),
+                    "t={now}: live mapping {k:?} -> {:?}",
+                    m.out
+                );
+                continue;
+            };
+            match got {
+                Some(g) => {
+                    let until = g.held_until();
+                    assert!(m.may_hold, "t={now}: {k:?} held after a clean close");
+                    assert!(
+                        until.is_some_and(|u| u >= earliest && u < earliest + lag),
+                        "t={now}: {k:?} held until {until:?}, expected from {earliest} within {lag} s"
+                    );
+                    let u = until.unwrap_or(earliest);
+                    assert!(now < u + lag, "t={now}: hold-down of {k:?} outlived {u}");
+                    m.held_until = until;
+                    m.may_free = false;
+                }
+                None => {
+                    assert!(
+                        m.may_free || now >= earliest,
+                        "t={now}: {k:?} released before {earliest}"
+                    );
+                    released.push(k);
+                }
+            }
+        }
+        for k in released {
+            self.model.maps.remove(&k);
         }
     }
 
@@ -447,10 +779,10 @@ impl Run {
         self.now += secs;
         tick(&mut self.sh, from, self.now);
         let now = self.now;
-        let mut ended: Vec<(Ep, Ep, MapKey, u32)> = Vec::new();
+        let mut ended = Vec::new();
         for (&(i, r), s) in &self.model.sessions {
-            let deadline = s.last + UDP_TIMEOUT;
-            let found = self.sh.find(Dir::In2Out, &key(i, r));
+            let deadline = s.deadline();
+            let found = self.sh.find(Dir::In2Out, &key(i, r, self.proto));
             if let Some(f) = found {
                 let m = self.model.maps[&(i, s.pool)];
                 assert_eq!((f.out_addr, f.out_port), m.out, "t={now}: {i:?} -> {r:?}");
@@ -467,65 +799,14 @@ impl Run {
                 );
             }
             if found.is_none() {
-                ended.push((i, r, (i, s.pool), deadline));
+                ended.push(((i, r), *s, deadline));
             }
         }
-        for &(i, r, _, _) in &ended {
-            self.model.sessions.remove(&(i, r));
+        for &(k, _, _) in &ended {
+            self.model.sessions.remove(&k);
         }
-        // Mappings whose last session just ended: held from the end of that session, which the
-        // sweep placed somewhere in its allowance.
-        let mut last_end: HashMap<MapKey, u32> = HashMap::new();
-        for &(_, _, m, deadline) in &ended {
-            let e = last_end.entry(m).or_insert(deadline);
-            *e = (*e).max(deadline);
-        }
-        for (k, deadline) in last_end {
-            if self.model.sessions_of(k) > 0 {
-                continue;
-            }
-            let Some(m) = self.model.maps.get_mut(&k) else {
-                panic!("t={now}: session of {k:?} without a mapping in the model");
-            };
-            // The hold-down runs from when the sweep ended the session.
-            m.held_until = Some(deadline + HOLD_DOWN);
-        }
-        let lag = self.lag;
-        let mut released = Vec::new();
-        for (&k, m) in self.model.maps.iter_mut() {
-            let ((ia, ip_), pool) = k;
-            let got = self
-                .sh
-                .find_mapping(m.out.0, m.out.1, ip_proto::UDP)
-                .filter(|g| (g.in_addr, g.in_port, usize::from(g.pool)) == (ia, ip_, pool));
-            let Some(earliest) = m.held_until else {
-                assert!(
-                    got.is_some_and(|g| !g.is_held()),
-                    "t={now}: live mapping {k:?} -> {:?}",
-                    m.out
-                );
-                continue;
-            };
-            match got {
-                Some(g) => {
-                    let until = g.held_until();
-                    assert!(
-                        until.is_some_and(|u| u >= earliest && u < earliest + lag),
-                        "t={now}: {k:?} held until {until:?}, expected from {earliest} within {lag} s"
-                    );
-                    let u = until.unwrap_or(earliest);
-                    assert!(now < u + lag, "t={now}: hold-down of {k:?} outlived {u}");
-                    m.held_until = until;
-                }
-                None => {
-                    assert!(now >= earliest, "t={now}: {k:?} released before {earliest}");
-                    released.push(k);
-                }
-            }
-        }
-        for k in released {
-            self.model.maps.remove(&k);
-        }
+        self.mappings_after(&ended);
+        self.check_mappings();
         assert_eq!(
             self.sh.session_count() as usize,
             self.model.sessions.len(),
@@ -558,19 +839,23 @@ fn ip(a: u32) -> Ipv4Addr {
 
 /// `max_sessions` 4096: the table never fills (24 inside endpoints × 10 remotes at most). 48: it is
 /// full much of the time, so new sessions are refused while the established ones go on. Each
-/// filtering behaviour of RFC 4787 section 5 in turn.
+/// filtering behaviour of RFC 4787 section 5 in turn, UDP and TCP.
 #[test]
 fn random_subscribers_remotes_and_clock_follow_the_snat_contract() {
     use Filtering::*;
-    for (max, seed, filtering) in [
-        (4096, 1u64, EndpointIndependent),
-        (4096, 0x5eed, EndpointIndependent),
-        (4096, 0xdead_beef, AddressDependent),
-        (4096, 99, AddressAndPortDependent),
-        (48, 42_4242, EndpointIndependent),
-        (48, 7, AddressDependent),
+    use ip_proto::{TCP, UDP};
+    for (max, seed, filtering, proto) in [
+        (4096, 1u64, EndpointIndependent, UDP),
+        (4096, 0x5eed, EndpointIndependent, UDP),
+        (4096, 0xdead_beef, AddressDependent, UDP),
+        (4096, 99, AddressAndPortDependent, UDP),
+        (48, 42_4242, EndpointIndependent, UDP),
+        (48, 7, AddressDependent, UDP),
+        (4096, 3, EndpointIndependent, TCP),
+        (4096, 11, AddressDependent, TCP),
+        (16, 13, EndpointIndependent, TCP),
     ] {
-        let mut r = Run::new(seed, max, filtering);
+        let mut r = Run::new(seed, max, filtering, proto);
         for _ in 0..1500 {
             match r.rng.below(20) {
                 0..=12 => r.burst(),
@@ -590,13 +875,14 @@ fn random_subscribers_remotes_and_clock_follow_the_snat_contract() {
             }
         }
         // Let everything go: sessions, then their hold-downs.
-        r.advance(UDP_TIMEOUT + HOLD_DOWN + 3 * r.lag);
+        r.advance(TCP_ESTABLISHED.max(UDP_TIMEOUT) + HOLD_DOWN + 3 * r.lag);
         // Every refusal was counted under its reason, and the small table did fill.
         let counted = r.sh.counters().drops(DropReason::TableFull);
         assert_eq!(counted, r.refused, "seed {seed}: table_full drops");
         assert!(
             max > 1000 || r.refused > 100,
-            "seed {seed}: the small table never filled"
+            "seed {seed}: the small table never filled ({} refused)",
+            r.refused
         );
         assert_eq!(r.sh.session_count(), 0, "seed {seed}");
         assert_eq!(r.sh.mapping_count(), 0, "seed {seed}");
