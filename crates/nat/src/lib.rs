@@ -130,6 +130,8 @@ mod dnat_tests;
 mod icmp_frag_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod policy_tests;
 
 /// A deterministic PRNG for tests (xorshift64*): seeded runs that are reproducible and differ from
 /// each other.
@@ -150,8 +152,6 @@ impl TestRng {
         self.next() % n
     }
 }
-#[cfg(test)]
-mod policy_tests;
 
 pub use counters::{Counter, Counters, DropReason, SNAT_RULE_COUNTERS};
 pub use deterministic::{deterministic_forward, deterministic_reverse};
