@@ -245,26 +245,25 @@ fn remote_ep(r: &mut Rng) -> Ep {
     )
 }
 
-/// A packet of a burst and what the model expects of it.
-enum Expect {
-    /// Outbound from `inside` to `remote` on mapping (`inside`, `pool`), translated to this
-    /// outside endpoint (`None`: a new mapping, whose port the shard chooses), or refused for
-    /// this reason (a TCP segment other than a SYN cannot open a session; a full table).
-    Out {
-        inside: Ep,
-        remote: Ep,
-        pool: usize,
-        out: Option<Ep>,
-        refused: Option<DropReason>,
-    },
-    /// Inbound from `remote` to `out`: delivered to this inside endpoint, or dropped for this
-    /// reason (no live mapping, the pool's filter or the tuple's session in the other pool, a TCP
-    /// segment other than a SYN, a new session in a full table).
-    In {
-        remote: Ep,
-        out: Ep,
-        to: Result<Ep, DropReason>,
-    },
+/// An outbound packet from `inside` to `remote` on mapping (`inside`, `pool`) and what the model
+/// expects of it: translated to this outside endpoint (`None`: a new mapping, whose port the
+/// shard chooses), or refused for this reason (a TCP segment other than a SYN cannot open a
+/// session; a full table).
+struct Out {
+    inside: Ep,
+    remote: Ep,
+    pool: usize,
+    out: Option<Ep>,
+    refused: Option<DropReason>,
+}
+
+/// An inbound packet from `remote` to `out` and what the model expects of it: delivered to this
+/// inside endpoint, or dropped for this reason (no live mapping, the pool's filter or the tuple's
+/// session in the other pool, a TCP segment other than a SYN, a new session in a full table).
+struct In {
+    remote: Ep,
+    out: Ep,
+    to: Result<Ep, DropReason>,
 }
 
 struct Run {
@@ -332,7 +331,7 @@ impl Run {
 
     /// What the model expects of the next packet, applied to the model as the shard should apply
     /// it (packets of a burst take effect one after the other).
-    fn plan_outbound(&mut self, inside: Ep, remote: Ep, flags: u8) -> Expect {
+    fn plan_outbound(&mut self, inside: Ep, remote: Ep, flags: u8) -> Out {
         let now = self.now;
         let tcp = self.proto == ip_proto::TCP;
         let existing = self.model.sessions.get(&(inside, remote)).copied();
@@ -357,7 +356,7 @@ impl Run {
             self.made.insert((inside, pool));
         }
         if refused.is_some() {
-            return Expect::Out {
+            return Out {
                 inside,
                 remote,
                 pool,
@@ -386,7 +385,7 @@ impl Run {
                 tcp,
             },
         );
-        Expect::Out {
+        Out {
             inside,
             remote,
             pool,
@@ -395,7 +394,7 @@ impl Run {
         }
     }
 
-    fn plan_inbound(&mut self, remote: Ep, out: Ep, flags: u8) -> Expect {
+    fn plan_inbound(&mut self, remote: Ep, out: Ep, flags: u8) -> In {
         let now = self.now;
         let tcp = self.proto == ip_proto::TCP;
         let to = match self.model.owner_of(out) {
@@ -439,7 +438,7 @@ impl Run {
             }
             _ => Err(DropReason::NoSession),
         };
-        Expect::In { remote, out, to }
+        In { remote, out, to }
     }
 
     /// TCP flags for a segment in `dir` of the tuple (inside, remote) if known; 0 for UDP. Three
@@ -571,21 +570,18 @@ impl Run {
         self.check_inbound(ins);
     }
 
-    fn check_outbound(&mut self, burst: Vec<(Vec<u8>, Expect)>) {
+    fn check_outbound(&mut self, burst: Vec<(Vec<u8>, Out)>) {
         let (mut pkts, expects): (Vec<_>, Vec<_>) = burst.into_iter().unzip();
         let v = run(&mut self.sh, Dir::In2Out, &mut pkts, self.now);
         let now = self.now;
         for ((p, e), v) in pkts.iter().zip(expects).zip(v) {
-            let Expect::Out {
+            let Out {
                 inside,
                 remote,
                 pool,
                 out,
                 refused,
-            } = e
-            else {
-                unreachable!()
-            };
+            } = e;
             if let Some(r) = refused {
                 assert_eq!(v, Verdict::Drop(r), "t={now} {inside:?} -> {remote:?}");
                 if r == DropReason::TableFull {
@@ -619,14 +615,12 @@ impl Run {
         }
     }
 
-    fn check_inbound(&mut self, burst: Vec<(Vec<u8>, Expect)>) {
+    fn check_inbound(&mut self, burst: Vec<(Vec<u8>, In)>) {
         let (mut pkts, expects): (Vec<_>, Vec<_>) = burst.into_iter().unzip();
         let v = run(&mut self.sh, Dir::Out2In, &mut pkts, self.now);
         let now = self.now;
         for ((p, e), v) in pkts.iter().zip(expects).zip(v) {
-            let Expect::In { remote, out, to } = e else {
-                unreachable!()
-            };
+            let In { remote, out, to } = e;
             match to {
                 Err(r) => {
                     assert_eq!(v, Verdict::Drop(r), "t={now} {remote:?} -> {out:?}");
