@@ -220,26 +220,27 @@ def main():
             line += f" {c['sessions_per_s'] / 1e6:.2f} M |" if c else " - |"
         w(line)
     w("")
-    w("Memory, from `Shard::memory()` of a shard sized for exactly N flows (one mapping per flow,")
-    w("subscriber table sized for the subscribers used), divided by N; and the process RSS growth")
-    w("while that shard was built and filled.")
+    w("Memory, from `Shard::memory()` of a shard sized for exactly N flows (one mapping per flow, its")
+    w("session embedded in the mapping's record; subscriber table sized for the subscribers used),")
+    w("divided by N; and the process RSS growth while that shard was built and filled. The flow table")
+    w("is the one slab of 32-byte records (mappings and sessions) with its index.")
     w("")
-    w("| sessions | session slab + index | EIM mappings | subscribers | port maps | event ring | **all-in** | RSS growth |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| sessions | flow records + index | subscribers | port maps | event ring | **all-in** | RSS growth |")
+    w("|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in sorted(pipe.items()):
         p = r["established"]["memory"]["per_session"]
-        w(f"| {size_name(n)} | {p['session_table']:.1f} B | {p['mappings']:.1f} B | {p['subscribers']:.2f} B "
+        w(f"| {size_name(n)} | {p['flow_table']:.1f} B | {p['subscribers']:.2f} B "
           f"| {p['port_maps']:.2f} B | {p['events']:.2f} B | **{p['all_in']:.1f} B** | {p['rss_growth']:.1f} B |")
     w("")
     if all("expiry" in r["established"] for r in pipe.values()):
         w("Expiry, on the same shard once its rates are measured, driven as cgnatd's worker drives it")
         w("(`Shard::expire` with a budget of 256 slots per call, each tick until its quota is spent). The")
-        w("sweeps over the session and mapping slabs make a full pass of each every *pass* seconds (1 s")
+        w("sweep over the flow slab makes a full pass every *pass* seconds (1 s")
         w("up to 4 Mi slots), so a session ends at most that long after its timeout. *Idle*: one pass")
         w("with nothing due, per slot looked at, and the share of one core the sweeps take at their pace.")
         w("Then every session is left idle past the UDP timeout: sessions ended per second of")
-        w("`Shard::expire` time until the last is gone (walking the slots between them and the mapping")
-        w("slab's sweep included; the mappings go into hold-down); then the hold-downs end: mappings")
+        w("`Shard::expire` time until the last is gone (walking the slots between them included;")
+        w("the mappings go into hold-down); then the hold-downs end: mappings")
         w("released per second, likewise. Below 8K sessions the endings take a few tens of")
         w("microseconds, too short to time, and are only checked.")
         w("")
@@ -348,10 +349,8 @@ def main():
     if big:
         p = big["established"]["memory"]["per_session"]
         rows.append((f"memory per session at {size_name(big['sessions'])}",
-                     f"{p['session_table']:.1f} B session slab + index; **{p['all_in']:.1f} B all-in** "
-                     f"(with the EIM mapping table)",
-                     "≤ 64 B", "session table only" if round(p["session_table"], 1) <= 64 < p["all_in"] else
-                     ("yes" if round(p["all_in"], 1) <= 64 else "no")))
+                     f"{p['flow_table']:.1f} B flow records + index; **{p['all_in']:.1f} B all-in**",
+                     "≤ 64 B", "yes" if round(p["all_in"], 1) <= 64 else "no"))
     sys_best = ratio(best_dut, best_io)
     rows.append(("system: cgnatd ÷ testpmd io-forward, same link and CPUs",
                  f"**{against(sys_best, 0.5)} ×** cgnatd's best round ÷ io-forward's best, either generator "

@@ -602,8 +602,7 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
     // NAT-only cost per packet: total time minus the time to write the packet.
     let nat_only = |total: f64, write: f64| 1e9 / total - 1e9 / write;
     let per = |b: usize| b as f64 / n as f64;
-    let all_in =
-        mem.sessions + mem.session_index + mem.mappings + mem.subscribers + mem.ports + mem.events;
+    let all_in = mem.sessions + mem.session_index + mem.subscribers + mem.ports + mem.events;
     let mut out = json!({
         "in2out_mpps": in2out / 1e6,
         "out2in_mpps": out2in / 1e6,
@@ -621,13 +620,12 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
         },
         "memory": {
             "bytes": {
-                "sessions": mem.sessions, "session_index": mem.session_index,
-                "mappings": mem.mappings, "subscribers": mem.subscribers,
+                "records": mem.sessions, "index": mem.session_index,
+                "subscribers": mem.subscribers,
                 "ports": mem.ports, "events": mem.events,
             },
             "per_session": {
-                "session_table": per(mem.sessions + mem.session_index),
-                "mappings": per(mem.mappings),
+                "flow_table": per(mem.sessions + mem.session_index),
                 "subscribers": per(mem.subscribers),
                 "port_maps": per(mem.ports),
                 "events": per(mem.events),
@@ -636,6 +634,7 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
             },
             "subscribers": sh.subscriber_count(),
             "mappings": sh.mapping_count(),
+            "records": sh.record_count(),
         },
     });
     // Last: it ends every flow of the table.
@@ -761,9 +760,10 @@ fn measure_new(cli: &Cli, n: u32) -> Result<Value> {
 /// Sustained new sessions at a full table: a shard sized for exactly `n` sessions holds `n` flows,
 /// an eighth of them (in bursts scattered over the slab) idle past the UDP timeout; as many new
 /// flows are created while the sweep ends the idle ones, as a worker does: before each burst of
-/// new flows, expiry calls (`nat::EXPIRY_BUDGET` slots each) until the burst fits. The rate is new
-/// sessions per second of the whole loop, creation and expiry together. The mapping table has room
-/// for the ended flows' mappings, which stay held (the hold-down) meanwhile. Median over fresh fills
+/// new flows, expiry calls (`nat::EXPIRY_BUDGET` slots each) until the live sessions and the burst
+/// fit in `n`. The rate is new sessions per second of the whole loop, creation and expiry together.
+/// The flow slab has a record more per idle flow, for the ended flows' mappings, which stay held (the
+/// hold-down) meanwhile. Median over fresh fills
 /// for tables up to 1M, as for [`measure_new`].
 fn measure_churn(cli: &Cli, n: u32) -> Result<Value> {
     if n < MIN_TIMED {
@@ -806,9 +806,10 @@ fn churn_once(cli: &Cli, n: u32) -> Result<(f64, u32)> {
         .filter(|(_, i)| **i)
         .map(|(c, _)| c.len() as u32)
         .sum();
-    // Room in the mapping table for the replaced flows' mappings, held meanwhile.
+    // Room for the replaced flows' mappings, held meanwhile: records are counted as the
+    // operator's sizing rule counts them (live sessions + mappings created per hold-down).
     let mut sh = shard(
-        n,
+        n + due,
         old.subscribers(n) + new.subscribers(due),
         old.mappings(n) + new.mappings(due),
         !cli.no_thp,
@@ -1023,8 +1024,10 @@ mod tests {
         assert!(est["in2out_mpps"].as_f64().unwrap() > 0.0);
         assert!(est["out2in_mpps"].as_f64().unwrap() > 0.0);
         let per = &est["memory"]["per_session"];
-        assert!(per["all_in"].as_f64().unwrap() >= per["session_table"].as_f64().unwrap());
+        assert!(per["all_in"].as_f64().unwrap() >= per["flow_table"].as_f64().unwrap());
         assert_eq!(est["memory"]["mappings"].as_u64().unwrap(), 2048);
+        // One record per 1:1 flow: each session is embedded in its mapping.
+        assert_eq!(est["memory"]["records"].as_u64().unwrap(), 2048);
         // Every session ended and every mapping was held, then released (measure_expiry checks
         // both and fails otherwise).
         let exp = &est["expiry"];

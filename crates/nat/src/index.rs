@@ -1,10 +1,10 @@
 //! Open-addressing index from a flow-key hash to a session slot.
 //!
-//! Each session has two entries (its inside and its outside key), both in this one table, and a third
-//! (its remote address with its outside endpoint) when its pool filters by address. An entry is 8 bytes:
-//! the low 24 bits of the hash, the lowest forced to one (the tag), and the slot number with the
-//! key kind in the top two bits. Mappings
-//! and subscribers use their own instances.
+//! Every record of the flow slab has two entries here: a mapping record its inside and its outside
+//! endpoint, a separate session its inside and its outside 5-tuple, and a third (its remote address
+//! with its outside endpoint) when its pool filters by address. An entry is 8 bytes: the low 24
+//! bits of the hash, the lowest forced to one (the tag), and the slot number with the key kind in
+//! the top three bits. Subscribers use an instance of their own.
 //!
 //! **Buckets of one cache line.** The table is an array of 64-byte buckets of eight entries, each
 //! bucket aligned to its line. A key's hash picks its home bucket; the key lives there unless the
@@ -61,11 +61,18 @@ pub const OUT_BIT: u32 = 1 << 31;
 /// Second bit of `slot`: set for the address-dependent-filtering key of a session (remote address and
 /// outside endpoint, no remote port).
 pub const ADF_BIT: u32 = 1 << 30;
-/// Both kind bits; slot numbers stay below `ADF_BIT`.
-pub const KIND_BITS: u32 = OUT_BIT | ADF_BIT;
-/// Both kind bits set: the inside key of a full-NAT client session, which packets arriving from
+/// Third bit of `slot`: set for the endpoint keys of a mapping record (with [`OUT_BIT`] its outside
+/// endpoint, without it its inside one).
+pub const MAP_BIT: u32 = 1 << 29;
+/// The kind bits; slot numbers stay below `MAP_BIT`.
+pub const KIND_BITS: u32 = OUT_BIT | ADF_BIT | MAP_BIT;
+/// `OUT_BIT | ADF_BIT`: the inside key of a full-NAT client session, which packets arriving from
 /// outside match (the client is outside).
 pub const XIN_BITS: u32 = OUT_BIT | ADF_BIT;
+/// A mapping's inside endpoint key.
+pub const M_IN: u32 = MAP_BIT;
+/// A mapping's outside endpoint key.
+pub const M_OUT: u32 = MAP_BIT | OUT_BIT;
 
 /// A queued insert: the whole hash and the slot.
 #[derive(Clone, Copy, Debug)]

@@ -65,23 +65,25 @@
 //!
 //! # Memory
 //!
-//! Per session: a 32-byte record plus two 8-byte index entries at a load of at most ½ (three with
-//! address-dependent filtering) = **64 B** (96 B). Per mapping: a 20-byte record and two index
-//! entries (32 B) = **52 B**. Per subscriber: 28 B (aligned to 32) plus one
-//! index entry (16 B) = **48 B**, plus 2 B × the largest `max_blocks` of any port-block pool. Indexes are
-//! sized for their capacity exactly (to within one 64-byte bucket), not rounded up to a power of
-//! two, so these figures hold for any configured capacity. Tables are sized
-//! for `max_sessions`, `max_mappings` and `max_subscribers` (both default to `max_sessions`), so the
-//! default worst case is 164 B per session of capacity; set the other two lower when the number of
-//! subscribers or the sessions per mapping are known (with port blocks, `max_subscribers` matters
-//! most). Port maps: 24 KiB per pool address; the event ring 32 B per entry.
+//! Sessions and mappings share one slab of 32-byte records with one index, two 8-byte entries per
+//! record at a load of at most ½ (three with address-dependent filtering): **64 B** per record
+//! (96 B). A 1:1 flow (a mapping whose only session is embedded in its record) is one record; each
+//! further session of a mapping, each destination NAT session and each held mapping is one more.
+//! `max_sessions` counts records. Per subscriber: 28 B (aligned to 32) plus one index entry (16 B) =
+//! **48 B**, plus 2 B × the largest `max_blocks` of any port-block pool. Indexes are sized for their
+//! capacity exactly (to within one 64-byte bucket), not rounded up to a power of two, so these
+//! figures hold for any configured capacity. `max_subscribers` defaults to `max_sessions`, so the
+//! default worst case is 112 B per record of capacity; set it lower when the number of subscribers
+//! is known (with port blocks it matters most). `max_mappings` (default `max_sessions`) only
+//! limits how many of the records may be mappings. Port maps: 24 KiB per pool address; the event
+//! ring 32 B per entry.
 //!
 //! # Limitations
 //!
 //! A running shard takes a new policy ([`Shard::set_policy`]), but a pool keeps its index (slot) and
 //! its shape (ports, filtering, allocation; it may gain addresses) while the shard has state for it;
 //! subscriber records hold at most the start-time `max_blocks`, and the index was sized at start
-//! for two or three keys per session. Two
+//! for two or three keys per record. Two
 //! destination NAT rules sharing a backend cannot both take a flow from the same client endpoint at
 //! the same time (`dnat_conflict`: the replies would be indistinguishable; a finished TCP
 //! connection gives way to a new SYN; there is no source-port remapping). An ICMP error from a third party about
@@ -193,8 +195,8 @@ pub const EXPIRY_BUDGET: u32 = 256;
 pub const EXPIRY_BATCH: usize = 32;
 
 /// A hint about a large allocation, called with its address and length before the memory is first
-/// written: the data plane passes `dpdk::advise_hugepages` so the session slab, the indexes and the
-/// mapping table are backed by transparent huge pages. This crate stays free of `unsafe` and of DPDK.
+/// written: the data plane passes `dpdk::advise_hugepages` so the flow slab and its index are
+/// backed by transparent huge pages. This crate stays free of `unsafe` and of DPDK.
 pub type MemAdvice = fn(addr: usize, len: usize) -> bool;
 
 /// A vector of `n` copies of `fill`, its memory handed to `advise` before it is first written.

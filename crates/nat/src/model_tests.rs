@@ -87,15 +87,19 @@ struct MapState {
     /// that one closed cleanly (its port is freed at once) or not (the port is held).
     may_free: bool,
     may_hold: bool,
+    /// The remote of the session embedded in the mapping's record (its first session, or the
+    /// first one opened while the record had none): that session takes no record of its own.
+    embedded: Option<Ep>,
 }
 
 impl MapState {
-    fn live(out: Ep) -> MapState {
+    fn live(out: Ep, embedded: Option<Ep>) -> MapState {
         MapState {
             out,
             held_until: None,
             may_free: false,
             may_hold: true,
+            embedded,
         }
     }
 }
@@ -271,12 +275,15 @@ struct Run {
     /// UDP or TCP: every flow of a run has the one protocol (their port spaces are apart).
     proto: u8,
     filtering: Filtering,
-    /// Session capacity: a new session beyond it is refused, and nothing else changes.
+    /// Record capacity (`max_sessions`): a mapping is a record with room for one session, every
+    /// further session one more. A new session that needs a record beyond it is refused, and
+    /// nothing else changes.
     max: usize,
     /// New sessions the model expected refused for it.
     refused: u64,
-    /// Mappings the outbound packets planned so far in this burst make.
-    made: HashSet<MapKey>,
+    /// Mappings the outbound packets planned so far in this burst make, with the remote of the
+    /// session each embeds.
+    made: HashMap<MapKey, Ep>,
     model: Model,
     now: u32,
     /// How late a sweep may end a session or a hold-down (one pass, and the tick it runs in).
@@ -321,12 +328,27 @@ impl Run {
             filtering,
             max: max_sessions as usize,
             refused: 0,
-            made: HashSet::new(),
+            made: HashMap::new(),
             model: Model::default(),
             now: 0,
             lag,
             rng: Rng(seed | 1),
         }
+    }
+
+    /// Records in use: every mapping (live, held, or made in this burst) with its embedded session,
+    /// and every other session. Sessions planned in this burst are in the model already; the
+    /// mappings made for them carry theirs.
+    fn records(&self) -> usize {
+        let embedded = self
+            .model
+            .maps
+            .values()
+            .filter(|m| m.embedded.is_some())
+            .count();
+        self.model.maps.len() + self.made.len() + self.model.sessions.len()
+            - embedded
+            - self.made.len()
     }
 
     /// What the model expects of the next packet, applied to the model as the shard should apply
@@ -341,19 +363,30 @@ impl Run {
         // The mapping table has the session table's capacity (`max_mappings` 0), and held
         // mappings take their place in it. Mappings an earlier packet of this burst makes are
         // in the model only once the burst is checked: counted from `made`.
-        let needs_mapping =
-            !self.model.maps.contains_key(&(inside, pool)) && !self.made.contains(&(inside, pool));
+        let needs_mapping = !self.model.maps.contains_key(&(inside, pool))
+            && !self.made.contains_key(&(inside, pool));
+        // A new session takes a record unless its mapping exists with nothing embedded.
+        let embeds = !needs_mapping
+            && self
+                .model
+                .maps
+                .get(&(inside, pool))
+                .is_some_and(|m| m.embedded.is_none());
         let refused = match existing {
             Some(_) => None,
             None if tcp && !bare_syn(flags) => Some(DropReason::TcpInvalid),
-            None if self.model.sessions.len() >= self.max => Some(DropReason::TableFull),
+            None if !embeds && self.records() >= self.max => Some(DropReason::TableFull),
             None if needs_mapping && self.model.maps.len() + self.made.len() >= self.max => {
                 Some(DropReason::TableFull)
             }
             None => None,
         };
-        if needs_mapping && refused.is_none() {
-            self.made.insert((inside, pool));
+        if refused.is_none() && existing.is_none() {
+            if needs_mapping {
+                self.made.insert((inside, pool), remote);
+            } else if embeds && let Some(m) = self.model.maps.get_mut(&(inside, pool)) {
+                m.embedded = Some(remote);
+            }
         }
         if refused.is_some() {
             return Out {
@@ -402,7 +435,8 @@ impl Run {
             Some(k) if self.model.maps[&k].held_until.is_none() => {
                 let (i, pool) = k;
                 let admits = self.admits(k, remote);
-                let full = self.model.sessions.len() >= self.max;
+                let embeds = self.model.maps[&k].embedded.is_none();
+                let full = !embeds && self.records() >= self.max;
                 let existing = self.model.sessions.get(&(i, remote)).copied();
                 match existing {
                     Some(mut s) if s.pool == pool => {
@@ -423,6 +457,9 @@ impl Run {
                     None if tcp && !bare_syn(flags) => Err(DropReason::TcpInvalid),
                     None if full => Err(DropReason::TableFull),
                     None => {
+                        if embeds && let Some(m) = self.model.maps.get_mut(&k) {
+                            m.embedded = Some(remote);
+                        }
                         let tcp = tcp.then(|| Tcp::opened(Dir::Out2In));
                         self.model.sessions.insert(
                             (i, remote),
@@ -610,7 +647,7 @@ impl Run {
                 .model
                 .maps
                 .entry((inside, pool))
-                .or_insert(MapState::live(got));
+                .or_insert(MapState::live(got, self.made.get(&(inside, pool)).copied()));
             assert_eq!(m.out, got, "t={now} {inside:?}");
         }
     }
@@ -693,6 +730,14 @@ impl Run {
     /// cleanly. Which went last is known only when their earliest ends are far enough apart, so
     /// the model allows every outcome of the sessions that may have been last.
     fn mappings_after(&mut self, ended: &[((Ep, Ep), Sess, u32)]) {
+        // An ended embedded session leaves its record's session part free.
+        for &((i, r), s, _) in ended {
+            if let Some(m) = self.model.maps.get_mut(&(i, s.pool))
+                && m.embedded == Some(r)
+            {
+                m.embedded = None;
+            }
+        }
         let mut by_map: HashMap<MapKey, Vec<(Sess, u32)>> = HashMap::new();
         for &((i, _), s, at) in ended {
             by_map.entry((i, s.pool)).or_default().push((s, at));

@@ -1,7 +1,9 @@
-//! The session record, its preallocated slab and the sweep that expires it.
+//! The flow record, its preallocated slab and the sweep that expires it.
 //!
-//! Sessions are 32 bytes and live in one `Vec` allocated at start: creating one pops a free slot, never
-//! allocates. The hot path only stamps `last_seen`; a paced sweep over the slab ([`crate::sweep`])
+//! A record is 32 bytes and holds either one session, or one endpoint-independent mapping with room
+//! for one session of its own (its *embedded* session: a plain SNAT flow's only session, so that a
+//! 1:1 flow is one record and two index entries, see [`crate::shard`]). Records live in one `Vec`
+//! allocated at start: creating one pops a free slot, never allocates. The hot path only stamps `last_seen`; a paced sweep over the slab ([`crate::sweep`])
 //! ends every session whose idle timeout has passed, looking at each slot at least once per pass (one
 //! second up to 4 Mi sessions, proportionally longer above), so a session ends between its deadline
 //! and one pass after it, never before. Nothing links sessions together: creating or deleting one
@@ -64,14 +66,10 @@ pub const INBOUND: u8 = 0x08;
 /// The flag bits of [`Session::state`] that are not protocol state.
 pub(crate) const FLAGS: u8 = HAIRPIN | INBOUND | DNAT;
 
-/// One translation: inside endpoint ↔ outside endpoint, towards one remote endpoint.
-///
-/// Aligned to 32 bytes, so that no session straddles two cache lines: the burst pipeline prefetches
-/// one line per session. (Without it the slab starts wherever the allocator puts it, typically 16
-/// bytes into a page, and every other session spans two lines, the second never prefetched.) The
-/// fields take 24 of the 32 bytes.
+/// One translation: inside endpoint ↔ outside endpoint, towards one remote endpoint. 24 bytes, the
+/// first part of a [`Record`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C, align(32))]
+#[repr(C)]
 pub struct Session {
     pub in_addr: u32,
     pub rem_addr: u32,
@@ -88,8 +86,73 @@ pub struct Session {
     pub last_seen: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Session>() == 32);
-const _: () = assert!(std::mem::align_of::<Session>() == 32);
+const _: () = assert!(std::mem::size_of::<Session>() == 24);
+
+/// [`MapPart::flags`]: the record is a mapping (inside endpoint ↔ outside endpoint of
+/// [`Record::s`], protocol and pool of the [`MapPart`]). Its session part holds its embedded
+/// session while `s.proto` is set.
+pub const MAP: u8 = 1;
+/// [`MapPart::flags`]: the mapping has no sessions and is in hold-down until `count`.
+pub const HELD: u8 = 2;
+
+/// The mapping part of a record: all zero in a record that holds a separate session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct MapPart {
+    /// Live mapping: its sessions, the embedded one included. Held: the tick the hold-down ends.
+    pub count: u32,
+    /// The mapping's protocol (its session part's `proto` is 0 while nothing is embedded).
+    pub proto: u8,
+    pub pool: u8,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// A slab slot: a session, or a mapping with its embedded session.
+///
+/// Aligned to 32 bytes, so that no record straddles two cache lines: the burst pipeline prefetches
+/// one line per record. (Without it the slab starts wherever the allocator puts it, typically 16
+/// bytes into a page, and every other record spans two lines, the second never prefetched.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(32))]
+pub struct Record {
+    /// The session: a separate one, or a mapping's endpoints and its embedded session.
+    pub s: Session,
+    pub m: MapPart,
+}
+
+const _: () = assert!(std::mem::size_of::<Record>() == 32);
+const _: () = assert!(std::mem::align_of::<Record>() == 32);
+
+impl Record {
+    /// Whether the record is a mapping (live or held).
+    #[inline]
+    pub fn is_map(&self) -> bool {
+        self.m.flags & MAP != 0
+    }
+
+    /// Whether the record is a mapping in hold-down.
+    #[inline]
+    pub fn is_held(&self) -> bool {
+        self.m.flags & HELD != 0
+    }
+
+    /// A mapping's sessions that are separate records (they have 5-tuple index entries).
+    #[inline]
+    pub fn separate_sessions(&self) -> u32 {
+        if self.is_held() {
+            0
+        } else {
+            self.m.count - u32::from(self.s.proto != 0)
+        }
+    }
+
+    /// Whether the slot is in use (a free one is all zero but its free-list link).
+    #[inline]
+    fn is_used(&self) -> bool {
+        self.s.proto != 0 || self.m.flags != 0
+    }
+}
 
 impl Session {
     /// Idle timeout in seconds for the session's protocol and state.
@@ -166,12 +229,16 @@ impl Session {
     }
 }
 
-/// Slab of sessions, with the sweep that expires them.
+/// Slab of records, with the sweep that expires sessions and ends hold-downs.
 pub struct Slab {
-    slots: Vec<Session>,
+    slots: Vec<Record>,
     capacity: u32,
     free_head: u32,
+    /// Records in use.
     live: u32,
+    /// Bumped by every change of which sessions and mappings exist, so that the burst pipeline
+    /// can tell whether a lookup it made before the burst's slow paths ran still holds.
+    epoch: u32,
     sweep: Sweep,
 }
 
@@ -185,24 +252,18 @@ impl Slab {
     /// data plane uses it to ask for transparent huge pages).
     pub fn new_advised(capacity: u32, now: u32, advise: Option<MemAdvice>) -> Slab {
         let total = capacity as usize;
-        let mut slots: Vec<Session> = Vec::with_capacity(total);
-        if let Some(advise) = advise {
-            advise(
-                slots.as_ptr() as usize,
-                total * std::mem::size_of::<Session>(),
-            );
-        }
-        slots.resize(total, Session::default());
-        // Free list threaded through `last_seen`, in ascending order so early sessions are dense in
+        let mut slots = crate::advised_vec(total, Record::default(), advise);
+        // Free list threaded through `last_seen`, in ascending order so early records are dense in
         // memory.
         for i in 0..capacity {
-            slots[i as usize].last_seen = if i + 1 < capacity { i + 1 } else { NIL };
+            slots[i as usize].s.last_seen = if i + 1 < capacity { i + 1 } else { NIL };
         }
         Slab {
             slots,
             capacity,
             free_head: if capacity > 0 { 0 } else { NIL },
             live: 0,
+            epoch: 0,
             sweep: Sweep::new(capacity, now),
         }
     }
@@ -216,41 +277,99 @@ impl Slab {
     }
 
     pub fn memory_bytes(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<Session>()
+        self.slots.len() * std::mem::size_of::<Record>()
     }
 
+    /// Whether no record is free.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.free_head == NIL
+    }
+
+    /// See [`Slab::epoch`]'s field.
+    #[inline]
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The session part of a record.
     #[inline]
     pub fn get(&self, slot: u32) -> &Session {
-        &self.slots[slot as usize]
+        &self.slots[slot as usize].s
     }
 
     #[inline]
     pub fn get_mut(&mut self, slot: u32) -> &mut Session {
-        &mut self.slots[slot as usize]
+        &mut self.slots[slot as usize].s
     }
 
-    /// Store a new session. `None` when the slab is full.
+    #[inline]
+    pub fn rec(&self, slot: u32) -> &Record {
+        &self.slots[slot as usize]
+    }
+
+    /// A record's mapping part (the caller keeps [`Slab::epoch`] true: holds and revivals do not
+    /// change which sessions exist).
+    #[inline]
+    pub fn map_mut(&mut self, slot: u32) -> &mut MapPart {
+        &mut self.slots[slot as usize].m
+    }
+
+    /// Store a new session in a record of its own. `None` when the slab is full.
     pub fn insert(&mut self, s: Session) -> Option<u32> {
+        self.insert_record(Record {
+            s,
+            m: MapPart::default(),
+        })
+    }
+
+    /// Store a new record. `None` when the slab is full.
+    pub fn insert_record(&mut self, r: Record) -> Option<u32> {
         let slot = self.free_head;
         if slot == NIL {
             return None;
         }
-        self.free_head = self.slots[slot as usize].last_seen;
-        self.slots[slot as usize] = s;
+        self.free_head = self.slots[slot as usize].s.last_seen;
+        self.slots[slot as usize] = r;
         self.live += 1;
+        self.epoch = self.epoch.wrapping_add(1);
         Some(slot)
     }
 
+    /// Put `s` in mapping record `slot` as its embedded session (its session part is free).
+    pub fn embed(&mut self, slot: u32, s: Session) {
+        let r = &mut self.slots[slot as usize];
+        debug_assert!(r.is_map() && r.s.proto == 0);
+        r.s = s;
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// End the embedded session of mapping record `slot`, keeping the mapping's endpoints.
+    pub fn unembed(&mut self, slot: u32) -> Session {
+        let r = &mut self.slots[slot as usize];
+        let s = r.s;
+        r.s.proto = 0;
+        r.s.state = 0;
+        r.s.rem_addr = 0;
+        r.s.rem_port = 0;
+        self.epoch = self.epoch.wrapping_add(1);
+        s
+    }
+
     /// Return the slot to the free list.
-    pub fn remove(&mut self, slot: u32) -> Session {
-        let s = self.slots[slot as usize];
-        self.slots[slot as usize] = Session {
-            last_seen: self.free_head,
-            ..Session::default()
+    pub fn remove(&mut self, slot: u32) -> Record {
+        let r = self.slots[slot as usize];
+        self.slots[slot as usize] = Record {
+            s: Session {
+                last_seen: self.free_head,
+                ..Session::default()
+            },
+            m: MapPart::default(),
         };
         self.free_head = slot;
         self.live -= 1;
-        s
+        self.epoch = self.epoch.wrapping_add(1);
+        r
     }
 
     /// The expiry sweep's position and pace (a session ends at most one pass late).
@@ -267,12 +386,13 @@ impl Slab {
     }
 
     /// Look at the sweep's next slot: `Some(slot)` if it holds a session past its deadline at
-    /// `now`, which the caller then deletes.
+    /// `now`, or a mapping whose hold-down is over, which the caller then ends.
     #[inline]
     pub fn sweep_step(&mut self, now: u32, t: &Timeouts) -> Option<u32> {
         let slot = self.sweep.next();
-        let s = &self.slots[slot as usize];
-        (s.is_live() && s.deadline(t) <= now).then_some(slot)
+        let r = &self.slots[slot as usize];
+        ((r.s.is_live() && r.s.deadline(t) <= now) || (r.is_held() && r.m.count <= now))
+            .then_some(slot)
     }
 
     /// Go on with the sweep ([`Slab::sweep_grant`], [`Slab::sweep_step`]), handing each session
@@ -290,7 +410,7 @@ impl Slab {
         for _ in 0..n {
             if let Some(slot) = self.sweep_step(now, t) {
                 expire(self, slot);
-                assert!(!self.slots[slot as usize].is_live());
+                assert!(!self.slots[slot as usize].s.is_live());
             }
         }
         n
@@ -301,8 +421,17 @@ impl Slab {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.is_live())
-            .map(|(i, s)| (i as u32, s))
+            .filter(|(_, r)| r.s.is_live())
+            .map(|(i, r)| (i as u32, &r.s))
+    }
+
+    /// Iterate over the records in use with their slot numbers (control-plane use: O(capacity)).
+    pub fn records(&self) -> impl Iterator<Item = (u32, &Record)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_used())
+            .map(|(i, r)| (i as u32, r))
     }
 }
 
@@ -334,8 +463,69 @@ mod tests {
     }
 
     #[test]
-    fn session_is_32_bytes() {
-        assert_eq!(std::mem::size_of::<Session>(), 32);
+    fn a_record_is_one_half_line() {
+        assert_eq!(std::mem::size_of::<Record>(), 32);
+        let s = Slab::new(4, 0);
+        assert_eq!(s.rec(1) as *const Record as usize % 32, 0);
+    }
+
+    #[test]
+    fn a_mapping_record_counts_its_separate_sessions_and_sweeps_its_hold_down() {
+        let tm = t();
+        let mut s = Slab::new(4, 0);
+        let m = Record {
+            s: Session {
+                proto: 0,
+                ..udp(0, 7)
+            },
+            m: MapPart {
+                count: 0,
+                proto: ip_proto::UDP,
+                pool: 0,
+                flags: MAP,
+                _pad: 0,
+            },
+        };
+        let slot = s.insert_record(m).unwrap();
+        assert_eq!(s.iter().count(), 0, "a mapping alone is no session");
+        assert_eq!(s.records().count(), 1);
+        s.embed(slot, udp(5, 7));
+        s.map_mut(slot).count = 3;
+        assert_eq!(s.rec(slot).separate_sessions(), 2);
+        assert_eq!(s.iter().count(), 1);
+        // The embedded session expires like any other; the mapping stays.
+        let mut ended = Vec::new();
+        for now in 0..=306 {
+            while s.sweep_state().due(now) {
+                s.sweep(now, 7, &tm, |sl, x| {
+                    ended.push((now, sl.unembed(x).in_port))
+                });
+            }
+        }
+        assert_eq!(ended, vec![(305, 7)]);
+        assert!(s.rec(slot).is_map() && !s.get(slot).is_live());
+        assert_eq!(
+            s.get(slot).in_port,
+            7,
+            "the endpoints stay with the mapping"
+        );
+        let mm = s.map_mut(slot);
+        mm.count = 400;
+        mm.flags |= HELD;
+        let mut due = Vec::new();
+        for now in 300..=401 {
+            while s.sweep_state().due(now) {
+                s.sweep_grant(now, 8);
+                for _ in 0..8 {
+                    if let Some(x) = s.sweep_step(now, &tm) {
+                        due.push((x, now));
+                        s.remove(x);
+                    }
+                }
+            }
+        }
+        assert_eq!(due, vec![(slot, 400)]);
+        assert_eq!(s.live(), 0);
     }
 
     #[test]

@@ -1,10 +1,26 @@
 //! One worker's connection-tracking shard and the burst pipeline over it.
 //!
-//! Three tables, each a preallocated slab with an open-addressing index: sessions (5-tuples, the fast
-//! path), endpoint-independent mappings (inside endpoint ↔ outside endpoint, the slow path's first
-//! lookup) and subscribers (paired address, limits, port blocks). A packet that hits a session never
-//! touches the other two; the slow paths (new outbound flow, inbound packet to a mapping, hairpin) do
-//! a bounded number of lookups in them and never allocate.
+//! Two tables, each a preallocated slab with an open-addressing index: flows and subscribers
+//! (paired address, limits, port blocks). The flow slab's 32-byte records are mappings (inside
+//! endpoint ↔ outside endpoint) and sessions, with two index entries each:
+//!
+//! * A mapping record has its inside and its outside endpoint in the index, and room for one
+//!   session: the first plain SNAT session of the mapping (outbound, or let in by the filter) is
+//!   *embedded* in it. A 1:1 flow, the common case, is thus one record and two entries (64 bytes
+//!   at the index's load of ½), and its packets are found by their endpoint: one hash of three
+//!   fields, one bucket line, one record line, then the remote end compared in the record.
+//! * Every other session is a record of its own with its two 5-tuple entries (and a filtering
+//!   entry in an address-dependent pool): further sessions of a mapping, hairpinned ones, and those
+//!   destination NAT makes (which have no mapping, or, for a full-NAT client, are matched from
+//!   outside). A lookup probes the 5-tuple only when the endpoint's mapping says it has separate
+//!   sessions, or when no mapping explains the packet and its address is one that destination NAT
+//!   sessions use ([`AddrFilter`]): one more dependent round for those sessions, none for 1:1 flows
+//!   and new ones.
+//!
+//! A packet that hits a session never touches the subscribers; the slow paths (new outbound flow,
+//! inbound packet to a mapping, hairpin) do a bounded number of lookups and never allocate.
+//! Capacity (`max_sessions`) is counted in records: a 1:1 flow takes one, a further session one
+//! more, a held mapping one until its hold-down ends.
 
 use std::sync::Arc;
 
@@ -12,16 +28,21 @@ use crate::counters::{Counter, Counters, DropReason};
 use crate::deterministic::DetPlan;
 use crate::dnat::{DnatCounters, DnatTable, Picker, RuleEntry, subscriber_owner};
 use crate::events::{Event, EventKind, EventRing, Limit, MappingInfo, SessionInfo};
-use crate::index::{ADF_BIT, Index, KIND_BITS, OUT_BIT, XIN_BITS, prefetch_with};
+use crate::index::{
+    ADF_BIT, Index, KIND_BITS, M_IN, M_OUT, MAP_BIT, OUT_BIT, XIN_BITS, prefetch_with,
+};
 use crate::key::FlowKey;
 use crate::lb::{Affinity, flow_hash};
-use crate::mapping::{self, MapTable, Mapping};
+use crate::mapping::{self, Mapping};
 use crate::ports::{AddrSpec, PortAllocator, port_owner};
 use crate::rewrite::{
     End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
 };
 use crate::rules::{Filtering, PortAllocation, Rules, paired_index};
-use crate::session::{DNAT, FLAGS, HAIRPIN, INBOUND, NIL, REPLIED, Session, Slab, tcp_state};
+use crate::session::{
+    DNAT, FLAGS, HAIRPIN, HELD, INBOUND, MAP, MapPart, NIL, REPLIED, Record, Session, Slab,
+    tcp_state,
+};
 use crate::subscriber::{SubTable, Subscriber, sub_hash};
 use crate::{MemAdvice, NatError, PacketBatch, Prefetch, Timeouts};
 use wire::{icmp_type, ip_proto, tcp_flags};
@@ -29,8 +50,8 @@ use wire::{icmp_type, ip_proto, tcp_flags};
 /// Largest burst [`Shard::process`] handles in one call (DPDK's usual burst of 32).
 pub const MAX_BURST: usize = 32;
 
-/// Slot numbers of every table stay below this (the index keeps key kinds in the top two bits).
-const MAX_SLOTS: u32 = ADF_BIT;
+/// Slot numbers of every table stay below this (the index keeps key kinds in the top three bits).
+const MAX_SLOTS: u32 = MAP_BIT;
 
 /// How many pool addresses a new subscriber tries, starting at its paired choice, before giving up.
 const PAIRING_TRIES: usize = 8;
@@ -40,6 +61,51 @@ const AFFINITY_ENTRIES: usize = 1 << 16;
 
 /// Hash tweak for the address-dependent-filtering key of a session.
 const ADF_TWEAK: u64 = 0x6164_6600_0000_0004;
+
+/// Counters of [`AddrFilter`].
+const ADDR_FILTER: usize = 1024;
+
+/// Counts, per hash of an address, the sessions found by 5-tuple whose endpoint no mapping record
+/// has: destination NAT sessions (their backend or 1:1 host inside, their rule's address outside)
+/// and full-NAT client halves (matched from outside, towards the rule's address). A lookup that
+/// found no embedded session probes the 5-tuple when its address counts here (or its mapping has
+/// separate sessions); a collision costs one probe, never a wrong answer. It follows the sessions
+/// rather than the rules in force, so that a session outlives a rule change as it must.
+struct AddrFilter {
+    counts: Box<[u32; ADDR_FILTER]>,
+    total: u32,
+}
+
+impl AddrFilter {
+    fn new() -> AddrFilter {
+        AddrFilter {
+            counts: Box::new([0; ADDR_FILTER]),
+            total: 0,
+        }
+    }
+
+    #[inline]
+    fn slot(addr: u32) -> usize {
+        (addr.wrapping_mul(0x9e37_79b1) >> 22) as usize % ADDR_FILTER
+    }
+
+    fn add(&mut self, addr: u32) {
+        self.counts[AddrFilter::slot(addr)] += 1;
+        self.total += 1;
+    }
+
+    fn remove(&mut self, addr: u32) {
+        let c = &mut self.counts[AddrFilter::slot(addr)];
+        debug_assert!(*c > 0, "address filter underflow");
+        *c = c.saturating_sub(1);
+        self.total = self.total.saturating_sub(1);
+    }
+
+    #[inline]
+    fn contains(&self, addr: u32) -> bool {
+        self.total != 0 && self.counts[AddrFilter::slot(addr)] != 0
+    }
+}
 
 /// Direction of a packet relative to the NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,9 +214,10 @@ impl Default for ShardConfig {
 /// Memory held by a shard's tables, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memory {
+    /// The flow slab: sessions and mappings.
     pub sessions: usize,
+    /// The flow slab's index.
     pub session_index: usize,
-    pub mappings: usize,
     pub subscribers: usize,
     pub ports: usize,
     pub events: usize,
@@ -159,10 +226,16 @@ pub struct Memory {
 #[derive(Clone, Copy, Default)]
 struct Meta {
     p: Parsed,
+    /// The hash of the packet's endpoint (stage 1), or of its 5-tuple once stage 3 found that its
+    /// session may be a separate record.
     hash: u32,
-    /// Candidate slot (with kind bits) from the probe stage, or NIL.
+    /// Candidate slot (with kind bits) from the probe stages, or NIL.
     cand: u32,
     ok: bool,
+    /// Stage 3 confirmed `cand` (valid while [`Slab::epoch`] has not moved).
+    hit: bool,
+    /// Stage 3 asked for a 5-tuple probe (`hash`), which stage 4 makes.
+    tuple: bool,
 }
 
 pub struct Shard {
@@ -174,13 +247,22 @@ pub struct Shard {
     meta: Box<[Meta; MAX_BURST]>,
 }
 
-/// Everything but the session slab, so that expiry can walk the slab while updating the rest.
+/// Everything but the flow slab, so that expiry can walk the slab while updating the rest.
 struct Core {
     cfg: ShardConfig,
     rules: Arc<Rules>,
     counters: Arc<Counters>,
+    /// The flow slab's index.
     index: Index,
-    maps: MapTable,
+    /// Live sessions (embedded and separate), mapping records (live and held), held ones.
+    n_sessions: u32,
+    n_maps: u32,
+    n_held: u32,
+    max_mappings: u32,
+    /// Addresses of sessions without a mapping, by direction (see [`AddrFilter`]): in2out
+    /// lookups check their source, out2in ones their destination.
+    tuple_in: AddrFilter,
+    tuple_out: AddrFilter,
     subs: SubTable,
     ports: PortAllocator,
     /// This shard's per-address port gauges (shared with its [`Counters`] for the control plane).
@@ -202,10 +284,10 @@ struct Core {
     affinity: Affinity,
     /// xorshift state for weighted random scheduling.
     rng: u64,
-    /// Scratch for [`Shard::process`]: the mapping and (outbound) subscriber key hashes of the
-    /// burst's missed probes. Kept here rather than in `Meta` or on the stack so that a burst of
-    /// established flows neither copies nor clears it.
-    missed: Box<[(u32, u32); MAX_BURST]>,
+    /// Scratch for [`Shard::process`]: the subscriber key hashes of the burst's missed outbound
+    /// probes. Kept here rather than in `Meta` or on the stack so that a burst of established
+    /// flows neither copies nor clears it.
+    missed: Box<[u32; MAX_BURST]>,
 }
 
 #[inline]
@@ -316,6 +398,16 @@ fn opening_refusal(p: &Parsed) -> Option<DropReason> {
 #[inline]
 fn is_bare_syn(flags: u8) -> bool {
     flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN) == tcp_flags::SYN
+}
+
+/// The hash a packet travelling `dir` with key `k` is first looked up by: its endpoint's (the
+/// source inside, the destination outside), which is also the key of its mapping.
+#[inline]
+fn endpoint_hash(seed: u64, dir: Dir, k: &FlowKey) -> u32 {
+    match dir {
+        Dir::In2Out => mapping::in_hash(seed, k.src, k.sport, k.proto),
+        Dir::Out2In => mapping::out_hash(seed, k.dst, k.dport, k.proto),
+    }
 }
 
 fn mapping_info(m: &Mapping) -> MappingInfo {
@@ -489,7 +581,7 @@ impl Shard {
         Shard::with_memory_advice(cfg, rules, counters, now, None)
     }
 
-    /// As [`Shard::new`], handing the session slab, the session index and the mapping table to
+    /// As [`Shard::new`], handing the flow slab and its index to
     /// `advise` before they are first written (for transparent huge pages: random lookups over hundreds
     /// of MiB are dominated by TLB misses on 4 KiB pages).
     pub fn with_memory_advice(
@@ -533,16 +625,22 @@ impl Shard {
         let ports = PortAllocator::build(&specs, cfg.worker, cfg.workers, cfg.seed.rotate_left(17));
         let addr_gauges = counters.install_addresses(ports.usage_by_address());
         let adf = adf_of(&rules);
-        let keys_per_session = if adf.iter().any(|&a| a) { 3 } else { 2 };
+        // Two entries per record; a separate session of an address-dependent pool has a third.
+        let keys_per_record = if adf.iter().any(|&a| a) { 3 } else { 2 };
         let shard = Shard {
             slab: Slab::new_advised(cfg.max_sessions, now, advise),
             meta: Box::new([Meta::default(); MAX_BURST]),
             core: Core {
                 index: Index::with_capacity_advised(
-                    cfg.max_sessions as usize * keys_per_session,
+                    cfg.max_sessions as usize * keys_per_record,
                     advise,
                 ),
-                maps: MapTable::new_advised(max_mappings, now, advise),
+                n_sessions: 0,
+                n_maps: 0,
+                n_held: 0,
+                max_mappings,
+                tuple_in: AddrFilter::new(),
+                tuple_out: AddrFilter::new(),
                 subs: SubTable::new(max_subscribers, max_blocks),
                 ports,
                 addr_gauges,
@@ -556,13 +654,13 @@ impl Shard {
                 rr: Vec::new(),
                 affinity: Affinity::new(AFFINITY_ENTRIES, cfg.seed.rotate_left(29)),
                 rng: cfg.seed | 1,
-                missed: Box::new([(0, 0); MAX_BURST]),
+                missed: Box::new([0; MAX_BURST]),
                 rules,
                 counters,
                 cfg,
             },
         };
-        shard.core.gauges(&shard.slab);
+        shard.core.gauges();
         Ok(shard)
     }
 
@@ -682,17 +780,23 @@ impl Shard {
     }
 
     pub fn session_count(&self) -> u32 {
+        self.core.n_sessions
+    }
+
+    /// Records of the flow slab in use: separate sessions and mappings (live and held), out of
+    /// `max_sessions`.
+    pub fn record_count(&self) -> u32 {
         self.slab.live()
     }
 
     /// Mappings alive or in hold-down.
     pub fn mapping_count(&self) -> u32 {
-        self.core.maps.len()
+        self.core.n_maps
     }
 
     /// Mappings in hold-down (their ports are in use but not reusable yet).
     pub fn held_count(&self) -> u32 {
-        self.core.maps.held()
+        self.core.n_held
     }
 
     pub fn subscriber_count(&self) -> u32 {
@@ -714,13 +818,13 @@ impl Shard {
         self.core.ports.blocks_in_use()
     }
 
-    /// Memory held by the session slab, the indexes with the mapping and subscriber tables and the
-    /// event ring, and the port maps.
+    /// Memory held by the flow slab, its index with the subscriber table and the event ring, and
+    /// the port maps.
     pub fn memory_bytes(&self) -> (usize, usize, usize) {
         let m = self.memory();
         (
             m.sessions,
-            m.session_index + m.mappings + m.subscribers + m.events,
+            m.session_index + m.subscribers + m.events,
             m.ports,
         )
     }
@@ -730,7 +834,6 @@ impl Shard {
         Memory {
             sessions: self.slab.memory_bytes(),
             session_index: c.index.memory_bytes(),
-            mappings: c.maps.memory_bytes(),
             subscribers: c.subs.memory_bytes(),
             ports: c.ports.memory_bytes(),
             events: c.events.memory_bytes(),
@@ -776,7 +879,7 @@ impl Shard {
         let Shard { slab, core, .. } = self;
         let now = core.now;
         let n = core.delete_session(slab, slot, now, false);
-        core.gauges(slab);
+        core.gauges();
         n
     }
 
@@ -785,8 +888,11 @@ impl Shard {
     }
 
     /// Live and held mappings (control plane: O(capacity)).
-    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
-        self.core.maps.iter().map(|(_, m)| m)
+    pub fn mappings(&self) -> impl Iterator<Item = Mapping> + '_ {
+        self.slab
+            .records()
+            .filter(|(_, r)| r.is_map())
+            .map(|(_, r)| Mapping::of_record(r))
     }
 
     /// Subscriber records (control plane: O(capacity)).
@@ -811,22 +917,18 @@ impl Shard {
     }
 
     /// The mapping (live or held) of an outside endpoint.
-    pub fn find_mapping(&self, out_addr: u32, out_port: u16, proto: u8) -> Option<&Mapping> {
-        let c = &self.core;
-        c.maps
-            .find_out(
-                mapping::out_hash(c.cfg.seed, out_addr, out_port, proto),
-                out_addr,
-                out_port,
-                proto,
-            )
-            .map(|s| c.maps.get(s))
+    pub fn find_mapping(&self, out_addr: u32, out_port: u16, proto: u8) -> Option<Mapping> {
+        self.core
+            .find_map_out(&self.slab, out_addr, out_port, proto)
+            .map(|ms| Mapping::of_record(self.slab.rec(ms)))
     }
 
-    /// Entries left in the session, mapping and subscriber indexes.
+    /// Entries left in the flow and subscriber indexes, and in the address filters.
     #[cfg(test)]
     pub(crate) fn index_residue(&self) -> usize {
-        self.core.index.len() + self.core.maps.residue() + self.core.subs.residue()
+        self.core.index.len()
+            + self.core.subs.residue()
+            + (self.core.tuple_in.total + self.core.tuple_out.total) as usize
     }
 
     /// Events waiting to be drained.
@@ -839,15 +941,14 @@ impl Shard {
         self.core.events.drain(out, max)
     }
 
-    /// Full lookup of one key (slow path and control plane).
-    pub fn lookup(&self, dir: Dir, k: &FlowKey, hash: u32) -> Option<u32> {
-        self.core.lookup(&self.slab, dir, k, hash)
+    /// Full lookup of one key (slow path and control plane): the slot of its session.
+    pub fn lookup(&self, dir: Dir, k: &FlowKey) -> Option<u32> {
+        self.core.lookup(&self.slab, dir, k)
     }
 
     /// Look a session up by the tuple of a packet travelling in `dir`.
     pub fn find(&self, dir: Dir, k: &FlowKey) -> Option<&Session> {
-        self.lookup(dir, k, k.hash(self.core.cfg.seed))
-            .map(|s| self.slab.get(s))
+        self.lookup(dir, k).map(|s| self.slab.get(s))
     }
 
     /// Translate a burst in place. `verdicts[i]` receives the fate of packet `i`; at most [`MAX_BURST`]
@@ -870,17 +971,19 @@ impl Shard {
         let (mut forwarded, mut hairpinned, mut untranslated) = (0u64, 0u64, 0u64);
         let (mut icmp_errors, mut fragments) = (0u64, 0u64);
 
-        // Stage 1: parse and hash everything; prefetch the home bucket of each key.
+        // Stage 1: parse and hash every packet's endpoint; prefetch its home bucket.
         for i in 0..n {
             match parse(batch.packet(i), dir, batch.later_fragment(i)) {
                 Ok(p) => {
-                    let hash = p.key.hash(seed);
+                    let hash = endpoint_hash(seed, dir, &p.key);
                     P::prefetch(core.index.home_ref(hash));
                     meta[i] = Meta {
                         p,
                         hash,
                         cand: NIL,
                         ok: true,
+                        hit: false,
+                        tuple: false,
                     };
                 }
                 Err(r) => {
@@ -905,42 +1008,52 @@ impl Shard {
                 }
             }
         }
-        // Stage 2: probe the (now cached) buckets for a hash match and prefetch the session it names. A
-        // miss is most likely a new flow, whose slow path starts with a mapping lookup: prefetch that
-        // bucket here, and the rest of what the slow path reads just below.
+        // Stage 2: probe the (now cached) buckets for a hash match and prefetch the record it
+        // names: for a 1:1 flow, its mapping with the session embedded. A miss is most likely a
+        // new flow, whose slow path reads its subscriber: prefetched just below.
         for m in meta[..n].iter_mut().filter(|m| m.ok) {
-            match core.index.find_first(m.hash) {
-                Some((_, slot)) => {
-                    m.cand = slot;
-                    P::prefetch(slab.get(slot & !KIND_BITS));
-                }
-                None => {
-                    let k = &m.p.key;
-                    let mh = match dir {
-                        Dir::In2Out => mapping::in_hash(seed, k.src, k.sport, k.proto),
-                        Dir::Out2In => mapping::out_hash(seed, k.dst, k.dport, k.proto),
-                    };
-                    P::prefetch(core.maps.home_ref(mh));
-                }
+            if let Some((_, slot)) = core.index.find_first(m.hash) {
+                m.cand = slot;
+                P::prefetch(slab.get(slot & !KIND_BITS));
             }
         }
         // Counted in a pass of its own: a counter in the loop above cost bursts of established flows
         // about a tenth of their rate (measured; the loop's code generation changes).
-        if meta[..n].iter().any(|m| m.ok && m.cand == NIL) {
-            core.prefetch_slow_paths::<P>(dir, &meta[..n]);
+        if dir == Dir::In2Out && meta[..n].iter().any(|m| m.ok && m.cand == NIL) {
+            core.prefetch_subscribers::<P>(&meta[..n]);
         }
-        // Stage 3: confirm the key against the session and rewrite; misses take the slow path.
+        // Stage 3: confirm each candidate and translate. A packet its candidate does not explain
+        // may be a session of its endpoint's mapping in a record of its own: the first such packet
+        // has the rest of the burst planned together (`plan_rest`: their endpoint probes, and the
+        // 5-tuple buckets of those that need one prefetched and probed), so that their second
+        // lookup rounds overlap too. A burst of 1:1 flows never plans: confirming its records in
+        // a pass of their own, before any packet's work, exposed their fetch latency (established
+        // rate at 1M -7 %). What the plan confirmed holds while no session or mapping came or went
+        // since; otherwise the candidate is checked again, and a miss looked up in full: it may
+        // be a false hash match, or a flow an earlier packet of this burst created.
+        let mut epoch = slab.epoch();
+        let mut planned = false;
         for i in 0..n {
-            let m = &meta[i];
-            if !m.ok {
+            if !meta[i].ok {
                 continue;
             }
-            let found = if m.cand != NIL && Core::key_matches(slab, m.cand, dir, &m.p.key) {
-                Some(m.cand)
-            } else {
-                // A false hash match, or a key created earlier in this same burst.
-                core.lookup_kind(slab, dir, &m.p.key, m.hash)
+            let confirmed = |m: &Meta, slab: &Slab, epoch: u32| {
+                (m.hit && slab.epoch() == epoch)
+                    || (m.cand != NIL && Core::matches(slab, m.cand, dir, &m.p.key))
             };
+            let mut found = confirmed(&meta[i], slab, epoch).then_some(meta[i].cand);
+            if found.is_none() {
+                if !planned {
+                    planned = true;
+                    core.plan_rest::<P>(slab, dir, &mut meta[i..n]);
+                    epoch = slab.epoch();
+                    found = confirmed(&meta[i], slab, epoch).then_some(meta[i].cand);
+                }
+                if found.is_none() {
+                    found = core.lookup_kind(slab, dir, &meta[i].p.key);
+                }
+            }
+            let m = &meta[i];
             let slot = found.map(|s| s & !KIND_BITS);
             let pkt = batch.packet_mut(i);
             verdicts[i] = match (slot, dir) {
@@ -973,10 +1086,9 @@ impl Shard {
                 }
             }
         }
-        // The new flows' outside keys, queued in stage 3, are stored now: their buckets are
+        // The new flows' outside keys, queued in stage 5, are stored now: their buckets are
         // prefetched together first (see the index module).
         core.index.flush::<P>();
-        core.maps.flush::<P>();
         core.ports.prefetch = |_| {};
         let c = &core.counters;
         c.add(
@@ -1000,18 +1112,18 @@ impl Shard {
         }
     }
 
-    /// Expire idle sessions and end hold-downs: go on with the sweeps of the session and mapping
-    /// slabs, looking at no more than `budget` slots of each, and no more than the ticks up to `now`
-    /// grant (see [`crate::sweep`]: a full pass of each slab per second up to 4 Mi slots). Call it
-    /// often; [`Shard::expiry_due`] says whether a call would do anything. Returns how many sessions
-    /// were deleted. Without prefetching: the data plane calls [`Shard::expire_with`].
+    /// Expire idle sessions and end hold-downs: go on with the sweep of the flow slab, looking at
+    /// no more than `budget` slots, and no more than the ticks up to `now` grant (see
+    /// [`crate::sweep`]: a full pass per second up to 4 Mi slots). Call it often;
+    /// [`Shard::expiry_due`] says whether a call would do anything. Returns how many sessions were
+    /// deleted. Without prefetching: the data plane calls [`Shard::expire_with`].
     pub fn expire(&mut self, now: u32, budget: u32) -> u32 {
         self.expire_with::<crate::NoPrefetch>(now, budget)
     }
 
-    /// [`Shard::expire`], prefetching with `P`. What the sweeps find due is ended in batches of up
-    /// to [`crate::EXPIRY_BATCH`]: first the index buckets (and subscriber buckets) every deletion of the
-    /// batch will touch are prefetched together, then the deletions run. Each ending touches
+    /// [`Shard::expire`], prefetching with `P`. What the sweep finds due is ended in batches of up
+    /// to [`crate::EXPIRY_BATCH`]: first the index buckets (and subscriber buckets) every ending of
+    /// the batch will touch are prefetched together, then the endings run. Each ending touches
     /// several random lines (its index entries, its mapping's, its subscriber); one after another
     /// they were a DRAM latency each when a large table goes idle at once.
     pub fn expire_with<P: Prefetch>(&mut self, now: u32, budget: u32) -> u32 {
@@ -1020,56 +1132,43 @@ impl Shard {
         let timeouts = core.cfg.timeouts;
         let mut batch = [0u32; crate::EXPIRY_BATCH];
         let mut k = 0;
-        let mut deleted = 0;
+        let (mut deleted, mut released) = (0, 0);
         for _ in 0..slab.sweep_grant(now, budget) {
             if let Some(slot) = slab.sweep_step(now, &timeouts) {
                 batch[k] = slot;
                 k += 1;
                 if k == crate::EXPIRY_BATCH {
-                    deleted += core.end_sessions::<P>(slab, &batch, now);
+                    let (d, r) = core.end_due::<P>(slab, &batch, now);
+                    deleted += d;
+                    released += r;
                     k = 0;
                 }
             }
         }
-        deleted += core.end_sessions::<P>(slab, &batch[..k], now);
-        let mut released = 0;
-        k = 0;
-        for _ in 0..core.maps.sweep_grant(now, budget) {
-            if let Some(ms) = core.maps.sweep_step(now) {
-                batch[k] = ms;
-                k += 1;
-                if k == crate::EXPIRY_BATCH {
-                    released += core.end_holds::<P>(&batch, now);
-                    k = 0;
-                }
-            }
-        }
-        released += core.end_holds::<P>(&batch[..k], now);
+        let (d, r) = core.end_due::<P>(slab, &batch[..k], now);
+        deleted += d;
+        released += r;
         if deleted > 0 || released > 0 {
-            core.gauges(slab);
+            core.gauges();
         }
         deleted
     }
 
-    /// Whether [`Shard::expire`] at `now` would look at anything (its sweeps have quota left).
+    /// Whether [`Shard::expire`] at `now` would look at anything (its sweep has quota left).
     #[inline]
     pub fn expiry_due(&self, now: u32) -> bool {
-        self.slab.sweep_state().due(now) || self.core.maps.sweep_state().due(now)
+        self.slab.sweep_state().due(now)
     }
 
     /// The longest a sweep pass takes, in seconds: a session ends at most this long after its idle
     /// timeout, and a hold-down at most this long after it is over.
     pub fn expiry_lag_seconds(&self) -> u32 {
-        self.slab
-            .sweep_state()
-            .pass_seconds()
-            .max(self.core.maps.sweep_state().pass_seconds())
+        self.slab.sweep_state().pass_seconds()
     }
 
-    /// Slab slots the expiry sweeps look at per second, sessions and mappings together.
+    /// Slab slots the expiry sweep looks at per second.
     pub fn expiry_pace(&self) -> u64 {
         u64::from(self.slab.sweep_state().per_tick())
-            + u64::from(self.core.maps.sweep_state().per_tick())
     }
 
     /// Delete every session, mapping (hold-down included: an operator's flush starts over), subscriber
@@ -1084,29 +1183,52 @@ impl Shard {
                 core.delete_session(slab, slot, now, true);
             }
         }
-        for ms in core.maps.held_slots() {
-            core.release_mapping(ms, now);
+        let held: Vec<u32> = slab
+            .records()
+            .filter(|(_, r)| r.is_held())
+            .map(|(i, _)| i)
+            .collect();
+        for ms in held {
+            core.release_mapping(slab, ms, now);
         }
-        core.gauges(slab);
+        core.gauges();
         slots.len() as u32
     }
 }
 
 impl Core {
-    /// Delete the sessions of `slots` (found past their deadline by the sweep), prefetching first
-    /// the index buckets each deletion touches: its two keys (three in an address-dependent
-    /// pool), its mapping's inside key and its subscriber. A slot an earlier deletion of the batch already removed (the other half of a
-    /// full-NAT flow) is skipped.
-    fn end_sessions<P: Prefetch>(&mut self, slab: &mut Slab, slots: &[u32], now: u32) -> u32 {
+    /// End what the sweep found due in `slots`: sessions past their deadline, mappings whose
+    /// hold-down is over. First the index buckets each ending touches are prefetched: a separate
+    /// session's two keys (three in an address-dependent pool), its mapping's inside key and its
+    /// subscriber; a mapping's two endpoint keys when it may be released, and its subscriber. A slot
+    /// an earlier ending of the batch already took along (the other half of a full-NAT flow) is
+    /// skipped. Returns the sessions deleted and the mappings released.
+    fn end_due<P: Prefetch>(&mut self, slab: &mut Slab, slots: &[u32], now: u32) -> (u32, u32) {
         let seed = self.cfg.seed;
         let any_adf = self.adf.iter().any(|&a| a);
         for &slot in slots {
-            let s = slab.get(slot);
+            let r = slab.rec(slot);
+            let s = &r.s;
+            if r.is_map() {
+                P::prefetch(self.subs.home_ref(sub_hash(seed, s.in_addr)));
+                // Held, or about to lose its last session: the endpoint entries may go.
+                if r.is_held() || r.m.count == 1 {
+                    P::prefetch(
+                        self.index
+                            .home_ref(mapping::in_hash(seed, s.in_addr, s.in_port, r.m.proto)),
+                    );
+                    P::prefetch(
+                        self.index
+                            .home_ref(mapping::out_hash(seed, s.out_addr, s.out_port, r.m.proto)),
+                    );
+                }
+                continue;
+            }
             P::prefetch(self.index.home_ref(in_key(s).hash(seed)));
             P::prefetch(self.index.home_ref(out_key(s).hash(seed)));
             if !s.is_dnat() {
                 P::prefetch(
-                    self.maps
+                    self.index
                         .home_ref(mapping::in_hash(seed, s.in_addr, s.in_port, s.proto)),
                 );
                 P::prefetch(self.subs.home_ref(sub_hash(seed, s.in_addr)));
@@ -1125,79 +1247,53 @@ impl Core {
             }
         }
         let t = self.cfg.timeouts;
-        let mut deleted = 0;
+        let (mut deleted, mut released) = (0, 0);
         for &slot in slots {
-            let s = slab.get(slot);
-            if s.is_live() && s.deadline(&t) <= now {
+            let r = slab.rec(slot);
+            if r.is_held() {
+                if r.m.count <= now {
+                    self.release_mapping(slab, slot, now);
+                    released += 1;
+                }
+            } else if r.s.is_live() && r.s.deadline(&t) <= now {
                 deleted += self.delete_session(slab, slot, now, false);
             }
         }
-        deleted
+        (deleted, released)
     }
 
-    /// Release the held mappings of `slots` (found due by the sweep), prefetching first the
-    /// buckets of their two index keys and of their subscriber. Returns how many were released.
-    fn end_holds<P: Prefetch>(&mut self, slots: &[u32], now: u32) -> u32 {
-        let seed = self.cfg.seed;
-        for &ms in slots {
-            let m = self.maps.get(ms);
-            P::prefetch(
-                self.maps
-                    .home_ref(mapping::in_hash(seed, m.in_addr, m.in_port, m.proto)),
-            );
-            P::prefetch(
-                self.maps
-                    .home_ref(mapping::out_hash(seed, m.out_addr, m.out_port, m.proto)),
-            );
-            P::prefetch(self.subs.home_ref(sub_hash(seed, m.in_addr)));
-        }
-        for &ms in slots {
-            self.release_mapping(ms, now);
-        }
-        slots.len() as u32
-    }
-
-    /// After stage 2 of [`Shard::process`], for a burst with missed probes: a miss is most likely a
-    /// new flow, whose slow path looks up a mapping (stage 2 prefetched its bucket) and, outbound, a
-    /// subscriber. Prefetch the subscriber buckets, then the records both name. Without this a new
-    /// flow waits for DRAM for each of them, one flow after another; with it the burst's lookups
-    /// are fetched together. Kept out of line so that bursts of established flows carry none of it.
+    /// After stage 2 of [`Shard::process`], for an outbound burst with missed probes: a miss is
+    /// most likely a new flow, whose slow path looks up its subscriber. Prefetch the subscriber
+    /// buckets, then the records they name. Without this a new flow waits for DRAM for it, one
+    /// flow after another; with it the burst's lookups are fetched together. Kept out of line so
+    /// that bursts of established flows carry none of it.
     #[inline(never)]
-    fn prefetch_slow_paths<P: Prefetch>(&mut self, dir: Dir, meta: &[Meta]) {
+    fn prefetch_subscribers<P: Prefetch>(&mut self, meta: &[Meta]) {
         let seed = self.cfg.seed;
         let mut j = 0;
         for m in meta.iter().filter(|m| m.ok && m.cand == NIL) {
-            let k = &m.p.key;
-            let (mh, sh) = match dir {
-                Dir::In2Out => {
-                    let sh = sub_hash(seed, k.src);
-                    P::prefetch(self.subs.home_ref(sh));
-                    (mapping::in_hash(seed, k.src, k.sport, k.proto), sh)
-                }
-                Dir::Out2In => (mapping::out_hash(seed, k.dst, k.dport, k.proto), 0),
-            };
-            self.missed[j] = (mh, sh);
+            let sh = sub_hash(seed, m.p.key.src);
+            P::prefetch(self.subs.home_ref(sh));
+            self.missed[j] = sh;
             j += 1;
         }
-        for &(mh, sh) in &self.missed[..j] {
-            if dir == Dir::In2Out
-                && let Some(r) = self.subs.candidate(sh)
-            {
-                P::prefetch(r);
-            }
-            if let Some(r) = self.maps.candidate(mh) {
+        for &sh in &self.missed[..j] {
+            if let Some(r) = self.subs.candidate(sh) {
                 P::prefetch(r);
             }
         }
     }
 
-    /// Hot path: every packet of an established flow compares its key here.
+    /// Hot path: whether index entry `slot` (with its kind bits) names the session of a packet
+    /// with key `k` travelling `dir`: a mapping's embedded session by its endpoint entry, or a
+    /// separate session by one of its 5-tuple entries. Both compare the same fields (a mapping
+    /// record's session part is its embedded session, `proto` 0 when there is none).
     #[inline(always)]
-    fn key_matches(slab: &Slab, slot: u32, dir: Dir, k: &FlowKey) -> bool {
+    fn matches(slab: &Slab, slot: u32, dir: Dir, k: &FlowKey) -> bool {
         let s = slab.get(slot & !KIND_BITS);
         match dir {
             Dir::In2Out => {
-                slot & KIND_BITS == 0
+                (slot & KIND_BITS == M_IN || slot & KIND_BITS == 0)
                     && s.in_addr == k.src
                     && s.rem_addr == k.dst
                     && s.in_port == k.sport
@@ -1205,7 +1301,7 @@ impl Core {
                     && s.proto == k.proto
             }
             Dir::Out2In => match slot & KIND_BITS {
-                OUT_BIT => {
+                OUT_BIT | M_OUT => {
                     s.rem_addr == k.src
                         && s.out_addr == k.dst
                         && s.rem_port == k.sport
@@ -1225,25 +1321,149 @@ impl Core {
         }
     }
 
-    fn lookup(&self, slab: &Slab, dir: Dir, k: &FlowKey, hash: u32) -> Option<u32> {
-        self.lookup_kind(slab, dir, k, hash)
-            .map(|slot| slot & !KIND_BITS)
+    /// The endpoint probe of a lookup (its bucket is `hash`'s): the entry of the embedded session
+    /// of `k`, if one of the endpoint's mappings has it; else whether the 5-tuple must be probed
+    /// too (a mapping of the endpoint has separate sessions, or its address is one that sessions
+    /// without a mapping use).
+    #[inline]
+    fn probe_endpoint(&self, slab: &Slab, dir: Dir, k: &FlowKey, hash: u32) -> Result<u32, bool> {
+        let (kind, addr, port) = match dir {
+            Dir::In2Out => (M_IN, k.src, k.sport),
+            Dir::Out2In => (M_OUT, k.dst, k.dport),
+        };
+        let mut further = false;
+        let hit = self.index.find(hash, |slot| {
+            if slot & KIND_BITS != kind {
+                return false;
+            }
+            let r = slab.rec(slot & !KIND_BITS);
+            let (a, p) = match dir {
+                Dir::In2Out => (r.s.in_addr, r.s.in_port),
+                Dir::Out2In => (r.s.out_addr, r.s.out_port),
+            };
+            if a != addr || p != port || r.m.proto != k.proto {
+                return false;
+            }
+            if Core::matches(slab, slot, dir, k) {
+                return true;
+            }
+            further |= r.separate_sessions() > 0;
+            false
+        });
+        match hit {
+            Some((_, slot)) => Ok(slot),
+            None => {
+                let filter = match dir {
+                    Dir::In2Out => &self.tuple_in,
+                    Dir::Out2In => &self.tuple_out,
+                };
+                Err(further || filter.contains(addr))
+            }
+        }
     }
 
-    /// As [`Core::lookup`], with the kind bits of the key that matched.
-    fn lookup_kind(&self, slab: &Slab, dir: Dir, k: &FlowKey, hash: u32) -> Option<u32> {
+    /// The lookup plan of [`Shard::process`] for the rest of a burst, from its first packet that
+    /// its candidate did not explain: confirm every candidate, and for the others make the
+    /// endpoint probe in full ([`Core::plan_lookup`]); then probe the 5-tuple buckets that asks
+    /// for (prefetched meanwhile) and prefetch the records they name.
+    #[inline(never)]
+    fn plan_rest<P: Prefetch>(&self, slab: &Slab, dir: Dir, meta: &mut [Meta]) {
+        let mut tuples = false;
+        for m in meta.iter_mut().filter(|m| m.ok) {
+            if m.cand != NIL && Core::matches(slab, m.cand, dir, &m.p.key) {
+                m.hit = true;
+            } else {
+                tuples |= self.plan_lookup::<P>(slab, dir, m);
+            }
+        }
+        if tuples {
+            for m in meta.iter_mut().filter(|m| m.tuple) {
+                if let Some((_, slot)) = self.index.find_first(m.hash) {
+                    m.cand = slot;
+                    P::prefetch(slab.get(slot & !KIND_BITS));
+                }
+            }
+        }
+    }
+
+    /// [`Core::plan_rest`] for a packet its first candidate did not explain: the
+    /// endpoint probe in full (the bucket is cached), and if the session may be a separate record,
+    /// its 5-tuple hash with the bucket prefetched. Returns whether a 5-tuple probe is asked for.
+    #[inline(never)]
+    fn plan_lookup<P: Prefetch>(&self, slab: &Slab, dir: Dir, m: &mut Meta) -> bool {
+        m.cand = NIL;
+        match self.probe_endpoint(slab, dir, &m.p.key, m.hash) {
+            Ok(slot) => {
+                m.cand = slot;
+                m.hit = true;
+                false
+            }
+            Err(false) => false,
+            Err(true) => {
+                m.hash = m.p.key.hash(self.cfg.seed);
+                P::prefetch(self.index.home_ref(m.hash));
+                m.tuple = true;
+                true
+            }
+        }
+    }
+
+    /// The slot of the session of a packet with key `k` travelling `dir`.
+    fn lookup(&self, slab: &Slab, dir: Dir, k: &FlowKey) -> Option<u32> {
+        self.lookup_kind(slab, dir, k).map(|slot| slot & !KIND_BITS)
+    }
+
+    /// As [`Core::lookup`], with the kind bits of the entry that matched.
+    fn lookup_kind(&self, slab: &Slab, dir: Dir, k: &FlowKey) -> Option<u32> {
+        let seed = self.cfg.seed;
+        match self.probe_endpoint(slab, dir, k, endpoint_hash(seed, dir, k)) {
+            Ok(slot) => Some(slot),
+            Err(false) => None,
+            Err(true) => self
+                .index
+                .find(k.hash(seed), |slot| {
+                    slot & MAP_BIT == 0 && Core::matches(slab, slot, dir, k)
+                })
+                .map(|(_, slot)| slot),
+        }
+    }
+
+    /// The mapping record (live or held) of inside endpoint (`addr`, `port`) in pool `pool`.
+    fn find_map_in(&self, slab: &Slab, addr: u32, port: u16, proto: u8, pool: u8) -> Option<u32> {
+        let h = mapping::in_hash(self.cfg.seed, addr, port, proto);
         self.index
-            .find(hash, |slot| Core::key_matches(slab, slot, dir, k))
-            .map(|(_, slot)| slot)
+            .find(h, |slot| {
+                let r = slab.rec(slot & !KIND_BITS);
+                slot & KIND_BITS == M_IN
+                    && r.s.in_addr == addr
+                    && r.s.in_port == port
+                    && r.m.proto == proto
+                    && r.m.pool == pool
+            })
+            .map(|(_, slot)| slot & !KIND_BITS)
+    }
+
+    /// The mapping record (live or held) of outside endpoint (`addr`, `port`).
+    fn find_map_out(&self, slab: &Slab, addr: u32, port: u16, proto: u8) -> Option<u32> {
+        let h = mapping::out_hash(self.cfg.seed, addr, port, proto);
+        self.index
+            .find(h, |slot| {
+                let r = slab.rec(slot & !KIND_BITS);
+                slot & KIND_BITS == M_OUT
+                    && r.s.out_addr == addr
+                    && r.s.out_port == port
+                    && r.m.proto == proto
+            })
+            .map(|(_, slot)| slot & !KIND_BITS)
     }
 
     /// Publish the table gauges (relaxed stores; called when they change, never per packet).
-    fn gauges(&self, slab: &Slab) {
+    fn gauges(&self) {
         let c = &self.counters;
-        c.set(Counter::SessionsCurrent, u64::from(slab.live()));
+        c.set(Counter::SessionsCurrent, u64::from(self.n_sessions));
         c.set(Counter::PortsInUse, self.ports.total_in_use());
-        c.set(Counter::MappingsCurrent, u64::from(self.maps.len()));
-        c.set(Counter::PortsHeld, u64::from(self.maps.held()));
+        c.set(Counter::MappingsCurrent, u64::from(self.n_maps));
+        c.set(Counter::PortsHeld, u64::from(self.n_held));
         c.set(Counter::SubscribersCurrent, u64::from(self.subs.len()));
         c.set(Counter::BlocksInUse, self.ports.blocks_in_use());
     }
@@ -1408,8 +1628,7 @@ impl Core {
             },
             ..*p
         };
-        let h = p2.key.hash(self.cfg.seed);
-        let v = match self.lookup(slab, Dir::Out2In, &p2.key, h) {
+        let v = match self.lookup(slab, Dir::Out2In, &p2.key) {
             // A backend's reply to a full-NAT client: it leaves outside, towards the client.
             Some(s2) if slab.get(s2).is_fullnat_client() => {
                 return self.forward(slab, s2, Dir::Out2In, &p2, pkt, now);
@@ -1495,8 +1714,7 @@ impl Core {
                 let Ok(p2) = parse(pkt, Dir::Out2In, None) else {
                     return Verdict::Drop(DropReason::IcmpErrorUnmatched);
                 };
-                let h = p2.key.hash(self.cfg.seed);
-                match self.lookup(slab, Dir::Out2In, &p2.key, h) {
+                match self.lookup(slab, Dir::Out2In, &p2.key) {
                     Some(s2) => {
                         let t = *slab.get(s2);
                         rewrite_icmp_error(
@@ -1606,9 +1824,9 @@ impl Core {
                 None => return Err(Verdict::Drop(DropReason::NoSnatRule)),
             }
         }
-        if slab.live() >= slab.capacity() {
-            return Err(Verdict::Drop(DropReason::TableFull));
-        }
+        // A full slab may still take a session embedded in the mapping it already has; whether a
+        // record is needed is known only once the mapping is found (see `mapping_for` and
+        // `insert_session`).
         let sub = self.subscriber(pi, k.src, k.proto, now)?;
         let lim = self.cfg.limits.max_sessions_per_subscriber;
         if lim != 0 && self.subs.get(sub).sessions >= lim {
@@ -1616,15 +1834,15 @@ impl Core {
             self.release_subscriber_if_idle(sub);
             return Err(Verdict::Drop(DropReason::QuotaExceeded));
         }
-        let (ms, made) = match self.mapping_for(pi, sub, k.src, k.sport, k.proto, now) {
+        let (ms, made) = match self.mapping_for(slab, pi, sub, k.src, k.sport, k.proto, now) {
             Ok(got) => got,
             Err(r) => {
                 self.release_subscriber_if_idle(sub);
-                self.gauges(slab);
+                self.gauges();
                 return Err(Verdict::Drop(r));
             }
         };
-        let m = *self.maps.get(ms);
+        let m = *slab.get(ms);
         let mut state = if k.proto == ip_proto::TCP {
             tcp_state::SYN_SENT
         } else {
@@ -1698,8 +1916,10 @@ impl Core {
     /// it was just made. A flow that fails after this frees a mapping it made at once (its port
     /// never carried a packet), but puts one it found back into hold-down (RFC 6888 REQ-8: the
     /// port was used).
+    #[allow(clippy::too_many_arguments)]
     fn mapping_for(
         &mut self,
+        slab: &mut Slab,
         pi: usize,
         sub: u32,
         in_addr: u32,
@@ -1708,15 +1928,17 @@ impl Core {
         now: u32,
     ) -> Result<(u32, bool), DropReason> {
         let seed = self.cfg.seed;
-        let h_in = mapping::in_hash(seed, in_addr, in_port, proto);
         let lim = self.cfg.limits.max_ports_per_subscriber;
-        if let Some(ms) = self.maps.find_in(h_in, in_addr, in_port, proto, pi as u8) {
-            if self.maps.get(ms).is_held() {
+        if let Some(ms) = self.find_map_in(slab, in_addr, in_port, proto, pi as u8) {
+            if slab.rec(ms).is_held() {
                 if lim != 0 && self.subs.get(sub).mappings >= lim {
                     self.quota_event(sub, Limit::Ports, now);
                     return Err(DropReason::QuotaExceeded);
                 }
-                self.maps.revive(ms);
+                let m = slab.map_mut(ms);
+                m.flags &= !HELD;
+                m.count = 0;
+                self.n_held -= 1;
                 let r = self.subs.get_mut(sub);
                 r.held -= 1;
                 r.mappings += 1;
@@ -1727,23 +1949,50 @@ impl Core {
             self.quota_event(sub, Limit::Ports, now);
             return Err(DropReason::QuotaExceeded);
         }
-        if self.maps.is_full() {
+        if self.n_maps >= self.max_mappings || slab.is_full() {
             return Err(DropReason::TableFull);
         }
         let port = self.alloc_port(pi, sub, in_port, proto, now)?;
         let out_addr = self.subs.get(sub).out_addr;
         self.publish_ports(out_addr);
-        let m = Mapping::new(in_addr, in_port, out_addr, port, proto, pi as u8);
-        let Some(ms) = self
-            .maps
-            .insert(m, h_in, mapping::out_hash(seed, out_addr, port, proto))
-        else {
+        let rec = Record {
+            s: Session {
+                in_addr,
+                in_port,
+                out_addr,
+                out_port: port,
+                ..Session::default()
+            },
+            m: MapPart {
+                count: 0,
+                proto,
+                pool: pi as u8,
+                flags: MAP,
+                _pad: 0,
+            },
+        };
+        let Some(ms) = slab.insert_record(rec) else {
             self.free_port(Some(sub), in_addr, out_addr, proto, port, now);
             return Err(DropReason::TableFull);
         };
+        // The inside endpoint's bucket is the one the missed lookup read; the outside endpoint
+        // names a port just chosen, so its insert waits for the end of the burst, where the
+        // buckets of all new flows are prefetched together (a lookup finds it meanwhile). The
+        // index is sized for two entries of every record, so neither can fail.
+        let ok = self
+            .index
+            .insert(mapping::in_hash(seed, in_addr, in_port, proto), ms | M_IN)
+            && self
+                .index
+                .insert_later(mapping::out_hash(seed, out_addr, port, proto), ms | M_OUT);
+        debug_assert!(ok);
+        self.n_maps += 1;
         self.subs.get_mut(sub).mappings += 1;
         self.counters.add(Counter::MappingsCreated, 1);
-        self.event(now, EventKind::MappingCreated(mapping_info(&m)));
+        self.event(
+            now,
+            EventKind::MappingCreated(mapping_info(&Mapping::of_record(&rec))),
+        );
         Ok((ms, true))
     }
 
@@ -1834,9 +2083,11 @@ impl Core {
         }
     }
 
-    /// Store a session on mapping `ms` of subscriber `sub` and index it. `made`: the mapping was
-    /// made for this session (see [`Core::mapping_for`]), so a failure frees its port without a
-    /// hold-down.
+    /// Store a session on mapping `ms` of subscriber `sub`: embedded in the mapping's record when
+    /// it is a plain SNAT session and the record's session part is free, else in a record of its
+    /// own with its index entries. `made`: the mapping was made for this session (see
+    /// [`Core::mapping_for`]), so a failure frees its port without a hold-down. Returns the
+    /// session's slot.
     fn insert_session(
         &mut self,
         slab: &mut Slab,
@@ -1846,37 +2097,52 @@ impl Core {
         sub: u32,
         now: u32,
     ) -> Result<u32, DropReason> {
-        let Some(slot) = slab.insert(s) else {
-            if self.maps.get(ms).sessions() == 0 {
-                self.end_mapping(ms, Some(sub), made, now);
-            }
-            return Err(DropReason::TableFull);
-        };
-        let seed = self.cfg.seed;
-        // The index is sized for every key of every slab slot, so these cannot fail while the slab has
-        // room. For an outbound flow the inside key's bucket is the one the missed lookup
-        // prefetched; the outside and filtering keys name a port just chosen, so their inserts wait
-        // for the end of the burst, where their buckets are prefetched together (a lookup finds
-        // them meanwhile).
-        let mut ok = self.index.insert(in_key(&s).hash(seed), slot | in_kind(&s))
-            && self
-                .index
-                .insert_later(out_key(&s).hash(seed), slot | OUT_BIT);
-        if self.adf[usize::from(self.maps.get(ms).pool)] {
-            ok &= self.index.insert_later(
-                adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
-                slot | ADF_BIT,
+        let plain = s.state & (DNAT | HAIRPIN) == 0;
+        let slot = if plain && !slab.get(ms).is_live() {
+            let m = slab.get(ms);
+            debug_assert!(
+                (m.in_addr, m.in_port, m.out_addr, m.out_port)
+                    == (s.in_addr, s.in_port, s.out_addr, s.out_port)
             );
-        }
-        debug_assert!(ok);
-        self.maps.add_session(ms);
+            slab.embed(ms, s);
+            ms
+        } else {
+            let Some(slot) = slab.insert(s) else {
+                if slab.rec(ms).m.count == 0 {
+                    self.end_mapping(slab, ms, Some(sub), made, now);
+                }
+                return Err(DropReason::TableFull);
+            };
+            let seed = self.cfg.seed;
+            // The index is sized for every key of every slab slot, so these cannot fail while the
+            // slab has room. The outside and filtering keys wait for the end of the burst, as a
+            // new mapping's outside key does.
+            let mut ok = self.index.insert(in_key(&s).hash(seed), slot | in_kind(&s))
+                && self
+                    .index
+                    .insert_later(out_key(&s).hash(seed), slot | OUT_BIT);
+            if self.adf[usize::from(slab.rec(ms).m.pool)] {
+                ok &= self.index.insert_later(
+                    adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
+                    slot | ADF_BIT,
+                );
+            }
+            debug_assert!(ok);
+            if s.is_fullnat_client() {
+                // Matched from outside towards the rule's address, which no mapping has.
+                self.tuple_out.add(s.rem_addr);
+            }
+            slot
+        };
+        slab.map_mut(ms).count += 1;
+        self.n_sessions += 1;
         self.subs.get_mut(sub).sessions += 1;
-        self.session_created(slab, &s, now);
+        self.session_created(&s, now);
         Ok(slot)
     }
 
     /// Counters, event and gauges for a session just stored.
-    fn session_created(&mut self, slab: &Slab, s: &Session, now: u32) {
+    fn session_created(&mut self, s: &Session, now: u32) {
         let c = &self.counters;
         c.add(Counter::SessionsCreated, 1);
         c.add(
@@ -1893,7 +2159,7 @@ impl Core {
         if self.cfg.log_sessions {
             self.event(now, EventKind::SessionCreated(session_info(s)));
         }
-        self.gauges(slab);
+        self.gauges();
     }
 
     /// Slow path: an inbound packet with no session. It may open one on a live mapping if the pool's
@@ -1903,9 +2169,7 @@ impl Core {
         if let Some(r) = self.dnat.find(k.dst, k.proto, k.dport) {
             return self.dnat_open(slab, r, p, pkt, now);
         }
-        let seed = self.cfg.seed;
-        let mh = mapping::out_hash(seed, k.dst, k.dport, k.proto);
-        let Some(ms) = self.maps.find_out(mh, k.dst, k.dport, k.proto) else {
+        let Some(ms) = self.find_map_out(slab, k.dst, k.dport, k.proto) else {
             if !self.rules.exclusions.is_empty()
                 && self.ports.addr_index(k.dst).is_none()
                 && self.rules.excluded_inbound(k.src, k.dst)
@@ -1917,7 +2181,7 @@ impl Core {
         if p.frag == frag_pos::LATER {
             return Verdict::Drop(DropReason::NoSession);
         }
-        let m = *self.maps.get(ms);
+        let m = Mapping::of_record(slab.rec(ms));
         if m.is_held() {
             // Nobody uses the port during the hold-down.
             return Verdict::Drop(DropReason::NoSession);
@@ -1930,9 +2194,7 @@ impl Core {
         }
         let allowed = match self.rules.pools[pi].filtering {
             Filtering::EndpointIndependent => true,
-            Filtering::AddressDependent => {
-                self.adf_match(slab, k.src, m.out_addr, m.out_port, m.proto)
-            }
+            Filtering::AddressDependent => self.adf_match(slab, ms, k.src),
             Filtering::AddressAndPortDependent => false,
         };
         if !allowed {
@@ -1966,13 +2228,10 @@ impl Core {
         // The inside endpoint may already talk to this remote through a mapping of another pool (SNAT
         // rules by destination); one inside tuple must name one session.
         let ik = in_key(&s);
-        if self.lookup(slab, Dir::In2Out, &ik, ik.hash(seed)).is_some() {
+        if self.lookup(slab, Dir::In2Out, &ik).is_some() {
             return Verdict::Drop(DropReason::Filtered);
         }
-        if slab.live() >= slab.capacity() {
-            return Verdict::Drop(DropReason::TableFull);
-        }
-        let Some(sub) = self.subscriber_of(&m) else {
+        let Some(sub) = self.subscriber_of(m.in_addr, m.pool) else {
             debug_assert!(false, "a live mapping without its subscriber");
             return Verdict::Drop(DropReason::NoSession);
         };
@@ -2017,12 +2276,11 @@ impl Core {
             key: other_half_key(&s),
             ..*p
         };
-        let h = p2.key.hash(self.cfg.seed);
-        let Some(s2) = self.lookup(slab, Dir::Out2In, &p2.key, h) else {
+        let Some(s2) = self.lookup(slab, Dir::Out2In, &p2.key) else {
             // The backend half expired or was cut first: the client half is an orphan. Remove it,
             // and let the packet open a new flow if it may.
             self.delete_session(slab, slot, now, false);
-            self.gauges(slab);
+            self.gauges();
             return self.out2in_miss(slab, p, pkt, now);
         };
         let c = slab.get_mut(slot);
@@ -2154,7 +2412,7 @@ impl Core {
                 // hold-down.
                 if let Some((cs, made)) = client_slot {
                     self.delete_session(slab, cs, now, made);
-                    self.gauges(slab);
+                    self.gauges();
                 }
                 return Verdict::Drop(reason);
             }
@@ -2200,15 +2458,15 @@ impl Core {
         // ICMP: the identifier is the client's "port" (it arrived as the destination port).
         let icmp = k.proto == ip_proto::ICMP;
         let cport = if icmp { k.dport } else { k.sport };
-        let (ms, made) = match self.mapping_for(pi, sub, k.src, cport, k.proto, now) {
+        let (ms, made) = match self.mapping_for(slab, pi, sub, k.src, cport, k.proto, now) {
             Ok(got) => got,
             Err(r) => {
                 self.release_subscriber_if_idle(sub);
-                self.gauges(slab);
+                self.gauges();
                 return Err(Verdict::Drop(r));
             }
         };
-        let m = *self.maps.get(ms);
+        let m = *slab.get(ms);
         let s = Session {
             in_addr: k.src,
             rem_addr: k.dst,
@@ -2288,7 +2546,7 @@ impl Core {
         // backend's tuple (the client reused its port towards another rule with the same backend)
         // gives way to the new SYN, as the backend's own stack does with TIME_WAIT.
         for (dir, key) in [(Dir::In2Out, ik), (Dir::Out2In, ok)] {
-            if let Some(old) = self.lookup(slab, dir, &key, key.hash(seed)) {
+            if let Some(old) = self.lookup(slab, dir, &key) {
                 let o = *slab.get(old);
                 let finished = o.closed_cleanly() || o.state & tcp_state::RST != 0;
                 if s.proto != ip_proto::TCP || o.proto != ip_proto::TCP || !finished {
@@ -2303,13 +2561,24 @@ impl Core {
         let ins = self.index.insert(ik.hash(seed), slot)
             && self.index.insert(ok.hash(seed), slot | OUT_BIT);
         debug_assert!(ins);
+        // No mapping has either endpoint: lookups find the session by 5-tuple only.
+        self.tuple_in.add(s.in_addr);
+        self.tuple_out.add(s.out_addr);
+        self.n_sessions += 1;
         self.dnat_counters.opened(id);
-        self.session_created(slab, &s, now);
+        self.session_created(&s, now);
         Ok(slot)
     }
 
-    /// Whether the mapping (`out_addr`, `out_port`) has a session with remote address `rem`.
-    fn adf_match(&self, slab: &Slab, rem: u32, out_addr: u32, out_port: u16, proto: u8) -> bool {
+    /// Whether mapping `ms` has a session with remote address `rem`: its embedded one, or a
+    /// separate one by its filtering key.
+    fn adf_match(&self, slab: &Slab, ms: u32, rem: u32) -> bool {
+        let m = *slab.get(ms);
+        if m.is_live() && m.rem_addr == rem {
+            return true;
+        }
+        let proto = slab.rec(ms).m.proto;
+        let (out_addr, out_port) = (m.out_addr, m.out_port);
         let h = adf_hash(self.cfg.seed, rem, out_addr, out_port, proto);
         self.index
             .find(h, |slot| {
@@ -2344,16 +2613,25 @@ impl Core {
         force: bool,
         keep: Option<u32>,
     ) -> u32 {
-        let s = slab.remove(slot);
+        let rec = *slab.rec(slot);
+        let s = rec.s;
         let seed = self.cfg.seed;
-        self.index.remove(in_key(&s).hash(seed), slot | in_kind(&s));
-        self.index.remove(out_key(&s).hash(seed), slot | OUT_BIT);
+        // An embedded session has no entries of its own; its record stays with the mapping.
+        let embedded = rec.is_map();
+        if embedded {
+            slab.unembed(slot);
+        } else {
+            slab.remove(slot);
+            self.index.remove(in_key(&s).hash(seed), slot | in_kind(&s));
+            self.index.remove(out_key(&s).hash(seed), slot | OUT_BIT);
+        }
+        self.n_sessions -= 1;
         let mut deleted = 1;
         // A backend half can only have a client half of ours if it is hairpinned (full NAT sets
         // the flag too): plain port forwards, most DNAT sessions, skip the lookup.
         if s.is_fullnat_client() || (s.is_dnat() && s.state & HAIRPIN != 0) {
             let k = other_half_key(&s);
-            if let Some(o) = self.lookup(slab, Dir::Out2In, &k, k.hash(seed))
+            if let Some(o) = self.lookup(slab, Dir::Out2In, &k)
                 && Some(o) != keep
             {
                 let other = slab.get(o);
@@ -2367,12 +2645,15 @@ impl Core {
                 }
             }
         }
-        let pi = self
-            .ports
-            .addr_index(s.out_addr)
-            .map_or(0, |a| self.ports.pool_of(a));
+        let pi = if embedded {
+            usize::from(rec.m.pool)
+        } else {
+            self.ports
+                .addr_index(s.out_addr)
+                .map_or(0, |a| self.ports.pool_of(a))
+        };
         let dnat = s.is_dnat();
-        if !dnat && self.adf.get(pi).copied().unwrap_or(false) {
+        if !embedded && !dnat && self.adf.get(pi).copied().unwrap_or(false) {
             self.index.remove(
                 adf_hash(seed, s.rem_addr, s.out_addr, s.out_port, s.proto),
                 slot | ADF_BIT,
@@ -2393,6 +2674,8 @@ impl Core {
         }
         if dnat {
             // No mapping: the outside endpoint is the rule's.
+            self.tuple_in.remove(s.in_addr);
+            self.tuple_out.remove(s.out_addr);
             if let Some(id) = self
                 .dnat
                 .counter_id(s.out_addr, s.proto, s.out_port, s.in_addr, s.in_port)
@@ -2401,50 +2684,61 @@ impl Core {
             }
             return deleted;
         }
-        let h = mapping::in_hash(seed, s.in_addr, s.in_port, s.proto);
-        let Some(ms) = self
-            .maps
-            .find_in(h, s.in_addr, s.in_port, s.proto, pi as u8)
-        else {
-            debug_assert!(false, "session without a mapping");
-            return deleted;
+        if s.is_fullnat_client() {
+            self.tuple_out.remove(s.rem_addr);
+        }
+        let ms = if embedded {
+            slot
+        } else {
+            match self.find_map_in(slab, s.in_addr, s.in_port, s.proto, pi as u8) {
+                Some(ms) => ms,
+                None => {
+                    debug_assert!(false, "session without a mapping");
+                    return deleted;
+                }
+            }
         };
         // A live mapping's subscriber record lives while it does; were it ever missing, the
         // mapping still ends (its port must not leak), only the subscriber's counts are skipped.
-        let sub = self.subscriber_of(self.maps.get(ms));
+        let sub = self.subscriber_of(s.in_addr, slab.rec(ms).m.pool);
         debug_assert!(sub.is_some(), "a live mapping without its subscriber");
         if let Some(sub) = sub {
             let r = self.subs.get_mut(sub);
             r.sessions = r.sessions.saturating_sub(1);
         }
-        if self.maps.remove_session(ms) == 0 {
-            self.end_mapping(ms, sub, force || s.closed_cleanly(), now);
+        let m = slab.map_mut(ms);
+        m.count = m.count.saturating_sub(1);
+        if m.count == 0 {
+            self.end_mapping(slab, ms, sub, force || s.closed_cleanly(), now);
         }
         deleted
     }
 
-    /// The subscriber record a mapping belongs to: that of its inside address in its pool (which
-    /// lives while the subscriber has a mapping, live or held).
+    /// The subscriber record a mapping (inside address `addr`, pool `pool`) belongs to: that of
+    /// its inside address in its pool (which lives while the subscriber has a mapping, live or
+    /// held).
     #[inline]
-    fn subscriber_of(&self, m: &Mapping) -> Option<u32> {
-        self.subs
-            .find(sub_hash(self.cfg.seed, m.in_addr), m.in_addr, m.pool)
+    fn subscriber_of(&self, addr: u32, pool: u8) -> Option<u32> {
+        self.subs.find(sub_hash(self.cfg.seed, addr), addr, pool)
     }
 
-    /// A mapping of subscriber `sub` (its record, `None` only were the table inconsistent) lost
+    /// Mapping `ms` of subscriber `sub` (its record, `None` only were the table inconsistent) lost
     /// its last session: free its port now, or hold it (RFC 6888 REQ-8).
-    fn end_mapping(&mut self, ms: u32, sub: Option<u32>, bypass: bool, now: u32) {
-        let m = *self.maps.get(ms);
+    fn end_mapping(&mut self, slab: &mut Slab, ms: u32, sub: Option<u32>, bypass: bool, now: u32) {
+        let pool = slab.rec(ms).m.pool;
         if let Some(sub) = sub {
             let r = self.subs.get_mut(sub);
             r.mappings = r.mappings.saturating_sub(1);
         }
         // Deterministic ports belong to one subscriber for good (REQ-8 b): nobody else can get them.
-        let skip = bypass || self.cfg.hold_down_s == 0 || self.det[m.pool as usize].is_some();
+        let skip = bypass || self.cfg.hold_down_s == 0 || self.det[pool as usize].is_some();
         if skip {
-            self.release_mapping_of(ms, sub, now);
+            self.release_mapping_of(slab, ms, sub, now);
         } else {
-            self.maps.hold(ms, now.saturating_add(self.cfg.hold_down_s));
+            let m = slab.map_mut(ms);
+            m.flags |= HELD;
+            m.count = now.saturating_add(self.cfg.hold_down_s);
+            self.n_held += 1;
             if let Some(sub) = sub {
                 self.subs.get_mut(sub).held += 1;
             }
@@ -2452,26 +2746,37 @@ impl Core {
     }
 
     /// Remove a mapping with no sessions and free its port (and its port block, if now empty).
-    fn release_mapping(&mut self, ms: u32, now: u32) {
-        let sub = self.subscriber_of(self.maps.get(ms));
+    fn release_mapping(&mut self, slab: &mut Slab, ms: u32, now: u32) {
+        let r = slab.rec(ms);
+        let sub = self.subscriber_of(r.s.in_addr, r.m.pool);
         debug_assert!(sub.is_some(), "a mapping without its subscriber");
-        self.release_mapping_of(ms, sub, now);
+        self.release_mapping_of(slab, ms, sub, now);
     }
 
     /// [`Core::release_mapping`] for a mapping whose subscriber record is known to be `sub`.
-    fn release_mapping_of(&mut self, ms: u32, sub: Option<u32>, now: u32) {
-        let m = *self.maps.get(ms);
-        let seed = self.cfg.seed;
-        self.maps.remove(
-            ms,
-            mapping::in_hash(seed, m.in_addr, m.in_port, m.proto),
-            mapping::out_hash(seed, m.out_addr, m.out_port, m.proto),
+    fn release_mapping_of(&mut self, slab: &mut Slab, ms: u32, sub: Option<u32>, now: u32) {
+        let m = Mapping::of_record(slab.rec(ms));
+        debug_assert!(
+            !slab.get(ms).is_live(),
+            "a mapping released with its session"
         );
-        if m.is_held()
-            && let Some(sub) = sub
-        {
-            let r = self.subs.get_mut(sub);
-            r.held = r.held.saturating_sub(1);
+        let seed = self.cfg.seed;
+        self.index.remove(
+            mapping::in_hash(seed, m.in_addr, m.in_port, m.proto),
+            ms | M_IN,
+        );
+        self.index.remove(
+            mapping::out_hash(seed, m.out_addr, m.out_port, m.proto),
+            ms | M_OUT,
+        );
+        slab.remove(ms);
+        self.n_maps -= 1;
+        if m.is_held() {
+            self.n_held -= 1;
+            if let Some(sub) = sub {
+                let r = self.subs.get_mut(sub);
+                r.held = r.held.saturating_sub(1);
+            }
         }
         self.counters.add(Counter::MappingsDeleted, 1);
         self.event(now, EventKind::MappingDeleted(mapping_info(&m)));
