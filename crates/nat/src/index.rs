@@ -170,9 +170,11 @@ pub fn prefetch_with<P: crate::Prefetch, T>(r: &T) {
     P::prefetch(r);
 }
 
-/// Inserts held back by [`Index::insert_later`] before the queue is stored anyway. Two keys of
-/// each new flow of a 32-packet burst (a session's and its mapping's outside key are in separate
-/// indexes; an address-filtering pool adds a third key) fit.
+/// Inserts held back by [`Index::insert_later`] before the queue is stored anyway. A new 1:1 flow
+/// queues one key (its mapping's outside endpoint), a separate session two (its outside key, and
+/// its filtering key in an address-filtering pool): a burst of 32 new flows fits unless many of
+/// them make both a mapping and a separate session (a hairpin), and then the full queue is stored
+/// early.
 pub const DEFERRED: usize = 64;
 
 const EMPTY_ENTRY: Entry = Entry {

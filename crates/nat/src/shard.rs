@@ -163,7 +163,8 @@ impl Default for Limits {
 /// Shard parameters.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
-    /// Session capacity of this shard.
+    /// Flow record capacity of this shard: sessions, and mappings with their first session
+    /// embedded (see the module docs).
     pub max_sessions: u32,
     pub timeouts: Timeouts,
     /// This worker's index and the number of workers, for outside port-block ownership.
@@ -172,8 +173,8 @@ pub struct ShardConfig {
     /// Random seed (from the OS) for the flow hash and port selection. The default (0) is for tests;
     /// always set it.
     pub seed: u64,
-    /// Mapping capacity; 0 = `max_sessions` (a mapping has at least one session, so it is never the
-    /// binding limit then).
+    /// How many of the flow records may be mappings (live or held); 0 = `max_sessions`, which never
+    /// binds: every mapping is a record.
     pub max_mappings: u32,
     /// Subscriber capacity; 0 = `max_sessions`.
     pub max_subscribers: u32,
@@ -1086,7 +1087,7 @@ impl Shard {
                 }
             }
         }
-        // The new flows' outside keys, queued in stage 5, are stored now: their buckets are
+        // The new flows' outside keys, queued in stage 3, are stored now: their buckets are
         // prefetched together first (see the index module).
         core.index.flush::<P>();
         core.ports.prefetch = |_| {};
@@ -1377,7 +1378,7 @@ impl Core {
             }
         }
         if tuples {
-            for m in meta.iter_mut().filter(|m| m.tuple) {
+            for m in meta.iter_mut().filter(|m| m.ok && m.tuple) {
                 if let Some((_, slot)) = self.index.find_first(m.hash) {
                     m.cand = slot;
                     P::prefetch(slab.get(slot & !KIND_BITS));
