@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::rewrite::testpkt::*;
 use crate::shard::testkit::*;
 use crate::{
-    Backend, Dir, DnatIds, DnatRule, DnatTable, DropReason, OnRemoval, Scheduler, SessionFilter,
-    Shard, ShardConfig, Verdict,
+    Backend, Counter, Dir, DnatIds, DnatRule, DnatTable, DropReason, OnRemoval, Scheduler,
+    SessionFilter, Shard, ShardConfig, Verdict,
 };
 use wire::{Ipv4Addr, icmp_type, ip_proto, tcp_flags as F};
 
@@ -945,4 +945,120 @@ fn a_subscriber_answering_a_rule_address_is_hairpinned_after_its_session_expired
         dst_of(&out)
     );
     assert_eq!(dst_of(&out), (a(SUB1), 5353));
+}
+
+#[test]
+fn an_address_only_rule_cannot_translate_its_client_and_says_so() {
+    let mut r = one_to_one(B3);
+    r.snat_pool = Some(0);
+    let sh = shard_of(vec![pool_with(1024, 65535)], ShardConfig::default());
+    let Err(err) = DnatTable::build(
+        vec![r],
+        sh.rules(),
+        1,
+        None,
+        &mut DnatIds::default(),
+        &|_| false,
+    ) else {
+        panic!("an address-only rule with snat was accepted");
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("\"host\""), "names the rule: {msg}");
+    assert!(msg.contains("address-only"), "says why: {msg}");
+}
+
+#[test]
+fn a_subscriber_pinging_a_one_to_one_address_keeps_its_flow_across_echoes() {
+    let (mut sh, _) = dnat_shard(vec![one_to_one(SUB1)]);
+    let mut seen = None;
+    let mut sessions = None;
+    for round in 0..3u32 {
+        let (v, ping) = one(
+            &mut sh,
+            Dir::In2Out,
+            icmp_echo(SUB2, STATIC, icmp_type::ECHO_REQUEST, 77),
+            round,
+        );
+        assert_eq!(v, Verdict::Hairpin, "echo {round}");
+        assert!(checksums_valid(&ping));
+        let (sa, id) = src_of(&ping);
+        assert!(POOL.contains(&sa), "SUB1 sees SUB2's outside address");
+        assert_eq!(dst_of(&ping).0, a(SUB1));
+        if let Some(first) = seen {
+            assert_eq!(
+                (sa, id),
+                first,
+                "echo {round} keeps the first echo's endpoint"
+            );
+        }
+        seen = Some((sa, id));
+        let (v, pong) = one(
+            &mut sh,
+            Dir::In2Out,
+            icmp_echo(SUB1, Ipv4Addr::from(sa), icmp_type::ECHO_REPLY, id),
+            round,
+        );
+        assert_eq!(v, Verdict::Hairpin, "reply {round}");
+        assert!(checksums_valid(&pong));
+        assert_eq!(src_of(&pong), (a(STATIC), 77));
+        assert_eq!(dst_of(&pong).0, a(SUB2));
+        let n = sh.session_count();
+        assert_eq!(
+            *sessions.get_or_insert(n),
+            n,
+            "no new state after echo {round}"
+        );
+    }
+    tick(&mut sh, 3, 9000);
+    assert_eq!(sh.session_count(), 0);
+    assert_eq!(sh.ports_in_use(), 0);
+    assert_eq!(sh.index_residue(), 0);
+}
+
+#[test]
+fn a_full_nat_flow_that_cannot_fit_is_refused_before_anything_is_made() {
+    let cfg = ShardConfig {
+        max_sessions: 5,
+        ..ShardConfig::default()
+    };
+    let mut sh = shard_of(vec![pool_with(1024, 65535)], cfg);
+    let mut rules = Vec::new();
+    for (name, port, bport) in [("dns", 53, 5353), ("alt", 54, 5354)] {
+        let mut r = service(
+            name,
+            port,
+            vec![backend(B3, bport, 1)],
+            Scheduler::default(),
+        );
+        r.proto = Some(ip_proto::UDP);
+        r.snat_pool = Some(0);
+        rules.push(r);
+    }
+    Plane::new().publish(&mut sh, rules);
+    // A new client: its mapping, its client half and the backend half.
+    let (v, _) = one(&mut sh, Dir::Out2In, udp(CLIENT, 40000, VIP, 53, b"q"), 0);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(sh.record_count(), 3);
+    let c = sh.counters();
+    let before = (
+        c.get(Counter::MappingsCreated),
+        c.get(Counter::SessionsCreated),
+        c.get(Counter::SessionsDeleted),
+    );
+    // Two records left: another new client needs three and is refused untouched.
+    let (v, _) = one(&mut sh, Dir::Out2In, udp(CLIENT, 40001, VIP, 53, b"q"), 0);
+    assert_eq!(v, Verdict::Drop(DropReason::TableFull));
+    let c = sh.counters();
+    let after = (
+        c.get(Counter::MappingsCreated),
+        c.get(Counter::SessionsCreated),
+        c.get(Counter::SessionsDeleted),
+    );
+    assert_eq!(after, before, "nothing was made and undone");
+    assert_eq!(sh.record_count(), 3);
+    // The first client's mapping is there already: its flow to the other rule needs two.
+    let (v, pkt) = one(&mut sh, Dir::Out2In, udp(CLIENT, 40000, VIP, 54, b"q"), 0);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(dst_of(&pkt), (a(B3), 5354));
+    assert_eq!(sh.record_count(), 5);
 }

@@ -2368,7 +2368,16 @@ impl Core {
         // A subscriber's flow already carries its own outside endpoint as the source.
         let hairpin = self.ports.addr_index(k.src).is_some();
         let full = e.rule.snat_pool.filter(|_| !hairpin);
-        let needed = if full.is_some() { 2 } else { 1 };
+        // Records this flow takes: the backend half; with full NAT the client half too, and the
+        // client's mapping when it has none yet (a client half is never embedded in its mapping).
+        // Refusing here, before anything is made, keeps a refused flow out of the counters.
+        let needed = match full {
+            None => 1,
+            Some(pi) => match self.find_map_in(slab, k.src, k.sport, k.proto, pi as u8) {
+                Some(_) => 2,
+                None => 3,
+            },
+        };
         if slab.live() + needed > slab.capacity() {
             return Verdict::Drop(DropReason::TableFull);
         }
@@ -2456,10 +2465,10 @@ impl Core {
             self.release_subscriber_if_idle(sub);
             return Err(Verdict::Drop(DropReason::QuotaExceeded));
         }
-        // ICMP: the identifier is the client's "port" (it arrived as the destination port).
-        let icmp = k.proto == ip_proto::ICMP;
-        let cport = if icmp { k.dport } else { k.sport };
-        let (ms, made) = match self.mapping_for(slab, pi, sub, k.src, cport, k.proto, now) {
+        // TCP and UDP only: `snat` is refused on address-only rules, the only ones that carry ICMP
+        // (DnatTable::build), so the client's port is its source port.
+        debug_assert!(k.proto != ip_proto::ICMP);
+        let (ms, made) = match self.mapping_for(slab, pi, sub, k.src, k.sport, k.proto, now) {
             Ok(got) => got,
             Err(r) => {
                 self.release_subscriber_if_idle(sub);
@@ -2471,8 +2480,8 @@ impl Core {
         let s = Session {
             in_addr: k.src,
             rem_addr: k.dst,
-            in_port: cport,
-            rem_port: if icmp { 0 } else { k.dport },
+            in_port: k.sport,
+            rem_port: k.dport,
             out_addr: m.out_addr,
             out_port: m.out_port,
             proto: k.proto,
