@@ -4,7 +4,9 @@
 //! endpoint, a separate session its inside and its outside 5-tuple, and a third (its remote address
 //! with its outside endpoint) when its pool filters by address. An entry is 8 bytes: the low 24
 //! bits of the hash, the lowest forced to one (the tag), and the slot number with the key kind in
-//! the top three bits. Subscribers use an instance of their own.
+//! the top three bits. A mapping's endpoint entries also carry [`SEP_BIT`] while the mapping has
+//! sessions in records of their own, a hint the burst pipeline reads from the entry (see
+//! [`kind`] for the kind without it). Subscribers use an instance of their own.
 //!
 //! **Buckets of one cache line.** The table is an array of 64-byte buckets of eight entries, each
 //! bucket aligned to its line. A key's hash picks its home bucket; the key lives there unless the
@@ -73,6 +75,21 @@ pub const XIN_BITS: u32 = OUT_BIT | ADF_BIT;
 pub const M_IN: u32 = MAP_BIT;
 /// A mapping's outside endpoint key.
 pub const M_OUT: u32 = MAP_BIT | OUT_BIT;
+/// With [`MAP_BIT`] (a combination no other key uses): the mapping has sessions in records of
+/// their own, so a packet of its endpoint may need the 5-tuple probe too. The burst pipeline reads
+/// it straight from the endpoint entry and starts that probe without waiting for the record.
+pub const SEP_BIT: u32 = ADF_BIT;
+
+/// The kind of entry `slot` without a mapping's [`SEP_BIT`]: one of 0, [`OUT_BIT`], [`ADF_BIT`],
+/// [`XIN_BITS`], [`M_IN`] and [`M_OUT`].
+#[inline(always)]
+pub fn kind(slot: u32) -> u32 {
+    let k = slot & KIND_BITS;
+    // MAP_BIT sits just below SEP_BIT: shifting it up clears the hint of a mapping's key only.
+    k & !((k & MAP_BIT) << 1)
+}
+
+const _: () = assert!(MAP_BIT << 1 == SEP_BIT);
 
 /// A queued insert: the whole hash and the slot.
 #[derive(Clone, Copy, Debug)]
@@ -445,6 +462,27 @@ impl Index {
         }
     }
 
+    /// Change the slot value of the entry for (`hash`, `old`) to `new`, in the table or in the
+    /// queue, where it stays. Returns whether there was one.
+    ///
+    /// The queue is searched first: an entry made in this burst (a mapping that got its second
+    /// session at once) is there, and a table probe first would wait for a bucket nobody
+    /// prefetched. Slot values are unique, so the order finds the same entry.
+    pub fn replace(&mut self, hash: u32, old: u32, new: u32) -> bool {
+        let found = self
+            .find_deferred(hash, |s| s == old)
+            .or_else(|| self.find(hash, |s| s == old));
+        let Some((pos, _)) = found else {
+            return false;
+        };
+        if pos < self.entries {
+            self.buckets[pos / WIDTH].slots[pos % WIDTH] = new;
+        } else {
+            self.deferred[pos - self.entries].slot = new;
+        }
+        true
+    }
+
     /// Remove the entry for (`hash`, `slot`) if present. The entry is found by its tag and its slot
     /// value, so slot values (with their kind bits) must be unique within an index, as every
     /// caller's are.
@@ -645,6 +683,47 @@ mod tests {
         }
         assert!(idx.is_empty());
         assert!(idx.is_clean());
+    }
+
+    #[test]
+    fn a_replaced_entry_is_found_by_its_new_value_in_the_table_and_in_the_queue() {
+        // Twelve keys of one hash homed in the last bucket: eight fill it, two wrap to the first,
+        // two wait in the queue; a mapping's hint changes its entry's value wherever it is.
+        let mut idx = Index::with_capacity(64);
+        let n = idx.buckets.len();
+        let h = idx.hash_at(n - 1, 0x33);
+        for s in 0..10 {
+            assert!(idx.insert(h, s));
+        }
+        assert!(idx.insert_later(h, 10) && idx.insert_later(h, 11));
+        for s in [3, 9, 11] {
+            assert!(idx.replace(h, s, s | SEP_BIT));
+        }
+        assert!(!idx.replace(h, 42, 43), "no entry, nothing changed");
+        assert_eq!(idx.len(), 12);
+        assert_eq!(idx.n_deferred, 2, "a replacement leaves the queue queued");
+        for s in 0..12u32 {
+            let v = if matches!(s, 3 | 9 | 11) {
+                s | SEP_BIT
+            } else {
+                s
+            };
+            assert_eq!(idx.find(h, |x| x == v).map(|x| x.1), Some(v), "slot {s}");
+            if v != s {
+                assert_eq!(idx.find(h, |x| x == s), None, "slot {s}'s old value");
+            }
+            assert!(idx.remove(h, v));
+        }
+        assert!(idx.is_clean());
+    }
+
+    #[test]
+    fn kind_hides_only_a_mappings_hint() {
+        for k in [0, OUT_BIT, ADF_BIT, XIN_BITS, M_IN, M_OUT] {
+            assert_eq!(kind(12345 | k), k);
+        }
+        assert_eq!(kind(12345 | M_IN | SEP_BIT), M_IN);
+        assert_eq!(kind(12345 | M_OUT | SEP_BIT), M_OUT);
     }
 
     #[test]

@@ -767,6 +767,11 @@ impl Run {
     /// order left open is read from the shard, checked allowed, and adopted.
     fn check_mappings(&mut self) {
         let (now, lag) = (self.now, self.lag);
+        assert_eq!(
+            self.sh.hint_mismatches(),
+            0,
+            "t={now}: a mapping's entries say wrongly whether it has separate sessions"
+        );
         let mut released = Vec::new();
         for (&k, m) in self.model.maps.iter_mut() {
             let ((ia, ip_), pool) = k;
