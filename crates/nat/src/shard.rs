@@ -1117,11 +1117,7 @@ impl Shard {
             if !meta[i].ok {
                 continue;
             }
-            let confirmed = |m: &Meta, slab: &Slab, epoch: u32| {
-                (m.hit && slab.epoch() == epoch)
-                    || (m.cand != NIL && Core::matches(slab, m.cand, dir, &m.p.key))
-            };
-            let mut found = confirmed(&meta[i], slab, epoch).then_some(meta[i].cand);
+            let mut found = Core::confirmed(&meta[i], slab, dir, epoch).then_some(meta[i].cand);
             if found.is_none() && Core::confirms_second(slab, dir, &meta[i], &second[i]) {
                 found = Some(second[i].cand);
             }
@@ -1130,7 +1126,7 @@ impl Shard {
                     planned = true;
                     core.plan_rest::<P>(slab, dir, &mut meta[i..n], &second[i..n]);
                     epoch = slab.epoch();
-                    found = confirmed(&meta[i], slab, epoch).then_some(meta[i].cand);
+                    found = Core::confirmed(&meta[i], slab, dir, epoch).then_some(meta[i].cand);
                 }
                 if found.is_none() {
                     found = core.lookup_kind(slab, dir, &meta[i].p.key);
@@ -1409,6 +1405,15 @@ impl Core {
                     && s.proto == k.proto
             }
         }
+    }
+
+    /// Stage 3 of [`Shard::process`]: whether packet `m`'s candidate is its session, as the plan
+    /// confirmed it (while `epoch` holds) or by comparing the record now. Inlined: as a closure the
+    /// compiler kept it out of line, a call per packet.
+    #[inline(always)]
+    fn confirmed(m: &Meta, slab: &Slab, dir: Dir, epoch: u32) -> bool {
+        (m.hit && slab.epoch() == epoch)
+            || (m.cand != NIL && Core::matches(slab, m.cand, dir, &m.p.key))
     }
 
     /// Stage 2a of [`Shard::process`] for the packets whose endpoint entry carries [`SEP_BIT`]:
