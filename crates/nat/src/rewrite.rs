@@ -347,6 +347,13 @@ pub enum End {
 // checksums, folding each checksum once (RFC 1624 eqn. 3 over all the words that change).
 #[inline]
 pub fn rewrite(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16, dec_ttl: bool) {
+    rewrite_inline(pkt, p, end, addr, port, dec_ttl);
+}
+
+/// [`rewrite`], always inlined: for the one call every established packet makes (the shard's
+/// `forward`). With several callers the compiler kept [`rewrite`] out of line, a call per packet.
+#[inline(always)]
+pub fn rewrite_inline(pkt: &mut [u8], p: &Parsed, end: End, addr: u32, port: u16, dec_ttl: bool) {
     // `parse` checked 20 <= l4_off and that the transport header it read lies within the packet;
     // a packet that somehow breaks that is left as it is rather than half rewritten.
     let l4_off = usize::from(p.l4_off);

@@ -40,6 +40,7 @@ use crate::mapping::{self, Mapping};
 use crate::ports::{AddrSpec, PortAllocator, port_owner};
 use crate::rewrite::{
     End, Parsed, decrement_ttl, frag_pos, ip_header, parse, rewrite, rewrite_icmp_error,
+    rewrite_inline,
 };
 use crate::rules::{Filtering, PortAllocation, Rules, paired_index};
 use crate::session::{
@@ -1701,7 +1702,7 @@ impl Core {
             // Written once, not per packet: out2in UDP otherwise leaves the session line clean.
             s.state |= REPLIED;
         }
-        rewrite(pkt, p, end, addr, port, true);
+        rewrite_inline(pkt, p, end, addr, port, true);
         Verdict::Forward
     }
 
