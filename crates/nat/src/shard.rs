@@ -313,6 +313,9 @@ struct Core {
     marks: Box<[(u32, u32, u32); MAX_BURST]>,
     n_marks: usize,
     in_burst: bool,
+    /// Packets stage 3 found by stage 2a's 5-tuple candidate (tests: that the early probe works).
+    #[cfg(test)]
+    second_hits: u64,
 }
 
 #[inline]
@@ -698,6 +701,8 @@ impl Shard {
                 marks: Box::new([(0, 0, 0); MAX_BURST]),
                 n_marks: 0,
                 in_burst: false,
+                #[cfg(test)]
+                second_hits: 0,
                 rules,
                 counters,
                 cfg,
@@ -989,11 +994,15 @@ impl Shard {
                 } else {
                     0
                 };
-                let has = |h: u32, slot: u32| c.index.find(h, |x| x == slot | hint).is_some();
-                !(has(
+                // The entry with the right hint, and none with the other.
+                let right = |h: u32, slot: u32| {
+                    c.index.find(h, |x| x == slot | hint).is_some()
+                        && c.index.find(h, |x| x == slot | (hint ^ SEP_BIT)).is_none()
+                };
+                !(right(
                     mapping::in_hash(seed, r.s.in_addr, r.s.in_port, r.m.proto),
                     ms | M_IN,
-                ) && has(
+                ) && right(
                     mapping::out_hash(seed, r.s.out_addr, r.s.out_port, r.m.proto),
                     ms | M_OUT,
                 ))
@@ -1121,6 +1130,10 @@ impl Shard {
             let mut found = Core::confirmed(&meta[i], slab, dir, epoch).then_some(meta[i].cand);
             if found.is_none() && Core::confirms_second(slab, dir, &meta[i], &second[i]) {
                 found = Some(second[i].cand);
+                #[cfg(test)]
+                {
+                    core.second_hits += 1;
+                }
             }
             if found.is_none() {
                 if !planned {
@@ -2886,7 +2899,12 @@ impl Core {
             ms | M_OUT | from,
             ms | M_OUT | to,
         );
-        if self.in_burst && self.n_marks < MAX_BURST {
+        if self.in_burst {
+            // In order: a change made at once while an earlier one of the same entry waited would
+            // look for a value the entry does not have yet.
+            if self.n_marks == MAX_BURST {
+                self.apply_marks::<crate::NoPrefetch>();
+            }
             self.marks[self.n_marks] = out;
             self.n_marks += 1;
         } else {
@@ -3206,8 +3224,10 @@ mod tests {
     #[test]
     fn a_mappings_further_sessions_are_found_both_ways_within_bursts() {
         // One inside endpoint talking to eight servers: the first session is embedded in the
-        // mapping, the other seven are records of their own, found through the mapping's hint
-        // (stage 2a) once it is set, in the very burst that sets it too.
+        // mapping, the other seven are records of their own. The first burst makes them all (no
+        // entry exists at its stage 2); from the next one on they are found through the mapping's
+        // hint (stage 2a), in both directions, and new sessions on the hinted mapping (whose early
+        // 5-tuple probe misses) are made by the full lookup.
         let mut sh = shard();
         let servers: Vec<Ipv4Addr> = (0..8u8)
             .map(|i| Ipv4Addr::new(198, 51, 100, 20 + i))
@@ -3244,6 +3264,25 @@ mod tests {
             assert!(again.iter().all(|p| src_of(p) == (oa, op)));
             assert_eq!(sh.session_count(), 8, "no session made twice");
         }
+        // 2 × (7 replies + 7 + 2 repeats outbound): every further session found early.
+        assert_eq!(sh.core.second_hits, 32);
+        // New servers for the hinted mapping, beside known ones, in one burst each way.
+        let more: Vec<Ipv4Addr> = (0..4u8)
+            .map(|i| Ipv4Addr::new(198, 51, 100, 40 + i))
+            .collect();
+        let mut b = out_burst(&more);
+        b.extend(out_burst(&servers[1..3]));
+        let v = run(&mut sh, Dir::In2Out, &mut b, 1);
+        assert!(v.iter().all(|v| *v == Verdict::Forward), "{v:?}");
+        assert!(b.iter().all(|p| src_of(p) == (oa, op)));
+        assert_eq!(sh.session_count(), 12);
+        let mut back: Vec<Vec<u8>> = more
+            .iter()
+            .map(|&s| udp(s, 53, oa.into(), op, b"r"))
+            .collect();
+        let v = run(&mut sh, Dir::Out2In, &mut back, 1);
+        assert!(v.iter().all(|v| *v == Verdict::Forward), "{v:?}");
+        assert_eq!(sh.hint_mismatches(), 0);
         // Only the first server keeps talking: the others idle out, the hint goes with them, and
         // the embedded session carries on.
         for now in 2..=400 {
@@ -3288,6 +3327,104 @@ mod tests {
         );
         assert_eq!(v, Verdict::Forward);
         assert_eq!(dst_of(&r), (u32::from(SUB1), 5000));
+    }
+
+    /// Mapping records of `sh` (with their embedded session).
+    fn mapping_slots(sh: &Shard) -> Vec<u32> {
+        sh.slab
+            .records()
+            .filter(|(_, r)| r.is_map())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Whether mapping `ms`'s outside endpoint entry holds exactly `value` (its slot and kind bits).
+    fn out_entry_is(sh: &Shard, ms: u32, value: u32) -> bool {
+        let r = sh.slab.rec(ms);
+        let h = mapping::out_hash(sh.core.cfg.seed, r.s.out_addr, r.s.out_port, r.m.proto);
+        sh.core.index.find(h, |x| x == value).is_some()
+    }
+
+    #[test]
+    fn queued_hint_changes_keep_their_order_when_the_queue_overflows() {
+        // More outside-endpoint changes in one burst than the queue holds, some of them undoing
+        // one still queued (a full-NAT open that fails marks its client's mapping on, then off).
+        let mut sh = shard();
+        for p in 0..40u16 {
+            let (v, _) = one(&mut sh, Dir::In2Out, udp(SUB1, 6000 + p, SRV, 53, b"x"), 0);
+            assert_eq!(v, Verdict::Forward);
+        }
+        let maps = mapping_slots(&sh);
+        assert_eq!(maps.len(), 40);
+        let Shard { slab, core, .. } = &mut sh;
+        core.in_burst = true;
+        for &ms in &maps {
+            core.mark_separate(slab, ms, true);
+        }
+        for &ms in &maps[..10] {
+            core.mark_separate(slab, ms, false);
+        }
+        core.apply_marks::<crate::NoPrefetch>();
+        core.in_burst = false;
+        for (i, &ms) in maps.iter().enumerate() {
+            let want = if i < 10 {
+                ms | M_OUT
+            } else {
+                ms | M_OUT | SEP_BIT
+            };
+            assert!(out_entry_is(&sh, ms, want), "mapping {i}");
+            assert!(
+                !out_entry_is(&sh, ms, want ^ SEP_BIT),
+                "mapping {i}: both values"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mapping_released_within_a_burst_takes_its_queued_hint_change_first() {
+        // The last separate session of a mapping whose embedded one is gone ends within a burst
+        // (its hint change queued), and the mapping is released at once: its outside entry must
+        // be removed by the value it has after the change.
+        let mut sh = shard_with(64, 1024, 65535);
+        sh.core.cfg.hold_down_s = 0;
+        for srv in [SRV, SRV2] {
+            let (v, _) = one(&mut sh, Dir::In2Out, udp(SUB1, 7000, srv, 53, b"x"), 0);
+            assert_eq!(v, Verdict::Forward);
+        }
+        let ms = mapping_slots(&sh)[0];
+        let first = sh.lookup(
+            Dir::In2Out,
+            &crate::FlowKey {
+                src: u32::from(SUB1),
+                dst: u32::from(SRV),
+                sport: 7000,
+                dport: 53,
+                proto: ip_proto::UDP,
+            },
+        );
+        assert_eq!(first, Some(ms), "the first session is embedded");
+        let second = sh
+            .lookup(
+                Dir::In2Out,
+                &crate::FlowKey {
+                    src: u32::from(SUB1),
+                    dst: u32::from(SRV2),
+                    sport: 7000,
+                    dport: 53,
+                    proto: ip_proto::UDP,
+                },
+            )
+            .expect("the second session");
+        assert!(out_entry_is(&sh, ms, ms | M_OUT | SEP_BIT));
+        assert_eq!(sh.delete_slot(ms), 1);
+        let Shard { slab, core, .. } = &mut sh;
+        core.in_burst = true;
+        assert_eq!(core.delete_session(slab, second, 0, true), 1);
+        core.in_burst = false;
+        assert_eq!(core.n_marks, 0, "applied by the release");
+        assert_eq!(sh.session_count(), 0);
+        assert_eq!(sh.ports_in_use(), 0);
+        assert_eq!(sh.index_residue(), 0, "no entry left behind");
     }
 
     #[test]
