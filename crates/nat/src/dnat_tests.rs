@@ -860,6 +860,8 @@ fn a_failed_full_nat_open_puts_a_revived_mapping_back_into_hold_down() {
     // Both halves idle out at 300; the client's port X:P is held until 420.
     tick(&mut sh, 1, 301);
     assert_eq!((sh.session_count(), sh.held_count()), (0, 1));
+    let until = held_until(&sh, x, p, ip_proto::UDP);
+    assert!(until.is_some_and(|u| u >= 420), "{until:?}");
     // A late datagram of the backend to X:P: as a subscriber, B3 opens its own session to it
     // (refused at the held mapping, but the session stays).
     let (v, _) = one(
@@ -879,6 +881,11 @@ fn a_failed_full_nat_open_puts_a_revived_mapping_back_into_hold_down() {
     );
     assert_eq!(v, Verdict::Drop(DropReason::DnatConflict));
     assert_eq!(sh.held_count(), 1, "X:P is held again, not freed");
+    assert_eq!(
+        held_until(&sh, x, p, ip_proto::UDP),
+        until,
+        "and until its hold-down would have ended: the failed flow never used it"
+    );
     // Nobody else gets X:P before a full hold-down has passed.
     for p2 in 0..63u16 {
         let (v, o) = one(

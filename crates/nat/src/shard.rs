@@ -228,6 +228,17 @@ pub struct Memory {
     pub events: usize,
 }
 
+/// Where [`Core::mapping_for`] found a flow's mapping: what undoing it means if the flow fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Made for this flow.
+    Made,
+    /// Revived from a hold-down that would have ended at tick `until`.
+    Revived { until: u32 },
+    /// Live, with sessions of its own.
+    Live,
+}
+
 #[derive(Clone, Copy, Default)]
 struct Meta {
     p: Parsed,
@@ -1980,7 +1991,7 @@ impl Core {
             self.release_subscriber_if_idle(sub);
             return Err(Verdict::Drop(DropReason::QuotaExceeded));
         }
-        let (ms, made) = match self.mapping_for(slab, pi, sub, k.src, k.sport, k.proto, now) {
+        let (ms, origin) = match self.mapping_for(slab, pi, sub, k.src, k.sport, k.proto, now) {
             Ok(got) => got,
             Err(r) => {
                 self.release_subscriber_if_idle(sub);
@@ -2008,7 +2019,7 @@ impl Core {
             state,
             last_seen: now,
         };
-        self.insert_session(slab, s, ms, made, sub, now)
+        self.insert_session(slab, s, ms, origin, sub, now)
             .map_err(Verdict::Drop)
     }
 
@@ -2058,10 +2069,8 @@ impl Core {
     }
 
     /// The subscriber's mapping for an inside endpoint: the live one, the held one revived (the same
-    /// endpoint gets its port back, exempt from the hold-down), or a new one; `true` with it when
-    /// it was just made. A flow that fails after this frees a mapping it made at once (its port
-    /// never carried a packet), but puts one it found back into hold-down (RFC 6888 REQ-8: the
-    /// port was used).
+    /// endpoint gets its port back, exempt from the hold-down), or a new one, with where it came
+    /// from. A flow that fails after this undoes it with [`Core::undo_mapping`].
     #[allow(clippy::too_many_arguments)]
     fn mapping_for(
         &mut self,
@@ -2072,24 +2081,26 @@ impl Core {
         in_port: u16,
         proto: u8,
         now: u32,
-    ) -> Result<(u32, bool), DropReason> {
+    ) -> Result<(u32, Origin), DropReason> {
         let seed = self.cfg.seed;
         let lim = self.cfg.limits.max_ports_per_subscriber;
         if let Some(ms) = self.find_map_in(slab, in_addr, in_port, proto, pi as u8) {
-            if slab.rec(ms).is_held() {
-                if lim != 0 && self.subs.get(sub).mappings >= lim {
-                    self.quota_event(sub, Limit::Ports, now);
-                    return Err(DropReason::QuotaExceeded);
-                }
-                let m = slab.map_mut(ms);
-                m.flags &= !HELD;
-                m.count = 0;
-                self.n_held -= 1;
-                let r = self.subs.get_mut(sub);
-                r.held -= 1;
-                r.mappings += 1;
+            if !slab.rec(ms).is_held() {
+                return Ok((ms, Origin::Live));
             }
-            return Ok((ms, false));
+            if lim != 0 && self.subs.get(sub).mappings >= lim {
+                self.quota_event(sub, Limit::Ports, now);
+                return Err(DropReason::QuotaExceeded);
+            }
+            let m = slab.map_mut(ms);
+            let until = m.count;
+            m.flags &= !HELD;
+            m.count = 0;
+            self.n_held -= 1;
+            let r = self.subs.get_mut(sub);
+            r.held -= 1;
+            r.mappings += 1;
+            return Ok((ms, Origin::Revived { until }));
         }
         if lim != 0 && self.subs.get(sub).mappings >= lim {
             self.quota_event(sub, Limit::Ports, now);
@@ -2139,7 +2150,7 @@ impl Core {
             now,
             EventKind::MappingCreated(mapping_info(&Mapping::of_record(&rec))),
         );
-        Ok((ms, true))
+        Ok((ms, Origin::Made))
     }
 
     /// Choose an outside port for a new mapping of `sub` by its pool's allocation mode.
@@ -2231,15 +2242,14 @@ impl Core {
 
     /// Store a session on mapping `ms` of subscriber `sub`: embedded in the mapping's record when
     /// it is a plain SNAT session and the record's session part is free, else in a record of its
-    /// own with its index entries. `made`: the mapping was made for this session (see
-    /// [`Core::mapping_for`]), so a failure frees its port without a hold-down. Returns the
-    /// session's slot.
+    /// own with its index entries. `origin`: where [`Core::mapping_for`] found the mapping, for
+    /// undoing it on failure. Returns the session's slot.
     fn insert_session(
         &mut self,
         slab: &mut Slab,
         s: Session,
         ms: u32,
-        made: bool,
+        origin: Origin,
         sub: u32,
         now: u32,
     ) -> Result<u32, DropReason> {
@@ -2255,7 +2265,7 @@ impl Core {
         } else {
             let Some(slot) = slab.insert(s) else {
                 if slab.rec(ms).m.count == 0 {
-                    self.end_mapping(slab, ms, Some(sub), made, now);
+                    self.undo_mapping(slab, ms, Some(sub), origin, now);
                 }
                 return Err(DropReason::TableFull);
             };
@@ -2389,7 +2399,7 @@ impl Core {
             self.quota_event(sub, Limit::Sessions, now);
             return Verdict::Drop(DropReason::QuotaExceeded);
         }
-        match self.insert_session(slab, s, ms, false, sub, now) {
+        match self.insert_session(slab, s, ms, Origin::Live, sub, now) {
             Ok(slot) => self.forward(slab, slot, Dir::Out2In, p, pkt, now),
             Err(r) => Verdict::Drop(r),
         }
@@ -2534,9 +2544,9 @@ impl Core {
         let mut client_slot = None;
         if let Some(pi) = full {
             match self.open_fullnat_client(slab, pi, &k, now) {
-                Ok((slot, addr, port, made)) => {
+                Ok((slot, ms, addr, port, origin)) => {
                     client = (addr, port);
-                    client_slot = Some((slot, made));
+                    client_slot = Some((slot, ms, origin));
                 }
                 Err(v) => return v,
             }
@@ -2563,19 +2573,20 @@ impl Core {
             state,
             last_seen: now,
         };
-        let slot = match self.insert_dnat(slab, s, b.id, client_slot.map(|(cs, _)| cs), now) {
+        let slot = match self.insert_dnat(slab, s, b.id, client_slot.map(|(cs, ..)| cs), now) {
             Ok(slot) => slot,
             Err(reason) => {
-                // A mapping made for this flow is freed at once; a revived one goes back into
-                // hold-down.
-                if let Some((cs, made)) = client_slot {
-                    self.delete_session(slab, cs, now, made);
+                // The client half goes, and its mapping as `undo_mapping` says: freed at once if
+                // made for this flow, back into its hold-down as it was if revived.
+                if let Some((cs, ms, origin)) = client_slot {
+                    self.delete_session(slab, cs, now, origin == Origin::Made);
+                    self.restore_hold_down(slab, ms, origin);
                     self.gauges();
                 }
                 return Verdict::Drop(reason);
             }
         };
-        if let Some((cs, _)) = client_slot {
+        if let Some((cs, ..)) = client_slot {
             let c = *slab.get(cs);
             rewrite(pkt, p, End::Source, c.out_addr, c.out_port, false);
         }
@@ -2602,7 +2613,7 @@ impl Core {
         pi: usize,
         k: &FlowKey,
         now: u32,
-    ) -> Result<(u32, u32, u16, bool), Verdict> {
+    ) -> Result<(u32, u32, u32, u16, Origin), Verdict> {
         if self.det[pi].is_some() {
             return Err(Verdict::Drop(DropReason::NoSnatRule));
         }
@@ -2616,7 +2627,7 @@ impl Core {
         // TCP and UDP only: `snat` is refused on address-only rules, the only ones that carry ICMP
         // (DnatTable::build), so the client's port is its source port.
         debug_assert!(k.proto != ip_proto::ICMP);
-        let (ms, made) = match self.mapping_for(slab, pi, sub, k.src, k.sport, k.proto, now) {
+        let (ms, origin) = match self.mapping_for(slab, pi, sub, k.src, k.sport, k.proto, now) {
             Ok(got) => got,
             Err(r) => {
                 self.release_subscriber_if_idle(sub);
@@ -2643,9 +2654,9 @@ impl Core {
             last_seen: now,
         };
         let slot = self
-            .insert_session(slab, s, ms, made, sub, now)
+            .insert_session(slab, s, ms, origin, sub, now)
             .map_err(Verdict::Drop)?;
-        Ok((slot, m.out_addr, m.out_port, made))
+        Ok((slot, ms, m.out_addr, m.out_port, origin))
     }
 
     /// Slow path: a new outbound flow of the inside host of a 1:1 rule: its source becomes the rule's
@@ -2964,6 +2975,34 @@ impl Core {
         }
     }
 
+    /// Undo mapping `ms` of subscriber `sub`, which a flow that then failed got from
+    /// [`Core::mapping_for`] and left without sessions: a mapping made for it is freed at once (its
+    /// port never carried a packet); a revived one goes back into the hold-down it was in, ending
+    /// when it would have (RFC 6888 REQ-8 counts from the port's last use, which this flow was
+    /// not).
+    fn undo_mapping(
+        &mut self,
+        slab: &mut Slab,
+        ms: u32,
+        sub: Option<u32>,
+        origin: Origin,
+        now: u32,
+    ) {
+        self.end_mapping(slab, ms, sub, origin == Origin::Made, now);
+        self.restore_hold_down(slab, ms, origin);
+    }
+
+    /// After `ms` went back into hold-down: if `origin` says it was revived from one, let it end
+    /// when that one would have (the held record's `count` is its hold-down tick).
+    fn restore_hold_down(&mut self, slab: &mut Slab, ms: u32, origin: Origin) {
+        if let Origin::Revived { until } = origin
+            && slab.rec(ms).is_map()
+            && slab.rec(ms).is_held()
+        {
+            slab.map_mut(ms).count = until;
+        }
+    }
+
     /// Remove a mapping with no sessions and free its port (and its port block, if now empty).
     fn release_mapping(&mut self, slab: &mut Slab, ms: u32, now: u32) {
         let r = slab.rec(ms);
@@ -3148,6 +3187,13 @@ pub(crate) mod testkit {
 
     pub fn ttl_of(b: &[u8]) -> u8 {
         Ipv4Packet::new_checked(b).unwrap().ttl()
+    }
+
+    /// When the held mapping of outside endpoint (`addr`, `port`) ends its hold-down (`None`: no
+    /// such mapping, or a live one).
+    pub fn held_until(sh: &Shard, addr: u32, port: u16, proto: u8) -> Option<u32> {
+        sh.find_mapping(addr, port, proto)
+            .and_then(|m| m.held_until())
     }
 
     /// Run expiry as a worker loop would, one second at a time with a small budget, until `until`.
@@ -3427,6 +3473,48 @@ mod tests {
         assert_eq!(sh.session_count(), 0);
         assert_eq!(sh.ports_in_use(), 0);
         assert_eq!(sh.index_residue(), 0, "no entry left behind");
+    }
+
+    #[test]
+    fn a_revived_mapping_whose_flow_finds_the_table_full_keeps_its_hold_down_end() {
+        // Three records: SUB2's mapping, SUB1's held one, SUB1's other mapping. SUB1's old
+        // endpoint then sends to SUB2's outside endpoint: the held mapping is revived, but the
+        // hairpinned session needs a record of its own and there is none.
+        let mut sh = shard_with(3, 1024, 65535);
+        let (v, o2) = one(&mut sh, Dir::In2Out, udp(SUB2, 6000, SRV, 53, b"x"), 0);
+        assert_eq!(v, Verdict::Forward);
+        let (x2, p2) = src_of(&o2);
+        let (v, o1) = one(&mut sh, Dir::In2Out, udp(SUB1, 5000, SRV, 53, b"x"), 0);
+        assert_eq!(v, Verdict::Forward);
+        let (x1, p1) = src_of(&o1);
+        // SUB2 keeps talking; SUB1's session idles out at 300 and its port is held.
+        for now in 1..=310 {
+            if now % 60 == 0 {
+                let (v, _) = one(&mut sh, Dir::In2Out, udp(SUB2, 6000, SRV, 53, b"k"), now);
+                assert_eq!(v, Verdict::Forward);
+            }
+            while sh.expiry_due(now) {
+                sh.expire(now, 64);
+            }
+        }
+        let until = held_until(&sh, x1, p1, ip_proto::UDP);
+        assert!(until.is_some_and(|u| u >= 420), "{until:?}");
+        let (v, _) = one(&mut sh, Dir::In2Out, udp(SUB1, 5001, SRV, 53, b"x"), 310);
+        assert_eq!(v, Verdict::Forward);
+        assert_eq!(sh.record_count(), 3);
+        let (v, _) = one(
+            &mut sh,
+            Dir::In2Out,
+            udp(SUB1, 5000, Ipv4Addr::from(x2), p2, b"hairpin"),
+            320,
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::TableFull));
+        assert_eq!(
+            held_until(&sh, x1, p1, ip_proto::UDP),
+            until,
+            "held again, until the hold-down it was in would have ended"
+        );
+        assert_eq!(sh.counters().get(Counter::MappingsDeleted), 0);
     }
 
     #[test]
