@@ -3,12 +3,13 @@
 //! A record is 32 bytes and holds either one session, or one endpoint-independent mapping with room
 //! for one session of its own (its *embedded* session: a plain SNAT flow's only session, so that a
 //! 1:1 flow is one record and two index entries, see [`crate::shard`]). Records live in one `Vec`
-//! allocated at start: creating one pops a free slot, never allocates. The hot path only stamps `last_seen`; a paced sweep over the slab ([`crate::sweep`])
-//! ends every session whose idle timeout has passed, looking at each slot at least once per pass (one
-//! second up to 4 Mi sessions, proportionally longer above), so a session ends between its deadline
-//! and one pass after it, never before. Nothing links sessions together: creating or deleting one
-//! writes its own line only, and a state change that shortens its timeout (FIN, RST) needs no
-//! re-filing, since the sweep reads the deadline from the session itself.
+//! allocated at start: creating one pops a free slot, never allocates. The hot path only stamps
+//! `last_seen`; a paced sweep over the slab ([`crate::sweep`]) ends every session whose idle
+//! timeout has passed, looking at each slot at least once per pass (one second up to 4 Mi sessions,
+//! proportionally longer above), so a session ends between its deadline and one pass after it,
+//! never before. Nothing links sessions together: creating or deleting one writes its own line
+//! only, and a state change that shortens its timeout (FIN, RST) needs no re-filing, since the
+//! sweep reads the deadline from the session itself.
 
 use crate::sweep::Sweep;
 use crate::{MemAdvice, Timeouts};
