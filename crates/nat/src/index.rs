@@ -2,21 +2,27 @@
 //!
 //! Every record of the flow slab has two entries here: a mapping record its inside and its outside
 //! endpoint, a separate session its inside and its outside 5-tuple, and a third (its remote address
-//! with its outside endpoint) when its pool filters by address. An entry is 8 bytes: the low 24
-//! bits of the hash, the lowest forced to one (the tag), and the slot number with the key kind in
-//! the top three bits. A mapping's endpoint entries also carry [`SEP_BIT`] while the mapping has
-//! sessions in records of their own, a hint the burst pipeline reads from the entry (see
-//! [`kind`] for the kind without it). Subscribers use an instance of their own.
+//! with its outside endpoint) when its pool filters by address. An entry is 6 bytes: a 16-bit
+//! tag (the low bits of the hash, the lowest forced to one) and the slot number with the key kind
+//! in its top three bits. A mapping's endpoint entries also carry [`SEP_BIT`] while the mapping has
+//! sessions in records of their own, a hint the burst pipeline reads from the entry (see [`kind`]
+//! for the kind without it). Subscribers use an instance of their own.
 //!
-//! **Buckets of one cache line.** The table is an array of 64-byte buckets of eight entries, each
-//! bucket aligned to its line. A key's hash picks its home bucket; the key lives there unless the
-//! bucket is full, and then in the first later bucket with room. A lookup compares all eight tags of
-//! a bucket at once, without a branch per entry, and moves on to the next bucket only if the
-//! bucket's *overflow count* (kept in the top byte of its first tag) says that some key passed it
-//! full. At a load of one half a bucket rarely overflows (nine or more of a Poisson(4) number of
-//! keys: about 2 %), so nearly every lookup, hit or miss, is one line, the line the burst pipeline
-//! prefetched, and a removal only clears its entry and lowers the counts of the buckets its key
-//! passed: no shifting, no tombstones, however much churn there is.
+//! **Buckets of one cache line.** The table is an array of 64-byte buckets of ten entries (their
+//! ten tags, then ten slots), each bucket aligned to its line. A key's hash picks its home bucket;
+//! the key lives there unless the bucket is full, and then in the first later bucket with room. A
+//! lookup compares all ten tags of a bucket at once, without a branch per entry, and moves on to
+//! the next bucket only if the bucket's *overflow count* (the word after its tags) says that some
+//! key passed it full. At a load of one half a bucket rarely overflows (eleven or more of a
+//! Poisson(5) number of keys: about 1.4 %), so nearly every lookup, hit or miss, is one line, the
+//! line the burst pipeline prefetched, and a removal only clears its entry and lowers the counts of
+//! the buckets its key passed: no shifting, no tombstones, however much churn there is.
+//!
+//! Until 2026-12-07 an entry was 8 bytes (a 24-bit tag and its slot), eight to a line: 64 B per
+//! 1:1 flow (a 32-byte record and two entries at load ½), now 57.6 B. The shorter tag tells the
+//! keys of a bucket apart as well as the longer one did in any table of 2^16 buckets or more (see
+//! [`TAG`]), and ten entries to a line overflow less at the same load (1.4 % of buckets against
+//! 2.1 %).
 //!
 //! This replaced linear probing entry by entry, whose run length varies from key to key: measured
 //! on the pipeline benchmark, the new-session rate fell by a quarter between a load of 0.25 and
@@ -44,11 +50,11 @@
 //! of a new flow's slow path stalled it (a quarter of all samples sat on that one instruction),
 //! and moving them to the flush raised the new-session rate by 10-25 %, at 1M by about 7 %.
 //!
-//! Limitation: an overflow count saturates at 255 and then stays there (lookups through that
+//! Limitation: an overflow count saturates at 65,535 and then stays there (lookups through that
 //! bucket always continue to the next one). At the loads the table is sized for, no bucket comes
 //! near it.
 
-use wide::u32x8;
+use wide::u16x16;
 
 /// Highest load factor the table is sized for, as a fraction: a full table holds this many keys
 /// per entry. Fuller tables were measured (pipeline benchmark, 2026-12-06): at ⅝ the memory per
@@ -99,42 +105,54 @@ struct Entry {
     slot: u32,
 }
 
-/// The bits of a hash an entry keeps and compares: the low 24, the lowest forced to one so that
+/// The bits of a hash an entry keeps and compares: the low 16, the lowest forced to one so that
 /// a used entry's tag is never zero, the mark of an unused one. The home bucket comes from the
-/// high bits, so these are the ones that tell apart keys of one bucket.
-const TAG: u32 = 0x00ff_ffff;
-/// Where a bucket's overflow count sits in its first tag word.
-const OVERFLOW_SHIFT: u32 = 24;
+/// high bits (multiply-shift), so keys of one bucket have hashes within `2^32 / buckets` of each
+/// other and differ in their low bits: those are the ones that tell them apart. A wider tag would
+/// not tell them apart better once the table has 2^16 buckets or more (about 64K sessions), since
+/// its upper bits then follow from the bucket; below that, 15 free bits leave a false match to
+/// about one lookup in 6,500 at load ½.
+const TAG: u32 = 0xffff;
 /// An overflow count that has reached this stays (see the module's limitation).
-const OVERFLOW_MAX: u32 = 0xff;
+const OVERFLOW_MAX: u16 = u16::MAX;
 
-/// Entries per bucket: a cache line's worth.
-const WIDTH: usize = 8;
+/// Entries per bucket: as many 6-byte entries (a 2-byte tag and a 4-byte slot) as a cache line
+/// holds beside the bucket's overflow count.
+const WIDTH: usize = 10;
 
-/// What of each tag word [`Bucket::mask_of`] compares: the first word without its overflow byte.
-const LANE_MASK: [u32; WIDTH] = [TAG, !0, !0, !0, !0, !0, !0, !0];
+/// A bucket's 16-bit words: the [`WIDTH`] tags, the overflow count, a spare zero, then the slots,
+/// each as two words (low half first).
+const WORDS: usize = 32;
+/// Where the overflow count is.
+const OVER_WORD: usize = WIDTH;
+/// Where the first slot starts.
+const SLOT_WORD: usize = WIDTH + 2;
+
+/// [`Bucket::mask_of`]'s bits for the [`WIDTH`] entries.
+const ENTRY_BITS: u32 = (1 << WIDTH) - 1;
 
 /// The tag `hash` has in the table.
 #[inline]
-fn tag_of(hash: u32) -> u32 {
-    (hash & TAG) | 1
+fn tag_of(hash: u32) -> u16 {
+    ((hash & TAG) | 1) as u16
 }
 
-/// A cache line of entries, tags and slots apart so that the eight tags compare as two vectors.
+/// A cache line of entries: the tags first, so that the first 16 words (the ten tags, the
+/// overflow count, the spare word and the first two slots) compare as one vector of 16 words.
+/// The slots are words rather than `u32`s so that the bucket is one array that vector can be
+/// read from in safe code; on a little-endian machine the compiler reads and writes each slot
+/// with one 4-byte access.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 struct Bucket {
-    /// [`tag_of`] the key's hash, 0 if unused; the first word's top byte is the bucket's
-    /// overflow count, the others' is zero.
-    tags: [u32; WIDTH],
-    /// The slot number with its kind bits.
-    slots: [u32; WIDTH],
+    words: [u16; WORDS],
 }
 
 const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+const _: () = assert!(SLOT_WORD + 2 * WIDTH == WORDS && SLOT_WORD <= 16);
 
 impl Bucket {
-    /// Bit `i` set when entry `i` holds a key with `hash`'s tag: eight compares, no branch.
+    /// Bit `i` set when entry `i` holds a key with `hash`'s tag: ten compares, no branch.
     #[inline]
     fn hits(&self, hash: u32) -> u32 {
         self.mask_of(tag_of(hash))
@@ -146,38 +164,58 @@ impl Bucket {
         self.mask_of(0)
     }
 
-    /// Two vector compares of four tags each and their sign masks: about ten instructions,
-    /// against the 35 the compiler made of eight scalar compares (it vectorised four of them and
-    /// kept the rest scalar, in every form tried). Only the first tag word carries the overflow
-    /// byte, so only that lane is masked. `wide` picks SSE2 on x86-64 (always present) and NEON on
-    /// aarch64, with a scalar fallback elsewhere, behind a safe interface.
+    /// One compare of the first 16 words (two SSE2 registers on x86-64, packed into one mask;
+    /// NEON on aarch64, scalar elsewhere, behind `wide`'s safe interface), of which the ten
+    /// tags' bits are kept: about eight instructions. (Two vectors of eight tag words each, with
+    /// a mask apiece, cost six more per packet under callgrind.)
     #[inline]
-    fn mask_of(&self, tag: u32) -> u32 {
-        let tags = u32x8::new(self.tags) & u32x8::new(LANE_MASK);
-        tags.simd_eq(u32x8::splat(tag)).to_bitmask()
+    fn mask_of(&self, tag: u16) -> u32 {
+        self.words.first_chunk::<16>().map_or(0, |w| {
+            u16x16::new(*w).simd_eq(u16x16::splat(tag)).to_bitmask() & ENTRY_BITS
+        })
     }
 
     /// Keys that passed this bucket full and live in a later one.
     #[inline]
-    fn overflow(&self) -> u32 {
-        self.tags[0] >> OVERFLOW_SHIFT
+    fn overflow(&self) -> u16 {
+        self.words[OVER_WORD]
     }
 
-    fn set_overflow(&mut self, n: u32) {
-        self.tags[0] = (self.tags[0] & TAG) | (n << OVERFLOW_SHIFT);
+    fn set_overflow(&mut self, n: u16) {
+        self.words[OVER_WORD] = n;
     }
 
-    /// Put a key in entry `i`, keeping the overflow byte.
+    /// The slot value of entry `i`.
+    #[inline(always)]
+    fn slot(&self, i: usize) -> u32 {
+        let w = SLOT_WORD + 2 * i;
+        u32::from(self.words[w]) | u32::from(self.words[w + 1]) << 16
+    }
+
+    #[inline(always)]
+    fn set_slot(&mut self, i: usize, slot: u32) {
+        let w = SLOT_WORD + 2 * i;
+        self.words[w] = slot as u16;
+        self.words[w + 1] = (slot >> 16) as u16;
+    }
+
+    /// Put a key in entry `i`.
     #[inline]
     fn put(&mut self, i: usize, hash: u32, slot: u32) {
-        self.tags[i] = (self.tags[i] & !TAG) | tag_of(hash);
-        self.slots[i] = slot;
+        self.words[i] = tag_of(hash);
+        self.set_slot(i, slot);
     }
 
-    /// Empty entry `i`, keeping the overflow byte.
+    /// Empty entry `i`.
     fn clear(&mut self, i: usize) {
-        self.tags[i] &= !TAG;
-        self.slots[i] = EMPTY;
+        self.words[i] = 0;
+        self.set_slot(i, EMPTY);
+    }
+
+    /// The tag words, and the slots.
+    #[cfg(test)]
+    fn is_clean(&self) -> bool {
+        self.words[..SLOT_WORD].iter().all(|&t| t == 0) && (0..WIDTH).all(|i| self.slot(i) == EMPTY)
     }
 }
 
@@ -199,10 +237,16 @@ const EMPTY_ENTRY: Entry = Entry {
     slot: EMPTY,
 };
 
-const EMPTY_BUCKET: Bucket = Bucket {
-    tags: [0; WIDTH],
-    slots: [EMPTY; WIDTH],
+const EMPTY_BUCKET: Bucket = {
+    let mut b = Bucket { words: [0; WORDS] };
+    let mut w = SLOT_WORD;
+    while w < WORDS {
+        b.words[w] = u16::MAX;
+        w += 1;
+    }
+    b
 };
+const _: () = assert!(EMPTY == u32::MAX);
 
 /// A position is a table entry (bucket `pos / WIDTH`, entry `pos % WIDTH`) below `entries`, and
 /// queue entry `pos - entries` from there.
@@ -314,7 +358,7 @@ impl Index {
         let hits = bucket.hits(hash);
         if hits != 0 {
             let i = hits.trailing_zeros() as usize;
-            return Some((b * WIDTH + i, bucket.slots[i]));
+            return Some((b * WIDTH + i, bucket.slot(i)));
         }
         if bucket.overflow() == 0 && self.n_deferred == 0 {
             return None;
@@ -357,8 +401,8 @@ impl Index {
             skip = false;
             while hits != 0 {
                 let i = hits.trailing_zeros() as usize;
-                if is_key(bucket.slots[i]) {
-                    return Some((b * WIDTH + i, bucket.slots[i]));
+                if is_key(bucket.slot(i)) {
+                    return Some((b * WIDTH + i, bucket.slot(i)));
                 }
                 hits &= hits - 1;
             }
@@ -476,7 +520,7 @@ impl Index {
             return false;
         };
         if pos < self.entries {
-            self.buckets[pos / WIDTH].slots[pos % WIDTH] = new;
+            self.buckets[pos / WIDTH].set_slot(pos % WIDTH, new);
         } else {
             self.deferred[pos - self.entries].slot = new;
         }
@@ -566,11 +610,9 @@ mod tests {
 
         /// Nothing stored and no overflow count left anywhere.
         fn is_clean(&self) -> bool {
-            self.buckets.iter().all(|b| {
-                b.empties() == 0xff
-                    && b.tags.iter().all(|&t| t == 0)
-                    && b.slots.iter().all(|&s| s == EMPTY)
-            })
+            self.buckets
+                .iter()
+                .all(|b| b.empties() == ENTRY_BITS && b.is_clean())
         }
     }
 
@@ -687,27 +729,30 @@ mod tests {
 
     #[test]
     fn a_replaced_entry_is_found_by_its_new_value_in_the_table_and_in_the_queue() {
-        // Twelve keys of one hash homed in the last bucket: eight fill it, two wrap to the first,
-        // two wait in the queue; a mapping's hint changes its entry's value wherever it is.
+        // WIDTH + 4 keys of one hash homed in the last bucket: WIDTH fill it, two wrap to the
+        // first, two wait in the queue; a mapping's hint changes its entry's value wherever it is.
+        let w = WIDTH as u32;
         let mut idx = Index::with_capacity(64);
         let n = idx.buckets.len();
         let h = idx.hash_at(n - 1, 0x33);
-        for s in 0..10 {
+        for s in 0..w + 2 {
             assert!(idx.insert(h, s));
         }
-        assert!(idx.insert_later(h, 10) && idx.insert_later(h, 11));
-        for s in [3, 9, 11] {
+        assert_eq!(
+            idx.buckets[0].slot(1),
+            w + 1,
+            "two wrapped to the first bucket"
+        );
+        assert!(idx.insert_later(h, w + 2) && idx.insert_later(h, w + 3));
+        let changed = [3, w + 1, w + 3];
+        for s in changed {
             assert!(idx.replace(h, s, s | SEP_BIT));
         }
         assert!(!idx.replace(h, 42, 43), "no entry, nothing changed");
-        assert_eq!(idx.len(), 12);
+        assert_eq!(idx.len(), WIDTH + 4);
         assert_eq!(idx.n_deferred, 2, "a replacement leaves the queue queued");
-        for s in 0..12u32 {
-            let v = if matches!(s, 3 | 9 | 11) {
-                s | SEP_BIT
-            } else {
-                s
-            };
+        for s in 0..w + 4 {
+            let v = if changed.contains(&s) { s | SEP_BIT } else { s };
             assert_eq!(idx.find(h, |x| x == v).map(|x| x.1), Some(v), "slot {s}");
             if v != s {
                 assert_eq!(idx.find(h, |x| x == s), None, "slot {s}'s old value");
@@ -757,26 +802,32 @@ mod tests {
         // Two buckets, each of which a key passed full (the first's count from a key homed in it,
         // the second's from one that wrapped around to the first), each with a free entry again
         // afterwards: the overflow counts alone would send a miss round in circles.
+        const W: usize = WIDTH;
         let mut idx = Index::with_capacity(8);
         assert_eq!(idx.buckets.len(), 2);
-        let h0: Vec<u32> = (0..9).map(|i| idx.hash_at(0, 0x10 + i)).collect();
-        let h1: Vec<u32> = (0..8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
-        let mut keys: Vec<(u32, u32)> = (0..9).map(|i| (h0[i], i as u32)).collect(); // 8 fill bucket 0
-        keys.extend((0..6).map(|i| (h1[i], 100 + i as u32))); // bucket 1: the ninth above and these 6
+        let h0: Vec<u32> = (0..=W as u8).map(|i| idx.hash_at(0, 0x10 + i)).collect();
+        let h1: Vec<u32> = (0..W as u8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
+        // W fill bucket 0; bucket 1 gets the one after them and W - 2 of its own.
+        let mut keys: Vec<(u32, u32)> = (0..=W).map(|i| (h0[i], i as u32)).collect();
+        keys.extend((0..W - 2).map(|i| (h1[i], 100 + i as u32)));
         for &(h, s) in &keys {
             assert!(idx.insert(h, s));
         }
+        let (last, wraps) = (
+            (h1[W - 2], 100 + W as u32 - 2),
+            (h1[W - 1], 100 + W as u32 - 1),
+        );
         assert!(idx.remove(keys[0].0, keys[0].1));
-        assert!(idx.insert(h1[6], 106), "bucket 1's last entry");
+        assert!(idx.insert(last.0, last.1), "bucket 1's last entry");
         assert!(idx.remove(keys[1].0, keys[1].1));
         assert!(
-            idx.insert(h1[7], 107),
+            idx.insert(wraps.0, wraps.1),
             "passes bucket 1 full, wraps to bucket 0"
         );
         assert!(idx.buckets.iter().all(|b| b.overflow() > 0));
         assert_eq!(idx.find(idx.hash_at(0, 0xee), |_| true), None);
-        assert_eq!(idx.find(h1[6], |s| s == 999), None);
-        for &(h, s) in keys[2..].iter().chain(&[(h1[6], 106), (h1[7], 107)]) {
+        assert_eq!(idx.find(last.0, |s| s == 999), None);
+        for &(h, s) in keys[2..].iter().chain(&[last, wraps]) {
             assert_eq!(idx.find(h, |x| x == s).map(|x| x.1), Some(s));
         }
     }
@@ -786,32 +837,33 @@ mod tests {
         // Found in review: with both buckets' overflow counts up and false matches for the
         // queued key's hash in both (stored keys with the same hash), a probe that continued past
         // them went round the table again instead of on to the queue.
+        const W: usize = WIDTH;
         let mut idx = Index::with_capacity(8);
-        let h0: Vec<u32> = (0..9).map(|i| idx.hash_at(0, 0x10 + i)).collect();
-        let h1: Vec<u32> = (0..8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
-        let hq = h0[8];
-        for i in 0..8u32 {
+        let h0: Vec<u32> = (0..=W as u8).map(|i| idx.hash_at(0, 0x10 + i)).collect();
+        let h1: Vec<u32> = (0..W as u8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
+        let hq = h0[W];
+        for i in 0..W as u32 {
             assert!(idx.insert(if i == 3 { hq } else { h0[i as usize] }, i));
         }
         assert!(
-            idx.insert(hq, 8),
+            idx.insert(hq, W as u32),
             "passes bucket 0 full, stored in bucket 1"
         );
-        for i in 0..6u32 {
+        for i in 0..W as u32 - 2 {
             assert!(idx.insert(h1[i as usize], 100 + i));
         }
         assert!(idx.remove(h0[0], 0));
-        assert!(idx.insert(h1[6], 106));
+        assert!(idx.insert(h1[W - 2], 100 + W as u32 - 2));
         assert!(idx.remove(h0[1], 1));
         assert!(
-            idx.insert(h1[7], 107),
+            idx.insert(h1[W - 1], 100 + W as u32 - 1),
             "passes bucket 1 full, wraps to bucket 0"
         );
         assert!(idx.remove(h0[2], 2));
         assert!(idx.buckets.iter().all(|b| b.overflow() > 0));
         assert!(idx.insert_later(hq, 999));
         assert_eq!(idx.find(hq, |s| s == 999).map(|x| x.1), Some(999));
-        for s in [3, 8] {
+        for s in [3, W as u32] {
             assert_eq!(idx.find(hq, |x| x == s).map(|x| x.1), Some(s));
         }
         assert_eq!(
@@ -857,6 +909,26 @@ mod tests {
         for &(h, s) in &queued {
             assert_eq!(idx.find(h, |x| x == s).map(|x| x.1), Some(s));
         }
+    }
+
+    #[test]
+    fn a_buckets_overflow_count_is_never_taken_for_an_entry() {
+        // The count shares the tag words: a count of 1 equals the tag of a hash whose low 16 bits
+        // are 0, and the spare word is 0 like an unused entry. Neither may match.
+        let mut idx = Index::with_capacity(8);
+        for i in 0..=WIDTH as u8 {
+            assert!(idx.insert(idx.hash_at(0, 0x10 + i), u32::from(i)));
+        }
+        assert_eq!(idx.buckets[0].overflow(), 1);
+        assert_eq!(tag_of(0), 1);
+        assert_eq!(idx.buckets[0].hits(0), 0, "the count is not a tag");
+        assert_eq!(idx.buckets[0].empties(), 0, "a full bucket has no room");
+        assert_eq!(idx.find_first(0), None);
+        assert!(
+            idx.insert(0, 77),
+            "stored in bucket 1, after the overflowed key"
+        );
+        assert_eq!(idx.find_first(0), Some((WIDTH + 1, 77)));
     }
 
     #[test]
