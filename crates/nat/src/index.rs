@@ -2,9 +2,10 @@
 //!
 //! Every record of the flow slab has two entries here: a mapping record its inside and its outside
 //! endpoint, a separate session its inside and its outside 5-tuple, and a third (its remote address
-//! with its outside endpoint) when its pool filters by address. An entry is 6 bytes: a 16-bit
-//! tag (the low bits of the hash, the lowest forced to one) and the slot number with the key kind
-//! in its top three bits. A mapping's endpoint entries also carry [`SEP_BIT`] while the mapping has
+//! with its outside endpoint) when its pool filters by address. The key's 64-bit hash
+//! ([`crate::Hash`]) gives the home bucket (its high half) and the tag (bits 16-31). An entry is 6
+//! bytes: the 16-bit tag, the lowest bit forced to one, and the slot number with the key kind in
+//! its top three bits. A mapping's endpoint entries also carry [`SEP_BIT`] while the mapping has
 //! sessions in records of their own, a hint the burst pipeline reads from the entry (see [`kind`]
 //! for the kind without it). Subscribers use an instance of their own.
 //!
@@ -18,11 +19,11 @@
 //! line the burst pipeline prefetched, and a removal only clears its entry and lowers the counts of
 //! the buckets its key passed: no shifting, no tombstones, however much churn there is.
 //!
-//! Until 2026-12-07 an entry was 8 bytes (a 24-bit tag and its slot), eight to a line: 64 B per
-//! 1:1 flow (a 32-byte record and two entries at load ½), now 57.6 B. The shorter tag tells the
-//! keys of a bucket apart as well as the longer one did in any table of 2^16 buckets or more (see
-//! [`TAG`]), and ten entries to a line overflow less at the same load (1.4 % of buckets against
-//! 2.1 %).
+//! Until 2026-12-07 an entry was 8 bytes (a 24-bit tag and its slot), eight to a line, and the
+//! hash 32 bits: 64 B per 1:1 flow (a 32-byte record and two entries at load ½), now 57.6 B; ten
+//! entries to a line overflow less at the same load (1.4 % of buckets against 2.1 %). The 32-bit
+//! hash gave both the home and the tag, so in a large table the tag had few bits of its own (see
+//! [`TAG_SHIFT`]).
 //!
 //! This replaced linear probing entry by entry, whose run length varies from key to key: measured
 //! on the pipeline benchmark, the new-session rate fell by a quarter between a load of 0.25 and
@@ -55,6 +56,8 @@
 //! near it.
 
 use wide::u16x16;
+
+use crate::key::Hash;
 
 /// Highest load factor the table is sized for, as a fraction: a full table holds this many keys
 /// per entry. Fuller tables were measured (pipeline benchmark, 2026-12-06): at ⅝ the memory per
@@ -101,18 +104,19 @@ const _: () = assert!(MAP_BIT << 1 == SEP_BIT);
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 struct Entry {
-    hash: u32,
+    hash: Hash,
     slot: u32,
 }
 
-/// The bits of a hash an entry keeps and compares: the low 16, the lowest forced to one so that
-/// a used entry's tag is never zero, the mark of an unused one. The home bucket comes from the
-/// high bits (multiply-shift), so keys of one bucket have hashes within `2^32 / buckets` of each
-/// other and differ in their low bits: those are the ones that tell them apart. A wider tag would
-/// not tell them apart better once the table has 2^16 buckets or more (about 64K sessions), since
-/// its upper bits then follow from the bucket; below that, 15 free bits leave a false match to
-/// about one lookup in 6,500 at load ½.
-const TAG: u32 = 0xffff;
+/// Where the bits of a hash that an entry keeps and compares start: bits 16-31, the lowest forced
+/// to one so that a used entry's tag is never zero, the mark of an unused one (the lowest bits of
+/// the hash come from few bits of its last product, see `key::fold`). The home bucket comes from
+/// the high half, so the tag is independent of it and tells apart the keys of one bucket by all of
+/// its 15 free bits at any table size: a false match (a record fetched for nothing) in about one
+/// lookup in 6,500 at load ½. With the 32-bit hash of before, home and tag shared bits: at 16M
+/// sessions the keys of a bucket had hashes within 2^9 of each other, and 1.5 % of lookups for an
+/// absent key met a false match.
+const TAG_SHIFT: u32 = 16;
 /// An overflow count that has reached this stays (see the module's limitation).
 const OVERFLOW_MAX: u16 = u16::MAX;
 
@@ -133,8 +137,8 @@ const ENTRY_BITS: u32 = (1 << WIDTH) - 1;
 
 /// The tag `hash` has in the table.
 #[inline]
-fn tag_of(hash: u32) -> u16 {
-    ((hash & TAG) | 1) as u16
+fn tag_of(hash: Hash) -> u16 {
+    (hash >> TAG_SHIFT) as u16 | 1
 }
 
 /// A cache line of entries: the tags first, so that the first 16 words (the ten tags, the
@@ -154,7 +158,7 @@ const _: () = assert!(SLOT_WORD + 2 * WIDTH == WORDS && SLOT_WORD <= 16);
 impl Bucket {
     /// Bit `i` set when entry `i` holds a key with `hash`'s tag: ten compares, no branch.
     #[inline]
-    fn hits(&self, hash: u32) -> u32 {
+    fn hits(&self, hash: Hash) -> u32 {
         self.mask_of(tag_of(hash))
     }
 
@@ -201,7 +205,7 @@ impl Bucket {
 
     /// Put a key in entry `i`.
     #[inline]
-    fn put(&mut self, i: usize, hash: u32, slot: u32) {
+    fn put(&mut self, i: usize, hash: Hash, slot: u32) {
         self.words[i] = tag_of(hash);
         self.set_slot(i, slot);
     }
@@ -269,11 +273,11 @@ pub struct Index {
 /// Words of [`Index::filter`]: 256 bits, so a full burst's 64 queued keys set about a fifth.
 const FILTER_WORDS: usize = 4;
 
-/// The filter bit of `hash`: its low eight bits. The home bucket comes from the high bits, so
+/// The filter bit of `hash`: the low byte of its tag. The home bucket comes from the high half, so
 /// queued keys that share a bucket still spread over the filter.
 #[inline]
-fn filter_bit(hash: u32) -> (usize, u64) {
-    let b = hash & 0xff;
+fn filter_bit(hash: Hash) -> (usize, u64) {
+    let b = (hash >> TAG_SHIFT) & 0xff;
     ((b >> 6) as usize, 1u64 << (b & 63))
 }
 
@@ -311,8 +315,8 @@ impl Index {
 
     /// The home bucket of `hash`: its high bits scaled to the table (multiply-shift).
     #[inline]
-    fn home(&self, hash: u32) -> usize {
-        ((hash as u64 * self.buckets.len() as u64) >> 32) as usize
+    fn home(&self, hash: Hash) -> usize {
+        (((hash >> 32) * self.buckets.len() as u64) >> 32) as usize
     }
 
     /// The bucket after `b`, wrapping.
@@ -340,7 +344,7 @@ impl Index {
 
     /// The cache line a lookup for `hash` starts at; prefetch it before probing.
     #[inline]
-    pub fn home_ref(&self, hash: u32) -> &impl Sized {
+    pub fn home_ref(&self, hash: Hash) -> &impl Sized {
         &self.buckets[self.home(hash)]
     }
 
@@ -352,7 +356,7 @@ impl Index {
     /// lookup ends. The rest (an overflowed bucket, a queue) is [`Index::find_beyond`]'s, out of
     /// line.
     #[inline(always)]
-    pub fn find_first(&self, hash: u32) -> Option<(usize, u32)> {
+    pub fn find_first(&self, hash: Hash) -> Option<(usize, u32)> {
         let b = self.home(hash);
         let bucket = &self.buckets[b];
         let hits = bucket.hits(hash);
@@ -368,13 +372,13 @@ impl Index {
 
     /// [`Index::find_first`] after a miss in home bucket `b`.
     #[inline(never)]
-    fn find_beyond(&self, hash: u32, b: usize) -> Option<(usize, u32)> {
+    fn find_beyond(&self, hash: Hash, b: usize) -> Option<(usize, u32)> {
         self.probe(hash, b, b, true, |_| true)
     }
 
     /// Find the entry for `hash` whose slot satisfies `is_key` (the caller compares the real key).
     #[inline]
-    pub fn find(&self, hash: u32, is_key: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
+    pub fn find(&self, hash: Hash, is_key: impl FnMut(u32) -> bool) -> Option<(usize, u32)> {
         let home = self.home(hash);
         self.probe(hash, home, home, false, is_key)
     }
@@ -387,7 +391,7 @@ impl Index {
     #[inline]
     fn probe(
         &self,
-        hash: u32,
+        hash: Hash,
         home: usize,
         from: usize,
         skip_from: bool,
@@ -421,7 +425,7 @@ impl Index {
     #[inline]
     fn find_deferred(
         &self,
-        hash: u32,
+        hash: Hash,
         mut is_key: impl FnMut(u32) -> bool,
     ) -> Option<(usize, u32)> {
         if self.n_deferred == 0 {
@@ -441,7 +445,7 @@ impl Index {
     /// Insert without a duplicate check: the caller has just missed on the same key.
     /// Returns false when the table holds all the keys it can (one entry always stays free, so
     /// that a store finds room), which sizing prevents.
-    pub fn insert(&mut self, hash: u32, slot: u32) -> bool {
+    pub fn insert(&mut self, hash: Hash, slot: u32) -> bool {
         if self.len + 1 >= self.entries {
             return false;
         }
@@ -453,7 +457,7 @@ impl Index {
     /// As [`Index::insert`], but store the entry at the next [`Index::flush`] (or when the queue
     /// is full). Lookups find it meanwhile.
     #[inline]
-    pub fn insert_later(&mut self, hash: u32, slot: u32) -> bool {
+    pub fn insert_later(&mut self, hash: Hash, slot: u32) -> bool {
         if self.len + 1 >= self.entries {
             return false;
         }
@@ -489,7 +493,7 @@ impl Index {
     /// Put an entry in the first bucket with room from its home on, counting it in the overflow of
     /// every full bucket it passes (`len` is the caller's, and leaves room somewhere).
     #[inline]
-    fn store(&mut self, hash: u32, slot: u32) {
+    fn store(&mut self, hash: Hash, slot: u32) {
         let mut b = self.home(hash);
         loop {
             let bucket = &mut self.buckets[b];
@@ -512,7 +516,7 @@ impl Index {
     /// The queue is searched first: an entry made in this burst (a mapping that got its second
     /// session at once) is there, and a table probe first would wait for a bucket nobody
     /// prefetched. Slot values are unique, so the order finds the same entry.
-    pub fn replace(&mut self, hash: u32, old: u32, new: u32) -> bool {
+    pub fn replace(&mut self, hash: Hash, old: u32, new: u32) -> bool {
         let found = self
             .find_deferred(hash, |s| s == old)
             .or_else(|| self.find(hash, |s| s == old));
@@ -530,7 +534,7 @@ impl Index {
     /// Remove the entry for (`hash`, `slot`) if present. The entry is found by its tag and its slot
     /// value, so slot values (with their kind bits) must be unique within an index, as every
     /// caller's are.
-    pub fn remove(&mut self, hash: u32, slot: u32) -> bool {
+    pub fn remove(&mut self, hash: Hash, slot: u32) -> bool {
         // Positions are table positions only once the queue is stored.
         self.flush::<crate::NoPrefetch>();
         let Some((pos, _)) = self.find(hash, |s| s == slot) else {
@@ -594,16 +598,12 @@ mod tests {
     }
 
     impl Index {
-        /// A hash whose home is bucket `b` and whose low byte (its queue-filter bit and part of its
-        /// tag) is `low`.
-        fn hash_at(&self, b: usize, low: u8) -> u32 {
+        /// A hash whose home is bucket `b` and whose tag's low byte (also its queue-filter bit)
+        /// is `low`, the rest of the tag zero.
+        fn hash_at(&self, b: usize, low: u8) -> Hash {
             let n = self.buckets.len() as u64;
-            let base = ((b as u64) << 32).div_ceil(n);
-            let mut h = (base & !0xff) | low as u64;
-            if h < base {
-                h += 0x100;
-            }
-            let h = h as u32;
+            let high = ((b as u64) << 32).div_ceil(n);
+            let h = high << 32 | u64::from(low) << TAG_SHIFT;
             assert_eq!(self.home(h), b, "test hash for bucket {b}");
             h
         }
@@ -623,7 +623,7 @@ mod tests {
         // around and lookups meet false tag matches.
         let mut idx = Index::with_capacity(256);
         let n = idx.buckets.len();
-        let mut model: HashMap<u32, u32> = HashMap::new(); // slot -> hash
+        let mut model: HashMap<u32, Hash> = HashMap::new(); // slot -> hash
         let mut rng = Rng(0x9e37_79b9);
         for round in 0..200_000u32 {
             let slot = (rng.next() % 300) as u32;
@@ -658,10 +658,10 @@ mod tests {
         // lookups must continue past false matches in the table and in the queue.
         let mut idx = Index::with_capacity(256);
         let n = idx.buckets.len();
-        let hashes: Vec<u32> = (0..24u32)
+        let hashes: Vec<Hash> = (0..24u32)
             .map(|d| idx.hash_at(n - 2 + (d % 2) as usize, (d * 11) as u8))
             .collect();
-        let mut model: HashMap<u32, u32> = HashMap::new(); // slot -> hash
+        let mut model: HashMap<u32, Hash> = HashMap::new(); // slot -> hash
         let mut rng = Rng(0x5eed_1234);
         let mut full_flushes = 0;
         for round in 0..100_000u32 {
@@ -670,7 +670,7 @@ mod tests {
                 // Remove about half the keys (the queue is stored once), so that the refill queues
                 // up until the queue is full.
                 let odd = (round / 512) % 2;
-                let victims: Vec<(u32, u32)> = model
+                let victims: Vec<(u32, Hash)> = model
                     .iter()
                     .filter(|&(&s, _)| s % 2 == odd)
                     .map(|(&s, &h)| (s, h))
@@ -771,27 +771,33 @@ mod tests {
         assert_eq!(kind(12345 | M_OUT | SEP_BIT), M_OUT);
     }
 
+    /// Distinct hashes with spread homes and tags.
+    fn spread(s: u32) -> Hash {
+        u64::from(s).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
     #[test]
     fn a_full_queue_is_stored_and_the_table_never_overfills() {
         let mut idx = Index::with_capacity(100);
         let room = idx.entries as u32 - 1;
         for s in 0..room {
-            assert!(idx.insert_later(s.wrapping_mul(0x9e37_79b9), s));
+            assert!(idx.insert_later(spread(s), s));
             assert!(idx.n_deferred <= DEFERRED);
         }
-        assert!(!idx.insert_later(7, 999), "no room is refused, not queued");
-        assert!(!idx.insert(7, 999));
+        // A hash no stored key shares its home and tag with.
+        let absent = idx.hash_at(0, 0xee);
+        assert!(
+            !idx.insert_later(absent, 999),
+            "no room is refused, not queued"
+        );
+        assert!(!idx.insert(absent, 999));
         for s in 0..room {
-            assert_eq!(
-                idx.find(s.wrapping_mul(0x9e37_79b9), |x| x == s)
-                    .map(|x| x.1),
-                Some(s)
-            );
+            assert_eq!(idx.find(spread(s), |x| x == s).map(|x| x.1), Some(s));
         }
         idx.flush::<crate::NoPrefetch>();
         assert_eq!(idx.len(), room as usize);
         assert_eq!(
-            idx.find(7, |_| true),
+            idx.find(absent, |_| true),
             None,
             "a full table still answers a miss"
         );
@@ -805,10 +811,10 @@ mod tests {
         const W: usize = WIDTH;
         let mut idx = Index::with_capacity(8);
         assert_eq!(idx.buckets.len(), 2);
-        let h0: Vec<u32> = (0..=W as u8).map(|i| idx.hash_at(0, 0x10 + i)).collect();
-        let h1: Vec<u32> = (0..W as u8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
+        let h0: Vec<Hash> = (0..=W as u8).map(|i| idx.hash_at(0, 0x10 + i)).collect();
+        let h1: Vec<Hash> = (0..W as u8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
         // W fill bucket 0; bucket 1 gets the one after them and W - 2 of its own.
-        let mut keys: Vec<(u32, u32)> = (0..=W).map(|i| (h0[i], i as u32)).collect();
+        let mut keys: Vec<(Hash, u32)> = (0..=W).map(|i| (h0[i], i as u32)).collect();
         keys.extend((0..W - 2).map(|i| (h1[i], 100 + i as u32)));
         for &(h, s) in &keys {
             assert!(idx.insert(h, s));
@@ -839,8 +845,8 @@ mod tests {
         // them went round the table again instead of on to the queue.
         const W: usize = WIDTH;
         let mut idx = Index::with_capacity(8);
-        let h0: Vec<u32> = (0..=W as u8).map(|i| idx.hash_at(0, 0x10 + i)).collect();
-        let h1: Vec<u32> = (0..W as u8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
+        let h0: Vec<Hash> = (0..=W as u8).map(|i| idx.hash_at(0, 0x10 + i)).collect();
+        let h1: Vec<Hash> = (0..W as u8).map(|i| idx.hash_at(1, 0x40 + i)).collect();
         let hq = h0[W];
         for i in 0..W as u32 {
             assert!(idx.insert(if i == 3 { hq } else { h0[i as usize] }, i));
@@ -883,7 +889,7 @@ mod tests {
         for s in 0..100u32 {
             assert!(idx.insert(idx.hash_at((s % 10) as usize, (s * 7) as u8), s));
         }
-        let queued: Vec<(u32, u32)> = (0..DEFERRED as u32)
+        let queued: Vec<(Hash, u32)> = (0..DEFERRED as u32)
             .map(|j| (idx.hash_at((j % 10) as usize, (j * 4) as u8), 1000 + j))
             .collect();
         for &(h, s) in &queued {
@@ -934,14 +940,19 @@ mod tests {
     #[test]
     fn find_skips_false_hash_matches() {
         let mut idx = Index::with_capacity(16);
-        idx.insert(42, 1);
-        idx.insert(42, 2 | OUT_BIT);
+        let (h, other) = (idx.hash_at(0, 0x42), idx.hash_at(0, 0x44));
+        idx.insert(h, 1);
+        idx.insert(h, 2 | OUT_BIT);
         assert_eq!(
-            idx.find(42, |s| s == (2 | OUT_BIT)).map(|x| x.1),
+            idx.find(h, |s| s == (2 | OUT_BIT)).map(|x| x.1),
             Some(2 | OUT_BIT)
         );
-        assert_eq!(idx.find(42, |s| s == 3), None);
-        assert_eq!(idx.find(44, |_| true), None);
+        assert_eq!(idx.find(h, |s| s == 3), None);
+        assert_eq!(
+            idx.find(other, |_| true),
+            None,
+            "another tag in the same bucket"
+        );
     }
 
     #[test]
@@ -959,7 +970,8 @@ mod tests {
         let idx = Index::with_capacity(1000);
         assert_eq!(
             idx.memory_bytes(),
-            Index::buckets_for(1000) * 64 + DEFERRED * 8
+            Index::buckets_for(1000) * 64 + DEFERRED * 16,
+            "the table and the queue of (hash, slot) pairs"
         );
         assert_eq!(
             idx.buckets.as_ptr() as usize % 64,

@@ -164,7 +164,7 @@ pub use dnat::{
 pub use events::{Event, EventKind, Limit, MappingInfo, SessionInfo};
 pub use frag::{FragClass, FragConfig, FragKey, L4Ids, Reassembly};
 pub use index::Index;
-pub use key::FlowKey;
+pub use key::{FlowKey, Hash};
 pub use lb::{
     Affinity, MAGLEV_SIZE, MAX_BACKENDS, Maglev, RR_MAX_PERIOD, RoundRobin, WeightedRandom,
     backend_key, flow_hash,

@@ -16,7 +16,7 @@
 //! between its due tick and one pass after it (one second up to 4 Mi records), never before; nothing
 //! but the record itself (its due tick in `count`) remembers that it is held.
 
-use crate::key::FlowKey;
+use crate::key::{FlowKey, Hash};
 use crate::session::Record;
 
 const HELD: u8 = 1;
@@ -103,7 +103,7 @@ impl Mapping {
 /// Hash of a mapping's inside key. The pool is not hashed (it is only known after the rule lookup, and
 /// the pipeline wants to prefetch before that); it is compared.
 #[inline]
-pub fn in_hash(seed: u64, addr: u32, port: u16, proto: u8) -> u32 {
+pub fn in_hash(seed: u64, addr: u32, port: u16, proto: u8) -> Hash {
     FlowKey {
         src: addr,
         dst: 0,
@@ -116,7 +116,7 @@ pub fn in_hash(seed: u64, addr: u32, port: u16, proto: u8) -> u32 {
 
 /// Hash of a mapping's outside key.
 #[inline]
-pub fn out_hash(seed: u64, addr: u32, port: u16, proto: u8) -> u32 {
+pub fn out_hash(seed: u64, addr: u32, port: u16, proto: u8) -> Hash {
     FlowKey {
         src: addr,
         dst: 0,

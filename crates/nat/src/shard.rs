@@ -34,7 +34,7 @@ use crate::index::{
     ADF_BIT, Index, KIND_BITS, M_IN, M_OUT, MAP_BIT, OUT_BIT, SEP_BIT, XIN_BITS, kind,
     prefetch_with,
 };
-use crate::key::FlowKey;
+use crate::key::{FlowKey, Hash};
 use crate::lb::{Affinity, flow_hash};
 use crate::mapping::{self, Mapping};
 use crate::ports::{AddrSpec, PortAllocator, port_owner};
@@ -244,7 +244,7 @@ struct Meta {
     p: Parsed,
     /// The hash of the packet's endpoint (stage 1), or of its 5-tuple once stage 3 found that its
     /// session may be a separate record.
-    hash: u32,
+    hash: Hash,
     /// Candidate slot (with kind bits) from the probe stages, or NIL.
     cand: u32,
     ok: bool,
@@ -261,7 +261,7 @@ struct Meta {
 /// [`Meta`] so that bursts of 1:1 flows, which never probe twice, keep their scratch small.
 #[derive(Clone, Copy, Default)]
 struct Second {
-    hash: u32,
+    hash: Hash,
     /// The candidate slot with its kind bits, or NIL.
     cand: u32,
 }
@@ -316,12 +316,12 @@ struct Core {
     /// Scratch for [`Shard::process`]: the subscriber key hashes of the burst's missed outbound
     /// probes. Kept here rather than in `Meta` or on the stack so that a burst of established
     /// flows neither copies nor clears it.
-    missed: Box<[u32; MAX_BURST]>,
+    missed: Box<[Hash; MAX_BURST]>,
     /// Hint changes of mappings' outside endpoint entries (hash, old value, new value) waiting for
     /// the end of the burst, whose buckets are prefetched together then (see
     /// [`Core::mark_separate`]). Only [`Shard::process`] queues; outside a burst marks apply at
     /// once.
-    marks: Box<[(u32, u32, u32); MAX_BURST]>,
+    marks: Box<[(Hash, u32, u32); MAX_BURST]>,
     n_marks: usize,
     in_burst: bool,
     /// Packets stage 3 found by stage 2a's 5-tuple candidate (tests: that the early probe works).
@@ -390,7 +390,7 @@ fn other_half_key(s: &Session) -> FlowKey {
 }
 
 #[inline]
-fn adf_hash(seed: u64, rem: u32, out_addr: u32, out_port: u16, proto: u8) -> u32 {
+fn adf_hash(seed: u64, rem: u32, out_addr: u32, out_port: u16, proto: u8) -> Hash {
     FlowKey {
         src: rem,
         dst: out_addr,
@@ -456,7 +456,7 @@ fn is_bare_syn(flags: u8) -> bool {
 /// The hash a packet travelling `dir` with key `k` is first looked up by: its endpoint's (the
 /// source inside, the destination outside), which is also the key of its mapping.
 #[inline]
-fn endpoint_hash(seed: u64, dir: Dir, k: &FlowKey) -> u32 {
+fn endpoint_hash(seed: u64, dir: Dir, k: &FlowKey) -> Hash {
     match dir {
         Dir::In2Out => mapping::in_hash(seed, k.src, k.sport, k.proto),
         Dir::Out2In => mapping::out_hash(seed, k.dst, k.dport, k.proto),
@@ -1006,7 +1006,7 @@ impl Shard {
                     0
                 };
                 // The entry with the right hint, and none with the other.
-                let right = |h: u32, slot: u32| {
+                let right = |h: Hash, slot: u32| {
                     c.index.find(h, |x| x == slot | hint).is_some()
                         && c.index.find(h, |x| x == slot | (hint ^ SEP_BIT)).is_none()
                 };
@@ -1477,7 +1477,7 @@ impl Core {
     /// too (a mapping of the endpoint has separate sessions, or its address is one that sessions
     /// without a mapping use).
     #[inline]
-    fn probe_endpoint(&self, slab: &Slab, dir: Dir, k: &FlowKey, hash: u32) -> Result<u32, bool> {
+    fn probe_endpoint(&self, slab: &Slab, dir: Dir, k: &FlowKey, hash: Hash) -> Result<u32, bool> {
         let (want, addr, port) = match dir {
             Dir::In2Out => (M_IN, k.src, k.sport),
             Dir::Out2In => (M_OUT, k.dst, k.dport),

@@ -8,7 +8,7 @@
 //! block allocation, a fixed array of block numbers.
 
 use crate::index::Index;
-use crate::key::FlowKey;
+use crate::key::{FlowKey, Hash};
 use crate::session::NIL;
 
 const TWEAK: u64 = 0x7375_6273_6372_0003;
@@ -51,7 +51,7 @@ impl Subscriber {
 /// Hash of a subscriber record's key. The pool is not hashed (the burst pipeline prefetches the
 /// record before the rule lookup names the pool); it is compared, and an address is in few pools.
 #[inline]
-pub fn sub_hash(seed: u64, addr: u32) -> u32 {
+pub fn sub_hash(seed: u64, addr: u32) -> Hash {
     FlowKey {
         src: addr,
         dst: 0,
@@ -126,19 +126,19 @@ impl SubTable {
 
     /// The index bucket (one cache line) a lookup of `hash` reads first, for a prefetch.
     #[inline]
-    pub fn home_ref(&self, hash: u32) -> &impl Sized {
+    pub fn home_ref(&self, hash: Hash) -> &impl Sized {
         self.index.home_ref(hash)
     }
 
     /// The record the first index entry matching `hash` names, if any (for a prefetch: the caller
     /// has the entry's line cached and wants the record's on its way before the real lookup).
     #[inline]
-    pub fn candidate(&self, hash: u32) -> Option<&Subscriber> {
+    pub fn candidate(&self, hash: Hash) -> Option<&Subscriber> {
         let (_, slot) = self.index.find_first(hash)?;
         self.slots.get(slot as usize)
     }
 
-    pub fn find(&self, hash: u32, addr: u32, pool: u8) -> Option<u32> {
+    pub fn find(&self, hash: Hash, addr: u32, pool: u8) -> Option<u32> {
         self.index
             .find(hash, |s| {
                 let r = &self.slots[s as usize];
@@ -148,7 +148,7 @@ impl SubTable {
     }
 
     /// A new record for `addr` in `pool` using `out_addr`. `None` when the table is full.
-    pub fn insert(&mut self, hash: u32, addr: u32, pool: u8, out_addr: u32) -> Option<u32> {
+    pub fn insert(&mut self, hash: Hash, addr: u32, pool: u8, out_addr: u32) -> Option<u32> {
         let slot = self.free_head;
         if slot == NIL {
             return None;
@@ -169,7 +169,7 @@ impl SubTable {
         Some(slot)
     }
 
-    pub fn remove(&mut self, slot: u32, hash: u32) {
+    pub fn remove(&mut self, slot: u32, hash: Hash) {
         let ok = self.index.remove(hash, slot);
         debug_assert!(ok);
         self.slots[slot as usize] = Subscriber {
