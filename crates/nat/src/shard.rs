@@ -6,8 +6,8 @@
 //!
 //! * A mapping record has its inside and its outside endpoint in the index, and room for one
 //!   session: the first plain SNAT session of the mapping (outbound, or let in by the filter) is
-//!   *embedded* in it. A 1:1 flow, the common case, is thus one record and two entries (64 bytes
-//!   at the index's load of ½), and its packets are found by their endpoint: one hash of three
+//!   *embedded* in it. A 1:1 flow, the common case, is thus one record and two entries (57.6
+//!   bytes at the index's load of ½), and its packets are found by their endpoint: one hash of three
 //!   fields, one bucket line, one record line, then the remote end compared in the record.
 //! * Every other session is a record of its own with its two 5-tuple entries (and a filtering
 //!   entry in an address-dependent pool): further sessions of a mapping, hairpinned ones, and those
