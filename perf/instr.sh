@@ -201,7 +201,7 @@ if sweep_ir:
     per_s = sweep_ir / float(secs)
     print(f"\nOf cgnatd's count, {sweep_ir / nat_tx:.0f} per packet are the expiry sweeps: about "
           f"{per_s / 1e6:.0f} M instructions per second of wall-clock time whatever the packet rate (a pass "
-          "over the session slab and the mapping slab, 1 Mi slots each, every second). Under callgrind "
+          "over the flow slab of sessions and mappings, 1 Mi slots, every second). Under callgrind "
           f"the worker forwarded {nat_tx / float(secs) / 1e6:.2f} Mpps; at 20 Mpps the same sweeps are "
           f"{per_s / 20e6:.1f} instructions per packet. Without them, cgnatd's per-packet work is "
           f"**{rest_pp:.0f}** instructions, and io-forward's ÷ that **{io_pp / rest_pp:.2f}**.")

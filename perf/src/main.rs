@@ -668,8 +668,8 @@ fn sweep_ticks(
 /// * an idle pass (nothing due): time per slot looked at, and the share of a core the sweeps take
 ///   at their pace (a full pass of each slab every [`Shard::expiry_lag_seconds`]);
 /// * every session idle past its timeout: sessions ended per second of `Shard::expire` until the
-///   last one is gone (which includes walking the slots between them, and the mapping slab's
-///   sweep in the same calls);
+///   last one is gone (which includes walking the slots between them, the mappings' records
+///   among them);
 /// * their mappings' hold-downs over: mappings released per second, likewise.
 fn measure_expiry(sh: &mut Shard, n: u32) -> Result<Value> {
     let lag = sh.expiry_lag_seconds();
