@@ -686,8 +686,8 @@ fn udp_hairpin_shows_the_senders_outside_endpoint() {
 #[test]
 fn flows_opened_earlier_in_a_burst_are_seen_by_the_rest_of_it() {
     // A new flow's outside keys (its session's, its mapping's, its address-filtering key) are
-    // stored at the end of its burst, their buckets prefetched meanwhile. Within the burst they
-    // must already work exactly as stored keys.
+    // stored in the next burst, their buckets prefetched at the end of this one. Within the burst
+    // they must already work exactly as stored keys.
     let p = pool_with(1024, 65535);
     let preserve = |filtering| {
         shard_of(
@@ -767,6 +767,52 @@ fn flows_opened_earlier_in_a_burst_are_seen_by_the_rest_of_it() {
     );
     assert_eq!(dst_of(&burst[1]), (b.into(), 6000));
     assert_eq!(src_of(&burst[1]), (a_out, 5001));
+}
+
+#[test]
+fn flows_of_a_burst_are_seen_before_the_next_burst_stores_their_keys() {
+    // A burst's new outside keys wait in the index's queue until the next burst: meanwhile the
+    // control plane's lookups, the expiry sweep and the next burst's packets must see them.
+    let mut sh = eif();
+    let mut burst = vec![
+        udp(SUB1, 5000, SRV, 53, b"q"),
+        udp(SUB2, 5001, SRV, 53, b"q"),
+    ];
+    assert_eq!(
+        run(&mut sh, Dir::In2Out, &mut burst, 0),
+        [Verdict::Forward; 2]
+    );
+    let (a_out, a_port) = src_of(&burst[0]);
+    let (b_out, b_port) = src_of(&burst[1]);
+    assert_eq!(
+        sh.queued_index_keys(),
+        2,
+        "both mappings' outside keys wait"
+    );
+    let m = sh.find_mapping(a_out, a_port, ip_proto::UDP);
+    assert_eq!(m.map(|m| (m.in_addr, m.in_port)), Some((SUB1.into(), 5000)));
+
+    // The reply in the next burst finds its mapping; the burst stores the queue.
+    let (v, back) = one(
+        &mut sh,
+        Dir::Out2In,
+        udp(SRV, 53, ip(a_out), a_port, b"r"),
+        1,
+    );
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(dst_of(&back), (SUB1.into(), 5000));
+    assert_eq!(sh.queued_index_keys(), 0);
+
+    // A flow whose key is still queued when it expires ends cleanly, and so do the others.
+    let mut burst = vec![udp(SUB1, 5002, SRV, 53, b"q")];
+    assert_eq!(run(&mut sh, Dir::In2Out, &mut burst, 2), [Verdict::Forward]);
+    assert_eq!(sh.queued_index_keys(), 1);
+    let udp_s = sh.config().timeouts.udp;
+    let hold = sh.config().hold_down_s;
+    tick(&mut sh, 3, 3 + udp_s + hold + 2);
+    assert_empty(&sh);
+    // The second subscriber's mapping was never looked up from outside, and is gone too.
+    assert!(sh.find_mapping(b_out, b_port, ip_proto::UDP).is_none());
 }
 
 #[test]

@@ -41,15 +41,21 @@
 //! **Deferred inserts.** A new session's outside key (and a new mapping's) hashes a port that was
 //! only just chosen, so its bucket cannot have been prefetched with the lookups and inserting it at
 //! once waits for DRAM: on a large table that was most of the cost of a new session.
-//! [`Index::insert_later`] queues the entry; [`Index::flush`] (the shard calls it at the end of
-//! every burst) prefetches the buckets of the whole queue in one loop and then stores it, so the
-//! misses of all the burst's new flows overlap. Until then lookups also search the queue, and a
-//! removal stores it first, so a queued entry behaves exactly like a stored one.
+//! [`Index::insert_later`] queues the entry. At the end of a burst the shard prefetches the buckets
+//! of the whole queue in one loop ([`Index::prefetch_queued`]), and stores the queue
+//! ([`Index::flush`]) in the next burst, once that burst's own buckets are prefetched and before
+//! any of its lookups: the misses of all the burst's new flows overlap one another and what
+//! happens between the bursts (transmitting, receiving, parsing the next burst). Until then
+//! lookups also search the queue, and a removal stores it first, so a queued entry behaves
+//! exactly like a stored one.
 //!
-//! The prefetches are issued together at the flush rather than one by one as the keys are queued:
-//! measured on the pipeline benchmark at 16M sessions (KVM guest), a prefetch issued in the middle
-//! of a new flow's slow path stalled it (a quarter of all samples sat on that one instruction),
-//! and moving them to the flush raised the new-session rate by 10-25 %, at 1M by about 7 %.
+//! The prefetches are issued together at the end of the burst rather than one by one as the keys
+//! are queued: measured on the pipeline benchmark at 16M sessions (KVM guest), a prefetch issued
+//! in the middle of a new flow's slow path stalled it (a quarter of all samples sat on that one
+//! instruction), and moving them to the flush raised the new-session rate by 10-25 %, at 1M by
+//! about 7 %. Storing the queue right after those prefetches waited for them still; storing it
+//! in the next burst instead (2026-12-07, alternated `cgnat-bench` runs) raised new sessions at
+//! 16M from 8.6-8.8 to 9.2-9.6 M/s and at 1M from 10.2-10.6 to 11.1-11.2, at 64K unchanged.
 //!
 //! Limitation: an overflow count saturates at 65,535 and then stays there (lookups through that
 //! bucket always continue to the next one). At the loads the table is sized for, no bucket comes
@@ -337,6 +343,12 @@ impl Index {
         self.len == 0
     }
 
+    /// Keys queued by [`Index::insert_later`] and not yet stored.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.n_deferred
+    }
+
     /// Bytes of memory the index occupies.
     pub fn memory_bytes(&self) -> usize {
         self.buckets.len() * std::mem::size_of::<Bucket>() + DEFERRED * std::mem::size_of::<Entry>()
@@ -473,7 +485,7 @@ impl Index {
     }
 
     /// Store the deferred inserts, in the order they were made, after prefetching all their buckets
-    /// with `P`.
+    /// with `P` (`NoPrefetch` when [`Index::prefetch_queued`] did so earlier).
     #[inline]
     pub fn flush<P: crate::Prefetch>(&mut self) {
         if self.n_deferred == 0 {
@@ -488,6 +500,15 @@ impl Index {
         }
         self.n_deferred = 0;
         self.filter = [0; FILTER_WORDS];
+    }
+
+    /// Prefetch with `P` the buckets of the queued inserts, to be stored by a later
+    /// [`Index::flush`] once they have come.
+    #[inline]
+    pub fn prefetch_queued<P: crate::Prefetch>(&self) {
+        for e in &self.deferred[..self.n_deferred] {
+            P::prefetch(&self.buckets[self.home(e.hash)]);
+        }
     }
 
     /// Put an entry in the first bucket with room from its home on, counting it in the overflow of

@@ -990,6 +990,12 @@ impl Shard {
             + (self.core.tuple_in.total + self.core.tuple_out.total) as usize
     }
 
+    /// Index inserts queued and not yet stored (see [`Index::insert_later`]).
+    #[cfg(test)]
+    pub(crate) fn queued_index_keys(&self) -> usize {
+        self.core.index.queued()
+    }
+
     /// Mapping records whose endpoint entries are missing, or whose [`SEP_BIT`] hint disagrees
     /// with whether the mapping has separate sessions.
     #[cfg(test)]
@@ -1101,6 +1107,10 @@ impl Shard {
                 }
             }
         }
+        // The inserts the last burst queued, whose buckets it prefetched at its end: stored before
+        // any lookup of this burst, so stage 2 finds an empty queue (a home-bucket miss then
+        // ends at once) and positions stay table positions.
+        core.index.flush::<crate::NoPrefetch>();
         // Stage 2: probe the (now cached) buckets for a hash match and prefetch the record it
         // names: for a 1:1 flow, its mapping with the session embedded. A miss is most likely a
         // new flow, whose slow path reads its subscriber: prefetched just below. `kinds` gathers
@@ -1192,9 +1202,10 @@ impl Shard {
                 }
             }
         }
-        // The new flows' outside keys, queued in stage 3, are stored now: their buckets are
-        // prefetched together first (see the index module).
-        core.index.flush::<P>();
+        // The new flows' outside keys, queued in stage 3: their buckets are prefetched together
+        // now and the keys stored after the next burst's stage 1 (see the index module), so that
+        // the misses overlap what happens between the bursts instead of stalling this one.
+        core.index.prefetch_queued::<P>();
         core.apply_marks::<P>();
         core.in_burst = false;
         core.ports.prefetch = |_| {};
