@@ -339,11 +339,21 @@ def main():
                          f"({ratio(x, a.five_l2):.2f} × the MAC-only 5tswap)",
                          f"≥ {goal} ×", "yes" if ratio(x, five) >= goal else "no"))
     if g64k and g16m:
-        a64, a16 = g64k["new_sessions"]["sessions_per_s"], g16m["new_sessions"]["sessions_per_s"]
+        n64, n16 = g64k["new_sessions"], g16m["new_sessions"]
+        a64, a16 = n64["sessions_per_s"], n16["sessions_per_s"]
         flat = ratio(a16, a64)
-        ok = min(a64, a16) >= 3e6 and flat >= 0.8
+        # A 64K chunk lasts about 0.2 ms, so a neighbour's burst of work on the host can slow
+        # several of them and pull the median down, which would make the table look flatter than
+        # it is. The best chunks (least disturbed) are compared too, and the goal is reached only
+        # if both comparisons reach it; a wide spread is named.
+        best = ratio(n16["max"], n64["max"])
+        ok = min(a64, a16) >= 3e6 and flat >= 0.8 and best >= 0.8
+        spread = [f"the {label} chunks spread {n['min'] / 1e6:.2f}-{n['max'] / 1e6:.2f} M/s"
+                  for label, n in (("64K", n64), ("16M", n16)) if n["min"] < 0.8 * n["max"]]
+        note = f"; {', '.join(spread)}: a disturbed measurement" if spread else ""
         rows.append(("new sessions at 64K / 16M",
-                     f"{a64 / 1e6:.2f} M/s / {a16 / 1e6:.2f} M/s (16M = {flat:.2f} × 64K)",
+                     f"{a64 / 1e6:.2f} M/s / {a16 / 1e6:.2f} M/s (16M = {flat:.2f} × 64K; best chunks "
+                     f"{n64['max'] / 1e6:.2f} / {n16['max'] / 1e6:.2f} M/s = {best:.2f} ×{note})",
                      "≥ 3 M/s, flat within 20 %", "yes" if ok else "no"))
     big = g16m or g1m
     if big:

@@ -39,7 +39,7 @@ impl FlowKey {
 /// bits 16-31 (see `index`). A 32-bit hash did not have the bits for both: the home of a table
 /// of 2^23 buckets takes 23 of them, so the keys of one bucket had hashes within 2^9 of each other
 /// and their tags told them apart only by those 9 bits; a lookup of an absent key at 16M sessions
-/// then met a false tag match in 1.5 % of buckets (a fetched record for nothing), and at the
+/// then met a false tag match in 1.5 % of lookups (a fetched record for nothing), and at the
 /// largest tables allowed (64 Mi records) in about 6 %.
 pub type Hash = u64;
 
@@ -48,10 +48,9 @@ pub type Hash = u64;
 /// bits of an input give products that differ only in their high bits (a 5-tuple's remote
 /// address and port; before 2026-12-07 also the source address and port). Two rounds of folding
 /// the high half onto the low one and multiplying spread that over every output bit from the
-/// 16th up,
-/// which the index needs at both ends: its home bucket comes from the high half, its tag from bits
-/// 16-31 (the lowest bits of the last product depend on few bits of its input, so they are not
-/// used). One round was not enough: for about a third of random seeds the 64K source ports of one
+/// 16th up, which the index needs at both ends: its home bucket comes from the high half, its tag
+/// from bits 16-31 (the lowest bits of the last product depend on few bits of its input, so they
+/// are not used). One round was not enough: for about a third of random seeds the 64K source ports of one
 /// subscriber crowded into a fraction of the buckets (a review measured up to 30 % of them
 /// overflowing, against 2.3 % for a sound hash; see the tests, which try many seeds). This is
 /// MurmurHash3's 64-bit finaliser with shifts of 32 instead of 33.
@@ -114,10 +113,11 @@ mod tests {
         // A table of 2^22 buckets (the index of about 10M sessions) holding 2^24 keys, four per
         // bucket (a full index holds five), and 2^20 lookups of absent keys, each counted when a
         // stored key has its bucket and tag (a false match: a record fetched for nothing). A
-        // sound hash gives about 2^20 * 4 / 2^15 = 128 of them. Endpoint keys (subscribers' source ports with no remote, as every mapping's) and
-        // 5-tuples (subscriber ports to servers), the absent ones the families' next members.
+        // sound hash gives about 2^20 * 4 / 2^15 = 128 of them. Endpoint keys (subscribers' source
+        // ports with no remote, as every mapping's) and 5-tuples (subscriber ports to servers),
+        // the absent ones the families' next members.
         // With the endpoint fields in the high bits of the products, endpoint keys' hashes had
-        // 32 bits and about 4,000 of these lookups met a false match.
+        // 32 bits and about 2,100 of these lookups met a false match.
         let endpoint = |i: u32| FlowKey {
             src: 0x6440_0000 + (i >> 8),
             dst: 0,

@@ -67,14 +67,15 @@
 //!
 //! Sessions and mappings share one slab of 32-byte records with one index, two 6-byte entries per
 //! record (ten to a 64-byte bucket) at a load of at most ½ (three with address-dependent
-//! filtering): **57.6 B** per record (70.4 B). A 1:1 flow (a mapping whose only session is embedded in its record) is one record; each
-//! further session of a mapping, each destination NAT session and each held mapping is one more.
-//! `max_sessions` counts records. Per subscriber: 28 B (aligned to 32) plus one index entry (12.8 B)
-//! = **44.8 B**, plus 2 B × the largest `max_blocks` of any port-block pool. Indexes are sized for their
-//! capacity exactly (to within one 64-byte bucket), not rounded up to a power of two, so these
-//! figures hold for any configured capacity. `max_subscribers` defaults to `max_sessions`, so the
-//! default worst case is 102.4 B per record of capacity; set it lower when the number of subscribers
-//! is known (with port blocks it matters most). `max_mappings` (default `max_sessions`) only
+//! filtering): **57.6 B** per record (70.4 B). A 1:1 flow (a mapping whose only session is
+//! embedded in its record) is one record; each further session of a mapping, each destination NAT
+//! session and each held mapping is one more. `max_sessions` counts records. Per subscriber: 28 B
+//! (aligned to 32) plus one index entry (12.8 B) = **44.8 B**, plus 2 B × the largest `max_blocks`
+//! of any port-block pool. Indexes are sized for their capacity exactly (to within one 64-byte
+//! bucket), not rounded up to a power of two, so these figures hold for any configured capacity.
+//! `max_subscribers` defaults to `max_sessions`, so the default worst case is 102.4 B per record
+//! of capacity; set it lower when the number of subscribers is known (with port blocks it matters
+//! most). `max_mappings` (default `max_sessions`) only
 //! limits how many of the records may be mappings. Port maps: 24 KiB per pool address; the event
 //! ring 32 B per entry.
 //!

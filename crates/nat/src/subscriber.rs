@@ -4,9 +4,8 @@
 //! A subscriber is an inside address *in one pool*: SNAT rules with destination prefixes can send one
 //! address's traffic to several pools, and each pool then has its own record, paired address and
 //! limits. The record exists while the subscriber has a mapping, live or held; it lives in a
-//! preallocated slab (28 bytes, aligned to 32) with one 6-byte entry in its own [`Index`] (12.8 B at its
-//! load of ½), plus, when a pool uses port
-//! block allocation, a fixed array of block numbers.
+//! preallocated slab (28 bytes, aligned to 32) with one 6-byte entry in its own [`Index`] (12.8 B
+//! at its load of ½), plus, when a pool uses port block allocation, a fixed array of block numbers.
 
 use crate::index::Index;
 use crate::key::{FlowKey, Hash};
