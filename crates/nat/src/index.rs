@@ -432,8 +432,8 @@ impl Index {
     }
 
     /// The first queued entry with `hash` whose slot satisfies `is_key`. A queue is at most
-    /// [`DEFERRED`] entries and exists only within a burst that created flows; the filter answers
-    /// most lookups without reading it.
+    /// [`DEFERRED`] entries and exists only from a burst that created flows until the next burst's
+    /// stage 1; the filter answers most lookups without reading it.
     #[inline]
     fn find_deferred(
         &self,

@@ -10,7 +10,8 @@
 //! index buckets, probe and prefetch the sessions — or, for a likely new flow, the mapping bucket and
 //! then the subscriber and mapping records the slow path reads — then verify and rewrite), so the cache misses of up to 32 packets overlap instead of being paid one after
 //! another. New flows' outside keys, whose buckets depend on a port chosen in the last stage, are
-//! queued with their buckets prefetched and stored at the end of the burst (the `index` module).
+//! queued; their buckets are prefetched together at the end of the burst and the keys stored in
+//! the next burst (the `index` module).
 //!
 //! # Behaviour
 //!

@@ -2144,8 +2144,9 @@ impl Core {
             return Err(DropReason::TableFull);
         };
         // The inside endpoint's bucket is the one the missed lookup read; the outside endpoint
-        // names a port just chosen, so its insert waits for the end of the burst, where the
-        // buckets of all new flows are prefetched together (a lookup finds it meanwhile). The
+        // names a port just chosen, so its insert is queued: the buckets of all the burst's new
+        // flows are prefetched together at its end and the keys stored in the next burst (a
+        // lookup finds it meanwhile). The
         // index is sized for two entries of every record, so neither can fail.
         let ok = self
             .index
@@ -2282,8 +2283,8 @@ impl Core {
             };
             let seed = self.cfg.seed;
             // The index is sized for every key of every slab slot, so these cannot fail while the
-            // slab has room. The outside and filtering keys wait for the end of the burst, as a
-            // new mapping's outside key does.
+            // slab has room. The outside and filtering keys are queued (see the index module), as
+            // a new mapping's outside key is.
             let mut ok = self.index.insert(in_key(&s).hash(seed), slot | in_kind(&s))
                 && self
                     .index
