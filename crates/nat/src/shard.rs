@@ -2146,8 +2146,8 @@ impl Core {
         // The inside endpoint's bucket is the one the missed lookup read; the outside endpoint
         // names a port just chosen, so its insert is queued: the buckets of all the burst's new
         // flows are prefetched together at its end and the keys stored in the next burst (a
-        // lookup finds it meanwhile). The
-        // index is sized for two entries of every record, so neither can fail.
+        // lookup finds it meanwhile). The index is sized for two entries of every record, so
+        // neither can fail.
         let ok = self
             .index
             .insert(mapping::in_hash(seed, in_addr, in_port, proto), ms | M_IN)
