@@ -40,6 +40,17 @@ struct Entry {
     requested: u64,
 }
 
+impl Entry {
+    /// Whether a resolved entry is stale and no request for it is outstanding: using it now should
+    /// also ask again. Never for a configured one.
+    #[inline]
+    fn due_refresh(&self, now: u64, reachable: u64, retransmit: u64) -> bool {
+        !self.fixed
+            && now.saturating_sub(self.confirmed) > reachable
+            && now.saturating_sub(self.requested) > retransmit
+    }
+}
+
 /// What the caller must do to reach a next hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
@@ -83,11 +94,8 @@ impl NeighbourTable {
     pub fn resolve(&mut self, ip: u32, now: u64) -> Resolution {
         match self.entries.get_mut(&ip) {
             Some(e) => match e.mac {
-                Some(mac) if e.fixed => Resolution::Known(mac),
                 Some(mac) => {
-                    if now.saturating_sub(e.confirmed) > self.reachable
-                        && now.saturating_sub(e.requested) > self.retransmit
-                    {
+                    if e.due_refresh(now, self.reachable, self.retransmit) {
                         e.requested = now;
                         Resolution::KnownRefresh(mac)
                     } else {
@@ -123,6 +131,17 @@ impl NeighbourTable {
                 Resolution::Request
             }
         }
+    }
+
+    /// The MAC [`NeighbourTable::resolve`] would answer [`Resolution::Known`] with, without
+    /// resolving: `None` whenever resolving would do something more (refresh, request, wait). The
+    /// data plane's whole-burst path asks this, so that a next hop needing work is resolved once,
+    /// by the path that does the work.
+    #[inline]
+    pub fn known(&self, ip: u32, now: u64) -> Option<EthernetAddress> {
+        let e = self.entries.get(&ip)?;
+        let mac = e.mac?;
+        (!e.due_refresh(now, self.reachable, self.retransmit)).then_some(mac)
     }
 
     /// Record a MAC learned from ARP.
@@ -215,6 +234,28 @@ mod tests {
             t.learn(ip, MAC, 1_000_000);
         }
         assert_eq!(t.lookup(7), Some(MAC));
+    }
+
+    #[test]
+    fn known_answers_only_where_resolving_would_just_send_and_changes_nothing() {
+        let mut t = NeighbourTable::new(1000, 100, 64);
+        // Unknown: no answer, and no entry made (resolving would make one and ask).
+        assert_eq!(t.known(7, 0), None);
+        assert!(t.is_empty());
+        assert_eq!(t.resolve(7, 0), Resolution::Request);
+        // Asked, no answer yet.
+        assert_eq!(t.known(7, 50), None);
+        t.learn(7, MAC, 60);
+        assert_eq!(t.known(7, 70), Some(MAC));
+        // Stale with no request outstanding: resolving must refresh, so no answer here; and asking
+        // did not take the refresh away from the resolution that follows.
+        assert_eq!(t.known(7, 1100), None);
+        assert_eq!(t.resolve(7, 1100), Resolution::KnownRefresh(MAC));
+        // Stale but just asked again: resolving sends to the old MAC, and so does this.
+        assert_eq!(t.known(7, 1150), Some(MAC));
+        assert_eq!(t.resolve(7, 1150), Resolution::Known(MAC));
+        t.add_static(9, MAC);
+        assert_eq!(t.known(9, u64::MAX), Some(MAC));
     }
 
     #[test]

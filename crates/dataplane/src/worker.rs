@@ -196,6 +196,36 @@ struct PortCtx {
     held: Vec<(u32, u64, Mbuf)>,
 }
 
+/// A next hop resolved to a MAC for the rest of a burst ([`Worker`]'s `resolved`), with the
+/// Ethernet addresses a frame towards it gets, ready to write. A flag rather than an `Option`: the
+/// per-packet check is then two compares of plain fields.
+#[derive(Clone, Copy)]
+struct Resolved {
+    nh: u32,
+    known: bool,
+    /// Destination (the next hop's MAC) and source (the egress port's).
+    eth: [u8; 12],
+}
+
+impl Resolved {
+    const NONE: Resolved = Resolved {
+        nh: 0,
+        known: false,
+        eth: [0; 12],
+    };
+
+    fn new(nh: u32, mac: EthernetAddress, port_mac: EthernetAddress) -> Resolved {
+        let mut eth = [0; 12];
+        eth[..6].copy_from_slice(&mac.0);
+        eth[6..].copy_from_slice(&port_mac.0);
+        Resolved {
+            nh,
+            known: true,
+            eth,
+        }
+    }
+}
+
 /// DPDK's prefetch for the NAT pipeline.
 pub struct DpdkPrefetch;
 
@@ -262,7 +292,7 @@ pub struct Worker {
     /// neighbour table cannot change while a translated burst is routed (ARP is handled before
     /// translation, and `now` is the burst's), so a resolution holds for the rest of the burst and
     /// the table is looked up once per next hop and burst, not per packet. Cleared per burst.
-    resolved: [Option<(u32, EthernetAddress)>; 2],
+    resolved: [Resolved; 2],
     /// Virtual reassembly per side (a datagram's fragments all arrive on one side).
     reasm: [Reassembly<Mbuf>; 2],
     /// Fragments released by their first fragment, waiting to be dispatched right after it.
@@ -403,7 +433,7 @@ impl Worker {
             ipv4_later: [None; BURST],
             ipv4_first: [None; BURST],
             burst_has_fragments: false,
-            resolved: [None; 2],
+            resolved: [Resolved::NONE; 2],
             reasm: [
                 // Keyed like the session table (random per worker): outside hosts choose the keys, and
                 // datagrams that collide on purpose could fill a probe window.
@@ -567,8 +597,96 @@ impl Worker {
         for m in rx.iter() {
             m.prefetch_data();
         }
-        self.dispatch(side, rx, false, now, now_s);
+        if self.ipv4.is_empty() && rx.iter().all(|m| self.plain_and_mine(side, m)) {
+            self.translate_received(side, rx, now, now_s);
+        } else {
+            self.dispatch(side, rx, false, now, now_s);
+        }
         n
+    }
+
+    /// Whether [`Worker::dispatch`] would take a frame from the wire straight into the burst for
+    /// translation: a plain IPv4 frame ([`Worker::plain_ipv4`]) of a flow this worker owns.
+    #[inline(always)]
+    fn plain_and_mine(&self, side: Side, m: &Mbuf) -> bool {
+        self.plain_ipv4(side, m) && (self.workers == 1 || self.owner(side, m, None) == self.me)
+    }
+
+    /// A received burst of nothing but frames [`Worker::plain_and_mine`] accepts, nearly every
+    /// burst: translated where it was received rather than moved frame by frame into the burst
+    /// [`Worker::dispatch`] gathers; and when every frame is forwarded to a neighbour whose MAC is
+    /// known, sent as it is, rather than moved again into the port's TX burst. What this saves is
+    /// the two moves of each frame and their checks (callgrind on cgnatd's worker: 27 of 148
+    /// instructions per packet). Any other verdict, or a next hop that needs resolving, sends the
+    /// rest of the burst through [`Worker::deliver`] frame by frame, in order.
+    fn translate_received(&mut self, side: Side, rx: &mut MbufBurst<BURST>, now: u64, now_s: u32) {
+        const WHOLE: [Option<L4Ids>; BURST] = [None; BURST];
+        let dir = match side {
+            Side::Inside => Dir::In2Out,
+            Side::Outside => Dir::Out2In,
+        };
+        let mut verdicts = [Verdict::Forward; BURST];
+        self.shard
+            .process::<_, DpdkPrefetch>(dir, &mut L3Batch(rx, &WHOLE), &mut verdicts, now_s);
+        self.resolved = [Resolved::NONE; 2];
+        let egress = side.other();
+        let n = rx.len();
+        let mut ready = 0;
+        while ready < n {
+            if !matches!(
+                verdicts[ready],
+                Verdict::Forward | Verdict::ForwardUntranslated
+            ) {
+                break;
+            }
+            let Some(eth) = self.known_next_hop(egress, &rx[ready], now) else {
+                break;
+            };
+            let Some(h) = rx[ready].data_mut().first_chunk_mut::<12>() else {
+                break;
+            };
+            *h = eth;
+            ready += 1;
+        }
+        if ready == n {
+            // Frames queued for this port before this burst go first.
+            self.flush(egress);
+            let p = &mut self.ports[egress as usize];
+            let sent = p.tx.tx_burst(rx);
+            self.counters.add(Counter::TxPackets, sent as u64);
+            if !rx.is_empty() {
+                self.counters
+                    .count_drops(DropReason::TxFull, rx.len() as u64);
+                rx.clear();
+            }
+            return;
+        }
+        for (i, m) in rx.drain(..).enumerate() {
+            if i < ready {
+                self.enqueue(egress, m);
+            } else {
+                self.deliver(side, m, verdicts[i], now);
+            }
+        }
+    }
+
+    /// The Ethernet addresses (destination, source) for a translated frame leaving by `egress`, when
+    /// its next hop's MAC is known and using it needs nothing more ([`NeighbourTable::known`]);
+    /// `None` leaves the frame to [`Worker::route`], which resolves, asks or drops.
+    #[inline(always)]
+    fn known_next_hop(&mut self, egress: Side, m: &Mbuf, now: u64) -> Option<[u8; 12]> {
+        let e = egress as usize;
+        let b = m.data().get(L3 + 16..L3 + 20)?;
+        let nh = self.ports[e]
+            .routes
+            .next_hop(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+        let r = &self.resolved[e];
+        if r.known && r.nh == nh {
+            return Some(r.eth);
+        }
+        let mac = self.ports[e].neigh.known(nh, now)?;
+        self.resolved[e] = Resolved::new(nh, mac, self.ports[e].mac);
+        Some(self.resolved[e].eth)
     }
 
     /// Frames other workers received for flows this worker owns.
@@ -828,43 +946,49 @@ impl Worker {
             self.ipv4_first = [None; BURST];
             self.burst_has_fragments = false;
         }
-        self.resolved = [None; 2];
+        self.resolved = [Resolved::NONE; 2];
         for (i, m) in ipv4.drain(..).enumerate() {
-            match verdicts[i] {
-                Verdict::Forward | Verdict::ForwardUntranslated => self.route(side.other(), m, now),
-                // Both ends translated: back out of the inside port, to the target subscriber.
-                Verdict::Hairpin => self.route(Side::Inside, m, now),
-                // The rest of the packet's journey belongs to another worker (the target of a
-                // hairpin, or a deterministic subscriber's port range): it continues there as if
-                // received on the side that direction starts from.
-                Verdict::Handoff { worker, dir } => {
-                    let as_side = match dir {
-                        Dir::In2Out => Side::Inside,
-                        Dir::Out2In => Side::Outside,
-                    };
-                    let w = usize::from(worker);
-                    if w == self.me || w >= self.workers {
-                        self.counters.count_drop(DropReason::HandoffFull);
-                    } else {
-                        self.handoff(w, as_side, m);
-                    }
-                }
-                Verdict::Drop(DropReason::TtlExceeded) => {
-                    self.icmp_reply(side, m, now, icmp_type::TIME_EXCEEDED, 0, 0)
-                }
-                Verdict::Drop(
-                    DropReason::QuotaExceeded | DropReason::OutOfPorts | DropReason::TableFull,
-                ) if self.refusal_icmp && side == Side::Inside && self.untranslated_source(&m) => {
-                    // Communication administratively prohibited: the application learns at once
-                    // instead of retrying into a limit. (Not for the second half of a hairpin,
-                    // refused at the target's limit: its source is already translated.)
-                    self.icmp_reply(side, m, now, icmp_type::DEST_UNREACHABLE, 13, 0)
-                }
-                Verdict::Drop(_) => {}
-            }
+            self.deliver(side, m, verdicts[i], now);
         }
         // Drained: it is the spare now.
         self.spare = Some(ipv4);
+    }
+
+    /// Send a translated frame where its verdict says (a frame received on `side`).
+    #[inline]
+    fn deliver(&mut self, side: Side, m: Mbuf, verdict: Verdict, now: u64) {
+        match verdict {
+            Verdict::Forward | Verdict::ForwardUntranslated => self.route(side.other(), m, now),
+            // Both ends translated: back out of the inside port, to the target subscriber.
+            Verdict::Hairpin => self.route(Side::Inside, m, now),
+            // The rest of the packet's journey belongs to another worker (the target of a
+            // hairpin, or a deterministic subscriber's port range): it continues there as if
+            // received on the side that direction starts from.
+            Verdict::Handoff { worker, dir } => {
+                let as_side = match dir {
+                    Dir::In2Out => Side::Inside,
+                    Dir::Out2In => Side::Outside,
+                };
+                let w = usize::from(worker);
+                if w == self.me || w >= self.workers {
+                    self.counters.count_drop(DropReason::HandoffFull);
+                } else {
+                    self.handoff(w, as_side, m);
+                }
+            }
+            Verdict::Drop(DropReason::TtlExceeded) => {
+                self.icmp_reply(side, m, now, icmp_type::TIME_EXCEEDED, 0, 0)
+            }
+            Verdict::Drop(
+                DropReason::QuotaExceeded | DropReason::OutOfPorts | DropReason::TableFull,
+            ) if self.refusal_icmp && side == Side::Inside && self.untranslated_source(&m) => {
+                // Communication administratively prohibited: the application learns at once
+                // instead of retrying into a limit. (Not for the second half of a hairpin,
+                // refused at the target's limit: its source is already translated.)
+                self.icmp_reply(side, m, now, icmp_type::DEST_UNREACHABLE, 13, 0)
+            }
+            Verdict::Drop(_) => {}
+        }
     }
 
     /// Whether the frame's IPv4 source is still an inside address (not one the translator wrote).
@@ -1265,14 +1389,14 @@ impl Worker {
             self.counters.count_drop(DropReason::NoRoute);
             return;
         };
-        if let Some((ip, mac)) = self.resolved[e]
-            && ip == nh
-        {
-            return self.send_to(egress, m, mac);
+        let r = &self.resolved[e];
+        if r.known && r.nh == nh {
+            let eth = r.eth;
+            return self.send_with(egress, m, eth);
         }
         match self.ports[e].neigh.resolve(nh, now) {
             Resolution::Known(mac) => {
-                self.resolved[e] = Some((nh, mac));
+                self.resolved[e] = Resolved::new(nh, mac, self.ports[e].mac);
                 self.send_to(egress, m, mac)
             }
             Resolution::KnownRefresh(mac) => {
@@ -1288,16 +1412,20 @@ impl Worker {
     }
 
     #[inline]
-    fn send_to(&mut self, egress: Side, mut m: Mbuf, mac: EthernetAddress) {
-        let src = self.ports[egress as usize].mac;
-        // Both addresses through one fixed-size view. Every frame sent here was parsed as IPv4 or
-        // ARP, so it has an Ethernet header.
+    fn send_to(&mut self, egress: Side, m: Mbuf, mac: EthernetAddress) {
+        let eth = Resolved::new(0, mac, self.ports[egress as usize].mac).eth;
+        self.send_with(egress, m, eth);
+    }
+
+    /// Send with these Ethernet addresses (destination, source), written through one fixed-size
+    /// view. Every frame sent here was parsed as IPv4 or ARP, so it has an Ethernet header.
+    #[inline]
+    fn send_with(&mut self, egress: Side, mut m: Mbuf, eth: [u8; 12]) {
         let Some(h) = m.data_mut().first_chunk_mut::<12>() else {
             self.counters.count_drop(DropReason::FrameTruncated);
             return;
         };
-        h[..6].copy_from_slice(&mac.0);
-        h[6..].copy_from_slice(&src.0);
+        *h = eth;
         self.enqueue(egress, m);
     }
 

@@ -1,5 +1,6 @@
-//! The worker loop's rarer paths on a real DPDK lcore: frames waiting for a neighbour's ARP reply,
-//! ARP shared between workers, what a worker does with frames still waiting when it stops, and
+//! The worker loop's rarer paths on a real DPDK lcore: frames waiting for a neighbour's ARP reply
+//! (and, once it came, a burst sent as it was received, and one with a frame of another fate in
+//! the middle), ARP shared between workers, what a worker does with frames still waiting when it stops, and
 //! expiry of a large table by a worker that naps when idle.
 //!
 //! The ports are `net_ring` ports built from rings the test holds the other end of
@@ -276,7 +277,8 @@ fn neighbour_waits_arp_sharing_and_stopping() {
     assert_eq!(pool.in_use_count(), 0, "every mbuf went back to the pool");
 }
 
-/// A flow's frames that wait for the gateway's MAC leave, once it answers, in the order they came.
+/// A flow's frames that wait for the gateway's MAC leave, once it answers, in the order they came;
+/// so do later bursts, whole or with a frame the translator gives another verdict.
 fn frames_held_for_arp_leave_in_order(pool: &Arc<Mempool>) {
     let rig = rig("a", 1, pool);
     let stop = Arc::new(AtomicBool::new(false));
@@ -300,16 +302,65 @@ fn frames_held_for_arp_leave_in_order(pool: &Arc<Mempool>) {
     put(&rig.rx[0][1], vec![reply]);
     std::thread::sleep(SETTLE);
     let out = drain(&rig.tx[0][1]);
-    stop.store(true, Ordering::Relaxed);
-    lcore::wait(LcoreId(1));
     let tags: Vec<u16> = out.iter().map(tag_of).collect();
     assert_eq!(tags, vec![1, 2, 3, 4, 5, 6], "released in arrival order");
-    assert!(
-        out.iter()
-            .all(|m| EthernetFrame::new_checked(m.data()).map(|e| e.dst_addr()) == Ok(GATEWAY_MAC)),
-        "sent to the learnt MAC"
-    );
+    let out_mac = EthernetAddress(rig.ports[1].mac_addr());
+    let to_gateway = |m: &Mbuf| {
+        EthernetFrame::new_checked(m.data()).map(|e| (e.dst_addr(), e.src_addr()))
+            == Ok((GATEWAY_MAC, out_mac))
+    };
+    assert!(out.iter().all(to_gateway), "sent to the learnt MAC");
     assert_eq!(all_drops(&counters), 0, "nothing dropped");
+    drop(out);
+
+    // The gateway known, a burst of plain frames is translated and sent as it came in.
+    put(
+        &rig.rx[0][0],
+        (7..=10).map(|t| udp_frame(pool, in_mac, t)).collect(),
+    );
+    std::thread::sleep(SETTLE);
+    let out = drain(&rig.tx[0][1]);
+    assert_eq!(
+        out.iter().map(tag_of).collect::<Vec<_>>(),
+        vec![7, 8, 9, 10]
+    );
+    assert!(out.iter().all(to_gateway), "addressed to the gateway");
+    drop(out);
+    // One frame of a burst has another fate (its TTL runs out here): the others still leave in
+    // their order, and it gets its ICMP error.
+    let burst: Vec<Mbuf> = (11..=16)
+        .map(|t| {
+            let mut m = udp_frame(pool, in_mac, t);
+            if t == 13 {
+                let mut ip = Ipv4Packet::new_unchecked(&mut m.data_mut()[L3..L3 + 44]);
+                ip.set_ttl(1);
+                ip.fill_checksum();
+            }
+            m
+        })
+        .collect();
+    put(&rig.rx[0][0], burst);
+    std::thread::sleep(SETTLE);
+    let out = drain(&rig.tx[0][1]);
+    let back = drain(&rig.tx[0][0]);
+    stop.store(true, Ordering::Relaxed);
+    lcore::wait(LcoreId(1));
+    assert_eq!(
+        out.iter().map(tag_of).collect::<Vec<_>>(),
+        vec![11, 12, 14, 15, 16],
+        "the rest in arrival order"
+    );
+    assert!(out.iter().all(to_gateway), "addressed to the gateway");
+    assert_eq!(back.len(), 1, "one ICMP error towards the subscriber");
+    let ip = Ipv4Packet::new_checked(&back[0].data()[L3..]).expect("IPv4");
+    assert_eq!(
+        (ip.protocol(), ip.dst_addr(), ip.payload()[0]),
+        (ip_proto::ICMP, SUBSCRIBER, 11),
+        "time exceeded, to the subscriber"
+    );
+    assert_eq!(counters.get(Counter::RxPackets), 6 + 1 + 4 + 6);
+    assert_eq!(counters.drops(DropReason::TtlExceeded), 1);
+    assert_eq!(all_drops(&counters), 1, "nothing else dropped");
 }
 
 /// With two workers, a malformed ARP frame is one drop, not one per worker; a good one reaches
