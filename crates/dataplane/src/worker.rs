@@ -196,36 +196,6 @@ struct PortCtx {
     held: Vec<(u32, u64, Mbuf)>,
 }
 
-/// A next hop resolved to a MAC for the rest of a burst ([`Worker`]'s `resolved`), with the
-/// Ethernet addresses a frame towards it gets, ready to write. A flag rather than an `Option`: the
-/// per-packet check is then two compares of plain fields.
-#[derive(Clone, Copy)]
-struct Resolved {
-    nh: u32,
-    known: bool,
-    /// Destination (the next hop's MAC) and source (the egress port's).
-    eth: [u8; 12],
-}
-
-impl Resolved {
-    const NONE: Resolved = Resolved {
-        nh: 0,
-        known: false,
-        eth: [0; 12],
-    };
-
-    fn new(nh: u32, mac: EthernetAddress, port_mac: EthernetAddress) -> Resolved {
-        let mut eth = [0; 12];
-        eth[..6].copy_from_slice(&mac.0);
-        eth[6..].copy_from_slice(&port_mac.0);
-        Resolved {
-            nh,
-            known: true,
-            eth,
-        }
-    }
-}
-
 /// DPDK's prefetch for the NAT pipeline.
 pub struct DpdkPrefetch;
 
@@ -292,7 +262,7 @@ pub struct Worker {
     /// neighbour table cannot change while a translated burst is routed (ARP is handled before
     /// translation, and `now` is the burst's), so a resolution holds for the rest of the burst and
     /// the table is looked up once per next hop and burst, not per packet. Cleared per burst.
-    resolved: [Resolved; 2],
+    resolved: [Option<(u32, EthernetAddress)>; 2],
     /// Virtual reassembly per side (a datagram's fragments all arrive on one side).
     reasm: [Reassembly<Mbuf>; 2],
     /// Fragments released by their first fragment, waiting to be dispatched right after it.
@@ -433,7 +403,7 @@ impl Worker {
             ipv4_later: [None; BURST],
             ipv4_first: [None; BURST],
             burst_has_fragments: false,
-            resolved: [Resolved::NONE; 2],
+            resolved: [None; 2],
             reasm: [
                 // Keyed like the session table (random per worker): outside hosts choose the keys, and
                 // datagrams that collide on purpose could fill a probe window.
@@ -628,7 +598,7 @@ impl Worker {
         let mut verdicts = [Verdict::Forward; BURST];
         self.shard
             .process::<_, DpdkPrefetch>(dir, &mut L3Batch(rx, &WHOLE), &mut verdicts, now_s);
-        self.resolved = [Resolved::NONE; 2];
+        self.resolved = [None; 2];
         let egress = side.other();
         let n = rx.len();
         let mut ready = 0;
@@ -639,13 +609,15 @@ impl Worker {
             ) {
                 break;
             }
-            let Some(eth) = self.known_next_hop(egress, &rx[ready], now) else {
+            let Some(mac) = self.known_next_mac(egress, &rx[ready], now) else {
                 break;
             };
+            let src = self.ports[egress as usize].mac;
             let Some(h) = rx[ready].data_mut().first_chunk_mut::<12>() else {
                 break;
             };
-            *h = eth;
+            h[..6].copy_from_slice(&mac.0);
+            h[6..].copy_from_slice(&src.0);
             ready += 1;
         }
         if ready == n {
@@ -670,23 +642,24 @@ impl Worker {
         }
     }
 
-    /// The Ethernet addresses (destination, source) for a translated frame leaving by `egress`, when
-    /// its next hop's MAC is known and using it needs nothing more ([`NeighbourTable::known`]);
-    /// `None` leaves the frame to [`Worker::route`], which resolves, asks or drops.
+    /// The MAC of the next hop towards a translated frame's destination, when it is known and using
+    /// it needs nothing more ([`NeighbourTable::known`]); `None` leaves the frame to
+    /// [`Worker::route`], which resolves, asks or drops.
     #[inline(always)]
-    fn known_next_hop(&mut self, egress: Side, m: &Mbuf, now: u64) -> Option<[u8; 12]> {
+    fn known_next_mac(&mut self, egress: Side, m: &Mbuf, now: u64) -> Option<EthernetAddress> {
         let e = egress as usize;
         let b = m.data().get(L3 + 16..L3 + 20)?;
         let nh = self.ports[e]
             .routes
             .next_hop(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
-        let r = &self.resolved[e];
-        if r.known && r.nh == nh {
-            return Some(r.eth);
+        if let Some((ip, mac)) = self.resolved[e]
+            && ip == nh
+        {
+            return Some(mac);
         }
         let mac = self.ports[e].neigh.known(nh, now)?;
-        self.resolved[e] = Resolved::new(nh, mac, self.ports[e].mac);
-        Some(self.resolved[e].eth)
+        self.resolved[e] = Some((nh, mac));
+        Some(mac)
     }
 
     /// Frames other workers received for flows this worker owns.
@@ -946,7 +919,7 @@ impl Worker {
             self.ipv4_first = [None; BURST];
             self.burst_has_fragments = false;
         }
-        self.resolved = [Resolved::NONE; 2];
+        self.resolved = [None; 2];
         for (i, m) in ipv4.drain(..).enumerate() {
             self.deliver(side, m, verdicts[i], now);
         }
@@ -1389,14 +1362,14 @@ impl Worker {
             self.counters.count_drop(DropReason::NoRoute);
             return;
         };
-        let r = &self.resolved[e];
-        if r.known && r.nh == nh {
-            let eth = r.eth;
-            return self.send_with(egress, m, eth);
+        if let Some((ip, mac)) = self.resolved[e]
+            && ip == nh
+        {
+            return self.send_to(egress, m, mac);
         }
         match self.ports[e].neigh.resolve(nh, now) {
             Resolution::Known(mac) => {
-                self.resolved[e] = Resolved::new(nh, mac, self.ports[e].mac);
+                self.resolved[e] = Some((nh, mac));
                 self.send_to(egress, m, mac)
             }
             Resolution::KnownRefresh(mac) => {
@@ -1412,20 +1385,16 @@ impl Worker {
     }
 
     #[inline]
-    fn send_to(&mut self, egress: Side, m: Mbuf, mac: EthernetAddress) {
-        let eth = Resolved::new(0, mac, self.ports[egress as usize].mac).eth;
-        self.send_with(egress, m, eth);
-    }
-
-    /// Send with these Ethernet addresses (destination, source), written through one fixed-size
-    /// view. Every frame sent here was parsed as IPv4 or ARP, so it has an Ethernet header.
-    #[inline]
-    fn send_with(&mut self, egress: Side, mut m: Mbuf, eth: [u8; 12]) {
+    fn send_to(&mut self, egress: Side, mut m: Mbuf, mac: EthernetAddress) {
+        let src = self.ports[egress as usize].mac;
+        // Both addresses through one fixed-size view. Every frame sent here was parsed as IPv4 or
+        // ARP, so it has an Ethernet header.
         let Some(h) = m.data_mut().first_chunk_mut::<12>() else {
             self.counters.count_drop(DropReason::FrameTruncated);
             return;
         };
-        *h = eth;
+        h[..6].copy_from_slice(&mac.0);
+        h[6..].copy_from_slice(&src.0);
         self.enqueue(egress, m);
     }
 
