@@ -3,7 +3,10 @@
 //! Per iteration, for each port the worker owns a queue on: `rx_burst` up to 32 frames, prefetch them,
 //! classify (ARP, IPv4 for translation, IPv4 for us, drop), translate the IPv4 batch through the shard,
 //! route and resolve the next hop, and queue the frame on the egress port's TX burst. TX bursts are
-//! flushed at the end of the iteration; what the NIC does not take is freed and counted. Idle-session
+//! flushed at the end of the iteration; what the NIC does not take is freed and counted. A receive
+//! burst of plain IPv4 frames this worker owns is translated in place instead, and when each of them
+//! is forwarded to a known neighbour, sent at once with its own `tx_burst` (after what the egress
+//! port had queued), without the frame-by-frame steps. Idle-session
 //! expiry (256 slots of each of the shard's sweeps, while the second's quota lasts) and neighbour
 //! upkeep run with a bounded budget every iteration; a worker does not nap while a sweep has quota
 //! left. Nothing here allocates, locks, makes a system call or logs per packet.
@@ -582,12 +585,15 @@ impl Worker {
         self.plain_ipv4(side, m) && (self.workers == 1 || self.owner(side, m, None) == self.me)
     }
 
-    /// A received burst of nothing but frames [`Worker::plain_and_mine`] accepts, nearly every
-    /// burst: translated where it was received rather than moved frame by frame into the burst
+    /// A received burst of nothing but frames [`Worker::plain_and_mine`] accepts (with one worker,
+    /// or with NIC steering to the owner, nearly every burst; not a burst with frames for the
+    /// appliance's own addresses, such as MASQUERADE replies, nor, without steering, one received
+    /// for several workers): translated where it was received rather than moved frame by frame into the burst
     /// [`Worker::dispatch`] gathers; and when every frame is forwarded to a neighbour whose MAC is
     /// known, sent as it is, rather than moved again into the port's TX burst. What this saves is
     /// the two moves of each frame and their checks (callgrind on cgnatd's worker: 27 of 148
-    /// instructions per packet). Any other verdict, or a next hop that needs resolving, sends the
+    /// instructions per packet). A verdict other than forward (translated or not), or a next hop
+    /// that needs resolving, sends the
     /// rest of the burst through [`Worker::deliver`] frame by frame, in order.
     fn translate_received(&mut self, side: Side, rx: &mut MbufBurst<BURST>, now: u64, now_s: u32) {
         const WHOLE: [Option<L4Ids>; BURST] = [None; BURST];

@@ -1,6 +1,6 @@
 //! The worker loop's rarer paths on a real DPDK lcore: frames waiting for a neighbour's ARP reply
-//! (and, once it came, a burst sent as it was received, and one with a frame of another fate in
-//! the middle), ARP shared between workers, what a worker does with frames still waiting when it stops, and
+//! (and, once it came, later bursts: their order and MACs, whole or with a frame of another fate
+//! in the middle), ARP shared between workers, what a worker does with frames still waiting when it stops, and
 //! expiry of a large table by a worker that naps when idle.
 //!
 //! The ports are `net_ring` ports built from rings the test holds the other end of
