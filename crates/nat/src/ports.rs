@@ -270,11 +270,13 @@ pub struct PortAllocator {
     worker: u16,
     workers: u16,
     rng: u64,
-    /// Per address and protocol: the random draw its next [`PortAllocator::alloc_random`] starts
-    /// from. It is drawn one allocation early so the bitmap word it names can be prefetched then:
-    /// on a large pool that word is otherwise a cache miss on every new mapping. The sequence of
-    /// draws is the same generator's, so ports are exactly as unpredictable.
-    draws: Vec<u64>,
+    /// Per address and protocol: the random draws its next two [`PortAllocator::alloc_random`]s
+    /// start from. They are drawn early so the bitmap words they name can be prefetched: on a
+    /// large pool such a word is otherwise a cache miss on every new mapping. Two deep because a
+    /// subscriber's new flows come in runs on its one address: one allocation ahead is then a
+    /// few tens of nanoseconds, less than the miss. The sequence of draws is the same generator's,
+    /// so ports are exactly as unpredictable.
+    draws: Vec<[u64; 2]>,
     /// How that word is prefetched: the running burst's prefetch (set by the shard), else nothing.
     pub(crate) prefetch: fn(&u64),
 }
@@ -431,7 +433,9 @@ impl PortAllocator {
             }
             self.pba.push(e.pba);
         }
-        self.draws = (0..n * 3).map(|_| self.next_rand()).collect();
+        self.draws = (0..n * 3)
+            .map(|_| [self.next_rand(), self.next_rand()])
+            .collect();
         self.table = AddrTable::new(&self.addrs);
     }
 
@@ -550,7 +554,11 @@ impl PortAllocator {
         let (first_word, last_word) = self.spans[a];
         let span = last_word - first_word + 1;
         let next = self.next_rand();
-        let r = std::mem::replace(&mut self.draws[a * 3 + p], next);
+        let [r, soon] = self.draws[a * 3 + p];
+        self.draws[a * 3 + p] = [soon, next];
+        // The next allocation's word again (it may have left the cache since it was asked for, when
+        // this address's allocations are far apart), and the one after it.
+        (self.prefetch)(&self.maps[a * 3 + p][first_word + scale(soon, span)]);
         (self.prefetch)(&self.maps[a * 3 + p][first_word + scale(next, span)]);
         let start = scale(r, span);
         // The low bits: `scale` used the high ones.
