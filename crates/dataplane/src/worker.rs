@@ -132,6 +132,14 @@ impl Side {
             Side::Outside => Side::Inside,
         }
     }
+
+    /// The translation direction of a frame received on this side.
+    fn dir(self) -> Dir {
+        match self {
+            Side::Inside => Dir::In2Out,
+            Side::Outside => Dir::Out2In,
+        }
+    }
 }
 
 /// Everything a worker needs to drive one port.
@@ -319,6 +327,29 @@ fn addressed_to(frame: &[u8; L3 + 20], mac_word: u64) -> bool {
         frame[0], frame[1], frame[2], frame[3], frame[4], frame[5], frame[6], frame[7],
     ];
     u64::from_le_bytes(first) & MAC_BITS == mac_word
+}
+
+/// Write a frame's destination and source MACs through one fixed-size view; `false` if the frame is
+/// too short to have an Ethernet header.
+#[inline(always)]
+fn set_macs(m: &mut Mbuf, dst: EthernetAddress, src: EthernetAddress) -> bool {
+    let Some(h) = m.data_mut().first_chunk_mut::<12>() else {
+        return false;
+    };
+    h[..6].copy_from_slice(&dst.0);
+    h[6..].copy_from_slice(&src.0);
+    true
+}
+
+/// Send a burst on `tx`; what the PMD does not take is freed and counted `tx_full`.
+#[inline]
+fn transmit(counters: &Counters, tx: &mut TxQueue, burst: &mut MbufBurst<BURST>) {
+    let sent = tx.tx_burst(burst);
+    counters.add(Counter::TxPackets, sent as u64);
+    if !burst.is_empty() {
+        counters.count_drops(DropReason::TxFull, burst.len() as u64);
+        burst.clear();
+    }
 }
 
 /// Whether an IPv4 packet (from its header on) is an unfragmented ICMP echo request.
@@ -597,13 +628,13 @@ impl Worker {
     /// rest of the burst through [`Worker::deliver`] frame by frame, in order.
     fn translate_received(&mut self, side: Side, rx: &mut MbufBurst<BURST>, now: u64, now_s: u32) {
         const WHOLE: [Option<L4Ids>; BURST] = [None; BURST];
-        let dir = match side {
-            Side::Inside => Dir::In2Out,
-            Side::Outside => Dir::Out2In,
-        };
         let mut verdicts = [Verdict::Forward; BURST];
-        self.shard
-            .process::<_, DpdkPrefetch>(dir, &mut L3Batch(rx, &WHOLE), &mut verdicts, now_s);
+        self.shard.process::<_, DpdkPrefetch>(
+            side.dir(),
+            &mut L3Batch(rx, &WHOLE),
+            &mut verdicts,
+            now_s,
+        );
         self.resolved = [None; 2];
         let egress = side.other();
         let n = rx.len();
@@ -618,25 +649,15 @@ impl Worker {
             let Some(mac) = self.known_next_mac(egress, &rx[ready], now) else {
                 break;
             };
-            let src = self.ports[egress as usize].mac;
-            let Some(h) = rx[ready].data_mut().first_chunk_mut::<12>() else {
+            if !set_macs(&mut rx[ready], mac, self.ports[egress as usize].mac) {
                 break;
-            };
-            h[..6].copy_from_slice(&mac.0);
-            h[6..].copy_from_slice(&src.0);
+            }
             ready += 1;
         }
         if ready == n {
             // Frames queued for this port before this burst go first.
             self.flush(egress);
-            let p = &mut self.ports[egress as usize];
-            let sent = p.tx.tx_burst(rx);
-            self.counters.add(Counter::TxPackets, sent as u64);
-            if !rx.is_empty() {
-                self.counters
-                    .count_drops(DropReason::TxFull, rx.len() as u64);
-                rx.clear();
-            }
+            transmit(&self.counters, &mut self.ports[egress as usize].tx, rx);
             return;
         }
         for (i, m) in rx.drain(..).enumerate() {
@@ -654,13 +675,8 @@ impl Worker {
     #[inline(always)]
     fn known_next_mac(&mut self, egress: Side, m: &Mbuf, now: u64) -> Option<EthernetAddress> {
         let e = egress as usize;
-        let b = m.data().get(L3 + 16..L3 + 20)?;
-        let nh = self.ports[e]
-            .routes
-            .next_hop(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
-        if let Some((ip, mac)) = self.resolved[e]
-            && ip == nh
-        {
+        let nh = self.next_hop(egress, m).ok()?;
+        if let Some(mac) = self.resolved_in_burst(egress, nh) {
             return Some(mac);
         }
         let mac = self.ports[e].neigh.known(nh, now)?;
@@ -896,10 +912,7 @@ impl Worker {
         if self.ipv4.is_empty() {
             return;
         }
-        let dir = match side {
-            Side::Inside => Dir::In2Out,
-            Side::Outside => Dir::Out2In,
-        };
+        let dir = side.dir();
         let mut verdicts = [Verdict::Forward; BURST];
         // The spare is always here: routing never admits frames, so no translation runs inside
         // another.
@@ -1355,22 +1368,11 @@ impl Worker {
     #[inline]
     fn route(&mut self, egress: Side, m: Mbuf, now: u64) {
         let e = egress as usize;
-        // The translator parsed the header, so the address is there; one bounds check, not four.
-        let Some(dst) = m
-            .data()
-            .get(L3 + 16..L3 + 20)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        else {
-            self.counters.count_drop(DropReason::FrameTruncated);
-            return;
+        let nh = match self.next_hop(egress, &m) {
+            Ok(nh) => nh,
+            Err(r) => return self.counters.count_drop(r),
         };
-        let Some(nh) = self.ports[e].routes.next_hop(dst) else {
-            self.counters.count_drop(DropReason::NoRoute);
-            return;
-        };
-        if let Some((ip, mac)) = self.resolved[e]
-            && ip == nh
-        {
+        if let Some(mac) = self.resolved_in_burst(egress, nh) {
             return self.send_to(egress, m, mac);
         }
         match self.ports[e].neigh.resolve(nh, now) {
@@ -1390,17 +1392,33 @@ impl Worker {
         }
     }
 
+    /// The next hop on `egress` towards a translated frame's destination.
+    #[inline(always)]
+    fn next_hop(&self, egress: Side, m: &Mbuf) -> Result<u32, DropReason> {
+        // The translator parsed the header, so the address is there; one bounds check, not four.
+        let b = m
+            .data()
+            .get(L3 + 16..L3 + 20)
+            .ok_or(DropReason::FrameTruncated)?;
+        self.ports[egress as usize]
+            .routes
+            .next_hop(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or(DropReason::NoRoute)
+    }
+
+    /// The MAC `nh` was resolved to earlier in this burst ([`Worker`]'s `resolved`).
+    #[inline(always)]
+    fn resolved_in_burst(&self, egress: Side, nh: u32) -> Option<EthernetAddress> {
+        self.resolved[egress as usize].and_then(|(ip, mac)| (ip == nh).then_some(mac))
+    }
+
     #[inline]
     fn send_to(&mut self, egress: Side, mut m: Mbuf, mac: EthernetAddress) {
-        let src = self.ports[egress as usize].mac;
-        // Both addresses through one fixed-size view. Every frame sent here was parsed as IPv4 or
-        // ARP, so it has an Ethernet header.
-        let Some(h) = m.data_mut().first_chunk_mut::<12>() else {
+        // Every frame sent here was parsed as IPv4 or ARP, so it has an Ethernet header.
+        if !set_macs(&mut m, mac, self.ports[egress as usize].mac) {
             self.counters.count_drop(DropReason::FrameTruncated);
             return;
-        };
-        h[..6].copy_from_slice(&mac.0);
-        h[6..].copy_from_slice(&src.0);
+        }
         self.enqueue(egress, m);
     }
 
@@ -1425,15 +1443,8 @@ impl Worker {
 
     fn flush(&mut self, side: Side) {
         let p = &mut self.ports[side as usize];
-        if p.out.is_empty() {
-            return;
-        }
-        let sent = p.tx.tx_burst(&mut p.out);
-        self.counters.add(Counter::TxPackets, sent as u64);
-        let unsent = p.out.len();
-        if unsent > 0 {
-            p.out.clear();
-            self.counters.count_drops(DropReason::TxFull, unsent as u64);
+        if !p.out.is_empty() {
+            transmit(&self.counters, &mut p.tx, &mut p.out);
         }
     }
 
