@@ -740,12 +740,36 @@ pub fn unsolicited_inbound_is_dropped(env: &Env) -> R {
 
 /// After the traffic cases: with several workers, each subscriber's flows are owned by one worker,
 /// frames that arrived on another worker's queue were handed over (and none were lost to a full
-/// ring); with one worker nothing is handed off.
+/// ring); with one worker nothing is handed off. `cgnatctl ports` says which it is: one worker,
+/// or (af_packet takes no rte_flow rules) software handoff with the device's reason.
 pub fn workers_share_the_load(env: &Env) -> R {
     let s = stats(env)?;
     let workers = s.0["workers"]
         .as_array()
         .ok_or_else(|| format!("no workers in stats: {}", s.0))?;
+    let out = cgnatctl(env, &["-o", "json", "ports"])?;
+    let ports: Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("cgnatctl ports -o json is not JSON ({e}):\n{}", out.stdout))?;
+    let want = if workers.len() == 1 {
+        "single_worker"
+    } else {
+        "software_handoff"
+    };
+    for p in ports["ports"].as_array().into_iter().flatten() {
+        let st = &p["steering"];
+        ensure(
+            st["mode"] == want
+                && (want == "single_worker") == st["reason"].as_str().is_none_or(str::is_empty),
+            || {
+                format!(
+                    "{} workers on af_packet: port {} should report steering {want} (with a reason \
+                     when handed off), it reports {st}",
+                    workers.len(),
+                    p["name"]
+                )
+            },
+        )?;
+    }
     let per = |w: &Value, k: &str| w["counters"][k].as_u64().unwrap_or(0);
     let handoff_in: u64 = workers.iter().map(|w| per(w, "handoff_in")).sum();
     let handoff_out: u64 = workers.iter().map(|w| per(w, "handoff_out")).sum();

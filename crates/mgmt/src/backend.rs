@@ -411,6 +411,23 @@ pub enum PortRole {
     Outside,
 }
 
+/// How a packet arriving on a port reaches the worker that owns its flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SteeringSnapshot {
+    /// One worker owns every flow.
+    SingleWorker,
+    /// The device's rte_flow rules deliver each flow to its owner's queue.
+    RteFlow {
+        /// Rules installed on the port.
+        rules: u32,
+    },
+    /// The device took no rules: other workers' flows are handed off to their owner.
+    Handoff {
+        /// Why, as the device (or the worker count) said it.
+        reason: String,
+    },
+}
+
 /// One DPDK port for `ListPorts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortSnapshot {
@@ -434,6 +451,8 @@ pub struct PortSnapshot {
     pub speed_mbps: u32,
     /// NIC counters.
     pub counters: PortCountersSnapshot,
+    /// Owner steering, decided when the port started.
+    pub steering: SteeringSnapshot,
 }
 
 /// NIC-level counters of a port (rte_eth_stats).
@@ -820,6 +839,9 @@ pub(crate) mod fake {
                         tx_errors: 17,
                         rx_nombuf: 18,
                     },
+                    steering: SteeringSnapshot::Handoff {
+                        reason: "rte_flow is not supported by net_af_packet".into(),
+                    },
                 },
                 PortSnapshot {
                     name: "outside".into(),
@@ -832,6 +854,7 @@ pub(crate) mod fake {
                     link_up: false,
                     speed_mbps: 0,
                     counters: PortCountersSnapshot::default(),
+                    steering: SteeringSnapshot::RteFlow { rules: 4 },
                 },
             ]
         }

@@ -45,7 +45,8 @@ pub use backend::{
     InfoSnapshot, PolicyChange, PolicyError, PolicyFuture, PolicyOutcome, PolicyRequest,
     PolicySnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
     SessionDeletion, SessionEventSnapshot, SessionListing, SessionQuery, SessionSnapshot,
-    SessionState, SessionWatch, SnatRuleStatsSnapshot, StatsSnapshot, WorkerStatsSnapshot,
+    SessionState, SessionWatch, SnatRuleStatsSnapshot, StatsSnapshot, SteeringSnapshot,
+    WorkerStatsSnapshot,
 };
 pub use error::MgmtError;
 pub use server::{

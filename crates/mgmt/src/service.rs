@@ -22,6 +22,7 @@ use crate::backend::{
     Backend, BackendError, DnatBackendSnapshot, DnatRuleSnapshot, DnatSnapshot, EndpointFilter,
     InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole, PortSnapshot, SessionChange,
     SessionEventSnapshot, SessionQuery, SessionSnapshot, SessionState, SessionWatch, StatsSnapshot,
+    SteeringSnapshot,
 };
 
 /// Smallest accepted `WatchStats` interval. Reading all counters is cheap, but
@@ -1005,6 +1006,21 @@ pub(crate) fn port_to_proto(port: &PortSnapshot) -> v1::Port {
         link_up: port.link_up,
         speed_mbps: port.speed_mbps,
         counters: Some(counters_to_proto(&port.counters)),
+        steering: Some(steering_to_proto(&port.steering)),
+    }
+}
+
+fn steering_to_proto(s: &SteeringSnapshot) -> v1::Steering {
+    use v1::steering::Mode;
+    let (mode, rules, reason) = match s {
+        SteeringSnapshot::SingleWorker => (Mode::SingleWorker, 0, String::new()),
+        SteeringSnapshot::RteFlow { rules } => (Mode::RteFlow, *rules, String::new()),
+        SteeringSnapshot::Handoff { reason } => (Mode::SoftwareHandoff, 0, reason.clone()),
+    };
+    v1::Steering {
+        mode: mode.into(),
+        rules,
+        reason,
     }
 }
 

@@ -400,6 +400,56 @@ pub struct PortView {
     pub speed_mbps: u32,
     /// NIC counters.
     pub counters: PortCountersView,
+    /// How the port's packets reach the worker owning their flow.
+    pub steering: SteeringView,
+}
+
+/// [`PortView::steering`]: the NIC steers flows to their owner, or the workers hand them over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SteeringView {
+    /// "single_worker", "rte_flow", "software_handoff" or "unspecified".
+    pub mode: String,
+    /// rte_flow rules installed on the port.
+    pub rules: u32,
+    /// Why the device took no rules (software handoff), empty otherwise.
+    pub reason: String,
+}
+
+impl SteeringView {
+    /// The table cell: the mode, with the rule count where there are rules.
+    fn cell(&self) -> String {
+        match self.mode.as_str() {
+            "rte_flow" => format!("rte_flow ({} rules)", self.rules),
+            "software_handoff" => "handoff".to_owned(),
+            "single_worker" => "one worker".to_owned(),
+            other => other.to_owned(),
+        }
+    }
+}
+
+impl From<Option<&v1::Steering>> for SteeringView {
+    fn from(s: Option<&v1::Steering>) -> Self {
+        use v1::steering::Mode;
+        // A server from before steering was reported sends none: unspecified, not an error.
+        let Some(s) = s else {
+            return SteeringView {
+                mode: "unspecified".to_owned(),
+                rules: 0,
+                reason: String::new(),
+            };
+        };
+        let mode = match s.mode() {
+            Mode::Unspecified => "unspecified",
+            Mode::SingleWorker => "single_worker",
+            Mode::RteFlow => "rte_flow",
+            Mode::SoftwareHandoff => "software_handoff",
+        };
+        SteeringView {
+            mode: mode.to_owned(),
+            rules: s.rules,
+            reason: s.reason.clone(),
+        }
+    }
 }
 
 /// NIC counters of a [`PortView`].
@@ -460,6 +510,7 @@ impl From<&v1::ListPortsResponse> for PortsView {
                         tx_errors: c.tx_errors,
                         rx_nombuf: c.rx_nombuf,
                     },
+                    steering: SteeringView::from(p.steering.as_ref()),
                 }
             })
             .collect();
@@ -468,7 +519,8 @@ impl From<&v1::ListPortsResponse> for PortsView {
     }
 }
 
-/// Renders ports as two tables: identity and link, then NIC counters.
+/// Renders ports as two tables: identity, link and steering, then NIC counters; below them, why
+/// a port's flows are handed off rather than steered by the NIC.
 pub fn ports_table(ports: &PortsView) -> String {
     if ports.ports.is_empty() {
         return "No ports.\n".to_owned();
@@ -483,6 +535,7 @@ pub fn ports_table(ports: &PortsView) -> String {
         ("ADDRESS", Align::Left),
         ("LINK", Align::Left),
         ("SPEED", Align::Right),
+        ("STEERING", Align::Left),
     ]);
     let mut counters = Table::new([
         ("NAME", Align::Left),
@@ -506,6 +559,7 @@ pub fn ports_table(ports: &PortsView) -> String {
             p.address.clone(),
             if p.link_up { "up" } else { "down" }.to_owned(),
             link_speed(p.speed_mbps),
+            p.steering.cell(),
         ]);
         let c = &p.counters;
         counters.row(
@@ -526,7 +580,14 @@ pub fn ports_table(ports: &PortsView) -> String {
                 .collect(),
         );
     }
-    format!("{}\n{}", identity.render(), counters.render())
+    let mut text = format!("{}\n{}", identity.render(), counters.render());
+    for p in ports.ports.iter().filter(|p| !p.steering.reason.is_empty()) {
+        text.push_str(&format!(
+            "\n{}: flows reach their owner by handoff: {}\n",
+            p.name, p.steering.reason
+        ));
+    }
+    text
 }
 
 /// `cgnatctl health` output; JSON shape `{"service":"","status":"SERVING"}`.
@@ -1319,6 +1380,11 @@ mod tests {
                     link_up: false,
                     speed_mbps: 0,
                     counters: None,
+                    steering: Some(v1::Steering {
+                        mode: v1::steering::Mode::RteFlow.into(),
+                        rules: 2,
+                        reason: String::new(),
+                    }),
                 },
                 v1::Port {
                     name: "inside".into(),
@@ -1340,6 +1406,11 @@ mod tests {
                         tx_errors: 7,
                         rx_nombuf: 8,
                     }),
+                    steering: Some(v1::Steering {
+                        mode: v1::steering::Mode::SoftwareHandoff.into(),
+                        rules: 0,
+                        reason: "rte_flow is not supported by net_af_packet".into(),
+                    }),
                 },
             ],
         }
@@ -1357,11 +1428,15 @@ mod tests {
                 "link_up": true, "speed_mbps": 10_000,
                 "counters": {"rx_packets": 1_500, "tx_packets": 2, "rx_bytes": 3,
                              "tx_bytes": 4, "rx_missed": 5, "rx_errors": 6,
-                             "tx_errors": 7, "rx_nombuf": 8}
+                             "tx_errors": 7, "rx_nombuf": 8},
+                "steering": {"mode": "software_handoff", "rules": 0,
+                             "reason": "rte_flow is not supported by net_af_packet"}
             })
         );
         assert_eq!(json["ports"][1]["role"], "outside");
         assert_eq!(json["ports"][1]["counters"]["rx_packets"], 0);
+        assert_eq!(json["ports"][1]["steering"]["mode"], "rte_flow");
+        assert_eq!(json["ports"][1]["steering"]["rules"], 2);
     }
 
     #[test]
@@ -1370,17 +1445,29 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "NAME     ROLE     PORT  DRIVER         DEVICE                        MAC                ADDRESS        LINK  SPEED"
+            "NAME     ROLE     PORT  DRIVER         DEVICE                        MAC                ADDRESS        LINK  SPEED  STEERING"
         );
         assert_eq!(
             lines[1],
-            "inside   inside      0  net_af_packet  net_af_packet0,iface=cgn-in   02:00:00:00:00:01  100.64.0.1/24  up      10G"
+            "inside   inside      0  net_af_packet  net_af_packet0,iface=cgn-in   02:00:00:00:00:01  100.64.0.1/24  up      10G  handoff"
         );
-        assert!(lines[2].ends_with("down      -"), "{text}");
+        assert!(
+            lines[2].ends_with("down      -  rte_flow (2 rules)"),
+            "{text}"
+        );
         assert_eq!(lines[3], "");
         assert_eq!(
             lines[5],
             "inside     1,500         3        2         4          5          6          7          8"
+        );
+        // Only the port without rules says why.
+        assert_eq!(
+            &lines[7..],
+            [
+                "",
+                "inside: flows reach their owner by handoff: rte_flow is not supported by net_af_packet"
+            ],
+            "{text}"
         );
     }
 

@@ -7,7 +7,7 @@ use config::{Device, Role};
 use mgmt::{
     Backend, BackendError, InfoSnapshot, PoolSnapshot, PortCountersSnapshot, PortRole,
     PortSnapshot, SessionDeletion, SessionEventSnapshot, SessionListing, SessionQuery,
-    SessionWatch, StatsSnapshot, WorkerStatsSnapshot,
+    SessionWatch, StatsSnapshot, SteeringSnapshot, WorkerStatsSnapshot,
 };
 use nat::{Counter, Counters, DropReason};
 use tokio::sync::broadcast;
@@ -27,6 +27,7 @@ struct PortInfo {
     port: dpdk::PortId,
     driver: String,
     mac: [u8; 6],
+    steering: SteeringSnapshot,
 }
 
 pub struct DaemonBackend {
@@ -68,6 +69,7 @@ impl DaemonBackend {
                 port: p.port.id(),
                 driver: p.port.driver_name(),
                 mac: p.port.mac_addr(),
+                steering: p.steering.clone(),
             })
             .collect();
         DaemonBackend {
@@ -199,6 +201,7 @@ impl Backend for DaemonBackend {
                         tx_errors: s.oerrors,
                         rx_nombuf: s.rx_nombuf,
                     },
+                    steering: p.steering.clone(),
                 }
             })
             .collect()

@@ -25,6 +25,8 @@ pub struct RunningPort {
     pub cfg: PortCfg,
     /// Shared with the management backend, which reads link state and NIC counters.
     pub port: Arc<Port>,
+    /// How the port's packets reach their owner, as `ListPorts` reports it.
+    pub steering: mgmt::SteeringSnapshot,
 }
 
 /// A running data plane.
@@ -102,8 +104,9 @@ impl DataPlane {
 /// Ask the NICs to deliver each flow to the queue of the worker that owns it: inside by the
 /// subscriber address bits, outside by the outside port-block bits. Where a device cannot (no
 /// rte_flow, or a worker count that is not a power of two), the software handoff does the job.
+/// Each port records which it is, for `cgnatctl ports`.
 fn steer(
-    ports: &[RunningPort],
+    ports: &mut [RunningPort],
     inside: usize,
     outside: usize,
     workers: u16,
@@ -119,14 +122,21 @@ fn steer(
     ];
     let mut installed = Vec::new();
     for (idx, res) in attempts {
-        let name = &ports[idx].cfg.name;
+        let port = &mut ports[idx];
+        let name = &port.cfg.name;
         match res {
             Ok(s) => {
                 info!(port = %name, rules = s.rules.len(), "rte_flow steering installed: flows reach their owner directly");
+                port.steering = mgmt::SteeringSnapshot::RteFlow {
+                    rules: u32::try_from(s.rules.len()).unwrap_or(u32::MAX),
+                };
                 installed.push(s);
             }
             Err(e) => {
-                info!(port = %name, reason = %e, "rte_flow steering unavailable; flows reach their owner by software handoff")
+                info!(port = %name, reason = %e, "rte_flow steering unavailable; flows reach their owner by software handoff");
+                port.steering = mgmt::SteeringSnapshot::Handoff {
+                    reason: e.to_string(),
+                };
             }
         }
     }
@@ -327,6 +337,7 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
         ports.push(RunningPort {
             cfg: pc.clone(),
             port: Arc::new(port),
+            steering: mgmt::SteeringSnapshot::SingleWorker,
         });
     }
     let (Some(inside), Some(outside)) = (
@@ -388,7 +399,7 @@ pub fn start(cfg: &Config, generation: u64, stop: Arc<AtomicBool>) -> Result<Dat
         pool: None,
     };
     if n_workers > 1 {
-        dp.steering = steer(&ports, inside, outside, n_workers);
+        dp.steering = steer(&mut ports, inside, outside, n_workers);
     }
     for (i, lc) in lcores.iter().enumerate() {
         let q = i as u16;
