@@ -4,13 +4,18 @@ Port 0 (facing cgnat's inside port) sends UDP from many subscriber endpoints to 
 (facing cgnat's outside port) receives the translated packets. The flows are every pair of
 `--subs` subscriber addresses (from 100.64.0.1) and `--ports-per-sub` source ports (from 1025):
 TRex's tuple generator walks the addresses and, each time they wrap, the next port. After the
-first packet of each flow every packet hits an established session.
+first packet of each flow every packet hits an established session. Its `limit_flows` is set to
+subs × ports-per-sub: TRex's default of 100,000 would wrap the generator early and send only the
+first 100,000 flows, whatever the tunables ask for.
 
 Tunables (current TRex, argparse style):
-    start -f cgnat_stl_udp.py -p 0 -m 10mpps -t --size 64 --subs 65536 --ports-per-sub 16
-Older TRex versions pass `-t size=64,subs=65536,ports_per_sub=16` as keyword arguments; both work.
+    start -f cgnat_stl_udp.py -p 0 -m 10mpps -t --size 60 --subs 65536 --ports-per-sub 16
+Older TRex versions pass `-t size=60,subs=65536,ports_per_sub=16` as keyword arguments; both work.
 
-  size           frame size without FCS, 60 .. 1514, or "imix" (60/590/1514 at 28:16:4 by packets)
+  size           frame size without FCS, 60 .. 1514, or "imix" (60/590/1514 at 28:16:4 by packets).
+                 TRex counts frames without the 4-byte FCS, so the default 60 puts 64-byte frames on
+                 the wire: the same frames as pktgen's `SIZE = 64` (pktgen counts the FCS) and the
+                 64-byte UDP of perf/RESULTS.md.
   subs           subscriber addresses, 1 .. 4194302 (RFC 6598 space from 100.64.0.1)
   ports-per-sub  source ports per subscriber, 1 .. 64511
   server         destination address (routed by cgnat's outside gateway towards port 1)
@@ -44,7 +49,7 @@ def int2ip(v):
 
 def parse(tunables, kwargs):
     p = argparse.ArgumentParser(prog="cgnat_stl_udp.py")
-    p.add_argument("--size", default="64")
+    p.add_argument("--size", default="60")
     p.add_argument("--subs", type=int, default=65536)
     p.add_argument("--ports-per-sub", type=int, default=16)
     p.add_argument("--server", default="198.51.100.10")
@@ -77,6 +82,7 @@ class CgnatUdp(object):
                 ip_max=int2ip(FIRST_SUB + args.subs - 1),
                 port_min=1025,
                 port_max=1025 + args.ports_per_sub - 1,
+                limit_flows=args.subs * args.ports_per_sub,
             ),
             STLVmWrFlowVar(fv_name="flow.ip", pkt_offset="IP.src"),
             STLVmWrFlowVar(fv_name="flow.port", pkt_offset="UDP.sport"),
