@@ -2,6 +2,8 @@
 //! building needs no `protoc` binary. Also writes the encoded descriptor set to
 //! OUT_DIR, which the management server hands to gRPC reflection.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 const PROTO_ROOT: &str = "proto";

@@ -5,6 +5,8 @@
 //! for half the workers, the log says what happened, and a SIGTERM still stops the daemon cleanly
 //! (with a failure exit status, and no DPDK runtime files left).
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

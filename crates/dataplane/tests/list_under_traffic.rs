@@ -16,6 +16,8 @@
 //! the worker only for the time it actually ran without forwarding (see [`Gaps`]); the raw gaps
 //! are reported beside it, with a baseline of the stream alone.
 
+#![forbid(unsafe_code)]
+
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::FileExt;

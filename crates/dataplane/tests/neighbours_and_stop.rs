@@ -1,7 +1,7 @@
 //! The worker loop's rarer paths on a real DPDK lcore: frames waiting for a neighbour's ARP reply
 //! (and, once it came, later bursts: their order and MACs, whole or with a frame of another fate
-//! in the middle), ARP shared between workers, what a worker does with frames still waiting when it stops, and
-//! expiry of a large table by a worker that naps when idle.
+//! in the middle), ARP shared between workers, what a worker does with frames still waiting when it stops, a
+//! handoff ring that is full, and expiry of a large table by a worker that naps when idle.
 //!
 //! The ports are `net_ring` ports built from rings the test holds the other end of
 //! ([`PortId::from_rings`]): the test enqueues frames where the worker's `rx_burst` finds them and
@@ -10,6 +10,8 @@
 //!
 //! What an operator would see is checked: the order a flow's frames leave in, and that the drop
 //! counters account for every frame exactly once.
+
+#![forbid(unsafe_code)]
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,11 @@ impl Drop for RunDir {
 /// A UDP datagram of one flow from the subscriber, its sequence number `tag` in the IP
 /// identification and the first payload bytes.
 fn udp_frame(pool: &Mempool, dst_mac: EthernetAddress, tag: u16) -> Mbuf {
+    udp_frame_from(pool, dst_mac, SUBSCRIBER, tag)
+}
+
+/// [`udp_frame`] from subscriber `src`.
+fn udp_frame_from(pool: &Mempool, dst_mac: EthernetAddress, src: Ipv4Addr, tag: u16) -> Mbuf {
     let mut m = pool.alloc().expect("mbuf");
     let buf = m.append(60).expect("room");
     buf.fill(0);
@@ -66,7 +73,7 @@ fn udp_frame(pool: &Mempool, dst_mac: EthernetAddress, tag: u16) -> Mbuf {
     ip.set_ident(tag);
     ip.set_ttl(64);
     ip.set_protocol(ip_proto::UDP);
-    ip.set_src_addr(SUBSCRIBER);
+    ip.set_src_addr(src);
     ip.set_dst_addr(dst);
     ip.fill_checksum();
     buf[L3 + 28..L3 + 30].copy_from_slice(&tag.to_be_bytes());
@@ -74,7 +81,7 @@ fn udp_frame(pool: &Mempool, dst_mac: EthernetAddress, tag: u16) -> Mbuf {
     udp.set_src_port(20000);
     udp.set_dst_port(10000);
     udp.set_len(24);
-    udp.fill_checksum(SUBSCRIBER, dst);
+    udp.fill_checksum(src, dst);
     m
 }
 
@@ -273,6 +280,7 @@ fn neighbour_waits_arp_sharing_and_stopping() {
     frames_held_for_arp_leave_in_order(&pool);
     malformed_arp_is_counted_once_and_good_arp_is_shared(&pool);
     frames_waiting_at_stop_are_counted(&pool);
+    a_full_handoff_ring_drops_and_counts(&pool);
     an_idle_worker_sweeps_a_large_table_on_time(&pool);
     assert_eq!(pool.in_use_count(), 0, "every mbuf went back to the pool");
 }
@@ -290,17 +298,7 @@ fn frames_held_for_arp_leave_in_order(pool: &Arc<Mempool>) {
         (1..=6).map(|t| udp_frame(pool, in_mac, t)).collect(),
     );
     std::thread::sleep(SETTLE);
-    let requests = drain(&rig.tx[0][1]);
-    assert_eq!(requests.len(), 1, "one ARP request for the gateway");
-    let mut reply = pool.alloc().expect("mbuf");
-    reply
-        .append(requests[0].len())
-        .expect("room")
-        .copy_from_slice(requests[0].data());
-    local::arp_reply_in_place(reply.data_mut(), GATEWAY_MAC, GATEWAY);
-    drop(requests);
-    put(&rig.rx[0][1], vec![reply]);
-    std::thread::sleep(SETTLE);
+    answer_gateway_arp(&rig, pool);
     let out = drain(&rig.tx[0][1]);
     let tags: Vec<u16> = out.iter().map(tag_of).collect();
     assert_eq!(tags, vec![1, 2, 3, 4, 5, 6], "released in arrival order");
@@ -361,6 +359,89 @@ fn frames_held_for_arp_leave_in_order(pool: &Arc<Mempool>) {
     assert_eq!(counters.get(Counter::RxPackets), 6 + 1 + 4 + 6);
     assert_eq!(counters.drops(DropReason::TtlExceeded), 1);
     assert_eq!(all_drops(&counters), 1, "nothing else dropped");
+}
+
+/// Answers the one ARP request for the gateway that queue 0's worker sent, and gives the worker
+/// time to release what waited for it.
+fn answer_gateway_arp(rig: &Rig, pool: &Mempool) {
+    let requests = drain(&rig.tx[0][1]);
+    assert_eq!(requests.len(), 1, "one ARP request for the gateway");
+    let mut reply = pool.alloc().expect("mbuf");
+    reply
+        .append(requests[0].len())
+        .expect("room")
+        .copy_from_slice(requests[0].data());
+    local::arp_reply_in_place(reply.data_mut(), GATEWAY_MAC, GATEWAY);
+    drop(requests);
+    put(&rig.rx[0][1], vec![reply]);
+    std::thread::sleep(SETTLE);
+}
+
+/// A handoff ring that is full drops what does not fit, counted `handoff_full`, without holding
+/// up the sender: its own flows in the same bursts still leave, in order.
+fn a_full_handoff_ring_drops_and_counts(pool: &Arc<Mempool>) {
+    let rig = rig("e", 2, pool);
+    let in_mac = EthernetAddress(rig.ports[0].mac_addr());
+    let stop = Arc::new(AtomicBool::new(false));
+    // Eight slots towards worker 1, which the test plays and which never drains them.
+    let mut links = handoff::mesh(2, 8).expect("mesh");
+    let l1 = links.pop().expect("links 1");
+    let l0 = links.pop().expect("links 0");
+    let towards_1 = l1.from[0].clone();
+    let (w, counters) = worker(&rig, 0, 2, l0, pool, &stop, Tables::default());
+    launch(1, w);
+    // With two workers, even subscriber addresses are worker 0's and odd ones (SUBSCRIBER)
+    // worker 1's.
+    let own = Ipv4Addr::new(100, 64, 0, 4);
+    put(&rig.rx[0][0], vec![udp_frame_from(pool, in_mac, own, 0)]);
+    std::thread::sleep(SETTLE);
+    answer_gateway_arp(&rig, pool);
+    assert_eq!(drain(&rig.tx[0][1]).len(), 1, "the first frame left");
+
+    // Two bursts of 16 frames for worker 1 interleaved with 16 of worker 0's own.
+    for burst in 0..2u16 {
+        put(
+            &rig.rx[0][0],
+            (0..32u16)
+                .map(|i| {
+                    let tag = 1 + burst * 32 + i;
+                    let src = if i % 2 == 0 { SUBSCRIBER } else { own };
+                    udp_frame_from(pool, in_mac, src, tag)
+                })
+                .collect(),
+        );
+        std::thread::sleep(SETTLE);
+    }
+    let out = drain(&rig.tx[0][1]);
+    l1.stopped.fetch_add(1, Ordering::AcqRel);
+    stop.store(true, Ordering::Relaxed);
+    lcore::wait(LcoreId(1));
+    assert_eq!(
+        out.iter().map(tag_of).collect::<Vec<_>>(),
+        (0..2u16)
+            .flat_map(|b| (0..32u16)
+                .filter(|i| i % 2 == 1)
+                .map(move |i| 1 + b * 32 + i))
+            .collect::<Vec<_>>(),
+        "the worker's own flows leave, in order"
+    );
+    // The ring's first slot went to the copy of the gateway's ARP reply (shared with worker 1).
+    let handed = drain(&towards_1);
+    let ethertype = |m: &Mbuf| EthernetFrame::new_checked(m.data()).map(|e| e.ethertype());
+    assert_eq!(handed.len(), 8, "the ring took what it holds");
+    assert_eq!(ethertype(&handed[0]), Ok(ethertype::ARP), "the ARP copy");
+    assert_eq!(
+        handed[1..].iter().map(tag_of).collect::<Vec<_>>(),
+        (0..7u16).map(|i| 1 + 2 * i).collect::<Vec<_>>(),
+        "then the first burst's frames for worker 1, in order"
+    );
+    assert_eq!(counters.get(Counter::HandoffOut), 8);
+    assert_eq!(
+        counters.drops(DropReason::HandoffFull),
+        32 - 7,
+        "the rest dropped"
+    );
+    assert_eq!(all_drops(&counters), 32 - 7, "and counted once each");
 }
 
 /// With two workers, a malformed ARP frame is one drop, not one per worker; a good one reaches
