@@ -35,6 +35,51 @@ def against(r, goal):
     return f"{r:.3f}" if round(r, 2) == goal and r != goal else f"{r:.2f}"
 
 
+def nominal_ghz():
+    """The clock /proc/cpuinfo states (in a VM, the TSC's nominal rate), or None."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1]) / 1000
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def anchors(w, g1m, g16m, g64k, best_dut, ghz):
+    """The issue's reference figures for other NAT engines beside this run's (issue #6 cites them;
+    they were not measured here, on other hardware)."""
+    if not (g1m and g16m and g64k):
+        return
+    nat = g1m["established"]["nat_only_ns"]
+    ns = (nat["in2out"] + nat["out2in"]) / 2
+    clocks = f" ≈ **{ns * ghz:.0f} clocks** at the nominal {ghz:.2f} GHz" if ghz else ""
+    new = [g["new_sessions"]["sessions_per_s"] / 1e6 for g in (g64k, g1m, g16m)]
+    mem = g16m["established"]["memory"]["per_session"]["all_in"]
+    w("## Against the issue's anchors")
+    w("")
+    w("Issue #6 names what other NAT engines do per core; those figures come from their own")
+    w("publications on other hardware and were not measured here, so set side by side they only")
+    w("place cgnat in the same range.")
+    w("")
+    w("| figure | cgnat, this run (one core) | anchor |")
+    w("|---|---|---|")
+    w(f"| NAT work per established packet, 1M sessions | {ns:.1f} ns (*NAT only*, mean of both "
+      f"directions){clocks} | VPP nat44-ed: about 106 clocks per packet in its NAT node |")
+    w(f"| packets per second per core | {g1m['established']['in2out_mpps']:.1f} Mpps (pipeline, 1M "
+      f"sessions); {best_dut / 1e6:.1f} Mpps (whole daemon over memif, best round) | VPP nat44-ed: "
+      "about 7-10 Mpps; Linux netfilter SNAT: about 0.2 Mpps |")
+    w(f"| new sessions per second per core | {new[0]:.2f} / {new[1]:.2f} / {new[2]:.2f} M/s at "
+      "64K / 1M / 16M sessions | VPP nat44-ed: 1.2 M/s at 258K sessions, 0.49 M/s at 16.5M |")
+    w(f"| memory per session | {mem:.1f} B all-in at 16M | VPP nat44-ed: about 320 B |")
+    w("")
+    if ghz:
+        w("Clocks are nanoseconds × the nominal clock: a core that boosts above it spends more clocks")
+        w("than this, in proportion. The pipeline's figures leave out the NIC driver (the system")
+        w("benchmark has it); VPP's NAT-node figure leaves out its input and output nodes too.")
+        w("")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -53,6 +98,9 @@ def main():
     ap.add_argument("--commands", required=True)
     ap.add_argument("--cpu", required=True)
     ap.add_argument("--load", required=True)
+    ap.add_argument("--gen-cpu", default="1")
+    ap.add_argument("--dut-cpu", default="0")
+    ap.add_argument("--elapsed", type=float, help="seconds the run took until the report")
     a = ap.parse_args()
 
     doc = json.load(open(a.pipeline))
@@ -105,10 +153,13 @@ def main():
     w("## Machine and mode")
     w("")
     cpu = sh("lscpu | sed -n 's/^Model name:[[:space:]]*//p'")
+    ghz = nominal_ghz()
+    ghz_text = f"{ghz:.2f} GHz (/proc/cpuinfo)" if ghz else "clock unknown"
     hyp = sh("lscpu | sed -n 's/^Hypervisor vendor:[[:space:]]*//p'")
     mem = sh("free -g | awk '/Mem:/ {print $2}'")
     guest = f" ({hyp} guest)" if hyp != "?" else ""
-    w(f"- CPU: {cpu}, {os.cpu_count()} CPUs{guest}; memory {mem} GiB; kernel {platform.release()}")
+    w(f"- CPU: {cpu}, {os.cpu_count()} CPUs{guest}, nominal {ghz_text}; memory {mem} GiB; "
+      f"kernel {platform.release()}")
     w(f"- DPDK {sh('pkg-config --modversion libdpdk')} (Debian packages), {sh('rustc --version')}")
     huge = f"**{a.mode}**"
     if a.huge_reserved:
@@ -117,15 +168,19 @@ def main():
       f"{'requested (madvise)' if cfg['thp_requested'] else 'not requested'}, "
       f"sysfs setting `{cfg['thp_sysfs']}`")
     w(f"- CPU use: the pipeline benchmark and the testpmd 5tswap forwarding lcore run on CPU {a.cpu}.")
-    w("  System benchmark: only 2 CPUs exist, so lcores are mapped onto them with `--lcores`: the")
-    w("  generator (testpmd main lcore and forwarding lcore: `0@1,1@1`) on CPU 1, the device under")
-    w("  test (cgnatd main lcore and its one worker, or testpmd io-forward: `0@0,1@0`) on CPU 0.")
+    g, d = a.gen_cpu, a.dut_cpu
+    w("  System benchmark: lcores are mapped onto CPUs with `--lcores`: the generator (testpmd main")
+    w(f"  lcore and forwarding lcore: `0@{g},1@{g}`) on CPU {g}, the device under test (cgnatd main")
+    w(f"  lcore and its one worker, or testpmd io-forward: `0@{d},1@{d}`) on CPU {d}.")
     w("  The main lcores are mostly idle; the kernel and other users of the machine share both CPUs.")
     load = [l.split() for l in open(a.load).read().splitlines() if l.strip()]
     if load:
         seen = ", ".join(f"{p} {b} %" + (f" (after waiting {t} s)" if int(t) else "") for p, b, t in load)
         w(f"- Other load on the machine (all CPUs busy, over 1 s) when each phase started: {seen}.")
         w("  The run waits up to 10 s per phase for it to fall below 15 %; busy phases are noisier.")
+    if a.elapsed:
+        w(f"- The benchmarks took {int(a.elapsed) // 60} min {int(a.elapsed) % 60} s after the build "
+          "(make bench holds them to `BENCH_LIMIT` seconds; see README.md).")
     w("")
 
     w("## Pipeline: `nat::Shard::process` on one core (cgnat-bench)")
@@ -386,6 +441,7 @@ def main():
         w("system figures may be bounded by the generators, and the ratio only says how well cgnatd")
         w("kept up with them.")
     w("")
+    anchors(w, g1m, g16m, g64k, best_dut, ghz)
     w("## Exact commands")
     w("")
     w("```")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make bench: every local benchmark in one bounded run (about 6 minutes), results in perf/RESULTS.md.
+# make bench: every local benchmark in one bounded run (about 8 minutes, at most 10), results in
+# perf/RESULTS.md.
 #
 #   1. reference:  dpdk-testpmd 5tswap forwarding on two net_null ports (no state), before and after
 #                  the pipeline benchmark;
@@ -14,7 +15,8 @@
 # Environment: BENCH_SIZES (1K,64K,1M,16M), BENCH_SECONDS per established-rate sample (1),
 # BENCH_REPEAT samples per pipeline figure (3), BENCH_SHARED_SIZES for the shared-mapping
 # pipeline run (1M,16M; empty skips it), BENCH_WINDOW seconds per system measurement (4),
-# BENCH_ROUNDS of the system benchmark (3), BENCH_CPU for the pipeline and the 5tswap forwarding
+# BENCH_ROUNDS of the system benchmark (3), BENCH_GEN_CPU and BENCH_DUT_CPU for its generator and
+# device under test (1 and 0), BENCH_LIMIT seconds for all benchmarks (570), BENCH_CPU for the pipeline and the 5tswap forwarding
 # lcore (1), BENCH_HUGEPAGES: number of 2 MiB hugepages to reserve for this run only, 0 for none;
 # default "auto" reserves what is missing for 2.5 GiB when at least 6.5 GiB of memory is available
 # (no hugepages at all: DPDK runs with --no-huge).
@@ -33,12 +35,22 @@ REPEAT=${BENCH_REPEAT:-3}
 WINDOW=${BENCH_WINDOW:-4}
 ROUNDS=${BENCH_ROUNDS:-3}
 CPU=${BENCH_CPU:-1}
+# System benchmark: the generator's CPU and the device under test's (cgnatd or io-forward), each
+# running that program's main and forwarding lcore. On a bigger box give them separate cores.
+GEN_CPU=${BENCH_GEN_CPU:-1}
+DUT_CPU=${BENCH_DUT_CPU:-0}
 HUGE_RESERVE=${BENCH_HUGEPAGES:-auto}
 PREFIX=cgnat-bench
 CMDS=$OUT/commands.txt
 PY=${PYTHON:-/usr/bin/python3}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (DPDK, /run, hugepages)"; exit 1; }
+# The run's bound: no benchmark may run past LIMIT seconds after the build (10 minutes in all,
+# with the report). A pipeline benchmark that would is stopped and the run fails saying so;
+# system rounds that would not fit are skipped, and RESULTS.md counts the rounds it has.
+LIMIT=${BENCH_LIMIT:-570}
+left() { echo $((START + LIMIT - $(date +%s))); }
+over() { echo "bench: $1 ran past make bench's ${LIMIT} s limit (BENCH_LIMIT); nothing written"; exit 1; }
 # One benchmark per machine: a second one would share CPUs, sockets and the DPDK prefix.
 LOCK=/run/lock/cgnat-bench.lock
 exec 9>"$LOCK"
@@ -180,6 +192,7 @@ testpmd_bg() { # log seconds args...
 
 echo "bench: building (release)"
 cargo build --release -p perf -p cgnatd
+START=$(date +%s)
 
 # --- testpmd 5tswap on net_null (the pipeline's reference) ---------------------------------------
 # Plain, net_null hands out frames whose bytes are whatever the mbuf held before: zeros, so 5tswap
@@ -209,13 +222,17 @@ FIVE_L4_BEFORE=$(fivetswap l4 l4-before)
 # --- pipeline --------------------------------------------------------------------------------------
 quiet pipeline
 echo "bench: pipeline on CPU $CPU ($SIZES)"
-logged taskset -c "$CPU" target/release/cgnat-bench --sizes "$SIZES" --seconds "$SECS" \
-    --repeat "$REPEAT" --no-prefetch-too --memory-probe >"$OUT/pipeline.json"
+timeout -s INT "$(left)" taskset -c "$CPU" target/release/cgnat-bench --sizes "$SIZES" \
+    --seconds "$SECS" --repeat "$REPEAT" --no-prefetch-too --memory-probe >"$OUT/pipeline.json" ||
+    over "the pipeline benchmark"
+echo "taskset -c $CPU target/release/cgnat-bench --sizes $SIZES --seconds $SECS --repeat $REPEAT --no-prefetch-too --memory-probe" >>"$CMDS"
 SHARED_ARGS=()
 if [ -n "$SHARED_SIZES" ]; then
     echo "bench: pipeline with 16 sessions per mapping ($SHARED_SIZES)"
-    logged taskset -c "$CPU" target/release/cgnat-bench --sizes "$SHARED_SIZES" --seconds "$SECS" \
-        --repeat "$REPEAT" --remotes 16 >"$OUT/pipeline-shared.json"
+    timeout -s INT "$(left)" taskset -c "$CPU" target/release/cgnat-bench --sizes "$SHARED_SIZES" \
+        --seconds "$SECS" --repeat "$REPEAT" --remotes 16 >"$OUT/pipeline-shared.json" ||
+        over "the shared-mapping pipeline benchmark"
+    echo "taskset -c $CPU target/release/cgnat-bench --sizes $SHARED_SIZES --seconds $SECS --repeat $REPEAT --remotes 16" >>"$CMDS"
     SHARED_ARGS=(--pipeline-shared "$OUT/pipeline-shared.json")
 fi
 
@@ -238,7 +255,7 @@ FLOWS=$(logged "$PY" perf/mkpcap.py --out "$RUN/flows.pcap" --subscribers $SUBS 
 # The generators, on CPU 1 only; $1 is `testpmd` (foreground) or `testpmd_bg`.
 # pcap: testpmd io-forwarding from the pcap replay to the memif link.
 pcap_generator() { # launcher log seconds
-    "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@1,1@1 --no-pci \
+    "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@"$GEN_CPU",1@"$GEN_CPU" --no-pci \
         --vdev "net_pcap0,rx_pcap=$RUN/flows.pcap,infinite_rx=1" \
         --vdev "net_memif0,role=client,id=0,socket=$RUN/dut.sock" -- \
         --forward-mode=io --port-topology=paired --nb-cores=1 \
@@ -248,7 +265,7 @@ pcap_generator() { # launcher log seconds
 # subscriber in cgnatd's config) to as many destinations. It builds frames instead of copying
 # them from a replay, which may let it deliver more than the pcap generator.
 flowgen_generator() { # launcher log seconds
-    "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@1,1@1 --no-pci \
+    "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@"$GEN_CPU",1@"$GEN_CPU" --no-pci \
         --vdev "net_memif0,role=client,id=0,socket=$RUN/dut.sock" -- \
         --forward-mode=flowgen --flowgen-flows="$FLOWS" --port-topology=loop --nb-cores=1 \
         --total-num-mbufs=32768 --stats-period 1
@@ -261,11 +278,11 @@ gen_ports() { # generator
 }
 
 cfg="$OUT/memif.yaml"
-if [ "$MODE" = hugepages ]; then
-    sed 's/hugepages: false/hugepages: true/' perf/configs/memif.yaml >"$cfg"
-else
-    cp perf/configs/memif.yaml "$cfg"
-fi
+HUGE_SED=
+[ "$MODE" = hugepages ] && HUGE_SED='s/hugepages: false/hugepages: true/'
+sed -e "$HUGE_SED" -e "s/lcores: \"0@0,1@0\"/lcores: \"0@$DUT_CPU,1@$DUT_CPU\"/" \
+    perf/configs/memif.yaml >"$cfg"
+grep -q "lcores: \"0@$DUT_CPU,1@$DUT_CPU\"" "$cfg" || { echo "bench: cannot set cgnatd's lcores in $cfg"; exit 1; }
 
 # One cgnatd measurement: start it, attach a generator, let the sessions be created, then read its
 # counters over $WINDOW seconds of steady state.
@@ -315,7 +332,7 @@ system_io() { # round generator
     local r=$1 kind=io-${2%_generator}
     local log=$OUT/$kind-$r.log
     quiet "system-$kind-$r"
-    testpmd_bg "$log" $((WINDOW + 9)) "${MEM_SMALL[@]}" --file-prefix "$PREFIX-io" --lcores 0@0,1@0 \
+    testpmd_bg "$log" $((WINDOW + 9)) "${MEM_SMALL[@]}" --file-prefix "$PREFIX-io" --lcores 0@"$DUT_CPU",1@"$DUT_CPU" \
         --no-pci --vdev "net_memif0,role=server,id=0,socket=$RUN/dut.sock" --vdev "net_null0,no-rx=1" -- \
         --forward-mode=io --port-topology=paired --nb-cores=1 --total-num-mbufs=8192 --stats-period 1
     local io=$BG
@@ -329,16 +346,24 @@ system_io() { # round generator
 
 # Interleaved rounds, so that the machine's speed drifting over minutes affects all four alike.
 : >"$OUT/system.txt"
+# A round takes about a minute (four 4-s windows, each with its start-up and shut-down).
+DONE=0
 for r in $(seq "$ROUNDS"); do
+    if [ "$r" -gt 1 ] && [ "$(left)" -lt 80 ]; then
+        echo "bench: $DONE system rounds of $ROUNDS: another would pass the ${LIMIT} s limit"
+        break
+    fi
     echo "bench: system round $r/$ROUNDS: cgnatd, then testpmd io-forward (pcap and flowgen generators)"
     system_cgnatd "$r" pcap_generator
     system_cgnatd "$r" flowgen_generator
     system_io "$r" pcap_generator
     system_io "$r" flowgen_generator
+    DONE=$r
 done
 
 "$PY" perf/report.py --out perf/RESULTS.md --pipeline "$OUT/pipeline.json" "${SHARED_ARGS[@]}" --mode "$MODE" \
     --huge-reserved "$HUGE_RESERVE" --five-l2 "$FIVE_L2" --five-l4 "$FIVE_L4_BEFORE" "$FIVE_L4_AFTER" \
     --five-l4-nohuge "$FIVE_L4_NOHUGE" --system "$OUT/system.txt" --flows "$FLOWS" --subscribers $SUBS \
-    --stats "$OUT/stats-cgnatd-pcap-$ROUNDS-b.json" "$OUT/stats-cgnatd-flowgen-$ROUNDS-b.json" --commands "$CMDS" --cpu "$CPU" --load "$OUT/load.txt"
+    --stats "$OUT/stats-cgnatd-pcap-$DONE-b.json" "$OUT/stats-cgnatd-flowgen-$DONE-b.json" --commands "$CMDS" --cpu "$CPU" --load "$OUT/load.txt" \
+    --gen-cpu "$GEN_CPU" --dut-cpu "$DUT_CPU" --elapsed $(($(date +%s) - START))
 echo "bench: wrote perf/RESULTS.md (raw outputs in $OUT/)"
