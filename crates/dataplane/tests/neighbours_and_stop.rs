@@ -1,7 +1,7 @@
 //! The worker loop's rarer paths on a real DPDK lcore: frames waiting for a neighbour's ARP reply
 //! (and, once it came, later bursts: their order and MACs, whole or with a frame of another fate
 //! in the middle), ARP shared between workers, what a worker does with frames still waiting when it stops, a
-//! handoff ring that is full, and expiry of a large table by a worker that naps when idle.
+//! handoff ring that is full, fragments handed to the worker owning their flow, and expiry of a large table by a worker that naps when idle.
 //!
 //! The ports are `net_ring` ports built from rings the test holds the other end of
 //! ([`PortId::from_rings`]): the test enqueues frames where the worker's `rx_burst` finds them and
@@ -281,6 +281,7 @@ fn neighbour_waits_arp_sharing_and_stopping() {
     malformed_arp_is_counted_once_and_good_arp_is_shared(&pool);
     frames_waiting_at_stop_are_counted(&pool);
     a_full_handoff_ring_drops_and_counts(&pool);
+    fragments_are_handed_to_their_owner(&pool);
     an_idle_worker_sweeps_a_large_table_on_time(&pool);
     assert_eq!(pool.in_use_count(), 0, "every mbuf went back to the pool");
 }
@@ -364,7 +365,12 @@ fn frames_held_for_arp_leave_in_order(pool: &Arc<Mempool>) {
 /// Answers the one ARP request for the gateway that queue 0's worker sent, and gives the worker
 /// time to release what waited for it.
 fn answer_gateway_arp(rig: &Rig, pool: &Mempool) {
-    let requests = drain(&rig.tx[0][1]);
+    answer_gateway_arp_on(rig, pool, 0);
+}
+
+/// [`answer_gateway_arp`] for queue `q`'s worker.
+fn answer_gateway_arp_on(rig: &Rig, pool: &Mempool, q: usize) {
+    let requests = drain(&rig.tx[q][1]);
     assert_eq!(requests.len(), 1, "one ARP request for the gateway");
     let mut reply = pool.alloc().expect("mbuf");
     reply
@@ -373,8 +379,105 @@ fn answer_gateway_arp(rig: &Rig, pool: &Mempool) {
         .copy_from_slice(requests[0].data());
     local::arp_reply_in_place(reply.data_mut(), GATEWAY_MAC, GATEWAY);
     drop(requests);
-    put(&rig.rx[0][1], vec![reply]);
+    put(&rig.rx[q][1], vec![reply]);
     std::thread::sleep(SETTLE);
+}
+
+/// The two fragments of one UDP datagram from `src` (IP identification `ident`): the first with
+/// the UDP header and 64 bytes of data, the second with the last 40.
+fn udp_fragments(pool: &Mempool, dst_mac: EthernetAddress, src: Ipv4Addr, ident: u16) -> [Mbuf; 2] {
+    let dst = Ipv4Addr::new(198, 18, 0, 1);
+    let mut udp = [0u8; 8 + 104];
+    for (i, b) in udp[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let mut u = UdpPacket::new_unchecked(&mut udp[..]);
+    u.set_src_port(20001);
+    u.set_dst_port(10000);
+    u.set_len(112);
+    u.fill_checksum(src, dst);
+    [(0usize, 72usize, true), (72, 112, false)].map(|(from, to, more)| {
+        let mut m = pool.alloc().expect("mbuf");
+        let len = 20 + to - from;
+        let buf = m.append((L3 + len).max(60)).expect("room");
+        buf.fill(0);
+        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.set_dst_addr(dst_mac);
+        eth.set_src_addr(ROUTER_MAC);
+        eth.set_ethertype(ethertype::IPV4);
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[L3..L3 + len]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(len as u16);
+        ip.set_ident(ident);
+        ip.set_flags_and_frag(false, more, from as u16);
+        ip.set_ttl(64);
+        ip.set_protocol(ip_proto::UDP);
+        ip.set_src_addr(src);
+        ip.set_dst_addr(dst);
+        ip.fill_checksum();
+        ip.payload_mut().copy_from_slice(&udp[from..to]);
+        m
+    })
+}
+
+/// With two workers, the fragments of a datagram that reach the worker not owning its flow are
+/// handed to the owner, the later one (which came first) once its first fragment told whose
+/// flow it is; the owner translates both, and the far side can reassemble a datagram whose UDP
+/// checksum holds for the translated addresses.
+fn fragments_are_handed_to_their_owner(pool: &Arc<Mempool>) {
+    let rig = rig("f", 2, pool);
+    let in_mac = EthernetAddress(rig.ports[0].mac_addr());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut links = handoff::mesh(2, 256).expect("mesh");
+    let l1 = links.pop().expect("links 1");
+    let l0 = links.pop().expect("links 0");
+    let (w0, c0) = worker(&rig, 0, 2, l0, pool, &stop, Tables::default());
+    let (w1, c1) = worker(&rig, 1, 2, l1, pool, &stop, Tables::default());
+    launch(1, w0);
+    launch(2, w1);
+    // SUBSCRIBER (odd) is worker 1's; its fragments arrive on worker 0's queue, later one first.
+    let [first, later] = udp_fragments(pool, in_mac, SUBSCRIBER, 0x4242);
+    put(&rig.rx[0][0], vec![later]);
+    std::thread::sleep(SETTLE);
+    assert_eq!(
+        c0.get(Counter::FragmentsHeld),
+        1,
+        "held until its first fragment"
+    );
+    put(&rig.rx[0][0], vec![first]);
+    std::thread::sleep(SETTLE);
+    answer_gateway_arp_on(&rig, pool, 1);
+    let out = drain(&rig.tx[1][1]);
+    let elsewhere = drain(&rig.tx[0][1]);
+    stop.store(true, Ordering::Relaxed);
+    lcore::wait(LcoreId(1));
+    lcore::wait(LcoreId(2));
+    assert!(elsewhere.is_empty(), "nothing left by worker 0");
+    assert_eq!(c0.get(Counter::HandoffOut), 2, "both fragments handed over");
+    assert_eq!(out.len(), 2, "both fragments left through their owner");
+    let ips: Vec<Ipv4Packet<&[u8]>> = out
+        .iter()
+        .map(|m| Ipv4Packet::new_checked(&m.data()[L3..]).expect("IPv4"))
+        .collect();
+    assert_eq!(
+        ips.iter()
+            .map(|ip| (ip.src_addr(), ip.ident(), ip.frag_offset(), ip.more_frags()))
+            .collect::<Vec<_>>(),
+        vec![(POOL_ADDR, 0x4242, 0, true), (POOL_ADDR, 0x4242, 72, false)],
+        "translated, first fragment first"
+    );
+    assert!(ips.iter().all(|ip| ip.verify_checksum()), "IPv4 checksums");
+    let mut datagram = ips[0].payload().to_vec();
+    datagram.extend_from_slice(ips[1].payload());
+    let udp = UdpPacket::new_checked(&datagram[..]).expect("UDP");
+    assert!(
+        udp.verify_checksum(POOL_ADDR, Ipv4Addr::new(198, 18, 0, 1)),
+        "the reassembled datagram's UDP checksum holds after translation"
+    );
+    assert_eq!(c1.get(Counter::FragmentsTranslated), 2);
+    let sum = |c: &dyn Fn(&Counters) -> u64| c(&c0) + c(&c1);
+    assert_eq!(sum(&|c| all_drops(c)), 0, "nothing dropped");
 }
 
 /// A handoff ring that is full drops what does not fit, counted `handoff_full`, without holding
