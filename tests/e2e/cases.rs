@@ -755,7 +755,11 @@ pub fn workers_share_the_load(env: &Env) -> R {
     } else {
         "software_handoff"
     };
-    for p in ports["ports"].as_array().into_iter().flatten() {
+    let ports = ports["ports"]
+        .as_array()
+        .filter(|p| p.len() == 2)
+        .ok_or_else(|| format!("cgnatctl ports lists no inside and outside port: {ports}"))?;
+    for p in ports {
         let st = &p["steering"];
         ensure(
             st["mode"] == want

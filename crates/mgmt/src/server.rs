@@ -377,12 +377,12 @@ mod tests {
         assert!(!ports[1].link_up);
         // Whether flows reach their owner by the NIC or by handoff, and why not by the NIC.
         let steering = |i: usize| ports[i].steering.clone().unwrap();
-        assert_eq!(steering(0).mode(), v1::steering::Mode::SoftwareHandoff);
+        assert_eq!(steering(0).mode(), v1::SteeringMode::SoftwareHandoff);
         assert_eq!(
             steering(0).reason,
             "rte_flow is not supported by net_af_packet"
         );
-        assert_eq!(steering(1).mode(), v1::steering::Mode::RteFlow);
+        assert_eq!(steering(1).mode(), v1::SteeringMode::RteFlow);
         assert_eq!(steering(1).rules, 4);
         server.stop().await.unwrap();
     }

@@ -1011,7 +1011,7 @@ pub(crate) fn port_to_proto(port: &PortSnapshot) -> v1::Port {
 }
 
 fn steering_to_proto(s: &SteeringSnapshot) -> v1::Steering {
-    use v1::steering::Mode;
+    use v1::SteeringMode as Mode;
     let (mode, rules, reason) = match s {
         SteeringSnapshot::SingleWorker => (Mode::SingleWorker, 0, String::new()),
         SteeringSnapshot::RteFlow { rules } => (Mode::RteFlow, *rules, String::new()),

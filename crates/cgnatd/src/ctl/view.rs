@@ -429,7 +429,7 @@ impl SteeringView {
 
 impl From<Option<&v1::Steering>> for SteeringView {
     fn from(s: Option<&v1::Steering>) -> Self {
-        use v1::steering::Mode;
+        use v1::SteeringMode as Mode;
         // A server from before steering was reported sends none: unspecified, not an error.
         let Some(s) = s else {
             return SteeringView {
@@ -581,9 +581,17 @@ pub fn ports_table(ports: &PortsView) -> String {
         );
     }
     let mut text = format!("{}\n{}", identity.render(), counters.render());
-    for p in ports.ports.iter().filter(|p| !p.steering.reason.is_empty()) {
+    let handed: Vec<&PortView> = ports
+        .ports
+        .iter()
+        .filter(|p| p.steering.mode == "software_handoff")
+        .collect();
+    if !handed.is_empty() {
+        text.push('\n');
+    }
+    for p in handed {
         text.push_str(&format!(
-            "\n{}: flows reach their owner by handoff: {}\n",
+            "{}: flows reach their owner by handoff: {}\n",
             p.name, p.steering.reason
         ));
     }
@@ -1381,7 +1389,7 @@ mod tests {
                     speed_mbps: 0,
                     counters: None,
                     steering: Some(v1::Steering {
-                        mode: v1::steering::Mode::RteFlow.into(),
+                        mode: v1::SteeringMode::RteFlow.into(),
                         rules: 2,
                         reason: String::new(),
                     }),
@@ -1407,7 +1415,7 @@ mod tests {
                         rx_nombuf: 8,
                     }),
                     steering: Some(v1::Steering {
-                        mode: v1::steering::Mode::SoftwareHandoff.into(),
+                        mode: v1::SteeringMode::SoftwareHandoff.into(),
                         rules: 0,
                         reason: "rte_flow is not supported by net_af_packet".into(),
                     }),
