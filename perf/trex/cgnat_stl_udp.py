@@ -66,6 +66,9 @@ def parse(tunables, kwargs):
         raise ValueError("subs must be 1 .. 4194302 (100.64.0.0/10)")
     if not 1 <= args.ports_per_sub <= 64511:
         raise ValueError("ports-per-sub must be 1 .. 64511")
+    if args.subs * args.ports_per_sub > 0xFFFFFFFF:
+        # The tuple generator counts flows in 32 bits (limit_flows).
+        raise ValueError("subs x ports-per-sub must be at most 4294967295 flows")
     return args
 
 

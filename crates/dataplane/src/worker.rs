@@ -1209,7 +1209,7 @@ impl Worker {
 
     fn flush_handoff_to(&mut self, j: usize) {
         // Every peer has a ring; only `j == self.worker` has none, and a worker never hands off
-        // to itself. Were it to, the frames would be freed and counted, not leaked.
+        // to itself. Were it to, the frames would be freed and counted (as handoff_full), not leaked.
         let Some(ring) = self.to_peer.get(j).and_then(|r| r.as_ref()) else {
             let n = self.handoff_out[j].len();
             self.handoff_out[j].clear();

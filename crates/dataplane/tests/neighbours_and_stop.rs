@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dataplane::handoff::{self, Links};
 use dataplane::local::{self, L3};
@@ -38,6 +38,8 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 const GATEWAY_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xfe]);
 const POOL_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const SUBSCRIBER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 5);
+/// Where the subscribers' datagrams go: routed via the outside gateway.
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// How long the worker gets to handle what the test enqueued (it polls continuously).
 const SETTLE: Duration = Duration::from_millis(200);
 
@@ -58,31 +60,58 @@ fn udp_frame(pool: &Mempool, dst_mac: EthernetAddress, tag: u16) -> Mbuf {
 
 /// [`udp_frame`] from subscriber `src`.
 fn udp_frame_from(pool: &Mempool, dst_mac: EthernetAddress, src: Ipv4Addr, tag: u16) -> Mbuf {
+    let mut udp = [0u8; 24];
+    udp[8..10].copy_from_slice(&tag.to_be_bytes());
+    let mut u = UdpPacket::new_unchecked(&mut udp[..]);
+    u.set_src_port(20000);
+    u.set_dst_port(10000);
+    u.set_len(24);
+    u.fill_checksum(src, REMOTE);
+    ipv4_frame(pool, dst_mac, src, tag, (false, 0), &udp)
+}
+
+/// A frame from the inside router with an IPv4 packet from `src` to [`REMOTE`]: identification
+/// `ident`, fragment fields `frag` (more fragments, offset in bytes), `payload` after the header
+/// (padded to the 60-byte minimum frame).
+fn ipv4_frame(
+    pool: &Mempool,
+    dst_mac: EthernetAddress,
+    src: Ipv4Addr,
+    ident: u16,
+    frag: (bool, u16),
+    payload: &[u8],
+) -> Mbuf {
     let mut m = pool.alloc().expect("mbuf");
-    let buf = m.append(60).expect("room");
+    let len = 20 + payload.len();
+    let buf = m.append((L3 + len).max(60)).expect("room");
     buf.fill(0);
     let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
     eth.set_dst_addr(dst_mac);
     eth.set_src_addr(ROUTER_MAC);
     eth.set_ethertype(ethertype::IPV4);
-    let dst = Ipv4Addr::new(198, 18, 0, 1);
-    let mut ip = Ipv4Packet::new_unchecked(&mut buf[L3..L3 + 44]);
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[L3..L3 + len]);
     ip.set_version(4);
     ip.set_header_len(20);
-    ip.set_total_len(44);
-    ip.set_ident(tag);
+    ip.set_total_len(len as u16);
+    ip.set_ident(ident);
+    ip.set_flags_and_frag(false, frag.0, frag.1);
     ip.set_ttl(64);
     ip.set_protocol(ip_proto::UDP);
     ip.set_src_addr(src);
-    ip.set_dst_addr(dst);
+    ip.set_dst_addr(REMOTE);
     ip.fill_checksum();
-    buf[L3 + 28..L3 + 30].copy_from_slice(&tag.to_be_bytes());
-    let mut udp = UdpPacket::new_unchecked(&mut buf[L3 + 20..L3 + 44]);
-    udp.set_src_port(20000);
-    udp.set_dst_port(10000);
-    udp.set_len(24);
-    udp.fill_checksum(src, dst);
+    ip.payload_mut().copy_from_slice(payload);
     m
+}
+
+/// Polls `cond` until it holds, for at most 5 s (the workers share a CPU with the test and with
+/// whatever else runs on the machine); `what` names it if it never does.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn tag_of(m: &Mbuf) -> u16 {
@@ -386,7 +415,6 @@ fn answer_gateway_arp_on(rig: &Rig, pool: &Mempool, q: usize) {
 /// The two fragments of one UDP datagram from `src` (IP identification `ident`): the first with
 /// the UDP header and 64 bytes of data, the second with the last 40.
 fn udp_fragments(pool: &Mempool, dst_mac: EthernetAddress, src: Ipv4Addr, ident: u16) -> [Mbuf; 2] {
-    let dst = Ipv4Addr::new(198, 18, 0, 1);
     let mut udp = [0u8; 8 + 104];
     for (i, b) in udp[8..].iter_mut().enumerate() {
         *b = i as u8;
@@ -395,30 +423,11 @@ fn udp_fragments(pool: &Mempool, dst_mac: EthernetAddress, src: Ipv4Addr, ident:
     u.set_src_port(20001);
     u.set_dst_port(10000);
     u.set_len(112);
-    u.fill_checksum(src, dst);
-    [(0usize, 72usize, true), (72, 112, false)].map(|(from, to, more)| {
-        let mut m = pool.alloc().expect("mbuf");
-        let len = 20 + to - from;
-        let buf = m.append((L3 + len).max(60)).expect("room");
-        buf.fill(0);
-        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-        eth.set_dst_addr(dst_mac);
-        eth.set_src_addr(ROUTER_MAC);
-        eth.set_ethertype(ethertype::IPV4);
-        let mut ip = Ipv4Packet::new_unchecked(&mut buf[L3..L3 + len]);
-        ip.set_version(4);
-        ip.set_header_len(20);
-        ip.set_total_len(len as u16);
-        ip.set_ident(ident);
-        ip.set_flags_and_frag(false, more, from as u16);
-        ip.set_ttl(64);
-        ip.set_protocol(ip_proto::UDP);
-        ip.set_src_addr(src);
-        ip.set_dst_addr(dst);
-        ip.fill_checksum();
-        ip.payload_mut().copy_from_slice(&udp[from..to]);
-        m
-    })
+    u.fill_checksum(src, REMOTE);
+    [
+        ipv4_frame(pool, dst_mac, src, ident, (true, 0), &udp[..72]),
+        ipv4_frame(pool, dst_mac, src, ident, (false, 72), &udp[72..]),
+    ]
 }
 
 /// With two workers, the fragments of a datagram that reach the worker not owning its flow are
@@ -439,15 +448,13 @@ fn fragments_are_handed_to_their_owner(pool: &Arc<Mempool>) {
     // SUBSCRIBER (odd) is worker 1's; its fragments arrive on worker 0's queue, later one first.
     let [first, later] = udp_fragments(pool, in_mac, SUBSCRIBER, 0x4242);
     put(&rig.rx[0][0], vec![later]);
-    std::thread::sleep(SETTLE);
-    assert_eq!(
-        c0.get(Counter::FragmentsHeld),
-        1,
-        "held until its first fragment"
-    );
+    wait_for("the later fragment held until its first", || {
+        c0.get(Counter::FragmentsHeld) == 1
+    });
     put(&rig.rx[0][0], vec![first]);
-    std::thread::sleep(SETTLE);
+    wait_for("worker 1's ARP request", || rig.tx[1][1].count() == 1);
     answer_gateway_arp_on(&rig, pool, 1);
+    wait_for("both fragments", || rig.tx[1][1].count() == 2);
     let out = drain(&rig.tx[1][1]);
     let elsewhere = drain(&rig.tx[0][1]);
     stop.store(true, Ordering::Relaxed);
@@ -472,7 +479,7 @@ fn fragments_are_handed_to_their_owner(pool: &Arc<Mempool>) {
     datagram.extend_from_slice(ips[1].payload());
     let udp = UdpPacket::new_checked(&datagram[..]).expect("UDP");
     assert!(
-        udp.verify_checksum(POOL_ADDR, Ipv4Addr::new(198, 18, 0, 1)),
+        udp.verify_checksum(POOL_ADDR, REMOTE),
         "the reassembled datagram's UDP checksum holds after translation"
     );
     assert_eq!(c1.get(Counter::FragmentsTranslated), 2);
@@ -497,9 +504,10 @@ fn a_full_handoff_ring_drops_and_counts(pool: &Arc<Mempool>) {
     // worker 1's.
     let own = Ipv4Addr::new(100, 64, 0, 4);
     put(&rig.rx[0][0], vec![udp_frame_from(pool, in_mac, own, 0)]);
-    std::thread::sleep(SETTLE);
+    wait_for("the ARP request", || rig.tx[0][1].count() == 1);
     answer_gateway_arp(&rig, pool);
-    assert_eq!(drain(&rig.tx[0][1]).len(), 1, "the first frame left");
+    wait_for("the first frame", || rig.tx[0][1].count() == 1);
+    drop(drain(&rig.tx[0][1]));
 
     // Two bursts of 16 frames for worker 1 interleaved with 16 of worker 0's own.
     for burst in 0..2u16 {
@@ -513,7 +521,12 @@ fn a_full_handoff_ring_drops_and_counts(pool: &Arc<Mempool>) {
                 })
                 .collect(),
         );
-        std::thread::sleep(SETTLE);
+        // Handed over or dropped (after the ARP copy), and the worker's own sent.
+        let n = 16 * (u64::from(burst) + 1);
+        wait_for("the burst", || {
+            counters.get(Counter::HandoffOut) + counters.drops(DropReason::HandoffFull) == 1 + n
+                && u64::from(rig.tx[0][1].count()) == n
+        });
     }
     let out = drain(&rig.tx[0][1]);
     l1.stopped.fetch_add(1, Ordering::AcqRel);
