@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 
 
@@ -35,15 +36,25 @@ def against(r, goal):
     return f"{r:.3f}" if round(r, 2) == goal and r != goal else f"{r:.2f}"
 
 
-def nominal_ghz():
-    """The clock /proc/cpuinfo states (in a VM, the TSC's nominal rate), or None."""
+def cpu_clock():
+    """(GHz, where it came from): lscpu's maximum where the kernel knows one (bare metal with
+    cpufreq), else the first `cpu MHz` of /proc/cpuinfo (in a VM, the TSC's rate; on bare metal
+    without cpufreq, the current clock); (None, None) if neither says."""
+    m = re.search(r"@ *([0-9.]+) *GHz", sh("lscpu | sed -n 's/^Model name:[[:space:]]*//p'"))
+    if m:
+        return float(m.group(1)), "the model name"
+    mx = sh("lscpu | sed -n 's/^CPU max MHz:[[:space:]]*//p'")
+    try:
+        return float(mx) / 1000, "lscpu's maximum"
+    except ValueError:
+        pass
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("cpu MHz"):
-                return float(line.split(":")[1]) / 1000
+                return float(line.split(":")[1]) / 1000, "/proc/cpuinfo"
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return None, None
 
 
 def anchors(w, g1m, g16m, g64k, best_dut, ghz):
@@ -53,7 +64,7 @@ def anchors(w, g1m, g16m, g64k, best_dut, ghz):
         return
     nat = g1m["established"]["nat_only_ns"]
     ns = (nat["in2out"] + nat["out2in"]) / 2
-    clocks = f" ≈ **{ns * ghz:.0f} clocks** at the nominal {ghz:.2f} GHz" if ghz else ""
+    clocks = f" ≈ **{ns * ghz:.0f} clocks** at {ghz:.2f} GHz" if ghz else ""
     new = [g["new_sessions"]["sessions_per_s"] / 1e6 for g in (g64k, g1m, g16m)]
     mem = g16m["established"]["memory"]["per_session"]["all_in"]
     w("## Against the issue's anchors")
@@ -66,16 +77,17 @@ def anchors(w, g1m, g16m, g64k, best_dut, ghz):
     w("|---|---|---|")
     w(f"| NAT work per established packet, 1M sessions | {ns:.1f} ns (*NAT only*, mean of both "
       f"directions){clocks} | VPP nat44-ed: about 106 clocks per packet in its NAT node |")
+    daemon = ("" if math.isnan(best_dut)
+              else f"; {best_dut / 1e6:.1f} Mpps (whole daemon over memif, best round)")
     w(f"| packets per second per core | {g1m['established']['in2out_mpps']:.1f} Mpps (pipeline, 1M "
-      f"sessions); {best_dut / 1e6:.1f} Mpps (whole daemon over memif, best round) | VPP nat44-ed: "
-      "about 7-10 Mpps; Linux netfilter SNAT: about 0.2 Mpps |")
+      f"sessions){daemon} | VPP nat44-ed: about 7-10 Mpps; Linux netfilter SNAT: about 0.2 Mpps |")
     w(f"| new sessions per second per core | {new[0]:.2f} / {new[1]:.2f} / {new[2]:.2f} M/s at "
       "64K / 1M / 16M sessions | VPP nat44-ed: 1.2 M/s at 258K sessions, 0.49 M/s at 16.5M |")
     w(f"| memory per session | {mem:.1f} B all-in at 16M | VPP nat44-ed: about 320 B |")
     w("")
     if ghz:
-        w("Clocks are nanoseconds × the nominal clock: a core that boosts above it spends more clocks")
-        w("than this, in proportion. The pipeline's figures leave out the NIC driver (the system")
+        w("Clocks are nanoseconds × the clock above: a core that runs faster than it (boost) spends")
+        w("more clocks than this, in proportion. The pipeline's figures leave out the NIC driver (the system")
         w("benchmark has it); VPP's NAT-node figure leaves out its input and output nodes too.")
         w("")
 
@@ -153,12 +165,12 @@ def main():
     w("## Machine and mode")
     w("")
     cpu = sh("lscpu | sed -n 's/^Model name:[[:space:]]*//p'")
-    ghz = nominal_ghz()
-    ghz_text = f"{ghz:.2f} GHz (/proc/cpuinfo)" if ghz else "clock unknown"
+    ghz, ghz_from = cpu_clock()
+    ghz_text = f"clock {ghz:.2f} GHz ({ghz_from})" if ghz else "clock unknown"
     hyp = sh("lscpu | sed -n 's/^Hypervisor vendor:[[:space:]]*//p'")
     mem = sh("free -g | awk '/Mem:/ {print $2}'")
     guest = f" ({hyp} guest)" if hyp != "?" else ""
-    w(f"- CPU: {cpu}, {os.cpu_count()} CPUs{guest}, nominal {ghz_text}; memory {mem} GiB; "
+    w(f"- CPU: {cpu}, {os.cpu_count()} CPUs{guest}, {ghz_text}; memory {mem} GiB; "
       f"kernel {platform.release()}")
     w(f"- DPDK {sh('pkg-config --modversion libdpdk')} (Debian packages), {sh('rustc --version')}")
     huge = f"**{a.mode}**"
@@ -172,7 +184,7 @@ def main():
     w("  System benchmark: lcores are mapped onto CPUs with `--lcores`: the generator (testpmd main")
     w(f"  lcore and forwarding lcore: `0@{g},1@{g}`) on CPU {g}, the device under test (cgnatd main")
     w(f"  lcore and its one worker, or testpmd io-forward: `0@{d},1@{d}`) on CPU {d}.")
-    w("  The main lcores are mostly idle; the kernel and other users of the machine share both CPUs.")
+    w("  The main lcores are mostly idle; the kernel and other users of the machine share the CPUs.")
     load = [l.split() for l in open(a.load).read().splitlines() if l.strip()]
     if load:
         seen = ", ".join(f"{p} {b} %" + (f" (after waiting {t} s)" if int(t) else "") for p, b, t in load)
@@ -445,7 +457,8 @@ def main():
     w("## Exact commands")
     w("")
     w("```")
-    w("make bench   # = perf/run.sh; BENCH_SIZES, BENCH_SECONDS, BENCH_REPEAT, BENCH_WINDOW, BENCH_CPU, BENCH_HUGEPAGES")
+    w("make bench   # = perf/run.sh; BENCH_SIZES, BENCH_SHARED_SIZES, BENCH_SECONDS, BENCH_REPEAT, BENCH_WINDOW,")
+    w("             # BENCH_ROUNDS, BENCH_CPU, BENCH_GEN_CPU, BENCH_DUT_CPU, BENCH_HUGEPAGES, BENCH_LIMIT")
     for line in open(a.commands).read().splitlines():
         w(line.strip().replace(os.getcwd() + "/", ""))
     w("```")

@@ -45,12 +45,32 @@ CMDS=$OUT/commands.txt
 PY=${PYTHON:-/usr/bin/python3}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (DPDK, /run, hugepages)"; exit 1; }
-# The run's bound: no benchmark may run past LIMIT seconds after the build (10 minutes in all,
-# with the report). A pipeline benchmark that would is stopped and the run fails saying so;
-# system rounds that would not fit are skipped, and RESULTS.md counts the rounds it has.
+# The run's bound: the benchmarks end within LIMIT seconds of the build (10 minutes in all, with
+# the report). The pipeline benchmarks must leave RESERVE seconds for what follows them (two
+# 5tswap references and one system round, each phase with its wait for a quiet machine); one that
+# would not is stopped and the run fails saying so. A system round after the first runs only if
+# the time left holds another as long as the first took; RESULTS.md counts the rounds it has.
 LIMIT=${BENCH_LIMIT:-570}
+RESERVE=$((190 + 4 * WINDOW))
 left() { echo $((START + LIMIT - $(date +%s))); }
-over() { echo "bench: $1 ran past make bench's ${LIMIT} s limit (BENCH_LIMIT); nothing written"; exit 1; }
+# bounded what reserve cmd...: run cmd (logged like `logged`) for at most the time left but
+# `reserve`; past it, stop it and fail the run. Another failure of cmd fails the run as it is.
+bounded() {
+    local what=$1 t rc=0
+    t=$(($(left) - $2))
+    shift 2
+    [ "$t" -gt 0 ] || over "$what"
+    printf '%q ' "$@" >>"$CMDS"
+    echo >>"$CMDS"
+    # --foreground: cgnat-bench stays in this process group, so an interrupt reaches it.
+    timeout --foreground -k 10 -s INT "$t" "$@" || rc=$?
+    [ "$rc" -ne 124 ] || over "$what"
+    return "$rc"
+}
+over() {
+    echo "bench: $1 would end past make bench's ${LIMIT} s limit (BENCH_LIMIT); nothing written" >&2
+    exit 1
+}
 # One benchmark per machine: a second one would share CPUs, sockets and the DPDK prefix.
 LOCK=/run/lock/cgnat-bench.lock
 exec 9>"$LOCK"
@@ -222,17 +242,15 @@ FIVE_L4_BEFORE=$(fivetswap l4 l4-before)
 # --- pipeline --------------------------------------------------------------------------------------
 quiet pipeline
 echo "bench: pipeline on CPU $CPU ($SIZES)"
-timeout -s INT "$(left)" taskset -c "$CPU" target/release/cgnat-bench --sizes "$SIZES" \
-    --seconds "$SECS" --repeat "$REPEAT" --no-prefetch-too --memory-probe >"$OUT/pipeline.json" ||
-    over "the pipeline benchmark"
-echo "taskset -c $CPU target/release/cgnat-bench --sizes $SIZES --seconds $SECS --repeat $REPEAT --no-prefetch-too --memory-probe" >>"$CMDS"
+bounded "the pipeline benchmark" "$RESERVE" taskset -c "$CPU" target/release/cgnat-bench \
+    --sizes "$SIZES" --seconds "$SECS" --repeat "$REPEAT" --no-prefetch-too --memory-probe \
+    >"$OUT/pipeline.json"
 SHARED_ARGS=()
 if [ -n "$SHARED_SIZES" ]; then
     echo "bench: pipeline with 16 sessions per mapping ($SHARED_SIZES)"
-    timeout -s INT "$(left)" taskset -c "$CPU" target/release/cgnat-bench --sizes "$SHARED_SIZES" \
-        --seconds "$SECS" --repeat "$REPEAT" --remotes 16 >"$OUT/pipeline-shared.json" ||
-        over "the shared-mapping pipeline benchmark"
-    echo "taskset -c $CPU target/release/cgnat-bench --sizes $SHARED_SIZES --seconds $SECS --repeat $REPEAT --remotes 16" >>"$CMDS"
+    bounded "the shared-mapping pipeline benchmark" "$RESERVE" taskset -c "$CPU" \
+        target/release/cgnat-bench --sizes "$SHARED_SIZES" --seconds "$SECS" --repeat "$REPEAT" \
+        --remotes 16 >"$OUT/pipeline-shared.json"
     SHARED_ARGS=(--pipeline-shared "$OUT/pipeline-shared.json")
 fi
 
@@ -252,7 +270,7 @@ PPS=16
 FLOWS=$(logged "$PY" perf/mkpcap.py --out "$RUN/flows.pcap" --subscribers $SUBS \
     --ports-per-subscriber $PPS --dst-mac $DUT_MAC)
 
-# The generators, on CPU 1 only; $1 is `testpmd` (foreground) or `testpmd_bg`.
+# The generators, on GEN_CPU only; $1 is `testpmd` (foreground) or `testpmd_bg`.
 # pcap: testpmd io-forwarding from the pcap replay to the memif link.
 pcap_generator() { # launcher log seconds
     "$1" "$2" "$3" "${MEM_GEN[@]}" --file-prefix "$PREFIX-gen" --lcores 0@"$GEN_CPU",1@"$GEN_CPU" --no-pci \
@@ -326,7 +344,7 @@ PY
     echo "$r $kind $pps $(tx_pps_median "$OUT/gen-$kind-$r.log" "$(gen_ports "$2")")" >>"$OUT/system.txt"
 }
 
-# The reference: testpmd io-forward in cgnatd's place (memif server in, net_null out, CPU 0, as
+# The reference: testpmd io-forward in cgnatd's place (memif server in, net_null out, DUT_CPU, as
 # many mbufs as cgnatd's pool).
 system_io() { # round generator
     local r=$1 kind=io-${2%_generator}
@@ -346,19 +364,23 @@ system_io() { # round generator
 
 # Interleaved rounds, so that the machine's speed drifting over minutes affects all four alike.
 : >"$OUT/system.txt"
-# A round takes about a minute (four 4-s windows, each with its start-up and shut-down).
+# A round takes about a minute (four windows, each with its start-up and shut-down); the first
+# always runs (the pipeline left room for it), a later one only if one as long as the first fits.
 DONE=0
+ROUND_S=0
 for r in $(seq "$ROUNDS"); do
-    if [ "$r" -gt 1 ] && [ "$(left)" -lt 80 ]; then
-        echo "bench: $DONE system rounds of $ROUNDS: another would pass the ${LIMIT} s limit"
+    if [ "$r" -gt 1 ] && [ "$(left)" -lt "$ROUND_S" ]; then
+        echo "bench: $DONE system rounds of $ROUNDS: another (${ROUND_S} s) would pass the ${LIMIT} s limit"
         break
     fi
+    ROUND_T0=$(date +%s)
     echo "bench: system round $r/$ROUNDS: cgnatd, then testpmd io-forward (pcap and flowgen generators)"
     system_cgnatd "$r" pcap_generator
     system_cgnatd "$r" flowgen_generator
     system_io "$r" pcap_generator
     system_io "$r" flowgen_generator
     DONE=$r
+    [ "$r" -gt 1 ] || ROUND_S=$(($(date +%s) - ROUND_T0))
 done
 
 "$PY" perf/report.py --out perf/RESULTS.md --pipeline "$OUT/pipeline.json" "${SHARED_ARGS[@]}" --mode "$MODE" \
