@@ -289,15 +289,21 @@ def main():
     w("")
     w("Memory, from `Shard::memory()` of a shard sized for exactly N flows (one mapping per flow, its")
     w("session embedded in the mapping's record; subscriber table sized for the subscribers used),")
-    w("divided by N; and the process RSS growth while that shard was built and filled. The flow table")
-    w("is the one slab of 32-byte records (mappings and sessions) with its index.")
+    w("divided by N; and the process RSS growth while that shard was built and filled, with the share")
+    w("of it on transparent huge pages (`AnonHugePages`: whether the tables got the huge pages they")
+    w("were advised for). The flow table is the one slab of 32-byte records (mappings and sessions)")
+    w("with its index.")
     w("")
-    w("| sessions | flow records + index | subscribers | port maps | event ring | **all-in** | RSS growth |")
-    w("|---:|---:|---:|---:|---:|---:|---:|")
+    w("| sessions | flow records + index | subscribers | port maps | event ring | **all-in** | RSS growth | on huge pages |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in sorted(pipe.items()):
-        p = r["established"]["memory"]["per_session"]
+        m = r["established"]["memory"]
+        p = m["per_session"]
+        grown, thp = m.get("rss_growth_bytes"), m.get("thp_growth_bytes")
+        huge = f"{100 * thp / grown:.0f} %" if grown and thp is not None else "-"
         w(f"| {size_name(n)} | {p['flow_table']:.1f} B | {p['subscribers']:.2f} B "
-          f"| {p['port_maps']:.2f} B | {p['events']:.2f} B | **{p['all_in']:.1f} B** | {p['rss_growth']:.1f} B |")
+          f"| {p['port_maps']:.2f} B | {p['events']:.2f} B | **{p['all_in']:.1f} B** | {p['rss_growth']:.1f} B "
+          f"| {huge} |")
     w("")
     if all("expiry" in r["established"] for r in pipe.values()):
         w("Expiry, on the same shard once its rates are measured, driven as cgnatd's worker drives it")

@@ -538,6 +538,7 @@ fn established<P: Prefetch>(
 fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
     let flows = Flows::new(BASE_FILL, cli);
     let rss0 = rss_bytes();
+    let thp0 = dpdk::thp_backed_bytes();
     let mut sh = shard(n, flows.subscribers(n), flows.mappings(n), !cli.no_thp)?;
     let mut bufs = Bufs::new(BURST);
     let all: Vec<u32> = (0..n).collect();
@@ -546,6 +547,10 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
     let fill_wall = t.elapsed();
     drop(all);
     let rss = rss_bytes().saturating_sub(rss0);
+    // How much of that growth transparent huge pages back (None: the kernel does not say).
+    let thp = thp0
+        .zip(dpdk::thp_backed_bytes())
+        .map(|(a, b)| b.saturating_sub(a));
     let mem = sh.memory();
 
     // Per-direction tuples in visiting order. The outside tuple of each flow comes from its session.
@@ -632,6 +637,8 @@ fn measure_established(cli: &Cli, n: u32) -> Result<Value> {
                 "all_in": per(all_in),
                 "rss_growth": rss as f64 / n as f64,
             },
+            "rss_growth_bytes": rss,
+            "thp_growth_bytes": thp,
             "subscribers": sh.subscriber_count(),
             "mappings": sh.mapping_count(),
             "records": sh.record_count(),
