@@ -16,8 +16,8 @@
 # BENCH_REPEAT samples per pipeline figure (3), BENCH_SHARED_SIZES for the shared-mapping
 # pipeline run (1M,16M; empty skips it), BENCH_WINDOW seconds per system measurement (4),
 # BENCH_ROUNDS of the system benchmark (3), BENCH_GEN_CPU and BENCH_DUT_CPU for its generator and
-# device under test (1 and 0), BENCH_LIMIT seconds for all benchmarks (570), BENCH_CPU for the pipeline and the 5tswap forwarding
-# lcore (1), BENCH_HUGEPAGES: number of 2 MiB hugepages to reserve for this run only, 0 for none;
+# device under test (1 and 0), BENCH_LIMIT seconds for all benchmarks (570), BENCH_CPU for the
+# pipeline and the 5tswap forwarding lcore (1), BENCH_HUGEPAGES: number of 2 MiB hugepages to reserve for this run only, 0 for none;
 # default "auto" reserves what is missing for 2.5 GiB when at least 6.5 GiB of memory is available
 # (no hugepages at all: DPDK runs with --no-huge).
 #

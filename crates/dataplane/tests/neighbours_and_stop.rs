@@ -279,6 +279,23 @@ fn launch(lcore: u32, w: Worker) {
     .expect("launch");
 }
 
+/// Workers 0 and 1 of two, on queues 0 and 1 and lcores 1 and 2, joined by handoff rings;
+/// their counters.
+fn launch_two_workers(
+    rig: &Rig,
+    pool: &Arc<Mempool>,
+    stop: &Arc<AtomicBool>,
+) -> [Arc<Counters>; 2] {
+    let mut links = handoff::mesh(2, 256).expect("mesh");
+    let l1 = links.pop().expect("links 1");
+    let l0 = links.pop().expect("links 0");
+    let (w0, c0) = worker(rig, 0, 2, l0, pool, stop, Tables::default());
+    let (w1, c1) = worker(rig, 1, 2, l1, pool, stop, Tables::default());
+    launch(1, w0);
+    launch(2, w1);
+    [c0, c1]
+}
+
 fn all_drops(c: &Counters) -> u64 {
     DropReason::ALL.iter().map(|r| c.drops(*r)).sum()
 }
@@ -438,13 +455,7 @@ fn fragments_are_handed_to_their_owner(pool: &Arc<Mempool>) {
     let rig = rig("f", 2, pool);
     let in_mac = EthernetAddress(rig.ports[0].mac_addr());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut links = handoff::mesh(2, 256).expect("mesh");
-    let l1 = links.pop().expect("links 1");
-    let l0 = links.pop().expect("links 0");
-    let (w0, c0) = worker(&rig, 0, 2, l0, pool, &stop, Tables::default());
-    let (w1, c1) = worker(&rig, 1, 2, l1, pool, &stop, Tables::default());
-    launch(1, w0);
-    launch(2, w1);
+    let [c0, c1] = launch_two_workers(&rig, pool, &stop);
     // SUBSCRIBER (odd) is worker 1's; its fragments arrive on worker 0's queue, later one first.
     let [first, later] = udp_fragments(pool, in_mac, SUBSCRIBER, 0x4242);
     put(&rig.rx[0][0], vec![later]);
@@ -565,13 +576,7 @@ fn a_full_handoff_ring_drops_and_counts(pool: &Arc<Mempool>) {
 fn malformed_arp_is_counted_once_and_good_arp_is_shared(pool: &Arc<Mempool>) {
     let rig = rig("b", 2, pool);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut links = handoff::mesh(2, 256).expect("mesh");
-    let l1 = links.pop().expect("links 1");
-    let l0 = links.pop().expect("links 0");
-    let (w0, c0) = worker(&rig, 0, 2, l0, pool, &stop, Tables::default());
-    let (w1, c1) = worker(&rig, 1, 2, l1, pool, &stop, Tables::default());
-    launch(1, w0);
-    launch(2, w1);
+    let [c0, c1] = launch_two_workers(&rig, pool, &stop);
 
     let arp = |hlen: u8| {
         let mut m = pool.alloc().expect("mbuf");
